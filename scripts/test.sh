@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: format check, clippy with -D warnings, then
+# `cargo test --workspace` (unit, integration and doc tests). It first installs or starts
+# whatever the tests need that is missing; each step says what it does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+ensure_rust_components() {
+    # rustfmt and clippy ship with the toolchain here; add them if a minimal profile lacks them.
+    for component in rustfmt clippy; do
+        if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+            step "installing $component"
+            rustup component add "$component"
+        fi
+    done
+}
+
+ensure_postgres() {
+    # The database crates' tests talk to the machine's PostgreSQL on 127.0.0.1:5432.
+    command -v pg_isready >/dev/null 2>&1 || return 0
+    if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+        step "starting PostgreSQL"
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
+        for _ in $(seq 1 30); do
+            pg_isready -h 127.0.0.1 -p 5432 -q && return 0
+            sleep 1
+        done
+        echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2
+        return 1
+    fi
+}
+
+ensure_rust_components
+ensure_postgres
+
+step "cargo fmt --all --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test --workspace (unit, integration and doc tests)"
+cargo test --workspace

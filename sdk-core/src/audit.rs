@@ -1,0 +1,143 @@
+//! Audit events: one `tracing` event on target `prodbox::audit` per decision about a sandbox.
+//!
+//! Every event has these fields, so a log pipeline can index them:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `sandbox` | the sandbox key, or `-` when none could be read |
+//! | `actor`, `origin` | who started the sandbox and for what, or `-` |
+//! | `protocol` | `http`, `grpc`, `kafka`, `db` |
+//! | `direction` | `inbound` or `outbound` |
+//! | `decision` | `accepted`, `stripped`, `rejected`, `throttled`, `routed` |
+//! | `reason` | a short stable name such as `untrusted_ingress`, `token_expired`, `rate_limited` |
+//! | `detail` | a human sentence, when there is more to say |
+//!
+//! `accepted` and `routed` are logged at `INFO`, everything else at `WARN`. Route them with an
+//! `EnvFilter` directive such as `prodbox::audit=info`.
+
+use std::fmt;
+
+/// The protocol a decision was made on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// HTTP (axum, hyper, reqwest).
+    Http,
+    /// gRPC (tonic).
+    Grpc,
+    /// Kafka.
+    Kafka,
+    /// Database.
+    Db,
+}
+
+impl Protocol {
+    /// The name used in audit fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+            Protocol::Kafka => "kafka",
+            Protocol::Db => "db",
+        }
+    }
+}
+
+/// Whether the context came in or went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Read at an ingress.
+    Inbound,
+    /// Written on an outbound call.
+    Outbound,
+}
+
+impl Direction {
+    /// The name used in audit fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// What prodbox decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Decision {
+    /// The sandbox context was taken as is.
+    Accepted,
+    /// The sandbox context was removed and the message handled as baseline.
+    Stripped,
+    /// The message was refused.
+    Rejected,
+    /// The message was refused by a guardrail (rate, concurrency, circuit breaker).
+    Throttled,
+    /// An outbound call was sent to a sandbox fork.
+    Routed,
+}
+
+impl Decision {
+    /// The name used in audit fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Accepted => "accepted",
+            Decision::Stripped => "stripped",
+            Decision::Rejected => "rejected",
+            Decision::Throttled => "throttled",
+            Decision::Routed => "routed",
+        }
+    }
+}
+
+/// One audit record; [`emit`](AuditEvent::emit) writes it.
+#[derive(Clone, Copy)]
+pub struct AuditEvent<'a> {
+    /// The sandbox key, if one could be read.
+    pub sandbox: Option<&'a str>,
+    /// Who started the sandbox.
+    pub actor: Option<&'a str>,
+    /// The PR or dev session.
+    pub origin: Option<&'a str>,
+    /// Where.
+    pub protocol: Protocol,
+    /// Which way.
+    pub direction: Direction,
+    /// What was decided.
+    pub decision: Decision,
+    /// Why, as a short stable name.
+    pub reason: &'a str,
+    /// Why, as a sentence.
+    pub detail: Option<&'a dyn fmt::Display>,
+}
+
+impl AuditEvent<'_> {
+    /// Writes the event on target `prodbox::audit`.
+    pub fn emit(&self) {
+        let detail = self.detail.map(tracing::field::display);
+        macro_rules! event {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "prodbox::audit",
+                    $level,
+                    sandbox = self.sandbox.unwrap_or("-"),
+                    actor = self.actor.unwrap_or("-"),
+                    origin = self.origin.unwrap_or("-"),
+                    protocol = self.protocol.as_str(),
+                    direction = self.direction.as_str(),
+                    decision = self.decision.as_str(),
+                    reason = self.reason,
+                    detail,
+                    "prodbox {} {}",
+                    self.decision.as_str(),
+                    self.reason,
+                )
+            };
+        }
+        match self.decision {
+            Decision::Accepted | Decision::Routed => event!(tracing::Level::INFO),
+            _ => event!(tracing::Level::WARN),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! How the codec reads and writes a protocol's headers.
+
+/// Read access to a protocol's headers (HTTP headers, gRPC metadata, Kafka record headers).
+///
+/// Names are compared ASCII case-insensitively, as HTTP does.
+pub trait Carrier {
+    /// Every value of header `name`, in the order they arrived.
+    fn get_all<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]>
+    where
+        Self: 'a;
+
+    /// Every header name, used to find the legacy `ot-baggage-*` and `uberctx-*` carriers.
+    fn names(&self) -> impl Iterator<Item = &str>;
+}
+
+/// Write access to a protocol's headers.
+pub trait CarrierMut: Carrier {
+    /// Replaces every value of header `name` with `value`.
+    fn set(&mut self, name: &str, value: String);
+
+    /// Removes every value of header `name`.
+    fn remove(&mut self, name: &str);
+}
+
+/// A carrier of `(name, value)` pairs, handy in tests and for protocols without a header map.
+impl Carrier for Vec<(String, Vec<u8>)> {
+    fn get_all<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]>
+    where
+        Self: 'a,
+    {
+        let name = name.to_owned();
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(&name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.iter().map(|(n, _)| n.as_str())
+    }
+}
+
+impl CarrierMut for Vec<(String, Vec<u8>)> {
+    fn set(&mut self, name: &str, value: String) {
+        CarrierMut::remove(self, name);
+        self.push((name.to_owned(), value.into_bytes()));
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+}
+
+#[cfg(feature = "http")]
+mod http_impl {
+    use super::{Carrier, CarrierMut};
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    impl Carrier for HeaderMap {
+        fn get_all<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]>
+        where
+            Self: 'a,
+        {
+            HeaderMap::get_all(self, name)
+                .into_iter()
+                .map(HeaderValue::as_bytes)
+        }
+
+        fn names(&self) -> impl Iterator<Item = &str> {
+            self.keys().map(HeaderName::as_str)
+        }
+    }
+
+    impl CarrierMut for HeaderMap {
+        fn set(&mut self, name: &str, value: String) {
+            // The codec only writes names it owns and values it encoded, both valid headers;
+            // anything else is skipped rather than panicking.
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::try_from(value),
+            ) else {
+                return;
+            };
+            self.insert(name, value);
+        }
+
+        fn remove(&mut self, name: &str) {
+            HeaderMap::remove(self, name);
+        }
+    }
+}

@@ -1,0 +1,778 @@
+//! The one strict W3C `baggage` codec every prodbox protocol uses.
+//!
+//! # Example
+//!
+//! ```
+//! use prodbox_core::codec::Codec;
+//!
+//! let codec = Codec::default();
+//! let headers = vec![
+//!     ("baggage".to_owned(), b"userId=42, prodbox.sandbox=pr-42".to_vec()),
+//!     ("baggage".to_owned(), b"prodbox.actor=alice%40example.com;p=1".to_vec()),
+//! ];
+//! let extracted = codec.extract(&headers)?;
+//! assert_eq!(extracted.key().map(|k| k.as_str()), Some("pr-42"));
+//! assert_eq!(extracted.actor(), Some("alice@example.com"));
+//! // Members that are not ours pass through untouched, in order.
+//! assert_eq!(extracted.foreign().as_str(), "userId=42");
+//! # Ok::<(), prodbox_core::codec::BaggageError>(())
+//! ```
+//!
+//! # What it reads
+//!
+//! * every `baggage` header, combined in order; the limits (8192 bytes and 64 members by
+//!   default, configurable) apply across all of them, and breaking one is an error, never a
+//!   silent drop;
+//! * optional whitespace around members, keys, values and properties; properties kept; `=`
+//!   inside a value kept; values percent-decoded;
+//! * the canonical members [`SANDBOX`], [`ACTOR`], [`ORIGIN`] and [`TOKEN`], configured
+//!   [aliases](Codec::alias) for the sandbox key (such as `sd-routing-key`), and the legacy
+//!   carriers `ot-baggage-<key>` and `uberctx-<key>` for any of those names.
+//!
+//! # What it refuses
+//!
+//! Control characters (CR and LF included), invalid UTF-8, a member without `=` or with a key
+//! that is not an RFC 7230 token, one of our members spelled in another case
+//! (`Prodbox.Sandbox`), and **ambiguity**: the same member of ours twice with different values,
+//! or carriers that disagree, is an error, never resolved by picking one.
+//!
+//! # What it writes
+//!
+//! One canonical `baggage` header: our members first, then every other member in the order it
+//! arrived. Values are percent-encoded, `=` included, so that decoders which truncate a value at
+//! a second `=` (OpenTelemetry Rust's `BaggagePropagator` does) still read it whole.
+
+mod carrier;
+
+pub use carrier::{Carrier, CarrierMut};
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+use crate::limits::{DEFAULT_MAX_BAGGAGE_BYTES, DEFAULT_MAX_BAGGAGE_MEMBERS};
+use crate::sandbox::{KeyError, LabelError, Sandbox, SandboxKey, validate_label};
+
+/// The W3C baggage header.
+pub const BAGGAGE: &str = "baggage";
+/// Member that carries the sandbox key.
+pub const SANDBOX: &str = "prodbox.sandbox";
+/// Member that carries who started the sandbox.
+pub const ACTOR: &str = "prodbox.actor";
+/// Member that carries the PR or dev session of the sandbox.
+pub const ORIGIN: &str = "prodbox.origin";
+/// Member that carries a signed sandbox token (see [`crate::token`]).
+pub const TOKEN: &str = "prodbox.token";
+/// Every member name in this namespace is ours: stripped at an untrusted edge.
+pub const NAMESPACE: &str = "prodbox.";
+/// Legacy carrier prefixes (OpenTracing and Jaeger), each followed by a baggage key.
+pub const LEGACY_PREFIXES: [&str; 2] = ["ot-baggage-", "uberctx-"];
+/// Sandbox-key headers of other tools, ready to pass to [`Codec::alias`].
+pub const KNOWN_ALIASES: [&str; 3] = ["sd-routing-key", "okteto-divert", "mirrord-session"];
+
+/// Characters percent-encoded in the values we write: everything outside the W3C
+/// `baggage-octet` set, plus `%` and `=`.
+const VALUE_ENCODE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b',')
+    .add(b';')
+    .add(b'\\')
+    .add(b'%')
+    .add(b'=');
+
+/// Why a message's baggage was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BaggageError {
+    /// The carriers together are larger than the configured limit.
+    #[error("baggage is {bytes} bytes across all carriers; the limit is {limit}")]
+    TooLarge {
+        /// Bytes seen before giving up.
+        bytes: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The carriers together hold more members than the configured limit.
+    #[error("baggage has more than {limit} members across all carriers")]
+    TooManyMembers {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A carrier is not valid UTF-8.
+    #[error("{carrier} header is not valid UTF-8")]
+    InvalidUtf8 {
+        /// The header that held it.
+        carrier: String,
+    },
+    /// A carrier holds a control character, such as CR or LF.
+    #[error("{carrier} header contains a control character (0x{byte:02x})")]
+    ControlCharacter {
+        /// The header that held it.
+        carrier: String,
+        /// The offending byte.
+        byte: u8,
+    },
+    /// A list-member does not follow `key=value *(;property)`.
+    #[error("baggage member {index} is malformed: {reason}")]
+    MalformedMember {
+        /// Position of the member across all carriers (0-based).
+        index: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// One of our members spelled in another case, such as `Prodbox.Sandbox`.
+    #[error("baggage member {found:?} is not canonical; write {canonical:?}")]
+    NonCanonicalKey {
+        /// What arrived.
+        found: String,
+        /// How it must be spelled.
+        canonical: &'static str,
+    },
+    /// A value of ours is not valid percent-encoded UTF-8.
+    #[error("{member} is not valid percent-encoded UTF-8")]
+    InvalidPercentEncoding {
+        /// The member.
+        member: &'static str,
+    },
+    /// The sandbox key is not a valid key.
+    #[error("{carrier} carries an invalid sandbox key: {source}")]
+    InvalidKey {
+        /// The carrier that held it.
+        carrier: String,
+        /// What is wrong with the key.
+        source: KeyError,
+    },
+    /// Actor or origin is not acceptable.
+    #[error(transparent)]
+    InvalidLabel(#[from] LabelError),
+    /// The same member of ours arrived with different values (twice, or from two carriers).
+    #[error(
+        "ambiguous {member}: {first_carrier} says {first:?} but {second_carrier} says {second:?}"
+    )]
+    Ambiguous {
+        /// The member in question.
+        member: &'static str,
+        /// The carrier that spoke first.
+        first_carrier: String,
+        /// Its value (truncated to 64 bytes).
+        first: String,
+        /// The carrier that disagreed.
+        second_carrier: String,
+        /// Its value (truncated to 64 bytes).
+        second: String,
+    },
+}
+
+impl BaggageError {
+    /// A short stable name for audit events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "baggage_too_large",
+            Self::TooManyMembers { .. } => "baggage_too_many_members",
+            Self::InvalidUtf8 { .. } => "baggage_invalid_utf8",
+            Self::ControlCharacter { .. } => "baggage_control_character",
+            Self::MalformedMember { .. } => "baggage_malformed_member",
+            Self::NonCanonicalKey { .. } => "baggage_non_canonical_key",
+            Self::InvalidPercentEncoding { .. } => "baggage_invalid_percent_encoding",
+            Self::InvalidKey { .. } => "invalid_sandbox_key",
+            Self::InvalidLabel(_) => "invalid_label",
+            Self::Ambiguous { .. } => "ambiguous_sandbox",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    max_bytes: usize,
+    max_members: usize,
+    aliases: Vec<Box<str>>,
+    legacy_carriers: bool,
+}
+
+/// The baggage codec, configured once and cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Codec {
+    config: Arc<Config>,
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Self {
+            config: Arc::new(Config {
+                max_bytes: DEFAULT_MAX_BAGGAGE_BYTES,
+                max_members: DEFAULT_MAX_BAGGAGE_MEMBERS,
+                aliases: Vec::new(),
+                legacy_carriers: true,
+            }),
+        }
+    }
+}
+
+impl Codec {
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Caps the combined size of all carriers (default 8192 bytes).
+    pub fn max_bytes(mut self, limit: usize) -> Self {
+        self.config_mut().max_bytes = limit;
+        self
+    }
+
+    /// Caps the combined number of members (default 64).
+    pub fn max_members(mut self, limit: usize) -> Self {
+        self.config_mut().max_members = limit;
+        self
+    }
+
+    /// Also reads the sandbox key from baggage member (or legacy carrier) `name`, such as
+    /// `sd-routing-key`. Names are matched case-insensitively. Output stays canonical.
+    pub fn alias(mut self, name: &str) -> Self {
+        self.config_mut()
+            .aliases
+            .push(name.to_ascii_lowercase().into());
+        self
+    }
+
+    /// Reads (default) or ignores the `ot-baggage-*` and `uberctx-*` carriers.
+    pub fn legacy_carriers(mut self, enabled: bool) -> Self {
+        self.config_mut().legacy_carriers = enabled;
+        self
+    }
+
+    /// Reads the sandbox context from every carrier of one message.
+    pub fn extract<C: Carrier + ?Sized>(&self, carrier: &C) -> Result<Extracted, BaggageError> {
+        let cfg = &*self.config;
+        let mut claims = Claims::default();
+        let mut bytes = 0usize;
+        let mut members = 0usize;
+        let mut foreign = String::new();
+
+        for value in carrier.get_all(BAGGAGE) {
+            bytes += value.len() + usize::from(bytes > 0);
+            if bytes > cfg.max_bytes {
+                return Err(BaggageError::TooLarge {
+                    bytes,
+                    limit: cfg.max_bytes,
+                });
+            }
+            let text = check_text(BAGGAGE, value)?;
+            for raw in text.split(',') {
+                let raw = trim_ows(raw);
+                if raw.is_empty() {
+                    continue;
+                }
+                let index = members;
+                members += 1;
+                if members > cfg.max_members {
+                    return Err(BaggageError::TooManyMembers {
+                        limit: cfg.max_members,
+                    });
+                }
+                let member = Member::parse(raw)
+                    .map_err(|reason| BaggageError::MalformedMember { index, reason })?;
+                match self.classify(member.key)? {
+                    Class::Ours(slot) => claims.put(slot, member.value, BAGGAGE)?,
+                    Class::OtherOfOurs => {
+                        claims.seen = true;
+                        push_member(&mut foreign, raw);
+                    }
+                    Class::Foreign => push_member(&mut foreign, raw),
+                }
+            }
+        }
+
+        if cfg.legacy_carriers {
+            for name in carrier.names() {
+                let Some(key) = legacy_key(name) else {
+                    continue;
+                };
+                let Class::Ours(slot) = self.classify(key)? else {
+                    continue;
+                };
+                for value in carrier.get_all(name) {
+                    bytes += value.len() + 1;
+                    if bytes > cfg.max_bytes {
+                        return Err(BaggageError::TooLarge {
+                            bytes,
+                            limit: cfg.max_bytes,
+                        });
+                    }
+                    let text = check_text(name, value)?;
+                    claims.put(slot, trim_ows(text), name)?;
+                }
+            }
+        }
+
+        claims.finish(foreign)
+    }
+
+    fn classify(&self, key: &str) -> Result<Class, BaggageError> {
+        for (canonical, slot) in [
+            (SANDBOX, Slot::Key),
+            (ACTOR, Slot::Actor),
+            (ORIGIN, Slot::Origin),
+            (TOKEN, Slot::Token),
+        ] {
+            if key.eq_ignore_ascii_case(canonical) {
+                return if key == canonical {
+                    Ok(Class::Ours(slot))
+                } else {
+                    Err(BaggageError::NonCanonicalKey {
+                        found: key.to_owned(),
+                        canonical,
+                    })
+                };
+            }
+        }
+        if self
+            .config
+            .aliases
+            .iter()
+            .any(|alias| key.eq_ignore_ascii_case(alias))
+        {
+            return Ok(Class::Ours(Slot::Key));
+        }
+        if key.len() >= NAMESPACE.len() && key[..NAMESPACE.len()].eq_ignore_ascii_case(NAMESPACE) {
+            return Ok(Class::OtherOfOurs);
+        }
+        Ok(Class::Foreign)
+    }
+
+    /// Whether `key` names one of our members or aliases (stripped at an untrusted edge).
+    pub fn is_ours(&self, key: &str) -> bool {
+        !matches!(self.classify(key), Ok(Class::Foreign))
+    }
+
+    /// The canonical members for `sandbox`, such as
+    /// `prodbox.sandbox=pr-42,prodbox.actor=alice`. Computed once per sandbox.
+    pub fn encode<'a>(&self, sandbox: &'a Sandbox) -> &'a str {
+        sandbox.encoded_members(|sandbox| {
+            let mut out = String::with_capacity(64);
+            out.push_str(SANDBOX);
+            out.push('=');
+            out.push_str(sandbox.key().as_str());
+            for (name, value) in [(ACTOR, sandbox.actor()), (ORIGIN, sandbox.origin())] {
+                if let Some(value) = value {
+                    let _ = write!(out, ",{name}={}", utf8_percent_encode(value, VALUE_ENCODE));
+                }
+            }
+            out.into_boxed_str()
+        })
+    }
+
+    /// Writes `sandbox`, `token` and the `foreign` members into `carrier`'s `baggage` header,
+    /// merging with what is already there: members of ours already present are replaced, other
+    /// members kept in order, and `foreign` members whose key is already present are not
+    /// repeated. The result is one header.
+    ///
+    /// Fails, leaving the carrier unchanged, when the existing header cannot be parsed or the
+    /// result would break the size or member limits: sending a sandboxed message with baggage
+    /// the next hop must refuse would let it run as production.
+    pub fn inject<C: CarrierMut + ?Sized>(
+        &self,
+        sandbox: Option<&Sandbox>,
+        token: Option<&str>,
+        foreign: &ForeignMembers,
+        carrier: &mut C,
+    ) -> Result<(), BaggageError> {
+        let mut out = String::new();
+        if let Some(sandbox) = sandbox {
+            out.push_str(self.encode(sandbox));
+        }
+        if let Some(token) = token {
+            push_member(&mut out, TOKEN);
+            out.push('=');
+            out.extend(utf8_percent_encode(token, VALUE_ENCODE));
+        }
+        let mut existing = carrier.get_all(BAGGAGE).peekable();
+        if existing.peek().is_none() {
+            drop(existing);
+            if foreign.raw.is_empty() && out.is_empty() {
+                return Ok(());
+            }
+            push_member(&mut out, &foreign.raw);
+            return self.finish_inject(out, foreign.count, carrier);
+        }
+        let ours_written = sandbox.is_some() || token.is_some();
+        let mut present: Vec<&str> = Vec::new();
+        let mut count = usize::from(sandbox.is_some()) + usize::from(token.is_some());
+        for value in existing {
+            let text = check_text(BAGGAGE, value)?;
+            for (index, raw) in text.split(',').map(trim_ows).enumerate() {
+                if raw.is_empty() {
+                    continue;
+                }
+                let member = Member::parse(raw)
+                    .map_err(|reason| BaggageError::MalformedMember { index, reason })?;
+                if ours_written && self.is_ours(member.key) {
+                    continue;
+                }
+                present.push(member.key);
+                push_member(&mut out, raw);
+                count += 1;
+            }
+        }
+        for raw in foreign.iter_raw() {
+            let key = Member::parse(raw).map(|m| m.key).unwrap_or(raw);
+            if !present.contains(&key) {
+                push_member(&mut out, raw);
+                count += 1;
+            }
+        }
+        self.finish_inject(out, count, carrier)
+    }
+
+    fn finish_inject<C: CarrierMut + ?Sized>(
+        &self,
+        out: String,
+        members: usize,
+        carrier: &mut C,
+    ) -> Result<(), BaggageError> {
+        if out.len() > self.config.max_bytes {
+            return Err(BaggageError::TooLarge {
+                bytes: out.len(),
+                limit: self.config.max_bytes,
+            });
+        }
+        if members > self.config.max_members {
+            return Err(BaggageError::TooManyMembers {
+                limit: self.config.max_members,
+            });
+        }
+        carrier.set(BAGGAGE, out);
+        Ok(())
+    }
+
+    /// Removes every member and carrier of ours from `carrier`, keeping all other members in
+    /// order. When the baggage cannot be parsed at all, every `baggage` header is removed: what
+    /// is ours cannot be told apart from the rest.
+    pub fn strip<C: CarrierMut + ?Sized>(&self, carrier: &mut C) {
+        let mut kept = String::new();
+        let mut changed = false;
+        let mut unparsable = false;
+        for value in carrier.get_all(BAGGAGE) {
+            let Ok(text) = check_text(BAGGAGE, value) else {
+                unparsable = true;
+                break;
+            };
+            for raw in text.split(',').map(trim_ows) {
+                if raw.is_empty() {
+                    continue;
+                }
+                match Member::parse(raw) {
+                    Ok(member) if !self.is_ours(member.key) => push_member(&mut kept, raw),
+                    Ok(_) => changed = true,
+                    Err(_) => unparsable = true,
+                }
+            }
+        }
+        if unparsable {
+            carrier.remove(BAGGAGE);
+        } else if changed {
+            if kept.is_empty() {
+                carrier.remove(BAGGAGE);
+            } else {
+                carrier.set(BAGGAGE, kept);
+            }
+        }
+        let legacy: Vec<String> = carrier
+            .names()
+            .filter(|name| legacy_key(name).is_some_and(|key| self.is_ours(key)))
+            .map(str::to_owned)
+            .collect();
+        for name in legacy {
+            carrier.remove(&name);
+        }
+    }
+}
+
+/// Percent-encodes a baggage value the way the codec writes it.
+pub fn encode_value(value: &str) -> impl std::fmt::Display + '_ {
+    utf8_percent_encode(value, VALUE_ENCODE)
+}
+
+fn legacy_key(name: &str) -> Option<&str> {
+    LEGACY_PREFIXES.iter().find_map(|prefix| {
+        (name.len() > prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix))
+            .then(|| &name[prefix.len()..])
+    })
+}
+
+fn push_member(out: &mut String, raw: &str) {
+    if raw.is_empty() {
+        return;
+    }
+    if !out.is_empty() {
+        out.push(',');
+    }
+    out.push_str(raw);
+}
+
+/// Checks a carrier value for control characters and UTF-8 (tab counts as whitespace).
+fn check_text<'a>(carrier: &str, value: &'a [u8]) -> Result<&'a str, BaggageError> {
+    if let Some(&byte) = value
+        .iter()
+        .find(|&&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
+        return Err(BaggageError::ControlCharacter {
+            carrier: carrier.to_owned(),
+            byte,
+        });
+    }
+    std::str::from_utf8(value).map_err(|_| BaggageError::InvalidUtf8 {
+        carrier: carrier.to_owned(),
+    })
+}
+
+fn trim_ows(s: &str) -> &str {
+    s.trim_matches([' ', '\t'])
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// One parsed list-member, borrowing from the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member<'a> {
+    /// The key, a token.
+    pub key: &'a str,
+    /// The value as written (still percent-encoded), `=` included.
+    pub value: &'a str,
+    /// The properties after the first `;`, as written, without the leading `;`.
+    pub properties: Option<&'a str>,
+}
+
+impl<'a> Member<'a> {
+    /// Parses one list-member (without surrounding commas).
+    pub fn parse(raw: &'a str) -> Result<Self, &'static str> {
+        let (pair, properties) = match raw.split_once(';') {
+            Some((pair, props)) => (pair, Some(trim_ows(props))),
+            None => (raw, None),
+        };
+        let (key, value) = pair.split_once('=').ok_or("missing '='")?;
+        let key = trim_ows(key);
+        if key.is_empty() {
+            return Err("empty key");
+        }
+        if !key.bytes().all(is_tchar) {
+            return Err("key is not a token");
+        }
+        Ok(Member {
+            key,
+            value: trim_ows(value),
+            properties,
+        })
+    }
+
+    /// The value percent-decoded; invalid UTF-8 becomes U+FFFD, as the W3C spec asks.
+    pub fn decoded_value(&self) -> Cow<'a, str> {
+        percent_decode_str(self.value).decode_utf8_lossy()
+    }
+}
+
+/// Baggage members that are not ours, in arrival order, exactly as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForeignMembers {
+    raw: Arc<str>,
+    count: usize,
+}
+
+impl ForeignMembers {
+    /// The members joined with `,`, as they would be written.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// How many members.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Each member as written.
+    pub fn iter_raw(&self) -> impl Iterator<Item = &str> {
+        self.raw.split(',').filter(|m| !m.is_empty())
+    }
+
+    /// Members from raw list-members (each must parse; others are skipped).
+    pub fn from_raw_members<'a>(members: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut raw = String::new();
+        let mut count = 0;
+        for member in members.into_iter().map(trim_ows) {
+            if Member::parse(member).is_ok() {
+                push_member(&mut raw, member);
+                count += 1;
+            }
+        }
+        Self {
+            raw: Arc::from(raw),
+            count,
+        }
+    }
+
+    /// Each member, parsed.
+    pub fn iter(&self) -> impl Iterator<Item = Member<'_>> {
+        self.iter_raw().filter_map(|raw| Member::parse(raw).ok())
+    }
+}
+
+enum Class {
+    Ours(Slot),
+    OtherOfOurs,
+    Foreign,
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Key,
+    Actor,
+    Origin,
+    Token,
+}
+
+impl Slot {
+    fn name(self) -> &'static str {
+        match self {
+            Slot::Key => SANDBOX,
+            Slot::Actor => ACTOR,
+            Slot::Origin => ORIGIN,
+            Slot::Token => TOKEN,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Claims<'a> {
+    seen: bool,
+    values: [Option<(Cow<'a, str>, &'a str)>; 4],
+}
+
+impl<'a> Claims<'a> {
+    fn put(&mut self, slot: Slot, encoded: &'a str, carrier: &'a str) -> Result<(), BaggageError> {
+        self.seen = true;
+        let value = percent_decode_str(encoded).decode_utf8().map_err(|_| {
+            BaggageError::InvalidPercentEncoding {
+                member: slot.name(),
+            }
+        })?;
+        let entry = &mut self.values[slot as usize];
+        match entry {
+            None => *entry = Some((value, carrier)),
+            Some((first, first_carrier)) if *first != value => {
+                return Err(BaggageError::Ambiguous {
+                    member: slot.name(),
+                    first_carrier: (*first_carrier).to_owned(),
+                    first: truncate(first),
+                    second_carrier: carrier.to_owned(),
+                    second: truncate(&value),
+                });
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    fn finish(self, foreign: String) -> Result<Extracted, BaggageError> {
+        let [key, actor, origin, token] = self.values;
+        let key = key
+            .map(|(value, carrier)| {
+                SandboxKey::new(&value).map_err(|source| BaggageError::InvalidKey {
+                    carrier: carrier.to_owned(),
+                    source,
+                })
+            })
+            .transpose()?;
+        let actor = actor
+            .map(|(v, _)| validate_label("actor", &v).map(|()| v.into_owned().into_boxed_str()))
+            .transpose()?;
+        let origin = origin
+            .map(|(v, _)| validate_label("origin", &v).map(|()| v.into_owned().into_boxed_str()))
+            .transpose()?;
+        let count = foreign.split(',').filter(|m| !m.is_empty()).count();
+        Ok(Extracted {
+            claimed: self.seen,
+            key,
+            actor,
+            origin,
+            token: token.map(|(v, _)| v.into_owned().into_boxed_str()),
+            foreign: ForeignMembers {
+                raw: Arc::from(foreign),
+                count,
+            },
+        })
+    }
+}
+
+fn truncate(s: &str) -> String {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// What [`Codec::extract`] found: the claimed sandbox (not yet trusted) and everything else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extracted {
+    claimed: bool,
+    key: Option<SandboxKey>,
+    actor: Option<Box<str>>,
+    origin: Option<Box<str>>,
+    token: Option<Box<str>>,
+    foreign: ForeignMembers,
+}
+
+impl Extracted {
+    /// Whether any member or carrier of ours was present, valid or not yet verified.
+    pub fn claims_anything(&self) -> bool {
+        self.claimed
+    }
+
+    /// The claimed sandbox key.
+    pub fn key(&self) -> Option<&SandboxKey> {
+        self.key.as_ref()
+    }
+
+    /// The claimed actor.
+    pub fn actor(&self) -> Option<&str> {
+        self.actor.as_deref()
+    }
+
+    /// The claimed origin.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
+    /// The signed token, if one arrived.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Members that are not ours.
+    pub fn foreign(&self) -> &ForeignMembers {
+        &self.foreign
+    }
+
+    /// The claimed sandbox, as sent (unverified): key, actor and origin.
+    pub fn sandbox(&self) -> Option<Sandbox> {
+        let key = self.key.clone()?;
+        let mut builder = crate::sandbox::SandboxBuilder::from_key(key);
+        // Both were validated in `finish`.
+        if let Some(actor) = self.actor.as_deref() {
+            builder = builder.actor(actor).ok()?;
+        }
+        if let Some(origin) = self.origin.as_deref() {
+            builder = builder.origin(origin).ok()?;
+        }
+        Some(builder.build())
+    }
+}

@@ -1,0 +1,295 @@
+//! The sandbox context in process, carried by [`opentelemetry::Context`].
+//!
+//! The context is stored twice: as a typed [`SandboxContext`], which prodbox trusts, and as
+//! ordinary OpenTelemetry baggage (`prodbox.sandbox`, `prodbox.actor`, `prodbox.origin` and the
+//! foreign members), so that other OpenTelemetry instrumentation sees and propagates it. It needs
+//! no OpenTelemetry SDK or exporter.
+//!
+//! <div class="warning">
+//!
+//! `tokio::spawn` starts a task with **no** context: a sandboxed request that spawns work with
+//! it loses its sandbox, and the work runs as production. Use [`spawn`] (or
+//! [`FutureExt::in_current_sandbox`] with another executor).
+//!
+//! </div>
+//!
+//! prodbox never reads the sandbox back from OpenTelemetry baggage: baggage that another
+//! propagator extracted did not pass prodbox's trust policy.
+//!
+//! # Example
+//!
+//! ```
+//! use prodbox_core::{Sandbox, context::{self, FutureExt}};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let sandbox = Sandbox::new("pr-42".parse()?);
+//! let seen = async {
+//!     tokio::task::yield_now().await;
+//!     // Spawned with the helper, the task keeps the sandbox.
+//!     context::spawn(async { context::current() }).await
+//! }
+//! .in_sandbox(sandbox.clone())
+//! .await?;
+//! assert_eq!(seen, Some(sandbox));
+//! assert_eq!(context::current(), None);
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use opentelemetry::Context;
+use opentelemetry::baggage::{Baggage, BaggageExt};
+
+use crate::codec::{self, ForeignMembers, Member};
+use crate::sandbox::Sandbox;
+
+/// Everything prodbox propagates for one request: the sandbox (if any), the token it arrived
+/// with, and the baggage members that are not ours.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxContext {
+    sandbox: Option<Sandbox>,
+    token: Option<Arc<str>>,
+    foreign: ForeignMembers,
+}
+
+impl SandboxContext {
+    /// A context for `sandbox` with no other baggage.
+    pub fn new(sandbox: Sandbox) -> Self {
+        Self {
+            sandbox: Some(sandbox),
+            ..Self::default()
+        }
+    }
+
+    /// A baseline context that only carries other members onward.
+    pub fn baseline(foreign: ForeignMembers) -> Self {
+        Self {
+            foreign,
+            ..Self::default()
+        }
+    }
+
+    /// Adds the members that are not ours.
+    pub fn with_foreign(mut self, foreign: ForeignMembers) -> Self {
+        self.foreign = foreign;
+        self
+    }
+
+    /// Keeps the signed token the sandbox arrived with.
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.token = token.map(Arc::from);
+        self
+    }
+
+    /// The sandbox, if this is a sandboxed request.
+    pub fn sandbox(&self) -> Option<&Sandbox> {
+        self.sandbox.as_ref()
+    }
+
+    /// The signed token the sandbox arrived with.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Members that are not ours, in arrival order.
+    pub fn foreign(&self) -> &ForeignMembers {
+        &self.foreign
+    }
+
+    /// The context of the current task, if prodbox attached one.
+    pub fn current() -> Option<Self> {
+        Context::map_current(|cx| cx.get::<SandboxContext>().cloned())
+    }
+
+    /// `cx` with this sandbox context attached, typed and mirrored into its OTel baggage.
+    pub fn attach_to(&self, cx: &Context) -> Context {
+        let mut baggage = Baggage::new();
+        for (key, (value, meta)) in cx.baggage() {
+            if !key.as_str().starts_with(codec::NAMESPACE) {
+                let _ = baggage.insert_with_metadata(key.clone(), value.clone(), meta.clone());
+            }
+        }
+        if let Some(sandbox) = &self.sandbox {
+            let _ = baggage.insert(codec::SANDBOX, sandbox.key().as_str().to_owned());
+            if let Some(actor) = sandbox.actor() {
+                let _ = baggage.insert(codec::ACTOR, actor.to_owned());
+            }
+            if let Some(origin) = sandbox.origin() {
+                let _ = baggage.insert(codec::ORIGIN, origin.to_owned());
+            }
+        }
+        for member in self.foreign.iter() {
+            let _ = baggage.insert_with_metadata(
+                member.key.to_owned(),
+                member.decoded_value().into_owned(),
+                member.properties.unwrap_or_default().to_owned(),
+            );
+        }
+        let cx = cx.with_baggage(baggage);
+        // Remember which baggage we wrote, so that egress can tell whether the application
+        // changed it since (and only then pays for merging it).
+        let mirror = baggage_id(&cx);
+        cx.with_value(Attached {
+            context: self.clone(),
+            mirror,
+        })
+        .with_value(self.clone())
+    }
+
+    /// The foreign members to send onward from `cx`: ours, plus any member the application
+    /// added through the OpenTelemetry baggage API since (sorted by key, as OTel keeps no order).
+    pub fn outbound_foreign(cx: &Context) -> std::borrow::Cow<'_, ForeignMembers> {
+        use std::borrow::Cow;
+        let attached = cx.get::<Attached>();
+        if let Some(attached) = attached
+            && attached.mirror == baggage_id(cx)
+        {
+            return Cow::Borrowed(&attached.context.foreign);
+        }
+        let base = attached.map(|a| &a.context.foreign);
+        let baggage = cx.baggage();
+        if baggage.is_empty() {
+            return match base {
+                Some(foreign) => Cow::Borrowed(foreign),
+                None => Cow::Owned(ForeignMembers::default()),
+            };
+        }
+        let known: Vec<&str> = base.map_or_else(Vec::new, |f| f.iter().map(|m| m.key).collect());
+        let mut extra: Vec<(String, String)> = baggage
+            .iter()
+            .filter(|(key, _)| {
+                let key = key.as_str();
+                !key.starts_with(codec::NAMESPACE)
+                    && !known.contains(&key)
+                    && Member::parse(&format!("{key}=x")).is_ok()
+            })
+            .map(|(key, (value, meta))| {
+                let mut raw = format!("{}={}", key.as_str(), codec::encode_value(value.as_str()));
+                if !meta.as_str().is_empty() {
+                    raw.push(';');
+                    raw.push_str(meta.as_str());
+                }
+                (key.as_str().to_owned(), raw)
+            })
+            .collect();
+        if extra.is_empty() {
+            return match base {
+                Some(foreign) => Cow::Borrowed(foreign),
+                None => Cow::Owned(ForeignMembers::default()),
+            };
+        }
+        extra.sort();
+        let mut members: Vec<&str> = base.map_or_else(Vec::new, |f| f.iter_raw().collect());
+        members.extend(extra.iter().map(|(_, raw)| raw.as_str()));
+        Cow::Owned(ForeignMembers::from_raw_members(members))
+    }
+}
+
+/// The context as prodbox attached it, with the identity of the baggage it mirrored into.
+#[derive(Debug)]
+struct Attached {
+    context: SandboxContext,
+    mirror: usize,
+}
+
+fn baggage_id(cx: &Context) -> usize {
+    std::ptr::from_ref(cx.baggage()) as usize
+}
+
+/// Adds sandbox access to [`opentelemetry::Context`].
+pub trait ContextExt {
+    /// A copy of this context running in `sandbox` (keeping other baggage).
+    fn with_sandbox(&self, sandbox: Sandbox) -> Context;
+    /// A copy of this context with no sandbox (keeping other baggage): for work that must run
+    /// as production, such as a cleanup job started from a sandboxed request.
+    fn without_sandbox(&self) -> Context;
+    /// The sandbox of this context.
+    fn sandbox(&self) -> Option<&Sandbox>;
+    /// Everything prodbox propagates from this context.
+    fn sandbox_context(&self) -> Option<&SandboxContext>;
+}
+
+impl ContextExt for Context {
+    fn with_sandbox(&self, sandbox: Sandbox) -> Context {
+        let foreign = SandboxContext::outbound_foreign(self).into_owned();
+        SandboxContext::new(sandbox)
+            .with_foreign(foreign)
+            .attach_to(self)
+    }
+
+    fn without_sandbox(&self) -> Context {
+        let foreign = SandboxContext::outbound_foreign(self).into_owned();
+        SandboxContext::baseline(foreign).attach_to(self)
+    }
+
+    fn sandbox(&self) -> Option<&Sandbox> {
+        self.get::<SandboxContext>()?.sandbox.as_ref()
+    }
+
+    fn sandbox_context(&self) -> Option<&SandboxContext> {
+        self.get::<SandboxContext>()
+    }
+}
+
+/// The sandbox of the current task, or `None` for a production request.
+pub fn current() -> Option<Sandbox> {
+    Context::map_current(|cx| cx.sandbox().cloned())
+}
+
+/// Runs futures inside a sandbox context.
+pub trait FutureExt: Future + Sized {
+    /// Runs this future (every poll of it) inside `sandbox`.
+    fn in_sandbox(self, sandbox: Sandbox) -> WithSandbox<Self> {
+        let cx = Context::map_current(|cx| cx.with_sandbox(sandbox));
+        WithSandbox { inner: self, cx }
+    }
+
+    /// Runs this future inside the current context, wherever it is polled later.
+    fn in_current_sandbox(self) -> WithSandbox<Self> {
+        WithSandbox {
+            inner: self,
+            cx: Context::current(),
+        }
+    }
+
+    /// Runs this future inside `cx`.
+    fn in_context(self, cx: Context) -> WithSandbox<Self> {
+        WithSandbox { inner: self, cx }
+    }
+}
+
+impl<F: Future> FutureExt for F {}
+
+/// A future running inside a sandbox context; see [`FutureExt`].
+#[pin_project::pin_project]
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct WithSandbox<F> {
+    #[pin]
+    inner: F,
+    cx: Context,
+}
+
+impl<F: Future> Future for WithSandbox<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _guard = this.cx.clone().attach();
+        this.inner.poll(task)
+    }
+}
+
+/// Spawns `future` on the current Tokio runtime, keeping the current context (sandbox
+/// included). Use it wherever you would use `tokio::spawn` in a service that prodbox guards.
+#[cfg(feature = "tokio")]
+pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(future.in_current_sandbox())
+}

@@ -1,0 +1,305 @@
+//! The sandbox directory: which sandboxes exist, what each forks, when each expires, and the
+//! kill switch.
+//!
+//! Ingress layers ask it whether a sandbox may run (unknown, disabled and expired sandboxes are
+//! refused as configured); routing layers ask it where a sandbox's fork of a service listens.
+//! Lookups read an in-memory snapshot and never block on I/O.
+//!
+//! # Example
+//!
+//! ```
+//! use prodbox_core::directory::{Directory, MemoryDirectory, SandboxEntry};
+//!
+//! let directory = MemoryDirectory::new();
+//! directory.upsert(SandboxEntry::new("pr-42".parse()?).fork("billing", "http://127.0.0.1:9001"));
+//!
+//! let entry = directory.get(&"pr-42".parse()?).expect("registered");
+//! assert_eq!(entry.fork_of("billing"), Some("http://127.0.0.1:9001"));
+//! assert!(directory.get(&"pr-7".parse()?).is_none());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod file;
+
+pub use file::FileDirectory;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use crate::sandbox::{Sandbox, SandboxBuilder, SandboxKey};
+
+/// Where sandboxes are registered. Implementations keep a snapshot in memory; lookups are cheap
+/// and never wait on I/O.
+pub trait Directory: Send + Sync + 'static {
+    /// The entry for `key`, expired and disabled ones included (so callers can say why they
+    /// refuse).
+    fn get(&self, key: &SandboxKey) -> Option<Arc<SandboxEntry>>;
+
+    /// Every entry.
+    fn entries(&self) -> Vec<Arc<SandboxEntry>>;
+
+    /// Whether the directory has loaded its source at least once. Consumers that must not act
+    /// on a partial view (the Kafka consumer filter) wait for this.
+    fn is_synced(&self) -> bool {
+        true
+    }
+}
+
+impl<D: Directory + ?Sized> Directory for Arc<D> {
+    fn get(&self, key: &SandboxKey) -> Option<Arc<SandboxEntry>> {
+        (**self).get(key)
+    }
+    fn entries(&self) -> Vec<Arc<SandboxEntry>> {
+        (**self).entries()
+    }
+    fn is_synced(&self) -> bool {
+        (**self).is_synced()
+    }
+}
+
+/// Why a directory source could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectoryError {
+    /// Reading the file failed.
+    #[error("cannot read directory file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file's contents are invalid.
+    #[error("invalid directory file {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// One registered sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxEntry {
+    /// The routing key.
+    pub key: SandboxKey,
+    /// Who started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The PR or dev session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The services this sandbox forks, by service name, with the fork's base address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forks: BTreeMap<String, String>,
+    /// When it was created (RFC 3339 or Unix seconds in files).
+    #[serde(default, with = "time_serde", skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<SystemTime>,
+    /// When it expires (RFC 3339 or Unix seconds in files).
+    #[serde(default, with = "time_serde", skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<SystemTime>,
+    /// The kill switch: a disabled sandbox is refused everywhere.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl SandboxEntry {
+    /// An entry with only a key.
+    pub fn new(key: SandboxKey) -> Self {
+        Self {
+            key,
+            actor: None,
+            origin: None,
+            forks: BTreeMap::new(),
+            created_at: None,
+            expires_at: None,
+            disabled: false,
+        }
+    }
+
+    /// Registers a fork of `service` listening at `address`.
+    pub fn fork(mut self, service: &str, address: &str) -> Self {
+        self.forks.insert(service.to_owned(), address.to_owned());
+        self
+    }
+
+    /// Sets the expiry.
+    pub fn expires_at(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Sets the kill switch.
+    pub fn disabled(mut self, disabled: bool) -> Self {
+        self.disabled = disabled;
+        self
+    }
+
+    /// Where this sandbox's fork of `service` listens, if it forks it.
+    pub fn fork_of(&self, service: &str) -> Option<&str> {
+        self.forks.get(service).map(String::as_str)
+    }
+
+    /// Whether the entry has expired at `now`.
+    pub fn is_expired_at(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// `sandbox` completed from this entry: actor and origin filled in where the message had
+    /// none, and the earlier of both expiries.
+    pub fn complete(&self, sandbox: &Sandbox) -> Sandbox {
+        let mut out = sandbox.clone();
+        if (sandbox.actor().is_none() && self.actor.is_some())
+            || (sandbox.origin().is_none() && self.origin.is_some())
+        {
+            let mut builder = SandboxBuilder::from_key(sandbox.key().clone());
+            // Entries come from the operator; a label that does not validate is left out.
+            if let Some(actor) = sandbox.actor().or(self.actor.as_deref()) {
+                builder = builder.clone().actor(actor).unwrap_or(builder);
+            }
+            if let Some(origin) = sandbox.origin().or(self.origin.as_deref()) {
+                builder = builder.clone().origin(origin).unwrap_or(builder);
+            }
+            if let Some(at) = sandbox.expires_at() {
+                builder = builder.expires_at(at);
+            }
+            out = builder.build();
+        }
+        match self.expires_at {
+            Some(at) => out.with_expiry_at_most(at),
+            None => out,
+        }
+    }
+}
+
+mod time_serde {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Secs(u64),
+        Text(String),
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.collect_str(&humantime::format_rfc3339_seconds(*t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        match Option::<Repr>::deserialize(d)? {
+            None => Ok(None),
+            Some(Repr::Secs(secs)) => Ok(Some(UNIX_EPOCH + Duration::from_secs(secs))),
+            Some(Repr::Text(text)) => humantime::parse_rfc3339_weak(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// An immutable snapshot of entries; writers swap whole snapshots.
+type Snapshot = Arc<HashMap<SandboxKey, Arc<SandboxEntry>>>;
+
+/// A directory held in memory, changed through its methods. Clones share the same state.
+#[derive(Clone, Default)]
+pub struct MemoryDirectory {
+    entries: Arc<RwLock<Snapshot>>,
+}
+
+impl fmt::Debug for MemoryDirectory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryDirectory")
+            .field("entries", &self.snapshot().len())
+            .finish()
+    }
+}
+
+impl MemoryDirectory {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        // A poisoned lock still holds a consistent map: writers swap whole snapshots.
+        match self.entries.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut HashMap<SandboxKey, Arc<SandboxEntry>>)) {
+        let mut guard = match self.entries.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(Arc::make_mut(&mut guard));
+    }
+
+    /// Adds or replaces an entry.
+    pub fn upsert(&self, entry: SandboxEntry) {
+        self.update(|map| {
+            map.insert(entry.key.clone(), Arc::new(entry));
+        });
+    }
+
+    /// Removes an entry; returns whether it existed.
+    pub fn remove(&self, key: &SandboxKey) -> bool {
+        let mut existed = false;
+        self.update(|map| existed = map.remove(key).is_some());
+        existed
+    }
+
+    /// Flips the kill switch; returns whether the sandbox exists.
+    pub fn set_disabled(&self, key: &SandboxKey, disabled: bool) -> bool {
+        let mut found = false;
+        self.update(|map| {
+            if let Some(entry) = map.get_mut(key) {
+                Arc::make_mut(entry).disabled = disabled;
+                found = true;
+            }
+        });
+        found
+    }
+
+    /// Replaces every entry at once.
+    pub fn replace_all(&self, entries: impl IntoIterator<Item = SandboxEntry>) {
+        let map: HashMap<_, _> = entries
+            .into_iter()
+            .map(|e| (e.key.clone(), Arc::new(e)))
+            .collect();
+        let mut guard = match self.entries.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Arc::new(map);
+    }
+}
+
+impl Directory for MemoryDirectory {
+    fn get(&self, key: &SandboxKey) -> Option<Arc<SandboxEntry>> {
+        let guard = match self.entries.read() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.get(key).cloned()
+    }
+
+    fn entries(&self) -> Vec<Arc<SandboxEntry>> {
+        self.snapshot().values().cloned().collect()
+    }
+}

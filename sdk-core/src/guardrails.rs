@@ -1,0 +1,456 @@
+//! Per-sandbox guardrails: a rate limit, a concurrency budget and a circuit breaker on outbound
+//! calls, so a runaway test is contained without touching baseline traffic.
+//!
+//! Baseline traffic never passes through guardrails. State is kept per sandbox, bounded by
+//! [`GuardrailsBuilder::max_tracked`]: a sandbox at rest (full bucket, nothing in flight, no open
+//! breaker) holds no information and is evicted first; when every tracked sandbox is busy, new
+//! sandboxes are throttled rather than letting memory grow.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use prodbox_core::guardrails::{Guardrails, ThrottleReason};
+//!
+//! let guardrails = Guardrails::builder().rate(10.0, 2).max_concurrent(5).build();
+//! let key = "pr-42".parse()?;
+//! let first = guardrails.admit(&key)?;
+//! let second = guardrails.admit(&key)?;
+//! let third = guardrails.admit(&key).unwrap_err();
+//! assert_eq!(third.reason, ThrottleReason::RateLimited);
+//! assert!(third.retry_after <= Duration::from_millis(100));
+//! // Other sandboxes have their own budget.
+//! assert!(guardrails.admit(&"pr-7".parse()?).is_ok());
+//! # drop((first, second));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::limits::DEFAULT_MAX_TRACKED_SANDBOXES;
+use crate::sandbox::SandboxKey;
+
+/// Why a sandbox was throttled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleReason {
+    /// Over its request rate.
+    RateLimited,
+    /// Over its concurrency budget.
+    TooManyConcurrent,
+    /// Every tracked sandbox is busy and no more can be tracked.
+    Capacity,
+    /// The circuit breaker for this destination is open.
+    CircuitOpen,
+}
+
+impl ThrottleReason {
+    /// A short stable name for audit events and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::TooManyConcurrent => "too_many_concurrent",
+            Self::Capacity => "guardrail_capacity",
+            Self::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
+/// A guardrail said no.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sandbox {sandbox} throttled ({}); retry after {} ms", reason.as_str(), retry_after.as_millis())]
+pub struct Throttled {
+    /// The sandbox.
+    pub sandbox: SandboxKey,
+    /// Which guardrail.
+    pub reason: ThrottleReason,
+    /// When trying again may succeed.
+    pub retry_after: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    rate: Option<(f64, u32)>,
+    max_concurrent: Option<u32>,
+    breaker: Option<(u32, Duration)>,
+    max_tracked: usize,
+}
+
+/// Builds [`Guardrails`]. Every guardrail is off until set.
+#[derive(Debug, Clone)]
+pub struct GuardrailsBuilder {
+    config: Config,
+}
+
+impl GuardrailsBuilder {
+    /// At most `per_second` requests per second per sandbox, with bursts of `burst`.
+    pub fn rate(mut self, per_second: f64, burst: u32) -> Self {
+        if per_second > 0.0 && per_second.is_finite() {
+            self.config.rate = Some((per_second, burst.max(1)));
+        }
+        self
+    }
+
+    /// At most `limit` requests of one sandbox in flight at once.
+    pub fn max_concurrent(mut self, limit: u32) -> Self {
+        self.config.max_concurrent = Some(limit.max(1));
+        self
+    }
+
+    /// Opens a sandbox's breaker for a destination after `failures` consecutive failures, for
+    /// `open_for`; then lets one trial call through.
+    pub fn circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
+        self.config.breaker = Some((failures.max(1), open_for));
+        self
+    }
+
+    /// Sandboxes tracked at once (default 10,000).
+    pub fn max_tracked(mut self, limit: usize) -> Self {
+        self.config.max_tracked = limit.max(1);
+        self
+    }
+
+    /// Finishes the guardrails.
+    pub fn build(self) -> Guardrails {
+        Guardrails {
+            inner: Arc::new(Inner {
+                config: self.config,
+                sandboxes: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+/// Per-sandbox guardrails, shared by clones.
+#[derive(Clone)]
+pub struct Guardrails {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    sandboxes: Mutex<HashMap<SandboxKey, Arc<State>>>,
+}
+
+struct State {
+    in_flight: AtomicU32,
+    bucket: Mutex<Bucket>,
+    breakers: Mutex<HashMap<Box<str>, Breaker>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+#[derive(Clone, Copy)]
+enum Breaker {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { trial: bool },
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Guardrail state stays meaningful after a panic elsewhere; never propagate poison.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl fmt::Debug for Guardrails {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guardrails")
+            .field("config", &self.inner.config)
+            .field("tracked", &self.tracked())
+            .finish()
+    }
+}
+
+impl Guardrails {
+    /// Starts building guardrails.
+    pub fn builder() -> GuardrailsBuilder {
+        GuardrailsBuilder {
+            config: Config {
+                rate: None,
+                max_concurrent: None,
+                breaker: None,
+                max_tracked: DEFAULT_MAX_TRACKED_SANDBOXES,
+            },
+        }
+    }
+
+    /// How many sandboxes have state right now.
+    pub fn tracked(&self) -> usize {
+        lock(&self.inner.sandboxes).len()
+    }
+
+    fn state(&self, key: &SandboxKey, now: Instant) -> Result<Arc<State>, Throttled> {
+        let mut map = lock(&self.inner.sandboxes);
+        if let Some(state) = map.get(key) {
+            return Ok(Arc::clone(state));
+        }
+        if map.len() >= self.inner.config.max_tracked {
+            map.retain(|_, state| !self.at_rest(state, now));
+            if map.len() >= self.inner.config.max_tracked {
+                return Err(Throttled {
+                    sandbox: key.clone(),
+                    reason: ThrottleReason::Capacity,
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+        }
+        let burst = self.inner.config.rate.map_or(0.0, |(_, b)| f64::from(b));
+        let state = Arc::new(State {
+            in_flight: AtomicU32::new(0),
+            bucket: Mutex::new(Bucket {
+                tokens: burst,
+                refilled: now,
+            }),
+            breakers: Mutex::new(HashMap::new()),
+        });
+        map.insert(key.clone(), Arc::clone(&state));
+        Ok(state)
+    }
+
+    /// A state that equals a fresh one: nothing is lost by forgetting it.
+    fn at_rest(&self, state: &Arc<State>, now: Instant) -> bool {
+        if Arc::strong_count(state) > 1 || state.in_flight.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        if let Some((rate, burst)) = self.inner.config.rate {
+            let bucket = lock(&state.bucket);
+            let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
+            if bucket.tokens + elapsed * rate < f64::from(burst) {
+                return false;
+            }
+        }
+        lock(&state.breakers)
+            .values()
+            .all(|b| matches!(b, Breaker::Closed { failures: 0 }))
+    }
+
+    /// Admits one inbound request of `sandbox`: the returned permit holds a concurrency slot
+    /// until dropped (keep it until the response body has been sent).
+    pub fn admit(&self, sandbox: &SandboxKey) -> Result<Permit, Throttled> {
+        let now = Instant::now();
+        let state = self.state(sandbox, now)?;
+        let config = &self.inner.config;
+        let throttled = |reason, retry_after| Throttled {
+            sandbox: sandbox.clone(),
+            reason,
+            retry_after,
+        };
+        let in_flight = state.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        // From here the permit owns the slot and gives it back on every path.
+        let permit = Permit { state };
+        if let Some(limit) = config.max_concurrent
+            && in_flight > limit
+        {
+            return Err(throttled(
+                ThrottleReason::TooManyConcurrent,
+                Duration::from_secs(1),
+            ));
+        }
+        if let Some((rate, burst)) = config.rate {
+            let mut bucket = lock(&permit.state.bucket);
+            let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
+            bucket.tokens = (bucket.tokens + elapsed * rate).min(f64::from(burst));
+            bucket.refilled = now;
+            if bucket.tokens < 1.0 {
+                let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / rate);
+                return Err(throttled(ThrottleReason::RateLimited, wait));
+            }
+            bucket.tokens -= 1.0;
+        }
+        Ok(permit)
+    }
+
+    /// Asks the circuit breaker of `sandbox` for `destination` whether an outbound call may go
+    /// out. Report the call's outcome on the returned guard.
+    pub fn outbound(
+        &self,
+        sandbox: &SandboxKey,
+        destination: &str,
+    ) -> Result<CallGuard, Throttled> {
+        let Some((_, open_for)) = self.inner.config.breaker else {
+            return Ok(CallGuard { target: None });
+        };
+        let now = Instant::now();
+        let state = self.state(sandbox, now)?;
+        {
+            let mut breakers = lock(&state.breakers);
+            let breaker = breakers
+                .entry(destination.into())
+                .or_insert(Breaker::Closed { failures: 0 });
+            match *breaker {
+                Breaker::Closed { .. } => {}
+                Breaker::Open { until } if now < until => {
+                    return Err(Throttled {
+                        sandbox: sandbox.clone(),
+                        reason: ThrottleReason::CircuitOpen,
+                        retry_after: until - now,
+                    });
+                }
+                Breaker::Open { .. } | Breaker::HalfOpen { trial: false } => {
+                    *breaker = Breaker::HalfOpen { trial: true };
+                }
+                Breaker::HalfOpen { trial: true } => {
+                    return Err(Throttled {
+                        sandbox: sandbox.clone(),
+                        reason: ThrottleReason::CircuitOpen,
+                        retry_after: open_for,
+                    });
+                }
+            }
+        }
+        Ok(CallGuard {
+            target: Some((self.clone(), state, destination.into())),
+        })
+    }
+
+    fn record(&self, state: &State, destination: &str, success: Option<bool>) {
+        let Some((threshold, open_for)) = self.inner.config.breaker else {
+            return;
+        };
+        let mut breakers = lock(&state.breakers);
+        let Some(breaker) = breakers.get_mut(destination) else {
+            return;
+        };
+        *breaker = match (*breaker, success) {
+            (_, Some(true)) => Breaker::Closed { failures: 0 },
+            (Breaker::Closed { failures }, Some(false)) if failures + 1 < threshold => {
+                Breaker::Closed {
+                    failures: failures + 1,
+                }
+            }
+            (_, Some(false)) => Breaker::Open {
+                until: Instant::now() + open_for,
+            },
+            // Cancelled before an outcome: a half-open trial slot is given back.
+            (Breaker::HalfOpen { .. }, None) => Breaker::HalfOpen { trial: false },
+            (other, None) => other,
+        };
+    }
+}
+
+/// Holds one concurrency slot of a sandbox; dropping it gives the slot back.
+#[must_use = "the slot is released when the permit is dropped"]
+pub struct Permit {
+    state: Arc<State>,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One outbound call let through by a circuit breaker; report how it went.
+#[must_use = "report the outcome with `success` or `failure`"]
+pub struct CallGuard {
+    target: Option<(Guardrails, Arc<State>, Box<str>)>,
+}
+
+impl fmt::Debug for CallGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallGuard").finish_non_exhaustive()
+    }
+}
+
+impl CallGuard {
+    /// The call succeeded.
+    pub fn success(mut self) {
+        self.finish(Some(true));
+    }
+
+    /// The call failed (an error or a server error).
+    pub fn failure(mut self) {
+        self.finish(Some(false));
+    }
+
+    fn finish(&mut self, outcome: Option<bool>) {
+        if let Some((guardrails, state, destination)) = self.target.take() {
+            guardrails.record(&state, &destination, outcome);
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> SandboxKey {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn concurrency_budget_is_released_with_the_permit() {
+        let g = Guardrails::builder().max_concurrent(2).build();
+        let a = g.admit(&key("a")).unwrap();
+        let _b = g.admit(&key("a")).unwrap();
+        let err = g.admit(&key("a")).unwrap_err();
+        assert_eq!(err.reason, ThrottleReason::TooManyConcurrent);
+        assert!(g.admit(&key("b")).is_ok(), "other sandboxes unaffected");
+        drop(a);
+        assert!(g.admit(&key("a")).is_ok());
+    }
+
+    #[test]
+    fn breaker_opens_after_failures_and_half_opens() {
+        let g = Guardrails::builder()
+            .circuit_breaker(2, Duration::from_millis(0))
+            .build();
+        let k = key("a");
+        g.outbound(&k, "billing").unwrap().failure();
+        g.outbound(&k, "billing").unwrap().failure();
+        // Open for 0 ms: the next call is the half-open trial, a second one is refused.
+        let trial = g.outbound(&k, "billing").unwrap();
+        let refused = g.outbound(&k, "billing").unwrap_err();
+        assert_eq!(refused.reason, ThrottleReason::CircuitOpen);
+        trial.success();
+        assert!(g.outbound(&k, "billing").is_ok());
+        assert!(g.outbound(&k, "orders").is_ok(), "per destination");
+
+        let g = Guardrails::builder()
+            .circuit_breaker(1, Duration::from_secs(3600))
+            .build();
+        g.outbound(&k, "billing").unwrap().failure();
+        let err = g.outbound(&k, "billing").unwrap_err();
+        assert!(err.retry_after > Duration::from_secs(3000));
+        assert!(g.outbound(&key("b"), "billing").is_ok(), "per sandbox");
+    }
+
+    #[test]
+    fn tracked_state_is_bounded() {
+        let g = Guardrails::builder()
+            .max_concurrent(1)
+            .max_tracked(100)
+            .build();
+        for i in 0..10_000 {
+            let _permit = g.admit(&key(&format!("k{i}"))).unwrap();
+        }
+        assert!(g.tracked() <= 100, "{}", g.tracked());
+
+        // Every tracked sandbox busy: a new one is throttled, not tracked.
+        let held: Vec<_> = (0..100)
+            .map(|i| g.admit(&key(&format!("busy{i}"))).unwrap())
+            .collect();
+        let err = g.admit(&key("one-more")).unwrap_err();
+        assert_eq!(err.reason, ThrottleReason::Capacity);
+        drop(held);
+        assert!(g.admit(&key("one-more")).is_ok());
+    }
+}

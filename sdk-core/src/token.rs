@@ -1,0 +1,409 @@
+//! Signed, expiring sandbox tokens for a [`Signed`](crate::TrustPolicy::signed) edge.
+//!
+//! A token is `v1.<key id>.<claims>.<signature>`: the claims are base64url JSON (sandbox key,
+//! actor, origin, issued-at and expiry in Unix seconds) and the signature is HMAC-SHA256 over
+//! everything before it. Key ids let you rotate: mint with the new key while the old one still
+//! verifies, then retire the old one.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use prodbox_core::{Sandbox, token::TokenKeys};
+//!
+//! let keys = TokenKeys::new().with_key("2026-11", b"a secret of at least 32 bytes....")?;
+//! let sandbox = Sandbox::builder("pr-42")?.actor("alice")?.build();
+//! let token = keys.mint(&sandbox, Duration::from_secs(3600))?;
+//!
+//! let verified = keys.verify(&token, SystemTime::now())?;
+//! assert_eq!(verified.key().as_str(), "pr-42");
+//! assert_eq!(verified.actor(), Some("alice"));
+//!
+//! // A token signed with another secret is refused.
+//! let forger = TokenKeys::new().with_key("2026-11", b"not the secret, but long enough.")?;
+//! let forged = forger.mint(&sandbox, Duration::from_secs(3600))?;
+//! assert!(keys.verify(&forged, SystemTime::now()).is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::limits::{DEFAULT_TOKEN_LEEWAY, MAX_TOKEN_LEN};
+use crate::sandbox::{Sandbox, SandboxBuilder, SandboxKey};
+
+type HmacSha256 = Hmac<Sha256>;
+
+const VERSION: &str = "v1";
+/// Shortest secret accepted: the HMAC-SHA256 block of entropy the algorithm can use.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Why a token could not be minted or was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Longer than [`MAX_TOKEN_LEN`].
+    #[error("token is {len} bytes long; the limit is 1024")]
+    TooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// Not of the form `v1.<kid>.<claims>.<signature>`.
+    #[error("token is malformed: {0}")]
+    Malformed(&'static str),
+    /// Signed with a key id this service does not know (never issued, or retired).
+    #[error("token is signed with unknown or retired key id {0:?}")]
+    UnknownKey(String),
+    /// The signature does not match: forged or altered.
+    #[error("token signature does not match")]
+    BadSignature,
+    /// Past its expiry.
+    #[error("token expired {ago_secs} s ago")]
+    Expired {
+        /// Seconds since it expired.
+        ago_secs: u64,
+    },
+    /// Issued in the future (beyond the clock-skew leeway).
+    #[error("token is issued in the future")]
+    NotYetValid,
+    /// The claims are signed but invalid (a bad sandbox key, say).
+    #[error("token claims are invalid: {0}")]
+    InvalidClaims(String),
+    /// Minting needs an active key.
+    #[error("no active signing key; add one with `with_key`")]
+    NoActiveKey,
+    /// A secret shorter than [`MIN_SECRET_LEN`].
+    #[error("signing secret for key id {0:?} is shorter than 32 bytes")]
+    WeakSecret(String),
+    /// A key id outside `[A-Za-z0-9_-]{1,32}`.
+    #[error("key id {0:?} must be 1 to 32 characters of A-Z, a-z, 0-9, '_' and '-'")]
+    InvalidKeyId(String),
+}
+
+impl TokenError {
+    /// A short stable name for audit events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLong { .. } | Self::Malformed(_) => "token_malformed",
+            Self::UnknownKey(_) => "token_unknown_key",
+            Self::BadSignature => "token_bad_signature",
+            Self::Expired { .. } => "token_expired",
+            Self::NotYetValid => "token_not_yet_valid",
+            Self::InvalidClaims(_) => "token_invalid_claims",
+            Self::NoActiveKey | Self::WeakSecret(_) | Self::InvalidKeyId(_) => "token_config",
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Claims {
+    sbx: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    act: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    org: Option<String>,
+    iat: u64,
+    exp: u64,
+}
+
+/// A keyring of HMAC secrets by key id: one active for minting, all of them for verifying.
+/// Cheap to clone.
+#[derive(Clone, Default)]
+pub struct TokenKeys {
+    keys: Arc<HashMap<String, Vec<u8>>>,
+    active: Option<String>,
+    leeway: Option<Duration>,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        let mut ids: Vec<_> = self.keys.keys().collect();
+        ids.sort();
+        f.debug_struct("TokenKeys")
+            .field("key_ids", &ids)
+            .field("active", &self.active)
+            .finish()
+    }
+}
+
+impl TokenKeys {
+    /// An empty keyring.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a secret under `kid` and makes it the active key for minting.
+    pub fn with_key(mut self, kid: &str, secret: &[u8]) -> Result<Self, TokenError> {
+        if kid.is_empty()
+            || kid.len() > 32
+            || !kid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(TokenError::InvalidKeyId(kid.to_owned()));
+        }
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(TokenError::WeakSecret(kid.to_owned()));
+        }
+        Arc::make_mut(&mut self.keys).insert(kid.to_owned(), secret.to_vec());
+        self.active = Some(kid.to_owned());
+        Ok(self)
+    }
+
+    /// Adds a secret that verifies but does not mint (the previous key during a rotation).
+    pub fn with_verify_only_key(self, kid: &str, secret: &[u8]) -> Result<Self, TokenError> {
+        let active = self.active.clone();
+        let mut this = self.with_key(kid, secret)?;
+        this.active = active;
+        Ok(this)
+    }
+
+    /// Removes `kid`: tokens signed with it are refused from now on.
+    pub fn retire(mut self, kid: &str) -> Self {
+        Arc::make_mut(&mut self.keys).remove(kid);
+        if self.active.as_deref() == Some(kid) {
+            self.active = None;
+        }
+        self
+    }
+
+    /// Clock skew tolerated on expiry and issue time (default 30 s).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = Some(leeway);
+        self
+    }
+
+    /// Mints a token for `sandbox` valid for `ttl` from now.
+    pub fn mint(&self, sandbox: &Sandbox, ttl: Duration) -> Result<String, TokenError> {
+        self.mint_at(sandbox, SystemTime::now(), ttl)
+    }
+
+    /// Mints a token as if `now` were the current time.
+    pub fn mint_at(
+        &self,
+        sandbox: &Sandbox,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<String, TokenError> {
+        let kid = self.active.as_deref().ok_or(TokenError::NoActiveKey)?;
+        let secret = self.keys.get(kid).ok_or(TokenError::NoActiveKey)?;
+        let iat = unix_secs(now);
+        let claims = Claims {
+            sbx: sandbox.key().as_str().to_owned(),
+            act: sandbox.actor().map(str::to_owned),
+            org: sandbox.origin().map(str::to_owned),
+            iat,
+            exp: iat.saturating_add(ttl.as_secs().max(1)),
+        };
+        let json =
+            serde_json::to_vec(&claims).map_err(|e| TokenError::InvalidClaims(e.to_string()))?;
+        let mut token = format!("{VERSION}.{kid}.{}", B64.encode(json));
+        let signature = sign(secret, token.as_bytes());
+        token.push('.');
+        token.push_str(&B64.encode(signature));
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLong { len: token.len() });
+        }
+        Ok(token)
+    }
+
+    /// Verifies `token` at `now` and returns the sandbox it grants, expiring when it does.
+    pub fn verify(&self, token: &str, now: SystemTime) -> Result<Sandbox, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLong { len: token.len() });
+        }
+        let (signed, signature) = token
+            .rsplit_once('.')
+            .ok_or(TokenError::Malformed("expected 4 dot-separated parts"))?;
+        let mut parts = signed.splitn(3, '.');
+        let (Some(version), Some(kid), Some(payload)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed("expected 4 dot-separated parts"));
+        };
+        if version != VERSION {
+            return Err(TokenError::Malformed("unknown version"));
+        }
+        let secret = self
+            .keys
+            .get(kid)
+            .ok_or_else(|| TokenError::UnknownKey(kid.chars().take(32).collect()))?;
+        let signature = B64
+            .decode(signature)
+            .map_err(|_| TokenError::Malformed("signature is not base64url"))?;
+        let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| TokenError::BadSignature)?;
+        mac.update(signed.as_bytes());
+        // Constant-time comparison.
+        mac.verify_slice(&signature)
+            .map_err(|_| TokenError::BadSignature)?;
+
+        // Only signed bytes are parsed from here on.
+        let json = B64
+            .decode(payload)
+            .map_err(|_| TokenError::Malformed("claims are not base64url"))?;
+        let claims: Claims =
+            serde_json::from_slice(&json).map_err(|e| TokenError::InvalidClaims(e.to_string()))?;
+        let leeway = self.leeway.unwrap_or(DEFAULT_TOKEN_LEEWAY).as_secs();
+        let now_secs = unix_secs(now);
+        if claims.exp.saturating_add(leeway) <= now_secs {
+            return Err(TokenError::Expired {
+                ago_secs: now_secs - claims.exp,
+            });
+        }
+        if claims.iat > now_secs.saturating_add(leeway) {
+            return Err(TokenError::NotYetValid);
+        }
+        let key =
+            SandboxKey::new(&claims.sbx).map_err(|e| TokenError::InvalidClaims(e.to_string()))?;
+        let mut builder =
+            SandboxBuilder::from_key(key).expires_at(UNIX_EPOCH + Duration::from_secs(claims.exp));
+        if let Some(actor) = &claims.act {
+            builder = builder
+                .actor(actor)
+                .map_err(|e| TokenError::InvalidClaims(e.to_string()))?;
+        }
+        if let Some(origin) = &claims.org {
+            builder = builder
+                .origin(origin)
+                .map_err(|e| TokenError::InvalidClaims(e.to_string()))?;
+        }
+        Ok(builder.build())
+    }
+}
+
+fn sign(secret: &[u8], data: &[u8]) -> Vec<u8> {
+    // Any key length is valid for HMAC; `with_key` already enforced a minimum.
+    match HmacSha256::new_from_slice(secret) {
+        Ok(mut mac) => {
+            mac.update(data);
+            mac.finalize().into_bytes().to_vec()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const OTHER: &[u8] = b"fedcba9876543210fedcba9876543210";
+
+    fn sandbox() -> Sandbox {
+        Sandbox::builder("pr-42")
+            .unwrap()
+            .actor("alice")
+            .unwrap()
+            .origin("pr-42")
+            .unwrap()
+            .build()
+    }
+
+    #[test]
+    fn round_trip_keeps_claims_and_sets_expiry() {
+        let keys = TokenKeys::new().with_key("k1", SECRET).unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let token = keys
+            .mint_at(&sandbox(), now, Duration::from_secs(60))
+            .unwrap();
+        let got = keys.verify(&token, now).unwrap();
+        assert_eq!(got.key().as_str(), "pr-42");
+        assert_eq!(got.actor(), Some("alice"));
+        assert_eq!(got.origin(), Some("pr-42"));
+        assert_eq!(
+            got.expires_at(),
+            Some(UNIX_EPOCH + Duration::from_secs(1_800_000_060))
+        );
+    }
+
+    #[test]
+    fn expired_and_future_tokens_are_refused() {
+        let keys = TokenKeys::new()
+            .with_key("k1", SECRET)
+            .unwrap()
+            .leeway(Duration::ZERO);
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let token = keys
+            .mint_at(&sandbox(), now, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            keys.verify(&token, now + Duration::from_secs(61)),
+            Err(TokenError::Expired { ago_secs: 1 })
+        );
+        assert_eq!(
+            keys.verify(&token, now - Duration::from_secs(10)),
+            Err(TokenError::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn tampering_forgery_and_retired_keys_are_refused() {
+        let keys = TokenKeys::new().with_key("k1", SECRET).unwrap();
+        let now = SystemTime::now();
+        let token = keys
+            .mint_at(&sandbox(), now, Duration::from_secs(60))
+            .unwrap();
+
+        // Swap the claims for another sandbox's, keeping the signature.
+        let other = keys
+            .mint_at(
+                &Sandbox::new("prod".parse().unwrap()),
+                now,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        let other_parts: Vec<&str> = other.split('.').collect();
+        let spliced = format!("v1.k1.{}.{}", other_parts[2], parts[3]);
+        assert_eq!(keys.verify(&spliced, now), Err(TokenError::BadSignature));
+
+        let forger = TokenKeys::new().with_key("k1", OTHER).unwrap();
+        let forged = forger
+            .mint_at(&sandbox(), now, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(keys.verify(&forged, now), Err(TokenError::BadSignature));
+
+        let rotated = keys.clone().with_key("k2", OTHER).unwrap();
+        assert!(
+            rotated.verify(&token, now).is_ok(),
+            "old key still verifies"
+        );
+        let retired = rotated.retire("k1");
+        assert_eq!(
+            retired.verify(&token, now),
+            Err(TokenError::UnknownKey("k1".into()))
+        );
+
+        for junk in ["", "v1", "v1.k1.x", "v2.k1.e30.AAAA", "v1.k1.e30.!!!!"] {
+            assert!(keys.verify(junk, now).is_err(), "{junk}");
+        }
+        assert!(matches!(
+            keys.verify(&"a".repeat(2000), now),
+            Err(TokenError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn weak_secrets_and_bad_key_ids_are_refused() {
+        assert!(matches!(
+            TokenKeys::new().with_key("k1", b"short"),
+            Err(TokenError::WeakSecret(_))
+        ));
+        assert!(matches!(
+            TokenKeys::new().with_key("k 1", SECRET),
+            Err(TokenError::InvalidKeyId(_))
+        ));
+        let debug = format!("{:?}", TokenKeys::new().with_key("k1", SECRET).unwrap());
+        assert!(!debug.contains("0123456789"), "{debug}");
+    }
+}

@@ -1,0 +1,505 @@
+//! Trust policy at an ingress, and the one admission decision every protocol layer shares.
+//!
+//! | policy | use it for | a sandbox context that arrives is |
+//! |---|---|---|
+//! | [`Accept`](TrustPolicy::accept) | internal hops | taken as sent; optionally only from listed source networks, and stripped from anywhere else |
+//! | [`Strip`](TrustPolicy::strip) (default) | public edges without tokens | removed; the request runs as baseline |
+//! | [`Signed`](TrustPolicy::signed) | public edges | taken only from a valid signed token; forged, expired or unsigned ones are stripped or rejected as configured |
+//!
+//! Whatever the policy, a sandbox the directory knows as disabled or expired is refused, and
+//! guardrails apply. Every decision is audited (see [`crate::audit`]).
+//!
+//! # Example
+//!
+//! ```
+//! use prodbox_core::trust::{Admission, Ingress, TrustPolicy};
+//!
+//! let ingress = Ingress::new(TrustPolicy::accept());
+//! let headers = vec![("baggage".to_owned(), b"prodbox.sandbox=pr-42".to_vec())];
+//! match ingress.admit(&headers, None) {
+//!     Admission::Sandboxed { context, .. } => {
+//!         assert_eq!(context.sandbox().map(|s| s.key().as_str()), Some("pr-42"));
+//!     }
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//!
+//! // The same request at a public edge is stripped and runs as baseline.
+//! let edge = Ingress::new(TrustPolicy::strip());
+//! assert!(matches!(edge.admit(&headers, None), Admission::Baseline { strip: true, .. }));
+//! ```
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+
+use crate::audit::{AuditEvent, Decision, Direction, Protocol};
+use crate::codec::{BaggageError, Carrier, Codec, Extracted};
+use crate::context::SandboxContext;
+use crate::directory::Directory;
+use crate::guardrails::{Guardrails, Permit, Throttled};
+use crate::sandbox::{Sandbox, SandboxKey};
+use crate::token::{TokenError, TokenKeys};
+
+/// What to do with a sandbox context that fails a check at a `Signed` edge or cannot be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInvalid {
+    /// Remove it and handle the request as baseline (audited).
+    Strip,
+    /// Refuse the request with an error that says why (audited).
+    Reject,
+}
+
+/// Who may set a sandbox context at an ingress.
+#[derive(Clone, Debug, Default)]
+pub enum TrustPolicy {
+    /// Take the context as sent (internal hops).
+    Accept {
+        /// When set, only from peers in these networks; from anywhere else it is stripped, as is
+        /// a request whose peer address is unknown.
+        from: Option<Arc<[IpNet]>>,
+    },
+    /// Remove any sandbox context (untrusted edges; the default).
+    #[default]
+    Strip,
+    /// Take the context only from a valid signed token.
+    Signed {
+        /// The keys that verify tokens.
+        keys: TokenKeys,
+        /// What happens to forged, expired or unsigned contexts.
+        on_invalid: OnInvalid,
+    },
+}
+
+impl TrustPolicy {
+    /// Accept from anywhere.
+    pub fn accept() -> Self {
+        Self::Accept { from: None }
+    }
+
+    /// Accept only from peers in `networks`, such as `10.0.0.0/8`.
+    pub fn accept_from(networks: impl IntoIterator<Item = IpNet>) -> Self {
+        Self::Accept {
+            from: Some(networks.into_iter().collect()),
+        }
+    }
+
+    /// Strip every sandbox context.
+    pub fn strip() -> Self {
+        Self::Strip
+    }
+
+    /// Accept only signed tokens; strip invalid ones.
+    pub fn signed(keys: TokenKeys) -> Self {
+        Self::Signed {
+            keys,
+            on_invalid: OnInvalid::Strip,
+        }
+    }
+
+    /// Accept only signed tokens; reject requests with invalid ones.
+    pub fn signed_rejecting(keys: TokenKeys) -> Self {
+        Self::Signed {
+            keys,
+            on_invalid: OnInvalid::Reject,
+        }
+    }
+}
+
+/// What to do with a valid sandbox the directory does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownSandbox {
+    /// Let it run: its data is isolated all the same, and routing falls back to baseline code.
+    #[default]
+    Allow,
+    /// Refuse it.
+    Refuse,
+}
+
+/// Why a request was refused. Each protocol maps the kind to its status (HTTP 400/401/403/429,
+/// gRPC `INVALID_ARGUMENT`/`UNAUTHENTICATED`/`PERMISSION_DENIED`/`RESOURCE_EXHAUSTED`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The sandbox baggage is malformed or ambiguous (strict ingress).
+    #[error("malformed sandbox baggage: {0}")]
+    Malformed(#[from] BaggageError),
+    /// The token is forged, expired, from a retired key, or missing (`Signed`, rejecting).
+    #[error("sandbox token refused: {0}")]
+    Unauthenticated(String),
+    /// The directory's kill switch is on for this sandbox.
+    #[error("sandbox {0} is disabled")]
+    Disabled(SandboxKey),
+    /// The sandbox has expired.
+    #[error("sandbox {0} has expired")]
+    Expired(SandboxKey),
+    /// The directory does not know this sandbox (and is configured to refuse those).
+    #[error("sandbox {0} is not registered in the directory")]
+    Unknown(SandboxKey),
+    /// A guardrail throttled the sandbox.
+    #[error(transparent)]
+    Throttled(#[from] Throttled),
+}
+
+impl Refusal {
+    /// A short stable name for audit events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed(e) => e.reason(),
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Disabled(_) => "sandbox_disabled",
+            Self::Expired(_) => "sandbox_expired",
+            Self::Unknown(_) => "sandbox_unknown",
+            Self::Throttled(t) => t.reason.as_str(),
+        }
+    }
+
+    /// For throttling, when to retry.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Throttled(t) => Some(t.retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of [`Ingress::admit`].
+#[derive(Debug)]
+pub enum Admission {
+    /// Handle as production. `context` carries members that are not ours onward; `strip` says
+    /// the caller should remove our carriers from the message (see [`Codec::strip`]).
+    Baseline {
+        /// Other baggage to keep propagating.
+        context: Option<SandboxContext>,
+        /// Whether a sandbox context was removed.
+        strip: bool,
+    },
+    /// Handle inside the sandbox. Keep `permit` until the response is complete.
+    Sandboxed {
+        /// The sandbox context to attach.
+        context: SandboxContext,
+        /// The guardrail slot, when guardrails are configured.
+        permit: Option<Permit>,
+    },
+    /// Refuse the request.
+    Refused(Refusal),
+}
+
+/// The admission decision for one ingress: codec, trust policy, directory and guardrails.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Ingress {
+    codec: Codec,
+    policy: TrustPolicy,
+    directory: Option<Arc<dyn Directory>>,
+    guardrails: Option<Guardrails>,
+    on_malformed: Option<OnInvalid>,
+    unknown: UnknownSandbox,
+    protocol: Protocol,
+}
+
+impl fmt::Debug for Ingress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ingress")
+            .field("policy", &self.policy)
+            .field("directory", &self.directory.is_some())
+            .field("guardrails", &self.guardrails)
+            .field("on_malformed", &self.malformed_action())
+            .field("unknown", &self.unknown)
+            .field("protocol", &self.protocol)
+            .finish()
+    }
+}
+
+impl Ingress {
+    /// An ingress with `policy`, the default codec, no directory and no guardrails.
+    pub fn new(policy: TrustPolicy) -> Self {
+        Self {
+            codec: Codec::default(),
+            policy,
+            directory: None,
+            guardrails: None,
+            on_malformed: None,
+            unknown: UnknownSandbox::Allow,
+            protocol: Protocol::Http,
+        }
+    }
+
+    /// Uses `codec` (limits, aliases, legacy carriers).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Checks sandboxes against `directory`.
+    pub fn directory(mut self, directory: impl Directory) -> Self {
+        self.directory = Some(Arc::new(directory));
+        self
+    }
+
+    /// Applies `guardrails` to sandboxed requests.
+    pub fn guardrails(mut self, guardrails: Guardrails) -> Self {
+        self.guardrails = Some(guardrails);
+        self
+    }
+
+    /// What to do with malformed or ambiguous sandbox baggage.
+    ///
+    /// The default depends on the policy. At an `Accept` hop the message comes from a service of
+    /// ours, and a malformed context there is most likely a sandboxed request gone wrong:
+    /// running it as production could write production data, so it is **rejected**. At a
+    /// `Strip` or `Signed` edge nothing from outside is trusted anyway, so it is **stripped**.
+    pub fn on_malformed(mut self, action: OnInvalid) -> Self {
+        self.on_malformed = Some(action);
+        self
+    }
+
+    /// Shorthand for `on_malformed(OnInvalid::Reject)` when `strict`, else `Strip`.
+    pub fn strict(self, strict: bool) -> Self {
+        self.on_malformed(if strict {
+            OnInvalid::Reject
+        } else {
+            OnInvalid::Strip
+        })
+    }
+
+    /// What to do with valid sandboxes the directory does not know (default: allow).
+    pub fn unknown_sandboxes(mut self, unknown: UnknownSandbox) -> Self {
+        self.unknown = unknown;
+        self
+    }
+
+    /// The protocol named in audit events (default HTTP).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The codec in use.
+    pub fn codec_ref(&self) -> &Codec {
+        &self.codec
+    }
+
+    /// The directory in use.
+    pub fn directory_ref(&self) -> Option<&Arc<dyn Directory>> {
+        self.directory.as_ref()
+    }
+
+    fn malformed_action(&self) -> OnInvalid {
+        self.on_malformed.unwrap_or(match self.policy {
+            TrustPolicy::Accept { .. } => OnInvalid::Reject,
+            TrustPolicy::Strip | TrustPolicy::Signed { .. } => OnInvalid::Strip,
+        })
+    }
+
+    /// Decides what happens to one inbound message; `peer` is the remote address, when known.
+    pub fn admit<C: Carrier + ?Sized>(&self, carrier: &C, peer: Option<IpAddr>) -> Admission {
+        self.admit_at(carrier, peer, SystemTime::now())
+    }
+
+    /// [`admit`](Self::admit) as if `now` were the current time.
+    pub fn admit_at<C: Carrier + ?Sized>(
+        &self,
+        carrier: &C,
+        peer: Option<IpAddr>,
+        now: SystemTime,
+    ) -> Admission {
+        let extracted = match self.codec.extract(carrier) {
+            Ok(extracted) => extracted,
+            Err(error) => {
+                let refusal = Refusal::Malformed(error);
+                return match self.malformed_action() {
+                    OnInvalid::Reject => self.refuse(None, refusal),
+                    OnInvalid::Strip => {
+                        self.audit(None, Decision::Stripped, refusal.reason(), Some(&refusal));
+                        Admission::Baseline {
+                            context: None,
+                            strip: true,
+                        }
+                    }
+                };
+            }
+        };
+        if !extracted.claims_anything() {
+            return baseline(&extracted, false);
+        }
+        let claimed = match &self.policy {
+            TrustPolicy::Strip => return self.strip(&extracted, "untrusted_ingress", None),
+            TrustPolicy::Accept { from } => {
+                if let Some(networks) = from
+                    && !peer.is_some_and(|ip| networks.iter().any(|net| net.contains(&ip)))
+                {
+                    return self.strip(&extracted, "untrusted_source", None);
+                }
+                match extracted.sandbox() {
+                    Some(sandbox) => sandbox,
+                    // Only an actor, origin or token: nothing to route on.
+                    None => return self.strip(&extracted, "no_sandbox_key", None),
+                }
+            }
+            TrustPolicy::Signed { keys, on_invalid } => match self.verify(keys, &extracted, now) {
+                Ok(sandbox) => sandbox,
+                Err(error) => {
+                    let reason = error.reason();
+                    return match on_invalid {
+                        OnInvalid::Strip => self.strip(&extracted, reason, Some(&error)),
+                        OnInvalid::Reject => {
+                            let refusal = Refusal::Unauthenticated(error.to_string());
+                            self.audit_refusal(
+                                extracted.key().map(SandboxKey::as_str),
+                                &refusal,
+                                reason,
+                            );
+                            Admission::Refused(refusal)
+                        }
+                    };
+                }
+            },
+        };
+        self.admit_sandbox(claimed, &extracted, now)
+    }
+
+    fn verify(
+        &self,
+        keys: &TokenKeys,
+        extracted: &Extracted,
+        now: SystemTime,
+    ) -> Result<Sandbox, SignedError> {
+        let token = extracted.token().ok_or(SignedError::Unsigned)?;
+        let sandbox = keys.verify(token, now).map_err(SignedError::Token)?;
+        if let Some(plain) = extracted.key()
+            && plain != sandbox.key()
+        {
+            return Err(SignedError::Mismatch);
+        }
+        Ok(sandbox)
+    }
+
+    fn admit_sandbox(&self, sandbox: Sandbox, extracted: &Extracted, now: SystemTime) -> Admission {
+        let key = sandbox.key().clone();
+        let mut sandbox = sandbox;
+        if let Some(directory) = &self.directory {
+            match directory.get(&key) {
+                Some(entry) if entry.disabled => {
+                    return self.refuse(Some(&sandbox), Refusal::Disabled(key));
+                }
+                Some(entry) if entry.is_expired_at(now) => {
+                    return self.refuse(Some(&sandbox), Refusal::Expired(key));
+                }
+                Some(entry) => sandbox = entry.complete(&sandbox),
+                None if self.unknown == UnknownSandbox::Refuse => {
+                    return self.refuse(Some(&sandbox), Refusal::Unknown(key));
+                }
+                None => {}
+            }
+        }
+        if sandbox.is_expired_at(now) {
+            return self.refuse(Some(&sandbox), Refusal::Expired(key));
+        }
+        let permit = match &self.guardrails {
+            Some(guardrails) => match guardrails.admit(&key) {
+                Ok(permit) => Some(permit),
+                Err(throttled) => return self.refuse(Some(&sandbox), throttled.into()),
+            },
+            None => None,
+        };
+        self.audit(Some(&sandbox), Decision::Accepted, "trusted", None);
+        let context = SandboxContext::new(sandbox)
+            .with_foreign(extracted.foreign().clone())
+            .with_token(extracted.token());
+        Admission::Sandboxed { context, permit }
+    }
+
+    fn strip(
+        &self,
+        extracted: &Extracted,
+        reason: &str,
+        detail: Option<&dyn fmt::Display>,
+    ) -> Admission {
+        AuditEvent {
+            sandbox: extracted.key().map(SandboxKey::as_str),
+            actor: extracted.actor(),
+            origin: extracted.origin(),
+            protocol: self.protocol,
+            direction: Direction::Inbound,
+            decision: Decision::Stripped,
+            reason,
+            detail,
+        }
+        .emit();
+        baseline(extracted, true)
+    }
+
+    fn refuse(&self, sandbox: Option<&Sandbox>, refusal: Refusal) -> Admission {
+        let decision = match refusal {
+            Refusal::Throttled(_) => Decision::Throttled,
+            _ => Decision::Rejected,
+        };
+        self.audit(sandbox, decision, refusal.reason(), Some(&refusal));
+        Admission::Refused(refusal)
+    }
+
+    fn audit_refusal(&self, key: Option<&str>, refusal: &Refusal, reason: &str) {
+        AuditEvent {
+            sandbox: key,
+            actor: None,
+            origin: None,
+            protocol: self.protocol,
+            direction: Direction::Inbound,
+            decision: Decision::Rejected,
+            reason,
+            detail: Some(refusal),
+        }
+        .emit();
+    }
+
+    fn audit(
+        &self,
+        sandbox: Option<&Sandbox>,
+        decision: Decision,
+        reason: &str,
+        detail: Option<&dyn fmt::Display>,
+    ) {
+        AuditEvent {
+            sandbox: sandbox.map(|s| s.key().as_str()),
+            actor: sandbox.and_then(Sandbox::actor),
+            origin: sandbox.and_then(Sandbox::origin),
+            protocol: self.protocol,
+            direction: Direction::Inbound,
+            decision,
+            reason,
+            detail,
+        }
+        .emit();
+    }
+}
+
+fn baseline(extracted: &Extracted, strip: bool) -> Admission {
+    let foreign = extracted.foreign();
+    Admission::Baseline {
+        context: (!foreign.is_empty()).then(|| SandboxContext::baseline(foreign.clone())),
+        strip,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SignedError {
+    #[error("sandbox context is not signed")]
+    Unsigned,
+    #[error(transparent)]
+    Token(TokenError),
+    #[error("plain sandbox key disagrees with the signed token")]
+    Mismatch,
+}
+
+impl SignedError {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Unsigned => "unsigned",
+            Self::Token(e) => e.reason(),
+            Self::Mismatch => "token_key_mismatch",
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Overhead of the server and client layers around a bare in-process Tower service, against
+//! the bare service in the same run.
+//!
+//! Run: `cargo bench -p prodbox-http --bench layers`
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::convert::Infallible;
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, Request, Response};
+use opentelemetry::Context;
+use prodbox_core::{FutureExt, Sandbox, SandboxContext, TrustPolicy};
+use prodbox_http::{PropagateSandboxLayer, SandboxLayer};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+
+fn bare() -> impl Service<Request<()>, Response = Response<&'static str>, Error = Infallible> + Clone
+{
+    service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new("ok")) })
+}
+
+fn sandbox() -> Sandbox {
+    Sandbox::builder("pr-42")
+        .unwrap()
+        .actor("alice")
+        .unwrap()
+        .origin("pr-123")
+        .unwrap()
+        .build()
+}
+
+fn layers(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let request = || Request::get("http://orders/x").body(()).unwrap();
+    let mut group = c.benchmark_group("server_plus_client_layer");
+
+    group.bench_function("bare", |b| {
+        let svc = bare();
+        b.to_async(&rt)
+            .iter(|| svc.clone().oneshot(black_box(request())))
+    });
+    // Client layer outside, server layer inside: the client writes the context, the server
+    // reads, admits and attaches it, the response body is wrapped.
+    let stacked = ServiceBuilder::new()
+        .layer(PropagateSandboxLayer::new())
+        .layer(SandboxLayer::new(TrustPolicy::accept()))
+        .service(bare());
+    group.bench_function("prodbox_baseline", |b| {
+        b.to_async(&rt)
+            .iter(|| stacked.clone().oneshot(black_box(request())))
+    });
+    let sandbox = sandbox();
+    group.bench_function("prodbox_sandboxed", |b| {
+        b.to_async(&rt).iter(|| {
+            stacked
+                .clone()
+                .oneshot(black_box(request()))
+                .in_sandbox(sandbox.clone())
+        })
+    });
+    // The same future wrapper without the layers, to separate the cost of `in_sandbox` itself.
+    group.bench_function("bare_in_sandbox", |b| {
+        let svc = bare();
+        b.to_async(&rt).iter(|| {
+            svc.clone()
+                .oneshot(black_box(request()))
+                .in_sandbox(sandbox.clone())
+        })
+    });
+    group.finish();
+}
+
+fn inject(c: &mut Criterion) {
+    // The client layer's whole injection: read the current context, write one header.
+    let cx = SandboxContext::new(sandbox()).attach_to(&Context::new());
+    let _guard = cx.attach();
+    let mut svc = ServiceBuilder::new()
+        .layer(PropagateSandboxLayer::new())
+        .service(service_fn(|req: Request<()>| async move {
+            Ok::<_, Infallible>(Response::new(req.headers().len()))
+        }));
+    let mut group = c.benchmark_group("client_inject");
+    group.bench_function("prodbox_client_layer_call", |b| {
+        b.iter_batched(
+            request_with_headers,
+            |req| {
+                // `call` does the injection synchronously; the future is dropped unpolled.
+                drop(black_box(svc.call(req)));
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+fn request_with_headers() -> Request<()> {
+    let mut req = Request::get("http://orders/x").body(()).unwrap();
+    *req.headers_mut() = HeaderMap::with_capacity(4);
+    req
+}
+
+criterion_group!(benches, layers, inject);
+criterion_main!(benches);

@@ -1,0 +1,55 @@
+//! Tower middleware that carries prodbox sandbox contexts over HTTP.
+//!
+//! * [`SandboxLayer`]: the server side, for `axum::Router::layer` or plain hyper: applies the
+//!   trust policy, attaches the context for the whole request (streaming bodies included),
+//!   audits, and enforces guardrails.
+//! * [`PropagateSandboxLayer`]: the client side, for any Tower HTTP client (hyper-util's
+//!   `Client`): writes the current context into outbound requests.
+//! * [`ForkRoutingLayer`]: sends sandboxed calls to the sandbox's fork of a service.
+//! * `reqwest::SandboxMiddleware` (feature `reqwest`): the client side for
+//!   `reqwest-middleware`.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use prodbox_core::{TrustPolicy, Guardrails};
+//! use prodbox_http::{PropagateSandboxLayer, SandboxLayer};
+//!
+//! // The public edge: only signed tokens may start a sandbox.
+//! let keys = prodbox_core::token::TokenKeys::new()
+//!     .with_key("2026-11", b"a secret of at least 32 bytes....")
+//!     .unwrap();
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(
+//!         SandboxLayer::new(TrustPolicy::signed(keys))
+//!             .guardrails(Guardrails::builder().rate(50.0, 100).max_concurrent(20).build()),
+//!     );
+//!
+//! // Outbound calls carry the context on.
+//! let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+//!     .build_http::<axum::body::Body>();
+//! let client = tower::ServiceBuilder::new()
+//!     .layer(PropagateSandboxLayer::new())
+//!     .service(client);
+//! # let _ = (app, client);
+//! ```
+
+#![deny(unreachable_pub)]
+
+pub mod client;
+pub mod routing;
+pub mod server;
+
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
+
+pub use client::{InjectError, PropagateSandbox, PropagateSandboxLayer};
+pub use routing::{ForkRouting, ForkRoutingLayer};
+pub use server::{PeerAddr, SandboxLayer, SandboxService};
+
+/// The README's snippets, compiled and run as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,232 @@
+//! Routing middleware: sends a sandboxed request to the sandbox's fork of the destination
+//! service, when the directory says it has one (in-app routing for teams without a mesh).
+//!
+//! The destination's service name comes from the request URI: by default the first DNS label of
+//! the host (`http://billing:8080/..` and `http://billing.prod.svc.cluster.local/..` are both
+//! `billing`), or an explicit authority map. A fork address replaces the URI's scheme and
+//! authority; path and query stay.
+//!
+//! Routing may fall back to the baseline service (unknown, disabled or expired sandbox, or a fork
+//! address that does not parse); that fallback is audited. It never weakens data isolation: the
+//! request still carries its sandbox context, so the baseline service isolates its effects.
+//!
+//! # Example
+//!
+//! ```
+//! use http::{Request, Response};
+//! use prodbox_core::{FutureExt, Sandbox, directory::{MemoryDirectory, SandboxEntry}};
+//! use prodbox_http::ForkRoutingLayer;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let directory = MemoryDirectory::new();
+//! directory.upsert(SandboxEntry::new("pr-42".parse()?).fork("billing", "http://127.0.0.1:9001"));
+//!
+//! // Echoes where the request would go.
+//! let transport = service_fn(|req: Request<()>| async move {
+//!     Ok::<_, std::convert::Infallible>(Response::new(req.uri().to_string()))
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(ForkRoutingLayer::new(directory))
+//!     .service(transport);
+//!
+//! let request = || Request::get("http://billing:8080/invoices?id=7").body(()).unwrap();
+//! let routed = client.clone().oneshot(request())
+//!     .in_sandbox(Sandbox::new("pr-42".parse()?)).await?;
+//! assert_eq!(routed.body(), "http://127.0.0.1:9001/invoices?id=7");
+//!
+//! let baseline = client.oneshot(request()).await?;
+//! assert_eq!(baseline.body(), "http://billing:8080/invoices?id=7");
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::SystemTime;
+
+use http::uri::{Authority, Parts, Scheme};
+use http::{HeaderValue, Request, Uri, header};
+use prodbox_core::audit::Decision;
+use prodbox_core::directory::Directory;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::client::audit_outbound;
+
+/// Applies [`ForkRouting`] to a client. See the [module docs](self).
+#[derive(Clone)]
+pub struct ForkRoutingLayer {
+    directory: Arc<dyn Directory>,
+    services: Arc<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for ForkRoutingLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkRoutingLayer")
+            .field("services", &self.services)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ForkRoutingLayer {
+    /// Routes by `directory`.
+    pub fn new(directory: impl Directory) -> Self {
+        Self {
+            directory: Arc::new(directory),
+            services: Arc::new(HashMap::new()),
+        }
+    }
+
+    /// Requests to `authority` (such as `10.0.0.9:8080`) are calls to `service`.
+    pub fn service_at(mut self, authority: &str, service: &str) -> Self {
+        Arc::make_mut(&mut self.services)
+            .insert(authority.to_ascii_lowercase(), service.to_owned());
+        self
+    }
+}
+
+impl<S> Layer<S> for ForkRoutingLayer {
+    type Service = ForkRouting<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ForkRouting {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Middleware that routes sandboxed requests to forks. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct ForkRouting<S> {
+    inner: S,
+    layer: ForkRoutingLayer,
+}
+
+impl<S> ForkRouting<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for ForkRouting<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(sandbox) = prodbox_core::current() {
+            self.layer.route(&sandbox, &mut req);
+        }
+        self.inner.call(req)
+    }
+}
+
+impl ForkRoutingLayer {
+    fn service_of<'a>(&'a self, uri: &'a Uri) -> Option<&'a str> {
+        let authority = uri.authority()?;
+        if let Some(service) = self.services.get(&authority.as_str().to_ascii_lowercase()) {
+            return Some(service);
+        }
+        let host = authority.host();
+        if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+            return None;
+        }
+        host.split('.').next()
+    }
+
+    fn route<B>(&self, sandbox: &prodbox_core::Sandbox, req: &mut Request<B>) {
+        let Some(service) = self.service_of(req.uri()) else {
+            return;
+        };
+        let Some(entry) = self.directory.get(sandbox.key()) else {
+            return;
+        };
+        let Some(fork) = entry.fork_of(service) else {
+            return;
+        };
+        if entry.disabled || entry.is_expired_at(SystemTime::now()) {
+            audit_outbound(
+                sandbox,
+                Decision::Routed,
+                "fallback_fork_inactive",
+                &format_args!("sandbox is disabled or expired; {service} not routed to its fork"),
+            );
+            return;
+        }
+        let Some((scheme, authority)) = parse_fork(fork) else {
+            audit_outbound(
+                sandbox,
+                Decision::Routed,
+                "fallback_invalid_fork_address",
+                &format_args!("fork address {fork:?} of {service} is not scheme://host[:port]"),
+            );
+            return;
+        };
+        let mut parts = Parts::default();
+        parts.scheme = Some(scheme);
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        let Ok(uri) = Uri::from_parts(parts) else {
+            return;
+        };
+        audit_outbound(
+            sandbox,
+            Decision::Routed,
+            "fork",
+            &format_args!("{service} routed to {uri}"),
+        );
+        *req.uri_mut() = uri;
+        if req.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+}
+
+fn parse_fork(address: &str) -> Option<(Scheme, Authority)> {
+    let uri: Uri = address.parse().ok()?;
+    let parts = uri.into_parts();
+    Some((parts.scheme?, parts.authority?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prodbox_core::directory::MemoryDirectory;
+
+    #[test]
+    fn service_names_come_from_the_first_label_or_the_map() {
+        let layer =
+            ForkRoutingLayer::new(MemoryDirectory::new()).service_at("10.0.0.9:8080", "billing");
+        let name = |uri: &str| layer.service_of(&uri.parse().unwrap()).map(str::to_owned);
+        assert_eq!(name("http://billing:8080/x").as_deref(), Some("billing"));
+        assert_eq!(
+            name("http://billing.prod.svc.cluster.local/x").as_deref(),
+            Some("billing")
+        );
+        assert_eq!(name("http://10.0.0.9:8080/x").as_deref(), Some("billing"));
+        assert_eq!(name("http://10.0.0.10:8080/x"), None);
+        assert_eq!(name("/relative"), None);
+    }
+}

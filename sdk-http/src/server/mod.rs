@@ -1,0 +1,372 @@
+//! Server middleware: admits the sandbox context of each inbound request and keeps it attached
+//! while the request is handled and while its response body streams.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use prodbox_core::TrustPolicy;
+//! use prodbox_http::SandboxLayer;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // An internal service: sandbox contexts from other services are trusted.
+//! let app = Router::new()
+//!     .route("/", get(|| async {
+//!         prodbox_core::current().map_or("baseline".to_owned(), |s| s.key().to_string())
+//!     }))
+//!     .layer(SandboxLayer::new(TrustPolicy::accept()));
+//!
+//! let request = http::Request::get("/")
+//!     .header("baggage", "prodbox.sandbox=pr-42")
+//!     .body(axum::body::Body::empty())
+//!     .unwrap();
+//! let response = app.oneshot(request).await.unwrap();
+//! let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+//! assert_eq!(body, "pr-42");
+//! # }
+//! ```
+//!
+//! # What it answers
+//!
+//! | situation | response |
+//! |---|---|
+//! | malformed or ambiguous sandbox baggage, strict | `400` with the reason |
+//! | forged, expired or unsigned token at a rejecting `Signed` edge | `401` with the reason |
+//! | sandbox disabled, expired, or unknown when unknown ones are refused | `403` with the reason |
+//! | sandbox over its rate or concurrency budget | `429` with `Retry-After` |
+//!
+//! Stripped contexts are removed from the request's headers before the handler sees them, so
+//! nothing downstream can pick them up.
+//!
+//! # Spans
+//!
+//! A sandboxed request runs inside a span named `sandbox` with fields `sandbox`, `actor` and
+//! `origin`. The layer also records `sandbox` on the span that is current when it is called:
+//! declare `sandbox = tracing::field::Empty` in your request span (for example in
+//! `tower_http::trace::TraceLayer::make_span_with`) to get it there.
+//!
+//! # Peer addresses
+//!
+//! [`TrustPolicy::accept_from`](prodbox_core::TrustPolicy::accept_from) needs the peer address.
+//! The layer reads a [`PeerAddr`] request extension and, with the `axum` feature, axum's
+//! `ConnectInfo<SocketAddr>` (serve with `into_make_service_with_connect_info`). Requests whose
+//! peer is unknown are treated as untrusted.
+
+mod body;
+
+pub use body::ResponseBody;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use opentelemetry::Context;
+use pin_project::pin_project;
+use prodbox_core::codec::Codec;
+use prodbox_core::directory::Directory;
+use prodbox_core::trust::UnknownSandbox;
+use prodbox_core::{Admission, Guardrails, Ingress, Refusal, Sandbox, TrustPolicy};
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Span;
+
+use body::Scope;
+
+/// The peer address of a request, for servers that are not axum: insert it as a request
+/// extension per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Applies [`SandboxService`] to a service. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct SandboxLayer {
+    ingress: Ingress,
+}
+
+impl SandboxLayer {
+    /// A layer with `policy`, the default codec, no directory and no guardrails.
+    pub fn new(policy: TrustPolicy) -> Self {
+        Self::from_ingress(Ingress::new(policy))
+    }
+
+    /// A layer around a fully configured [`Ingress`].
+    pub fn from_ingress(ingress: Ingress) -> Self {
+        Self { ingress }
+    }
+
+    /// Uses `codec` (limits, aliases, legacy carriers).
+    pub fn codec(self, codec: Codec) -> Self {
+        Self::from_ingress(self.ingress.codec(codec))
+    }
+
+    /// Refuses sandboxes that `directory` knows as disabled or expired.
+    pub fn directory(self, directory: impl Directory) -> Self {
+        Self::from_ingress(self.ingress.directory(directory))
+    }
+
+    /// Applies per-sandbox guardrails.
+    pub fn guardrails(self, guardrails: Guardrails) -> Self {
+        Self::from_ingress(self.ingress.guardrails(guardrails))
+    }
+
+    /// Answers malformed sandbox baggage with `400` (`true`) or strips it (`false`). The default
+    /// depends on the policy; see [`Ingress::on_malformed`].
+    pub fn strict(self, strict: bool) -> Self {
+        Self::from_ingress(self.ingress.strict(strict))
+    }
+
+    /// What to do with sandboxes the directory does not know.
+    pub fn unknown_sandboxes(self, unknown: UnknownSandbox) -> Self {
+        Self::from_ingress(self.ingress.unknown_sandboxes(unknown))
+    }
+}
+
+impl<S> Layer<S> for SandboxLayer {
+    type Service = SandboxService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SandboxService {
+            inner,
+            ingress: self.ingress.clone(),
+        }
+    }
+}
+
+/// Middleware that admits each request's sandbox context; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct SandboxService<S> {
+    inner: S,
+    ingress: Ingress,
+}
+
+impl<S> SandboxService<S> {
+    /// Wraps `inner` with `policy`.
+    pub fn new(inner: S, policy: TrustPolicy) -> Self {
+        SandboxLayer::new(policy).layer(inner)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SandboxService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        match self.ingress.admit(req.headers(), peer_ip(&req)) {
+            Admission::Baseline { context, strip } => {
+                if strip {
+                    self.ingress.codec_ref().strip(req.headers_mut());
+                }
+                match context {
+                    // The common case: no baggage at all, nothing to attach.
+                    None => ResponseFuture::plain(self.inner.call(req)),
+                    Some(context) => {
+                        let cx = Context::map_current(|cx| context.attach_to(cx));
+                        let scope = Scope {
+                            cx,
+                            span: Span::none(),
+                            permit: None,
+                        };
+                        self.call_in(scope, req)
+                    }
+                }
+            }
+            Admission::Sandboxed { context, permit } => {
+                let cx = Context::map_current(|cx| context.attach_to(cx));
+                let span = match context.sandbox() {
+                    Some(sandbox) => {
+                        req.extensions_mut().insert(sandbox.clone());
+                        sandbox_span(sandbox)
+                    }
+                    None => Span::none(),
+                };
+                self.call_in(Scope { cx, span, permit }, req)
+            }
+            Admission::Refused(refusal) => ResponseFuture {
+                kind: Kind::Refused {
+                    refusal: Some(refusal),
+                },
+            },
+        }
+    }
+}
+
+impl<S> SandboxService<S> {
+    fn call_in<ReqBody, ResBody>(
+        &mut self,
+        scope: Scope,
+        req: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        // Services may do work in `call` itself (axum builds the handler future there).
+        let future = {
+            let _cx = scope.cx.clone().attach();
+            let _span = scope.span.enter();
+            self.inner.call(req)
+        };
+        ResponseFuture {
+            kind: Kind::Inner {
+                future,
+                scope: Some(scope),
+            },
+        }
+    }
+}
+
+fn sandbox_span(sandbox: &Sandbox) -> Span {
+    let key = sandbox.key().as_str();
+    Span::current().record("sandbox", key);
+    tracing::info_span!(
+        "sandbox",
+        sandbox = key,
+        actor = sandbox.actor().unwrap_or("-"),
+        origin = sandbox.origin().unwrap_or("-"),
+    )
+}
+
+fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
+    if let Some(PeerAddr(addr)) = req.extensions().get::<PeerAddr>() {
+        return Some(addr.ip());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(addr)) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(addr.ip());
+    }
+    None
+}
+
+/// The HTTP response for a refusal: status, a `Retry-After` when throttled, and a plain-text
+/// body that says why.
+pub fn refusal_response<B>(refusal: &Refusal) -> Response<ResponseBody<B>> {
+    let status = match refusal {
+        Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
+        Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        Refusal::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::FORBIDDEN,
+    };
+    let mut response = Response::new(ResponseBody::refusal(format!("prodbox: {refusal}\n")));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(wait) = refusal.retry_after() {
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs(wait)),
+        );
+    }
+    headers.insert(
+        "x-prodbox-refusal",
+        HeaderValue::from_static(refusal.reason()),
+    );
+    response
+}
+
+/// `Retry-After` takes whole seconds: round up, at least 1.
+fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0 || wait.is_zero())
+}
+
+/// Response future of [`SandboxService`].
+#[pin_project]
+#[derive(Debug)]
+pub struct ResponseFuture<F> {
+    #[pin]
+    kind: Kind<F>,
+}
+
+#[pin_project(project = KindProj)]
+#[derive(Debug)]
+enum Kind<F> {
+    Plain {
+        #[pin]
+        future: F,
+    },
+    Inner {
+        #[pin]
+        future: F,
+        scope: Option<Scope>,
+    },
+    Refused {
+        refusal: Option<Refusal>,
+    },
+}
+
+impl<F> ResponseFuture<F> {
+    fn plain(future: F) -> Self {
+        Self {
+            kind: Kind::Plain { future },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Plain { future } => future
+                .poll(task)
+                .map(|r| r.map(|res| res.map(ResponseBody::plain))),
+            KindProj::Inner { future, scope } => {
+                let response = {
+                    let Some(active) = scope.as_ref() else {
+                        return Poll::Pending;
+                    };
+                    let _cx = active.cx.clone().attach();
+                    let _span = active.span.enter();
+                    match future.poll(task) {
+                        Poll::Ready(response) => response,
+                        Poll::Pending => return Poll::Pending,
+                    }
+                };
+                let Some(scope) = scope.take() else {
+                    return Poll::Pending;
+                };
+                Poll::Ready(
+                    response.map(|res| res.map(|body| ResponseBody::in_context(body, scope))),
+                )
+            }
+            KindProj::Refused { refusal } => match refusal.take() {
+                Some(refusal) => Poll::Ready(Ok(refusal_response(&refusal))),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
