@@ -40,8 +40,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use opentelemetry::Context;
 use opentelemetry::baggage::{Baggage, BaggageExt};
+use opentelemetry::{Context, StringValue};
 
 use crate::codec::{self, ForeignMembers, Member};
 use crate::sandbox::Sandbox;
@@ -101,24 +101,26 @@ impl SandboxContext {
 
     /// The context of the current task, if prodbox attached one.
     pub fn current() -> Option<Self> {
-        Context::map_current(|cx| cx.get::<SandboxContext>().cloned())
+        Context::map_current(|cx| cx.sandbox_context().cloned())
     }
 
     /// `cx` with this sandbox context attached, typed and mirrored into its OTel baggage.
     pub fn attach_to(&self, cx: &Context) -> Context {
         let mut baggage = Baggage::new();
         for (key, (value, meta)) in cx.baggage() {
-            if !key.as_str().starts_with(codec::NAMESPACE) {
+            if !codec::in_namespace(key.as_str()) {
                 let _ = baggage.insert_with_metadata(key.clone(), value.clone(), meta.clone());
             }
         }
         if let Some(sandbox) = &self.sandbox {
-            let _ = baggage.insert(codec::SANDBOX, sandbox.key().as_str().to_owned());
-            if let Some(actor) = sandbox.actor() {
-                let _ = baggage.insert(codec::ACTOR, actor.to_owned());
+            // Shared strings: the mirror costs no copies.
+            let _ = baggage.insert(codec::SANDBOX, StringValue::from(sandbox.key().shared()));
+            let (actor, origin) = sandbox.shared_labels();
+            if let Some(actor) = actor {
+                let _ = baggage.insert(codec::ACTOR, StringValue::from(actor));
             }
-            if let Some(origin) = sandbox.origin() {
-                let _ = baggage.insert(codec::ORIGIN, origin.to_owned());
+            if let Some(origin) = origin {
+                let _ = baggage.insert(codec::ORIGIN, StringValue::from(origin));
             }
         }
         for member in self.foreign.iter() {
@@ -130,13 +132,12 @@ impl SandboxContext {
         }
         let cx = cx.with_baggage(baggage);
         // Remember which baggage we wrote, so that egress can tell whether the application
-        // changed it since (and only then pays for merging it).
-        let mirror = baggage_id(&cx);
+        // changed it since (and only then pays for merging it). Holding the context keeps that
+        // baggage alive, so its address cannot be reused by other baggage meanwhile.
         cx.with_value(Attached {
             context: self.clone(),
-            mirror,
+            mirror: cx.clone(),
         })
-        .with_value(self.clone())
     }
 
     /// The foreign members to send onward from `cx`: ours, plus any member the application
@@ -145,7 +146,7 @@ impl SandboxContext {
         use std::borrow::Cow;
         let attached = cx.get::<Attached>();
         if let Some(attached) = attached
-            && attached.mirror == baggage_id(cx)
+            && std::ptr::eq(attached.mirror.baggage(), cx.baggage())
         {
             return Cow::Borrowed(&attached.context.foreign);
         }
@@ -162,7 +163,7 @@ impl SandboxContext {
             .iter()
             .filter(|(key, _)| {
                 let key = key.as_str();
-                !key.starts_with(codec::NAMESPACE)
+                !codec::in_namespace(key)
                     && !known.contains(&key)
                     && Member::parse(&format!("{key}=x")).is_ok()
             })
@@ -188,15 +189,11 @@ impl SandboxContext {
     }
 }
 
-/// The context as prodbox attached it, with the identity of the baggage it mirrored into.
+/// The context as prodbox attached it, and the context holding the baggage it mirrored into.
 #[derive(Debug)]
 struct Attached {
     context: SandboxContext,
-    mirror: usize,
-}
-
-fn baggage_id(cx: &Context) -> usize {
-    std::ptr::from_ref(cx.baggage()) as usize
+    mirror: Context,
 }
 
 /// Adds sandbox access to [`opentelemetry::Context`].
@@ -226,11 +223,11 @@ impl ContextExt for Context {
     }
 
     fn sandbox(&self) -> Option<&Sandbox> {
-        self.get::<SandboxContext>()?.sandbox.as_ref()
+        self.sandbox_context()?.sandbox.as_ref()
     }
 
     fn sandbox_context(&self) -> Option<&SandboxContext> {
-        self.get::<SandboxContext>()
+        self.get::<Attached>().map(|attached| &attached.context)
     }
 }
 

@@ -118,6 +118,11 @@ impl SandboxKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The shared string, for zero-copy hand-offs (OpenTelemetry `StringValue`s).
+    pub(crate) fn shared(&self) -> Arc<str> {
+        Arc::clone(&self.0)
+    }
 }
 
 impl std::str::FromStr for SandboxKey {
@@ -203,8 +208,8 @@ pub struct Sandbox(Arc<Inner>);
 
 struct Inner {
     key: SandboxKey,
-    actor: Option<Box<str>>,
-    origin: Option<Box<str>>,
+    actor: Option<Arc<str>>,
+    origin: Option<Arc<str>>,
     expires_at: Option<SystemTime>,
     /// The canonical baggage members, built once on first injection.
     encoded: OnceLock<Box<str>>,
@@ -234,6 +239,11 @@ impl Sandbox {
     /// The PR or dev session the sandbox belongs to.
     pub fn origin(&self) -> Option<&str> {
         self.0.origin.as_deref()
+    }
+
+    /// Actor and origin as shared strings, for zero-copy hand-offs.
+    pub(crate) fn shared_labels(&self) -> (Option<Arc<str>>, Option<Arc<str>>) {
+        (self.0.actor.clone(), self.0.origin.clone())
     }
 
     /// When the sandbox stops being valid.
@@ -298,8 +308,8 @@ impl fmt::Display for Sandbox {
 #[derive(Debug, Clone)]
 pub struct SandboxBuilder {
     key: SandboxKey,
-    actor: Option<Box<str>>,
-    origin: Option<Box<str>>,
+    actor: Option<Arc<str>>,
+    origin: Option<Arc<str>>,
     expires_at: Option<SystemTime>,
 }
 

@@ -214,7 +214,8 @@ impl TokenKeys {
         Ok(token)
     }
 
-    /// Verifies `token` at `now` and returns the sandbox it grants, expiring when it does.
+    /// Verifies `token` at `now` and returns the sandbox it grants, expiring when the token
+    /// stops being accepted (its expiry plus the leeway).
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<Sandbox, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLong { len: token.len() });
@@ -261,8 +262,10 @@ impl TokenKeys {
         }
         let key =
             SandboxKey::new(&claims.sbx).map_err(|e| TokenError::InvalidClaims(e.to_string()))?;
-        let mut builder =
-            SandboxBuilder::from_key(key).expires_at(UNIX_EPOCH + Duration::from_secs(claims.exp));
+        // The sandbox lives as long as the token is accepted, leeway included, so that an
+        // ingress checking the sandbox's expiry agrees with this check.
+        let mut builder = SandboxBuilder::from_key(key)
+            .expires_at(UNIX_EPOCH + Duration::from_secs(claims.exp.saturating_add(leeway)));
         if let Some(actor) = &claims.act {
             builder = builder
                 .actor(actor)
@@ -322,7 +325,8 @@ mod tests {
         assert_eq!(got.origin(), Some("pr-42"));
         assert_eq!(
             got.expires_at(),
-            Some(UNIX_EPOCH + Duration::from_secs(1_800_000_060))
+            Some(UNIX_EPOCH + Duration::from_secs(1_800_000_060 + 30)),
+            "expiry plus the default leeway"
         );
     }
 

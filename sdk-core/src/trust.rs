@@ -329,7 +329,11 @@ impl Ingress {
             TrustPolicy::Strip => return self.strip(&extracted, "untrusted_ingress", None),
             TrustPolicy::Accept { from } => {
                 if let Some(networks) = from
-                    && !peer.is_some_and(|ip| networks.iter().any(|net| net.contains(&ip)))
+                    // An IPv4 client of a dual-stack listener shows as ::ffff:a.b.c.d.
+                    && !peer.is_some_and(|ip| {
+                        let ip = ip.to_canonical();
+                        networks.iter().any(|net| net.contains(&ip))
+                    })
                 {
                     return self.strip(&extracted, "untrusted_source", None);
                 }
@@ -429,7 +433,12 @@ impl Ingress {
             detail,
         }
         .emit();
-        baseline(extracted, true)
+        // Nothing of our namespace crosses an untrusted edge, known member or not.
+        let foreign = extracted.foreign().without_namespace();
+        Admission::Baseline {
+            context: (!foreign.is_empty()).then(|| SandboxContext::baseline(foreign)),
+            strip: true,
+        }
     }
 
     fn refuse(&self, sandbox: Option<&Sandbox>, refusal: Refusal) -> Admission {

@@ -54,7 +54,7 @@ use http::{HeaderMap, Request, Response};
 use opentelemetry::Context;
 use pin_project::pin_project;
 use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
-use prodbox_core::codec::{BaggageError, Codec};
+use prodbox_core::codec::{BAGGAGE, BaggageError, Codec};
 use prodbox_core::guardrails::CallGuard;
 use prodbox_core::{ContextExt, Guardrails, Sandbox, SandboxContext, SandboxKey};
 use tower_layer::Layer;
@@ -77,8 +77,8 @@ pub struct InjectError {
 /// How outbound requests are written; shared by the Tower layer and the reqwest middleware.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Injector {
-    codec: Codec,
-    forward_token: bool,
+    pub(crate) codec: Codec,
+    pub(crate) forward_token: bool,
 }
 
 impl Injector {
@@ -88,8 +88,15 @@ impl Injector {
             let context = cx.sandbox_context();
             let sandbox = context.and_then(SandboxContext::sandbox);
             let foreign = SandboxContext::outbound_foreign(cx);
-            if sandbox.is_none() && foreign.is_empty() {
-                return Ok(None);
+            if sandbox.is_none() {
+                // The context decides our members: a baseline call carries none, even when the
+                // application copied them from an inbound request.
+                if headers.contains_key(BAGGAGE) {
+                    self.codec.strip_parsable(headers);
+                }
+                if foreign.is_empty() {
+                    return Ok(None);
+                }
             }
             let token = context
                 .and_then(SandboxContext::token)

@@ -13,20 +13,44 @@
 //! ```
 
 use http::Extensions;
+use prodbox_core::Guardrails;
+use prodbox_core::audit::Decision;
+use prodbox_core::codec::Codec;
 use reqwest_middleware::{Middleware, Next, Result};
 
-use crate::client::Injector;
+use crate::client::{Injector, audit_outbound};
 
 /// Writes the current sandbox context into each request; see the [module docs](self).
 #[derive(Debug, Clone, Default)]
 pub struct SandboxMiddleware {
     injector: Injector,
+    guardrails: Option<Guardrails>,
 }
 
 impl SandboxMiddleware {
     /// A middleware with the default codec.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Uses `codec` (limits).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.injector.codec = codec;
+        self
+    }
+
+    /// Also forwards the signed token the sandbox arrived with; see
+    /// [`PropagateSandboxLayer::forward_token`](crate::PropagateSandboxLayer::forward_token).
+    pub fn forward_token(mut self, forward: bool) -> Self {
+        self.injector.forward_token = forward;
+        self
+    }
+
+    /// Applies the circuit breakers of `guardrails` to sandboxed calls, per destination
+    /// authority, as the Tower client layer does.
+    pub fn guardrails(mut self, guardrails: Guardrails) -> Self {
+        self.guardrails = Some(guardrails);
+        self
     }
 }
 
@@ -38,9 +62,36 @@ impl Middleware for SandboxMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> Result<reqwest::Response> {
-        self.injector
+        let sandbox = self
+            .injector
             .inject(req.headers_mut())
             .map_err(|e| reqwest_middleware::Error::Middleware(e.into()))?;
-        next.run(req, extensions).await
+        let breaker = match (&self.guardrails, &sandbox) {
+            (Some(guardrails), Some(sandbox)) => {
+                let destination =
+                    req.url()[url::Position::BeforeHost..url::Position::AfterPort].to_owned();
+                match guardrails.outbound(sandbox.key(), &destination) {
+                    Ok(guard) => Some(guard),
+                    Err(throttled) => {
+                        audit_outbound(
+                            sandbox,
+                            Decision::Throttled,
+                            throttled.reason.as_str(),
+                            &throttled,
+                        );
+                        return Err(reqwest_middleware::Error::Middleware(throttled.into()));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let result = next.run(req, extensions).await;
+        if let Some(breaker) = breaker {
+            match &result {
+                Ok(response) if !response.status().is_server_error() => breaker.success(),
+                _ => breaker.failure(),
+            }
+        }
+        result
     }
 }

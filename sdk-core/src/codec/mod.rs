@@ -53,7 +53,7 @@ use std::sync::Arc;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 use crate::limits::{DEFAULT_MAX_BAGGAGE_BYTES, DEFAULT_MAX_BAGGAGE_MEMBERS};
-use crate::sandbox::{KeyError, LabelError, Sandbox, SandboxKey, validate_label};
+use crate::sandbox::{KeyError, LabelError, Sandbox, SandboxBuilder, SandboxKey, validate_label};
 
 /// The W3C baggage header.
 pub const BAGGAGE: &str = "baggage";
@@ -250,6 +250,7 @@ impl Codec {
         let mut bytes = 0usize;
         let mut members = 0usize;
         let mut foreign = String::new();
+        let mut foreign_count = 0usize;
 
         for value in carrier.get_all(BAGGAGE) {
             bytes += value.len() + usize::from(bytes > 0);
@@ -279,19 +280,35 @@ impl Codec {
                     Class::OtherOfOurs => {
                         claims.seen = true;
                         push_member(&mut foreign, raw);
+                        foreign_count += 1;
                     }
-                    Class::Foreign => push_member(&mut foreign, raw),
+                    Class::Foreign => {
+                        push_member(&mut foreign, raw);
+                        foreign_count += 1;
+                    }
                 }
             }
         }
 
         if cfg.legacy_carriers {
+            // A carrier may list a name once per value; read each name once.
+            let mut seen: Vec<&str> = Vec::new();
             for name in carrier.names() {
                 let Some(key) = legacy_key(name) else {
                     continue;
                 };
-                let Class::Ours(slot) = self.classify(key)? else {
+                if seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
                     continue;
+                }
+                seen.push(name);
+                // Header names are case-insensitive, so the key in one is too.
+                let slot = match self.classify(&key.to_ascii_lowercase())? {
+                    Class::Ours(slot) => slot,
+                    Class::OtherOfOurs => {
+                        claims.seen = true;
+                        continue;
+                    }
+                    Class::Foreign => continue,
                 };
                 for value in carrier.get_all(name) {
                     bytes += value.len() + 1;
@@ -307,7 +324,7 @@ impl Codec {
             }
         }
 
-        claims.finish(foreign)
+        claims.finish(ForeignMembers::new(foreign, foreign_count))
     }
 
     fn classify(&self, key: &str) -> Result<Class, BaggageError> {
@@ -336,7 +353,7 @@ impl Codec {
         {
             return Ok(Class::Ours(Slot::Key));
         }
-        if key.len() >= NAMESPACE.len() && key[..NAMESPACE.len()].eq_ignore_ascii_case(NAMESPACE) {
+        if in_namespace(key) {
             return Ok(Class::OtherOfOurs);
         }
         Ok(Class::Foreign)
@@ -380,34 +397,47 @@ impl Codec {
         carrier: &mut C,
     ) -> Result<(), BaggageError> {
         let mut out = String::new();
+        let mut ours_count = 0;
         if let Some(sandbox) = sandbox {
             out.push_str(self.encode(sandbox));
+            ours_count += 1
+                + usize::from(sandbox.actor().is_some())
+                + usize::from(sandbox.origin().is_some());
         }
         if let Some(token) = token {
             push_member(&mut out, TOKEN);
             out.push('=');
             out.extend(utf8_percent_encode(token, VALUE_ENCODE));
+            ours_count += 1;
         }
         let mut existing = carrier.get_all(BAGGAGE).peekable();
         if existing.peek().is_none() {
             drop(existing);
-            if foreign.raw.is_empty() && out.is_empty() {
+            let mut count = ours_count;
+            for raw in foreign.iter_raw() {
+                if Member::parse(raw).is_ok_and(|m| !self.is_ours(m.key)) {
+                    push_member(&mut out, raw);
+                    count += 1;
+                }
+            }
+            if out.is_empty() {
                 return Ok(());
             }
-            push_member(&mut out, &foreign.raw);
-            return self.finish_inject(out, foreign.count, carrier);
+            return self.finish_inject(out, count, carrier);
         }
         let ours_written = sandbox.is_some() || token.is_some();
         let mut present: Vec<&str> = Vec::new();
-        let mut count = usize::from(sandbox.is_some()) + usize::from(token.is_some());
+        let mut count = ours_count;
+        let mut index = 0;
         for value in existing {
             let text = check_text(BAGGAGE, value)?;
-            for (index, raw) in text.split(',').map(trim_ows).enumerate() {
+            for raw in text.split(',').map(trim_ows) {
                 if raw.is_empty() {
                     continue;
                 }
                 let member = Member::parse(raw)
                     .map_err(|reason| BaggageError::MalformedMember { index, reason })?;
+                index += 1;
                 if ours_written && self.is_ours(member.key) {
                     continue;
                 }
@@ -417,8 +447,11 @@ impl Codec {
             }
         }
         for raw in foreign.iter_raw() {
-            let key = Member::parse(raw).map(|m| m.key).unwrap_or(raw);
-            if !present.contains(&key) {
+            let Ok(member) = Member::parse(raw) else {
+                continue;
+            };
+            // Only the context decides our members: never take them from the foreign list.
+            if !self.is_ours(member.key) && !present.contains(&member.key) {
                 push_member(&mut out, raw);
                 count += 1;
             }
@@ -451,6 +484,16 @@ impl Codec {
     /// order. When the baggage cannot be parsed at all, every `baggage` header is removed: what
     /// is ours cannot be told apart from the rest.
     pub fn strip<C: CarrierMut + ?Sized>(&self, carrier: &mut C) {
+        self.strip_with(carrier, true);
+    }
+
+    /// Like [`strip`](Self::strip), but leaves baggage it cannot parse as it is: for egress,
+    /// where the application's own headers are not ours to drop.
+    pub fn strip_parsable<C: CarrierMut + ?Sized>(&self, carrier: &mut C) {
+        self.strip_with(carrier, false);
+    }
+
+    fn strip_with<C: CarrierMut + ?Sized>(&self, carrier: &mut C, drop_unparsable: bool) {
         let mut kept = String::new();
         let mut changed = false;
         let mut unparsable = false;
@@ -471,7 +514,9 @@ impl Codec {
             }
         }
         if unparsable {
-            carrier.remove(BAGGAGE);
+            if drop_unparsable {
+                carrier.remove(BAGGAGE);
+            }
         } else if changed {
             if kept.is_empty() {
                 carrier.remove(BAGGAGE);
@@ -495,11 +540,26 @@ pub fn encode_value(value: &str) -> impl std::fmt::Display + '_ {
     utf8_percent_encode(value, VALUE_ENCODE)
 }
 
+/// `s` without the ASCII `prefix` (compared case-insensitively), never slicing inside a
+/// character: the prefix is ASCII, so a match ends on a character boundary.
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.as_bytes().get(..prefix.len())?;
+    if head.eq_ignore_ascii_case(prefix.as_bytes()) {
+        s.get(prefix.len()..)
+    } else {
+        None
+    }
+}
+
+/// Whether `key` is in our namespace, in any case.
+pub fn in_namespace(key: &str) -> bool {
+    strip_prefix_ignore_case(key, NAMESPACE).is_some()
+}
+
 fn legacy_key(name: &str) -> Option<&str> {
-    LEGACY_PREFIXES.iter().find_map(|prefix| {
-        (name.len() > prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix))
-            .then(|| &name[prefix.len()..])
-    })
+    LEGACY_PREFIXES
+        .iter()
+        .find_map(|prefix| strip_prefix_ignore_case(name, prefix).filter(|key| !key.is_empty()))
 }
 
 fn push_member(out: &mut String, raw: &str) {
@@ -578,14 +638,15 @@ impl<'a> Member<'a> {
 /// Baggage members that are not ours, in arrival order, exactly as written.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForeignMembers {
-    raw: Arc<str>,
+    /// `None` when empty, so the common case allocates nothing.
+    raw: Option<Arc<str>>,
     count: usize,
 }
 
 impl ForeignMembers {
     /// The members joined with `,`, as they would be written.
     pub fn as_str(&self) -> &str {
-        &self.raw
+        self.raw.as_deref().unwrap_or_default()
     }
 
     /// How many members.
@@ -600,7 +661,7 @@ impl ForeignMembers {
 
     /// Each member as written.
     pub fn iter_raw(&self) -> impl Iterator<Item = &str> {
-        self.raw.split(',').filter(|m| !m.is_empty())
+        self.as_str().split(',').filter(|m| !m.is_empty())
     }
 
     /// Members from raw list-members (each must parse; others are skipped).
@@ -613,10 +674,29 @@ impl ForeignMembers {
                 count += 1;
             }
         }
+        Self::new(raw, count)
+    }
+
+    fn new(raw: String, count: usize) -> Self {
         Self {
-            raw: Arc::from(raw),
+            raw: (!raw.is_empty()).then(|| Arc::from(raw)),
             count,
         }
+    }
+
+    /// These members without any of our namespace (`prodbox.*`, in any case): what an
+    /// untrusted edge may pass on.
+    pub fn without_namespace(&self) -> Self {
+        if !self
+            .iter_raw()
+            .any(|raw| Member::parse(raw).is_ok_and(|m| in_namespace(m.key)))
+        {
+            return self.clone();
+        }
+        Self::from_raw_members(
+            self.iter_raw()
+                .filter(|raw| Member::parse(raw).is_ok_and(|m| !in_namespace(m.key))),
+        )
     }
 
     /// Each member, parsed.
@@ -681,33 +761,34 @@ impl<'a> Claims<'a> {
         Ok(())
     }
 
-    fn finish(self, foreign: String) -> Result<Extracted, BaggageError> {
+    fn finish(self, foreign: ForeignMembers) -> Result<Extracted, BaggageError> {
         let [key, actor, origin, token] = self.values;
-        let key = key
+        for (field, value) in [("actor", &actor), ("origin", &origin)] {
+            if let Some((value, _)) = value {
+                validate_label(field, value)?;
+            }
+        }
+        let sandbox = key
             .map(|(value, carrier)| {
-                SandboxKey::new(&value).map_err(|source| BaggageError::InvalidKey {
+                let key = SandboxKey::new(&value).map_err(|source| BaggageError::InvalidKey {
                     carrier: carrier.to_owned(),
                     source,
-                })
+                })?;
+                let mut builder = SandboxBuilder::from_key(key);
+                if let Some((actor, _)) = &actor {
+                    builder = builder.actor(actor)?;
+                }
+                if let Some((origin, _)) = &origin {
+                    builder = builder.origin(origin)?;
+                }
+                Ok::<_, BaggageError>(builder.build())
             })
             .transpose()?;
-        let actor = actor
-            .map(|(v, _)| validate_label("actor", &v).map(|()| v.into_owned().into_boxed_str()))
-            .transpose()?;
-        let origin = origin
-            .map(|(v, _)| validate_label("origin", &v).map(|()| v.into_owned().into_boxed_str()))
-            .transpose()?;
-        let count = foreign.split(',').filter(|m| !m.is_empty()).count();
         Ok(Extracted {
             claimed: self.seen,
-            key,
-            actor,
-            origin,
+            sandbox,
             token: token.map(|(v, _)| v.into_owned().into_boxed_str()),
-            foreign: ForeignMembers {
-                raw: Arc::from(foreign),
-                count,
-            },
+            foreign,
         })
     }
 }
@@ -724,9 +805,7 @@ fn truncate(s: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extracted {
     claimed: bool,
-    key: Option<SandboxKey>,
-    actor: Option<Box<str>>,
-    origin: Option<Box<str>>,
+    sandbox: Option<Sandbox>,
     token: Option<Box<str>>,
     foreign: ForeignMembers,
 }
@@ -739,17 +818,17 @@ impl Extracted {
 
     /// The claimed sandbox key.
     pub fn key(&self) -> Option<&SandboxKey> {
-        self.key.as_ref()
+        self.sandbox.as_ref().map(Sandbox::key)
     }
 
-    /// The claimed actor.
+    /// The claimed actor (read only alongside a key).
     pub fn actor(&self) -> Option<&str> {
-        self.actor.as_deref()
+        self.sandbox.as_ref().and_then(Sandbox::actor)
     }
 
-    /// The claimed origin.
+    /// The claimed origin (read only alongside a key).
     pub fn origin(&self) -> Option<&str> {
-        self.origin.as_deref()
+        self.sandbox.as_ref().and_then(Sandbox::origin)
     }
 
     /// The signed token, if one arrived.
@@ -764,15 +843,6 @@ impl Extracted {
 
     /// The claimed sandbox, as sent (unverified): key, actor and origin.
     pub fn sandbox(&self) -> Option<Sandbox> {
-        let key = self.key.clone()?;
-        let mut builder = crate::sandbox::SandboxBuilder::from_key(key);
-        // Both were validated in `finish`.
-        if let Some(actor) = self.actor.as_deref() {
-            builder = builder.actor(actor).ok()?;
-        }
-        if let Some(origin) = self.origin.as_deref() {
-            builder = builder.origin(origin).ok()?;
-        }
-        Some(builder.build())
+        self.sandbox.clone()
     }
 }

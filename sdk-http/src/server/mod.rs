@@ -69,7 +69,7 @@ use pin_project::pin_project;
 use prodbox_core::codec::Codec;
 use prodbox_core::directory::Directory;
 use prodbox_core::trust::UnknownSandbox;
-use prodbox_core::{Admission, Guardrails, Ingress, Refusal, Sandbox, TrustPolicy};
+use prodbox_core::{Admission, Guardrails, Ingress, Refusal, Sandbox, SandboxContext, TrustPolicy};
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
@@ -179,9 +179,18 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         match self.ingress.admit(req.headers(), peer_ip(&req)) {
-            Admission::Baseline { context, strip } => {
+            Admission::Baseline { mut context, strip } => {
                 if strip {
-                    self.ingress.codec_ref().strip(req.headers_mut());
+                    let codec = self.ingress.codec_ref();
+                    codec.strip(req.headers_mut());
+                    // Malformed baggage is refused whole by the codec; once our members are
+                    // gone, the other members may well parse, and they travel on.
+                    if context.is_none()
+                        && let Ok(rest) = codec.extract(req.headers())
+                        && !rest.foreign().is_empty()
+                    {
+                        context = Some(SandboxContext::baseline(rest.foreign().clone()));
+                    }
                 }
                 match context {
                     // The common case: no baggage at all, nothing to attach.
