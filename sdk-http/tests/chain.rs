@@ -1,6 +1,9 @@
 //! Three axum services on loopback, A (public edge, `Signed`) to B to C (both `Accept`), calling
 //! through hyper-util and reqwest. C reports what it saw.
 
+// Test helpers outside #[test] functions: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,0 +1,360 @@
+//! The sandbox in process: across `.await`, spawned tasks, and OpenTelemetry baggage.
+
+use std::time::Duration;
+
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::{Context, KeyValue};
+use prodbox_core::codec::{Codec, ForeignMembers};
+use prodbox_core::{ContextExt, FutureExt, Sandbox, SandboxContext, current};
+
+fn sandbox(key: &str) -> Sandbox {
+    Sandbox::builder(key).expect("valid key").build()
+}
+
+fn full_sandbox(key: &str) -> Sandbox {
+    Sandbox::builder(key)
+        .expect("valid key")
+        .actor("alice@example.com")
+        .expect("actor")
+        .origin("pr 42")
+        .expect("origin")
+        .build()
+}
+
+fn baggage_value(cx: &Context, key: &str) -> Option<String> {
+    cx.baggage().get(key).map(|v| v.as_str().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_sandbox_survives_awaits_on_a_multi_thread_runtime() {
+    let sb = sandbox("ctx-await");
+    let seen = async {
+        let mut seen = vec![current()];
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+            seen.push(current());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            seen.push(current());
+        }
+        seen
+    }
+    .in_sandbox(sb.clone())
+    .await;
+    assert_eq!(seen.len(), 41);
+    assert!(seen.iter().all(|s| s.as_ref() == Some(&sb)), "{seen:?}");
+    assert_eq!(
+        current(),
+        None,
+        "the sandbox does not leak out of the future"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sandboxes_never_see_each_other() {
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let sb = sandbox(&format!("ctx-many-{i}"));
+            let task = async move {
+                let mut wrong = Vec::new();
+                for step in 0..50 {
+                    if step % 2 == 0 {
+                        tokio::task::yield_now().await;
+                    } else {
+                        tokio::time::sleep(Duration::from_micros(100)).await;
+                    }
+                    let now = current();
+                    if now.as_ref().map(|s| s.key().as_str().to_owned())
+                        != Some(format!("ctx-many-{i}"))
+                    {
+                        wrong.push(now);
+                    }
+                }
+                wrong
+            };
+            // Spawned plainly: the task migrates between worker threads, the wrapper travels
+            // with it.
+            tokio::spawn(task.in_sandbox(sb))
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let wrong = task.await.expect("task");
+        assert!(wrong.is_empty(), "task {i} saw {wrong:?}");
+    }
+    assert_eq!(current(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prodbox_spawn_keeps_the_sandbox_and_tokio_spawn_does_not() {
+    let sb = sandbox("ctx-spawn");
+    let (with_helper, with_tokio, nested) = async {
+        let with_helper = prodbox_core::spawn(async {
+            tokio::task::yield_now().await;
+            current()
+        })
+        .await
+        .expect("task");
+        let with_tokio = tokio::spawn(async {
+            tokio::task::yield_now().await;
+            current()
+        })
+        .await
+        .expect("task");
+        // A task spawned from a spawned task keeps it too.
+        let nested = prodbox_core::spawn(async {
+            prodbox_core::spawn(async { current() })
+                .await
+                .expect("task")
+        })
+        .await
+        .expect("task");
+        (with_helper, with_tokio, nested)
+    }
+    .in_sandbox(sb.clone())
+    .await;
+    assert_eq!(with_helper, Some(sb.clone()));
+    assert_eq!(nested, Some(sb));
+    assert_eq!(with_tokio, None, "tokio::spawn starts with no context");
+}
+
+#[tokio::test]
+async fn in_current_sandbox_captures_the_context_when_created() {
+    let sb = sandbox("ctx-current");
+    let deferred = {
+        let _guard = Context::new().with_sandbox(sb.clone()).attach();
+        assert_eq!(current(), Some(sb.clone()));
+        async { current() }.in_current_sandbox()
+    };
+    // Polled later, outside the sandbox, it still runs inside it.
+    assert_eq!(current(), None);
+    assert_eq!(deferred.await, Some(sb));
+}
+
+#[test]
+fn with_sandbox_mirrors_into_otel_baggage() {
+    let app = Context::new().with_baggage([KeyValue::new("tenant", "acme")]);
+    let cx = app.with_sandbox(full_sandbox("ctx-mirror"));
+
+    assert_eq!(cx.sandbox().map(|s| s.key().as_str()), Some("ctx-mirror"));
+    assert_eq!(
+        baggage_value(&cx, "prodbox.sandbox").as_deref(),
+        Some("ctx-mirror")
+    );
+    assert_eq!(
+        baggage_value(&cx, "prodbox.actor").as_deref(),
+        Some("alice@example.com")
+    );
+    assert_eq!(
+        baggage_value(&cx, "prodbox.origin").as_deref(),
+        Some("pr 42")
+    );
+    assert_eq!(
+        baggage_value(&cx, "tenant").as_deref(),
+        Some("acme"),
+        "other baggage is kept"
+    );
+    // And the application's baggage is carried onward by prodbox too.
+    assert_eq!(
+        SandboxContext::outbound_foreign(&cx).as_str(),
+        "tenant=acme"
+    );
+
+    // A sandbox without actor and origin writes neither.
+    let bare = Context::new().with_sandbox(sandbox("ctx-mirror-bare"));
+    assert_eq!(baggage_value(&bare, "prodbox.actor"), None);
+    assert_eq!(baggage_value(&bare, "prodbox.origin"), None);
+
+    // Switching sandboxes replaces the mirrored members.
+    let switched = cx.with_sandbox(sandbox("ctx-mirror-2"));
+    assert_eq!(
+        baggage_value(&switched, "prodbox.sandbox").as_deref(),
+        Some("ctx-mirror-2")
+    );
+    assert_eq!(baggage_value(&switched, "prodbox.actor"), None);
+    assert_eq!(baggage_value(&switched, "tenant").as_deref(), Some("acme"));
+
+    // Leaving the sandbox removes them and keeps the rest.
+    let out = cx.without_sandbox();
+    assert_eq!(out.sandbox(), None);
+    assert_eq!(baggage_value(&out, "prodbox.sandbox"), None);
+    assert_eq!(baggage_value(&out, "prodbox.actor"), None);
+    assert_eq!(baggage_value(&out, "tenant").as_deref(), Some("acme"));
+}
+
+#[test]
+fn attach_to_mirrors_foreign_members_with_decoded_values_and_properties() {
+    let context = SandboxContext::new(sandbox("ctx-attach"))
+        .with_foreign(ForeignMembers::from_raw_members([
+            "userId=Am%C3%A9lie;p=1",
+            "k=v",
+        ]))
+        .with_token(Some("v1.k1.c.s"));
+    let cx = context.attach_to(&Context::new());
+    assert_eq!(cx.sandbox_context(), Some(&context));
+    assert_eq!(baggage_value(&cx, "userId").as_deref(), Some("Amélie"));
+    let (_, meta) = cx.baggage().get_with_metadata("userId").expect("userId");
+    assert_eq!(meta.as_str(), "p=1");
+    assert_eq!(
+        baggage_value(&cx, "prodbox.token"),
+        None,
+        "the token is not mirrored"
+    );
+    // Unchanged since attached: exactly the members that arrived.
+    assert_eq!(
+        SandboxContext::outbound_foreign(&cx).as_str(),
+        "userId=Am%C3%A9lie;p=1,k=v"
+    );
+}
+
+#[tokio::test]
+async fn outbound_foreign_includes_members_added_through_the_otel_api() {
+    let attached = SandboxContext::new(sandbox("ctx-outbound"))
+        .with_foreign(ForeignMembers::from_raw_members(["userId=7"]))
+        .attach_to(&Context::new());
+
+    let (before, after, key) = async {
+        let before = SandboxContext::outbound_foreign(&Context::current()).into_owned();
+        let cx = Context::current_with_baggage([
+            KeyValue::new("tenant", "acme"),
+            KeyValue::new("note", "a b,c"),
+        ]);
+        let _guard = cx.attach();
+        let after = SandboxContext::outbound_foreign(&Context::current()).into_owned();
+        (
+            before,
+            after,
+            current().map(|s| s.key().as_str().to_owned()),
+        )
+    }
+    .in_context(attached)
+    .await;
+
+    assert_eq!(before.as_str(), "userId=7");
+    // Added members follow the original ones, sorted by key, values encoded.
+    assert_eq!(after.as_str(), "userId=7,note=a%20b%2Cc,tenant=acme");
+    assert_eq!(after.len(), 3);
+    assert_eq!(key.as_deref(), Some("ctx-outbound"));
+
+    // What goes out on the wire: the sandbox plus those members, readable at the next hop.
+    let mut carrier: Vec<(String, Vec<u8>)> = Vec::new();
+    let codec = Codec::default();
+    codec
+        .inject(Some(&sandbox("ctx-outbound")), None, &after, &mut carrier)
+        .expect("inject");
+    let next = codec.extract(&carrier).expect("extract");
+    assert_eq!(next.key().map(|k| k.as_str()), Some("ctx-outbound"));
+    assert_eq!(
+        next.foreign().as_str(),
+        "userId=7,note=a%20b%2Cc,tenant=acme"
+    );
+}
+
+#[test]
+fn otel_baggage_set_by_the_application_is_never_a_sandbox() {
+    let evil = Context::new().with_baggage([
+        KeyValue::new("prodbox.sandbox", "evil"),
+        KeyValue::new("prodbox.actor", "mallory"),
+        KeyValue::new("userId", "7"),
+    ]);
+    {
+        let _guard = evil.clone().attach();
+        assert_eq!(current(), None);
+        assert_eq!(SandboxContext::current(), None);
+    }
+    assert_eq!(evil.sandbox(), None);
+    assert_eq!(evil.sandbox_context(), None);
+    // Outbound, our namespace is never taken from OTel baggage.
+    let foreign = SandboxContext::outbound_foreign(&evil);
+    assert_eq!(foreign.as_str(), "userId=7");
+
+    let mut carrier: Vec<(String, Vec<u8>)> = Vec::new();
+    Codec::default()
+        .inject(None, None, &foreign, &mut carrier)
+        .expect("inject");
+    let next = Codec::default().extract(&carrier).expect("extract");
+    assert!(!next.claims_anything(), "{carrier:?}");
+}
+
+#[tokio::test]
+async fn otel_baggage_cannot_override_the_sandbox_inside_one() {
+    let sb = sandbox("ctx-real");
+    let (seen, foreign, mirrored) = async {
+        let cx = Context::current_with_baggage([
+            KeyValue::new("prodbox.sandbox", "evil"),
+            KeyValue::new("tenant", "acme"),
+        ]);
+        let _guard = cx.attach();
+        let cx = Context::current();
+        (
+            current(),
+            SandboxContext::outbound_foreign(&cx).into_owned(),
+            baggage_value(&cx, "prodbox.sandbox"),
+        )
+    }
+    .in_sandbox(sb.clone())
+    .await;
+    assert_eq!(seen, Some(sb));
+    assert_eq!(foreign.as_str(), "tenant=acme");
+    // The application did overwrite its own OTel view; prodbox does not read it back.
+    assert_eq!(mirrored.as_deref(), Some("evil"));
+}
+
+/// `outbound_foreign` decides whether the application changed the baggage by comparing the
+/// address of the baggage it wrote with the current one. Once the attached context is dropped,
+/// that address can be reused by new baggage, and members the application added are then
+/// silently dropped from outbound calls.
+#[test]
+fn outbound_foreign_sees_added_members_after_the_attached_context_is_dropped() {
+    // Control: with the attached context still alive, the added members are seen.
+    let attached = Context::new().with_sandbox(sandbox("ctx-aba"));
+    let added = attached.with_baggage([KeyValue::new("first", "1")]);
+    let cx = added.with_baggage([KeyValue::new("first", "1"), KeyValue::new("second", "2")]);
+    assert_eq!(
+        SandboxContext::outbound_foreign(&cx).as_str(),
+        "first=1,second=2"
+    );
+    drop((attached, added, cx));
+
+    let mut lost = Vec::new();
+    for round in 0..50 {
+        let added = {
+            let attached = Context::new().with_sandbox(sandbox("ctx-aba"));
+            attached.with_baggage([KeyValue::new("first", "1")])
+        };
+        // `attached` and the baggage it mirrored into are gone; add another member.
+        let cx = added.with_baggage([KeyValue::new("first", "1"), KeyValue::new("second", "2")]);
+        let foreign = SandboxContext::outbound_foreign(&cx);
+        if foreign.as_str() != "first=1,second=2" {
+            lost.push(format!("round {round}: {:?}", foreign.as_str()));
+        }
+    }
+    assert!(lost.is_empty(), "{}", lost.join("\n"));
+}
+
+/// The codec treats `Prodbox.Sandbox` as ours (refusing it as non-canonical); the OTel bridge
+/// filters our namespace case-sensitively, so such a member set through the OTel API is sent
+/// onward and makes the next hop refuse (or, when lenient, strip) the sandboxed call.
+#[tokio::test]
+async fn outbound_foreign_never_carries_our_namespace_in_another_case() {
+    let sb = sandbox("ctx-case");
+    let foreign = async {
+        let cx = Context::current_with_baggage([
+            KeyValue::new("Prodbox.Sandbox", "evil"),
+            KeyValue::new("tenant", "acme"),
+        ]);
+        SandboxContext::outbound_foreign(&cx).into_owned()
+    }
+    .in_sandbox(sb.clone())
+    .await;
+
+    let mut carrier: Vec<(String, Vec<u8>)> = Vec::new();
+    Codec::default()
+        .inject(Some(&sb), None, &foreign, &mut carrier)
+        .expect("inject");
+    let next = Codec::default().extract(&carrier);
+    assert!(
+        next.as_ref()
+            .is_ok_and(|x| x.key().map(|k| k.as_str()) == Some("ctx-case")),
+        "outbound foreign {:?}; next hop reads {next:?}",
+        foreign.as_str()
+    );
+}
