@@ -328,13 +328,26 @@ impl Codec {
     }
 
     fn classify(&self, key: &str) -> Result<Class, BaggageError> {
+        let Some(rest) = strip_prefix_ignore_case(key, NAMESPACE) else {
+            // Most members are not ours: only the aliases are left to check.
+            let alias = self
+                .config
+                .aliases
+                .iter()
+                .any(|alias| key.eq_ignore_ascii_case(alias));
+            return Ok(if alias {
+                Class::Ours(Slot::Key)
+            } else {
+                Class::Foreign
+            });
+        };
         for (canonical, slot) in [
             (SANDBOX, Slot::Key),
             (ACTOR, Slot::Actor),
             (ORIGIN, Slot::Origin),
             (TOKEN, Slot::Token),
         ] {
-            if key.eq_ignore_ascii_case(canonical) {
+            if rest.eq_ignore_ascii_case(&canonical[NAMESPACE.len()..]) {
                 return if key == canonical {
                     Ok(Class::Ours(slot))
                 } else {
@@ -345,18 +358,14 @@ impl Codec {
                 };
             }
         }
-        if self
-            .config
-            .aliases
-            .iter()
-            .any(|alias| key.eq_ignore_ascii_case(alias))
-        {
-            return Ok(Class::Ours(Slot::Key));
-        }
-        if in_namespace(key) {
-            return Ok(Class::OtherOfOurs);
-        }
-        Ok(Class::Foreign)
+        Ok(Class::OtherOfOurs)
+    }
+
+    /// One of the members the context writes (in any spelling), or an alias: never copied from
+    /// elsewhere into outbound baggage. Unknown `prodbox.*` members are not: they pass through
+    /// internal hops, so that newer versions can add members.
+    fn is_written_by_context(&self, key: &str) -> bool {
+        matches!(self.classify(key), Ok(Class::Ours(_)) | Err(_))
     }
 
     /// Whether `key` names one of our members or aliases (stripped at an untrusted edge).
@@ -415,7 +424,7 @@ impl Codec {
             drop(existing);
             let mut count = ours_count;
             for raw in foreign.iter_raw() {
-                if Member::parse(raw).is_ok_and(|m| !self.is_ours(m.key)) {
+                if Member::parse(raw).is_ok_and(|m| !self.is_written_by_context(m.key)) {
                     push_member(&mut out, raw);
                     count += 1;
                 }
@@ -438,7 +447,7 @@ impl Codec {
                 let member = Member::parse(raw)
                     .map_err(|reason| BaggageError::MalformedMember { index, reason })?;
                 index += 1;
-                if ours_written && self.is_ours(member.key) {
+                if ours_written && self.is_written_by_context(member.key) {
                     continue;
                 }
                 present.push(member.key);
@@ -451,7 +460,7 @@ impl Codec {
                 continue;
             };
             // Only the context decides our members: never take them from the foreign list.
-            if !self.is_ours(member.key) && !present.contains(&member.key) {
+            if !self.is_written_by_context(member.key) && !present.contains(&member.key) {
                 push_member(&mut out, raw);
                 count += 1;
             }
@@ -592,8 +601,25 @@ fn trim_ows(s: &str) -> &str {
     s.trim_matches([' ', '\t'])
 }
 
+/// RFC 7230 `tchar`, as a table: keys are checked byte by byte on every message.
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_'
+                    | b'`' | b'|' | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
 
 /// One parsed list-member, borrowing from the header.
@@ -739,11 +765,16 @@ struct Claims<'a> {
 impl<'a> Claims<'a> {
     fn put(&mut self, slot: Slot, encoded: &'a str, carrier: &'a str) -> Result<(), BaggageError> {
         self.seen = true;
-        let value = percent_decode_str(encoded).decode_utf8().map_err(|_| {
-            BaggageError::InvalidPercentEncoding {
-                member: slot.name(),
-            }
-        })?;
+        // Most values need no decoding: skip the decoder (and its second UTF-8 check).
+        let value = if encoded.as_bytes().contains(&b'%') {
+            percent_decode_str(encoded).decode_utf8().map_err(|_| {
+                BaggageError::InvalidPercentEncoding {
+                    member: slot.name(),
+                }
+            })?
+        } else {
+            Cow::Borrowed(encoded)
+        };
         let entry = &mut self.values[slot as usize];
         match entry {
             None => *entry = Some((value, carrier)),
