@@ -74,10 +74,13 @@ mod http_impl {
         fn set(&mut self, name: &str, value: String) {
             // The codec only writes names it owns and values it encoded, both valid headers;
             // anything else is skipped rather than panicking.
-            let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::try_from(value),
-            ) else {
+            let name = if name == crate::codec::BAGGAGE {
+                // The header written on every call: skip parsing its name.
+                Ok(HeaderName::from_static(crate::codec::BAGGAGE))
+            } else {
+                HeaderName::from_bytes(name.as_bytes())
+            };
+            let (Ok(name), Ok(value)) = (name, HeaderValue::try_from(value)) else {
                 return;
             };
             self.insert(name, value);

@@ -583,9 +583,10 @@ fn push_member(out: &mut String, raw: &str) {
 
 /// Checks a carrier value for control characters and UTF-8 (tab counts as whitespace).
 fn check_text<'a>(carrier: &str, value: &'a [u8]) -> Result<&'a str, BaggageError> {
-    if let Some(&byte) = value
-        .iter()
-        .find(|&&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+    // A branch-free pass the compiler vectorizes; the offending byte is looked up only on error.
+    let is_control = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
+    if value.iter().fold(false, |bad, &b| bad | is_control(b))
+        && let Some(&byte) = value.iter().find(|&&b| is_control(b))
     {
         return Err(BaggageError::ControlCharacter {
             carrier: carrier.to_owned(),
@@ -610,8 +611,20 @@ const TCHAR: [bool; 256] = {
         table[b] = c.is_ascii_alphanumeric()
             || matches!(
                 c,
-                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_'
-                    | b'`' | b'|' | b'~'
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
             );
         b += 1;
     }
