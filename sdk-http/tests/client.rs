@@ -526,3 +526,67 @@ async fn forward_token_carries_the_signed_token_onward() {
     assert_eq!(seen["plain"]["sandbox"], Value::Null, "{seen}");
     assert_eq!(seen["plain"]["baggage"], json!(["tenant=acme"]), "{seen}");
 }
+
+/// The context decides our members: a baseline call (here, work a sandboxed handler started
+/// as production) never carries prodbox members, even when the application copied them from
+/// the inbound request. Other members stay.
+#[tokio::test]
+async fn baseline_calls_never_carry_copied_sandbox_members() {
+    use opentelemetry::Context;
+    use prodbox_core::ContextExt;
+
+    let echo = Echo::start().await;
+    let client = hyper_client(PropagateSandboxLayer::new());
+    let copied = ["prodbox.sandbox=cl-copied,tenant=acme", "prodbox.actor=bob"];
+    let baseline = client
+        .clone()
+        .oneshot(request(&echo.url("/echo"), &copied))
+        .in_context(Context::current().with_sandbox(sandbox("cl-copied")).without_sandbox());
+    let sent = json_of(baseline.await.expect("the call succeeds")).await["baggage"].clone();
+    assert_eq!(sent, json!(["tenant=acme"]));
+
+    // The same call in the sandbox writes it.
+    let sent = echoed(&client, &echo, &copied, Some(sandbox("cl-copied"))).await;
+    assert_eq!(sent, json!(["prodbox.sandbox=cl-copied,tenant=acme"]));
+}
+
+/// A lenient ingress that strips malformed sandbox baggage still carries the other members to
+/// the next hop, as it does for a well-formed context it strips.
+#[tokio::test]
+async fn a_lenient_strip_keeps_other_members_travelling() {
+    let echo = Echo::start().await;
+    let client = hyper_client(PropagateSandboxLayer::new());
+    let next = echo.url("/echo");
+    let front = Router::new()
+        .route(
+            "/",
+            get(move || {
+                let client = client.clone();
+                let next = next.clone();
+                async move {
+                    let response = client
+                        .oneshot(request(&next, &[]))
+                        .await
+                        .expect("the call succeeds");
+                    Json(json_of(response).await)
+                }
+            }),
+        )
+        .layer(SandboxLayer::new(TrustPolicy::accept()).strict(false));
+    let front = serve(front).await;
+    for baggage in [
+        "tenant=acme,prodbox.sandbox=PR_1",
+        "tenant=acme,prodbox.sandbox=a,prodbox.sandbox=b",
+    ] {
+        let seen: Value = reqwest::Client::new()
+            .get(format!("http://{front}/"))
+            .header("baggage", baggage)
+            .send()
+            .await
+            .expect("the call succeeds")
+            .json()
+            .await
+            .expect("a JSON body");
+        assert_eq!(seen["baggage"], json!(["tenant=acme"]), "{baggage}");
+    }
+}
