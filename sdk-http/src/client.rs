@@ -55,7 +55,7 @@ use opentelemetry::Context;
 use pin_project::pin_project;
 use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
 use prodbox_core::codec::{BAGGAGE, BaggageError, Codec};
-use prodbox_core::guardrails::CallGuard;
+use prodbox_core::guardrails::{CallGuard, Throttled};
 use prodbox_core::{ContextExt, Guardrails, Sandbox, SandboxContext, SandboxKey};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -136,6 +136,40 @@ pub(crate) fn audit_outbound(
         detail: Some(detail),
     }
     .emit();
+}
+
+/// Asks the circuit breaker of a sandboxed call for leave to go out (audited when refused).
+pub(crate) fn open_call(
+    guardrails: Option<&Guardrails>,
+    sandbox: Option<&Sandbox>,
+    destination: impl FnOnce() -> String,
+) -> Result<Option<CallGuard>, Throttled> {
+    let (Some(guardrails), Some(sandbox)) = (guardrails, sandbox) else {
+        return Ok(None);
+    };
+    match guardrails.outbound(sandbox.key(), &destination()) {
+        Ok(guard) => Ok(Some(guard)),
+        Err(throttled) => {
+            audit_outbound(
+                sandbox,
+                Decision::Throttled,
+                throttled.reason.as_str(),
+                &throttled,
+            );
+            Err(throttled)
+        }
+    }
+}
+
+/// Tells the circuit breaker how a call went: an error or a server error is a failure.
+pub(crate) fn close_call(breaker: Option<CallGuard>, succeeded: bool) {
+    if let Some(breaker) = breaker {
+        if succeeded {
+            breaker.success();
+        } else {
+            breaker.failure();
+        }
+    }
 }
 
 /// Applies [`PropagateSandbox`] to a client. See the [module docs](self).
@@ -229,26 +263,18 @@ where
             Ok(sandbox) => sandbox,
             Err(error) => return ResponseFuture::failed(error.into()),
         };
-        let breaker = match (&self.layer.guardrails, &sandbox) {
-            (Some(guardrails), Some(sandbox)) => {
-                let destination = req
-                    .uri()
-                    .authority()
-                    .map_or_else(String::new, |a| a.as_str().to_owned());
-                match guardrails.outbound(sandbox.key(), &destination) {
-                    Ok(guard) => Some(guard),
-                    Err(throttled) => {
-                        audit_outbound(
-                            sandbox,
-                            Decision::Throttled,
-                            throttled.reason.as_str(),
-                            &throttled,
-                        );
-                        return ResponseFuture::failed(Box::new(throttled));
-                    }
-                }
-            }
-            _ => None,
+        let destination = || {
+            req.uri()
+                .authority()
+                .map_or_else(String::new, |a| a.as_str().to_owned())
+        };
+        let breaker = match open_call(
+            self.layer.guardrails.as_ref(),
+            sandbox.as_ref(),
+            destination,
+        ) {
+            Ok(breaker) => breaker,
+            Err(throttled) => return ResponseFuture::failed(Box::new(throttled)),
         };
         ResponseFuture {
             kind: Kind::Call {
@@ -302,12 +328,8 @@ where
                     Poll::Ready(result) => result,
                     Poll::Pending => return Poll::Pending,
                 };
-                if let Some(breaker) = breaker.take() {
-                    match &result {
-                        Ok(response) if !response.status().is_server_error() => breaker.success(),
-                        _ => breaker.failure(),
-                    }
-                }
+                let succeeded = matches!(&result, Ok(r) if !r.status().is_server_error());
+                close_call(breaker.take(), succeeded);
                 Poll::Ready(result.map_err(Into::into))
             }
             KindProj::Failed { error } => match error.take() {

@@ -14,11 +14,10 @@
 
 use http::Extensions;
 use prodbox_core::Guardrails;
-use prodbox_core::audit::Decision;
 use prodbox_core::codec::Codec;
 use reqwest_middleware::{Middleware, Next, Result};
 
-use crate::client::{Injector, audit_outbound};
+use crate::client::{Injector, close_call, open_call};
 
 /// Writes the current sandbox context into each request; see the [module docs](self).
 #[derive(Debug, Clone, Default)]
@@ -66,32 +65,15 @@ impl Middleware for SandboxMiddleware {
             .injector
             .inject(req.headers_mut())
             .map_err(|e| reqwest_middleware::Error::Middleware(e.into()))?;
-        let breaker = match (&self.guardrails, &sandbox) {
-            (Some(guardrails), Some(sandbox)) => {
-                let destination =
-                    req.url()[url::Position::BeforeHost..url::Position::AfterPort].to_owned();
-                match guardrails.outbound(sandbox.key(), &destination) {
-                    Ok(guard) => Some(guard),
-                    Err(throttled) => {
-                        audit_outbound(
-                            sandbox,
-                            Decision::Throttled,
-                            throttled.reason.as_str(),
-                            &throttled,
-                        );
-                        return Err(reqwest_middleware::Error::Middleware(throttled.into()));
-                    }
-                }
-            }
-            _ => None,
-        };
+        let destination =
+            || req.url()[url::Position::BeforeHost..url::Position::AfterPort].to_owned();
+        let breaker = open_call(self.guardrails.as_ref(), sandbox.as_ref(), destination)
+            .map_err(|throttled| reqwest_middleware::Error::Middleware(throttled.into()))?;
         let result = next.run(req, extensions).await;
-        if let Some(breaker) = breaker {
-            match &result {
-                Ok(response) if !response.status().is_server_error() => breaker.success(),
-                _ => breaker.failure(),
-            }
-        }
+        close_call(
+            breaker,
+            matches!(&result, Ok(r) if !r.status().is_server_error()),
+        );
         result
     }
 }

@@ -541,7 +541,11 @@ async fn baseline_calls_never_carry_copied_sandbox_members() {
     let baseline = client
         .clone()
         .oneshot(request(&echo.url("/echo"), &copied))
-        .in_context(Context::current().with_sandbox(sandbox("cl-copied")).without_sandbox());
+        .in_context(
+            Context::current()
+                .with_sandbox(sandbox("cl-copied"))
+                .without_sandbox(),
+        );
     let sent = json_of(baseline.await.expect("the call succeeds")).await["baggage"].clone();
     assert_eq!(sent, json!(["tenant=acme"]));
 
