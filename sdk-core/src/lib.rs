@@ -7,6 +7,7 @@
 //! * [`codec`]: the one strict baggage codec, over a small [`Carrier`] trait;
 //! * [`trust`]: who may set a sandbox at an ingress ([`TrustPolicy`]), and the one admission
 //!   decision ([`Ingress`]) every protocol layer makes;
+//! * [`egress`]: the one way every client writes the context into outbound messages;
 //! * [`token`]: signed, expiring tokens for public edges;
 //! * [`context`]: the sandbox in process on [`opentelemetry::Context`], across `.await` and
 //!   spawned tasks;
@@ -34,6 +35,7 @@ pub mod audit;
 pub mod codec;
 pub mod context;
 pub mod directory;
+pub mod egress;
 pub mod guardrails;
 pub mod limits;
 mod sandbox;

@@ -50,96 +50,28 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use http::{HeaderMap, Request, Response};
-use opentelemetry::Context;
+use http::{Request, Response};
 use pin_project::pin_project;
-use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
-use prodbox_core::codec::{BAGGAGE, BaggageError, Codec};
+use prodbox_core::audit::{Decision, Protocol};
+use prodbox_core::codec::Codec;
+use prodbox_core::egress::Egress;
 use prodbox_core::guardrails::{CallGuard, Throttled};
-use prodbox_core::{ContextExt, Guardrails, Sandbox, SandboxContext, SandboxKey};
+use prodbox_core::{Guardrails, Sandbox};
 use tower_layer::Layer;
 use tower_service::Service;
 
 /// A boxed error, as Tower middleware that adds its own errors returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The sandbox context could not be written into an outbound request; it was not sent.
-#[derive(Debug, thiserror::Error)]
-#[error("prodbox refused to send sandboxed request for {sandbox}: {source}")]
-pub struct InjectError {
-    /// The sandbox of the request.
-    pub sandbox: SandboxKey,
-    /// Why the baggage could not be written.
-    #[source]
-    pub source: Box<BaggageError>,
-}
+pub use prodbox_core::egress::InjectError;
 
-/// How outbound requests are written; shared by the Tower layer and the reqwest middleware.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Injector {
-    pub(crate) codec: Codec,
-    pub(crate) forward_token: bool,
-}
-
-impl Injector {
-    /// Writes the current context into `headers`; returns the sandbox, if any.
-    pub(crate) fn inject(&self, headers: &mut HeaderMap) -> Result<Option<Sandbox>, InjectError> {
-        Context::map_current(|cx| {
-            let context = cx.sandbox_context();
-            let sandbox = context.and_then(SandboxContext::sandbox);
-            let foreign = SandboxContext::outbound_foreign(cx);
-            if sandbox.is_none() {
-                // The context decides our members: a baseline call carries none, even when the
-                // application copied them from an inbound request.
-                if headers.contains_key(BAGGAGE) {
-                    self.codec.strip_parsable(headers);
-                }
-                if foreign.is_empty() {
-                    return Ok(None);
-                }
-            }
-            let token = context
-                .and_then(SandboxContext::token)
-                .filter(|_| self.forward_token);
-            match self.codec.inject(sandbox, token, &foreign, headers) {
-                Ok(()) => Ok(sandbox.cloned()),
-                Err(source) => match sandbox {
-                    Some(sandbox) => {
-                        audit_outbound(sandbox, Decision::Rejected, source.reason(), &source);
-                        Err(InjectError {
-                            sandbox: sandbox.key().clone(),
-                            source: Box::new(source),
-                        })
-                    }
-                    // A baseline request only loses the other members; it is not at risk.
-                    None => Ok(None),
-                },
-            }
-        })
-    }
-}
-
-pub(crate) fn audit_outbound(
-    sandbox: &Sandbox,
-    decision: Decision,
-    reason: &str,
-    detail: &dyn std::fmt::Display,
-) {
-    AuditEvent {
-        sandbox: Some(sandbox.key().as_str()),
-        actor: sandbox.actor(),
-        origin: sandbox.origin(),
-        protocol: Protocol::Http,
-        direction: Direction::Outbound,
-        decision,
-        reason,
-        detail: Some(detail),
-    }
-    .emit();
+pub(crate) fn egress() -> Egress {
+    Egress::new(Protocol::Http)
 }
 
 /// Asks the circuit breaker of a sandboxed call for leave to go out (audited when refused).
 pub(crate) fn open_call(
+    egress: &Egress,
     guardrails: Option<&Guardrails>,
     sandbox: Option<&Sandbox>,
     destination: impl FnOnce() -> String,
@@ -150,7 +82,7 @@ pub(crate) fn open_call(
     match guardrails.outbound(sandbox.key(), &destination()) {
         Ok(guard) => Ok(Some(guard)),
         Err(throttled) => {
-            audit_outbound(
+            egress.audit(
                 sandbox,
                 Decision::Throttled,
                 throttled.reason.as_str(),
@@ -173,10 +105,19 @@ pub(crate) fn close_call(breaker: Option<CallGuard>, succeeded: bool) {
 }
 
 /// Applies [`PropagateSandbox`] to a client. See the [module docs](self).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PropagateSandboxLayer {
-    injector: Injector,
+    egress: Egress,
     guardrails: Option<Guardrails>,
+}
+
+impl Default for PropagateSandboxLayer {
+    fn default() -> Self {
+        Self {
+            egress: egress(),
+            guardrails: None,
+        }
+    }
 }
 
 impl PropagateSandboxLayer {
@@ -187,14 +128,14 @@ impl PropagateSandboxLayer {
 
     /// Uses `codec` (limits).
     pub fn codec(mut self, codec: Codec) -> Self {
-        self.injector.codec = codec;
+        self.egress = self.egress.codec(codec);
         self
     }
 
     /// Also forwards the signed token the sandbox arrived with (off by default: tokens are
     /// bearer credentials, and internal hops trust `prodbox.sandbox` under `Accept`).
     pub fn forward_token(mut self, forward: bool) -> Self {
-        self.injector.forward_token = forward;
+        self.egress = self.egress.forward_token(forward);
         self
     }
 
@@ -259,7 +200,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let sandbox = match self.layer.injector.inject(req.headers_mut()) {
+        let sandbox = match self.layer.egress.inject(req.headers_mut()) {
             Ok(sandbox) => sandbox,
             Err(error) => return ResponseFuture::failed(error.into()),
         };
@@ -269,6 +210,7 @@ where
                 .map_or_else(String::new, |a| a.as_str().to_owned())
         };
         let breaker = match open_call(
+            &self.layer.egress,
             self.layer.guardrails.as_ref(),
             sandbox.as_ref(),
             destination,

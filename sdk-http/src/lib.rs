@@ -47,7 +47,7 @@ pub mod reqwest;
 
 pub use client::{InjectError, PropagateSandbox, PropagateSandboxLayer};
 pub use routing::{ForkRouting, ForkRoutingLayer};
-pub use server::{PeerAddr, SandboxLayer, SandboxService};
+pub use server::{HttpFlavor, PeerAddr, SandboxLayer, SandboxService, ServerFlavor};
 
 /// The README's snippets, compiled and run as doc tests so they cannot rot.
 #[cfg(doctest)]

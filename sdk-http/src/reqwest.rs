@@ -17,13 +17,24 @@ use prodbox_core::Guardrails;
 use prodbox_core::codec::Codec;
 use reqwest_middleware::{Middleware, Next, Result};
 
-use crate::client::{Injector, close_call, open_call};
+use prodbox_core::egress::Egress;
+
+use crate::client::{close_call, egress, open_call};
 
 /// Writes the current sandbox context into each request; see the [module docs](self).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SandboxMiddleware {
-    injector: Injector,
+    egress: Egress,
     guardrails: Option<Guardrails>,
+}
+
+impl Default for SandboxMiddleware {
+    fn default() -> Self {
+        Self {
+            egress: egress(),
+            guardrails: None,
+        }
+    }
 }
 
 impl SandboxMiddleware {
@@ -34,14 +45,14 @@ impl SandboxMiddleware {
 
     /// Uses `codec` (limits).
     pub fn codec(mut self, codec: Codec) -> Self {
-        self.injector.codec = codec;
+        self.egress = self.egress.codec(codec);
         self
     }
 
     /// Also forwards the signed token the sandbox arrived with; see
     /// [`PropagateSandboxLayer::forward_token`](crate::PropagateSandboxLayer::forward_token).
     pub fn forward_token(mut self, forward: bool) -> Self {
-        self.injector.forward_token = forward;
+        self.egress = self.egress.forward_token(forward);
         self
     }
 
@@ -62,13 +73,18 @@ impl Middleware for SandboxMiddleware {
         next: Next<'_>,
     ) -> Result<reqwest::Response> {
         let sandbox = self
-            .injector
+            .egress
             .inject(req.headers_mut())
             .map_err(|e| reqwest_middleware::Error::Middleware(e.into()))?;
         let destination =
             || req.url()[url::Position::BeforeHost..url::Position::AfterPort].to_owned();
-        let breaker = open_call(self.guardrails.as_ref(), sandbox.as_ref(), destination)
-            .map_err(|throttled| reqwest_middleware::Error::Middleware(throttled.into()))?;
+        let breaker = open_call(
+            &self.egress,
+            self.guardrails.as_ref(),
+            sandbox.as_ref(),
+            destination,
+        )
+        .map_err(|throttled| reqwest_middleware::Error::Middleware(throttled.into()))?;
         let result = next.run(req, extensions).await;
         close_call(
             breaker,

@@ -52,8 +52,6 @@ use prodbox_core::directory::Directory;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::client::audit_outbound;
-
 /// Applies [`ForkRouting`] to a client. See the [module docs](self).
 #[derive(Clone)]
 pub struct ForkRoutingLayer {
@@ -165,7 +163,7 @@ impl ForkRoutingLayer {
             return;
         };
         if entry.disabled || entry.is_expired_at(SystemTime::now()) {
-            audit_outbound(
+            crate::client::egress().audit(
                 sandbox,
                 Decision::Routed,
                 "fallback_fork_inactive",
@@ -174,7 +172,7 @@ impl ForkRoutingLayer {
             return;
         }
         let Some((scheme, authority)) = parse_fork(fork) else {
-            audit_outbound(
+            crate::client::egress().audit(
                 sandbox,
                 Decision::Routed,
                 "fallback_invalid_fork_address",
@@ -189,7 +187,7 @@ impl ForkRoutingLayer {
         let Ok(uri) = Uri::from_parts(parts) else {
             return;
         };
-        audit_outbound(
+        crate::client::egress().audit(
             sandbox,
             Decision::Routed,
             "fork",

@@ -95,3 +95,9 @@ pub async fn serve(router: axum::Router) -> SocketAddr {
     });
     addr
 }
+
+/// The `prodbox.test.Echo` gRPC service (`proto/echo.proto`), compiled at build time.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod echo {
+    tonic::include_proto!("prodbox.test");
+}

@@ -566,6 +566,11 @@ pub fn in_namespace(key: &str) -> bool {
 }
 
 fn legacy_key(name: &str) -> Option<&str> {
+    // gRPC binary metadata (`*-bin`) is base64, never a carrier of ours.
+    let bytes = name.as_bytes();
+    if bytes.len() >= 4 && bytes[bytes.len() - 4..].eq_ignore_ascii_case(b"-bin") {
+        return None;
+    }
     LEGACY_PREFIXES
         .iter()
         .find_map(|prefix| strip_prefix_ignore_case(name, prefix).filter(|key| !key.is_empty()))

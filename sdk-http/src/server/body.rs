@@ -60,10 +60,10 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    pub(crate) fn refusal(text: String) -> Self {
+    pub(crate) fn refusal(text: Option<Bytes>) -> Self {
         Self {
             kind: Kind::Refusal {
-                text: Some(Bytes::from(text)),
+                text: text.filter(|t| !t.is_empty()),
             },
         }
     }

@@ -63,9 +63,11 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use opentelemetry::Context;
 use pin_project::pin_project;
+use prodbox_core::audit::Protocol;
 use prodbox_core::codec::Codec;
 use prodbox_core::directory::Directory;
 use prodbox_core::trust::UnknownSandbox;
@@ -81,10 +83,60 @@ use body::Scope;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// How a server speaks: how it answers a refusal and where it finds the peer address.
+///
+/// [`HttpFlavor`] answers with HTTP statuses; `prodbox-grpc` brings one that answers with gRPC
+/// statuses. Implement it to answer in your API's error format.
+pub trait ServerFlavor: Clone {
+    /// The response for `refusal`; the body, if any, becomes the response body.
+    fn refusal(&self, refusal: &Refusal) -> Response<Option<Bytes>>;
+
+    /// The peer's address: by default from a [`PeerAddr`] extension and, with the `axum`
+    /// feature, axum's `ConnectInfo<SocketAddr>`.
+    fn peer_ip(&self, extensions: &http::Extensions) -> Option<IpAddr> {
+        default_peer_ip(extensions)
+    }
+}
+
+/// The plain HTTP answers: `400`, `401`, `403`, `429` with `Retry-After`, a plain-text body
+/// that says why, and the reason in `x-prodbox-refusal`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpFlavor;
+
+impl ServerFlavor for HttpFlavor {
+    fn refusal(&self, refusal: &Refusal) -> Response<Option<Bytes>> {
+        let status = match refusal {
+            Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
+            Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::FORBIDDEN,
+        };
+        let mut response = Response::new(Some(Bytes::from(format!("prodbox: {refusal}\n"))));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Some(wait) = refusal.retry_after() {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(wait)),
+            );
+        }
+        headers.insert(
+            "x-prodbox-refusal",
+            HeaderValue::from_static(refusal.reason()),
+        );
+        response
+    }
+}
+
 /// Applies [`SandboxService`] to a service. See the [module docs](self).
 #[derive(Debug, Clone)]
-pub struct SandboxLayer {
+pub struct SandboxLayer<F = HttpFlavor> {
     ingress: Ingress,
+    flavor: F,
 }
 
 impl SandboxLayer {
@@ -95,52 +147,79 @@ impl SandboxLayer {
 
     /// A layer around a fully configured [`Ingress`].
     pub fn from_ingress(ingress: Ingress) -> Self {
-        Self { ingress }
+        Self {
+            ingress,
+            flavor: HttpFlavor,
+        }
+    }
+}
+
+impl<F> SandboxLayer<F> {
+    fn map_ingress(self, f: impl FnOnce(Ingress) -> Ingress) -> Self {
+        Self {
+            ingress: f(self.ingress),
+            flavor: self.flavor,
+        }
+    }
+
+    /// Answers refusals (and finds peers) the way `flavor` does.
+    pub fn flavor<G: ServerFlavor>(self, flavor: G) -> SandboxLayer<G> {
+        SandboxLayer {
+            ingress: self.ingress,
+            flavor,
+        }
     }
 
     /// Uses `codec` (limits, aliases, legacy carriers).
     pub fn codec(self, codec: Codec) -> Self {
-        Self::from_ingress(self.ingress.codec(codec))
+        self.map_ingress(|i| i.codec(codec))
     }
 
     /// Refuses sandboxes that `directory` knows as disabled or expired.
     pub fn directory(self, directory: impl Directory) -> Self {
-        Self::from_ingress(self.ingress.directory(directory))
+        self.map_ingress(|i| i.directory(directory))
     }
 
     /// Applies per-sandbox guardrails.
     pub fn guardrails(self, guardrails: Guardrails) -> Self {
-        Self::from_ingress(self.ingress.guardrails(guardrails))
+        self.map_ingress(|i| i.guardrails(guardrails))
     }
 
-    /// Answers malformed sandbox baggage with `400` (`true`) or strips it (`false`). The default
-    /// depends on the policy; see [`Ingress::on_malformed`].
+    /// Answers malformed sandbox baggage with a refusal (`true`) or strips it (`false`). The
+    /// default depends on the policy; see [`Ingress::on_malformed`].
     pub fn strict(self, strict: bool) -> Self {
-        Self::from_ingress(self.ingress.strict(strict))
+        self.map_ingress(|i| i.strict(strict))
     }
 
     /// What to do with sandboxes the directory does not know.
     pub fn unknown_sandboxes(self, unknown: UnknownSandbox) -> Self {
-        Self::from_ingress(self.ingress.unknown_sandboxes(unknown))
+        self.map_ingress(|i| i.unknown_sandboxes(unknown))
+    }
+
+    /// The protocol named in audit events (default HTTP).
+    pub fn protocol(self, protocol: Protocol) -> Self {
+        self.map_ingress(|i| i.protocol(protocol))
     }
 }
 
-impl<S> Layer<S> for SandboxLayer {
-    type Service = SandboxService<S>;
+impl<S, F: Clone> Layer<S> for SandboxLayer<F> {
+    type Service = SandboxService<S, F>;
 
     fn layer(&self, inner: S) -> Self::Service {
         SandboxService {
             inner,
             ingress: self.ingress.clone(),
+            flavor: self.flavor.clone(),
         }
     }
 }
 
 /// Middleware that admits each request's sandbox context; see the [module docs](self).
 #[derive(Debug, Clone)]
-pub struct SandboxService<S> {
+pub struct SandboxService<S, F = HttpFlavor> {
     inner: S,
     ingress: Ingress,
+    flavor: F,
 }
 
 impl<S> SandboxService<S> {
@@ -148,7 +227,9 @@ impl<S> SandboxService<S> {
     pub fn new(inner: S, policy: TrustPolicy) -> Self {
         SandboxLayer::new(policy).layer(inner)
     }
+}
 
+impl<S, F> SandboxService<S, F> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -165,9 +246,10 @@ impl<S> SandboxService<S> {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SandboxService<S>
+impl<S, F, ReqBody, ResBody> Service<Request<ReqBody>> for SandboxService<S, F>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    F: ServerFlavor,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -178,7 +260,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        match self.ingress.admit(req.headers(), peer_ip(&req)) {
+        match self
+            .ingress
+            .admit(req.headers(), self.flavor.peer_ip(req.extensions()))
+        {
             Admission::Baseline { mut context, strip } => {
                 if strip {
                     let codec = self.ingress.codec_ref();
@@ -219,14 +304,14 @@ where
             }
             Admission::Refused(refusal) => ResponseFuture {
                 kind: Kind::Refused {
-                    refusal: Some(refusal),
+                    response: Some(self.flavor.refusal(&refusal)),
                 },
             },
         }
     }
 }
 
-impl<S> SandboxService<S> {
+impl<S, F> SandboxService<S, F> {
     fn call_in<ReqBody, ResBody>(
         &mut self,
         scope: Scope,
@@ -261,47 +346,19 @@ fn sandbox_span(sandbox: &Sandbox) -> Span {
     )
 }
 
-fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
-    if let Some(PeerAddr(addr)) = req.extensions().get::<PeerAddr>() {
+/// The peer address from a [`PeerAddr`] extension or, with the `axum` feature, axum's
+/// `ConnectInfo<SocketAddr>`.
+pub fn default_peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+    if let Some(PeerAddr(addr)) = extensions.get::<PeerAddr>() {
         return Some(addr.ip());
     }
     #[cfg(feature = "axum")]
-    if let Some(axum::extract::ConnectInfo(addr)) = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    if let Some(axum::extract::ConnectInfo(addr)) =
+        extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()
     {
         return Some(addr.ip());
     }
     None
-}
-
-/// The HTTP response for a refusal: status, a `Retry-After` when throttled, and a plain-text
-/// body that says why.
-pub fn refusal_response<B>(refusal: &Refusal) -> Response<ResponseBody<B>> {
-    let status = match refusal {
-        Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
-        Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-        Refusal::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
-        _ => StatusCode::FORBIDDEN,
-    };
-    let mut response = Response::new(ResponseBody::refusal(format!("prodbox: {refusal}\n")));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if let Some(wait) = refusal.retry_after() {
-        headers.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(retry_after_secs(wait)),
-        );
-    }
-    headers.insert(
-        "x-prodbox-refusal",
-        HeaderValue::from_static(refusal.reason()),
-    );
-    response
 }
 
 /// `Retry-After` takes whole seconds: round up, at least 1.
@@ -330,7 +387,7 @@ enum Kind<F> {
         scope: Option<Scope>,
     },
     Refused {
-        refusal: Option<Refusal>,
+        response: Option<Response<Option<Bytes>>>,
     },
 }
 
@@ -372,8 +429,8 @@ where
                     response.map(|res| res.map(|body| ResponseBody::in_context(body, scope))),
                 )
             }
-            KindProj::Refused { refusal } => match refusal.take() {
-                Some(refusal) => Poll::Ready(Ok(refusal_response(&refusal))),
+            KindProj::Refused { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response.map(ResponseBody::refusal))),
                 None => Poll::Pending,
             },
         }
