@@ -8,7 +8,7 @@
 //! | `actor`, `origin` | who started the sandbox and for what, or `-` |
 //! | `protocol` | `http`, `grpc`, `kafka`, `db` |
 //! | `direction` | `inbound` or `outbound` |
-//! | `decision` | `accepted`, `stripped`, `rejected`, `throttled`, `routed` |
+//! | `decision` | `accepted`, `stripped`, `rejected`, `throttled`, `routed`, `fallback` |
 //! | `reason` | a short stable name such as `untrusted_ingress`, `token_expired`, `rate_limited` |
 //! | `detail` | a human sentence, when there is more to say |
 //!
@@ -76,6 +76,9 @@ pub enum Decision {
     Throttled,
     /// An outbound call was sent to a sandbox fork.
     Routed,
+    /// An outbound call of a sandbox that forks its destination went to baseline code instead
+    /// (the fork is inactive or its address is invalid); the call keeps its sandbox context.
+    Fallback,
 }
 
 impl Decision {
@@ -87,6 +90,7 @@ impl Decision {
             Decision::Rejected => "rejected",
             Decision::Throttled => "throttled",
             Decision::Routed => "routed",
+            Decision::Fallback => "fallback",
         }
     }
 }

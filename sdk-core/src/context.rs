@@ -43,7 +43,7 @@ use std::task::{Context as TaskContext, Poll};
 use opentelemetry::baggage::{Baggage, BaggageExt};
 use opentelemetry::{Context, StringValue};
 
-use crate::codec::{self, ForeignMembers, Member};
+use crate::codec::{self, ForeignMembers};
 use crate::sandbox::Sandbox;
 
 /// Everything prodbox propagates for one request: the sandbox (if any), the token it arrived
@@ -163,17 +163,18 @@ impl SandboxContext {
             .iter()
             .filter(|(key, _)| {
                 let key = key.as_str();
-                !codec::in_namespace(key)
-                    && !known.contains(&key)
-                    && Member::parse(&format!("{key}=x")).is_ok()
+                !codec::in_namespace(key) && !known.contains(&key)
             })
-            .map(|(key, (value, meta))| {
+            .filter_map(|(key, (value, meta))| {
                 let mut raw = format!("{}={}", key.as_str(), codec::encode_value(value.as_str()));
                 if !meta.as_str().is_empty() {
                     raw.push(';');
                     raw.push_str(meta.as_str());
                 }
-                (key.as_str().to_owned(), raw)
+                // OpenTelemetry does not validate metadata: keep only what re-reads as exactly
+                // this one member, so that nothing an application set can break (or smuggle
+                // members into) the outbound header.
+                codec::is_single_member(&raw).then(|| (key.as_str().to_owned(), raw))
             })
             .collect();
         if extra.is_empty() {

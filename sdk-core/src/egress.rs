@@ -95,9 +95,18 @@ impl Egress {
         let context = cx.sandbox_context();
         let sandbox = context.and_then(SandboxContext::sandbox);
         let foreign = SandboxContext::outbound_foreign(cx);
+        // Output is one canonical form: legacy carriers of ours never go out.
+        let mut stripped = self.codec.strip_legacy(carrier);
         if sandbox.is_none() {
             if carrier.get_all(BAGGAGE).next().is_some() {
-                self.codec.strip_parsable(carrier);
+                stripped |= self.codec.strip_parsable(carrier);
+            }
+            if stripped {
+                self.audit_baseline(
+                    Decision::Stripped,
+                    "baseline_egress",
+                    &"the message is baseline; sandbox members the application set were removed",
+                );
             }
             if foreign.is_empty() {
                 return Ok(None);
@@ -117,9 +126,26 @@ impl Egress {
                     })
                 }
                 // A baseline message only loses the other members; it is not at risk.
-                None => Ok(None),
+                None => {
+                    self.audit_baseline(Decision::Stripped, source.reason(), &source);
+                    Ok(None)
+                }
             },
         }
+    }
+
+    fn audit_baseline(&self, decision: Decision, reason: &str, detail: &dyn fmt::Display) {
+        AuditEvent {
+            sandbox: None,
+            actor: None,
+            origin: None,
+            protocol: self.protocol,
+            direction: Direction::Outbound,
+            decision,
+            reason,
+            detail: Some(detail),
+        }
+        .emit();
     }
 
     /// Audits an outbound decision about `sandbox` on this protocol.

@@ -32,6 +32,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::limits::DEFAULT_MAX_TRACKED_SANDBOXES;
+
+/// The longest wait a guardrail asks for (and the longest a breaker stays open): a day.
+const MAX_WAIT: Duration = Duration::from_secs(86_400);
 use crate::sandbox::SandboxKey;
 
 /// Why a sandbox was throttled.
@@ -103,7 +106,7 @@ impl GuardrailsBuilder {
     /// Opens a sandbox's breaker for a destination after `failures` consecutive failures, for
     /// `open_for`; then lets one trial call through.
     pub fn circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
-        self.config.breaker = Some((failures.max(1), open_for));
+        self.config.breaker = Some((failures.max(1), open_for.min(MAX_WAIT)));
         self
     }
 
@@ -138,8 +141,12 @@ struct Inner {
 struct State {
     in_flight: AtomicU32,
     bucket: Mutex<Bucket>,
-    breakers: Mutex<HashMap<Box<str>, Breaker>>,
+    breakers: Mutex<HashMap<Box<str>, (Breaker, u64)>>,
 }
+
+/// Destinations whose breaker one sandbox keeps at once; past it, closed ones are forgotten and,
+/// when none is, further destinations go unguarded rather than growing memory.
+const MAX_DESTINATIONS: usize = 256;
 
 struct Bucket {
     tokens: f64,
@@ -227,7 +234,7 @@ impl Guardrails {
         }
         lock(&state.breakers)
             .values()
-            .all(|b| matches!(b, Breaker::Closed { failures: 0 }))
+            .all(|(b, _)| matches!(b, Breaker::Closed { failures: 0 }))
     }
 
     /// Admits one inbound request of `sandbox`: the returned permit holds a concurrency slot
@@ -258,7 +265,9 @@ impl Guardrails {
             bucket.tokens = (bucket.tokens + elapsed * rate).min(f64::from(burst));
             bucket.refilled = now;
             if bucket.tokens < 1.0 {
-                let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / rate);
+                let wait = Duration::try_from_secs_f64((1.0 - bucket.tokens) / rate)
+                    .unwrap_or(MAX_WAIT)
+                    .min(MAX_WAIT);
                 return Err(throttled(ThrottleReason::RateLimited, wait));
             }
             bucket.tokens -= 1.0;
@@ -278,11 +287,17 @@ impl Guardrails {
         };
         let now = Instant::now();
         let state = self.state(sandbox, now)?;
-        {
+        let generation = {
             let mut breakers = lock(&state.breakers);
-            let breaker = breakers
+            if breakers.len() >= MAX_DESTINATIONS && !breakers.contains_key(destination) {
+                breakers.retain(|_, (b, _)| !matches!(b, Breaker::Closed { failures: 0 }));
+                if breakers.len() >= MAX_DESTINATIONS {
+                    return Ok(CallGuard { target: None });
+                }
+            }
+            let (breaker, generation) = breakers
                 .entry(destination.into())
-                .or_insert(Breaker::Closed { failures: 0 });
+                .or_insert((Breaker::Closed { failures: 0 }, 0));
             match *breaker {
                 Breaker::Closed { .. } => {}
                 Breaker::Open { until } if now < until => {
@@ -303,34 +318,49 @@ impl Guardrails {
                     });
                 }
             }
-        }
+            *generation
+        };
         Ok(CallGuard {
-            target: Some((self.clone(), state, destination.into())),
+            target: Some((self.clone(), state, destination.into(), generation)),
         })
     }
 
-    fn record(&self, state: &State, destination: &str, success: Option<bool>) {
+    fn record(&self, state: &State, destination: &str, generation: u64, success: Option<bool>) {
         let Some((threshold, open_for)) = self.inner.config.breaker else {
             return;
         };
         let mut breakers = lock(&state.breakers);
-        let Some(breaker) = breakers.get_mut(destination) else {
+        let Some((breaker, current)) = breakers.get_mut(destination) else {
             return;
         };
-        *breaker = match (*breaker, success) {
-            (_, Some(true)) => Breaker::Closed { failures: 0 },
+        // A call let through before the breaker last changed says nothing about it now: a
+        // success from before it opened must not close it.
+        if *current != generation {
+            return;
+        }
+        let next = match (*breaker, success) {
+            (Breaker::Closed { .. }, Some(true)) => Breaker::Closed { failures: 0 },
+            (Breaker::HalfOpen { .. }, Some(true)) => {
+                *current += 1;
+                Breaker::Closed { failures: 0 }
+            }
             (Breaker::Closed { failures }, Some(false)) if failures + 1 < threshold => {
                 Breaker::Closed {
                     failures: failures + 1,
                 }
             }
-            (_, Some(false)) => Breaker::Open {
-                until: Instant::now() + open_for,
-            },
+            (_, Some(false)) => {
+                *current += 1;
+                let now = Instant::now();
+                Breaker::Open {
+                    until: now.checked_add(open_for).unwrap_or(now),
+                }
+            }
             // Cancelled before an outcome: a half-open trial slot is given back.
             (Breaker::HalfOpen { .. }, None) => Breaker::HalfOpen { trial: false },
-            (other, None) => other,
+            (other, _) => other,
         };
+        *breaker = next;
     }
 }
 
@@ -355,7 +385,7 @@ impl Drop for Permit {
 /// One outbound call let through by a circuit breaker; report how it went.
 #[must_use = "report the outcome with `success` or `failure`"]
 pub struct CallGuard {
-    target: Option<(Guardrails, Arc<State>, Box<str>)>,
+    target: Option<(Guardrails, Arc<State>, Box<str>, u64)>,
 }
 
 impl fmt::Debug for CallGuard {
@@ -376,8 +406,8 @@ impl CallGuard {
     }
 
     fn finish(&mut self, outcome: Option<bool>) {
-        if let Some((guardrails, state, destination)) = self.target.take() {
-            guardrails.record(&state, &destination, outcome);
+        if let Some((guardrails, state, destination, generation)) = self.target.take() {
+            guardrails.record(&state, &destination, generation, outcome);
         }
     }
 }
@@ -431,6 +461,34 @@ mod tests {
         let err = g.outbound(&k, "billing").unwrap_err();
         assert!(err.retry_after > Duration::from_secs(3000));
         assert!(g.outbound(&key("b"), "billing").is_ok(), "per sandbox");
+    }
+
+    #[test]
+    fn a_success_from_before_the_breaker_opened_does_not_close_it() {
+        let g = Guardrails::builder()
+            .circuit_breaker(1, Duration::from_secs(3600))
+            .build();
+        let k = key("a");
+        let slow = g.outbound(&k, "billing").unwrap();
+        g.outbound(&k, "billing").unwrap().failure();
+        slow.success();
+        assert_eq!(
+            g.outbound(&k, "billing").unwrap_err().reason,
+            ThrottleReason::CircuitOpen
+        );
+    }
+
+    #[test]
+    fn hostile_durations_do_not_panic() {
+        let g = Guardrails::builder()
+            .rate(1e-30, 1)
+            .circuit_breaker(1, Duration::MAX)
+            .build();
+        let k = key("a");
+        let _first = g.admit(&k).unwrap();
+        assert!(g.admit(&k).unwrap_err().retry_after <= MAX_WAIT);
+        g.outbound(&k, "x").unwrap().failure();
+        assert!(g.outbound(&k, "x").is_err());
     }
 
     #[test]

@@ -264,8 +264,10 @@ impl TokenKeys {
             SandboxKey::new(&claims.sbx).map_err(|e| TokenError::InvalidClaims(e.to_string()))?;
         // The sandbox lives as long as the token is accepted, leeway included, so that an
         // ingress checking the sandbox's expiry agrees with this check.
-        let mut builder = SandboxBuilder::from_key(key)
-            .expires_at(UNIX_EPOCH + Duration::from_secs(claims.exp.saturating_add(leeway)));
+        let expires_at = UNIX_EPOCH
+            .checked_add(Duration::from_secs(claims.exp.saturating_add(leeway)))
+            .ok_or_else(|| TokenError::InvalidClaims("expiry out of range".to_owned()))?;
+        let mut builder = SandboxBuilder::from_key(key).expires_at(expires_at);
         if let Some(actor) = &claims.act {
             builder = builder
                 .actor(actor)

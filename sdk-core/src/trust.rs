@@ -306,43 +306,34 @@ impl Ingress {
         peer: Option<IpAddr>,
         now: SystemTime,
     ) -> Admission {
+        // A peer outside `Accept`'s networks is an untrusted edge, before anything is read.
+        let untrusted_source = match &self.policy {
+            TrustPolicy::Accept {
+                from: Some(networks),
+            } => !peer.is_some_and(|ip| {
+                // An IPv4 client of a dual-stack listener shows as ::ffff:a.b.c.d.
+                let ip = ip.to_canonical();
+                networks.iter().any(|net| net.contains(&ip))
+            }),
+            _ => false,
+        };
         let extracted = match self.codec.extract(carrier) {
             Ok(extracted) => extracted,
-            Err(error) => {
-                let refusal = Refusal::Malformed(error);
-                return match self.malformed_action() {
-                    OnInvalid::Reject => self.refuse(None, refusal),
-                    OnInvalid::Strip => {
-                        self.audit(None, Decision::Stripped, refusal.reason(), Some(&refusal));
-                        Admission::Baseline {
-                            context: None,
-                            strip: true,
-                        }
-                    }
-                };
-            }
+            Err(error) => return self.malformed(carrier, error, untrusted_source),
         };
         if !extracted.claims_anything() {
             return baseline(&extracted, false);
         }
         let claimed = match &self.policy {
             TrustPolicy::Strip => return self.strip(&extracted, "untrusted_ingress", None),
-            TrustPolicy::Accept { from } => {
-                if let Some(networks) = from
-                    // An IPv4 client of a dual-stack listener shows as ::ffff:a.b.c.d.
-                    && !peer.is_some_and(|ip| {
-                        let ip = ip.to_canonical();
-                        networks.iter().any(|net| net.contains(&ip))
-                    })
-                {
-                    return self.strip(&extracted, "untrusted_source", None);
-                }
-                match extracted.sandbox() {
-                    Some(sandbox) => sandbox,
-                    // Only an actor, origin or token: nothing to route on.
-                    None => return self.strip(&extracted, "no_sandbox_key", None),
-                }
+            TrustPolicy::Accept { .. } if untrusted_source => {
+                return self.strip(&extracted, "untrusted_source", None);
             }
+            TrustPolicy::Accept { .. } => match extracted.sandbox() {
+                Some(sandbox) => sandbox,
+                // Only an actor, origin or token: nothing to route on.
+                None => return self.strip(&extracted, "no_sandbox_key", None),
+            },
             TrustPolicy::Signed { keys, on_invalid } => match self.verify(keys, &extracted, now) {
                 Ok(sandbox) => sandbox,
                 Err(error) => {
@@ -351,10 +342,11 @@ impl Ingress {
                         OnInvalid::Strip => self.strip(&extracted, reason, Some(&error)),
                         OnInvalid::Reject => {
                             let refusal = Refusal::Unauthenticated(error.to_string());
-                            self.audit_refusal(
-                                extracted.key().map(SandboxKey::as_str),
-                                &refusal,
+                            self.audit_claim(
+                                &extracted,
+                                Decision::Rejected,
                                 reason,
+                                Some(&refusal),
                             );
                             Admission::Refused(refusal)
                         }
@@ -363,6 +355,45 @@ impl Ingress {
             },
         };
         self.admit_sandbox(claimed, &extracted, now)
+    }
+
+    /// Baggage that does not parse. When it mentions nothing of ours, it is no sandbox request:
+    /// it runs as baseline with its baggage left alone (and not carried onward). Otherwise the
+    /// malformed-policy decides; untrusted sources are always stripped.
+    fn malformed<C: Carrier + ?Sized>(
+        &self,
+        carrier: &C,
+        error: BaggageError,
+        untrusted_source: bool,
+    ) -> Admission {
+        let refusal = Refusal::Malformed(error);
+        if !self.codec.mentions_ours(carrier) {
+            self.audit(
+                None,
+                Decision::Stripped,
+                "baggage_unreadable",
+                Some(&refusal),
+            );
+            return Admission::Baseline {
+                context: None,
+                strip: false,
+            };
+        }
+        let action = if untrusted_source {
+            OnInvalid::Strip
+        } else {
+            self.malformed_action()
+        };
+        match action {
+            OnInvalid::Reject => self.refuse(None, refusal),
+            OnInvalid::Strip => {
+                self.audit(None, Decision::Stripped, refusal.reason(), Some(&refusal));
+                Admission::Baseline {
+                    context: None,
+                    strip: true,
+                }
+            }
+        }
     }
 
     fn verify(
@@ -410,8 +441,13 @@ impl Ingress {
             None => None,
         };
         self.audit(Some(&sandbox), Decision::Accepted, "trusted", None);
+        // Behind a `Signed` edge only the token is authenticated: nothing else of ours travels.
+        let foreign = match self.policy {
+            TrustPolicy::Signed { .. } => extracted.foreign().without_ours(&self.codec),
+            _ => extracted.foreign().clone(),
+        };
         let context = SandboxContext::new(sandbox)
-            .with_foreign(extracted.foreign().clone())
+            .with_foreign(foreign)
             .with_token(extracted.token());
         Admission::Sandboxed { context, permit }
     }
@@ -422,23 +458,34 @@ impl Ingress {
         reason: &str,
         detail: Option<&dyn fmt::Display>,
     ) -> Admission {
+        self.audit_claim(extracted, Decision::Stripped, reason, detail);
+        // Nothing of ours crosses an untrusted edge, known member or not.
+        let foreign = extracted.foreign().without_ours(&self.codec);
+        Admission::Baseline {
+            context: (!foreign.is_empty()).then(|| SandboxContext::baseline(foreign)),
+            strip: true,
+        }
+    }
+
+    /// Audits a decision about what a message claimed (not yet trusted).
+    fn audit_claim(
+        &self,
+        extracted: &Extracted,
+        decision: Decision,
+        reason: &str,
+        detail: Option<&dyn fmt::Display>,
+    ) {
         AuditEvent {
             sandbox: extracted.key().map(SandboxKey::as_str),
             actor: extracted.actor(),
             origin: extracted.origin(),
             protocol: self.protocol,
             direction: Direction::Inbound,
-            decision: Decision::Stripped,
+            decision,
             reason,
             detail,
         }
         .emit();
-        // Nothing of our namespace crosses an untrusted edge, known member or not.
-        let foreign = extracted.foreign().without_namespace();
-        Admission::Baseline {
-            context: (!foreign.is_empty()).then(|| SandboxContext::baseline(foreign)),
-            strip: true,
-        }
     }
 
     fn refuse(&self, sandbox: Option<&Sandbox>, refusal: Refusal) -> Admission {
@@ -448,20 +495,6 @@ impl Ingress {
         };
         self.audit(sandbox, decision, refusal.reason(), Some(&refusal));
         Admission::Refused(refusal)
-    }
-
-    fn audit_refusal(&self, key: Option<&str>, refusal: &Refusal, reason: &str) {
-        AuditEvent {
-            sandbox: key,
-            actor: None,
-            origin: None,
-            protocol: self.protocol,
-            direction: Direction::Inbound,
-            decision: Decision::Rejected,
-            reason,
-            detail: Some(refusal),
-        }
-        .emit();
     }
 
     fn audit(

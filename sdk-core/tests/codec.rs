@@ -784,10 +784,12 @@ fn duplicates_and_ambiguity() {
 #[test]
 fn aliases() {
     run(vec![
+        // Another tool's routing key this codec does not read still passes internal hops, but
+        // counts as a claim, so an untrusted edge strips it.
         case(
-            "alias not configured: foreign",
+            "known alias not configured: passes through, strippable",
             vec![baggage("sd-routing-key=pr-1")],
-            Expect::Ok(Want::none("sd-routing-key=pr-1")),
+            Expect::Ok(Want::none("sd-routing-key=pr-1").claims()),
         ),
         case_with(
             "alias alone",
@@ -875,9 +877,9 @@ fn legacy_carriers() {
             Expect::Ok(Want::key("pr-1", "")),
         ),
         case(
-            "uberctx alias not configured: ignored",
+            "uberctx known alias not configured: not read, strippable",
             vec![h("uberctx-sd-routing-key", "pr-1")],
-            Expect::Ok(Want::none("")),
+            Expect::Ok(Want::none("").claims()),
         ),
         case(
             "legacy agreeing with baggage",
@@ -1425,11 +1427,15 @@ fn strip_removes_ours_and_keeps_the_rest_in_order() {
     assert!(!after.claims_anything());
 }
 
+/// An edge strips other tools' known routing keys even when it does not read them: a hop
+/// behind it configured to read one would otherwise take it as a sandbox.
 #[test]
-fn strip_without_alias_keeps_the_alias_member() {
-    let mut carrier: Headers = vec![baggage("sd-routing-key=pr-1,prodbox.sandbox=pr-1")];
+fn strip_removes_known_aliases_even_when_not_configured() {
+    let mut carrier: Headers = vec![baggage(
+        "sd-routing-key=pr-1,prodbox.sandbox=pr-1,Okteto-Divert=x,tenant=a",
+    )];
     Codec::default().strip(&mut carrier);
-    assert_eq!(baggage_values(&carrier), ["sd-routing-key=pr-1"]);
+    assert_eq!(baggage_values(&carrier), ["tenant=a"]);
 }
 
 #[test]
@@ -1504,10 +1510,13 @@ fn is_ours_names_our_members_and_aliases() {
     ] {
         assert!(codec.is_ours(ours), "{ours}");
     }
-    for foreign in ["userId", "prodbox", "prodboxsandbox", "okteto-divert"] {
+    for foreign in ["userId", "prodbox", "prodboxsandbox", "routing-key"] {
         assert!(!codec.is_ours(foreign), "{foreign}");
     }
-    assert!(!Codec::default().is_ours("sd-routing-key"));
+    // Known routing keys of other tools are ours to strip, configured or not.
+    for known in ["sd-routing-key", "okteto-divert", "Mirrord-Session"] {
+        assert!(Codec::default().is_ours(known), "{known}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

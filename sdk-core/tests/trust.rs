@@ -736,7 +736,7 @@ fn malformed_kinds_map_to_their_reasons() {
             "baggage_control_character",
         ),
         (b"prodbox.sandbox=\xff", "baggage_invalid_utf8"),
-        (b"a=1,oops", "baggage_malformed_member"),
+        (b"prodbox.sandbox=pr-1,oops", "baggage_malformed_member"),
         (b"Prodbox.Sandbox=pr-1", "baggage_non_canonical_key"),
         (b"prodbox.actor=%FF", "baggage_invalid_percent_encoding"),
         (b"prodbox.sandbox=PR-1", "invalid_sandbox_key"),
@@ -749,12 +749,29 @@ fn malformed_kinds_map_to_their_reasons() {
     }
     let huge: Headers = vec![(
         "baggage".to_owned(),
-        format!("a={}", "x".repeat(9000)).into_bytes(),
+        format!("prodbox.sandbox=pr-1,a={}", "x".repeat(9000)).into_bytes(),
     )];
     assert_eq!(
         expect_refused(ingress.admit(&huge, None)).reason(),
         "baggage_too_large"
     );
+
+    // Malformed baggage that mentions nothing of ours is no sandbox request: baseline traffic
+    // is never refused for it, and its headers are left alone.
+    for unrelated in [
+        b"a=1,oops".to_vec(),
+        format!("a={}", "x".repeat(9000)).into_bytes(),
+        (0..65)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",")
+            .into_bytes(),
+    ] {
+        let headers: Headers = vec![("baggage".to_owned(), unrelated)];
+        let (context, strip) = expect_baseline(ingress.admit(&headers, None));
+        assert!(context.is_none());
+        assert!(!strip);
+    }
 }
 
 #[test]

@@ -103,6 +103,11 @@ pub struct ForkRouting<S> {
 }
 
 impl<S> ForkRouting<S> {
+    /// Wraps `inner`, routing by `directory`.
+    pub fn new(inner: S, directory: impl Directory) -> Self {
+        ForkRoutingLayer::new(directory).layer(inner)
+    }
+
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -165,7 +170,7 @@ impl ForkRoutingLayer {
         if entry.disabled || entry.is_expired_at(SystemTime::now()) {
             crate::client::egress().audit(
                 sandbox,
-                Decision::Routed,
+                Decision::Fallback,
                 "fallback_fork_inactive",
                 &format_args!("sandbox is disabled or expired; {service} not routed to its fork"),
             );
@@ -174,7 +179,7 @@ impl ForkRoutingLayer {
         let Some((scheme, authority)) = parse_fork(fork) else {
             crate::client::egress().audit(
                 sandbox,
-                Decision::Routed,
+                Decision::Fallback,
                 "fallback_invalid_fork_address",
                 &format_args!("fork address {fork:?} of {service} is not scheme://host[:port]"),
             );

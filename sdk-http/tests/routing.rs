@@ -129,11 +129,17 @@ fn sandbox_key(key: &str) -> SandboxKey {
     key.parse().expect("a valid sandbox key")
 }
 
+/// Routing records of `sandbox` with `reason`: `routed` to a fork, or `fallback` to baseline.
 fn routed(audit: &AuditLog, sandbox: &str, reason: &str) -> Vec<AuditRecord> {
+    let decision = if reason.starts_with("fallback_") {
+        "fallback"
+    } else {
+        "routed"
+    };
     audit
         .matching("sandbox", sandbox)
         .into_iter()
-        .filter(|r| r["decision"] == "routed" && r["reason"] == reason)
+        .filter(|r| r["decision"] == decision && r["reason"] == reason)
         .collect()
 }
 

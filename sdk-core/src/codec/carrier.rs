@@ -13,10 +13,18 @@ pub trait Carrier {
     fn names(&self) -> impl Iterator<Item = &str>;
 }
 
+/// A header the carrier cannot hold (an invalid name or value for its protocol).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the carrier cannot hold header {name:?} with the given value")]
+pub struct InvalidHeader {
+    /// The header's name.
+    pub name: String,
+}
+
 /// Write access to a protocol's headers.
 pub trait CarrierMut: Carrier {
     /// Replaces every value of header `name` with `value`.
-    fn set(&mut self, name: &str, value: String);
+    fn set(&mut self, name: &str, value: String) -> Result<(), InvalidHeader>;
 
     /// Removes every value of header `name`.
     fn remove(&mut self, name: &str);
@@ -40,9 +48,10 @@ impl Carrier for Vec<(String, Vec<u8>)> {
 }
 
 impl CarrierMut for Vec<(String, Vec<u8>)> {
-    fn set(&mut self, name: &str, value: String) {
+    fn set(&mut self, name: &str, value: String) -> Result<(), InvalidHeader> {
         CarrierMut::remove(self, name);
         self.push((name.to_owned(), value.into_bytes()));
+        Ok(())
     }
 
     fn remove(&mut self, name: &str) {
@@ -52,7 +61,7 @@ impl CarrierMut for Vec<(String, Vec<u8>)> {
 
 #[cfg(feature = "http")]
 mod http_impl {
-    use super::{Carrier, CarrierMut};
+    use super::{Carrier, CarrierMut, InvalidHeader};
     use http::{HeaderMap, HeaderName, HeaderValue};
 
     impl Carrier for HeaderMap {
@@ -71,19 +80,20 @@ mod http_impl {
     }
 
     impl CarrierMut for HeaderMap {
-        fn set(&mut self, name: &str, value: String) {
-            // The codec only writes names it owns and values it encoded, both valid headers;
-            // anything else is skipped rather than panicking.
-            let name = if name == crate::codec::BAGGAGE {
+        fn set(&mut self, name: &str, value: String) -> Result<(), InvalidHeader> {
+            let header = if name == crate::codec::BAGGAGE {
                 // The header written on every call: skip parsing its name.
                 Ok(HeaderName::from_static(crate::codec::BAGGAGE))
             } else {
                 HeaderName::from_bytes(name.as_bytes())
             };
-            let (Ok(name), Ok(value)) = (name, HeaderValue::try_from(value)) else {
-                return;
+            let (Ok(header), Ok(value)) = (header, HeaderValue::try_from(value)) else {
+                return Err(InvalidHeader {
+                    name: name.to_owned(),
+                });
             };
-            self.insert(name, value);
+            self.insert(header, value);
+            Ok(())
         }
 
         fn remove(&mut self, name: &str) {

@@ -44,7 +44,7 @@
 
 mod carrier;
 
-pub use carrier::{Carrier, CarrierMut};
+pub use carrier::{Carrier, CarrierMut, InvalidHeader};
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -148,6 +148,9 @@ pub enum BaggageError {
     /// Actor or origin is not acceptable.
     #[error(transparent)]
     InvalidLabel(#[from] LabelError),
+    /// The carrier cannot hold the baggage written for it.
+    #[error(transparent)]
+    Unwritable(#[from] InvalidHeader),
     /// The same member of ours arrived with different values (twice, or from two carriers).
     #[error(
         "ambiguous {member}: {first_carrier} says {first:?} but {second_carrier} says {second:?}"
@@ -180,6 +183,7 @@ impl BaggageError {
             Self::InvalidKey { .. } => "invalid_sandbox_key",
             Self::InvalidLabel(_) => "invalid_label",
             Self::Ambiguous { .. } => "ambiguous_sandbox",
+            Self::Unwritable(_) => "baggage_unwritable",
         }
     }
 }
@@ -330,16 +334,23 @@ impl Codec {
     fn classify(&self, key: &str) -> Result<Class, BaggageError> {
         let Some(rest) = strip_prefix_ignore_case(key, NAMESPACE) else {
             // Most members are not ours: only the aliases are left to check.
-            let alias = self
+            if self
                 .config
                 .aliases
                 .iter()
-                .any(|alias| key.eq_ignore_ascii_case(alias));
-            return Ok(if alias {
-                Class::Ours(Slot::Key)
-            } else {
-                Class::Foreign
-            });
+                .any(|alias| key.eq_ignore_ascii_case(alias))
+            {
+                return Ok(Class::Ours(Slot::Key));
+            }
+            // Another tool's routing key that this codec does not read: an untrusted edge must
+            // still strip it, or a hop configured to read it would take it as a sandbox.
+            if KNOWN_ALIASES
+                .iter()
+                .any(|alias| key.eq_ignore_ascii_case(alias))
+            {
+                return Ok(Class::OtherOfOurs);
+            }
+            return Ok(Class::Foreign);
         };
         for (canonical, slot) in [
             (SANDBOX, Slot::Key),
@@ -485,24 +496,41 @@ impl Codec {
                 limit: self.config.max_members,
             });
         }
-        carrier.set(BAGGAGE, out);
+        carrier.set(BAGGAGE, out)?;
         Ok(())
     }
 
     /// Removes every member and carrier of ours from `carrier`, keeping all other members in
     /// order. When the baggage cannot be parsed at all, every `baggage` header is removed: what
     /// is ours cannot be told apart from the rest.
-    pub fn strip<C: CarrierMut + ?Sized>(&self, carrier: &mut C) {
-        self.strip_with(carrier, true);
+    pub fn strip<C: CarrierMut + ?Sized>(&self, carrier: &mut C) -> bool {
+        self.strip_with(carrier, true)
     }
 
     /// Like [`strip`](Self::strip), but leaves baggage it cannot parse as it is: for egress,
-    /// where the application's own headers are not ours to drop.
-    pub fn strip_parsable<C: CarrierMut + ?Sized>(&self, carrier: &mut C) {
-        self.strip_with(carrier, false);
+    /// where the application's own headers are not ours to drop. Returns whether anything of
+    /// ours was removed.
+    pub fn strip_parsable<C: CarrierMut + ?Sized>(&self, carrier: &mut C) -> bool {
+        self.strip_with(carrier, false)
     }
 
-    fn strip_with<C: CarrierMut + ?Sized>(&self, carrier: &mut C, drop_unparsable: bool) {
+    /// Removes the legacy carriers (`ot-baggage-*`, `uberctx-*`) of our members and aliases;
+    /// returns whether there were any.
+    pub fn strip_legacy<C: CarrierMut + ?Sized>(&self, carrier: &mut C) -> bool {
+        let legacy: Vec<String> = carrier
+            .names()
+            .filter(|name| {
+                legacy_key(name).is_some_and(|key| self.is_ours(&key.to_ascii_lowercase()))
+            })
+            .map(str::to_owned)
+            .collect();
+        for name in &legacy {
+            carrier.remove(name);
+        }
+        !legacy.is_empty()
+    }
+
+    fn strip_with<C: CarrierMut + ?Sized>(&self, carrier: &mut C, drop_unparsable: bool) -> bool {
         let mut kept = String::new();
         let mut changed = false;
         let mut unparsable = false;
@@ -525,23 +553,42 @@ impl Codec {
         if unparsable {
             if drop_unparsable {
                 carrier.remove(BAGGAGE);
+                changed = true;
             }
-        } else if changed {
-            if kept.is_empty() {
-                carrier.remove(BAGGAGE);
-            } else {
-                carrier.set(BAGGAGE, kept);
-            }
+        } else if changed && (kept.is_empty() || carrier.set(BAGGAGE, kept).is_err()) {
+            carrier.remove(BAGGAGE);
         }
-        let legacy: Vec<String> = carrier
-            .names()
-            .filter(|name| legacy_key(name).is_some_and(|key| self.is_ours(key)))
-            .map(str::to_owned)
-            .collect();
-        for name in legacy {
-            carrier.remove(&name);
-        }
+        self.strip_legacy(carrier) || changed
     }
+
+    /// Whether any carrier mentions something of ours (our namespace, an alias, a legacy
+    /// carrier of ours), parseable or not: a cheap scan to tell malformed baggage that concerns
+    /// a sandbox from malformed baggage that does not.
+    pub fn mentions_ours<C: Carrier + ?Sized>(&self, carrier: &C) -> bool {
+        let mentions = |text: &[u8], needle: &str| {
+            text.windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+        };
+        let aliases = || {
+            KNOWN_ALIASES
+                .iter()
+                .copied()
+                .chain(self.config.aliases.iter().map(|a| &**a))
+        };
+        for value in carrier.get_all(BAGGAGE) {
+            if mentions(value, NAMESPACE) || aliases().any(|alias| mentions(value, alias)) {
+                return true;
+            }
+        }
+        carrier
+            .names()
+            .any(|name| legacy_key(name).is_some_and(|key| self.is_ours(&key.to_ascii_lowercase())))
+    }
+}
+
+/// Whether `raw` is exactly one well-formed list-member with no control characters.
+pub fn is_single_member(raw: &str) -> bool {
+    !raw.contains(',') && check_text(BAGGAGE, raw.as_bytes()).is_ok() && Member::parse(raw).is_ok()
 }
 
 /// Percent-encodes a baggage value the way the codec writes it.
@@ -565,10 +612,14 @@ pub fn in_namespace(key: &str) -> bool {
     strip_prefix_ignore_case(key, NAMESPACE).is_some()
 }
 
-fn legacy_key(name: &str) -> Option<&str> {
-    // gRPC binary metadata (`*-bin`) is base64, never a carrier of ours.
+/// Whether `name` is gRPC binary metadata (`*-bin`, base64): never a carrier of ours.
+pub fn is_binary_metadata(name: &str) -> bool {
     let bytes = name.as_bytes();
-    if bytes.len() >= 4 && bytes[bytes.len() - 4..].eq_ignore_ascii_case(b"-bin") {
+    bytes.len() >= 4 && bytes[bytes.len() - 4..].eq_ignore_ascii_case(b"-bin")
+}
+
+fn legacy_key(name: &str) -> Option<&str> {
+    if is_binary_metadata(name) {
         return None;
     }
     LEGACY_PREFIXES
@@ -728,19 +779,14 @@ impl ForeignMembers {
         }
     }
 
-    /// These members without any of our namespace (`prodbox.*`, in any case): what an
-    /// untrusted edge may pass on.
-    pub fn without_namespace(&self) -> Self {
-        if !self
-            .iter_raw()
-            .any(|raw| Member::parse(raw).is_ok_and(|m| in_namespace(m.key)))
-        {
+    /// These members without any that `codec` counts as ours (our namespace in any case, its
+    /// aliases, other tools' known routing keys): what an untrusted edge may pass on.
+    pub fn without_ours(&self, codec: &Codec) -> Self {
+        let ours = |raw: &str| Member::parse(raw).map_or(true, |m| codec.is_ours(m.key));
+        if !self.iter_raw().any(ours) {
             return self.clone();
         }
-        Self::from_raw_members(
-            self.iter_raw()
-                .filter(|raw| Member::parse(raw).is_ok_and(|m| !in_namespace(m.key))),
-        )
+        Self::from_raw_members(self.iter_raw().filter(|raw| !ours(raw)))
     }
 
     /// Each member, parsed.

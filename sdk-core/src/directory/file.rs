@@ -2,12 +2,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::{Directory, DirectoryError, MemoryDirectory, SandboxEntry};
 
-/// The file as last read: its modification time and bytes.
-type Seen = Mutex<Option<(SystemTime, Vec<u8>)>>;
+/// The file's bytes as last applied.
+type Seen = Mutex<Option<Vec<u8>>>;
 use crate::sandbox::SandboxKey;
 
 #[derive(serde::Deserialize)]
@@ -57,20 +57,14 @@ impl FileDirectory {
             path: path.clone(),
             source,
         };
-        let modified = std::fs::metadata(&*self.path)
-            .and_then(|m| m.modified())
-            .map_err(io)?;
+        // Read and compare every time: the file is small, and modification times can repeat
+        // (coarse clocks, `cp -p`, `rsync -t`), which must not hide a kill-switch change.
+        let bytes = std::fs::read(&*self.path).map_err(io)?;
         let mut seen = match self.seen.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        // Unchanged modification time: skip reading the file at all.
-        if seen.as_ref().is_some_and(|(at, _)| *at == modified) {
-            return Ok(false);
-        }
-        let bytes = std::fs::read(&*self.path).map_err(io)?;
-        if seen.as_ref().is_some_and(|(_, old)| *old == bytes) {
-            *seen = Some((modified, bytes));
+        if seen.as_deref() == Some(bytes.as_slice()) {
             return Ok(false);
         }
         let entries = parse(&self.path, &bytes).map_err(|message| DirectoryError::Invalid {
@@ -78,7 +72,7 @@ impl FileDirectory {
             message,
         })?;
         self.entries.replace_all(entries);
-        *seen = Some((modified, bytes));
+        *seen = Some(bytes);
         Ok(true)
     }
 
@@ -162,6 +156,7 @@ impl Directory for FileDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     #[tokio::test]
     async fn reloads_on_change_and_keeps_last_good_contents() {

@@ -203,7 +203,10 @@ mod time_serde {
     ) -> Result<Option<SystemTime>, D::Error> {
         match Option::<Repr>::deserialize(d)? {
             None => Ok(None),
-            Some(Repr::Secs(secs)) => Ok(Some(UNIX_EPOCH + Duration::from_secs(secs))),
+            Some(Repr::Secs(secs)) => UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom("timestamp out of range")),
             Some(Repr::Text(text)) => humantime::parse_rfc3339_weak(&text)
                 .map(Some)
                 .map_err(serde::de::Error::custom),
@@ -234,20 +237,25 @@ impl MemoryDirectory {
         Self::default()
     }
 
+    // A poisoned lock still holds a consistent map: writers swap or copy whole snapshots.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
+        self.entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Snapshot> {
+        self.entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn snapshot(&self) -> Snapshot {
-        // A poisoned lock still holds a consistent map: writers swap whole snapshots.
-        match self.entries.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        Arc::clone(&self.read())
     }
 
     fn update(&self, f: impl FnOnce(&mut HashMap<SandboxKey, Arc<SandboxEntry>>)) {
-        let mut guard = match self.entries.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        f(Arc::make_mut(&mut guard));
+        f(Arc::make_mut(&mut self.write()));
     }
 
     /// Adds or replaces an entry.
@@ -282,21 +290,13 @@ impl MemoryDirectory {
             .into_iter()
             .map(|e| (e.key.clone(), Arc::new(e)))
             .collect();
-        let mut guard = match self.entries.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *guard = Arc::new(map);
+        *self.write() = Arc::new(map);
     }
 }
 
 impl Directory for MemoryDirectory {
     fn get(&self, key: &SandboxKey) -> Option<Arc<SandboxEntry>> {
-        let guard = match self.entries.read() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        guard.get(key).cloned()
+        self.read().get(key).cloned()
     }
 
     fn entries(&self) -> Vec<Arc<SandboxEntry>> {

@@ -363,7 +363,8 @@ pub fn default_peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
 
 /// `Retry-After` takes whole seconds: round up, at least 1.
 fn retry_after_secs(wait: Duration) -> u64 {
-    wait.as_secs() + u64::from(wait.subsec_nanos() > 0 || wait.is_zero())
+    wait.as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0 || wait.is_zero()))
 }
 
 /// Response future of [`SandboxService`].
