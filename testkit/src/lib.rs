@@ -96,6 +96,8 @@ pub async fn serve(router: axum::Router) -> SocketAddr {
     addr
 }
 
+pub mod grpc;
+
 /// The `prodbox.test.Echo` gRPC service (`proto/echo.proto`), compiled at build time.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod echo {
