@@ -1,4 +1,30 @@
-//! prodbox for PostgreSQL (sqlx): sandboxed queries in isolated schemas.
+//! prodbox for PostgreSQL (sqlx): a sandboxed request's queries run in that sandbox's own
+//! schema, under a role that cannot touch production data.
 //!
-//! Not implemented yet: this crate is a placeholder in the workspace until its issue
-//! ("Database: sqlx wrapper that sends sandboxed queries to isolated Postgres schemas") is done.
+//! ```no_run
+//! use prodbox_db::SandboxPool;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pg = sqlx::PgPool::connect("postgres://127.0.0.1/shop").await?;
+//! let pool = SandboxPool::builder(pg)
+//!     .migrations(sqlx::migrate!("./migrations"))
+//!     .build();
+//!
+//! // Unchanged application code: in production it writes `public.orders`; inside sandbox
+//! // pr-42 it writes `sbx_pr_42.orders`.
+//! sqlx::query("INSERT INTO orders (item) VALUES ($1)")
+//!     .bind("book")
+//!     .execute(&pool)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+#![doc = include_str!("../DESIGN.md")]
+
+mod error;
+pub mod names;
+mod pool;
+mod provision;
+
+pub use error::SandboxDbError;
+pub use pool::{Janitor, SandboxPool, SandboxPoolBuilder};
+pub use provision::SchemaRecord;

@@ -48,8 +48,3 @@ pub mod reqwest;
 pub use client::{InjectError, PropagateSandbox, PropagateSandboxLayer};
 pub use routing::{ForkRouting, ForkRoutingLayer};
 pub use server::{HttpFlavor, PeerAddr, SandboxLayer, SandboxService, ServerFlavor};
-
-/// The README's snippets, compiled and run as doc tests so they cannot rot.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;

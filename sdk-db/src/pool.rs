@@ -1,0 +1,515 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_core::future::BoxFuture;
+use futures_core::stream::BoxStream;
+use futures_util::{StreamExt, TryFutureExt, TryStreamExt, stream};
+use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
+use prodbox_core::{Sandbox, SandboxKey};
+use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
+use sqlx::{AssertSqlSafe, Either, Execute, Executor, Postgres, SqlStr, Transaction};
+use tokio::sync::OnceCell;
+
+use crate::error::SandboxDbError;
+use crate::names::{quote, role_name, schema_name};
+use crate::provision::{Provisioner, SchemaRecord};
+
+/// A pool of a sandbox that has been idle this long may give its slot to another sandbox.
+const EVICTABLE_AFTER: Duration = Duration::from_millis(20);
+/// How often a sandbox waiting for a slot looks again.
+const SLOT_POLL: Duration = Duration::from_millis(5);
+
+/// Builds a [`SandboxPool`].
+#[derive(Clone)]
+pub struct SandboxPoolBuilder {
+    baseline: PgPool,
+    migrator: Option<Arc<Migrator>>,
+    seed: Option<Arc<str>>,
+    connections_per_sandbox: u32,
+    max_active_sandboxes: usize,
+    idle_timeout: Duration,
+    acquire_timeout: Duration,
+    default_ttl: Duration,
+}
+
+impl fmt::Debug for SandboxPoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxPoolBuilder")
+            .field("migrations", &self.migrator.is_some())
+            .field("seed", &self.seed.is_some())
+            .field("connections_per_sandbox", &self.connections_per_sandbox)
+            .field("max_active_sandboxes", &self.max_active_sandboxes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SandboxPoolBuilder {
+    /// Provisions each sandbox by running these migrations into its schema (the preferred way:
+    /// the sandbox gets exactly the service's schema, with its own sequences).
+    pub fn migrations(mut self, migrator: Migrator) -> Self {
+        self.migrator = Some(Arc::new(migrator));
+        self
+    }
+
+    /// SQL run in each new sandbox schema after the migrations (seed data).
+    pub fn seed(mut self, sql: &str) -> Self {
+        self.seed = Some(Arc::from(sql));
+        self
+    }
+
+    /// Connections each active sandbox may hold (default 2).
+    pub fn connections_per_sandbox(mut self, connections: u32) -> Self {
+        self.connections_per_sandbox = connections.max(1);
+        self
+    }
+
+    /// Sandboxes with a pool at once (default 16). With `connections_per_sandbox`, this bounds
+    /// the connections sandboxes can take: past it, a sandbox waits for an idle one's slot up
+    /// to the acquire timeout, then fails with [`SandboxDbError::Capacity`].
+    pub fn max_active_sandboxes(mut self, sandboxes: usize) -> Self {
+        self.max_active_sandboxes = sandboxes.max(1);
+        self
+    }
+
+    /// Closes a sandbox's idle connections after this long (default 60 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a sandboxed call waits for a slot or a connection (default 30 s).
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Expiry recorded for sandboxes that carry none (default 24 h after last use).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// Finishes the pool.
+    pub fn build(self) -> SandboxPool {
+        let provisioner = Provisioner {
+            options: self.baseline.connect_options(),
+            migrator: self.migrator,
+            seed: self.seed,
+            default_ttl: self.default_ttl,
+        };
+        SandboxPool {
+            inner: Arc::new(Inner {
+                baseline: self.baseline,
+                provisioner,
+                connections_per_sandbox: self.connections_per_sandbox,
+                max_active: self.max_active_sandboxes,
+                idle_timeout: self.idle_timeout,
+                acquire_timeout: self.acquire_timeout,
+                active: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+/// A `PgPool` that sends each sandboxed call to that sandbox's own schema; see the
+/// [crate docs](crate). Cheap to clone.
+#[derive(Clone)]
+pub struct SandboxPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    baseline: PgPool,
+    provisioner: Provisioner,
+    connections_per_sandbox: u32,
+    max_active: usize,
+    idle_timeout: Duration,
+    acquire_timeout: Duration,
+    active: Mutex<HashMap<SandboxKey, Arc<Slot>>>,
+}
+
+/// A sandbox's pool, created once (provisioning included) by whichever call needs it first.
+struct Slot {
+    pool: OnceCell<PgPool>,
+    last_used: Mutex<Instant>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl fmt::Debug for SandboxPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxPool")
+            .field("active_sandboxes", &self.active_sandboxes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SandboxPool {
+    /// Wraps `baseline` with default settings (no migrations: sandbox schemas start empty).
+    pub fn new(baseline: PgPool) -> Self {
+        Self::builder(baseline).build()
+    }
+
+    /// Starts configuring a pool around `baseline`.
+    pub fn builder(baseline: PgPool) -> SandboxPoolBuilder {
+        SandboxPoolBuilder {
+            baseline,
+            migrator: None,
+            seed: None,
+            connections_per_sandbox: 2,
+            max_active_sandboxes: 16,
+            idle_timeout: Duration::from_secs(60),
+            acquire_timeout: Duration::from_secs(30),
+            default_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    /// The production pool.
+    pub fn baseline(&self) -> &PgPool {
+        &self.inner.baseline
+    }
+
+    /// How many sandboxes hold a pool in this process.
+    pub fn active_sandboxes(&self) -> usize {
+        lock(&self.inner.active).len()
+    }
+
+    /// Connections held by sandbox pools in this process.
+    pub fn sandbox_connections(&self) -> u32 {
+        lock(&self.inner.active)
+            .values()
+            .filter_map(|slot| slot.pool.get())
+            .map(PgPool::size)
+            .sum()
+    }
+
+    /// The pool for the current context: the sandbox's (provisioned on first use) or, with no
+    /// sandbox, the production pool.
+    pub async fn current(&self) -> Result<PgPool, sqlx::Error> {
+        match prodbox_core::current() {
+            Some(sandbox) => self.pool_for(&sandbox).await,
+            None => Ok(self.inner.baseline.clone()),
+        }
+    }
+
+    /// Starts a transaction on the current context's pool.
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.current().await?.begin().await
+    }
+
+    /// Takes a connection from the current context's pool.
+    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        self.current().await?.acquire().await
+    }
+
+    /// The pool of `sandbox`, provisioning its schema on first use.
+    pub async fn pool_for(&self, sandbox: &Sandbox) -> Result<PgPool, sqlx::Error> {
+        if sandbox.is_expired_at(SystemTime::now()) {
+            let error = SandboxDbError::Expired(sandbox.key().clone());
+            audit(sandbox, Decision::Rejected, &error);
+            return Err(error.into());
+        }
+        let slot = self.slot(sandbox).await?;
+        let result = slot
+            .pool
+            .get_or_try_init(|| self.open(sandbox))
+            .await
+            .cloned();
+        match result {
+            Ok(pool) => {
+                *lock(&slot.last_used) = Instant::now();
+                Ok(pool)
+            }
+            Err(error) => {
+                // Forget the failed slot, so that the next call tries again from scratch.
+                let mut active = lock(&self.inner.active);
+                if active
+                    .get(sandbox.key())
+                    .is_some_and(|s| Arc::ptr_eq(s, &slot))
+                {
+                    active.remove(sandbox.key());
+                }
+                drop(active);
+                let decision = Decision::Rejected;
+                audit(sandbox, decision, &error);
+                Err(error.into())
+            }
+        }
+    }
+
+    /// A slot for `sandbox`: its own, a free one, or one an idle sandbox gives up. Waits up to
+    /// the acquire timeout.
+    async fn slot(&self, sandbox: &Sandbox) -> Result<Arc<Slot>, sqlx::Error> {
+        let deadline = Instant::now() + self.inner.acquire_timeout;
+        loop {
+            let evicted = {
+                let mut active = lock(&self.inner.active);
+                if let Some(slot) = active.get(sandbox.key()) {
+                    return Ok(Arc::clone(slot));
+                }
+                let evicted = if active.len() >= self.inner.max_active {
+                    let now = Instant::now();
+                    let victim = active
+                        .iter()
+                        .filter(|(_, slot)| {
+                            slot.pool.get().is_some_and(|pool| {
+                                pool.size() as usize == pool.num_idle()
+                                    && now.duration_since(*lock(&slot.last_used)) >= EVICTABLE_AFTER
+                            })
+                        })
+                        .min_by_key(|(_, slot)| *lock(&slot.last_used))
+                        .map(|(key, _)| key.clone());
+                    victim.and_then(|key| active.remove(&key))
+                } else {
+                    None
+                };
+                if active.len() < self.inner.max_active {
+                    let slot = Arc::new(Slot {
+                        pool: OnceCell::new(),
+                        last_used: Mutex::new(Instant::now()),
+                    });
+                    active.insert(sandbox.key().clone(), Arc::clone(&slot));
+                    if let Some(pool) = evicted.and_then(|s| s.pool.get().cloned()) {
+                        tokio::spawn(async move { pool.close().await });
+                    }
+                    return Ok(slot);
+                }
+                active.len()
+            };
+            if Instant::now() >= deadline {
+                let error = SandboxDbError::Capacity {
+                    sandbox: sandbox.key().clone(),
+                    active: evicted,
+                };
+                audit(sandbox, Decision::Throttled, &error);
+                return Err(error.into());
+            }
+            tokio::time::sleep(SLOT_POLL).await;
+        }
+    }
+
+    /// Provisions `sandbox` and opens its pool: every connection runs as the sandbox's role
+    /// with only its schema on the search path, set once when the connection opens.
+    async fn open(&self, sandbox: &Sandbox) -> Result<PgPool, SandboxDbError> {
+        self.inner.provisioner.ensure(sandbox).await?;
+        let session = Arc::<str>::from(format!(
+            "SET ROLE {}; SET search_path TO {}",
+            quote(&role_name(sandbox.key())),
+            quote(&schema_name(sandbox.key())),
+        ));
+        let pool = PgPoolOptions::new()
+            .max_connections(self.inner.connections_per_sandbox)
+            .min_connections(0)
+            .idle_timeout(self.inner.idle_timeout)
+            .acquire_timeout(self.inner.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                let session = Arc::clone(&session);
+                Box::pin(async move {
+                    conn.execute(sqlx::raw_sql(AssertSqlSafe(session.to_string())))
+                        .await
+                        .map(drop)
+                })
+            })
+            .connect_lazy_with((*self.inner.provisioner.options).clone());
+        Ok(pool)
+    }
+
+    /// Drops `key`'s schema and role, closing this process's pool for it first. Returns whether
+    /// the sandbox was recorded.
+    pub async fn drop_sandbox(&self, key: &SandboxKey) -> Result<bool, sqlx::Error> {
+        let slot = lock(&self.inner.active).remove(key);
+        if let Some(pool) = slot.and_then(|s| s.pool.get().cloned()) {
+            pool.close().await;
+        }
+        self.inner.provisioner.drop_sandbox(key).await
+    }
+
+    /// Every recorded sandbox schema.
+    pub async fn schemas(&self) -> Result<Vec<SchemaRecord>, sqlx::Error> {
+        self.inner.provisioner.list().await
+    }
+
+    /// Drops every sandbox whose schema expired by `now`; returns their keys.
+    pub async fn drop_expired(&self, now: SystemTime) -> Result<Vec<SandboxKey>, sqlx::Error> {
+        let mut dropped = Vec::new();
+        for key in self.inner.provisioner.expired(now).await? {
+            if self.drop_sandbox(&key).await? {
+                dropped.push(key);
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Starts a janitor on the current Tokio runtime that drops expired sandboxes every
+    /// `interval`, until the returned handle is dropped.
+    pub fn start_janitor(&self, interval: Duration) -> Janitor {
+        let pool = self.clone();
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                match pool.drop_expired(SystemTime::now()).await {
+                    Ok(dropped) if !dropped.is_empty() => {
+                        tracing::info!(target: "prodbox::db", ?dropped, "janitor dropped expired sandbox schemas");
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(target: "prodbox::db", %error, "janitor could not drop expired sandbox schemas");
+                    }
+                }
+            }
+        });
+        Janitor { task }
+    }
+
+    fn refine(error: sqlx::Error, sandbox: Option<&Sandbox>) -> sqlx::Error {
+        let Some(sandbox) = sandbox else {
+            return error;
+        };
+        match &error {
+            // insufficient_privilege: the sandbox role touched something outside its schema.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+                let refused = SandboxDbError::ProductionAccessRefused {
+                    sandbox: sandbox.key().clone(),
+                    message: db.message().to_owned(),
+                };
+                audit(sandbox, Decision::Rejected, &refused);
+                refused.into()
+            }
+            _ => error,
+        }
+    }
+}
+
+fn audit(sandbox: &Sandbox, decision: Decision, detail: &dyn fmt::Display) {
+    let reason = match detail.to_string() {
+        text if text.contains("outside") || text.contains("production data") => {
+            "db_production_access_refused"
+        }
+        text if text.contains("slot") => "db_capacity",
+        text if text.contains("expired") => "sandbox_expired",
+        _ => "db_provisioning_failed",
+    };
+    AuditEvent {
+        sandbox: Some(sandbox.key().as_str()),
+        actor: sandbox.actor(),
+        origin: sandbox.origin(),
+        protocol: Protocol::Db,
+        direction: Direction::Outbound,
+        decision,
+        reason,
+        detail: Some(detail),
+    }
+    .emit();
+}
+
+/// Runs [`SandboxPool::drop_expired`] on a schedule until dropped.
+#[derive(Debug)]
+pub struct Janitor {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Janitor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<'p> Executor<'p> for &SandboxPool {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let this = self.clone();
+        // The context is read now, in the caller's task, not wherever the stream is polled.
+        let sandbox = prodbox_core::current();
+        let refine_for = sandbox.clone();
+        let rows = async move {
+            match this.pool_of(sandbox).await {
+                Ok(pool) => (&pool).fetch_many(query),
+                Err(error) => stream::once(async { Err(error) }).boxed(),
+            }
+        };
+        stream::once(rows)
+            .flatten()
+            .map_err(move |e| SandboxPool::refine(e, refine_for.as_ref()))
+            .boxed()
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let this = self.clone();
+        let sandbox = prodbox_core::current();
+        Box::pin(async move {
+            let pool = this.pool_of(sandbox.clone()).await?;
+            (&pool)
+                .fetch_optional(query)
+                .map_err(|e| SandboxPool::refine(e, sandbox.as_ref()))
+                .await
+        })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        let this = self.clone();
+        let sandbox = prodbox_core::current();
+        Box::pin(async move {
+            let pool = this.pool_of(sandbox).await?;
+            (&pool).prepare_with(sql, parameters).await
+        })
+    }
+
+    fn describe<'e>(
+        self,
+        sql: SqlStr,
+    ) -> BoxFuture<'e, Result<sqlx_core::describe::Describe<Postgres>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        let this = self.clone();
+        let sandbox = prodbox_core::current();
+        Box::pin(async move {
+            let pool = this.pool_of(sandbox).await?;
+            (&pool).describe(sql).await
+        })
+    }
+}
+
+impl SandboxPool {
+    /// The pool for `sandbox`, as a boxed future owning what it needs: the executor's streams
+    /// must be `Send` for every lifetime, which borrowed captures cannot promise.
+    fn pool_of(&self, sandbox: Option<Sandbox>) -> BoxFuture<'static, Result<PgPool, sqlx::Error>> {
+        let this = self.clone();
+        Box::pin(async move {
+            match &sandbox {
+                Some(sandbox) => this.pool_for(sandbox).await,
+                None => Ok(this.inner.baseline.clone()),
+            }
+        })
+    }
+}
