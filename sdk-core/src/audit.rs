@@ -8,11 +8,11 @@
 //! | `actor`, `origin` | who started the sandbox and for what, or `-` |
 //! | `protocol` | `http`, `grpc`, `kafka`, `db` |
 //! | `direction` | `inbound` or `outbound` |
-//! | `decision` | `accepted`, `stripped`, `rejected`, `throttled`, `routed`, `fallback` |
+//! | `decision` | `accepted`, `stripped`, `rejected`, `throttled`, `routed`, `fallback`, `skipped`, `dead_lettered` |
 //! | `reason` | a short stable name such as `untrusted_ingress`, `token_expired`, `rate_limited` |
 //! | `detail` | a human sentence, when there is more to say |
 //!
-//! `accepted` and `routed` are logged at `INFO`, everything else at `WARN`. Route them with an
+//! `accepted`, `routed` and `skipped` are logged at `INFO`, everything else at `WARN`. Route them with an
 //! `EnvFilter` directive such as `prodbox::audit=info`.
 
 use std::fmt;
@@ -79,6 +79,10 @@ pub enum Decision {
     /// An outbound call of a sandbox that forks its destination went to baseline code instead
     /// (the fork is inactive or its address is invalid); the call keeps its sandbox context.
     Fallback,
+    /// A message was left to another consumer (Kafka): its offset is committed all the same.
+    Skipped,
+    /// A message went to the dead-letter topic with the reason.
+    DeadLettered,
 }
 
 impl Decision {
@@ -91,6 +95,8 @@ impl Decision {
             Decision::Throttled => "throttled",
             Decision::Routed => "routed",
             Decision::Fallback => "fallback",
+            Decision::Skipped => "skipped",
+            Decision::DeadLettered => "dead_lettered",
         }
     }
 }
@@ -140,7 +146,9 @@ impl AuditEvent<'_> {
             };
         }
         match self.decision {
-            Decision::Accepted | Decision::Routed => event!(tracing::Level::INFO),
+            Decision::Accepted | Decision::Routed | Decision::Skipped => {
+                event!(tracing::Level::INFO)
+            }
             _ => event!(tracing::Level::WARN),
         }
     }

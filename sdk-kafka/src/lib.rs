@@ -1,4 +1,20 @@
-//! prodbox for Kafka (rdkafka): producer injection and a consumer filter that loses nothing.
+//! prodbox for Kafka (rdkafka): producers tag records with the current sandbox context, and
+//! consumers hand each message to exactly the consumer that should handle it, losing nothing.
 //!
-//! Not implemented yet: this crate is a placeholder in the workspace until its issue
-//! ("Kafka: producer injection and a consumer filter that loses nothing") is done.
+//! * [`SandboxRecordExt::with_sandbox_context`]: one line on a `FutureRecord` or `BaseRecord`;
+//! * [`SandboxConsumer`]: a `StreamConsumer` with a [`Role`]: a baseline consumer skips the
+//!   messages of sandboxes that fork its service, a sandbox consumer takes only its own, and
+//!   malformed sandbox headers go to a dead-letter topic;
+//! * [`Filter`]: the decision alone, for consumers of your own.
+
+#![deny(unreachable_pub)]
+
+pub mod consumer;
+mod filter;
+mod headers;
+pub mod producer;
+
+pub use consumer::{ConsumerError, SandboxConsumer, SandboxConsumerBuilder};
+pub use filter::{Filter, Role, Verdict};
+pub use headers::HeaderReader;
+pub use producer::{SandboxRecordExt, inject_headers};

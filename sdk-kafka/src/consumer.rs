@@ -1,0 +1,443 @@
+//! A consumer that hands each message to exactly the consumer that should handle it, inside the
+//! message's context, and loses nothing.
+//!
+//! ```no_run
+//! use prodbox_core::directory::MemoryDirectory;
+//! use prodbox_kafka::{Role, SandboxConsumer};
+//! use rdkafka::ClientConfig;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = ClientConfig::new();
+//! config.set("bootstrap.servers", "127.0.0.1:9092");
+//! let consumer = SandboxConsumer::builder(config, "billing", Role::baseline("billing"))
+//!     .directory(MemoryDirectory::new())
+//!     .dead_letter_topic("billing.dead-letter")
+//!     .start(&["order-created"])
+//!     .await?;
+//! consumer
+//!     .run(|message| async move {
+//!         // `prodbox_core::current()` is the message's sandbox here.
+//!         Ok::<_, std::convert::Infallible>(())
+//!     }, std::future::pending::<()>())
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Delivery
+//!
+//! At least once. An offset is stored only after the handler succeeded, or after the message
+//! was skipped or dead-lettered; rdkafka commits stored offsets in the background and once more
+//! when [`run`](SandboxConsumer::run) ends. A handler error is retried with exponential backoff
+//! and never committed past (unless `max_attempts` is set: then the message is dead-lettered
+//! with the error, and only then committed past). Handlers must be idempotent.
+//!
+//! # Sandbox consumers
+//!
+//! A sandbox consumer uses its own consumer group, `<group>.sandbox.<key>`, so it sees every
+//! message. When that group has no committed offset for a partition yet, it starts at the first
+//! offset at or after the sandbox's creation time (`offsets_for_times`), so messages produced
+//! between the sandbox's creation and the consumer's start are not missed.
+//!
+//! Neither kind consumes before its directory has synced once.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::Context;
+use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
+use prodbox_core::directory::{Directory, MemoryDirectory};
+use prodbox_core::{FutureExt, Guardrails, SandboxContext, SandboxKey};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::filter::{Filter, Role, Verdict};
+
+/// Why the consumer could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    /// rdkafka failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// A sandbox consumer does not know when its sandbox was created.
+    #[error("sandbox {0} has no creation time: register it in the directory or call `since`")]
+    NoCreationTime(SandboxKey),
+}
+
+/// Header naming why a message was dead-lettered.
+pub const DEAD_LETTER_REASON: &str = "prodbox-dead-letter-reason";
+/// Header naming where a dead-lettered message came from: `topic/partition/offset`.
+pub const DEAD_LETTER_SOURCE: &str = "prodbox-dead-letter-source";
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Configures a [`SandboxConsumer`].
+pub struct SandboxConsumerBuilder {
+    config: ClientConfig,
+    group: String,
+    role: Role,
+    directory: Arc<dyn Directory>,
+    dead_letter_topic: Option<String>,
+    guardrails: Option<Guardrails>,
+    since: Option<SystemTime>,
+    backoff: (Duration, Duration),
+    max_attempts: Option<u32>,
+}
+
+impl std::fmt::Debug for SandboxConsumerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxConsumerBuilder")
+            .field("group", &self.group)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SandboxConsumerBuilder {
+    /// Decides by `directory` (which forks which service; disabled and expired sandboxes).
+    pub fn directory(mut self, directory: impl Directory) -> Self {
+        self.directory = Arc::new(directory);
+        self
+    }
+
+    /// Where malformed messages go, with the reason (default `<group>.dead-letter`).
+    pub fn dead_letter_topic(mut self, topic: &str) -> Self {
+        self.dead_letter_topic = Some(topic.to_owned());
+        self
+    }
+
+    /// Throttles each sandbox's messages with `guardrails`' rate limit.
+    pub fn guardrails(mut self, guardrails: Guardrails) -> Self {
+        self.guardrails = Some(guardrails);
+        self
+    }
+
+    /// For a sandbox consumer: start new partitions at this time instead of the creation time
+    /// the directory records.
+    pub fn since(mut self, at: SystemTime) -> Self {
+        self.since = Some(at);
+        self
+    }
+
+    /// Backoff between handler retries: from `first`, doubling, up to `max` (default 100 ms
+    /// to 10 s).
+    pub fn retry_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.backoff = (first, max.max(first));
+        self
+    }
+
+    /// Dead-letters a message after this many failed handler attempts (default: retry
+    /// forever, never committing past a failing message).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts.max(1));
+        self
+    }
+
+    /// Waits for the directory's first sync, then subscribes to `topics`.
+    pub async fn start(self, topics: &[&str]) -> Result<SandboxConsumer, ConsumerError> {
+        while !self.directory.is_synced() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let group = match &self.role {
+            Role::Baseline { .. } => self.group.clone(),
+            Role::Sandbox { key } => format!("{}.sandbox.{key}", self.group),
+        };
+        let mut config = self.config.clone();
+        config
+            .set("group.id", &group)
+            // Offsets are stored only once a message is done with; rdkafka commits them.
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        let consumer: StreamConsumer = config.create()?;
+        if let Role::Sandbox { key } = &self.role {
+            let since = self
+                .since
+                .or_else(|| self.directory.get(key).and_then(|e| e.created_at))
+                .ok_or_else(|| ConsumerError::NoCreationTime(key.clone()))?;
+            start_new_partitions_at(&consumer, topics, since)?;
+        }
+        consumer.subscribe(topics)?;
+        let producer: FutureProducer = self.config.create()?;
+        Ok(SandboxConsumer {
+            consumer,
+            filter: Filter::with_shared_directory(self.role, self.directory),
+            dead_letter_topic: self
+                .dead_letter_topic
+                .unwrap_or_else(|| format!("{}.dead-letter", self.group)),
+            producer,
+            guardrails: self.guardrails,
+            backoff: self.backoff,
+            max_attempts: self.max_attempts,
+        })
+    }
+}
+
+/// Commits, for each partition the group has no offset for, the first offset at or after
+/// `since`, so that the subscription starts there.
+fn start_new_partitions_at(
+    consumer: &StreamConsumer,
+    topics: &[&str],
+    since: SystemTime,
+) -> Result<(), ConsumerError> {
+    let mut all = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            all.add_partition(topic, partition.id());
+        }
+    }
+    let committed = consumer.committed_offsets(all, METADATA_TIMEOUT)?;
+    let millis = since
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut missing = TopicPartitionList::new();
+    for element in committed.elements() {
+        if !matches!(element.offset(), Offset::Offset(_)) {
+            missing.add_partition_offset(
+                element.topic(),
+                element.partition(),
+                Offset::Offset(millis),
+            )?;
+        }
+    }
+    if missing.count() == 0 {
+        return Ok(());
+    }
+    let found = consumer.offsets_for_times(missing, METADATA_TIMEOUT)?;
+    let mut start = TopicPartitionList::new();
+    for element in found.elements() {
+        let offset = match element.offset() {
+            Offset::Offset(offset) => offset,
+            // Nothing at or after `since` yet: start at the end.
+            _ => {
+                consumer
+                    .fetch_watermarks(element.topic(), element.partition(), METADATA_TIMEOUT)?
+                    .1
+            }
+        };
+        start.add_partition_offset(element.topic(), element.partition(), Offset::Offset(offset))?;
+    }
+    consumer.commit(&start, CommitMode::Sync)?;
+    Ok(())
+}
+
+/// The consumer; see the [module docs](self).
+pub struct SandboxConsumer {
+    consumer: StreamConsumer,
+    filter: Filter,
+    dead_letter_topic: String,
+    producer: FutureProducer,
+    guardrails: Option<Guardrails>,
+    backoff: (Duration, Duration),
+    max_attempts: Option<u32>,
+}
+
+impl std::fmt::Debug for SandboxConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxConsumer")
+            .field("filter", &self.filter)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SandboxConsumer {
+    /// Starts configuring a consumer of baseline group `group` (a sandbox consumer derives its
+    /// own group from it) with rdkafka settings `config` (`bootstrap.servers` and so on).
+    pub fn builder(config: ClientConfig, group: &str, role: Role) -> SandboxConsumerBuilder {
+        SandboxConsumerBuilder {
+            config,
+            group: group.to_owned(),
+            role,
+            directory: Arc::new(MemoryDirectory::new()),
+            dead_letter_topic: None,
+            guardrails: None,
+            since: None,
+            backoff: (Duration::from_millis(100), Duration::from_secs(10)),
+            max_attempts: None,
+        }
+    }
+
+    /// The rdkafka consumer (for lag, assignment, and so on).
+    pub fn consumer(&self) -> &StreamConsumer {
+        &self.consumer
+    }
+
+    /// Handles messages with `handler` until `shutdown` completes, then commits what is done.
+    pub async fn run<F, Fut, E>(
+        &self,
+        mut handler: F,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ConsumerError>
+    where
+        F: FnMut(OwnedMessage) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: Display,
+    {
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let message = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                message = self.consumer.recv() => message?,
+            };
+            self.handle(&message, &mut handler).await?;
+            self.consumer.store_offset_from_message(&message)?;
+        }
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(())
+            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn handle<F, Fut, E>(
+        &self,
+        message: &BorrowedMessage<'_>,
+        handler: &mut F,
+    ) -> Result<(), ConsumerError>
+    where
+        F: FnMut(OwnedMessage) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: Display,
+    {
+        let context = match self.filter.decide(message.headers(), SystemTime::now()) {
+            Verdict::Skip { reason, sandbox } => {
+                audit(
+                    sandbox.as_ref(),
+                    Decision::Skipped,
+                    reason,
+                    &format_args!("{}", source(message)),
+                );
+                return Ok(());
+            }
+            Verdict::DeadLetter(error) => {
+                audit(None, Decision::DeadLettered, error.reason(), &error);
+                return self.dead_letter(message, &error.to_string()).await;
+            }
+            Verdict::Process(context) => context,
+        };
+        let sandbox = context.as_ref().and_then(SandboxContext::sandbox).cloned();
+        // Hold the sandbox's slot while its handler runs; a throttled sandbox waits, its
+        // messages are delayed, never dropped.
+        let _permit = match (&self.guardrails, &sandbox) {
+            (Some(guardrails), Some(sandbox)) => loop {
+                match guardrails.admit(sandbox.key()) {
+                    Ok(permit) => break Some(permit),
+                    Err(throttled) => {
+                        audit(
+                            Some(sandbox.key()),
+                            Decision::Throttled,
+                            throttled.reason.as_str(),
+                            &throttled,
+                        );
+                        tokio::time::sleep(throttled.retry_after).await;
+                    }
+                }
+            },
+            _ => None,
+        };
+        let cx = match &context {
+            Some(context) => context.attach_to(&Context::new()),
+            None => Context::new(),
+        };
+        let owned = message.detach();
+        let mut wait = self.backoff.0;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match handler(owned.clone()).in_context(cx.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    tracing::warn!(
+                        target: "prodbox::kafka",
+                        source = %source(message),
+                        attempts,
+                        %error,
+                        "handler failed; retrying"
+                    );
+                    if self.max_attempts.is_some_and(|max| attempts >= max) {
+                        let reason = format!("handler failed {attempts} times: {error}");
+                        audit(
+                            sandbox.as_ref().map(|s| s.key()),
+                            Decision::DeadLettered,
+                            "handler_failed",
+                            &reason,
+                        );
+                        return self.dead_letter(message, &reason).await;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(self.backoff.1);
+                }
+            }
+        }
+    }
+
+    /// Sends `message` to the dead-letter topic with `reason`; retries until the broker has it.
+    async fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        reason: &str,
+    ) -> Result<(), ConsumerError> {
+        let source = source(message);
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers = headers.insert(header);
+            }
+        }
+        let headers = headers
+            .insert(Header {
+                key: DEAD_LETTER_REASON,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: DEAD_LETTER_SOURCE,
+                value: Some(&source),
+            });
+        let mut wait = self.backoff.0;
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&self.dead_letter_topic).headers(headers.clone());
+            record.key = message.key();
+            record.payload = message.payload();
+            match self.producer.send(record, METADATA_TIMEOUT).await {
+                Ok(_) => return Ok(()),
+                Err((error, _)) => {
+                    tracing::warn!(target: "prodbox::kafka", %error, %source, "dead-letter send failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(self.backoff.1);
+                }
+            }
+        }
+    }
+}
+
+fn source(message: &BorrowedMessage<'_>) -> String {
+    format!(
+        "{}/{}/{}",
+        message.topic(),
+        message.partition(),
+        message.offset()
+    )
+}
+
+fn audit(sandbox: Option<&SandboxKey>, decision: Decision, reason: &str, detail: &dyn Display) {
+    AuditEvent {
+        sandbox: sandbox.map(SandboxKey::as_str),
+        actor: None,
+        origin: None,
+        protocol: Protocol::Kafka,
+        direction: Direction::Inbound,
+        decision,
+        reason,
+        detail: Some(detail),
+    }
+    .emit();
+}

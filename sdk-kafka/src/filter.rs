@@ -1,0 +1,174 @@
+//! Which consumer handles which message: the pure decision, kept apart from the consumer loop
+//! so that it can be tested and measured on its own.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use prodbox_core::codec::{BaggageError, Codec};
+use prodbox_core::directory::Directory;
+use prodbox_core::{SandboxContext, SandboxKey};
+use rdkafka::message::Headers;
+
+use crate::headers::HeaderReader;
+
+/// What a consumer is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The production consumer of `service` (its name in the directory's fork lists).
+    Baseline {
+        /// The service.
+        service: String,
+    },
+    /// A sandbox's fork of a service: processes only its own sandbox's messages.
+    Sandbox {
+        /// The sandbox.
+        key: SandboxKey,
+    },
+}
+
+impl Role {
+    /// The production consumer of `service`.
+    pub fn baseline(service: &str) -> Self {
+        Self::Baseline {
+            service: service.to_owned(),
+        }
+    }
+
+    /// The consumer of sandbox `key`'s fork.
+    pub fn sandbox(key: SandboxKey) -> Self {
+        Self::Sandbox { key }
+    }
+}
+
+/// What to do with one message.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Run the handler, inside the message's context (its sandbox, when it has one).
+    Process(Option<SandboxContext>),
+    /// Another consumer handles it; its offset is stored all the same, so lag returns to zero.
+    Skip {
+        /// Why, as a short stable name.
+        reason: &'static str,
+        /// The message's sandbox.
+        sandbox: Option<SandboxKey>,
+    },
+    /// Its sandbox headers are malformed or ambiguous: it goes to the dead-letter topic.
+    DeadLetter(BaggageError),
+}
+
+/// The decision of one consumer. The rules, by role:
+///
+/// | message | `Baseline { service }` | `Sandbox { key }` |
+/// |---|---|---|
+/// | no sandbox | process | skip (`untagged`) |
+/// | sandbox `key` | see the other rows | process, unless disabled or expired: skip |
+/// | another sandbox | see below | skip (`other_sandbox`) |
+/// | a sandbox that forks `service` | skip (`forked`): its fork handles it | |
+/// | a sandbox that does not fork `service` | process **with its context attached**, so its effects stay isolated | |
+/// | a sandbox the directory does not know | process with its context attached (never as production) | |
+/// | a disabled or expired sandbox | skip (`sandbox_disabled`, `sandbox_expired`): it is over, and never production | skip |
+/// | malformed or ambiguous sandbox headers | dead-letter | dead-letter |
+#[derive(Clone)]
+pub struct Filter {
+    role: Role,
+    directory: Arc<dyn Directory>,
+    codec: Codec,
+}
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filter")
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Filter {
+    /// A filter for `role`, deciding by `directory`.
+    pub fn new(role: Role, directory: impl Directory) -> Self {
+        Self::with_shared_directory(role, Arc::new(directory))
+    }
+
+    pub(crate) fn with_shared_directory(role: Role, directory: Arc<dyn Directory>) -> Self {
+        Self {
+            role,
+            directory,
+            codec: Codec::default(),
+        }
+    }
+
+    /// Uses `codec` (limits, aliases, legacy carriers).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The role.
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    /// The directory.
+    pub fn directory(&self) -> &Arc<dyn Directory> {
+        &self.directory
+    }
+
+    /// Decides what happens to a message with `headers` at `now`.
+    pub fn decide<H: Headers + ?Sized>(&self, headers: Option<&H>, now: SystemTime) -> Verdict {
+        let extracted = match headers {
+            Some(headers) => match self.codec.extract(&HeaderReader(headers)) {
+                Ok(extracted) => extracted,
+                Err(error) => return Verdict::DeadLetter(error),
+            },
+            None => {
+                return match &self.role {
+                    Role::Baseline { .. } => Verdict::Process(None),
+                    Role::Sandbox { .. } => skip("untagged", None),
+                };
+            }
+        };
+        let foreign = extracted.foreign().clone();
+        let Some(sandbox) = extracted.sandbox() else {
+            return match &self.role {
+                Role::Baseline { .. } => Verdict::Process(
+                    (!foreign.is_empty()).then(|| SandboxContext::baseline(foreign)),
+                ),
+                Role::Sandbox { .. } => skip("untagged", None),
+            };
+        };
+        let key = sandbox.key();
+        if let Role::Sandbox { key: own } = &self.role
+            && own != key
+        {
+            return skip("other_sandbox", Some(key));
+        }
+        let sandbox = match self.directory.get(key) {
+            Some(entry) if entry.disabled => return skip("sandbox_disabled", Some(key)),
+            Some(entry) if entry.is_expired_at(now) => return skip("sandbox_expired", Some(key)),
+            Some(entry) => {
+                if let Role::Baseline { service } = &self.role
+                    && entry.fork_of(service).is_some()
+                {
+                    return skip("forked", Some(key));
+                }
+                entry.complete(&sandbox)
+            }
+            None => sandbox,
+        };
+        if sandbox.is_expired_at(now) {
+            return skip("sandbox_expired", Some(sandbox.key()));
+        }
+        Verdict::Process(Some(
+            SandboxContext::new(sandbox)
+                .with_foreign(foreign)
+                .with_token(extracted.token()),
+        ))
+    }
+}
+
+fn skip(reason: &'static str, sandbox: Option<&SandboxKey>) -> Verdict {
+    Verdict::Skip {
+        reason,
+        sandbox: sandbox.cloned(),
+    }
+}
