@@ -32,8 +32,31 @@ ensure_postgres() {
     fi
 }
 
+ensure_tansu() {
+    # The Kafka crate's tests talk to tansu, a Kafka-protocol broker, on 127.0.0.1:9092.
+    # Installing it compiles it (about 11 minutes on 2 cores), once per machine.
+    if ! tansu --version 2>/dev/null | grep -q ' 0\.6'; then
+        step "installing tansu 0.6 (a Kafka-protocol broker)"
+        cargo install tansu --version '^0.6' --locked --features dynostore
+    fi
+    if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
+        step "starting tansu on 127.0.0.1:9092"
+        nohup tansu broker \
+            --listener-url tcp://127.0.0.1:9092 \
+            --advertised-listener-url tcp://127.0.0.1:9092 \
+            --storage-engine memory://tansu/ > "${TMPDIR:-/tmp}/prodbox-tansu.log" 2>&1 &
+        for _ in $(seq 1 50); do
+            (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && return 0
+            sleep 0.2
+        done
+        echo "tansu did not come up on 127.0.0.1:9092; see ${TMPDIR:-/tmp}/prodbox-tansu.log" >&2
+        return 1
+    fi
+}
+
 ensure_rust_components
 ensure_postgres
+ensure_tansu
 
 step "cargo fmt --all --check"
 cargo fmt --all --check
