@@ -6,9 +6,8 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let pg = sqlx::PgPool::connect("postgres://127.0.0.1/shop").await?;
-//! let pool = SandboxPool::builder(pg)
-//!     .migrations(sqlx::migrate!("./migrations"))
-//!     .build();
+//! let migrations = sqlx::migrate::Migrator::new(std::path::Path::new("migrations")).await?;
+//! let pool = SandboxPool::builder(pg).migrations(migrations).build();
 //!
 //! // Unchanged application code: in production it writes `public.orders`; inside sandbox
 //! // pr-42 it writes `sbx_pr_42.orders`.

@@ -97,6 +97,8 @@ pub async fn serve(router: axum::Router) -> SocketAddr {
 }
 
 pub mod grpc;
+pub mod kafka;
+pub mod pg;
 
 /// The `prodbox.test.Echo` gRPC service (`proto/echo.proto`), compiled at build time.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

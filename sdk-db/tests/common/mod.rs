@@ -1,0 +1,84 @@
+//! Helpers shared by this crate's integration tests (each test file includes what it uses).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use prodbox_core::{Sandbox, SandboxKey};
+use prodbox_db::SandboxDbError;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPool;
+use sqlx::{AssertSqlSafe, Row};
+
+/// `tests/migrations/<name>`.
+pub(crate) fn migrations_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("migrations")
+        .join(name)
+}
+
+/// The sqlx migrator of `tests/migrations/<name>`.
+pub(crate) async fn migrator(name: &str) -> Migrator {
+    let dir = migrations_dir(name);
+    Migrator::new(dir.as_path())
+        .await
+        .unwrap_or_else(|e| panic!("reading migrations {}: {e}", dir.display()))
+}
+
+/// A sandbox with only `key`.
+pub(crate) fn sandbox(key: &str) -> Sandbox {
+    Sandbox::new(parse_key(key))
+}
+
+pub(crate) fn parse_key(key: &str) -> SandboxKey {
+    key.parse()
+        .unwrap_or_else(|e| panic!("test key {key:?} is invalid: {e}"))
+}
+
+/// The schema of sandbox `key`.
+pub(crate) fn schema_of(key: &str) -> String {
+    prodbox_db::names::schema_name(&parse_key(key))
+}
+
+/// The role of sandbox `key`.
+pub(crate) fn role_of(key: &str) -> String {
+    prodbox_db::names::role_name(&parse_key(key))
+}
+
+/// `schema.table` with both names quoted.
+pub(crate) fn table(schema: &str, table: &str) -> String {
+    format!(
+        "{}.{}",
+        prodbox_testkit::pg::quote(schema),
+        prodbox_testkit::pg::quote(table)
+    )
+}
+
+/// Items of `schema.orders`, ordered by id: `(id, item)`.
+pub(crate) async fn orders_in(admin: &PgPool, schema: &str) -> Vec<(i64, String)> {
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT id, item FROM {} ORDER BY id",
+        table(schema, "orders")
+    )))
+    .fetch_all(admin)
+    .await
+    .unwrap_or_else(|e| panic!("reading {schema}.orders: {e}"))
+    .into_iter()
+    .map(|row| (row.get::<i64, _>(0), row.get::<String, _>(1)))
+    .collect()
+}
+
+/// How many catalogue rows record `key`.
+pub(crate) async fn catalogue_rows(admin: &PgPool, key: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM prodbox.sandbox_schemas WHERE key = $1")
+        .bind(key)
+        .fetch_one(admin)
+        .await
+        .expect("read the catalogue")
+}
+
+/// The prodbox error in `error`, or a panic that shows what came instead.
+pub(crate) fn prodbox_error(error: &sqlx::Error) -> &SandboxDbError {
+    SandboxDbError::of(error).unwrap_or_else(|| panic!("expected a prodbox error, got {error:?}"))
+}
