@@ -8,7 +8,9 @@ const MAX_IDENTIFIER: usize = 63;
 
 /// The schema of sandbox `key`: `sbx_` plus the key with `-` as `_`. Keys hold only `a-z`,
 /// `0-9` and `-`, and `_` is not among them, so the mapping is one to one. A key too long to
-/// fit is shortened and given a hash suffix, so that truncation can never merge two keys.
+/// fit is shortened and given a 64-bit hash suffix, to exactly 63 bytes, so that Postgres's
+/// truncation can never merge two keys, and no plain name (at most 62 bytes) can equal a
+/// shortened one.
 pub fn schema_name(key: &SandboxKey) -> String {
     derive("sbx_", key)
 }
@@ -20,11 +22,13 @@ pub fn role_name(key: &SandboxKey) -> String {
 
 fn derive(prefix: &str, key: &SandboxKey) -> String {
     let body = key.as_str().replace('-', "_");
-    if prefix.len() + body.len() <= MAX_IDENTIFIER {
+    // Plain names stay shorter than shortened ones (which are exactly 63 bytes), so a key can
+    // never be chosen to land on another key's shortened name.
+    if prefix.len() + body.len() < MAX_IDENTIFIER {
         return format!("{prefix}{body}");
     }
     let digest = Sha256::digest(key.as_str().as_bytes());
-    let hash: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     let keep = MAX_IDENTIFIER - prefix.len() - 1 - hash.len();
     format!("{prefix}{}_{hash}", &body[..keep])
 }

@@ -11,11 +11,10 @@ use prodbox_core::{Sandbox, SandboxKey};
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
-use sqlx::{AssertSqlSafe, Either, Execute, Executor, Postgres, SqlStr, Transaction};
+use sqlx::{Either, Execute, Executor, Postgres, SqlStr, Transaction};
 use tokio::sync::OnceCell;
 
 use crate::error::SandboxDbError;
-use crate::names::{quote, role_name, schema_name};
 use crate::provision::{Provisioner, SchemaRecord};
 
 /// A pool of a sandbox that has been idle this long may give its slot to another sandbox.
@@ -109,6 +108,7 @@ impl SandboxPoolBuilder {
                 max_active: self.max_active_sandboxes,
                 idle_timeout: self.idle_timeout,
                 acquire_timeout: self.acquire_timeout,
+                touch_every: (self.default_ttl / 4).min(Duration::from_secs(60)),
                 active: Mutex::new(HashMap::new()),
             }),
         }
@@ -129,6 +129,7 @@ struct Inner {
     max_active: usize,
     idle_timeout: Duration,
     acquire_timeout: Duration,
+    touch_every: Duration,
     active: Mutex<HashMap<SandboxKey, Arc<Slot>>>,
 }
 
@@ -136,6 +137,8 @@ struct Inner {
 struct Slot {
     pool: OnceCell<PgPool>,
     last_used: Mutex<Instant>,
+    /// When this process last told the catalogue the sandbox is in use.
+    recorded_use: Mutex<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -223,7 +226,20 @@ impl SandboxPool {
             .cloned();
         match result {
             Ok(pool) => {
-                *lock(&slot.last_used) = Instant::now();
+                let now = Instant::now();
+                *lock(&slot.last_used) = now;
+                // A sandbox in use must not expire under its users: record use now and then.
+                let due = {
+                    let mut recorded = lock(&slot.recorded_use);
+                    let due = now.duration_since(*recorded) >= self.inner.touch_every;
+                    if due {
+                        *recorded = now;
+                    }
+                    due
+                };
+                if due && let Err(error) = self.inner.provisioner.touch(sandbox).await {
+                    tracing::warn!(target: "prodbox::db", sandbox = %sandbox.key(), %error, "could not record sandbox use");
+                }
                 Ok(pool)
             }
             Err(error) => {
@@ -273,11 +289,12 @@ impl SandboxPool {
                     let slot = Arc::new(Slot {
                         pool: OnceCell::new(),
                         last_used: Mutex::new(Instant::now()),
+                        recorded_use: Mutex::new(Instant::now()),
                     });
                     active.insert(sandbox.key().clone(), Arc::clone(&slot));
-                    if let Some(pool) = evicted.and_then(|s| s.pool.get().cloned()) {
-                        tokio::spawn(async move { pool.close().await });
-                    }
+                    // The evicted pool is not closed: a caller may still hold it. Its
+                    // connections close as its last handle goes, or idle out.
+                    drop(evicted);
                     return Ok(slot);
                 }
                 active.len()
@@ -294,30 +311,26 @@ impl SandboxPool {
         }
     }
 
-    /// Provisions `sandbox` and opens its pool: every connection runs as the sandbox's role
-    /// with only its schema on the search path, set once when the connection opens.
+    /// Provisions `sandbox` and opens its pool: every connection logs in as the sandbox's own
+    /// role, whose sessions start with only its schema on the search path.
     async fn open(&self, sandbox: &Sandbox) -> Result<PgPool, SandboxDbError> {
-        self.inner.provisioner.ensure(sandbox).await?;
-        let session = Arc::<str>::from(format!(
-            "SET ROLE {}; SET search_path TO {}",
-            quote(&role_name(sandbox.key())),
-            quote(&schema_name(sandbox.key())),
-        ));
-        let pool = PgPoolOptions::new()
+        let credentials = self.inner.provisioner.ensure(sandbox).await?;
+        let options = (*self.inner.provisioner.options)
+            .clone()
+            .username(&credentials.role)
+            .password(&credentials.password);
+        Ok(PgPoolOptions::new()
             .max_connections(self.inner.connections_per_sandbox)
             .min_connections(0)
             .idle_timeout(self.inner.idle_timeout)
             .acquire_timeout(self.inner.acquire_timeout)
-            .after_connect(move |conn, _meta| {
-                let session = Arc::clone(&session);
-                Box::pin(async move {
-                    conn.execute(sqlx::raw_sql(AssertSqlSafe(session.to_string())))
-                        .await
-                        .map(drop)
-                })
-            })
-            .connect_lazy_with((*self.inner.provisioner.options).clone());
-        Ok(pool)
+            .connect_lazy_with(options))
+    }
+
+    /// Forgets this process's pool for `key` (without closing it under whoever still holds
+    /// it): the next call opens a new one, re-provisioning if the sandbox was dropped.
+    fn forget(&self, key: &SandboxKey) {
+        lock(&self.inner.active).remove(key);
     }
 
     /// Drops `key`'s schema and role, closing this process's pool for it first. Returns whether
@@ -369,10 +382,23 @@ impl SandboxPool {
         Janitor { task }
     }
 
-    fn refine(error: sqlx::Error, sandbox: Option<&Sandbox>) -> sqlx::Error {
+    fn refine(&self, error: sqlx::Error, sandbox: Option<&Sandbox>) -> sqlx::Error {
         let Some(sandbox) = sandbox else {
             return error;
         };
+        // Signs that the sandbox was dropped elsewhere (schema, table or role gone) or its
+        // pool cannot connect: open a fresh pool next time, which re-provisions if needed.
+        let gone = match &error {
+            sqlx::Error::Database(db) => matches!(
+                db.code().as_deref(),
+                Some("3F000" | "42P01" | "28000" | "28P01")
+            ),
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+            _ => false,
+        };
+        if gone {
+            self.forget(sandbox.key());
+        }
         match &error {
             // insufficient_privilege: the sandbox role touched something outside its schema.
             sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
@@ -437,6 +463,7 @@ impl<'p> Executor<'p> for &SandboxPool {
         // The context is read now, in the caller's task, not wherever the stream is polled.
         let sandbox = prodbox_core::current();
         let refine_for = sandbox.clone();
+        let refiner = self.clone();
         let rows = async move {
             match this.pool_of(sandbox).await {
                 Ok(pool) => (&pool).fetch_many(query),
@@ -445,7 +472,7 @@ impl<'p> Executor<'p> for &SandboxPool {
         };
         stream::once(rows)
             .flatten()
-            .map_err(move |e| SandboxPool::refine(e, refine_for.as_ref()))
+            .map_err(move |e| refiner.refine(e, refine_for.as_ref()))
             .boxed()
     }
 
@@ -460,10 +487,13 @@ impl<'p> Executor<'p> for &SandboxPool {
         let this = self.clone();
         let sandbox = prodbox_core::current();
         Box::pin(async move {
-            let pool = this.pool_of(sandbox.clone()).await?;
+            let pool = this
+                .pool_of(sandbox.clone())
+                .await
+                .map_err(|e| this.refine(e, sandbox.as_ref()))?;
             (&pool)
                 .fetch_optional(query)
-                .map_err(|e| SandboxPool::refine(e, sandbox.as_ref()))
+                .map_err(|e| this.refine(e, sandbox.as_ref()))
                 .await
         })
     }

@@ -37,6 +37,29 @@ fn ddl(sql: String) -> sqlx::RawSql {
     sqlx::raw_sql(AssertSqlSafe(sql))
 }
 
+/// What one provisioning attempt created, so that a failed attempt drops only that.
+#[derive(Default)]
+struct Made {
+    role: bool,
+    schema: bool,
+}
+
+/// A login password from the server's random source, checked to be hex before it is ever
+/// written into DDL.
+async fn new_password(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
+    let password: String =
+        sqlx::query_scalar("SELECT md5(gen_random_uuid()::text) || md5(gen_random_uuid()::text)")
+            .fetch_one(conn)
+            .await?;
+    if password.len() == 64 && password.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(password)
+    } else {
+        Err(sqlx::Error::Protocol(
+            "unexpected password format".to_owned(),
+        ))
+    }
+}
+
 fn secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -57,6 +80,14 @@ async fn run_migrations(
     conn: &mut PgConnection,
 ) -> Result<(), sqlx::migrate::MigrateError> {
     migrator.run_direct(None, conn, false).await
+}
+
+/// How a sandbox's pool logs in: as the sandbox's own role, so that nothing a session runs
+/// (`RESET ROLE`, `SET ROLE`) can leave it.
+#[derive(Clone)]
+pub(crate) struct Credentials {
+    pub(crate) role: String,
+    pub(crate) password: String,
 }
 
 #[derive(Clone)]
@@ -90,6 +121,7 @@ impl Provisioner {
                      last_used_at timestamptz NOT NULL DEFAULT now(),
                      expires_at timestamptz
                  );
+                 ALTER TABLE prodbox.sandbox_schemas ADD COLUMN IF NOT EXISTS role_password text;
                  REVOKE ALL ON SCHEMA prodbox FROM PUBLIC;",
             )
             .await;
@@ -131,14 +163,14 @@ impl Provisioner {
     pub(crate) fn ensure(
         &self,
         sandbox: &Sandbox,
-    ) -> futures_core::future::BoxFuture<'static, Result<(), SandboxDbError>> {
+    ) -> futures_core::future::BoxFuture<'static, Result<Credentials, SandboxDbError>> {
         // Boxed with owned captures: callers hold it across awaits in `Send` streams.
         let this = self.clone();
         let sandbox = sandbox.clone();
         Box::pin(async move { this.ensure_owned(&sandbox).await })
     }
 
-    async fn ensure_owned(&self, sandbox: &Sandbox) -> Result<(), SandboxDbError> {
+    async fn ensure_owned(&self, sandbox: &Sandbox) -> Result<Credentials, SandboxDbError> {
         let key = sandbox.key();
         let failed = |source| SandboxDbError::Provisioning {
             sandbox: key.clone(),
@@ -158,62 +190,119 @@ impl Provisioner {
         &self,
         conn: &mut PgConnection,
         sandbox: &Sandbox,
-    ) -> Result<(), SandboxDbError> {
+    ) -> Result<Credentials, SandboxDbError> {
         let key = sandbox.key();
         let failed = |source| SandboxDbError::Provisioning {
             sandbox: key.clone(),
             source,
         };
-        let touched = sqlx::query(
+        let recorded: Option<Option<String>> = sqlx::query_scalar(
+            "UPDATE prodbox.sandbox_schemas
+             SET last_used_at = now(), expires_at = GREATEST(expires_at, to_timestamp($2))
+             WHERE key = $1
+             RETURNING role_password",
+        )
+        .bind(key.as_str())
+        .bind(self.expiry(sandbox))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(failed)?;
+        match recorded {
+            Some(Some(password)) => {
+                return Ok(Credentials {
+                    role: role_name(key),
+                    password,
+                });
+            }
+            // Recorded without a login password: give the role one.
+            Some(None) => {
+                let password = new_password(conn).await.map_err(failed)?;
+                let role = quote(&role_name(key));
+                conn.execute(ddl(format!(
+                    "ALTER ROLE {role} WITH LOGIN NOINHERIT PASSWORD '{password}'"
+                )))
+                .await
+                .map_err(failed)?;
+                sqlx::query("UPDATE prodbox.sandbox_schemas SET role_password = $2 WHERE key = $1")
+                    .bind(key.as_str())
+                    .bind(&password)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(failed)?;
+                return Ok(Credentials {
+                    role: role_name(key),
+                    password,
+                });
+            }
+            None => {}
+        }
+        let mut made = Made::default();
+        match self.create(conn, sandbox, &mut made).await {
+            Ok(credentials) => Ok(credentials),
+            Err(error) => {
+                // Leave nothing half-made behind, and touch nothing this attempt did not make.
+                let _ = conn.execute("RESET ROLE; RESET search_path").await;
+                let _ = Self::drop_made(conn, key, &made).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Records that `sandbox` is in use and extends an expiry that was derived from use.
+    pub(crate) async fn touch(&self, sandbox: &Sandbox) -> Result<(), sqlx::Error> {
+        let mut conn = self.connect().await?;
+        let result = sqlx::query(
             "UPDATE prodbox.sandbox_schemas
              SET last_used_at = now(), expires_at = GREATEST(expires_at, to_timestamp($2))
              WHERE key = $1",
         )
-        .bind(key.as_str())
+        .bind(sandbox.key().as_str())
         .bind(self.expiry(sandbox))
-        .execute(&mut *conn)
-        .await
-        .map_err(failed)?;
-        if touched.rows_affected() > 0 {
-            return Ok(());
-        }
-        match self.create(conn, sandbox).await {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                // Leave nothing half-made behind: the next attempt starts clean.
-                let _ = conn.execute("RESET ROLE; RESET search_path").await;
-                let _ = Self::drop_objects(conn, key).await;
-                Err(error)
-            }
-        }
+        .execute(&mut conn)
+        .await;
+        let _ = conn.close().await;
+        result.map(drop)
     }
 
     async fn create(
         &self,
         conn: &mut PgConnection,
         sandbox: &Sandbox,
-    ) -> Result<(), SandboxDbError> {
+        made: &mut Made,
+    ) -> Result<Credentials, SandboxDbError> {
         let key = sandbox.key();
         let failed = |source| SandboxDbError::Provisioning {
             sandbox: key.clone(),
             source,
         };
         let (schema, role) = (quote(&schema_name(key)), quote(&role_name(key)));
+        let password = new_password(conn).await.map_err(failed)?;
         let role_exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
                 .bind(role_name(key))
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(failed)?;
-        if !role_exists {
-            conn.execute(ddl(format!("CREATE ROLE {role} NOLOGIN")))
-                .await
-                .map_err(failed)?;
-        }
-        // The login user must be a member to `SET ROLE`; the role gets nothing else.
+        // The pool logs in as this role itself: a session cannot `RESET ROLE` out of it, and
+        // NOINHERIT with no memberships leaves it nothing to `SET ROLE` to.
+        let verb = if role_exists { "ALTER" } else { "CREATE" };
         conn.execute(ddl(format!(
-            "GRANT {role} TO CURRENT_USER;
-             CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role};"
+            "{verb} ROLE {role} WITH LOGIN NOINHERIT PASSWORD '{password}'"
+        )))
+        .await
+        .map_err(failed)?;
+        made.role = !role_exists;
+        // Plain `CREATE SCHEMA`: a schema of that name this attempt did not make is an error,
+        // never something to take over, or to drop on failure.
+        conn.execute(ddl(format!(
+            "GRANT {role} TO CURRENT_USER; CREATE SCHEMA {schema} AUTHORIZATION {role}"
+        )))
+        .await
+        .map_err(failed)?;
+        made.schema = true;
+        // Every session of the role starts in its schema, even after `RESET ALL`.
+        conn.execute(ddl(format!(
+            "ALTER ROLE {role} SET search_path TO {schema}"
         )))
         .await
         .map_err(failed)?;
@@ -260,16 +349,40 @@ impl Provisioner {
             .map_err(failed)?;
 
         sqlx::query(
-            "INSERT INTO prodbox.sandbox_schemas (key, schema_name, role_name, expires_at)
-             VALUES ($1, $2, $3, to_timestamp($4))",
+            "INSERT INTO prodbox.sandbox_schemas
+                 (key, schema_name, role_name, expires_at, role_password)
+             VALUES ($1, $2, $3, to_timestamp($4), $5)",
         )
         .bind(key.as_str())
         .bind(schema_name(key))
         .bind(role_name(key))
         .bind(self.expiry(sandbox))
+        .bind(&password)
         .execute(&mut *conn)
         .await
         .map_err(failed)?;
+        Ok(Credentials {
+            role: role_name(key),
+            password,
+        })
+    }
+
+    async fn drop_made(
+        conn: &mut PgConnection,
+        key: &SandboxKey,
+        made: &Made,
+    ) -> Result<(), sqlx::Error> {
+        let (schema, role) = (quote(&schema_name(key)), quote(&role_name(key)));
+        if made.schema {
+            conn.execute(ddl(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
+                .await?;
+        }
+        if made.role {
+            conn.execute(ddl(format!(
+                "DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}"
+            )))
+            .await?;
+        }
         Ok(())
     }
 
@@ -283,6 +396,15 @@ impl Provisioner {
                 .fetch_one(&mut *conn)
                 .await?;
         if role_exists {
+            // End the role's sessions (pools of other processes): they reconnect and find the
+            // sandbox gone. Allowed to fail when the admin may not signal backends.
+            let _ = sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE usename = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(role_name(key))
+            .execute(&mut *conn)
+            .await;
             conn.execute(ddl(format!("DROP OWNED BY {role}; DROP ROLE {role}")))
                 .await?;
         }

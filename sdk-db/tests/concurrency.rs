@@ -283,10 +283,6 @@ async fn many_new_sandboxes_provision_concurrently() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "library bug: the PgPool returned by SandboxPool::pool_for is closed when another sandbox \
-            evicts its idle slot (idle >= 20 ms at max_active_sandboxes), so a caller still holding \
-            it gets PoolClosed; the same window exists inside every SandboxPool call between \
-            pool_for and acquiring the connection"]
 async fn a_pool_handed_out_survives_eviction() {
     require_postgres().await;
     let db = TestDatabase::create_with(2).await;

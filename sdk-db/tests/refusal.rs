@@ -211,8 +211,6 @@ async fn production_access_from_a_sandboxed_transaction_is_a_typed_refusal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "library bug: sandbox sessions log in as the production user and only `SET ROLE`, so \
-            sandboxed SQL can `RESET ROLE` (or `SET ROLE postgres`) and write production tables"]
 async fn a_sandbox_cannot_leave_its_role() {
     let db = production().await;
     let pool = SandboxPool::builder(db.pool().clone())
