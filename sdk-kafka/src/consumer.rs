@@ -152,8 +152,10 @@ impl SandboxConsumerBuilder {
             .set("group.id", &group)
             // Offsets are stored only once a message is done with; rdkafka commits them.
             .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("enable.auto.offset.store", "false");
+        if config.get("auto.offset.reset").is_none() {
+            config.set("auto.offset.reset", "earliest");
+        }
         let consumer: StreamConsumer = config.create()?;
         if let Role::Sandbox { key } = &self.role {
             let since = self
@@ -209,17 +211,24 @@ fn start_new_partitions_at(
     if missing.count() == 0 {
         return Ok(());
     }
+    // The ends are read first: a message produced while the times are looked up is then after
+    // the end read, and still consumed.
+    let mut ends = std::collections::HashMap::new();
+    for element in missing.elements() {
+        let (_, high) =
+            consumer.fetch_watermarks(element.topic(), element.partition(), METADATA_TIMEOUT)?;
+        ends.insert((element.topic().to_owned(), element.partition()), high);
+    }
     let found = consumer.offsets_for_times(missing, METADATA_TIMEOUT)?;
     let mut start = TopicPartitionList::new();
     for element in found.elements() {
         let offset = match element.offset() {
             Offset::Offset(offset) => offset,
-            // Nothing at or after `since` yet: start at the end.
-            _ => {
-                consumer
-                    .fetch_watermarks(element.topic(), element.partition(), METADATA_TIMEOUT)?
-                    .1
-            }
+            // Nothing at or after `since` yet: start at the end read before.
+            _ => ends
+                .get(&(element.topic().to_owned(), element.partition()))
+                .copied()
+                .unwrap_or(0),
         };
         start.add_partition_offset(element.topic(), element.partition(), Offset::Offset(offset))?;
     }
@@ -285,10 +294,24 @@ impl SandboxConsumer {
             let message = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                message = self.consumer.recv() => message?,
+                message = self.consumer.recv() => message,
+            };
+            let message = match message {
+                Ok(message) => message,
+                // rdkafka recovers from these by itself (a rejoin after a long handler, a
+                // topic not created yet, a broker away): keep polling; uncommitted messages
+                // come again, as at-least-once allows.
+                Err(error) => {
+                    tracing::warn!(target: "prodbox::kafka", %error, "consumer error; polling on");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             self.handle(&message, &mut handler).await?;
-            self.consumer.store_offset_from_message(&message)?;
+            if let Err(error) = self.consumer.store_offset_from_message(&message) {
+                // The partition moved to another member meanwhile: it re-delivers the message.
+                tracing::warn!(target: "prodbox::kafka", %error, source = %Source(&message), "offset not stored");
+            }
         }
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(())
@@ -313,12 +336,13 @@ impl SandboxConsumer {
                     sandbox.as_ref(),
                     Decision::Skipped,
                     reason,
-                    &format_args!("{}", source(message)),
+                    &Source(message),
                 );
                 return Ok(());
             }
             Verdict::DeadLetter(error) => {
-                audit(None, Decision::DeadLettered, error.reason(), &error);
+                let detail = format!("{}: {error}", Source(message));
+                audit(None, Decision::DeadLettered, error.reason(), &detail);
                 return self.dead_letter(message, &error.to_string()).await;
             }
             Verdict::Process(context) => context,
@@ -347,17 +371,22 @@ impl SandboxConsumer {
             Some(context) => context.attach_to(&Context::new()),
             None => Context::new(),
         };
-        let owned = message.detach();
         let mut wait = self.backoff.0;
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            match handler(owned.clone()).in_context(cx.clone()).await {
+            // The closure itself runs in the message's context too: a handler that builds its
+            // follow-up records before its `async` block must tag them with the sandbox.
+            let future = {
+                let _attached = cx.clone().attach();
+                handler(message.detach())
+            };
+            match future.in_context(cx.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(error) => {
                     tracing::warn!(
                         target: "prodbox::kafka",
-                        source = %source(message),
+                        source = %Source(message),
                         attempts,
                         %error,
                         "handler failed; retrying"
@@ -385,7 +414,7 @@ impl SandboxConsumer {
         message: &BorrowedMessage<'_>,
         reason: &str,
     ) -> Result<(), ConsumerError> {
-        let source = source(message);
+        let source = Source(message).to_string();
         let mut headers = OwnedHeaders::new();
         if let Some(original) = message.headers() {
             for header in original.iter() {
@@ -419,13 +448,20 @@ impl SandboxConsumer {
     }
 }
 
-fn source(message: &BorrowedMessage<'_>) -> String {
-    format!(
-        "{}/{}/{}",
-        message.topic(),
-        message.partition(),
-        message.offset()
-    )
+/// `topic/partition/offset` of a message, formatted only when shown.
+struct Source<'a, 'm>(&'a BorrowedMessage<'m>);
+
+impl Display for Source<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let message = self.0;
+        write!(
+            f,
+            "{}/{}/{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        )
+    }
 }
 
 fn audit(sandbox: Option<&SandboxKey>, decision: Decision, reason: &str, detail: &dyn Display) {

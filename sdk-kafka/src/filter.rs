@@ -67,7 +67,8 @@ pub enum Verdict {
 /// | a sandbox that does not fork `service` | process **with its context attached**, so its effects stay isolated | |
 /// | a sandbox the directory does not know | process with its context attached (never as production) | |
 /// | a disabled or expired sandbox | skip (`sandbox_disabled`, `sandbox_expired`): it is over, and never production | skip |
-/// | malformed or ambiguous sandbox headers | dead-letter | dead-letter |
+/// | malformed or ambiguous sandbox headers | dead-letter | skip: the baseline dead-letters it, once |
+/// | malformed baggage that mentions nothing of ours | process (it is no sandbox message) | skip (`untagged`) |
 #[derive(Clone)]
 pub struct Filter {
     role: Role,
@@ -118,7 +119,7 @@ impl Filter {
         let extracted = match headers {
             Some(headers) => match self.codec.extract(&HeaderReader(headers)) {
                 Ok(extracted) => extracted,
-                Err(error) => return Verdict::DeadLetter(error),
+                Err(error) => return self.malformed(&HeaderReader(headers), error),
             },
             None => {
                 return match &self.role {
@@ -163,6 +164,25 @@ impl Filter {
                 .with_foreign(foreign)
                 .with_token(extracted.token()),
         ))
+    }
+}
+
+impl Filter {
+    /// Baggage that does not parse. When it mentions nothing of ours it is no sandbox message:
+    /// production handles it (as HTTP and gRPC ingresses do). Otherwise the baseline consumer
+    /// dead-letters it, and sandbox consumers leave it to the baseline, so that it is
+    /// dead-lettered once, not once per consumer group.
+    fn malformed<H: Headers + ?Sized>(
+        &self,
+        headers: &HeaderReader<'_, H>,
+        error: BaggageError,
+    ) -> Verdict {
+        match (&self.role, self.codec.mentions_ours(headers)) {
+            (Role::Baseline { .. }, false) => Verdict::Process(None),
+            (Role::Sandbox { .. }, false) => skip("untagged", None),
+            (Role::Baseline { .. }, true) => Verdict::DeadLetter(error),
+            (Role::Sandbox { .. }, true) => skip("malformed_left_to_baseline", None),
+        }
     }
 }
 

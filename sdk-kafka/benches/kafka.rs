@@ -1,0 +1,290 @@
+//! The consumer filter's cost: header extraction plus the decision per message (against
+//! iterating the same headers with no prodbox), and consumer throughput on the test broker:
+//! a baseline `SandboxConsumer` that skips half the topic against a raw `StreamConsumer`
+//! reading the same topic in the same run.
+//!
+//! Run: `cargo bench -p prodbox-kafka --bench kafka` (the throughput part needs the tansu
+//! broker on 127.0.0.1:9092, which `prodbox_testkit::kafka::ensure_broker` starts if missing).
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::hint::black_box;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
+use prodbox_core::{FutureExt, Sandbox};
+use prodbox_kafka::{Filter, Role, SandboxConsumer, SandboxRecordExt};
+use prodbox_testkit::kafka::{client_config, create_topic, unique_topic};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::Notify;
+
+/// Messages in the throughput topic.
+const MESSAGES: usize = 20_000;
+/// One partition: with several, librdkafka starts fetching them one after another, ~250 ms
+/// apart on tansu, and that start-up latency (the same for both consumers) would be most of
+/// what is measured.
+const PARTITIONS: i32 = 1;
+
+fn directory() -> MemoryDirectory {
+    let directory = MemoryDirectory::new();
+    directory.upsert(SandboxEntry::new("pr-42".parse().unwrap()).fork("billing", "http://fork"));
+    directory.upsert(SandboxEntry::new("pr-7".parse().unwrap()).fork("shipping", "http://fork"));
+    directory
+}
+
+fn plain_headers() -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header {
+            key: "content-type",
+            value: Some("application/json"),
+        })
+        .insert(Header {
+            key: "traceparent",
+            value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        })
+}
+
+fn with_baggage(baggage: &str) -> OwnedHeaders {
+    plain_headers().insert(Header {
+        key: "baggage",
+        value: Some(baggage),
+    })
+}
+
+fn decision(c: &mut Criterion) {
+    let filter = Filter::new(Role::baseline("billing"), directory());
+    let now = SystemTime::now();
+    let mut group = c.benchmark_group("filter_per_message");
+    // For comparison: reading the same kind of headers with no prodbox at all.
+    let plain = plain_headers();
+    group.bench_function("iterate_headers_no_prodbox", |b| {
+        b.iter(|| {
+            let headers = black_box(&plain);
+            let mut bytes = 0;
+            for i in 0..headers.count() {
+                let header = headers.get(i);
+                bytes += header.key.len() + header.value.map_or(0, <[u8]>::len);
+            }
+            black_box(bytes)
+        })
+    });
+    for (name, headers) in [
+        ("decide_untagged", plain_headers()),
+        (
+            "decide_forked_skip",
+            with_baggage("prodbox.sandbox=pr-42,prodbox.actor=alice,userId=7"),
+        ),
+        (
+            "decide_process_in_context",
+            with_baggage("prodbox.sandbox=pr-7,prodbox.actor=alice,userId=7"),
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(filter.decide(Some(black_box(&headers)), now)))
+        });
+    }
+    group.finish();
+}
+
+/// The payload of partition `p`'s last message: when a consumer has seen all of them, it has
+/// gone through the whole topic (each partition is read in order).
+fn last(p: i32) -> String {
+    format!("last-{p}")
+}
+
+/// Produces the throughput topic: message `i` to partition `i % PARTITIONS`; every other round
+/// (half the messages) tagged for `pr-42`, which forks billing, so the baseline skips them; the
+/// first and the last message of each partition untagged, so both consumers start and end on a
+/// message they handle.
+async fn produce_topic(topic: &str) {
+    let producer: FutureProducer = client_config().set("linger.ms", "5").create().unwrap();
+    let sandbox = Sandbox::builder("pr-42")
+        .unwrap()
+        .actor("alice")
+        .unwrap()
+        .build();
+    let mut deliveries = Vec::with_capacity(MESSAGES);
+    for i in 0..MESSAGES {
+        let partition = (i % PARTITIONS as usize) as i32;
+        let payload = if i + PARTITIONS as usize >= MESSAGES {
+            last(partition)
+        } else {
+            format!("{{\"order\":{i},\"amount\":42}}")
+        };
+        let tagged = i >= PARTITIONS as usize
+            && i + (PARTITIONS as usize) < MESSAGES
+            && (i / PARTITIONS as usize) % 2 == 1;
+        // Enqueued in the record's context; the delivery is awaited later, all at once.
+        #[allow(clippy::async_yields_async)]
+        let enqueue = async {
+            let record = FutureRecord::<str, str>::to(topic)
+                .partition(partition)
+                .key(&payload)
+                .payload(&payload)
+                .headers(plain_headers())
+                .with_sandbox_context()
+                .unwrap();
+            producer.send_result(record).map_err(|(e, _)| e).unwrap()
+        };
+        deliveries.push(if tagged {
+            enqueue.in_sandbox(sandbox.clone()).await
+        } else {
+            enqueue.await
+        });
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap().unwrap();
+    }
+}
+
+/// Shared by a handler and the bench: when the first message was seen, which last messages
+/// were, and a signal once they all were.
+#[derive(Default)]
+struct Progress {
+    first: Mutex<Option<Instant>>,
+    last: Mutex<Option<Instant>>,
+    lasts: Mutex<Vec<String>>,
+    done: Notify,
+}
+
+impl Progress {
+    /// Records one message; returns whether it was the last one needed.
+    fn saw(&self, payload: &[u8]) -> bool {
+        self.first.lock().unwrap().get_or_insert_with(Instant::now);
+        if !payload.starts_with(b"last-") {
+            return false;
+        }
+        let mut lasts = self.lasts.lock().unwrap();
+        let payload = String::from_utf8_lossy(payload).into_owned();
+        if !lasts.contains(&payload) {
+            lasts.push(payload);
+        }
+        let done = lasts.len() == PARTITIONS as usize;
+        if done {
+            *self.last.lock().unwrap() = Some(Instant::now());
+        }
+        done
+    }
+
+    /// From the first message to the last.
+    fn elapsed(&self) -> Duration {
+        let first = self.first.lock().unwrap().unwrap();
+        self.last.lock().unwrap().unwrap() - first
+    }
+}
+
+/// Each iteration: a new consumer group reads the whole topic; timed from the first message
+/// either consumer is given to the last (the group join is not timed).
+fn throughput(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let topic = unique_topic("bench-throughput");
+    rt.block_on(async {
+        create_topic(&topic, PARTITIONS).await;
+        produce_topic(&topic).await;
+    });
+    let directory = directory();
+
+    let mut group = c.benchmark_group("consumer_throughput");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements(MESSAGES as u64));
+
+    let next_group = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let group_id = {
+        let topic = topic.clone();
+        move || {
+            let n = next_group.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("{topic}-g{n}")
+        }
+    };
+
+    group.bench_function("raw_stream_consumer", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let topic = topic.clone();
+            let group_id = group_id.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let consumer: StreamConsumer = client_config()
+                        .set("group.id", group_id())
+                        .set("auto.offset.reset", "earliest")
+                        .create()
+                        .unwrap();
+                    consumer.subscribe(&[&topic]).unwrap();
+                    let progress = Progress::default();
+                    loop {
+                        let message = consumer.recv().await.unwrap();
+                        if progress.saw(black_box(message.payload().unwrap_or_default())) {
+                            break;
+                        }
+                    }
+                    total += progress.elapsed();
+                }
+                total
+            }
+        })
+    });
+
+    group.bench_function("sandbox_consumer_baseline_50pct_skipped", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let topic = topic.clone();
+            let group_id = group_id.clone();
+            let directory = directory.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let consumer = SandboxConsumer::builder(
+                        client_config(),
+                        &group_id(),
+                        Role::baseline("billing"),
+                    )
+                    .directory(directory.clone())
+                    .start(&[&topic])
+                    .await
+                    .unwrap();
+                    let progress = Arc::new(Progress::default());
+                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                    let run = tokio::spawn({
+                        let progress = Arc::clone(&progress);
+                        async move {
+                            consumer
+                                .run(
+                                    move |message| {
+                                        if progress.saw(message.payload().unwrap_or_default()) {
+                                            progress.done.notify_one();
+                                        }
+                                        std::future::ready(Ok::<_, std::convert::Infallible>(()))
+                                    },
+                                    async move {
+                                        let _ = stopped.await;
+                                    },
+                                )
+                                .await
+                                .unwrap();
+                        }
+                    });
+                    progress.done.notified().await;
+                    total += progress.elapsed();
+                    let _ = stop.send(());
+                    run.await.unwrap();
+                }
+                total
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decision, throughput);
+criterion_main!(benches);
