@@ -30,26 +30,23 @@
 //! # Ok(()) }
 //! ```
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll};
+use std::sync::Arc;
 
 use http::{Request, Response};
-use pin_project::pin_project;
-use prodbox_core::audit::{Decision, Protocol};
+use prodbox_core::Guardrails;
+use prodbox_core::audit::Protocol;
 use prodbox_core::codec::Codec;
 use prodbox_core::egress::{Egress, InjectError};
-use prodbox_core::guardrails::CallGuard;
-use prodbox_core::{Guardrails, Sandbox};
+use prodbox_core::guardrails::Throttled;
+use prodbox_http::ClientFlavor;
 use tonic::service::Interceptor;
 use tonic::{Code, Status};
 use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::metadata::MetadataCarrier;
 
 /// A boxed error, as tonic's generated clients accept from a transport.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use prodbox_http::client::BoxError;
 
 fn egress() -> Egress {
     Egress::new(Protocol::Grpc)
@@ -99,169 +96,57 @@ impl Interceptor for SandboxInterceptor {
     }
 }
 
-/// Applies [`PropagateSandbox`] to a gRPC transport such as `Channel`; see the
-/// [module docs](self).
-#[derive(Debug, Clone)]
-pub struct PropagateSandboxLayer {
-    egress: Egress,
-    guardrails: Option<Guardrails>,
-    destination: Option<std::sync::Arc<str>>,
+/// The gRPC way for the shared client layer: calls that may not go out fail with a gRPC status
+/// (`FAILED_PRECONDITION` when the context cannot be written, `RESOURCE_EXHAUSTED` when a
+/// breaker is open), a trailers-only `grpc-status` of `UNAVAILABLE`, `INTERNAL`, `UNKNOWN` or
+/// `DEADLINE_EXCEEDED` counts as a failure, and destinations are named as
+/// [`PropagateSandboxLayer::destination`] says.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcClientFlavor {
+    destination: Option<Arc<str>>,
 }
 
-impl Default for PropagateSandboxLayer {
-    fn default() -> Self {
-        Self {
-            egress: egress(),
-            guardrails: None,
-            destination: None,
+impl ClientFlavor for GrpcClientFlavor {
+    fn protocol(&self) -> Protocol {
+        Protocol::Grpc
+    }
+
+    fn not_sent(&self, error: InjectError) -> BoxError {
+        Box::new(refused(&error))
+    }
+
+    fn throttled(&self, error: Throttled) -> BoxError {
+        Box::new(Status::new(
+            Code::ResourceExhausted,
+            format!("prodbox: {error}"),
+        ))
+    }
+
+    fn destination<B>(&self, req: &Request<B>) -> String {
+        // Clients built with `new` send a path-only URI (the channel adds its address later, on
+        // its own task): then the gRPC service in the path names the destination.
+        match (&self.destination, req.uri().authority()) {
+            (Some(name), _) => name.to_string(),
+            (None, Some(authority)) => authority.as_str().to_owned(),
+            (None, None) => grpc_service(req.uri().path()).to_owned(),
         }
     }
-}
 
-impl PropagateSandboxLayer {
-    /// A layer with the default codec.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Uses `codec` (limits).
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.egress = self.egress.codec(codec);
-        self
-    }
-
-    /// Also forwards the signed token the sandbox arrived with.
-    pub fn forward_token(mut self, forward: bool) -> Self {
-        self.egress = self.egress.forward_token(forward);
-        self
-    }
-
-    /// Names the destination of the channel this layer wraps, for the circuit breakers.
-    pub fn destination(mut self, name: &str) -> Self {
-        self.destination = Some(std::sync::Arc::from(name));
-        self
-    }
-
-    /// Applies the circuit breakers of `guardrails` to sandboxed calls, per destination: the
-    /// name given to [`destination`](Self::destination), else the URI's authority when the
-    /// client sets one (`with_origin`), else the gRPC service of the call's path (so servers of
-    /// one service behind different channels share a breaker unless named). A call counts as failed on a transport error, an HTTP `5xx`, or a
-    /// trailers-only status of `UNAVAILABLE`, `INTERNAL`, `UNKNOWN` or `DEADLINE_EXCEEDED`;
-    /// statuses sent in trailers after a response has started are not seen.
-    pub fn guardrails(mut self, guardrails: Guardrails) -> Self {
-        self.guardrails = Some(guardrails);
-        self
-    }
-}
-
-impl<S> Layer<S> for PropagateSandboxLayer {
-    type Service = PropagateSandbox<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        PropagateSandbox {
-            inner,
-            layer: self.clone(),
+    fn failed<B>(&self, response: &Response<B>) -> bool {
+        if response.status().is_server_error() {
+            return true;
         }
+        let code = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map(Code::from_i32);
+        matches!(
+            code,
+            Some(Code::Unavailable | Code::Internal | Code::Unknown | Code::DeadlineExceeded)
+        )
     }
-}
-
-/// Middleware that writes the current sandbox context into each call's metadata.
-#[derive(Debug, Clone)]
-pub struct PropagateSandbox<S> {
-    inner: S,
-    layer: PropagateSandboxLayer,
-}
-
-impl<S> PropagateSandbox<S> {
-    /// Wraps `inner` with the default settings.
-    pub fn new(inner: S) -> Self {
-        PropagateSandboxLayer::new().layer(inner)
-    }
-
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PropagateSandbox<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Error: Into<BoxError>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let egress = &self.layer.egress;
-        let sandbox = match egress.inject(req.headers_mut()) {
-            Ok(sandbox) => sandbox,
-            Err(error) => return ResponseFuture::failed(refused(&error)),
-        };
-        let breaker = match (&self.layer.guardrails, &sandbox) {
-            (Some(guardrails), Some(sandbox)) => {
-                match open_breaker(
-                    egress,
-                    guardrails,
-                    sandbox,
-                    self.layer.destination.as_deref(),
-                    &req,
-                ) {
-                    Ok(guard) => Some(guard),
-                    Err(status) => return ResponseFuture::failed(status),
-                }
-            }
-            _ => None,
-        };
-        ResponseFuture {
-            kind: Kind::Call {
-                future: self.inner.call(req),
-                breaker,
-            },
-        }
-    }
-}
-
-fn open_breaker<B>(
-    egress: &Egress,
-    guardrails: &Guardrails,
-    sandbox: &Sandbox,
-    named: Option<&str>,
-    req: &Request<B>,
-) -> Result<CallGuard, Status> {
-    // Clients built with `new` send a path-only URI (the channel adds its address later, on
-    // its own task): then the gRPC service in the path names the destination.
-    let destination = match (named, req.uri().authority()) {
-        (Some(name), _) => name,
-        (None, Some(authority)) => authority.as_str(),
-        (None, None) => grpc_service(req.uri().path()),
-    };
-    guardrails
-        .outbound(sandbox.key(), destination)
-        .map_err(|throttled| {
-            egress.audit(
-                sandbox,
-                Decision::Throttled,
-                throttled.reason.as_str(),
-                &throttled,
-            );
-            Status::new(Code::ResourceExhausted, format!("prodbox: {throttled}"))
-        })
 }
 
 /// `package.Service` of a gRPC path `/package.Service/Method`.
@@ -272,80 +157,77 @@ fn grpc_service(path: &str) -> &str {
         .unwrap_or_default()
 }
 
+/// Middleware that writes the current sandbox context into each call's metadata: the shared
+/// client layer of `prodbox-http`, speaking gRPC.
+pub type PropagateSandbox<S> = prodbox_http::PropagateSandbox<S, GrpcClientFlavor>;
+
 /// Response future of [`PropagateSandbox`].
-#[pin_project]
-#[derive(Debug)]
-pub struct ResponseFuture<F> {
-    #[pin]
-    kind: Kind<F>,
+pub type ResponseFuture<F> = prodbox_http::client::ResponseFuture<F, GrpcClientFlavor>;
+
+/// Applies [`PropagateSandbox`] to a gRPC transport such as `Channel`; see the
+/// [module docs](self).
+#[derive(Debug, Clone)]
+pub struct PropagateSandboxLayer {
+    inner: prodbox_http::PropagateSandboxLayer<GrpcClientFlavor>,
 }
 
-#[pin_project(project = KindProj)]
-#[derive(Debug)]
-enum Kind<F> {
-    Call {
-        #[pin]
-        future: F,
-        breaker: Option<CallGuard>,
-    },
-    Failed {
-        status: Option<Status>,
-    },
-}
-
-impl<F> ResponseFuture<F> {
-    fn failed(status: Status) -> Self {
+impl Default for PropagateSandboxLayer {
+    fn default() -> Self {
         Self {
-            kind: Kind::Failed {
-                status: Some(status),
-            },
+            inner: prodbox_http::PropagateSandboxLayer::with_flavor(GrpcClientFlavor::default()),
         }
     }
 }
 
-/// Whether a response shows the server side failing (for the circuit breaker).
-fn failed<B>(response: &Response<B>) -> bool {
-    if response.status().is_server_error() {
-        return true;
+impl PropagateSandboxLayer {
+    /// A layer with the default codec.
+    pub fn new() -> Self {
+        Self::default()
     }
-    let code = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map(Code::from_i32);
-    matches!(
-        code,
-        Some(Code::Unavailable | Code::Internal | Code::Unknown | Code::DeadlineExceeded)
-    )
+
+    fn map(
+        self,
+        f: impl FnOnce(
+            prodbox_http::PropagateSandboxLayer<GrpcClientFlavor>,
+        ) -> prodbox_http::PropagateSandboxLayer<GrpcClientFlavor>,
+    ) -> Self {
+        Self {
+            inner: f(self.inner),
+        }
+    }
+
+    /// Uses `codec` (limits).
+    pub fn codec(self, codec: Codec) -> Self {
+        self.map(|l| l.codec(codec))
+    }
+
+    /// Also forwards the signed token the sandbox arrived with.
+    pub fn forward_token(self, forward: bool) -> Self {
+        self.map(|l| l.forward_token(forward))
+    }
+
+    /// Names the destination of the channel this layer wraps, for the circuit breakers.
+    pub fn destination(mut self, name: &str) -> Self {
+        self.inner.flavor_mut().destination = Some(Arc::from(name));
+        self
+    }
+
+    /// Applies the circuit breakers of `guardrails` to sandboxed calls, per destination: the
+    /// name given to [`destination`](Self::destination), else the URI's authority when the
+    /// client sets one (`with_origin`), else the gRPC service of the call's path (so servers of
+    /// one service behind different channels share a breaker unless named). A call counts as
+    /// failed on a transport error, an HTTP `5xx`, or a trailers-only status of `UNAVAILABLE`,
+    /// `INTERNAL`, `UNKNOWN` or `DEADLINE_EXCEEDED`; statuses sent in trailers after a response
+    /// has started are not seen.
+    pub fn guardrails(self, guardrails: Guardrails) -> Self {
+        self.map(|l| l.guardrails(guardrails))
+    }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<Response<B>, BoxError>;
+impl<S> Layer<S> for PropagateSandboxLayer {
+    type Service = PropagateSandbox<S>;
 
-    fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Call { future, breaker } => {
-                let result = match future.poll(task) {
-                    Poll::Ready(result) => result,
-                    Poll::Pending => return Poll::Pending,
-                };
-                if let Some(breaker) = breaker.take() {
-                    match &result {
-                        Ok(response) if !failed(response) => breaker.success(),
-                        _ => breaker.failure(),
-                    }
-                }
-                Poll::Ready(result.map_err(Into::into))
-            }
-            KindProj::Failed { status } => match status.take() {
-                Some(status) => Poll::Ready(Err(Box::new(status))),
-                None => Poll::Pending,
-            },
-        }
+    fn layer(&self, inner: S) -> Self::Service {
+        self.inner.layer(inner)
     }
 }

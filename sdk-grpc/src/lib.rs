@@ -17,7 +17,7 @@ mod metadata;
 pub mod routing;
 pub mod server;
 
-pub use client::{PropagateSandbox, PropagateSandboxLayer, SandboxInterceptor};
+pub use client::{GrpcClientFlavor, PropagateSandbox, PropagateSandboxLayer, SandboxInterceptor};
 pub use metadata::MetadataCarrier;
 pub use routing::ForkRouter;
 pub use server::{GrpcFlavor, SandboxLayer};

@@ -104,19 +104,59 @@ pub(crate) fn close_call(breaker: Option<CallGuard>, succeeded: bool) {
     }
 }
 
+/// How a client speaks: what a call that may not go out fails with, how destinations are named
+/// for the circuit breakers, and what counts as a failed call.
+///
+/// [`HttpClientFlavor`] is plain HTTP; `prodbox-grpc` brings one that fails with gRPC statuses
+/// and reads `grpc-status`.
+pub trait ClientFlavor: Clone {
+    /// The protocol named in audit events.
+    fn protocol(&self) -> Protocol {
+        Protocol::Http
+    }
+
+    /// The error of a sandboxed call whose context could not be written (it was not sent).
+    fn not_sent(&self, error: InjectError) -> BoxError {
+        Box::new(error)
+    }
+
+    /// The error of a sandboxed call an open circuit breaker refused (it was not sent).
+    fn throttled(&self, error: Throttled) -> BoxError {
+        Box::new(error)
+    }
+
+    /// The breaker's name for where `req` goes (default: the URI's authority).
+    fn destination<B>(&self, req: &Request<B>) -> String {
+        req.uri()
+            .authority()
+            .map_or_else(String::new, |a| a.as_str().to_owned())
+    }
+
+    /// Whether `response` counts as a failure for the breaker (default: a `5xx`).
+    fn failed<B>(&self, response: &Response<B>) -> bool {
+        response.status().is_server_error()
+    }
+}
+
+/// Plain HTTP: fails with [`InjectError`] or
+/// [`Throttled`](prodbox_core::guardrails::Throttled), breakers per authority, `5xx` is a
+/// failure.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpClientFlavor;
+
+impl ClientFlavor for HttpClientFlavor {}
+
 /// Applies [`PropagateSandbox`] to a client. See the [module docs](self).
 #[derive(Debug, Clone)]
-pub struct PropagateSandboxLayer {
+pub struct PropagateSandboxLayer<F = HttpClientFlavor> {
     egress: Egress,
     guardrails: Option<Guardrails>,
+    flavor: F,
 }
 
 impl Default for PropagateSandboxLayer {
     fn default() -> Self {
-        Self {
-            egress: egress(),
-            guardrails: None,
-        }
+        Self::with_flavor(HttpClientFlavor)
     }
 }
 
@@ -124,6 +164,17 @@ impl PropagateSandboxLayer {
     /// A layer with the default codec.
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+impl<F: ClientFlavor> PropagateSandboxLayer<F> {
+    /// A layer speaking `flavor`, with the default codec.
+    pub fn with_flavor(flavor: F) -> Self {
+        Self {
+            egress: Egress::new(flavor.protocol()),
+            guardrails: None,
+            flavor,
+        }
     }
 
     /// Uses `codec` (limits).
@@ -144,10 +195,15 @@ impl PropagateSandboxLayer {
         self.guardrails = Some(guardrails);
         self
     }
+
+    /// The flavor, to adjust.
+    pub fn flavor_mut(&mut self) -> &mut F {
+        &mut self.flavor
+    }
 }
 
-impl<S> Layer<S> for PropagateSandboxLayer {
-    type Service = PropagateSandbox<S>;
+impl<S, F: Clone> Layer<S> for PropagateSandboxLayer<F> {
+    type Service = PropagateSandbox<S, F>;
 
     fn layer(&self, inner: S) -> Self::Service {
         PropagateSandbox {
@@ -159,9 +215,9 @@ impl<S> Layer<S> for PropagateSandboxLayer {
 
 /// Middleware that writes the current sandbox context into outbound requests.
 #[derive(Debug, Clone)]
-pub struct PropagateSandbox<S> {
+pub struct PropagateSandbox<S, F = HttpClientFlavor> {
     inner: S,
-    layer: PropagateSandboxLayer,
+    layer: PropagateSandboxLayer<F>,
 }
 
 impl<S> PropagateSandbox<S> {
@@ -169,7 +225,9 @@ impl<S> PropagateSandbox<S> {
     pub fn new(inner: S) -> Self {
         PropagateSandboxLayer::new().layer(inner)
     }
+}
 
+impl<S, F> PropagateSandbox<S, F> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -186,42 +244,41 @@ impl<S> PropagateSandbox<S> {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PropagateSandbox<S>
+impl<S, F, ReqBody, ResBody> Service<Request<ReqBody>> for PropagateSandbox<S, F>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
+    F: ClientFlavor,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, F>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let sandbox = match self.layer.egress.inject(req.headers_mut()) {
+        let layer = &self.layer;
+        let sandbox = match layer.egress.inject(req.headers_mut()) {
             Ok(sandbox) => sandbox,
-            Err(error) => return ResponseFuture::failed(error.into()),
+            Err(error) => return ResponseFuture::failed(layer.flavor.not_sent(error)),
         };
-        let destination = || {
-            req.uri()
-                .authority()
-                .map_or_else(String::new, |a| a.as_str().to_owned())
-        };
+        let destination = || layer.flavor.destination(&req);
         let breaker = match open_call(
-            &self.layer.egress,
-            self.layer.guardrails.as_ref(),
+            &layer.egress,
+            layer.guardrails.as_ref(),
             sandbox.as_ref(),
             destination,
         ) {
             Ok(breaker) => breaker,
-            Err(throttled) => return ResponseFuture::failed(Box::new(throttled)),
+            Err(throttled) => return ResponseFuture::failed(layer.flavor.throttled(throttled)),
         };
         ResponseFuture {
             kind: Kind::Call {
                 future: self.inner.call(req),
                 breaker,
+                flavor: self.layer.flavor.clone(),
             },
         }
     }
@@ -230,25 +287,26 @@ where
 /// Response future of [`PropagateSandbox`].
 #[pin_project]
 #[derive(Debug)]
-pub struct ResponseFuture<F> {
+pub struct ResponseFuture<Fut, F = HttpClientFlavor> {
     #[pin]
-    kind: Kind<F>,
+    kind: Kind<Fut, F>,
 }
 
 #[pin_project(project = KindProj)]
 #[derive(Debug)]
-enum Kind<F> {
+enum Kind<Fut, F> {
     Call {
         #[pin]
-        future: F,
+        future: Fut,
         breaker: Option<CallGuard>,
+        flavor: F,
     },
     Failed {
         error: Option<BoxError>,
     },
 }
 
-impl<F> ResponseFuture<F> {
+impl<Fut, F> ResponseFuture<Fut, F> {
     fn failed(error: BoxError) -> Self {
         Self {
             kind: Kind::Failed { error: Some(error) },
@@ -256,21 +314,26 @@ impl<F> ResponseFuture<F> {
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+impl<Fut, F, B, E> Future for ResponseFuture<Fut, F>
 where
-    F: Future<Output = Result<Response<B>, E>>,
+    Fut: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
+    F: ClientFlavor,
 {
     type Output = Result<Response<B>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Call { future, breaker } => {
+            KindProj::Call {
+                future,
+                breaker,
+                flavor,
+            } => {
                 let result = match future.poll(task) {
                     Poll::Ready(result) => result,
                     Poll::Pending => return Poll::Pending,
                 };
-                let succeeded = matches!(&result, Ok(r) if !r.status().is_server_error());
+                let succeeded = matches!(&result, Ok(r) if !flavor.failed(r));
                 close_call(breaker.take(), succeeded);
                 Poll::Ready(result.map_err(Into::into))
             }

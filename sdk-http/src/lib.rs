@@ -45,6 +45,8 @@ pub mod server;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
 
-pub use client::{InjectError, PropagateSandbox, PropagateSandboxLayer};
+pub use client::{
+    ClientFlavor, HttpClientFlavor, InjectError, PropagateSandbox, PropagateSandboxLayer,
+};
 pub use routing::{ForkRouting, ForkRoutingLayer};
 pub use server::{HttpFlavor, PeerAddr, SandboxLayer, SandboxService, ServerFlavor};
