@@ -135,17 +135,7 @@ impl Egress {
     }
 
     fn audit_baseline(&self, decision: Decision, reason: &str, detail: &dyn fmt::Display) {
-        AuditEvent {
-            sandbox: None,
-            actor: None,
-            origin: None,
-            protocol: self.protocol,
-            direction: Direction::Outbound,
-            decision,
-            reason,
-            detail: Some(detail),
-        }
-        .emit();
+        self.emit(None, decision, reason, detail);
     }
 
     /// Audits an outbound decision about `sandbox` on this protocol.
@@ -156,10 +146,20 @@ impl Egress {
         reason: &str,
         detail: &dyn fmt::Display,
     ) {
+        self.emit(Some(sandbox), decision, reason, detail);
+    }
+
+    fn emit(
+        &self,
+        sandbox: Option<&Sandbox>,
+        decision: Decision,
+        reason: &str,
+        detail: &dyn fmt::Display,
+    ) {
         AuditEvent {
-            sandbox: Some(sandbox.key().as_str()),
-            actor: sandbox.actor(),
-            origin: sandbox.origin(),
+            sandbox: sandbox.map(|s| s.key().as_str()),
+            actor: sandbox.and_then(Sandbox::actor),
+            origin: sandbox.and_then(Sandbox::origin),
             protocol: self.protocol,
             direction: Direction::Outbound,
             decision,
