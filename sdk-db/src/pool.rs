@@ -219,11 +219,10 @@ impl SandboxPool {
             return Err(error.into());
         }
         let slot = self.slot(sandbox).await?;
-        let result = slot
-            .pool
-            .get_or_try_init(|| self.open(sandbox))
-            .await
-            .cloned();
+        let result = match slot.pool.get() {
+            Some(pool) => Ok(pool.clone()),
+            None => self.provision_in_task(sandbox, &slot).await,
+        };
         match result {
             Ok(pool) => {
                 let now = Instant::now();
@@ -243,20 +242,44 @@ impl SandboxPool {
                 Ok(pool)
             }
             Err(error) => {
-                // Forget the failed slot, so that the next call tries again from scratch.
-                let mut active = lock(&self.inner.active);
-                if active
-                    .get(sandbox.key())
-                    .is_some_and(|s| Arc::ptr_eq(s, &slot))
-                {
-                    active.remove(sandbox.key());
-                }
-                drop(active);
-                let decision = Decision::Rejected;
-                audit(sandbox, decision, &error);
+                audit(sandbox, Decision::Rejected, &error);
                 Err(error.into())
             }
         }
+    }
+
+    /// Fills `slot` (provisioning the sandbox) in a task of its own: a caller that gives up
+    /// half-way (a request timeout) must not leave a half-made schema, or a slot nobody fills.
+    /// A failed slot is forgotten, so that the next call starts from scratch.
+    async fn provision_in_task(
+        &self,
+        sandbox: &Sandbox,
+        slot: &Arc<Slot>,
+    ) -> Result<PgPool, SandboxDbError> {
+        let (this, owned, slot) = (self.clone(), sandbox.clone(), Arc::clone(slot));
+        let task = tokio::spawn(async move {
+            let result = slot
+                .pool
+                .get_or_try_init(|| this.open(&owned))
+                .await
+                .cloned();
+            if result.is_err() {
+                let mut active = lock(&this.inner.active);
+                if active
+                    .get(owned.key())
+                    .is_some_and(|s| Arc::ptr_eq(s, &slot))
+                {
+                    active.remove(owned.key());
+                }
+            }
+            result
+        });
+        task.await.unwrap_or_else(|_| {
+            Err(SandboxDbError::Provisioning {
+                sandbox: sandbox.key().clone(),
+                source: sqlx::Error::WorkerCrashed,
+            })
+        })
     }
 
     /// A slot for `sandbox`: its own, a free one, or one an idle sandbox gives up. Waits up to
@@ -388,12 +411,13 @@ impl SandboxPool {
         };
         // Signs that the sandbox was dropped elsewhere (schema, table or role gone) or its
         // pool cannot connect: open a fresh pool next time, which re-provisions if needed.
+        // (A missing table alone, 42P01, is usually the application's own mistake and says
+        // nothing about the sandbox; a timeout is load. Neither throws the pool away.)
         let gone = match &error {
-            sqlx::Error::Database(db) => matches!(
-                db.code().as_deref(),
-                Some("3F000" | "42P01" | "28000" | "28P01")
-            ),
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+            sqlx::Error::Database(db) => {
+                matches!(db.code().as_deref(), Some("3F000" | "28000" | "28P01"))
+            }
+            sqlx::Error::PoolClosed => true,
             _ => false,
         };
         if gone {

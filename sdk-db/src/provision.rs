@@ -283,6 +283,42 @@ impl Provisioner {
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(failed)?;
+        if role_exists {
+            // Left by an attempt that did not finish, or not ours at all: taken over only when
+            // it can do nothing a sandbox role cannot.
+            let privileged: bool = sqlx::query_scalar(
+                "SELECT r.rolsuper OR r.rolcreatedb OR r.rolcreaterole OR r.rolbypassrls
+                        OR r.rolreplication
+                        OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid)
+                 FROM pg_roles r WHERE r.rolname = $1",
+            )
+            .bind(role_name(key))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(failed)?;
+            if privileged {
+                return Err(failed(sqlx::Error::Protocol(format!(
+                    "role {} exists with attributes or memberships a sandbox role must not have; drop it",
+                    role_name(key)
+                ))));
+            }
+            // A schema of ours without a catalogue row (we hold the sandbox's lock) is what an
+            // interrupted attempt left: start it over.
+            let leftover: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
+                                WHERE n.nspname = $1 AND r.rolname = $2)",
+            )
+            .bind(schema_name(key))
+            .bind(role_name(key))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(failed)?;
+            if leftover {
+                conn.execute(ddl(format!("DROP SCHEMA {schema} CASCADE")))
+                    .await
+                    .map_err(failed)?;
+            }
+        }
         // The pool logs in as this role itself: a session cannot `RESET ROLE` out of it, and
         // NOINHERIT with no memberships leaves it nothing to `SET ROLE` to.
         let verb = if role_exists { "ALTER" } else { "CREATE" };

@@ -310,3 +310,45 @@ async fn a_pool_handed_out_survives_eviction() {
     db.cleanup().await;
     after.expect("the pool pool_for returned still works");
 }
+
+/// A caller that gives up while its sandbox is being provisioned (a request timeout) neither
+/// wedges the sandbox nor keeps its slot: provisioning finishes in a task of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_giving_up_during_provisioning_wedges_nothing() {
+    require_postgres().await;
+    let db = TestDatabase::create_with(5).await;
+    let pool = SandboxPool::builder(db.pool().clone())
+        .migrations(migrator("orders").await)
+        .seed("SELECT pg_sleep(1)")
+        .max_active_sandboxes(1)
+        .build();
+    let (a, b) = (unique_key("cx-a"), unique_key("cx-b"));
+    let first = tokio::time::timeout(
+        Duration::from_millis(200),
+        sqlx::query("INSERT INTO orders (item) VALUES ('early')")
+            .execute(&pool)
+            .in_sandbox(sandbox(&a)),
+    )
+    .await;
+    assert!(first.is_err(), "the caller gave up");
+    // The same sandbox works afterwards, and so does another one in the only slot.
+    sqlx::query("INSERT INTO orders (item) VALUES ('later')")
+        .execute(&pool)
+        .in_sandbox(sandbox(&a))
+        .await
+        .unwrap();
+    assert_eq!(
+        orders_in(db.pool(), &schema_of(&a)).await,
+        [(1, "later".to_owned())]
+    );
+    sqlx::query("INSERT INTO orders (item) VALUES ('other')")
+        .execute(&pool)
+        .in_sandbox(sandbox(&b))
+        .await
+        .unwrap();
+    assert_eq!(catalogue_rows(db.pool(), &a).await, 1);
+    for key in [&a, &b] {
+        pool.drop_sandbox(&key.parse().unwrap()).await.unwrap();
+    }
+    db.cleanup().await;
+}

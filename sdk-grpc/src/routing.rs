@@ -9,8 +9,11 @@
 //! fork the directory names for that service.
 //!
 //! Routing may fall back to the baseline channel (no fork, sandbox disabled or expired, or a
-//! fork address that does not parse; the last two are audited). It never weakens data
-//! isolation: the call still carries its sandbox context.
+//! fork address that is not a plain `http://` address: this build has no TLS; the last two are
+//! audited). It never weakens data isolation: the call still carries its sandbox context, and
+//! a call routed to a fork gets the context written into its metadata by the router itself, so
+//! a fork never takes it for production even without the client layer. Fork channels are opened
+//! lazily, once per address; past 256, those no sandbox lists any more are closed.
 //!
 //! # Example
 //!
@@ -34,6 +37,8 @@
 //! ```
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::SystemTime;
@@ -45,7 +50,13 @@ use prodbox_core::directory::Directory;
 use prodbox_core::egress::Egress;
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::client::BoxError;
 use tower::util::Oneshot;
+
+/// Fork channels one router keeps before closing those no sandbox lists any more.
+const MAX_FORK_CHANNELS: usize = 256;
 use tower_service::Service;
 
 /// Sends each call over the baseline channel or the current sandbox's fork; see the
@@ -99,11 +110,33 @@ impl ForkRouter {
         if let Some(channel) = forks.get(address) {
             return Some(channel.clone());
         }
-        match Endpoint::from_shared(address.to_owned()) {
-            Ok(endpoint) => {
+        // Bounded: past the cap, channels to addresses no sandbox lists any more are closed.
+        if forks.len() >= MAX_FORK_CHANNELS {
+            let listed: std::collections::HashSet<String> = self
+                .directory
+                .entries()
+                .iter()
+                .filter_map(|e| e.fork_of(&self.service).map(str::to_owned))
+                .collect();
+            forks.retain(|address, _| listed.contains(address));
+        }
+        // Plain http only: tonic is built here without TLS, and an address without a scheme
+        // would connect nowhere and fail every call.
+        let scheme_ok = address.starts_with("http://");
+        match Endpoint::from_shared(address.to_owned()).map_err(|e| e.to_string()) {
+            Ok(endpoint) if scheme_ok => {
                 let channel = endpoint.connect_lazy();
                 forks.insert(address.to_owned(), channel.clone());
                 Some(channel)
+            }
+            Ok(_) => {
+                self.egress.audit(
+                    sandbox,
+                    Decision::Fallback,
+                    "fallback_invalid_fork_address",
+                    &format_args!("fork address {address:?} of {}: not http://", self.service),
+                );
+                None
             }
             Err(error) => {
                 self.egress.audit(
@@ -120,15 +153,15 @@ impl ForkRouter {
 
 impl Service<Request<Body>> for ForkRouter {
     type Response = <Channel as Service<Request<Body>>>::Response;
-    type Error = <Channel as Service<Request<Body>>>::Error;
-    type Future = Oneshot<Channel, Request<Body>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         // The channel is chosen per call; its readiness is awaited in the call's future.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let fork = prodbox_core::current().and_then(|sandbox| {
             let channel = self.channel_for(&sandbox)?;
             self.egress.audit(
@@ -139,6 +172,19 @@ impl Service<Request<Body>> for ForkRouter {
             );
             Some(channel)
         });
-        Oneshot::new(fork.unwrap_or_else(|| self.baseline.clone()), req)
+        let channel = match fork {
+            Some(channel) => {
+                // A call routed because it is sandboxed must tell the fork so, with or without
+                // the client layer around this router (writing twice merges to one header).
+                if let Err(error) = self.egress.inject(req.headers_mut()) {
+                    let status = Status::new(Code::FailedPrecondition, format!("prodbox: {error}"));
+                    return Box::pin(async move { Err(Box::new(status) as BoxError) });
+                }
+                channel
+            }
+            None => self.baseline.clone(),
+        };
+        let call = Oneshot::new(channel, req);
+        Box::pin(async move { call.await.map_err(Into::into) })
     }
 }

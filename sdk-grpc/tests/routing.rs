@@ -234,3 +234,43 @@ async fn two_hundred_concurrent_mixed_calls_route_correctly() {
     assert_eq!(count, 200);
     assert_eq!(servers.len(), 3, "{servers:?}");
 }
+
+/// A call the router sends to a fork because it is sandboxed carries the sandbox even without
+/// the client layer around the router: a fork never takes a routed call for production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_call_carries_its_sandbox_without_the_client_layer() {
+    let setup = setup("bare").await;
+    let mut client = EchoClient::new(setup.router.clone());
+    let reply = async move { client.unary(Ping { id: 1, count: 0 }).await }
+        .in_sandbox(Sandbox::new(key("bare-a")))
+        .await
+        .unwrap();
+    assert_eq!(server_name(reply.metadata()), "fork-a");
+    assert_eq!(reply.into_inner().sandbox, "bare-a");
+}
+
+/// A fork address the router cannot use as plain `http://` (no scheme, or `https` in a build
+/// without TLS) falls back to baseline, audited, instead of failing every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_addresses_without_http_fall_back_audited() {
+    let setup = setup("scheme").await;
+    let baseline_addr = "127.0.0.1:9";
+    setup
+        .directory
+        .upsert(SandboxEntry::new(key("scheme-raw")).fork("echo", baseline_addr));
+    setup
+        .directory
+        .upsert(SandboxEntry::new(key("scheme-tls")).fork("echo", "https://127.0.0.1:9"));
+    for k in ["scheme-raw", "scheme-tls"] {
+        let (server, sandbox) = who_answers(&setup.client, Some(k)).await;
+        assert_eq!((server.as_str(), sandbox.as_str()), ("baseline", k));
+        assert!(
+            AuditLog::global()
+                .matching("sandbox", k)
+                .iter()
+                .any(|r| r.get("reason").map(String::as_str)
+                    == Some("fallback_invalid_fork_address")),
+            "{k}"
+        );
+    }
+}

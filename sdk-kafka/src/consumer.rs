@@ -402,7 +402,7 @@ impl SandboxConsumer {
                         return self.dead_letter(message, &reason).await;
                     }
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(self.backoff.1);
+                    wait = wait.saturating_mul(2).min(self.backoff.1);
                 }
             }
         }
@@ -415,12 +415,17 @@ impl SandboxConsumer {
         reason: &str,
     ) -> Result<(), ConsumerError> {
         let source = Source(message).to_string();
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = message.headers() {
-            for header in original.iter() {
-                headers = headers.insert(header);
-            }
-        }
+        // The original headers, when rdkafka can read them (see `filter::readable`).
+        let original = message.headers().and_then(|original| {
+            crate::filter::readable(|| {
+                original
+                    .iter()
+                    .fold(OwnedHeaders::new(), |headers, header| {
+                        headers.insert(header)
+                    })
+            })
+        });
+        let headers = original.unwrap_or_default();
         let headers = headers
             .insert(Header {
                 key: DEAD_LETTER_REASON,
@@ -441,7 +446,7 @@ impl SandboxConsumer {
                 Err((error, _)) => {
                     tracing::warn!(target: "prodbox::kafka", %error, %source, "dead-letter send failed; retrying");
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(self.backoff.1);
+                    wait = wait.saturating_mul(2).min(self.backoff.1);
                 }
             }
         }

@@ -117,9 +117,19 @@ impl Filter {
     /// Decides what happens to a message with `headers` at `now`.
     pub fn decide<H: Headers + ?Sized>(&self, headers: Option<&H>, now: SystemTime) -> Verdict {
         let extracted = match headers {
-            Some(headers) => match self.codec.extract(&HeaderReader(headers)) {
-                Ok(extracted) => extracted,
-                Err(error) => return self.malformed(&HeaderReader(headers), error),
+            Some(headers) => match readable(|| self.codec.extract(&HeaderReader(headers))) {
+                Some(Ok(extracted)) => extracted,
+                Some(Err(error)) => return self.malformed(&HeaderReader(headers), error),
+                // A header name that is not UTF-8: rdkafka cannot even list the headers.
+                None => {
+                    let error = BaggageError::InvalidUtf8 {
+                        carrier: "a header name".to_owned(),
+                    };
+                    return match &self.role {
+                        Role::Baseline { .. } => Verdict::DeadLetter(error),
+                        Role::Sandbox { .. } => skip("malformed_left_to_baseline", None),
+                    };
+                }
             },
             None => {
                 return match &self.role {
@@ -184,6 +194,14 @@ impl Filter {
             (Role::Sandbox { .. }, true) => skip("malformed_left_to_baseline", None),
         }
     }
+}
+
+/// Runs `read` over a message's headers. rdkafka 0.39 panics on a header name that is not
+/// UTF-8 (`Headers::try_get` unwraps it), and unsafe code is not allowed here to read names as
+/// bytes: the panic is caught and the headers reported unreadable (`None`), so that one bad
+/// producer cannot stop a partition.
+pub(crate) fn readable<T>(read: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).ok()
 }
 
 fn skip(reason: &'static str, sandbox: Option<&SandboxKey>) -> Verdict {
