@@ -359,11 +359,36 @@ impl SandboxPool {
     /// Drops `key`'s schema and role, closing this process's pool for it first. Returns whether
     /// the sandbox was recorded.
     pub async fn drop_sandbox(&self, key: &SandboxKey) -> Result<bool, sqlx::Error> {
-        let slot = lock(&self.inner.active).remove(key);
-        if let Some(pool) = slot.and_then(|s| s.pool.get().cloned()) {
+        self.drop_if(key, None).await
+    }
+
+    async fn drop_if(
+        &self,
+        key: &SandboxKey,
+        only_if_expired_by: Option<SystemTime>,
+    ) -> Result<bool, sqlx::Error> {
+        let close_local = || {
+            let slot = lock(&self.inner.active).remove(key);
+            slot.and_then(|s| s.pool.get().cloned())
+        };
+        if only_if_expired_by.is_none()
+            && let Some(pool) = close_local()
+        {
             pool.close().await;
         }
-        self.inner.provisioner.drop_sandbox(key).await
+        let dropped = self
+            .inner
+            .provisioner
+            .drop_sandbox(key, only_if_expired_by)
+            .await?;
+        // The janitor's drop is decided under the lock: only then does this process's pool go.
+        if dropped
+            && only_if_expired_by.is_some()
+            && let Some(pool) = close_local()
+        {
+            pool.close().await;
+        }
+        Ok(dropped)
     }
 
     /// Every recorded sandbox schema.
@@ -375,7 +400,7 @@ impl SandboxPool {
     pub async fn drop_expired(&self, now: SystemTime) -> Result<Vec<SandboxKey>, sqlx::Error> {
         let mut dropped = Vec::new();
         for key in self.inner.provisioner.expired(now).await? {
-            if self.drop_sandbox(&key).await? {
+            if self.drop_if(&key, Some(now)).await? {
                 dropped.push(key);
             }
         }

@@ -448,11 +448,30 @@ impl Provisioner {
     }
 
     /// Drops `key`'s schema and role and forgets it; returns whether it was recorded.
-    pub(crate) async fn drop_sandbox(&self, key: &SandboxKey) -> Result<bool, sqlx::Error> {
+    pub(crate) async fn drop_sandbox(
+        &self,
+        key: &SandboxKey,
+        only_if_expired_by: Option<SystemTime>,
+    ) -> Result<bool, sqlx::Error> {
         let mut conn = self.connect().await?;
         Self::ensure_catalogue(&mut conn).await?;
         Self::lock(&mut conn, key).await?;
         let result = async {
+            // The janitor decides on a listing; under the lock, a sandbox used since is spared.
+            if let Some(now) = only_if_expired_by {
+                let expired: Option<bool> = sqlx::query_scalar(
+                    "SELECT expires_at <= to_timestamp($2) FROM prodbox.sandbox_schemas
+                     WHERE key = $1",
+                )
+                .bind(key.as_str())
+                .bind(secs(now))
+                .fetch_optional(&mut conn)
+                .await?
+                .flatten();
+                if expired != Some(true) {
+                    return Ok(false);
+                }
+            }
             Self::drop_objects(&mut conn, key).await?;
             let deleted = sqlx::query("DELETE FROM prodbox.sandbox_schemas WHERE key = $1")
                 .bind(key.as_str())
