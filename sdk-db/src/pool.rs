@@ -463,15 +463,7 @@ impl SandboxPool {
     }
 }
 
-fn audit(sandbox: &Sandbox, decision: Decision, detail: &dyn fmt::Display) {
-    let reason = match detail.to_string() {
-        text if text.contains("outside") || text.contains("production data") => {
-            "db_production_access_refused"
-        }
-        text if text.contains("slot") => "db_capacity",
-        text if text.contains("expired") => "sandbox_expired",
-        _ => "db_provisioning_failed",
-    };
+fn audit(sandbox: &Sandbox, decision: Decision, error: &SandboxDbError) {
     AuditEvent {
         sandbox: Some(sandbox.key().as_str()),
         actor: sandbox.actor(),
@@ -479,8 +471,8 @@ fn audit(sandbox: &Sandbox, decision: Decision, detail: &dyn fmt::Display) {
         protocol: Protocol::Db,
         direction: Direction::Outbound,
         decision,
-        reason,
-        detail: Some(detail),
+        reason: error.reason(),
+        detail: Some(error),
     }
     .emit();
 }
