@@ -106,8 +106,29 @@ impl SandboxContext {
 
     /// `cx` with this sandbox context attached, typed and mirrored into its OTel baggage.
     pub fn attach_to(&self, cx: &Context) -> Context {
+        let inherited = cx.baggage();
+        // OpenTelemetry validates every key it is given and cannot copy a baggage, so building
+        // the mirror is most of the cost of attaching. When `cx` already holds exactly this
+        // mirror (a sandboxed request nested in the same sandbox), it is kept as it is.
+        let cx = if self.is_mirrored_by(inherited) {
+            cx.clone()
+        } else {
+            cx.with_baggage(self.mirror(inherited))
+        };
+        // Remember which baggage we wrote, so that egress can tell whether the application
+        // changed it since (and only then pays for merging it). Holding the context keeps that
+        // baggage alive, so its address cannot be reused by other baggage meanwhile.
+        cx.with_value(Attached {
+            context: self.clone(),
+            mirror: cx.clone(),
+        })
+    }
+
+    /// The OpenTelemetry baggage for this context: the members of `inherited` that are not ours,
+    /// then ours, then the foreign members.
+    fn mirror(&self, inherited: &Baggage) -> Baggage {
         let mut baggage = Baggage::new();
-        for (key, (value, meta)) in cx.baggage() {
+        for (key, (value, meta)) in inherited {
             if !codec::in_namespace(key.as_str()) {
                 let _ = baggage.insert_with_metadata(key.clone(), value.clone(), meta.clone());
             }
@@ -130,14 +151,33 @@ impl SandboxContext {
                 member.properties.unwrap_or_default().to_owned(),
             );
         }
-        let cx = cx.with_baggage(baggage);
-        // Remember which baggage we wrote, so that egress can tell whether the application
-        // changed it since (and only then pays for merging it). Holding the context keeps that
-        // baggage alive, so its address cannot be reused by other baggage meanwhile.
-        cx.with_value(Attached {
-            context: self.clone(),
-            mirror: cx.clone(),
-        })
+        baggage
+    }
+
+    /// Whether `baggage` holds exactly what [`mirror`](Self::mirror) would build from it: our
+    /// members with these values and nothing else (only checked when there are no foreign
+    /// members, the common case).
+    fn is_mirrored_by(&self, baggage: &Baggage) -> bool {
+        let Some(sandbox) = &self.sandbox else {
+            return false;
+        };
+        if !self.foreign.is_empty() {
+            return false;
+        }
+        let expected =
+            1 + usize::from(sandbox.actor().is_some()) + usize::from(sandbox.origin().is_some());
+        // Keys are unique, so the right count of matching entries is an exact match. A walk
+        // over a few entries costs less than hashing each key for a lookup.
+        baggage.len() == expected
+            && baggage.iter().all(|(key, (value, meta))| {
+                let ours = match key.as_str() {
+                    codec::SANDBOX => Some(sandbox.key().as_str()),
+                    codec::ACTOR => sandbox.actor(),
+                    codec::ORIGIN => sandbox.origin(),
+                    _ => None,
+                };
+                ours == Some(value.as_str()) && meta.as_str().is_empty()
+            })
     }
 
     /// The foreign members to send onward from `cx`: ours, plus any member the application
@@ -290,4 +330,63 @@ where
     F::Output: Send + 'static,
 {
     tokio::spawn(future.in_current_sandbox())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(cx: &Context) -> Vec<(String, String, String)> {
+        let mut members: Vec<_> = cx
+            .baggage()
+            .iter()
+            .map(|(k, (v, m))| (k.to_string(), v.to_string(), m.as_str().to_owned()))
+            .collect();
+        members.sort();
+        members
+    }
+
+    #[test]
+    fn a_mirror_already_in_place_is_kept_and_any_other_is_rebuilt() {
+        let pr42 = || {
+            Sandbox::builder("pr-42")
+                .unwrap()
+                .actor("alice")
+                .unwrap()
+                .build()
+        };
+        let outer = SandboxContext::new(pr42()).attach_to(&Context::new());
+        let fresh = SandboxContext::new(pr42()).attach_to(&Context::new());
+
+        // The same sandbox nested in its own context: the very same baggage.
+        let nested = SandboxContext::new(pr42()).attach_to(&outer);
+        assert!(std::ptr::eq(nested.baggage(), outer.baggage()));
+        assert_eq!(members(&nested), members(&fresh));
+        assert!(matches!(
+            SandboxContext::outbound_foreign(&nested),
+            std::borrow::Cow::Borrowed(_)
+        ));
+
+        // Another actor, a missing actor, or foreign members: built anew.
+        let bob = Sandbox::builder("pr-42")
+            .unwrap()
+            .actor("bob")
+            .unwrap()
+            .build();
+        let keyed = Sandbox::new("pr-42".parse().unwrap());
+        let foreign = ForeignMembers::from_raw_members(["userId=7"]);
+        for context in [
+            SandboxContext::new(bob),
+            SandboxContext::new(keyed),
+            SandboxContext::new(pr42()).with_foreign(foreign),
+        ] {
+            let cx = context.attach_to(&outer);
+            assert!(!std::ptr::eq(cx.baggage(), outer.baggage()));
+            assert_eq!(
+                members(&cx),
+                members(&context.attach_to(&Context::new())),
+                "{context:?}"
+            );
+        }
+    }
 }

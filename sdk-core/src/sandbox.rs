@@ -186,7 +186,13 @@ pub(crate) fn validate_label(field: &'static str, value: &str) -> Result<(), Lab
             len: value.len(),
         });
     }
-    if value.chars().any(char::is_control) {
+    // ASCII needs no decoding; `char::is_control` is C0, DEL and C1 (only outside ASCII).
+    let control = if value.is_ascii() {
+        value.bytes().any(|b| b.is_ascii_control())
+    } else {
+        value.chars().any(char::is_control)
+    };
+    if control {
         return Err(LabelError::ControlCharacter { field });
     }
     Ok(())
@@ -268,6 +274,14 @@ impl Sandbox {
             }
             .build(),
         }
+    }
+
+    /// Whether this is the sandbox with exactly these fields and no expiry.
+    pub(crate) fn is_exactly(&self, key: &str, actor: Option<&str>, origin: Option<&str>) -> bool {
+        self.0.key.as_str() == key
+            && self.actor() == actor
+            && self.origin() == origin
+            && self.0.expires_at.is_none()
     }
 
     pub(crate) fn encoded_members(&self, encode: impl FnOnce(&Sandbox) -> Box<str>) -> &str {

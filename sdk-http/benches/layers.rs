@@ -52,6 +52,30 @@ fn layers(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| stacked.clone().oneshot(black_box(request())))
     });
+    // The server layer alone, for a sandboxed request reaching a service with no context yet
+    // (an ingress): the OpenTelemetry baggage mirror is built from scratch. Its baseline is the
+    // bare service given the same tagged request.
+    let tagged = || {
+        Request::get("http://orders/x")
+            .header(
+                "baggage",
+                "prodbox.sandbox=pr-42,prodbox.actor=alice,prodbox.origin=pr-123",
+            )
+            .body(())
+            .unwrap()
+    };
+    group.bench_function("bare_tagged_request", |b| {
+        let svc = bare();
+        b.to_async(&rt)
+            .iter(|| svc.clone().oneshot(black_box(tagged())))
+    });
+    let server = ServiceBuilder::new()
+        .layer(SandboxLayer::new(TrustPolicy::accept()))
+        .service(bare());
+    group.bench_function("server_layer_sandboxed_empty_context", |b| {
+        b.to_async(&rt)
+            .iter(|| server.clone().oneshot(black_box(tagged())))
+    });
     // A sandboxed request inside a service that is itself handling a sandboxed request: the
     // context is attached once, as the server layer of this service would have done.
     let _guard = SandboxContext::new(sandbox())

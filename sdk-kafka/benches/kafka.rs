@@ -236,6 +236,39 @@ fn throughput(c: &mut Criterion) {
         })
     });
 
+    // What an at-least-once service must do with a raw consumer: store each offset once the
+    // message is handled, for rdkafka to commit (the settings `SandboxConsumer` uses).
+    group.bench_function("raw_stream_consumer_storing_offsets", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let topic = topic.clone();
+            let group_id = group_id.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let consumer: StreamConsumer = client_config()
+                        .set("group.id", group_id())
+                        .set("auto.offset.reset", "earliest")
+                        .set("enable.auto.commit", "true")
+                        .set("enable.auto.offset.store", "false")
+                        .create()
+                        .unwrap();
+                    consumer.subscribe(&[&topic]).unwrap();
+                    let progress = Progress::default();
+                    loop {
+                        let message = consumer.recv().await.unwrap();
+                        let done = progress.saw(black_box(message.payload().unwrap_or_default()));
+                        consumer.store_offset_from_message(&message).unwrap();
+                        if done {
+                            break;
+                        }
+                    }
+                    total += progress.elapsed();
+                }
+                total
+            }
+        })
+    });
+
     group.bench_function("sandbox_consumer_baseline_50pct_skipped", |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let topic = topic.clone();

@@ -9,7 +9,7 @@ use prodbox_core::directory::Directory;
 use prodbox_core::{SandboxContext, SandboxKey};
 use rdkafka::message::Headers;
 
-use crate::headers::HeaderReader;
+use crate::headers::HeaderSnapshot;
 
 /// What a consumer is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,27 +116,26 @@ impl Filter {
 
     /// Decides what happens to a message with `headers` at `now`.
     pub fn decide<H: Headers + ?Sized>(&self, headers: Option<&H>, now: SystemTime) -> Verdict {
-        let extracted = match headers {
-            Some(headers) => match readable(|| self.codec.extract(&HeaderReader(headers))) {
-                Some(Ok(extracted)) => extracted,
-                Some(Err(error)) => return self.malformed(&HeaderReader(headers), error),
-                // A header name that is not UTF-8: rdkafka cannot even list the headers.
-                None => {
-                    let error = BaggageError::InvalidUtf8 {
-                        carrier: "a header name".to_owned(),
-                    };
-                    return match &self.role {
-                        Role::Baseline { .. } => Verdict::DeadLetter(error),
-                        Role::Sandbox { .. } => skip("malformed_left_to_baseline", None),
-                    };
-                }
-            },
-            None => {
-                return match &self.role {
-                    Role::Baseline { .. } => Verdict::Process(None),
-                    Role::Sandbox { .. } => skip("untagged", None),
-                };
-            }
+        let Some(headers) = headers else {
+            return match &self.role {
+                Role::Baseline { .. } => Verdict::Process(None),
+                Role::Sandbox { .. } => skip("untagged", None),
+            };
+        };
+        let mut snapshot = HeaderSnapshot::new();
+        if readable(|| snapshot.read(headers)).is_none() {
+            // A header name that is not UTF-8: rdkafka cannot even list the headers.
+            let error = BaggageError::InvalidUtf8 {
+                carrier: "a header name".to_owned(),
+            };
+            return match &self.role {
+                Role::Baseline { .. } => Verdict::DeadLetter(error),
+                Role::Sandbox { .. } => skip("malformed_left_to_baseline", None),
+            };
+        }
+        let extracted = match self.codec.extract(&snapshot) {
+            Ok(extracted) => extracted,
+            Err(error) => return self.malformed(&snapshot, error),
         };
         let foreign = extracted.foreign().clone();
         let Some(sandbox) = extracted.sandbox() else {
@@ -182,11 +181,7 @@ impl Filter {
     /// production handles it (as HTTP and gRPC ingresses do). Otherwise the baseline consumer
     /// dead-letters it, and sandbox consumers leave it to the baseline, so that it is
     /// dead-lettered once, not once per consumer group.
-    fn malformed<H: Headers + ?Sized>(
-        &self,
-        headers: &HeaderReader<'_, H>,
-        error: BaggageError,
-    ) -> Verdict {
+    fn malformed(&self, headers: &HeaderSnapshot<'_>, error: BaggageError) -> Verdict {
         match (&self.role, self.codec.mentions_ours(headers)) {
             (Role::Baseline { .. }, false) => Verdict::Process(None),
             (Role::Sandbox { .. }, false) => skip("untagged", None),

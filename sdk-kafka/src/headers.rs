@@ -12,10 +12,9 @@ impl<H: Headers + ?Sized> Carrier for HeaderReader<'_, H> {
     where
         Self: 'a,
     {
-        let name = name.to_owned();
         (0..self.0.count())
             .filter_map(|i| self.0.try_get(i))
-            .filter(move |h| h.key.eq_ignore_ascii_case(&name))
+            .filter(move |h| h.key.eq_ignore_ascii_case(name))
             .filter_map(|h| h.value)
     }
 
@@ -23,6 +22,72 @@ impl<H: Headers + ?Sized> Carrier for HeaderReader<'_, H> {
         (0..self.0.count())
             .filter_map(|i| self.0.try_get(i))
             .map(|h| h.key)
+    }
+}
+
+/// Headers of up to this many entries are read onto the stack.
+const INLINE: usize = 16;
+
+type Entry<'a> = (&'a str, Option<&'a [u8]>);
+
+/// A message's headers, read once. rdkafka reads each header through its C API (a call, a
+/// `strlen` and a UTF-8 check), and the codec looks at them more than once (the `baggage`
+/// values, then every name for legacy carriers).
+pub(crate) struct HeaderSnapshot<'a> {
+    inline: [Entry<'a>; INLINE],
+    len: usize,
+    /// All of them instead, when there are more than fit inline.
+    spilled: Vec<Entry<'a>>,
+}
+
+impl<'a> HeaderSnapshot<'a> {
+    pub(crate) fn new() -> Self {
+        Self {
+            inline: [("", None); INLINE],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    /// Reads `headers` into this (empty) snapshot, which is filled in place rather than returned:
+    /// it is a few hundred bytes. rdkafka panics on a name that is not UTF-8: call it inside
+    /// [`readable`](crate::filter::readable).
+    pub(crate) fn read<H: Headers + ?Sized>(&mut self, headers: &'a H) {
+        let count = headers.count();
+        let entries = (0..count)
+            .filter_map(|i| headers.try_get(i))
+            .map(|h| (h.key, h.value));
+        if count > INLINE {
+            self.spilled = entries.collect();
+        } else {
+            for (slot, entry) in self.inline.iter_mut().zip(entries) {
+                *slot = entry;
+                self.len += 1;
+            }
+        }
+    }
+
+    fn entries(&self) -> &[Entry<'a>] {
+        match self.inline.get(..self.len) {
+            Some(inline) if self.spilled.is_empty() => inline,
+            _ => &self.spilled,
+        }
+    }
+}
+
+impl Carrier for HeaderSnapshot<'_> {
+    fn get_all<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]>
+    where
+        Self: 'a,
+    {
+        self.entries()
+            .iter()
+            .filter(move |(key, _)| key.eq_ignore_ascii_case(name))
+            .filter_map(|(_, value)| *value)
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries().iter().map(|(key, _)| *key)
     }
 }
 

@@ -69,9 +69,16 @@ mod http_impl {
         where
             Self: 'a,
         {
-            HeaderMap::get_all(self, name)
-                .into_iter()
-                .map(HeaderValue::as_bytes)
+            let values = if name == crate::codec::BAGGAGE {
+                // The header read on every request: a prebuilt name skips parsing it.
+                HeaderMap::get_all(
+                    self,
+                    const { HeaderName::from_static(crate::codec::BAGGAGE) },
+                )
+            } else {
+                HeaderMap::get_all(self, name)
+            };
+            values.into_iter().map(HeaderValue::as_bytes)
         }
 
         fn names(&self) -> impl Iterator<Item = &str> {
@@ -83,7 +90,7 @@ mod http_impl {
         fn set(&mut self, name: &str, value: String) -> Result<(), InvalidHeader> {
             let header = if name == crate::codec::BAGGAGE {
                 // The header written on every call: skip parsing its name.
-                Ok(HeaderName::from_static(crate::codec::BAGGAGE))
+                Ok(const { HeaderName::from_static(crate::codec::BAGGAGE) })
             } else {
                 HeaderName::from_bytes(name.as_bytes())
             };

@@ -43,6 +43,7 @@
 //! a second `=` (OpenTelemetry Rust's `BaggagePropagator` does) still read it whole.
 
 mod carrier;
+mod interned;
 
 pub use carrier::{Carrier, CarrierMut, InvalidHeader};
 
@@ -253,8 +254,7 @@ impl Codec {
         let mut claims = Claims::default();
         let mut bytes = 0usize;
         let mut members = 0usize;
-        let mut foreign = String::new();
-        let mut foreign_count = 0usize;
+        let mut foreign = ForeignBuilder::default();
 
         for value in carrier.get_all(BAGGAGE) {
             bytes += value.len() + usize::from(bytes > 0);
@@ -265,11 +265,7 @@ impl Codec {
                 });
             }
             let text = check_text(BAGGAGE, value)?;
-            for raw in text.split(',') {
-                let raw = trim_ows(raw);
-                if raw.is_empty() {
-                    continue;
-                }
+            for raw in list_members(text) {
                 let index = members;
                 members += 1;
                 if members > cfg.max_members {
@@ -283,13 +279,9 @@ impl Codec {
                     Class::Ours(slot) => claims.put(slot, member.value, BAGGAGE)?,
                     Class::OtherOfOurs => {
                         claims.seen = true;
-                        push_member(&mut foreign, raw);
-                        foreign_count += 1;
+                        foreign.push(raw);
                     }
-                    Class::Foreign => {
-                        push_member(&mut foreign, raw);
-                        foreign_count += 1;
-                    }
+                    Class::Foreign => foreign.push(raw),
                 }
             }
         }
@@ -328,10 +320,18 @@ impl Codec {
             }
         }
 
-        claims.finish(ForeignMembers::new(foreign, foreign_count))
+        claims.finish(foreign.finish())
     }
 
     fn classify(&self, key: &str) -> Result<Class, BaggageError> {
+        // Our members as we write them: the common case, decided by one comparison each.
+        match key {
+            SANDBOX => return Ok(Class::Ours(Slot::Key)),
+            ACTOR => return Ok(Class::Ours(Slot::Actor)),
+            ORIGIN => return Ok(Class::Ours(Slot::Origin)),
+            TOKEN => return Ok(Class::Ours(Slot::Token)),
+            _ => {}
+        }
         let Some(rest) = strip_prefix_ignore_case(key, NAMESPACE) else {
             // Most members are not ours: only the aliases are left to check.
             if self
@@ -451,10 +451,7 @@ impl Codec {
         let mut index = 0;
         for value in existing {
             let text = check_text(BAGGAGE, value)?;
-            for raw in text.split(',').map(trim_ows) {
-                if raw.is_empty() {
-                    continue;
-                }
+            for raw in list_members(text) {
                 let member = Member::parse(raw)
                     .map_err(|reason| BaggageError::MalformedMember { index, reason })?;
                 index += 1;
@@ -539,10 +536,7 @@ impl Codec {
                 unparsable = true;
                 break;
             };
-            for raw in text.split(',').map(trim_ows) {
-                if raw.is_empty() {
-                    continue;
-                }
+            for raw in list_members(text) {
                 match Member::parse(raw) {
                     Ok(member) if !self.is_ours(member.key) => push_member(&mut kept, raw),
                     Ok(_) => changed = true,
@@ -654,8 +648,77 @@ fn check_text<'a>(carrier: &str, value: &'a [u8]) -> Result<&'a str, BaggageErro
     })
 }
 
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// `s` without surrounding spaces and tabs. Byte loops rather than `char` patterns: members are
+/// short, and the general-purpose searchers cost more than the scan. Both bytes are ASCII, so the
+/// ends found are character boundaries.
 fn trim_ows(s: &str) -> &str {
-    s.trim_matches([' ', '\t'])
+    let bytes = s.as_bytes();
+    let Some(start) = bytes.iter().position(|&b| !is_ows(b)) else {
+        return "";
+    };
+    let end = bytes
+        .iter()
+        .rposition(|&b| !is_ows(b))
+        .map_or(start, |i| i + 1);
+    s.get(start..end).unwrap_or_default()
+}
+
+/// `s` split around the first ASCII byte `sep` (a character boundary on both sides).
+fn split_once_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
+    let at = find_either(s.as_bytes(), sep, sep)?;
+    Some((s.get(..at)?, s.get(at + 1..)?))
+}
+
+/// Position of the first byte equal to `a` or `b`, eight bytes at a time (members are short:
+/// `memchr`'s set-up costs more than it saves, and a byte loop branches on every byte).
+fn find_either(bytes: &[u8], a: u8, b: u8) -> Option<usize> {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // The high bit of each byte of `x` that is zero, and of no other (no carry crosses bytes).
+    let zero_bytes = |x: u64| !((((x & LOW7) + LOW7) | x) | LOW7);
+    let (a_word, b_word) = (ONES * u64::from(a), ONES * u64::from(b));
+    let mut chunks = bytes.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let hits = zero_bytes(word ^ a_word) | zero_bytes(word ^ b_word);
+        if hits != 0 {
+            return Some(base + (hits.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    let tail = chunks.remainder().iter().position(|&x| x == a || x == b)?;
+    Some(base + tail)
+}
+
+/// The comma-separated list-members of `text`, trimmed, empty ones skipped.
+fn list_members(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        loop {
+            let current = rest?;
+            let member = match split_once_byte(current, b',') {
+                Some((member, tail)) => {
+                    rest = Some(tail);
+                    member
+                }
+                None => {
+                    rest = None;
+                    current
+                }
+            };
+            let member = trim_ows(member);
+            if !member.is_empty() {
+                return Some(member);
+            }
+        }
+    })
 }
 
 /// RFC 7230 `tchar`, as a table: keys are checked byte by byte on every message.
@@ -705,22 +768,30 @@ pub struct Member<'a> {
 impl<'a> Member<'a> {
     /// Parses one list-member (without surrounding commas).
     pub fn parse(raw: &'a str) -> Result<Self, &'static str> {
-        let (pair, properties) = match raw.split_once(';') {
-            Some((pair, props)) => (pair, Some(trim_ows(props))),
-            None => (raw, None),
+        // The first `;` ends the pair, and the first `=` before it ends the key.
+        let bytes = raw.as_bytes();
+        let (eq, semicolon) = match find_either(bytes, b'=', b';') {
+            Some(at) if bytes.get(at) == Some(&b'=') => {
+                let after = bytes.get(at + 1..).unwrap_or_default();
+                (Some(at), find_either(after, b';', b';').map(|i| at + 1 + i))
+            }
+            found => (None, found),
         };
-        let (key, value) = pair.split_once('=').ok_or("missing '='")?;
-        let key = trim_ows(key);
+        // Both separators are ASCII, so every cut below is on a character boundary.
+        let pair_end = semicolon.unwrap_or(raw.len());
+        let eq = eq.ok_or("missing '='")?;
+        let key = trim_ows(raw.get(..eq).unwrap_or_default());
         if key.is_empty() {
             return Err("empty key");
         }
-        if !key.bytes().all(is_tchar) {
+        // Branch-free: keys are almost always valid, and checked on every message.
+        if !key.bytes().fold(true, |ok, b| ok & is_tchar(b)) {
             return Err("key is not a token");
         }
         Ok(Member {
             key,
-            value: trim_ows(value),
-            properties,
+            value: trim_ows(raw.get(eq + 1..pair_end).unwrap_or_default()),
+            properties: semicolon.map(|at| trim_ows(raw.get(at + 1..).unwrap_or_default())),
         })
     }
 
@@ -795,6 +866,41 @@ impl ForeignMembers {
     }
 }
 
+/// Collects the foreign members of one message: the common single member is shared straight
+/// from the header text, without joining it into a string first.
+#[derive(Default)]
+struct ForeignBuilder<'a> {
+    first: &'a str,
+    joined: String,
+    count: usize,
+}
+
+impl<'a> ForeignBuilder<'a> {
+    fn push(&mut self, raw: &'a str) {
+        match self.count {
+            0 => self.first = raw,
+            1 => {
+                push_member(&mut self.joined, self.first);
+                push_member(&mut self.joined, raw);
+            }
+            _ => push_member(&mut self.joined, raw),
+        }
+        self.count += 1;
+    }
+
+    fn finish(self) -> ForeignMembers {
+        let raw: Option<Arc<str>> = match self.count {
+            0 => None,
+            1 => Some(Arc::from(self.first)),
+            _ => Some(Arc::from(self.joined)),
+        };
+        ForeignMembers {
+            raw: raw.filter(|raw| !raw.is_empty()),
+            count: self.count,
+        }
+    }
+}
+
 enum Class {
     Ours(Slot),
     OtherOfOurs,
@@ -830,7 +936,7 @@ impl<'a> Claims<'a> {
     fn put(&mut self, slot: Slot, encoded: &'a str, carrier: &'a str) -> Result<(), BaggageError> {
         self.seen = true;
         // Most values need no decoding: skip the decoder (and its second UTF-8 check).
-        let value = if encoded.as_bytes().contains(&b'%') {
+        let value = if find_either(encoded.as_bytes(), b'%', b'%').is_some() {
             percent_decode_str(encoded).decode_utf8().map_err(|_| {
                 BaggageError::InvalidPercentEncoding {
                     member: slot.name(),
@@ -858,27 +964,38 @@ impl<'a> Claims<'a> {
 
     fn finish(self, foreign: ForeignMembers) -> Result<Extracted, BaggageError> {
         let [key, actor, origin, token] = self.values;
-        for (field, value) in [("actor", &actor), ("origin", &origin)] {
-            if let Some((value, _)) = value {
-                validate_label(field, value)?;
+        let actor = actor.as_ref().map(|(value, _)| &**value);
+        let origin = origin.as_ref().map(|(value, _)| &**value);
+        let validate_labels = || {
+            for (field, value) in [("actor", actor), ("origin", origin)] {
+                if let Some(value) = value {
+                    validate_label(field, value)?;
+                }
             }
-        }
-        let sandbox = key
-            .map(|(value, carrier)| {
-                let key = SandboxKey::new(&value).map_err(|source| BaggageError::InvalidKey {
-                    carrier: carrier.to_owned(),
+            Ok::<_, BaggageError>(())
+        };
+        let sandbox = match &key {
+            None => {
+                validate_labels()?;
+                None
+            }
+            // A sandbox seen before is taken from the cache: the same strings validate the same.
+            Some((value, carrier)) => Some(interned::sandbox(value, actor, origin, || {
+                validate_labels()?;
+                let key = SandboxKey::new(value).map_err(|source| BaggageError::InvalidKey {
+                    carrier: (*carrier).to_owned(),
                     source,
                 })?;
                 let mut builder = SandboxBuilder::from_key(key);
-                if let Some((actor, _)) = &actor {
+                if let Some(actor) = actor {
                     builder = builder.actor(actor)?;
                 }
-                if let Some((origin, _)) = &origin {
+                if let Some(origin) = origin {
                     builder = builder.origin(origin)?;
                 }
                 Ok::<_, BaggageError>(builder.build())
-            })
-            .transpose()?;
+            })?),
+        };
         Ok(Extracted {
             claimed: self.seen,
             sandbox,
@@ -939,5 +1056,53 @@ impl Extracted {
     /// The claimed sandbox, as sent (unverified): key, actor and origin.
     pub fn sandbox(&self) -> Option<Sandbox> {
         self.sandbox.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_either_agrees_with_a_byte_loop() {
+        let text = "ab=c;d,e%f\u{e9}=\u{80}x;;,,%\u{7f}\u{100}=";
+        for start in 0..text.len() {
+            let bytes = &text.as_bytes()[start..];
+            for (a, b) in [
+                (b'=', b';'),
+                (b',', b','),
+                (b'%', b'%'),
+                (0xc3, 0x80),
+                (0, 0xff),
+            ] {
+                let naive = bytes.iter().position(|&x| x == a || x == b);
+                assert_eq!(find_either(bytes, a, b), naive, "{start} {a} {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn members_split_and_trim_like_str_methods() {
+        let text = " a=1 ,\t,b = 2;p ; q,, c=3=4 ;x=y,";
+        let ours: Vec<&str> = list_members(text).collect();
+        let std: Vec<&str> = text
+            .split(',')
+            .map(|m| m.trim_matches([' ', '\t']))
+            .filter(|m| !m.is_empty())
+            .collect();
+        assert_eq!(ours, std);
+        let member = Member::parse("b = 2;p ; q").unwrap();
+        assert_eq!(
+            (member.key, member.value, member.properties),
+            ("b", "2", Some("p ; q"))
+        );
+        let member = Member::parse("c=3=4 ;x=y").unwrap();
+        assert_eq!(
+            (member.key, member.value, member.properties),
+            ("c", "3=4", Some("x=y"))
+        );
+        assert_eq!(Member::parse("a;b=c"), Err("missing '='"));
+        assert_eq!(Member::parse(" =c"), Err("empty key"));
+        assert_eq!(Member::parse("a b=c"), Err("key is not a token"));
     }
 }
