@@ -19,6 +19,7 @@
 //! ```
 #![doc = include_str!("../DESIGN.md")]
 
+pub mod directory;
 mod error;
 pub mod names;
 mod pool;

@@ -8,9 +8,9 @@
 //! the baseline channel of one service and opens (lazily, once per address) a channel to each
 //! fork the directory names for that service.
 //!
-//! Routing may fall back to the baseline channel (no fork, sandbox disabled or expired, or a
-//! fork address that is not a plain `http://` address: this build has no TLS; the last two are
-//! audited). It never weakens data isolation: the call still carries its sandbox context, and
+//! Routing may fall back to the baseline channel (no fork, sandbox disabled or expired, a stale
+//! directory, or a fork address that is not a plain `http://` address: this build has no TLS;
+//! all but the first are audited). It never weakens data isolation: the call still carries its sandbox context, and
 //! a call routed to a fork gets the context written into its metadata by the router itself, so
 //! a fork never takes it for production even without the client layer. Fork channels are opened
 //! lazily, once per address; past 256, those no sandbox lists any more are closed.
@@ -94,6 +94,18 @@ impl ForkRouter {
     fn channel_for(&self, sandbox: &Sandbox) -> Option<Channel> {
         let entry = self.directory.get(sandbox.key())?;
         let address = entry.fork_of(&self.service)?;
+        if self.directory.is_stale() {
+            self.egress.audit(
+                sandbox,
+                Decision::Fallback,
+                "fallback_directory_stale",
+                &format_args!(
+                    "directory is stale; {} not routed to its fork",
+                    self.service
+                ),
+            );
+            return None;
+        }
         if entry.disabled || entry.is_expired_at(SystemTime::now()) {
             self.egress.audit(
                 sandbox,

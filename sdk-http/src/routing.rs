@@ -6,8 +6,8 @@
 //! `billing`), or an explicit authority map. A fork address replaces the URI's scheme and
 //! authority; path and query stay.
 //!
-//! Routing may fall back to the baseline service (unknown, disabled or expired sandbox, or a fork
-//! address that does not parse); that fallback is audited. It never weakens data isolation: the
+//! Routing may fall back to the baseline service (unknown, disabled or expired sandbox, a stale
+//! directory, or a fork address that does not parse); that fallback is audited. It never weakens data isolation: the
 //! request still carries its sandbox context, so the baseline service isolates its effects.
 //!
 //! # Example
@@ -167,6 +167,15 @@ impl ForkRoutingLayer {
         let Some(fork) = entry.fork_of(service) else {
             return;
         };
+        if self.directory.is_stale() {
+            crate::client::egress().audit(
+                sandbox,
+                Decision::Fallback,
+                "fallback_directory_stale",
+                &format_args!("directory is stale; {service} not routed to its fork"),
+            );
+            return;
+        }
         if entry.disabled || entry.is_expired_at(SystemTime::now()) {
             crate::client::egress().audit(
                 sandbox,
@@ -231,5 +240,46 @@ mod tests {
         assert_eq!(name("http://10.0.0.9:8080/x").as_deref(), Some("billing"));
         assert_eq!(name("http://10.0.0.10:8080/x"), None);
         assert_eq!(name("/relative"), None);
+    }
+
+    /// A directory whose source went away longer than its staleness bound.
+    struct Stale(MemoryDirectory);
+
+    impl Directory for Stale {
+        fn get(
+            &self,
+            key: &prodbox_core::SandboxKey,
+        ) -> Option<Arc<prodbox_core::directory::SandboxEntry>> {
+            self.0.get(key)
+        }
+        fn entries(&self) -> Vec<Arc<prodbox_core::directory::SandboxEntry>> {
+            self.0.entries()
+        }
+        fn is_stale(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_stale_directory_routes_to_baseline() {
+        use prodbox_core::directory::SandboxEntry;
+        let directory = MemoryDirectory::new();
+        directory.upsert(
+            SandboxEntry::new("pr-42".parse().unwrap()).fork("billing", "http://127.0.0.1:9001"),
+        );
+        let sandbox = prodbox_core::Sandbox::new("pr-42".parse().unwrap());
+        let request = || {
+            Request::get("http://billing:8080/invoices")
+                .body(())
+                .unwrap()
+        };
+
+        let mut fresh = request();
+        ForkRoutingLayer::new(directory.clone()).route(&sandbox, &mut fresh);
+        assert_eq!(fresh.uri(), "http://127.0.0.1:9001/invoices");
+
+        let mut stale = request();
+        ForkRoutingLayer::new(Stale(directory)).route(&sandbox, &mut stale);
+        assert_eq!(stale.uri(), "http://billing:8080/invoices");
     }
 }

@@ -38,7 +38,8 @@
 //! offset at or after the sandbox's creation time (`offsets_for_times`), so messages produced
 //! between the sandbox's creation and the consumer's start are not missed.
 //!
-//! Neither kind consumes before its directory has synced once.
+//! Neither kind consumes before its directory has synced once, and both pause (committing
+//! nothing) while the directory reports itself [stale](prodbox_core::directory::Directory::is_stale).
 
 use std::fmt::Display;
 use std::future::Future;
@@ -307,6 +308,21 @@ impl SandboxConsumer {
                     continue;
                 }
             };
+            // A stale directory may not know a fork created meanwhile: hold the message (its
+            // offset unstored) until the directory is fresh again.
+            if self.filter.directory().is_stale() {
+                tracing::warn!(target: "prodbox::kafka", source = %Source(&message), "directory is stale; pausing until it is fresh");
+                let fresh = async {
+                    while self.filter.directory().is_stale() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = fresh => {}
+                }
+            }
             self.handle(&message, &mut handler).await?;
             if let Err(error) = self.consumer.store_offset_from_message(&message) {
                 // The partition moved to another member meanwhile: it re-delivers the message.

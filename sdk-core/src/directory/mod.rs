@@ -45,6 +45,15 @@ pub trait Directory: Send + Sync + 'static {
     fn is_synced(&self) -> bool {
         true
     }
+
+    /// Whether the snapshot may be out of date: the directory lost its source for longer than
+    /// its documented staleness bound. Lookups still answer from the last snapshot (expiry is
+    /// checked against the clock either way); routing layers then fall back to baseline code
+    /// and the Kafka consumer pauses, while sandboxed requests keep their context, so data
+    /// isolation never depends on freshness.
+    fn is_stale(&self) -> bool {
+        false
+    }
 }
 
 impl<D: Directory + ?Sized> Directory for Arc<D> {
@@ -56,6 +65,9 @@ impl<D: Directory + ?Sized> Directory for Arc<D> {
     }
     fn is_synced(&self) -> bool {
         (**self).is_synced()
+    }
+    fn is_stale(&self) -> bool {
+        (**self).is_stale()
     }
 }
 

@@ -1,9 +1,9 @@
-//! Helpers shared by the broker tests: producing, running consumers, reading lag and topics.
+//! Helpers shared by the broker tests: producing and running consumers. Reading lag and topics
+//! back is `prodbox_testkit::kafka`'s (re-exported here).
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -11,17 +11,15 @@ use std::time::{Duration, Instant};
 
 use prodbox_core::{FutureExt, Sandbox};
 use prodbox_kafka::{SandboxConsumer, SandboxRecordExt};
+// Each test binary uses a different subset of these too.
 use prodbox_testkit::kafka::client_config;
+#[allow(unused_imports)]
+pub(crate) use prodbox_testkit::kafka::{assert_zero_lag, committed, ends, read_topic};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// Broker calls made from tests.
-pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// rdkafka settings for consumers under test: stored offsets are committed every 200 ms, so a
 /// running consumer's lag is visible soon.
@@ -210,157 +208,6 @@ pub(crate) async fn eventually(limit: Duration, mut check: impl FnMut() -> bool)
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Where each partition ends, from the delivery reports of everything produced to a topic:
-/// the offset after the last record, by partition.
-///
-/// The broker's own high watermark is not used: tansu 0.6 answers `ListOffsets(latest)` with
-/// the base offset of the newest record batch plus one, not the offset after its last record.
-pub(crate) fn ends<'a>(landed: impl IntoIterator<Item = &'a (i32, i64)>) -> BTreeMap<i32, i64> {
-    let mut ends = BTreeMap::new();
-    for (partition, offset) in landed {
-        let end = ends.entry(*partition).or_insert(0);
-        *end = (*end).max(offset + 1);
-    }
-    ends
-}
-
-/// `group`'s committed offset on each partition of `topic` (-1 where it has none).
-pub(crate) async fn committed(group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
-    let group = group.to_owned();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let reader: BaseConsumer = client_config()
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("an offset reader");
-        let mut list = TopicPartitionList::new();
-        for partition in 0..partitions {
-            list.add_partition(&topic, partition);
-        }
-        let committed = reader
-            .committed_offsets(list, TIMEOUT)
-            .expect("committed offsets");
-        (0..partitions)
-            .map(|partition| {
-                let offset = match committed
-                    .find_partition(&topic, partition)
-                    .map(|e| e.offset())
-                {
-                    Some(Offset::Offset(offset)) => offset,
-                    _ => -1,
-                };
-                (partition, offset)
-            })
-            .collect()
-    })
-    .await
-    .expect("offset reader did not panic")
-}
-
-/// Waits (30 s at most) until every group's committed offset is the end of every partition of
-/// `topic` (see [`ends`]; a partition nothing was produced to ends at 0, and a group without a
-/// committed offset there does not lag); panics with the last view otherwise.
-pub(crate) async fn assert_zero_lag(
-    groups: &[impl AsRef<str>],
-    topic: &str,
-    partitions: i32,
-    ends: &BTreeMap<i32, i64>,
-) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for group in groups {
-        let group = group.as_ref();
-        loop {
-            let committed = committed(group, topic, partitions).await;
-            let lagging: Vec<(i32, i64, i64)> = (0..partitions)
-                .map(|p| (p, committed[&p], ends.get(&p).copied().unwrap_or(0)))
-                .filter(|(_, committed, end)| committed != end && !(*end == 0 && *committed < 0))
-                .collect();
-            if lagging.is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "group {group} lags on {topic}: (partition, committed, end) {lagging:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-/// A record read back from a topic.
-#[derive(Debug, Clone)]
-pub(crate) struct Record {
-    pub(crate) partition: i32,
-    pub(crate) offset: i64,
-    pub(crate) key: Option<Vec<u8>>,
-    pub(crate) payload: Vec<u8>,
-    pub(crate) headers: Vec<(String, Option<Vec<u8>>)>,
-}
-
-impl Record {
-    /// The last value of header `name`, as text.
-    pub(crate) fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .rev()
-            .find(|(key, _)| key == name)
-            .and_then(|(_, value)| value.as_deref())
-            .map(|value| String::from_utf8_lossy(value).into_owned())
-    }
-}
-
-/// Reads partition 0..`partitions` of `topic` from the beginning with a plain consumer (no
-/// group commits) until `count` records arrived or `limit` passed.
-pub(crate) async fn read_topic(
-    topic: &str,
-    partitions: i32,
-    count: usize,
-    limit: Duration,
-) -> Vec<Record> {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let reader: BaseConsumer = client_config()
-            .set("group.id", format!("{topic}-reader"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("a reader");
-        let mut list = TopicPartitionList::new();
-        for partition in 0..partitions {
-            list.add_partition_offset(&topic, partition, Offset::Beginning)
-                .expect("partition");
-        }
-        reader.assign(&list).expect("assigned");
-        let mut records = Vec::new();
-        let deadline = Instant::now() + limit;
-        while records.len() < count && Instant::now() < deadline {
-            let Some(message) = reader.poll(Duration::from_millis(200)) else {
-                continue;
-            };
-            let message = message.expect("a record");
-            let headers = message
-                .headers()
-                .map(|headers| {
-                    (0..headers.count())
-                        .map(|i| headers.get(i))
-                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            records.push(Record {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().unwrap_or_default().to_vec(),
-                headers,
-            });
-        }
-        records
-    })
-    .await
-    .expect("reader did not panic")
 }
 
 /// What handlers saw: (consumer, payload, sandbox in context), in order.

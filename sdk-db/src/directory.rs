@@ -1,0 +1,733 @@
+//! The sandbox directory kept in PostgreSQL: a table every service reads, changed through
+//! [`DirectoryStore`] (or the `prodbox` command-line tool), with `LISTEN`/`NOTIFY` carrying
+//! each change to every [`PgDirectory`] at once. No server of our own, no polling.
+//!
+//! ```no_run
+//! use std::time::{Duration, SystemTime};
+//! use prodbox_core::directory::{Directory, SandboxEntry};
+//! use prodbox_db::directory::{DirectoryStore, PgDirectory};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pg = sqlx::PgPool::connect("postgres://127.0.0.1/shop").await?;
+//!
+//! // Every service: a live view, synced once before anything relies on it.
+//! let directory = PgDirectory::builder(&pg).start();
+//! directory.synced(Duration::from_secs(10)).await?;
+//!
+//! // An operator (or `prodbox sandbox create`): visible to every service within a second.
+//! let store = DirectoryStore::new(pg.clone());
+//! let mut entry = SandboxEntry::new("pr-42".parse()?).fork("billing", "http://10.0.0.5:8080");
+//! entry.expires_at = Some(SystemTime::now() + Duration::from_secs(2 * 3600));
+//! store.create(&entry).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Freshness
+//!
+//! A directory is *fresh* while its listening connection is alive: a heartbeat it sends to
+//! itself every [`heartbeat`](PgDirectoryBuilder::heartbeat) (2 s) proves that, so a
+//! half-open connection is noticed too. When the connection fails, it reconnects with
+//! backoff (100 ms doubling to 5 s) and reads the whole table again, since notifications sent
+//! meanwhile are lost. If it has not heard from the database for the
+//! [`staleness bound`](PgDirectoryBuilder::staleness_bound) (10 s by default), it reports
+//! [`is_stale`](Directory::is_stale) until it has resynced:
+//!
+//! - lookups keep answering from the last snapshot, and expiry is still checked against the
+//!   clock, so an expired sandbox is refused on time whatever the connection does;
+//! - routing layers send sandboxed requests to baseline code (with their context: their data
+//!   stays in the sandbox's schema);
+//! - the Kafka consumer filter pauses, without committing, until the directory is fresh.
+//!
+//! # Expiry
+//!
+//! Ingress and the Kafka filter refuse a sandbox the moment its `expires_at` passes, from the
+//! snapshot. The rows themselves are deleted by the directories that watch the table, a
+//! [`retention`](PgDirectoryBuilder::retention) (1 hour) after they expired; until then a late
+//! request is refused as *expired* rather than seen as unknown. No separate cleaner runs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prodbox_core::directory::{Directory, MemoryDirectory, SandboxEntry};
+use prodbox_core::{Sandbox, SandboxKey};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Executor, Row};
+use tokio::task::JoinHandle;
+
+/// The channel every change to the table is announced on; the payload is the sandbox key.
+pub const CHANNEL: &str = "prodbox_directory";
+
+/// The advisory lock schema provisioning takes around its catalogue DDL (class `"prod"`, key
+/// 0): both create the `prodbox` schema, and `CREATE SCHEMA IF NOT EXISTS` is not safe against
+/// a concurrent twin.
+const LOCK_CLASS: i32 = 0x7072_6f64;
+const DDL_LOCK: i32 = 0;
+
+const DDL: &str = r#"
+CREATE SCHEMA IF NOT EXISTS prodbox;
+REVOKE ALL ON SCHEMA prodbox FROM PUBLIC;
+CREATE TABLE IF NOT EXISTS prodbox.sandboxes (
+    key text PRIMARY KEY CHECK (key ~ '^[a-z0-9][a-z0-9-]{0,62}$'),
+    actor text,
+    origin text,
+    forks jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(forks) = 'object'),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz,
+    disabled boolean NOT NULL DEFAULT false,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE OR REPLACE FUNCTION prodbox.sandboxes_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        PERFORM pg_notify('prodbox_directory', OLD.key);
+    END IF;
+    IF TG_OP <> 'DELETE' AND (TG_OP = 'INSERT' OR NEW.key <> OLD.key) THEN
+        PERFORM pg_notify('prodbox_directory', NEW.key);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER sandboxes_notify
+    AFTER INSERT OR UPDATE OR DELETE ON prodbox.sandboxes
+    FOR EACH ROW EXECUTE FUNCTION prodbox.sandboxes_notify();
+"#;
+
+const COLUMNS: &str = "key, actor, origin, forks::text AS forks,
+    extract(epoch FROM created_at)::float8 AS created,
+    extract(epoch FROM expires_at)::float8 AS expires,
+    disabled";
+
+/// Why a directory operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A sandbox with this key is already registered.
+    #[error("sandbox {0} already exists")]
+    AlreadyExists(SandboxKey),
+    /// No sandbox with this key is registered.
+    #[error("sandbox {0} does not exist")]
+    NotFound(SandboxKey),
+    /// The entry is not valid (a fork address that is not an `http://` or `https://` URL, a
+    /// service name or label with characters that cannot travel in baggage).
+    #[error("invalid sandbox entry: {0}")]
+    Invalid(String),
+    /// The first sync did not finish in time.
+    #[error("the directory did not sync within {0:?}")]
+    NotSynced(Duration),
+    /// The database failed.
+    #[error("directory database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Creates the directory table, its notify trigger and the `prodbox` schema if missing.
+/// Idempotent and safe when several processes race.
+pub async fn ensure_table(pool: &PgPool) -> Result<(), sqlx::Error> {
+    // The DDL takes locks that block writers for a moment: skip it when all is in place.
+    let ready: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_trigger
+                        WHERE tgname = 'sandboxes_notify'
+                          AND tgrelid = to_regclass('prodbox.sandboxes'))",
+    )
+    .fetch_one(pool)
+    .await?;
+    if ready {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(LOCK_CLASS)
+        .bind(DDL_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    tx.execute(DDL).await?;
+    tx.commit().await
+}
+
+fn secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn time(secs: f64) -> SystemTime {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .and_then(|d| UNIX_EPOCH.checked_add(d))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+/// Checks what the table's constraints do not: labels that can travel in baggage and fork
+/// addresses a router can use.
+fn validate(entry: &SandboxEntry) -> Result<(), StoreError> {
+    let mut builder =
+        Sandbox::builder(entry.key.as_str()).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    if let Some(actor) = &entry.actor {
+        builder = builder
+            .actor(actor)
+            .map_err(|e| StoreError::Invalid(format!("actor: {e}")))?;
+    }
+    if let Some(origin) = &entry.origin {
+        builder = builder
+            .origin(origin)
+            .map_err(|e| StoreError::Invalid(format!("origin: {e}")))?;
+    }
+    drop(builder);
+    for (service, address) in &entry.forks {
+        validate_fork(service, address)?;
+    }
+    Ok(())
+}
+
+/// A service name (`billing`, `orders.v2`) and an absolute `http://` or `https://` address.
+pub fn validate_fork(service: &str, address: &str) -> Result<(), StoreError> {
+    let service_ok = !service.is_empty()
+        && service.len() <= 63
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if !service_ok {
+        return Err(StoreError::Invalid(format!(
+            "service name {service:?}: use 1 to 63 of a-z, 0-9, '-', '_', '.'"
+        )));
+    }
+    let uri: http::Uri = address
+        .parse()
+        .map_err(|e| StoreError::Invalid(format!("fork address {address:?}: {e}")))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let has_host = uri.host().is_some_and(|h| !h.is_empty());
+    let bare = uri.path_and_query().is_none_or(|p| p.as_str() == "/");
+    if !(scheme_ok && has_host && bare) {
+        return Err(StoreError::Invalid(format!(
+            "fork address {address:?}: expected http://host:port or https://host:port"
+        )));
+    }
+    Ok(())
+}
+
+fn entry_of(row: &PgRow) -> Result<SandboxEntry, String> {
+    let get_err = |e: sqlx::Error| e.to_string();
+    let key: String = row.try_get("key").map_err(get_err)?;
+    let key: SandboxKey = key.parse().map_err(|e| format!("key {key:?}: {e}"))?;
+    let forks: String = row.try_get("forks").map_err(get_err)?;
+    let forks: BTreeMap<String, String> =
+        serde_json::from_str(&forks).map_err(|e| format!("forks of {key}: {e}"))?;
+    let mut entry = SandboxEntry::new(key);
+    entry.actor = row.try_get("actor").map_err(get_err)?;
+    entry.origin = row.try_get("origin").map_err(get_err)?;
+    entry.forks = forks;
+    entry.created_at = Some(time(row.try_get("created").map_err(get_err)?));
+    entry.expires_at = row
+        .try_get::<Option<f64>, _>("expires")
+        .map_err(get_err)?
+        .map(time);
+    entry.disabled = row.try_get("disabled").map_err(get_err)?;
+    // A row edited by hand into something prodbox would not write is left out, loudly.
+    validate(&entry).map_err(|e| e.to_string())?;
+    Ok(entry)
+}
+
+fn entries_of(rows: &[PgRow]) -> Vec<SandboxEntry> {
+    rows.iter()
+        .filter_map(|row| match entry_of(row) {
+            Ok(entry) => Some(entry),
+            Err(error) => {
+                tracing::warn!(target: "prodbox::directory", %error, "ignoring an invalid directory row");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Reads and changes the directory table: what the `prodbox` tool and test harnesses use.
+/// Every change is announced to every [`PgDirectory`] by the table's trigger.
+#[derive(Clone, Debug)]
+pub struct DirectoryStore {
+    pool: PgPool,
+    table: Arc<tokio::sync::OnceCell<()>>,
+}
+
+impl DirectoryStore {
+    /// A store on `pool`. The table is created on first use.
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            table: Arc::default(),
+        }
+    }
+
+    async fn ready(&self) -> Result<(), sqlx::Error> {
+        self.table
+            .get_or_try_init(|| ensure_table(&self.pool))
+            .await
+            .map(drop)
+    }
+
+    /// Registers a new sandbox. `created_at` is the database's clock, whatever the entry says.
+    /// An expired entry of the same key (kept for its retention) is replaced; a live one is
+    /// [`AlreadyExists`](StoreError::AlreadyExists).
+    pub async fn create(&self, entry: &SandboxEntry) -> Result<SandboxEntry, StoreError> {
+        validate(entry)?;
+        self.ready().await?;
+        let forks =
+            serde_json::to_string(&entry.forks).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO prodbox.sandboxes (key, actor, origin, forks, expires_at, disabled)
+             VALUES ($1, $2, $3, $4::jsonb, to_timestamp($5), $6)
+             ON CONFLICT (key) DO UPDATE SET
+                 actor = EXCLUDED.actor, origin = EXCLUDED.origin, forks = EXCLUDED.forks,
+                 created_at = now(), expires_at = EXCLUDED.expires_at,
+                 disabled = EXCLUDED.disabled, updated_at = now()
+             WHERE sandboxes.expires_at <= now()
+             RETURNING {COLUMNS}"
+        )))
+        .bind(entry.key.as_str())
+        .bind(entry.actor.as_deref())
+        .bind(entry.origin.as_deref())
+        .bind(forks)
+        .bind(entry.expires_at.map(secs))
+        .bind(entry.disabled)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => entry_of(&row).map_err(StoreError::Invalid),
+            None => Err(StoreError::AlreadyExists(entry.key.clone())),
+        }
+    }
+
+    /// The entry for `key`.
+    pub async fn get(&self, key: &SandboxKey) -> Result<Option<SandboxEntry>, StoreError> {
+        self.ready().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM prodbox.sandboxes WHERE key = $1"
+        )))
+        .bind(key.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| entry_of(&row).map_err(StoreError::Invalid))
+            .transpose()
+    }
+
+    /// Every entry (expired ones included), by key.
+    pub async fn list(&self) -> Result<Vec<SandboxEntry>, StoreError> {
+        self.ready().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM prodbox.sandboxes ORDER BY key"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(entries_of(&rows))
+    }
+
+    /// Sets `key`'s expiry (`None`: never).
+    pub async fn set_expiry(
+        &self,
+        key: &SandboxKey,
+        expires_at: Option<SystemTime>,
+    ) -> Result<SandboxEntry, StoreError> {
+        self.update(key, "expires_at = to_timestamp($2)", |q| {
+            q.bind(expires_at.map(secs))
+        })
+        .await
+    }
+
+    /// Flips `key`'s kill switch.
+    pub async fn set_disabled(
+        &self,
+        key: &SandboxKey,
+        disabled: bool,
+    ) -> Result<SandboxEntry, StoreError> {
+        self.update(key, "disabled = $2", |q| q.bind(disabled))
+            .await
+    }
+
+    async fn update<'q>(
+        &self,
+        key: &'q SandboxKey,
+        set: &str,
+        bind: impl FnOnce(
+            sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        )
+            -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<SandboxEntry, StoreError> {
+        self.ready().await?;
+        let sql = format!(
+            "UPDATE prodbox.sandboxes SET {set}, updated_at = now() WHERE key = $1 RETURNING {COLUMNS}"
+        );
+        let query = bind(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(key.as_str()));
+        match query.fetch_optional(&self.pool).await? {
+            Some(row) => entry_of(&row).map_err(StoreError::Invalid),
+            None => Err(StoreError::NotFound(key.clone())),
+        }
+    }
+
+    /// Removes `key`; returns whether it existed.
+    pub async fn delete(&self, key: &SandboxKey) -> Result<bool, StoreError> {
+        self.ready().await?;
+        let done = sqlx::query("DELETE FROM prodbox.sandboxes WHERE key = $1")
+            .bind(key.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes rows that expired more than `retention` ago; returns how many.
+    pub async fn purge_expired(&self, retention: Duration) -> Result<u64, StoreError> {
+        self.ready().await?;
+        let done = sqlx::query(
+            "DELETE FROM prodbox.sandboxes
+             WHERE expires_at < now() - make_interval(secs => $1)",
+        )
+        .bind(retention.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Configures a [`PgDirectory`].
+#[derive(Debug, Clone)]
+pub struct PgDirectoryBuilder {
+    pool: PgPool,
+    heartbeat: Duration,
+    staleness_bound: Duration,
+    retention: Duration,
+}
+
+impl PgDirectoryBuilder {
+    /// How often the directory proves its connection alive (default 2 s). A connection silent
+    /// for three heartbeats is dropped and reopened.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How long the directory may go without hearing from the database before it reports
+    /// itself stale (default 10 s).
+    pub fn staleness_bound(mut self, bound: Duration) -> Self {
+        self.staleness_bound = bound;
+        self
+    }
+
+    /// How long after expiry a row is kept (default 1 hour), so a late request is refused as
+    /// expired rather than treated as unknown.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Starts watching on the current Tokio runtime and returns at once; the first sync
+    /// happens in the background ([`PgDirectory::synced`] waits for it). Watching stops when
+    /// the last clone of the directory is dropped.
+    pub fn start(self) -> PgDirectory {
+        let shared = Arc::new(Shared {
+            entries: MemoryDirectory::new(),
+            synced: AtomicBool::new(false),
+            synced_notify: tokio::sync::Notify::new(),
+            started: Instant::now(),
+            heard_ms: AtomicU64::new(0),
+            heard_ever: AtomicBool::new(false),
+            staleness_bound: self.staleness_bound,
+            task: Mutex::new(None),
+        });
+        let task = tokio::spawn(watch(Arc::downgrade(&shared), self));
+        if let Ok(mut slot) = shared.task.lock() {
+            *slot = Some(task);
+        }
+        PgDirectory { shared }
+    }
+}
+
+struct Shared {
+    entries: MemoryDirectory,
+    synced: AtomicBool,
+    synced_notify: tokio::sync::Notify,
+    started: Instant,
+    /// Milliseconds after `started` when the database was last heard from.
+    heard_ms: AtomicU64,
+    heard_ever: AtomicBool,
+    staleness_bound: Duration,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn heard(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.heard_ms.store(ms, Ordering::Release);
+        self.heard_ever.store(true, Ordering::Release);
+    }
+
+    fn silence(&self) -> Option<Duration> {
+        if !self.heard_ever.load(Ordering::Acquire) {
+            return None;
+        }
+        let heard = Duration::from_millis(self.heard_ms.load(Ordering::Acquire));
+        Some(self.started.elapsed().saturating_sub(heard))
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let task = match self.task.get_mut() {
+            Ok(task) => task.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
+}
+
+/// A live view of the directory table, kept current by `LISTEN`/`NOTIFY`. Lookups read an
+/// in-memory snapshot and never wait on the database. Cheap to clone; see the
+/// [module docs](self) for freshness and expiry.
+#[derive(Clone)]
+pub struct PgDirectory {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for PgDirectory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgDirectory")
+            .field("entries", &self.shared.entries.entries().len())
+            .field("synced", &self.is_synced())
+            .field("stale", &self.is_stale())
+            .finish()
+    }
+}
+
+impl PgDirectory {
+    /// A directory on the database `pool` connects to. It opens a small pool of its own (one
+    /// listening connection, one for reads and heartbeats), so the application's pool loses
+    /// nothing.
+    pub fn builder(pool: &PgPool) -> PgDirectoryBuilder {
+        let options = pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .application_name("prodbox-directory");
+        let own = PgPoolOptions::new()
+            .max_connections(2)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        PgDirectoryBuilder {
+            pool: own,
+            heartbeat: Duration::from_secs(2),
+            staleness_bound: Duration::from_secs(10),
+            retention: Duration::from_secs(3600),
+        }
+    }
+
+    /// Waits for the first full sync, at most `timeout`.
+    pub async fn synced(&self, timeout: Duration) -> Result<(), StoreError> {
+        let wait = async {
+            loop {
+                let notified = self.shared.synced_notify.notified();
+                if self.is_synced() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| StoreError::NotSynced(timeout))
+    }
+
+    /// How long since the database was last heard from (`None` before the first contact).
+    pub fn silence(&self) -> Option<Duration> {
+        self.shared.silence()
+    }
+}
+
+impl Directory for PgDirectory {
+    fn get(&self, key: &SandboxKey) -> Option<Arc<SandboxEntry>> {
+        self.shared.entries.get(key)
+    }
+
+    fn entries(&self) -> Vec<Arc<SandboxEntry>> {
+        self.shared.entries.entries()
+    }
+
+    fn is_synced(&self) -> bool {
+        self.shared.synced.load(Ordering::Acquire)
+    }
+
+    fn is_stale(&self) -> bool {
+        self.shared
+            .silence()
+            .is_none_or(|silence| silence > self.shared.staleness_bound)
+    }
+}
+
+/// Why one listening session ended.
+enum Ended {
+    /// The last clone of the directory is gone.
+    Dropped,
+    /// The connection failed; reconnect.
+    Lost(String),
+}
+
+async fn watch(shared: Weak<Shared>, config: PgDirectoryBuilder) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        match session(&shared, &config).await {
+            Ended::Dropped => return,
+            Ended::Lost(error) => {
+                tracing::warn!(
+                    target: "prodbox::directory",
+                    %error,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "directory connection lost; reconnecting and resyncing"
+                );
+            }
+        }
+        // A session that ran for a while was healthy: start the backoff over.
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(100);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        if shared.strong_count() == 0 {
+            return;
+        }
+    }
+}
+
+/// A heartbeat channel unique to this directory instance.
+fn heartbeat_channel() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    format!("prodbox_directory_hb_{:016x}", hasher.finish())
+}
+
+async fn session(shared: &Weak<Shared>, config: &PgDirectoryBuilder) -> Ended {
+    let lost = |e: sqlx::Error| Ended::Lost(e.to_string());
+    if let Err(e) = ensure_table(&config.pool).await {
+        return lost(e);
+    }
+    let mut listener = match PgListener::connect_with(&config.pool).await {
+        Ok(listener) => listener,
+        Err(e) => return lost(e),
+    };
+    let heartbeat = heartbeat_channel();
+    // Listen first, then read: a change between the two is both read and announced.
+    if let Err(e) = listener.listen_all([CHANNEL, heartbeat.as_str()]).await {
+        return lost(e);
+    }
+    let rows = match sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM prodbox.sandboxes"
+    )))
+    .fetch_all(&config.pool)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return lost(e),
+    };
+    {
+        let Some(shared) = shared.upgrade() else {
+            return Ended::Dropped;
+        };
+        shared.entries.replace_all(entries_of(&rows));
+        shared.heard();
+        if !shared.synced.swap(true, Ordering::AcqRel) {
+            tracing::info!(target: "prodbox::directory", sandboxes = rows.len(), "directory synced");
+        }
+        shared.synced_notify.notify_waiters();
+    }
+
+    let beats = tokio::spawn(heartbeats(
+        config.pool.clone(),
+        heartbeat,
+        config.heartbeat,
+        config.retention,
+    ));
+    let _beats = AbortOnDrop(beats);
+    let dead_after = config.heartbeat * 3;
+    loop {
+        let notification = match tokio::time::timeout(dead_after, listener.try_recv()).await {
+            // Silent for three heartbeats: the connection is as good as dead. Dropping the
+            // listener mid-read is fine, it is never used again.
+            Err(_) => return Ended::Lost(format!("no heartbeat for {dead_after:?}")),
+            Ok(Err(e)) => return lost(e),
+            Ok(Ok(None)) => return Ended::Lost("listening connection closed".to_owned()),
+            Ok(Ok(Some(notification))) => notification,
+        };
+        let Some(shared) = shared.upgrade() else {
+            return Ended::Dropped;
+        };
+        shared.heard();
+        if notification.channel() != CHANNEL {
+            continue;
+        }
+        let Ok(key) = notification.payload().parse::<SandboxKey>() else {
+            tracing::warn!(target: "prodbox::directory", payload = notification.payload(), "ignoring a notification that names no valid sandbox");
+            continue;
+        };
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM prodbox.sandboxes WHERE key = $1"
+        )))
+        .bind(key.as_str())
+        .fetch_optional(&config.pool)
+        .await;
+        match row {
+            Ok(Some(row)) => match entry_of(&row) {
+                Ok(entry) => shared.entries.upsert(entry),
+                Err(error) => {
+                    tracing::warn!(target: "prodbox::directory", %error, "ignoring an invalid directory row");
+                    shared.entries.remove(&key);
+                }
+            },
+            Ok(None) => {
+                shared.entries.remove(&key);
+            }
+            Err(e) => return lost(e),
+        }
+        tracing::debug!(target: "prodbox::directory", sandbox = %key, "directory entry reloaded");
+    }
+}
+
+/// Proves the listening connection alive, and deletes rows past their retention (any
+/// directory may: the delete is idempotent) at most once a minute, or every half retention
+/// when that is shorter.
+async fn heartbeats(pool: PgPool, channel: String, interval: Duration, retention: Duration) {
+    let store = DirectoryStore::new(pool.clone());
+    let purge_every = (retention / 2).clamp(interval, Duration::from_secs(60).max(interval));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_purge: Option<Instant> = None;
+    loop {
+        ticker.tick().await;
+        let beat = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&channel)
+            .execute(&pool)
+            .await;
+        if let Err(error) = beat {
+            tracing::debug!(target: "prodbox::directory", %error, "heartbeat failed");
+            continue;
+        }
+        if last_purge.is_none_or(|at| at.elapsed() >= purge_every) {
+            last_purge = Some(Instant::now());
+            match store.purge_expired(retention).await {
+                Ok(0) => {}
+                Ok(purged) => {
+                    tracing::info!(target: "prodbox::directory", purged, "deleted expired directory rows");
+                }
+                Err(error) => {
+                    tracing::debug!(target: "prodbox::directory", %error, "purging expired rows failed");
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,377 @@
+//! The Postgres-backed sandbox directory: propagation between clients, reconnects, staleness,
+//! expiry and rows prodbox would not write.
+
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime};
+
+use prodbox_core::directory::{Directory, SandboxEntry};
+use prodbox_core::trust::UnknownSandbox;
+use prodbox_core::{Admission, Ingress, Refusal, SandboxKey, TrustPolicy};
+use prodbox_db::directory::{DirectoryStore, PgDirectory, StoreError};
+use prodbox_testkit::pg::{TestDatabase, admin_connection, require_postgres, unique_key};
+use sqlx::postgres::PgPoolOptions;
+
+fn key(prefix: &str) -> SandboxKey {
+    unique_key(prefix).parse().expect("valid key")
+}
+
+/// Polls `check` every 10 ms until it holds or `deadline` passes; returns how long it took.
+async fn within(deadline: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() <= deadline {
+        if check() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check().then(|| start.elapsed())
+}
+
+async fn eventually<F: Future<Output = bool>>(deadline: Duration, mut check: impl FnMut() -> F) {
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "condition not met within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn fast(db: &TestDatabase) -> PgDirectory {
+    PgDirectory::builder(db.pool())
+        .heartbeat(Duration::from_millis(200))
+        .staleness_bound(Duration::from_secs(1))
+        .start()
+}
+
+fn admit(directory: &PgDirectory, key: &SandboxKey) -> Admission {
+    let ingress = Ingress::new(TrustPolicy::accept())
+        .directory(directory.clone())
+        .unknown_sandboxes(UnknownSandbox::Refuse);
+    let headers = vec![(
+        "baggage".to_owned(),
+        format!("prodbox.sandbox={key}").into_bytes(),
+    )];
+    ingress.admit(&headers, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_every_client_within_a_second() {
+    require_postgres().await;
+    let db = TestDatabase::create().await;
+    let store = DirectoryStore::new(db.pool().clone());
+    let (a, b) = (fast(&db), fast(&db));
+    a.synced(Duration::from_secs(10)).await.expect("a syncs");
+    b.synced(Duration::from_secs(10)).await.expect("b syncs");
+    assert!(a.entries().is_empty() && !a.is_stale());
+
+    let k = key("dir");
+    let mut entry = SandboxEntry::new(k.clone()).fork("billing", "http://127.0.0.1:9001");
+    entry.actor = Some("alice".to_owned());
+    entry.expires_at = Some(SystemTime::now() + Duration::from_secs(3600));
+    let created = store.create(&entry).await.expect("create");
+    assert!(created.created_at.is_some());
+
+    for client in [&a, &b] {
+        let seen = within(Duration::from_secs(1), || client.get(&k).is_some()).await;
+        assert!(
+            seen.is_some(),
+            "a new sandbox reaches every client within 1 s"
+        );
+        let got = client.get(&k).expect("present");
+        assert_eq!(got.fork_of("billing"), Some("http://127.0.0.1:9001"));
+        assert_eq!(got.actor.as_deref(), Some("alice"));
+    }
+    assert!(matches!(admit(&a, &k), Admission::Sandboxed { .. }));
+
+    // The kill switch, then a new expiry, then deletion.
+    store.set_disabled(&k, true).await.expect("disable");
+    for client in [&a, &b] {
+        let seen = within(Duration::from_secs(1), || {
+            client.get(&k).is_some_and(|e| e.disabled)
+        })
+        .await;
+        assert!(
+            seen.is_some(),
+            "the kill switch reaches every client within 1 s"
+        );
+    }
+    assert!(matches!(
+        admit(&b, &k),
+        Admission::Refused(Refusal::Disabled(_))
+    ));
+    let later = SystemTime::now() + Duration::from_secs(7200);
+    store.set_expiry(&k, Some(later)).await.expect("extend");
+    let seen = within(Duration::from_secs(1), || {
+        a.get(&k)
+            .and_then(|e| e.expires_at)
+            .is_some_and(|at| at > SystemTime::now() + Duration::from_secs(5000))
+    })
+    .await;
+    assert!(seen.is_some(), "a new expiry reaches clients within 1 s");
+    assert!(store.delete(&k).await.expect("delete"));
+    for client in [&a, &b] {
+        let seen = within(Duration::from_secs(1), || client.get(&k).is_none()).await;
+        assert!(seen.is_some(), "a deletion reaches every client within 1 s");
+    }
+    assert!(matches!(
+        admit(&a, &k),
+        Admission::Refused(Refusal::Unknown(_))
+    ));
+
+    drop((a, b));
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_refuses_duplicates_missing_keys_and_bad_entries() {
+    require_postgres().await;
+    let db = TestDatabase::create().await;
+    let store = DirectoryStore::new(db.pool().clone());
+    let k = key("dir");
+    store
+        .create(&SandboxEntry::new(k.clone()))
+        .await
+        .expect("create");
+    assert!(matches!(
+        store.create(&SandboxEntry::new(k.clone())).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    // An expired entry kept for its retention gives way to a new sandbox of the same key.
+    let reused = key("reuse");
+    let past = SystemTime::now() - Duration::from_secs(60);
+    let old = store
+        .create(&SandboxEntry::new(reused.clone()).expires_at(past))
+        .await
+        .expect("create expired");
+    let renewed = store
+        .create(&SandboxEntry::new(reused.clone()).fork("billing", "http://127.0.0.1:9001"))
+        .await
+        .expect("an expired key can be created again");
+    assert!(renewed.created_at > old.created_at && renewed.expires_at.is_none());
+    assert_eq!(renewed.fork_of("billing"), Some("http://127.0.0.1:9001"));
+    assert!(store.delete(&reused).await.expect("delete"));
+    let missing = key("missing");
+    assert!(matches!(
+        store.set_disabled(&missing, true).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(!store.delete(&missing).await.expect("delete"));
+    for (service, address) in [
+        ("billing", "ftp://10.0.0.5"),
+        ("billing", "not a url"),
+        ("billing", "http://10.0.0.5/path"),
+        ("Billing Service", "http://10.0.0.5"),
+        ("billing", "10.0.0.5:8080"),
+    ] {
+        let entry = SandboxEntry::new(key("bad")).fork(service, address);
+        assert!(
+            matches!(store.create(&entry).await, Err(StoreError::Invalid(_))),
+            "{service}={address} must be refused"
+        );
+    }
+    let mut entry = SandboxEntry::new(key("bad"));
+    entry.actor = Some("alice\r\nx-evil: 1".to_owned());
+    assert!(matches!(
+        store.create(&entry).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let keys: Vec<_> = store
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys, vec![k], "refused entries left nothing behind");
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_and_resyncs_after_its_backend_is_terminated() {
+    require_postgres().await;
+    let db = TestDatabase::create().await;
+    let store = DirectoryStore::new(db.pool().clone());
+    let directory = fast(&db);
+    directory
+        .synced(Duration::from_secs(10))
+        .await
+        .expect("sync");
+
+    // Keep the database closed while the listener is gone, so the change below is made
+    // while nobody listens: only a resync can bring it.
+    let mut admin = admin_connection().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false",
+        db.name()
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("close database");
+    let terminated: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = $1 AND application_name = 'prodbox-directory'",
+    )
+    .bind(db.name())
+    .fetch_one(&mut admin)
+    .await
+    .expect("terminate");
+    assert!(terminated >= 1, "the listening backend was found");
+
+    let k = key("dir");
+    // The test pool's connections were opened before; the change goes through one of them.
+    let store_result = store.create(&SandboxEntry::new(k.clone())).await;
+    let made_while_down = store_result.is_ok();
+
+    // Past the staleness bound, the directory says so; lookups still answer.
+    let stale = within(Duration::from_secs(5), || directory.is_stale()).await;
+    assert!(
+        stale.is_some(),
+        "stale after its bound without a connection"
+    );
+    assert!(
+        directory.is_synced(),
+        "staleness does not undo the first sync"
+    );
+
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
+        db.name()
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("open database");
+    if !made_while_down {
+        store
+            .create(&SandboxEntry::new(k.clone()))
+            .await
+            .expect("create after reopening");
+    }
+    // Backoff is at most 5 s; a resync then brings the change.
+    let back = within(Duration::from_secs(10), || {
+        !directory.is_stale() && directory.get(&k).is_some()
+    })
+    .await;
+    assert!(back.is_some(), "reconnected, fresh and resynced");
+
+    // And it listens again.
+    store.set_disabled(&k, true).await.expect("disable");
+    let seen = within(Duration::from_secs(1), || {
+        directory.get(&k).is_some_and(|e| e.disabled)
+    })
+    .await;
+    assert!(seen.is_some(), "notifications flow after the reconnect");
+
+    drop(directory);
+    drop(admin);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_synced_when_the_database_is_unreachable() {
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/postgres")
+        .expect("lazy pool");
+    let directory = PgDirectory::builder(&pool).start();
+    assert!(matches!(
+        directory.synced(Duration::from_millis(800)).await,
+        Err(StoreError::NotSynced(_))
+    ));
+    assert!(!directory.is_synced());
+    assert!(directory.is_stale(), "never heard from the database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_sandboxes_are_refused_on_time_and_their_rows_go() {
+    require_postgres().await;
+    let db = TestDatabase::create().await;
+    let store = DirectoryStore::new(db.pool().clone());
+    let directory = PgDirectory::builder(db.pool())
+        .heartbeat(Duration::from_millis(200))
+        .retention(Duration::from_secs(1))
+        .start();
+    directory
+        .synced(Duration::from_secs(10))
+        .await
+        .expect("sync");
+
+    let k = key("exp");
+    let expires = SystemTime::now() + Duration::from_millis(1500);
+    store
+        .create(&SandboxEntry::new(k.clone()).expires_at(expires))
+        .await
+        .expect("create");
+    let seen = within(Duration::from_secs(1), || directory.get(&k).is_some()).await;
+    assert!(seen.is_some());
+    assert!(matches!(admit(&directory, &k), Admission::Sandboxed { .. }));
+
+    // Refused from the expiry on, by the snapshot alone.
+    let wait = expires
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(50)).await;
+    assert!(matches!(
+        admit(&directory, &k),
+        Admission::Refused(Refusal::Expired(_))
+    ));
+
+    // A retention later the row is deleted by the directory itself, and every view drops it.
+    eventually(Duration::from_secs(10), || async {
+        store.get(&k).await.expect("get").is_none()
+    })
+    .await;
+    let gone = within(Duration::from_secs(1), || directory.get(&k).is_none()).await;
+    assert!(gone.is_some(), "the purge reaches the snapshot");
+
+    drop(directory);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_prodbox_would_not_write_are_left_out() {
+    require_postgres().await;
+    let db = TestDatabase::create().await;
+    let store = DirectoryStore::new(db.pool().clone());
+    let good = key("good");
+    store
+        .create(&SandboxEntry::new(good.clone()))
+        .await
+        .expect("create");
+    let directory = fast(&db);
+    directory
+        .synced(Duration::from_secs(10))
+        .await
+        .expect("sync");
+
+    // A hand-written row with a fork address no router could use.
+    let bad = key("bad");
+    sqlx::query(
+        "INSERT INTO prodbox.sandboxes (key, forks) VALUES ($1, '{\"billing\": \"gopher://x\"}')",
+    )
+    .bind(bad.as_str())
+    .execute(db.pool())
+    .await
+    .expect("insert by hand");
+    // The table's own check refuses keys that are not sandbox keys.
+    let refused = sqlx::query("INSERT INTO prodbox.sandboxes (key) VALUES ('Robert''); --')")
+        .execute(db.pool())
+        .await;
+    assert!(refused.is_err(), "the key check constraint holds");
+
+    store.set_disabled(&good, true).await.expect("disable");
+    let seen = within(Duration::from_secs(1), || {
+        directory.get(&good).is_some_and(|e| e.disabled)
+    })
+    .await;
+    assert!(seen.is_some());
+    assert!(directory.get(&bad).is_none(), "the invalid row is ignored");
+    assert!(matches!(store.get(&bad).await, Err(StoreError::Invalid(_))));
+
+    drop(directory);
+    db.cleanup().await;
+}
