@@ -331,7 +331,22 @@ impl Ingress {
             }
             TrustPolicy::Accept { .. } => match extracted.sandbox() {
                 Some(sandbox) => sandbox,
-                // Only an actor, origin or token: nothing to route on.
+                // A token alone meant a sandbox, but this hop holds no keys to verify it:
+                // running it as production could write production data, so a strict hop
+                // refuses (the edge's client layer sends the verified key onward instead).
+                None if extracted.token().is_some()
+                    && self.malformed_action() == OnInvalid::Reject =>
+                {
+                    return self.refuse(
+                        None,
+                        Refusal::Unauthenticated(
+                            "a sandbox token reached an internal hop that cannot verify it; \
+                             send the verified sandbox key instead"
+                                .to_owned(),
+                        ),
+                    );
+                }
+                // Only an actor or origin (or a token at a lenient hop): nothing to route on.
                 None => return self.strip(&extracted, "no_sandbox_key", None),
             },
             TrustPolicy::Signed { keys, on_invalid } => match self.verify(keys, &extracted, now) {

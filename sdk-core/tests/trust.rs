@@ -176,6 +176,20 @@ fn accept_without_a_key_has_nothing_to_route_on() {
 }
 
 #[test]
+fn a_token_alone_at_an_internal_hop_is_refused_not_run_as_production() {
+    audit();
+    let sandbox = Sandbox::builder("t-token-alone").unwrap().build();
+    let token = keys().mint(&sandbox, Duration::from_secs(60)).unwrap();
+    let headers = baggage(&format!("prodbox.token={token},a=1"));
+    match Ingress::new(TrustPolicy::accept()).admit(&headers, None) {
+        Admission::Refused(Refusal::Unauthenticated(_)) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // (A lenient hop strips it, as any claim it cannot route: `no_sandbox_key`, whose audit
+    // record another test counts.)
+}
+
+#[test]
 fn baggage_without_our_members_is_plain_baseline() {
     audit();
     for policy in [
