@@ -54,9 +54,35 @@ ensure_tansu() {
     fi
 }
 
+ensure_interop_python() {
+    # sdk-http's interop tests run a Python service instrumented with the OpenTelemetry Python
+    # SDK (sdk-http/tests/interop). It gets a virtual environment of its own with the pinned
+    # packages, made again whenever the pins change; the tests find it through PRODBOX_PYTHON.
+    if [[ -n "${PRODBOX_PYTHON:-}" ]]; then
+        return 0
+    fi
+    local venv=.venv-interop requirements=sdk-http/tests/interop/requirements.txt
+    if ! cmp -s "$requirements" "$venv/requirements.txt"; then
+        step "installing the OpenTelemetry Python SDK into $venv ($requirements)"
+        rm -rf "$venv"
+        if ! python3 -m venv "$venv"; then
+            echo "python3 -m venv $venv failed: the interop tests need Python 3 with venv and pip" >&2
+            return 1
+        fi
+        if ! "$venv/bin/python" -m pip install --disable-pip-version-check --quiet \
+            --requirement "$requirements"; then
+            echo "pip could not install $requirements into $venv (is PyPI reachable?)" >&2
+            return 1
+        fi
+        cp "$requirements" "$venv/requirements.txt"
+    fi
+    export PRODBOX_PYTHON="$PWD/$venv/bin/python"
+}
+
 ensure_rust_components
 ensure_postgres
 ensure_tansu
+ensure_interop_python
 
 step "cargo fmt --all --check"
 cargo fmt --all --check

@@ -40,7 +40,9 @@
 //!
 //! One canonical `baggage` header: our members first, then every other member in the order it
 //! arrived. Values are percent-encoded, `=` included, so that decoders which truncate a value at
-//! a second `=` (OpenTelemetry Rust's `BaggagePropagator` does) still read it whole.
+//! a second `=` (OpenTelemetry Rust's `BaggagePropagator` does) still read it whole, and `+`
+//! included, so that decoders which read `+` as a space (OpenTelemetry Python's
+//! `W3CBaggagePropagator` does) still read a plus.
 
 mod carrier;
 mod interned;
@@ -74,7 +76,7 @@ pub const LEGACY_PREFIXES: [&str; 2] = ["ot-baggage-", "uberctx-"];
 pub const KNOWN_ALIASES: [&str; 3] = ["sd-routing-key", "okteto-divert", "mirrord-session"];
 
 /// Characters percent-encoded in the values we write: everything outside the W3C
-/// `baggage-octet` set, plus `%` and `=`.
+/// `baggage-octet` set, plus `%`, `=` and `+` (see the [module docs](self)).
 const VALUE_ENCODE: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
@@ -82,7 +84,8 @@ const VALUE_ENCODE: &AsciiSet = &CONTROLS
     .add(b';')
     .add(b'\\')
     .add(b'%')
-    .add(b'=');
+    .add(b'=')
+    .add(b'+');
 
 /// Why a message's baggage was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
