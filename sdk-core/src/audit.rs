@@ -12,6 +12,8 @@
 //! | `reason` | a short stable name such as `untrusted_ingress`, `token_expired`, `rate_limited` |
 //! | `detail` | a human sentence, when there is more to say |
 //!
+//! Every event is also counted in the `prodbox.sandbox.decisions` metric ([`crate::metrics`]).
+//!
 //! `accepted`, `routed` and `skipped` are logged at `INFO`, everything else at `WARN`. Route them with an
 //! `EnvFilter` directive such as `prodbox::audit=info`.
 
@@ -125,6 +127,7 @@ pub struct AuditEvent<'a> {
 impl AuditEvent<'_> {
     /// Writes the event on target `prodbox::audit`.
     pub fn emit(&self) {
+        crate::metrics::decision(self);
         let detail = self.detail.map(tracing::field::display);
         macro_rules! event {
             ($level:expr) => {

@@ -38,6 +38,7 @@ pub mod directory;
 pub mod egress;
 pub mod guardrails;
 pub mod limits;
+pub mod metrics;
 mod sandbox;
 pub mod token;
 pub mod trust;

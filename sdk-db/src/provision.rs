@@ -237,8 +237,12 @@ impl Provisioner {
             None => {}
         }
         let mut made = Made::default();
+        let started = std::time::Instant::now();
         match self.create(conn, sandbox, &mut made).await {
-            Ok(credentials) => Ok(credentials),
+            Ok(credentials) => {
+                prodbox_core::metrics::schema_provisioned(started.elapsed());
+                Ok(credentials)
+            }
             Err(error) => {
                 // Leave nothing half-made behind, and touch nothing this attempt did not make.
                 let _ = conn.execute("RESET ROLE; RESET search_path").await;
@@ -477,6 +481,9 @@ impl Provisioner {
                 .bind(key.as_str())
                 .execute(&mut conn)
                 .await?;
+            if deleted.rows_affected() > 0 {
+                prodbox_core::metrics::schema_dropped();
+            }
             Ok(deleted.rows_affected() > 0)
         }
         .await;

@@ -49,6 +49,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use opentelemetry::Context;
 use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
 use prodbox_core::directory::{Directory, MemoryDirectory};
+use prodbox_core::metrics::{self, KafkaOutcome};
 use prodbox_core::{FutureExt, Guardrails, SandboxContext, SandboxKey};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -336,6 +337,13 @@ impl SandboxConsumer {
         }
     }
 
+    fn role_name(&self) -> &'static str {
+        match self.filter.role() {
+            Role::Baseline { .. } => "baseline",
+            Role::Sandbox { .. } => "sandbox",
+        }
+    }
+
     async fn handle<F, Fut, E>(
         &self,
         message: &BorrowedMessage<'_>,
@@ -346,6 +354,7 @@ impl SandboxConsumer {
         Fut: Future<Output = Result<(), E>>,
         E: Display,
     {
+        let count = |outcome| metrics::kafka_message(message.topic(), self.role_name(), outcome);
         let context = match self.filter.decide(message.headers(), SystemTime::now()) {
             Verdict::Skip { reason, sandbox } => {
                 audit(
@@ -354,11 +363,13 @@ impl SandboxConsumer {
                     reason,
                     &Source(message),
                 );
+                count(KafkaOutcome::Skipped);
                 return Ok(());
             }
             Verdict::DeadLetter(error) => {
                 let detail = format!("{}: {error}", Source(message));
                 audit(None, Decision::DeadLettered, error.reason(), &detail);
+                count(KafkaOutcome::DeadLettered);
                 return self.dead_letter(message, &error.to_string()).await;
             }
             Verdict::Process(context) => context,
@@ -398,7 +409,10 @@ impl SandboxConsumer {
                 handler(message.detach())
             };
             match future.in_context(cx.clone()).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    count(KafkaOutcome::Processed);
+                    return Ok(());
+                }
                 Err(error) => {
                     tracing::warn!(
                         target: "prodbox::kafka",
@@ -415,6 +429,7 @@ impl SandboxConsumer {
                             "handler_failed",
                             &reason,
                         );
+                        count(KafkaOutcome::DeadLettered);
                         return self.dead_letter(message, &reason).await;
                     }
                     tokio::time::sleep(wait).await;

@@ -98,6 +98,7 @@ pub async fn serve(router: axum::Router) -> SocketAddr {
 
 pub mod grpc;
 pub mod kafka;
+pub mod metrics;
 pub mod pg;
 
 /// The `prodbox.test.Echo` gRPC service (`proto/echo.proto`), compiled at build time.
