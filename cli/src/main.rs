@@ -87,6 +87,10 @@ enum SandboxCommand {
         /// Services this sandbox forks, as SERVICE=URL; repeat or separate with commas.
         #[arg(long = "forks", alias = "fork", value_name = "SERVICE=URL", value_delimiter = ',', value_parser = parse_fork)]
         forks: Vec<(String, String)>,
+        /// Services whose baseline traffic this sandbox's fork receives sampled copies of
+        /// (shadowing); each must also be in --forks. Repeat or separate with commas.
+        #[arg(long, value_name = "SERVICE", value_delimiter = ',')]
+        shadows: Vec<String>,
         /// Lifetime, such as 30m, 2h or 1day.
         #[arg(long, default_value = "24h", value_parser = parse_ttl)]
         ttl: Duration,
@@ -387,8 +391,13 @@ fn describe(entry: &SandboxEntry, now: SystemTime) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let shadows = if entry.shadows.is_empty() {
+        "none".to_owned()
+    } else {
+        entry.shadows.iter().cloned().collect::<Vec<_>>().join(", ")
+    };
     format!(
-        "sandbox {key}: {status}\n  actor:   {actor}\n  origin:  {origin}\n  forks:   {forks}\n  created: {created}\n  expires: {expires}\n",
+        "sandbox {key}: {status}\n  actor:   {actor}\n  origin:  {origin}\n  forks:   {forks}\n  shadows: {shadows}\n  created: {created}\n  expires: {expires}\n",
         key = entry.key,
         status = status(entry, now),
         actor = entry.actor.as_deref().unwrap_or("-"),
@@ -414,6 +423,7 @@ async fn sandbox(command: SandboxCommand, pool: PgPool) -> Result<Output, Failur
             actor,
             origin,
             forks,
+            shadows,
             ttl,
             disabled,
         } => {
@@ -427,6 +437,7 @@ async fn sandbox(command: SandboxCommand, pool: PgPool) -> Result<Output, Failur
                     "--forks names a service twice; give each service one address".to_owned(),
                 ));
             }
+            entry.shadows = shadows.into_iter().collect();
             entry.expires_at = Some(now + ttl);
             entry.disabled = disabled;
             let created = store.create(&entry).await.map_err(|e| match e {

@@ -45,7 +45,7 @@
 //! [`retention`](PgDirectoryBuilder::retention) (1 hour) after they expired; until then a late
 //! request is refused as *expired* rather than seen as unknown. No separate cleaner runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -74,11 +74,14 @@ CREATE TABLE IF NOT EXISTS prodbox.sandboxes (
     actor text,
     origin text,
     forks jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(forks) = 'object'),
+    shadows jsonb NOT NULL DEFAULT '[]'::jsonb CHECK (jsonb_typeof(shadows) = 'array'),
     created_at timestamptz NOT NULL DEFAULT now(),
     expires_at timestamptz,
     disabled boolean NOT NULL DEFAULT false,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE prodbox.sandboxes ADD COLUMN IF NOT EXISTS
+    shadows jsonb NOT NULL DEFAULT '[]'::jsonb CHECK (jsonb_typeof(shadows) = 'array');
 CREATE OR REPLACE FUNCTION prodbox.sandboxes_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP <> 'INSERT' THEN
@@ -94,7 +97,7 @@ CREATE OR REPLACE TRIGGER sandboxes_notify
     FOR EACH ROW EXECUTE FUNCTION prodbox.sandboxes_notify();
 "#;
 
-const COLUMNS: &str = "key, actor, origin, forks::text AS forks,
+const COLUMNS: &str = "key, actor, origin, forks::text AS forks, shadows::text AS shadows,
     extract(epoch FROM created_at)::float8 AS created,
     extract(epoch FROM expires_at)::float8 AS expires,
     disabled";
@@ -128,7 +131,10 @@ pub async fn ensure_table(pool: &PgPool) -> Result<(), sqlx::Error> {
     let ready: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_trigger
                         WHERE tgname = 'sandboxes_notify'
-                          AND tgrelid = to_regclass('prodbox.sandboxes'))",
+                          AND tgrelid = to_regclass('prodbox.sandboxes'))
+            AND EXISTS (SELECT 1 FROM information_schema.columns
+                        WHERE table_schema = 'prodbox' AND table_name = 'sandboxes'
+                          AND column_name = 'shadows')",
     )
     .fetch_one(pool)
     .await?;
@@ -176,6 +182,11 @@ fn validate(entry: &SandboxEntry) -> Result<(), StoreError> {
     for (service, address) in &entry.forks {
         validate_fork(service, address)?;
     }
+    if let Some(service) = entry.shadows.iter().find(|s| !entry.forks.contains_key(*s)) {
+        return Err(StoreError::Invalid(format!(
+            "shadows {service} but has no fork of it: add --forks {service}=URL"
+        )));
+    }
     Ok(())
 }
 
@@ -212,7 +223,11 @@ fn entry_of(row: &PgRow) -> Result<SandboxEntry, String> {
     let forks: String = row.try_get("forks").map_err(get_err)?;
     let forks: BTreeMap<String, String> =
         serde_json::from_str(&forks).map_err(|e| format!("forks of {key}: {e}"))?;
+    let shadows: String = row.try_get("shadows").map_err(get_err)?;
+    let shadows: BTreeSet<String> =
+        serde_json::from_str(&shadows).map_err(|e| format!("shadows of {key}: {e}"))?;
     let mut entry = SandboxEntry::new(key);
+    entry.shadows = shadows;
     entry.actor = row.try_get("actor").map_err(get_err)?;
     entry.origin = row.try_get("origin").map_err(get_err)?;
     entry.forks = forks;
@@ -269,14 +284,17 @@ impl DirectoryStore {
     pub async fn create(&self, entry: &SandboxEntry) -> Result<SandboxEntry, StoreError> {
         validate(entry)?;
         self.ready().await?;
-        let forks =
-            serde_json::to_string(&entry.forks).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let json = |v: Result<String, serde_json::Error>| {
+            v.map_err(|e| StoreError::Invalid(e.to_string()))
+        };
+        let forks = json(serde_json::to_string(&entry.forks))?;
+        let shadows = json(serde_json::to_string(&entry.shadows))?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO prodbox.sandboxes (key, actor, origin, forks, expires_at, disabled)
-             VALUES ($1, $2, $3, $4::jsonb, to_timestamp($5), $6)
+            "INSERT INTO prodbox.sandboxes (key, actor, origin, forks, expires_at, disabled, shadows)
+             VALUES ($1, $2, $3, $4::jsonb, to_timestamp($5), $6, $7::jsonb)
              ON CONFLICT (key) DO UPDATE SET
                  actor = EXCLUDED.actor, origin = EXCLUDED.origin, forks = EXCLUDED.forks,
-                 created_at = now(), expires_at = EXCLUDED.expires_at,
+                 shadows = EXCLUDED.shadows, created_at = now(), expires_at = EXCLUDED.expires_at,
                  disabled = EXCLUDED.disabled, updated_at = now()
              WHERE sandboxes.expires_at <= now()
              RETURNING {COLUMNS}"
@@ -287,6 +305,7 @@ impl DirectoryStore {
         .bind(forks)
         .bind(entry.expires_at.map(secs))
         .bind(entry.disabled)
+        .bind(shadows)
         .fetch_optional(&self.pool)
         .await?;
         match row {

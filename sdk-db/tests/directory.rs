@@ -375,3 +375,37 @@ async fn rows_prodbox_would_not_write_are_left_out() {
     drop(directory);
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadows_are_stored_and_need_a_fork() {
+    require_postgres().await;
+    let db = TestDatabase::create().await;
+    let store = DirectoryStore::new(db.pool().clone());
+    let directory = fast(&db);
+    directory
+        .synced(Duration::from_secs(10))
+        .await
+        .expect("sync");
+    let k = key("shadow");
+    store
+        .create(
+            &SandboxEntry::new(k.clone())
+                .fork("billing", "http://127.0.0.1:9001")
+                .shadow("billing"),
+        )
+        .await
+        .expect("create");
+    let seen = within(Duration::from_secs(1), || directory.get(&k).is_some()).await;
+    assert!(seen.is_some());
+    let entry = directory.get(&k).expect("present");
+    assert_eq!(entry.shadow_of("billing"), Some("http://127.0.0.1:9001"));
+    assert_eq!(entry.shadow_of("orders"), None);
+    assert!(matches!(
+        store
+            .create(&SandboxEntry::new(key("shadow")).shadow("billing"))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    drop(directory);
+    db.cleanup().await;
+}

@@ -23,7 +23,7 @@ mod file;
 
 pub use file::FileDirectory;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -108,6 +108,10 @@ pub struct SandboxEntry {
     /// The services this sandbox forks, by service name, with the fork's base address.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub forks: BTreeMap<String, String>,
+    /// The services this sandbox *shadows*: its fork of each (listed in `forks`) receives a
+    /// sample of that service's baseline traffic as copies in this sandbox (a dark launch).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub shadows: BTreeSet<String>,
     /// When it was created (RFC 3339 or Unix seconds in files).
     #[serde(default, with = "time_serde", skip_serializing_if = "Option::is_none")]
     pub created_at: Option<SystemTime>,
@@ -127,6 +131,7 @@ impl SandboxEntry {
             actor: None,
             origin: None,
             forks: BTreeMap::new(),
+            shadows: BTreeSet::new(),
             created_at: None,
             expires_at: None,
             disabled: false,
@@ -137,6 +142,22 @@ impl SandboxEntry {
     pub fn fork(mut self, service: &str, address: &str) -> Self {
         self.forks.insert(service.to_owned(), address.to_owned());
         self
+    }
+
+    /// Marks this sandbox's fork of `service` (registered with [`fork`](Self::fork)) as a
+    /// shadow of the baseline: it receives copies of sampled baseline requests.
+    pub fn shadow(mut self, service: &str) -> Self {
+        self.shadows.insert(service.to_owned());
+        self
+    }
+
+    /// Where this sandbox's shadow of `service` listens, if it shadows it.
+    pub fn shadow_of(&self, service: &str) -> Option<&str> {
+        if self.shadows.contains(service) {
+            self.fork_of(service)
+        } else {
+            None
+        }
     }
 
     /// Sets the expiry.
