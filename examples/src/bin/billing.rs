@@ -3,7 +3,7 @@
 //!
 //! The shop's billing service: a Kafka consumer writing one invoice per order. The baseline
 //! skips orders of sandboxes that fork billing; a fork takes only its sandbox's orders. It
-//! serves `GET /healthz` (version and counts) and prints `listening on ADDR` once consuming.
+//! serves `GET /healthz` (version and counts) and `GET /metrics` (OpenTelemetry) and prints `listening on ADDR` once consuming.
 //! `--help` lists the flags.
 
 use std::net::SocketAddr;
@@ -60,6 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => billing::Version::Baseline,
     };
     shop::telemetry::init(&version.name(), args.audit_log.as_deref())?;
+    let metrics = shop::telemetry::Metrics::install();
     let pg = sqlx::PgPool::connect(&args.database_url).await?;
     shop::migrator().await?.run(&pg).await?;
     let directory = PgDirectory::builder(&pg).start();
@@ -74,16 +75,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let health = {
         let stats = Arc::clone(&stats);
         let name = version.name();
-        axum::Router::new().route(
-            "/healthz",
-            get(move || async move {
-                axum::Json(json!({
-                    "version": name,
-                    "invoiced": stats.invoiced.load(Ordering::Relaxed),
-                    "retries": stats.retries.load(Ordering::Relaxed),
-                }))
-            }),
-        )
+        axum::Router::new()
+            .route(
+                "/healthz",
+                get(move || async move {
+                    axum::Json(json!({
+                        "version": name,
+                        "invoiced": stats.invoiced.load(Ordering::Relaxed),
+                        "retries": stats.retries.load(Ordering::Relaxed),
+                    }))
+                }),
+            )
+            .route(
+                "/metrics",
+                get(move || async move { axum::Json(metrics.snapshot()) }),
+            )
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("listening on {}", listener.local_addr()?);

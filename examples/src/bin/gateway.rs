@@ -3,7 +3,7 @@
 //! The shop's public edge (axum): `POST /orders`. It takes a sandbox only from a token signed
 //! with `PRODBOX_TOKEN_SECRET` under `--token-key-id` (mint one with `prodbox token mint`) and
 //! strips anything else of ours; each sandbox gets a rate limit. Prints `listening on ADDR`
-//! once it serves. `--help` lists the flags.
+//! once it serves, with its OpenTelemetry metrics at `GET /metrics`. `--help` lists the flags.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +46,7 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     shop::telemetry::init("gateway", args.audit_log.as_deref())?;
+    let metrics = shop::telemetry::Metrics::install();
     let secret = std::env::var("PRODBOX_TOKEN_SECRET")
         .map_err(|_| "set PRODBOX_TOKEN_SECRET to the token secret (at least 32 bytes)")?;
     let keys = TokenKeys::new().with_key(&args.token_key_id, secret.as_bytes())?;
@@ -56,7 +57,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let guardrails = Guardrails::builder()
         .rate(args.sandbox_rate, args.sandbox_burst)
         .build();
-    let router = gateway::router(orders, keys, guardrails, directory);
+    let router = gateway::router(orders, keys, guardrails, directory).route(
+        "/metrics",
+        axum::routing::get(move || async move { axum::Json(metrics.snapshot()) }),
+    );
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("listening on {}", listener.local_addr()?);
     axum::serve(

@@ -1,7 +1,8 @@
 //! Run: `cargo run -p prodbox-examples --bin orders -- --database-url postgres://127.0.0.1/shop`
 //!
 //! The shop's `orders` service (tonic): stores each order through prodbox-db and announces it
-//! on Kafka through prodbox-kafka. Prints `listening on ADDR` once it serves. `--help` lists
+//! on Kafka through prodbox-kafka. Prints `listening on ADDR` once it serves; its
+//! OpenTelemetry metrics are at `GET /metrics` on `--admin-listen`. `--help` lists
 //! the flags.
 
 use std::net::SocketAddr;
@@ -29,6 +30,9 @@ struct Args {
     /// Topic to announce orders on.
     #[arg(long, default_value = shop::ORDER_CREATED)]
     topic: String,
+    /// Address of the admin endpoint (`GET /metrics`, `GET /healthz`).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    admin_listen: SocketAddr,
     /// Append prodbox audit events to this file as JSON lines.
     #[arg(long)]
     audit_log: Option<PathBuf>,
@@ -38,6 +42,17 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     shop::telemetry::init("orders", args.audit_log.as_deref())?;
+    let metrics = shop::telemetry::Metrics::install();
+    let admin = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move { axum::Json(metrics.snapshot()) }),
+        );
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen).await?;
+    tokio::spawn(async move {
+        let _ = axum::serve(admin_listener, admin).await;
+    });
     let pg = sqlx::PgPool::connect(&args.database_url).await?;
     shop::migrator().await?.run(&pg).await?;
     let directory = PgDirectory::builder(&pg).start();

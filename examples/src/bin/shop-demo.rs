@@ -232,12 +232,15 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let mut services = Services {
         children: Vec::new(),
     };
+    let orders_admin = format!("127.0.0.1:{}", free_port()?);
     let orders_addr = services.start(
         "orders",
         "orders",
         &common(&[
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            &orders_admin,
             "--kafka",
             &args.kafka,
             "--topic",
@@ -247,7 +250,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         ]),
         &[],
     )?;
-    services.start(
+    let billing_v1 = services.start(
         "billing v1",
         "billing",
         &common(&[
@@ -456,6 +459,25 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         println!("  {sandbox:<10} {}", text.join(", "));
     }
 
+    println!("\nOpenTelemetry metrics (GET /metrics of each service):");
+    for (service, address) in [
+        ("gateway", gateway_addr.as_str()),
+        ("orders", orders_admin.as_str()),
+        ("billing v1", billing_v1.as_str()),
+        ("billing v2", fork_listen.as_str()),
+    ] {
+        let snapshot: Value = match http.get(format!("http://{address}/metrics")).send().await {
+            Ok(response) => response.json().await.unwrap_or(Value::Null),
+            Err(error) => {
+                println!("  {service:<11} unavailable: {error}");
+                continue;
+            }
+        };
+        for line in metric_lines(&snapshot) {
+            println!("  {service:<11} {line}");
+        }
+    }
+
     // Delete the sandboxes: directory rows, then schemas and roles.
     let schemas = SandboxPool::new(pg.clone());
     println!();
@@ -582,4 +604,36 @@ fn audit_summary(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, usize>>
         }
     }
     Ok(out)
+}
+
+/// One line per prodbox data point: the name, the attributes that say what was counted, and
+/// the value.
+fn metric_lines(snapshot: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    for point in snapshot.as_array().into_iter().flatten() {
+        let name = point["name"].as_str().unwrap_or("?");
+        if !name.starts_with("prodbox.") {
+            continue;
+        }
+        let attributes: Vec<String> = point["attributes"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(key, _)| key.starts_with("prodbox.") && key.as_str() != "prodbox.direction")
+            .map(|(key, value)| {
+                format!(
+                    "{}={}",
+                    key.trim_start_matches("prodbox."),
+                    value.as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "{name} {{{}}} {}",
+            attributes.join(", "),
+            point["value"]
+        ));
+    }
+    lines.sort();
+    lines
 }

@@ -81,3 +81,84 @@ pub fn init(service: &str, audit: Option<&Path>) -> std::io::Result<()> {
         .init();
     Ok(())
 }
+
+/// The process's OpenTelemetry metrics, kept in memory so the demo can show them (a real
+/// service would install an OTLP exporter instead; prodbox only uses the API).
+pub struct Metrics {
+    provider: opentelemetry_sdk::metrics::SdkMeterProvider,
+    exporter: opentelemetry_sdk::metrics::InMemoryMetricExporter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Installs an SDK meter provider as the global one; call before anything of prodbox runs.
+    pub fn install() -> std::sync::Arc<Self> {
+        use opentelemetry_sdk::metrics::{
+            InMemoryMetricExporter, PeriodicReader, SdkMeterProvider,
+        };
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        opentelemetry::global::set_meter_provider(provider.clone());
+        std::sync::Arc::new(Self { provider, exporter })
+    }
+
+    /// Every prodbox counter and histogram as JSON: `[{name, attributes, value}]` (a
+    /// histogram's value is its count).
+    pub fn snapshot(&self) -> Value {
+        use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+        let _ = self.provider.force_flush();
+        let Some(latest) = self
+            .exporter
+            .get_finished_metrics()
+            .ok()
+            .and_then(|mut m| m.pop())
+        else {
+            return Value::Array(Vec::new());
+        };
+        self.exporter.reset();
+        let attributes = |kvs: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| -> Value {
+            Value::Object(
+                kvs.map(|kv| {
+                    (
+                        kv.key.as_str().to_owned(),
+                        Value::from(kv.value.as_str().into_owned()),
+                    )
+                })
+                .collect(),
+            )
+        };
+        let mut out = Vec::new();
+        for metric in latest.scope_metrics().flat_map(|s| s.metrics()) {
+            match metric.data() {
+                AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                    for point in sum.data_points() {
+                        out.push(serde_json::json!({
+                            "name": metric.name(),
+                            "attributes": attributes(&mut point.attributes()),
+                            "value": point.value(),
+                        }));
+                    }
+                }
+                AggregatedMetrics::F64(MetricData::Histogram(histogram)) => {
+                    for point in histogram.data_points() {
+                        out.push(serde_json::json!({
+                            "name": metric.name(),
+                            "attributes": attributes(&mut point.attributes()),
+                            "value": point.count(),
+                            "sum": point.sum(),
+                        }));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Value::Array(out)
+    }
+}
