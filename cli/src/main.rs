@@ -131,7 +131,8 @@ enum SandboxCommand {
         #[arg(value_parser = parse_key)]
         key: SandboxKey,
     },
-    /// Remove a sandbox from the directory and drop its database schema and role.
+    /// Remove a sandbox: turn its kill switch on, drop its database schema and role, then
+    /// delete it from the directory.
     Delete {
         /// The sandbox key.
         #[arg(value_parser = parse_key)]
@@ -503,12 +504,20 @@ async fn sandbox(command: SandboxCommand, pool: PgPool) -> Result<Output, Failur
             Ok(shown("enabled ", store.set_disabled(&key, false).await?))
         }
         SandboxCommand::Delete { key, keep_schema } => {
-            let deleted = store.delete(&key).await?;
+            // Kill switch first, and a moment for every service to see it (the directory's
+            // propagation bound is a second): while the schema goes, the sandbox is refused,
+            // not unknown, so nothing provisions it again.
             let schema_dropped = if keep_schema {
                 false
             } else {
+                match store.set_disabled(&key, true).await {
+                    Ok(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    Err(StoreError::NotFound(_)) => {}
+                    Err(other) => return Err(other.into()),
+                }
                 SandboxPool::new(pool).drop_sandbox(&key).await?
             };
+            let deleted = store.delete(&key).await?;
             if !deleted && !schema_dropped {
                 return Err(StoreError::NotFound(key).into());
             }

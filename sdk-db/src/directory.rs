@@ -47,17 +47,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prodbox_core::directory::{Directory, MemoryDirectory, SandboxEntry};
 use prodbox_core::{Sandbox, SandboxKey};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Row};
 use tokio::task::JoinHandle;
 
-/// The channel every change to the table is announced on; the payload is the sandbox key.
+/// The channel every change to the table is announced on; the payload is the sandbox key, or
+/// `*` for "read everything again" (after a `TRUNCATE`).
 pub const CHANNEL: &str = "prodbox_directory";
 
 /// The advisory lock schema provisioning takes around its catalogue DDL (class `"prod"`, key
@@ -95,6 +97,14 @@ END $$;
 CREATE OR REPLACE TRIGGER sandboxes_notify
     AFTER INSERT OR UPDATE OR DELETE ON prodbox.sandboxes
     FOR EACH ROW EXECUTE FUNCTION prodbox.sandboxes_notify();
+CREATE OR REPLACE FUNCTION prodbox.sandboxes_notify_all() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('prodbox_directory', '*');
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER sandboxes_truncate
+    AFTER TRUNCATE ON prodbox.sandboxes
+    FOR EACH STATEMENT EXECUTE FUNCTION prodbox.sandboxes_notify_all();
 "#;
 
 const COLUMNS: &str = "key, actor, origin, forks::text AS forks, shadows::text AS shadows,
@@ -131,6 +141,9 @@ pub async fn ensure_table(pool: &PgPool) -> Result<(), sqlx::Error> {
     let ready: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_trigger
                         WHERE tgname = 'sandboxes_notify'
+                          AND tgrelid = to_regclass('prodbox.sandboxes'))
+            AND EXISTS (SELECT 1 FROM pg_trigger
+                        WHERE tgname = 'sandboxes_truncate'
                           AND tgrelid = to_regclass('prodbox.sandboxes'))
             AND EXISTS (SELECT 1 FROM information_schema.columns
                         WHERE table_schema = 'prodbox' AND table_name = 'sandboxes'
@@ -217,28 +230,62 @@ pub fn validate_fork(service: &str, address: &str) -> Result<(), StoreError> {
 }
 
 fn entry_of(row: &PgRow) -> Result<SandboxEntry, String> {
-    let get_err = |e: sqlx::Error| e.to_string();
-    let key: String = row.try_get("key").map_err(get_err)?;
+    let key: String = row.try_get("key").map_err(|e| e.to_string())?;
     let key: SandboxKey = key.parse().map_err(|e| format!("key {key:?}: {e}"))?;
-    let forks: String = row.try_get("forks").map_err(get_err)?;
-    let forks: BTreeMap<String, String> =
-        serde_json::from_str(&forks).map_err(|e| format!("forks of {key}: {e}"))?;
-    let shadows: String = row.try_get("shadows").map_err(get_err)?;
-    let shadows: BTreeSet<String> =
-        serde_json::from_str(&shadows).map_err(|e| format!("shadows of {key}: {e}"))?;
+    let mut problems = Vec::new();
+    let mut json = |column: &str| -> Option<String> {
+        row.try_get::<String, _>(column)
+            .map_err(|e| problems.push(format!("{column}: {e}")))
+            .ok()
+    };
+    let forks = json("forks");
+    let shadows = json("shadows");
     let mut entry = SandboxEntry::new(key);
-    entry.shadows = shadows;
-    entry.actor = row.try_get("actor").map_err(get_err)?;
-    entry.origin = row.try_get("origin").map_err(get_err)?;
-    entry.forks = forks;
-    entry.created_at = Some(time(row.try_get("created").map_err(get_err)?));
-    entry.expires_at = row
-        .try_get::<Option<f64>, _>("expires")
-        .map_err(get_err)?
-        .map(time);
-    entry.disabled = row.try_get("disabled").map_err(get_err)?;
-    // A row edited by hand into something prodbox would not write is left out, loudly.
-    validate(&entry).map_err(|e| e.to_string())?;
+    match forks.map(|f| serde_json::from_str::<BTreeMap<String, String>>(&f)) {
+        Some(Ok(forks)) => entry.forks = forks,
+        Some(Err(e)) => problems.push(format!("forks: {e}")),
+        None => {}
+    }
+    match shadows.map(|s| serde_json::from_str::<BTreeSet<String>>(&s)) {
+        Some(Ok(shadows)) => entry.shadows = shadows,
+        Some(Err(e)) => problems.push(format!("shadows: {e}")),
+        None => {}
+    }
+    match (row.try_get("actor"), row.try_get("origin")) {
+        (Ok(actor), Ok(origin)) => (entry.actor, entry.origin) = (actor, origin),
+        (Err(e), _) | (_, Err(e)) => problems.push(e.to_string()),
+    }
+    match row.try_get::<f64, _>("created") {
+        Ok(created) => entry.created_at = Some(time(created)),
+        Err(e) => problems.push(e.to_string()),
+    }
+    match row.try_get::<Option<f64>, _>("expires") {
+        Ok(expires) => entry.expires_at = expires.map(time),
+        Err(e) => problems.push(e.to_string()),
+    }
+    match row.try_get::<bool, _>("disabled") {
+        Ok(disabled) => entry.disabled = disabled,
+        Err(e) => problems.push(e.to_string()),
+    }
+    if let Err(e) = validate(&entry) {
+        problems.push(e.to_string());
+    }
+    if !problems.is_empty() {
+        // A row edited by hand into something prodbox would not write. Forgetting it could
+        // admit the sandbox as unknown; keeping its bad address could route to it. So it
+        // stays, refused everywhere: disabled, with no forks, shadows or labels.
+        tracing::warn!(
+            target: "prodbox::directory",
+            sandbox = %entry.key,
+            problems = %problems.join("; "),
+            "invalid directory row: the sandbox is treated as disabled until it is fixed"
+        );
+        entry.disabled = true;
+        entry.forks.clear();
+        entry.shadows.clear();
+        entry.actor = None;
+        entry.origin = None;
+    }
     Ok(entry)
 }
 
@@ -247,7 +294,9 @@ fn entries_of(rows: &[PgRow]) -> Vec<SandboxEntry> {
         .filter_map(|row| match entry_of(row) {
             Ok(entry) => Some(entry),
             Err(error) => {
-                tracing::warn!(target: "prodbox::directory", %error, "ignoring an invalid directory row");
+                // Only a key that is not a sandbox key gets here (the table's check refuses
+                // those): nothing could ever name that sandbox.
+                tracing::warn!(target: "prodbox::directory", %error, "ignoring a directory row without a valid key");
                 None
             }
         })
@@ -407,7 +456,7 @@ impl DirectoryStore {
 /// Configures a [`PgDirectory`].
 #[derive(Debug, Clone)]
 pub struct PgDirectoryBuilder {
-    pool: PgPool,
+    options: Arc<PgConnectOptions>,
     heartbeat: Duration,
     staleness_bound: Duration,
     retention: Duration,
@@ -525,13 +574,8 @@ impl PgDirectory {
             .as_ref()
             .clone()
             .application_name("prodbox-directory");
-        let own = PgPoolOptions::new()
-            .max_connections(2)
-            .min_connections(0)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(options);
         PgDirectoryBuilder {
-            pool: own,
+            options: Arc::new(options),
             heartbeat: Duration::from_secs(2),
             staleness_bound: Duration::from_secs(10),
             retention: Duration::from_secs(3600),
@@ -623,91 +667,136 @@ fn heartbeat_channel() -> String {
     format!("prodbox_directory_hb_{:016x}", hasher.finish())
 }
 
-async fn session(shared: &Weak<Shared>, config: &PgDirectoryBuilder) -> Ended {
-    let lost = |e: sqlx::Error| Ended::Lost(e.to_string());
-    if let Err(e) = ensure_table(&config.pool).await {
-        return lost(e);
+/// How long any one database call of a session may take before the session counts as lost.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `call` with [`IO_TIMEOUT`]; a timeout or an error ends the session.
+async fn io<T>(what: &str, call: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, Ended> {
+    match tokio::time::timeout(IO_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(Ended::Lost(format!("{what}: {e}"))),
+        Err(_) => Err(Ended::Lost(format!(
+            "{what}: no answer within {IO_TIMEOUT:?}"
+        ))),
     }
-    let mut listener = match PgListener::connect_with(&config.pool).await {
-        Ok(listener) => listener,
-        Err(e) => return lost(e),
-    };
+}
+
+/// Reads the whole table into the snapshot.
+async fn full_sync(shared: &Weak<Shared>, pool: &PgPool) -> Result<(), Ended> {
+    let rows = io(
+        "reading the directory",
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM prodbox.sandboxes"
+        )))
+        .fetch_all(pool),
+    )
+    .await?;
+    let shared = shared.upgrade().ok_or(Ended::Dropped)?;
+    shared.entries.replace_all(entries_of(&rows));
+    shared.heard();
+    if !shared.synced.swap(true, Ordering::AcqRel) {
+        tracing::info!(target: "prodbox::directory", sandboxes = rows.len(), "directory synced");
+    }
+    shared.synced_notify.notify_waiters();
+    Ok(())
+}
+
+async fn session(shared: &Weak<Shared>, config: &PgDirectoryBuilder) -> Ended {
+    // A pool per session: connections a dead session leaves hanging (a half-open socket, a
+    // pending UNLISTEN) cannot starve the next one.
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(0)
+        .acquire_timeout(IO_TIMEOUT)
+        .connect_lazy_with(config.options.as_ref().clone());
+    match session_on(shared, config, &pool).await {
+        Ok(never) => match never {},
+        Err(ended) => ended,
+    }
+}
+
+async fn session_on(
+    shared: &Weak<Shared>,
+    config: &PgDirectoryBuilder,
+    pool: &PgPool,
+) -> Result<std::convert::Infallible, Ended> {
+    io("creating the directory table", ensure_table(pool)).await?;
+    let mut listener = io("listening", PgListener::connect_with(pool)).await?;
     let heartbeat = heartbeat_channel();
     // Listen first, then read: a change between the two is both read and announced.
-    if let Err(e) = listener.listen_all([CHANNEL, heartbeat.as_str()]).await {
-        return lost(e);
-    }
-    let rows = match sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM prodbox.sandboxes"
-    )))
-    .fetch_all(&config.pool)
-    .await
-    {
-        Ok(rows) => rows,
-        Err(e) => return lost(e),
-    };
-    {
-        let Some(shared) = shared.upgrade() else {
-            return Ended::Dropped;
-        };
-        shared.entries.replace_all(entries_of(&rows));
-        shared.heard();
-        if !shared.synced.swap(true, Ordering::AcqRel) {
-            tracing::info!(target: "prodbox::directory", sandboxes = rows.len(), "directory synced");
-        }
-        shared.synced_notify.notify_waiters();
-    }
+    io(
+        "listening",
+        listener.listen_all([CHANNEL, heartbeat.as_str()]),
+    )
+    .await?;
+    full_sync(shared, pool).await?;
+    let mut last_full_sync = Instant::now();
 
     let beats = tokio::spawn(heartbeats(
-        config.pool.clone(),
+        pool.clone(),
         heartbeat,
         config.heartbeat,
         config.retention,
     ));
     let _beats = AbortOnDrop(beats);
-    let dead_after = config.heartbeat * 3;
+    let dead_after = config.heartbeat.saturating_mul(3);
     loop {
         let notification = match tokio::time::timeout(dead_after, listener.try_recv()).await {
             // Silent for three heartbeats: the connection is as good as dead. Dropping the
             // listener mid-read is fine, it is never used again.
-            Err(_) => return Ended::Lost(format!("no heartbeat for {dead_after:?}")),
-            Ok(Err(e)) => return lost(e),
-            Ok(Ok(None)) => return Ended::Lost("listening connection closed".to_owned()),
+            Err(_) => return Err(Ended::Lost(format!("no heartbeat for {dead_after:?}"))),
+            Ok(Err(e)) => return Err(Ended::Lost(e.to_string())),
+            Ok(Ok(None)) => return Err(Ended::Lost("listening connection closed".to_owned())),
             Ok(Ok(Some(notification))) => notification,
         };
-        let Some(shared) = shared.upgrade() else {
-            return Ended::Dropped;
-        };
-        shared.heard();
+        {
+            let shared = shared.upgrade().ok_or(Ended::Dropped)?;
+            shared.heard();
+        }
+        // A backstop against changes no notification announced (triggers disabled by hand,
+        // replication with `session_replication_role = replica`).
+        if last_full_sync.elapsed() >= FULL_SYNC_EVERY {
+            full_sync(shared, pool).await?;
+            last_full_sync = Instant::now();
+        }
         if notification.channel() != CHANNEL {
+            continue;
+        }
+        if notification.payload() == "*" {
+            full_sync(shared, pool).await?;
+            last_full_sync = Instant::now();
             continue;
         }
         let Ok(key) = notification.payload().parse::<SandboxKey>() else {
             tracing::warn!(target: "prodbox::directory", payload = notification.payload(), "ignoring a notification that names no valid sandbox");
             continue;
         };
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM prodbox.sandboxes WHERE key = $1"
-        )))
-        .bind(key.as_str())
-        .fetch_optional(&config.pool)
-        .await;
-        match row {
-            Ok(Some(row)) => match entry_of(&row) {
-                Ok(entry) => shared.entries.upsert(entry),
-                Err(error) => {
-                    tracing::warn!(target: "prodbox::directory", %error, "ignoring an invalid directory row");
-                    shared.entries.remove(&key);
-                }
-            },
-            Ok(None) => {
+        let row = io(
+            "reading a directory entry",
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM prodbox.sandboxes WHERE key = $1"
+            )))
+            .bind(key.as_str())
+            .fetch_optional(pool),
+        )
+        .await?;
+        let shared = shared.upgrade().ok_or(Ended::Dropped)?;
+        match row.map(|row| entry_of(&row)) {
+            Some(Ok(entry)) => shared.entries.upsert(entry),
+            Some(Err(error)) => {
+                tracing::warn!(target: "prodbox::directory", %error, "ignoring a directory row without a valid key");
                 shared.entries.remove(&key);
             }
-            Err(e) => return lost(e),
+            None => {
+                shared.entries.remove(&key);
+            }
         }
         tracing::debug!(target: "prodbox::directory", sandbox = %key, "directory entry reloaded");
     }
 }
+
+/// How often a session reads the whole table again, whatever the notifications say.
+const FULL_SYNC_EVERY: Duration = Duration::from_secs(300);
 
 /// Proves the listening connection alive, and deletes rows past their retention (any
 /// directory may: the delete is idempotent) at most once a minute, or every half retention
@@ -718,26 +807,36 @@ async fn heartbeats(pool: PgPool, channel: String, interval: Duration, retention
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_purge: Option<Instant> = None;
+    let mut purge_warned = false;
     loop {
         ticker.tick().await;
         let beat = sqlx::query("SELECT pg_notify($1, '')")
             .bind(&channel)
-            .execute(&pool)
-            .await;
-        if let Err(error) = beat {
-            tracing::debug!(target: "prodbox::directory", %error, "heartbeat failed");
-            continue;
+            .execute(&pool);
+        match tokio::time::timeout(interval.max(Duration::from_secs(1)), beat).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(target: "prodbox::directory", %error, "heartbeat failed");
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!(target: "prodbox::directory", "heartbeat timed out");
+                continue;
+            }
         }
         if last_purge.is_none_or(|at| at.elapsed() >= purge_every) {
             last_purge = Some(Instant::now());
-            match store.purge_expired(retention).await {
-                Ok(0) => {}
-                Ok(purged) => {
+            match tokio::time::timeout(IO_TIMEOUT, store.purge_expired(retention)).await {
+                Ok(Ok(0)) | Err(_) => {}
+                Ok(Ok(purged)) => {
                     tracing::info!(target: "prodbox::directory", purged, "deleted expired directory rows");
                 }
-                Err(error) => {
-                    tracing::debug!(target: "prodbox::directory", %error, "purging expired rows failed");
+                // Most likely a service role without DELETE on the table: say so once.
+                Ok(Err(error)) if !purge_warned => {
+                    purge_warned = true;
+                    tracing::warn!(target: "prodbox::directory", %error, "cannot delete expired directory rows (grant DELETE on prodbox.sandboxes, or leave it to a service that has it)");
                 }
+                Ok(Err(_)) => {}
             }
         }
     }

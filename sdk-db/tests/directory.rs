@@ -2,6 +2,8 @@
 //! expiry and rows prodbox would not write.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use prodbox_core::directory::{Directory, SandboxEntry};
@@ -333,7 +335,7 @@ async fn expired_sandboxes_are_refused_on_time_and_their_rows_go() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_prodbox_would_not_write_are_left_out() {
+async fn rows_prodbox_would_not_write_are_kept_disabled() {
     require_postgres().await;
     let db = TestDatabase::create().await;
     let store = DirectoryStore::new(db.pool().clone());
@@ -369,8 +371,35 @@ async fn rows_prodbox_would_not_write_are_left_out() {
     })
     .await;
     assert!(seen.is_some());
-    assert!(directory.get(&bad).is_none(), "the invalid row is ignored");
-    assert!(matches!(store.get(&bad).await, Err(StoreError::Invalid(_))));
+    // The invalid row is kept, fail-closed: disabled, without the unusable fork, so it is
+    // refused rather than forgotten (an unknown sandbox may be admitted).
+    let kept = directory.get(&bad).expect("the invalid row is kept");
+    assert!(kept.disabled && kept.forks.is_empty(), "{kept:?}");
+    assert!(matches!(
+        admit(&directory, &bad),
+        Admission::Refused(Refusal::Disabled(_))
+    ));
+    let stored = store.get(&bad).await.expect("get").expect("present");
+    assert!(stored.disabled && stored.forks.is_empty());
+    // The kill switch still works on it.
+    assert!(
+        store
+            .set_disabled(&bad, true)
+            .await
+            .expect("disable")
+            .disabled
+    );
+
+    // A TRUNCATE is announced too: every entry goes.
+    sqlx::query("TRUNCATE prodbox.sandboxes")
+        .execute(db.pool())
+        .await
+        .expect("truncate");
+    let emptied = within(Duration::from_secs(1), || directory.entries().is_empty()).await;
+    assert!(
+        emptied.is_some(),
+        "a truncate reaches the directory within 1 s"
+    );
 
     drop(directory);
     db.cleanup().await;
@@ -406,6 +435,137 @@ async fn shadows_are_stored_and_need_a_fork() {
             .await,
         Err(StoreError::Invalid(_))
     ));
+    drop(directory);
+    db.cleanup().await;
+}
+
+/// A TCP proxy to PostgreSQL that can black-hole traffic without a reset: the connections it
+/// carried when frozen stay dead for good (as after a NAT or conntrack reset).
+struct Proxy {
+    port: u16,
+    opened: Arc<AtomicU64>,
+    frozen_below: Arc<AtomicU64>,
+    all_frozen: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let proxy = Proxy {
+            port,
+            opened: Arc::default(),
+            frozen_below: Arc::default(),
+            all_frozen: Arc::default(),
+        };
+        let (opened, below, all) = (
+            Arc::clone(&proxy.opened),
+            Arc::clone(&proxy.frozen_below),
+            Arc::clone(&proxy.all_frozen),
+        );
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let id = opened.fetch_add(1, Ordering::SeqCst);
+                let (below, all) = (Arc::clone(&below), Arc::clone(&all));
+                tokio::spawn(async move {
+                    let frozen =
+                        move || all.load(Ordering::SeqCst) || id < below.load(Ordering::SeqCst);
+                    while frozen() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::spawn(pump(client_read, server_write, frozen.clone()));
+                    tokio::spawn(pump(server_read, client_write, frozen));
+                });
+            }
+        });
+        proxy
+    }
+
+    /// Black-holes everything, and for good every connection open now.
+    fn partition(&self) {
+        self.frozen_below
+            .store(self.opened.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.all_frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets new connections through again.
+    fn heal(&self) {
+        self.all_frozen.store(false, Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: impl Fn() -> bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16384];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(n) if n > 0 => n,
+            _ => {
+                // Closed: pass it on, unless black-holed (then the socket just stays open).
+                while frozen() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                return;
+            }
+        };
+        while frozen() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_from_a_half_open_partition() {
+    require_postgres().await;
+    let db = TestDatabase::create().await;
+    let store = DirectoryStore::new(db.pool().clone());
+    let proxy = Proxy::start(db.connect_options().get_port()).await;
+    let proxied = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_lazy_with(db.connect_options().host("127.0.0.1").port(proxy.port));
+    let directory = PgDirectory::builder(&proxied)
+        .heartbeat(Duration::from_millis(200))
+        .staleness_bound(Duration::from_secs(1))
+        .start();
+    directory
+        .synced(Duration::from_secs(10))
+        .await
+        .expect("sync");
+
+    proxy.partition();
+    let stale = within(Duration::from_secs(5), || directory.is_stale()).await;
+    assert!(stale.is_some(), "stale during the partition");
+    proxy.heal();
+    let k = key("healed");
+    store
+        .create(&SandboxEntry::new(k.clone()))
+        .await
+        .expect("create");
+    // Its old connections stay dead; a new session must not wait on them.
+    let back = within(Duration::from_secs(30), || {
+        !directory.is_stale() && directory.get(&k).is_some()
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "fresh and resynced after the partition healed"
+    );
+
     drop(directory);
     db.cleanup().await;
 }

@@ -38,8 +38,11 @@
 //! offset at or after the sandbox's creation time (`offsets_for_times`), so messages produced
 //! between the sandbox's creation and the consumer's start are not missed.
 //!
-//! Neither kind consumes before its directory has synced once, and both pause (committing
-//! nothing) while the directory reports itself [stale](prodbox_core::directory::Directory::is_stale).
+//! Neither kind consumes before its directory has synced once. While the directory reports
+//! itself [stale](prodbox_core::directory::Directory::is_stale), a message that carries a
+//! sandbox is held (its partition pauses there, nothing is committed past it) until the
+//! directory is fresh; untagged messages go on. A pause longer than `max.poll.interval.ms`
+//! makes the consumer leave its group and rejoin: the held message comes again.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -309,9 +312,12 @@ impl SandboxConsumer {
                     continue;
                 }
             };
-            // A stale directory may not know a fork created meanwhile: hold the message (its
-            // offset unstored) until the directory is fresh again.
-            if self.filter.directory().is_stale() {
+            // A stale directory may not know a fork created meanwhile: hold a sandbox's message
+            // (its offset unstored) until the directory is fresh again. Untagged messages do
+            // not depend on the directory and go on.
+            if self.filter.directory().is_stale()
+                && self.filter.concerns_a_sandbox(message.headers())
+            {
                 tracing::warn!(target: "prodbox::kafka", source = %Source(&message), "directory is stale; pausing until it is fresh");
                 let fresh = async {
                     while self.filter.directory().is_stale() {

@@ -68,6 +68,7 @@ pub enum Verdict {
 /// | a sandbox the directory does not know | process with its context attached (never as production) | |
 /// | a disabled or expired sandbox | skip (`sandbox_disabled`, `sandbox_expired`): it is over, and never production | skip |
 /// | malformed or ambiguous sandbox headers | dead-letter | skip: the baseline dead-letters it, once |
+/// | a signed token without the sandbox key (nothing here can verify it) | dead-letter (`token_without_key`) | skip |
 /// | malformed baggage that mentions nothing of ours | process (it is no sandbox message) | skip (`untagged`) |
 #[derive(Clone)]
 pub struct Filter {
@@ -114,6 +115,17 @@ impl Filter {
         &self.directory
     }
 
+    /// Whether `headers` carry anything of a sandbox (so deciding on them needs a fresh
+    /// directory); untagged messages do not.
+    pub fn concerns_a_sandbox<H: Headers + ?Sized>(&self, headers: Option<&H>) -> bool {
+        let Some(headers) = headers else {
+            return false;
+        };
+        let mut snapshot = HeaderSnapshot::new();
+        // Unreadable headers are dead-lettered whatever the directory says.
+        readable(|| snapshot.read(headers)).is_some() && self.codec.mentions_ours(&snapshot)
+    }
+
     /// Decides what happens to a message with `headers` at `now`.
     pub fn decide<H: Headers + ?Sized>(&self, headers: Option<&H>, now: SystemTime) -> Verdict {
         let Some(headers) = headers else {
@@ -139,6 +151,14 @@ impl Filter {
         };
         let foreign = extracted.foreign().clone();
         let Some(sandbox) = extracted.sandbox() else {
+            // A token alone meant a sandbox, and no consumer holds keys to verify it: the
+            // baseline must not process it as production.
+            if extracted.token().is_some() {
+                return match &self.role {
+                    Role::Baseline { .. } => Verdict::DeadLetter(BaggageError::TokenWithoutKey),
+                    Role::Sandbox { .. } => skip("malformed_left_to_baseline", None),
+                };
+            }
             return match &self.role {
                 Role::Baseline { .. } => Verdict::Process(
                     (!foreign.is_empty()).then(|| SandboxContext::baseline(foreign)),

@@ -663,3 +663,26 @@ async fn mock_cluster_round_trip_keeps_headers() {
         "process:pr-42"
     );
 }
+
+#[test]
+fn a_token_without_its_key_is_never_processed_as_production() {
+    let token = baggage("prodbox.token=v1.k1.e30.AAAA,a=1");
+    assert_eq!(
+        decide(Role::baseline("billing"), Some(&token)),
+        "dead_letter:token_without_key"
+    );
+    assert_eq!(
+        decide(Role::sandbox(key("fork-a")), Some(&token)),
+        "skip:malformed_left_to_baseline"
+    );
+}
+
+#[test]
+fn only_messages_of_a_sandbox_concern_the_directory() {
+    let filter = Filter::new(Role::baseline("billing"), directory());
+    assert!(!filter.concerns_a_sandbox(None::<&OwnedHeaders>));
+    assert!(!filter.concerns_a_sandbox(Some(&baggage("userid=7"))));
+    assert!(filter.concerns_a_sandbox(Some(&baggage("prodbox.sandbox=fork-a"))));
+    assert!(filter.concerns_a_sandbox(Some(&baggage("prodbox.token=x"))));
+    assert!(filter.concerns_a_sandbox(Some(&headers(&[("uberctx-prodbox.sandbox", b"fork-a")]))));
+}

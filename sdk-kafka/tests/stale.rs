@@ -1,5 +1,5 @@
-//! A consumer pauses while its directory is stale, committing nothing, and resumes when it is
-//! fresh again.
+//! While its directory is stale, a consumer holds a sandbox's messages (committing nothing
+//! past them) and resumes when it is fresh again; production messages before them go on.
 
 // Test helpers outside #[test] functions: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::{
     Log, Out, Running, committed, consumer_config, eventually, produce, producer, recorder,
 };
-use prodbox_core::SandboxKey;
 use prodbox_core::directory::{Directory, MemoryDirectory, SandboxEntry};
+use prodbox_core::{Sandbox, SandboxKey};
 use prodbox_kafka::{Role, SandboxConsumer};
 use prodbox_testkit::kafka::{create_topic, unique_topic};
 
@@ -38,14 +38,17 @@ impl Directory for Switchable {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_directory_pauses_consumption_without_committing() {
+async fn a_stale_directory_holds_sandbox_messages_not_production_ones() {
     let topic = unique_topic("stale");
     create_topic(&topic, 1).await;
     let directory = Switchable::default();
     directory.stale.store(true, Ordering::SeqCst);
     let group = format!("{topic}-billing");
 
-    let records: Vec<Out> = (0..10).map(|i| Out::new(format!("m{i}"))).collect();
+    // Five production messages, then a sandbox's, then five more production ones.
+    let mut records: Vec<Out> = (0..5).map(|i| Out::new(format!("m{i}"))).collect();
+    records.push(Out::new("tagged").sandbox(Some(Sandbox::new("st-a".parse().unwrap()))));
+    records.extend((5..10).map(|i| Out::new(format!("m{i}"))));
     produce(&producer(), &topic, &records).await;
 
     let consumer = SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))
@@ -56,24 +59,45 @@ async fn a_stale_directory_pauses_consumption_without_committing() {
     let log: Log = Arc::default();
     let running = Running::spawn(consumer, recorder(&log, "baseline"));
 
-    // Long enough to fetch and (were it not paused) handle and commit everything.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The messages before the sandbox's are handled; the partition waits at the sandbox's.
     assert!(
-        log.lock().unwrap().is_empty(),
-        "nothing handled while stale"
+        eventually(Duration::from_secs(20), || log.lock().unwrap().len() == 5).await,
+        "production messages go on while stale: {:?}",
+        log.lock().unwrap()
     );
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        committed(&group, &topic, 1).await[&0],
-        -1,
-        "nothing committed while stale"
+        log.lock().unwrap().len(),
+        5,
+        "held at the sandbox's message"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            committed_now(&group, &topic) <= 5
+        })
+        .await
     );
 
     directory.stale.store(false, Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(20), || log.lock().unwrap().len() == 10).await,
+        eventually(Duration::from_secs(20), || log.lock().unwrap().len() == 11).await,
         "every message handled once fresh: {:?}",
         log.lock().unwrap()
     );
+    let tagged: Vec<_> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, payload, _)| payload == "tagged")
+        .map(|(_, _, sandbox)| sandbox.clone())
+        .collect();
+    assert_eq!(tagged, vec![Some("st-a".to_owned())]);
     running.stop().await;
-    assert_eq!(committed(&group, &topic, 1).await[&0], 10);
+    assert_eq!(committed(&group, &topic, 1).await[&0], 11);
+}
+
+/// The group's committed offset on partition 0, read synchronously for `eventually`.
+fn committed_now(group: &str, topic: &str) -> i64 {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| runtime.block_on(committed(group, topic, 1)))[&0]
 }

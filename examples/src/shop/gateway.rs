@@ -70,6 +70,7 @@ async fn create_order(
                 Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
                 Code::PermissionDenied | Code::FailedPrecondition => StatusCode::FORBIDDEN,
                 Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+                Code::AlreadyExists => StatusCode::CONFLICT,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
             Err((code, format!("orders: {}", status.message())))

@@ -102,17 +102,25 @@ impl Orders for OrdersService {
         };
         order.validate().map_err(Status::invalid_argument)?;
         // Idempotent: a retried order is stored once and announced again, which billing
-        // tolerates (it invoices each order once).
-        sqlx::query(
+        // tolerates (it invoices each order once). The stored order is what is announced; an
+        // id reused for a different order is refused.
+        let (item, amount_cents): (String, i64) = sqlx::query_as(
             "INSERT INTO orders (id, item, amount_cents) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id
+             RETURNING item, amount_cents",
         )
         .bind(&order.id)
         .bind(&order.item)
         .bind(order.amount_cents)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await
         .map_err(|e| db_status(&e))?;
+        if (item.as_str(), amount_cents) != (order.item.as_str(), order.amount_cents) {
+            return Err(Status::already_exists(format!(
+                "order {} exists with other contents",
+                order.id
+            )));
+        }
         let payload = serde_json::to_string(&order).map_err(|e| Status::internal(e.to_string()))?;
         let record = FutureRecord::to(&self.topic)
             .key(&order.id)

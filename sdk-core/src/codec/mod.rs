@@ -171,6 +171,10 @@ pub enum BaggageError {
         /// Its value (truncated to 64 bytes).
         second: String,
     },
+    /// A signed token without the sandbox key, where nothing can verify it (a Kafka message,
+    /// an internal hop): it meant a sandbox, so it must not run as production.
+    #[error("a sandbox token without the sandbox key cannot be verified here")]
+    TokenWithoutKey,
 }
 
 impl BaggageError {
@@ -188,6 +192,7 @@ impl BaggageError {
             Self::InvalidLabel(_) => "invalid_label",
             Self::Ambiguous { .. } => "ambiguous_sandbox",
             Self::Unwritable(_) => "baggage_unwritable",
+            Self::TokenWithoutKey => "token_without_key",
         }
     }
 }
