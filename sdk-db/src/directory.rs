@@ -43,7 +43,14 @@
 //! Ingress and the Kafka filter refuse a sandbox the moment its `expires_at` passes, from the
 //! snapshot. The rows themselves are deleted by the directories that watch the table, a
 //! [`retention`](PgDirectoryBuilder::retention) (1 hour) after they expired; until then a late
-//! request is refused as *expired* rather than seen as unknown. No separate cleaner runs.
+//! request is refused as *expired* rather than seen as unknown. No separate cleaner runs. Every
+//! directory purges, so the shortest retention configured anywhere in the fleet wins: set it
+//! the same everywhere.
+//!
+//! A sandbox that is deleted or purged becomes *unknown*. An ingress that allows unknown
+//! sandboxes (the default of [`Ingress`](prodbox_core::Ingress)) runs it again, isolated but
+//! with its schema provisioned anew; where the directory is the source of truth, configure
+//! `unknown_sandboxes(UnknownSandbox::Refuse)`, as the shop demo does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
