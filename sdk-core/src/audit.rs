@@ -8,13 +8,13 @@
 //! | `actor`, `origin` | who started the sandbox and for what, or `-` |
 //! | `protocol` | `http`, `grpc`, `kafka`, `db` |
 //! | `direction` | `inbound` or `outbound` |
-//! | `decision` | `accepted`, `stripped`, `rejected`, `throttled`, `routed`, `fallback`, `skipped`, `dead_lettered` |
+//! | `decision` | `accepted`, `stripped`, `rejected`, `throttled`, `routed`, `fallback`, `skipped`, `dead_lettered`, `shadowed` |
 //! | `reason` | a short stable name such as `untrusted_ingress`, `token_expired`, `rate_limited` |
 //! | `detail` | a human sentence, when there is more to say |
 //!
 //! Every event is also counted in the `prodbox.sandbox.decisions` metric ([`crate::metrics`]).
 //!
-//! `accepted`, `routed` and `skipped` are logged at `INFO`, everything else at `WARN`. Route them with an
+//! `accepted`, `routed`, `skipped` and `shadowed` are logged at `INFO`, everything else at `WARN`. Route them with an
 //! `EnvFilter` directive such as `prodbox::audit=info`.
 
 use std::fmt;
@@ -85,6 +85,9 @@ pub enum Decision {
     Skipped,
     /// A message went to the dead-letter topic with the reason.
     DeadLettered,
+    /// A copy of a baseline request was sent to a sandbox's shadow fork (reason `sent`, or
+    /// `differs` when the compare hook found a difference), or dropped (the reason says why).
+    Shadowed,
 }
 
 impl Decision {
@@ -99,6 +102,7 @@ impl Decision {
             Decision::Fallback => "fallback",
             Decision::Skipped => "skipped",
             Decision::DeadLettered => "dead_lettered",
+            Decision::Shadowed => "shadowed",
         }
     }
 }
@@ -149,7 +153,7 @@ impl AuditEvent<'_> {
             };
         }
         match self.decision {
-            Decision::Accepted | Decision::Routed | Decision::Skipped => {
+            Decision::Accepted | Decision::Routed | Decision::Skipped | Decision::Shadowed => {
                 event!(tracing::Level::INFO)
             }
             _ => event!(tracing::Level::WARN),

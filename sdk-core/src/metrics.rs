@@ -8,6 +8,7 @@
 //! | `prodbox.kafka.messages` | counter, `{message}` | `messaging.system` (`kafka`), `messaging.destination.name`, `prodbox.kafka.role` (`baseline`, `sandbox`), `prodbox.kafka.outcome` (`processed`, `skipped`, `dead_lettered`) |
 //! | `prodbox.db.schemas` | counter, `{schema}` | `db.system.name` (`postgresql`), `prodbox.db.operation` (`provisioned`, `dropped`) |
 //! | `prodbox.db.provisioning.duration` | histogram, `s` | `db.system.name` |
+//! | `prodbox.shadow.copies` | counter, `{copy}` | `prodbox.shadow.outcome` (`sent`, `differing`, `dropped`), `prodbox.shadow.reason` (drops only: `queue_full`, `fork_slow`, `body_too_large`, `fork_error`, ...), `prodbox.sandbox` |
 //!
 //! `prodbox.sandbox.decisions` counts every audit event ([`crate::audit`]): sandbox contexts
 //! accepted, stripped and rejected per protocol and reason, throttled and circuit-broken calls
@@ -43,6 +44,7 @@ struct Instruments {
     kafka_messages: Counter<u64>,
     schemas: Counter<u64>,
     provisioning: Histogram<f64>,
+    shadow_copies: Counter<u64>,
 }
 
 fn instruments() -> &'static Instruments {
@@ -74,6 +76,13 @@ fn instruments() -> &'static Instruments {
                 .with_unit("s")
                 .with_description(
                     "Time to provision a sandbox schema (role, schema, migrations, seed)",
+                )
+                .build(),
+            shadow_copies: meter
+                .u64_counter("prodbox.shadow.copies")
+                .with_unit("{copy}")
+                .with_description(
+                    "Sampled copies of baseline requests sent to a shadow fork, or dropped",
                 )
                 .build(),
         }
@@ -225,4 +234,58 @@ pub fn schema_dropped() {
             KeyValue::new("prodbox.db.operation", "dropped"),
         ],
     );
+}
+
+/// What became of one sampled copy of a baseline request (shadowing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShadowOutcome {
+    /// The fork answered (and the compare hook, if any, found no difference).
+    Sent,
+    /// The fork answered and the compare hook reported a difference.
+    Differing,
+    /// The copy was not sent, or not answered in time; the reason says why.
+    Dropped,
+}
+
+impl ShadowOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Differing => "differing",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
+/// Counts one shadow copy for the shadow sandbox `sandbox` (if one was chosen), with the drop
+/// `reason` for [`ShadowOutcome::Dropped`] (a short name; bounded like audit reasons).
+pub fn shadow_copy(sandbox: Option<&str>, outcome: ShadowOutcome, reason: Option<&str>) {
+    let (sandbox, reason) = {
+        let labels = &mut *labels();
+        let sandbox = match sandbox {
+            Some(key) => intern(
+                &mut labels.sandboxes,
+                &labels.other,
+                key,
+                MAX_SANDBOX_LABELS,
+            ),
+            None => Arc::clone(&labels.none),
+        };
+        let reason = reason.map(|r| intern(&mut labels.reasons, &labels.other, r, MAX_REASONS));
+        (sandbox, reason)
+    };
+    let outcome = KeyValue::new("prodbox.shadow.outcome", outcome.as_str());
+    let sandbox = KeyValue::new("prodbox.sandbox", StringValue::from(sandbox));
+    match reason {
+        Some(reason) => instruments().shadow_copies.add(
+            1,
+            &[
+                outcome,
+                KeyValue::new("prodbox.shadow.reason", StringValue::from(reason)),
+                sandbox,
+            ],
+        ),
+        None => instruments().shadow_copies.add(1, &[outcome, sandbox]),
+    }
 }

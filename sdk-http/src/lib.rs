@@ -6,6 +6,8 @@
 //! * [`PropagateSandboxLayer`]: the client side, for any Tower HTTP client (hyper-util's
 //!   `Client`): writes the current context into outbound requests.
 //! * [`ForkRoutingLayer`]: sends sandboxed calls to the sandbox's fork of a service.
+//! * [`ShadowLayer`] (feature `shadow`): copies a sample of baseline requests to a sandbox's
+//!   shadow fork, for dark launches with real traffic.
 //! * `reqwest::SandboxMiddleware` (feature `reqwest`): the client side for
 //!   `reqwest-middleware`.
 //!
@@ -44,9 +46,13 @@ pub mod server;
 
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
+#[cfg(feature = "shadow")]
+pub mod shadow;
 
 pub use client::{
     ClientFlavor, HttpClientFlavor, InjectError, PropagateSandbox, PropagateSandboxLayer,
 };
 pub use routing::{ForkRouting, ForkRoutingLayer};
 pub use server::{HttpFlavor, PeerAddr, SandboxLayer, SandboxService, ServerFlavor};
+#[cfg(feature = "shadow")]
+pub use shadow::{Shadow, ShadowLayer};
