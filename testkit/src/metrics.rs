@@ -38,83 +38,66 @@ impl Metrics {
             .pop()
     }
 
-    fn matches(
-        point: impl Iterator<Item = impl std::borrow::Borrow<KeyValue>>,
-        want: &[(&str, &str)],
-    ) -> bool {
-        let have: Vec<(String, String)> = point
-            .map(|kv| {
-                let kv = kv.borrow();
-                (kv.key.as_str().to_owned(), kv.value.as_str().into_owned())
+    /// Each data point of metric `name` (a `u64` counter or an `f64` histogram) as its
+    /// attributes and its value (a histogram's value is its count).
+    fn points(&self, name: &str) -> Vec<(Vec<(String, String)>, u64)> {
+        let Some(latest) = self.latest() else {
+            return Vec::new();
+        };
+        let pairs = |kvs: &mut dyn Iterator<Item = &KeyValue>| -> Vec<(String, String)> {
+            kvs.map(|kv| (kv.key.as_str().to_owned(), kv.value.as_str().into_owned()))
+                .collect()
+        };
+        let mut points = Vec::new();
+        for metric in latest.scope_metrics().flat_map(|s| s.metrics()) {
+            if metric.name() != name {
+                continue;
+            }
+            match metric.data() {
+                AggregatedMetrics::U64(MetricData::Sum(sum)) => points.extend(
+                    sum.data_points()
+                        .map(|p| (pairs(&mut p.attributes()), p.value())),
+                ),
+                AggregatedMetrics::F64(MetricData::Histogram(histogram)) => points.extend(
+                    histogram
+                        .data_points()
+                        .map(|p| (pairs(&mut p.attributes()), p.count())),
+                ),
+                _ => {}
+            }
+        }
+        points
+    }
+
+    fn total(&self, name: &str, attributes: &[(&str, &str)]) -> u64 {
+        self.points(name)
+            .into_iter()
+            .filter(|(have, _)| {
+                attributes
+                    .iter()
+                    .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
             })
-            .collect();
-        want.iter()
-            .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
+            .map(|(_, value)| value)
+            .sum()
     }
 
     /// The total of counter `name` over data points carrying every attribute in `attributes`.
     pub fn sum(&self, name: &str, attributes: &[(&str, &str)]) -> u64 {
-        let Some(latest) = self.latest() else {
-            return 0;
-        };
-        let mut total = 0;
-        for metric in latest.scope_metrics().flat_map(|s| s.metrics()) {
-            if metric.name() != name {
-                continue;
-            }
-            if let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() {
-                total += sum
-                    .data_points()
-                    .filter(|p| Self::matches(p.attributes(), attributes))
-                    .map(|p| p.value())
-                    .sum::<u64>();
-            }
-        }
-        total
+        self.total(name, attributes)
     }
 
     /// How many values histogram `name` recorded over data points carrying `attributes`.
     pub fn histogram_count(&self, name: &str, attributes: &[(&str, &str)]) -> u64 {
-        let Some(latest) = self.latest() else {
-            return 0;
-        };
-        let mut total = 0;
-        for metric in latest.scope_metrics().flat_map(|s| s.metrics()) {
-            if metric.name() != name {
-                continue;
-            }
-            if let AggregatedMetrics::F64(MetricData::Histogram(histogram)) = metric.data() {
-                total += histogram
-                    .data_points()
-                    .filter(|p| Self::matches(p.attributes(), attributes))
-                    .map(|p| p.count())
-                    .sum::<u64>();
-            }
-        }
-        total
+        self.total(name, attributes)
     }
 
     /// Every value attribute `key` takes in metric `name`.
     pub fn attribute_values(&self, name: &str, key: &str) -> BTreeSet<String> {
-        let Some(latest) = self.latest() else {
-            return BTreeSet::new();
-        };
-        let mut values = BTreeSet::new();
-        for metric in latest.scope_metrics().flat_map(|s| s.metrics()) {
-            if metric.name() != name {
-                continue;
-            }
-            if let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() {
-                for point in sum.data_points() {
-                    values.extend(
-                        point
-                            .attributes()
-                            .filter(|kv| kv.key.as_str() == key)
-                            .map(|kv| kv.value.as_str().into_owned()),
-                    );
-                }
-            }
-        }
-        values
+        self.points(name)
+            .into_iter()
+            .flat_map(|(attributes, _)| attributes)
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .collect()
     }
 }

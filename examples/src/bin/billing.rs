@@ -7,17 +7,13 @@
 //! `--help` lists the flags.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::routing::get;
 use clap::Parser;
 use prodbox_core::SandboxKey;
-use prodbox_db::directory::PgDirectory;
 use prodbox_examples::shop::{self, billing};
-use rdkafka::ClientConfig;
 use serde_json::json;
 
 /// The shop's billing consumer.
@@ -26,15 +22,10 @@ struct Args {
     /// Address of the health endpoint (a fork registers it in the directory).
     #[arg(long, default_value = "127.0.0.1:8090")]
     listen: SocketAddr,
-    /// The shop's database.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
-    /// Kafka bootstrap servers.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    kafka: String,
-    /// Topic orders are announced on.
-    #[arg(long, default_value = shop::ORDER_CREATED)]
-    topic: String,
+    #[command(flatten)]
+    common: shop::service::Common,
+    #[command(flatten)]
+    kafka: shop::service::Kafka,
     /// Consumer group of the baseline (a fork derives its own from it).
     #[arg(long, default_value = "billing")]
     group: String,
@@ -44,9 +35,6 @@ struct Args {
     /// The fork's tax rule, in percent.
     #[arg(long, default_value_t = 25, requires = "sandbox")]
     tax_percent: i64,
-    /// Append prodbox audit events to this file as JSON lines.
-    #[arg(long)]
-    audit_log: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -59,17 +47,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         None => billing::Version::Baseline,
     };
-    shop::telemetry::init(&version.name(), args.audit_log.as_deref())?;
-    let metrics = shop::telemetry::Metrics::install();
-    let pg = sqlx::PgPool::connect(&args.database_url).await?;
-    shop::migrator().await?.run(&pg).await?;
-    let directory = PgDirectory::builder(&pg).start();
-    directory.synced(Duration::from_secs(10)).await?;
-    let mut kafka = ClientConfig::new();
-    kafka
-        .set("bootstrap.servers", &args.kafka)
-        .set("auto.commit.interval.ms", "200");
-    let consumer = billing::start(&kafka, &args.group, &args.topic, directory, &version).await?;
+    let started = shop::service::start(&version.name(), &args.common, true).await?;
+    let (pg, metrics) = (started.pg, started.metrics);
+    let mut kafka = args.kafka.config();
+    kafka.set("auto.commit.interval.ms", "200");
+    let consumer = billing::start(
+        &kafka,
+        &args.group,
+        &args.kafka.topic,
+        started.directory,
+        &version,
+    )
+    .await?;
     let stats = Arc::new(billing::Stats::default());
 
     let health = {

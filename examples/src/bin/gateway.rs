@@ -6,13 +6,10 @@
 //! once it serves, with its OpenTelemetry metrics at `GET /metrics`. `--help` lists the flags.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Parser;
 use prodbox_core::Guardrails;
 use prodbox_core::token::TokenKeys;
-use prodbox_db::directory::PgDirectory;
 use prodbox_examples::shop::{self, gateway};
 use tonic::transport::Endpoint;
 
@@ -25,9 +22,8 @@ struct Args {
     /// Where the orders service listens.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     orders_url: String,
-    /// The shop's database (for the sandbox directory).
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    #[command(flatten)]
+    common: shop::service::Common,
     /// Key id of the token secret (the secret itself comes from PRODBOX_TOKEN_SECRET).
     #[arg(long, default_value = "demo")]
     token_key_id: String,
@@ -37,22 +33,16 @@ struct Args {
     /// Burst each sandbox may send above its rate.
     #[arg(long, default_value_t = 100)]
     sandbox_burst: u32,
-    /// Append prodbox audit events to this file as JSON lines.
-    #[arg(long)]
-    audit_log: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    shop::telemetry::init("gateway", args.audit_log.as_deref())?;
-    let metrics = shop::telemetry::Metrics::install();
+    let started = shop::service::start("gateway", &args.common, false).await?;
+    let (directory, metrics) = (started.directory, started.metrics);
     let secret = std::env::var("PRODBOX_TOKEN_SECRET")
         .map_err(|_| "set PRODBOX_TOKEN_SECRET to the token secret (at least 32 bytes)")?;
     let keys = TokenKeys::new().with_key(&args.token_key_id, secret.as_bytes())?;
-    let pg = sqlx::PgPool::connect(&args.database_url).await?;
-    let directory = PgDirectory::builder(&pg).start();
-    directory.synced(Duration::from_secs(10)).await?;
     let orders = Endpoint::from_shared(args.orders_url)?.connect_lazy();
     let guardrails = Guardrails::builder()
         .rate(args.sandbox_rate, args.sandbox_burst)

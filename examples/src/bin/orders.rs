@@ -6,13 +6,9 @@
 //! the flags.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Parser;
-use prodbox_db::directory::PgDirectory;
 use prodbox_examples::shop::{self, orders};
-use rdkafka::ClientConfig;
 use tonic::transport::server::TcpIncoming;
 
 /// The shop's orders service.
@@ -21,28 +17,20 @@ struct Args {
     /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// The shop's database (production tables in `public`, the sandbox directory, schemas).
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
-    /// Kafka bootstrap servers.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    kafka: String,
-    /// Topic to announce orders on.
-    #[arg(long, default_value = shop::ORDER_CREATED)]
-    topic: String,
+    #[command(flatten)]
+    common: shop::service::Common,
+    #[command(flatten)]
+    kafka: shop::service::Kafka,
     /// Address of the admin endpoint (`GET /metrics`, `GET /healthz`).
     #[arg(long, default_value = "127.0.0.1:8081")]
     admin_listen: SocketAddr,
-    /// Append prodbox audit events to this file as JSON lines.
-    #[arg(long)]
-    audit_log: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    shop::telemetry::init("orders", args.audit_log.as_deref())?;
-    let metrics = shop::telemetry::Metrics::install();
+    let started = shop::service::start("orders", &args.common, true).await?;
+    let metrics = started.metrics;
     let admin = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route(
@@ -53,17 +41,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(async move {
         let _ = axum::serve(admin_listener, admin).await;
     });
-    let pg = sqlx::PgPool::connect(&args.database_url).await?;
-    shop::migrator().await?.run(&pg).await?;
-    let directory = PgDirectory::builder(&pg).start();
-    directory.synced(Duration::from_secs(10)).await?;
-    let mut kafka = ClientConfig::new();
-    kafka.set("bootstrap.servers", &args.kafka);
     let service = orders::OrdersService::new(
-        shop::sandbox_pool(pg).await?,
-        orders::producer(&kafka)?,
-        &args.topic,
+        shop::sandbox_pool(started.pg).await?,
+        orders::producer(&args.kafka.config())?,
+        &args.kafka.topic,
     );
+    let directory = started.directory;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("listening on {}", listener.local_addr()?);
     service
