@@ -57,10 +57,12 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use prodbox_core::directory::{Directory, MemoryDirectory, SandboxEntry};
 use prodbox_core::{Sandbox, SandboxKey};
+
+use crate::provision::{LOCK_CLASS, secs, time};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Row};
 use tokio::task::JoinHandle;
@@ -69,10 +71,9 @@ use tokio::task::JoinHandle;
 /// `*` for "read everything again" (after a `TRUNCATE`).
 pub const CHANNEL: &str = "prodbox_directory";
 
-/// The advisory lock schema provisioning takes around its catalogue DDL (class `"prod"`, key
-/// 0): both create the `prodbox` schema, and `CREATE SCHEMA IF NOT EXISTS` is not safe against
-/// a concurrent twin.
-const LOCK_CLASS: i32 = 0x7072_6f64;
+/// The advisory lock schema provisioning takes around its catalogue DDL (key 0 of prodbox's
+/// class): both create the `prodbox` schema, and `CREATE SCHEMA IF NOT EXISTS` is not safe
+/// against a concurrent twin.
 const DDL_LOCK: i32 = 0;
 
 const DDL: &str = r#"
@@ -169,18 +170,6 @@ pub async fn ensure_table(pool: &PgPool) -> Result<(), sqlx::Error> {
         .await?;
     tx.execute(DDL).await?;
     tx.commit().await
-}
-
-fn secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn time(secs: f64) -> SystemTime {
-    Duration::try_from_secs_f64(secs)
-        .ok()
-        .and_then(|d| UNIX_EPOCH.checked_add(d))
-        .unwrap_or(UNIX_EPOCH)
 }
 
 /// Checks what the table's constraints do not: labels that can travel in baggage and fork

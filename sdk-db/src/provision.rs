@@ -12,8 +12,8 @@ use crate::error::SandboxDbError;
 use crate::names::{quote, role_name, schema_name};
 
 /// The advisory-lock class of prodbox (`"prod"`): the second key is the sandbox's hash, or 0
-/// for the catalogue itself.
-const LOCK_CLASS: i32 = 0x7072_6f64;
+/// for DDL on the `prodbox` schema (the catalogue here, the directory table in `directory`).
+pub(crate) const LOCK_CLASS: i32 = 0x7072_6f64;
 
 /// One sandbox schema, as the catalogue records it.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,12 +60,14 @@ async fn new_password(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
     }
 }
 
-fn secs(t: SystemTime) -> f64 {
+/// `t` as Unix seconds, for `to_timestamp`.
+pub(crate) fn secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn time(secs: f64) -> SystemTime {
+/// Unix seconds (from `extract(epoch ..)`) as a time.
+pub(crate) fn time(secs: f64) -> SystemTime {
     Duration::try_from_secs_f64(secs)
         .ok()
         .and_then(|d| UNIX_EPOCH.checked_add(d))
