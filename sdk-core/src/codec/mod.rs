@@ -46,12 +46,14 @@
 
 mod carrier;
 mod interned;
+mod memo;
 
 pub use carrier::{Carrier, CarrierMut, InvalidHeader};
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
@@ -199,6 +201,8 @@ impl BaggageError {
 
 #[derive(Debug, Clone)]
 struct Config {
+    /// Tells configurations apart in the shared memo of extracted headers.
+    id: u64,
     max_bytes: usize,
     max_members: usize,
     aliases: Vec<Box<str>>,
@@ -215,6 +219,7 @@ impl Default for Codec {
     fn default() -> Self {
         Self {
             config: Arc::new(Config {
+                id: next_config_id(),
                 max_bytes: DEFAULT_MAX_BAGGAGE_BYTES,
                 max_members: DEFAULT_MAX_BAGGAGE_MEMBERS,
                 aliases: Vec::new(),
@@ -224,9 +229,16 @@ impl Default for Codec {
     }
 }
 
+fn next_config_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 impl Codec {
     fn config_mut(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.config)
+        let config = Arc::make_mut(&mut self.config);
+        config.id = next_config_id();
+        config
     }
 
     /// Caps the combined size of all carriers (default 8192 bytes).
@@ -259,12 +271,40 @@ impl Codec {
     /// Reads the sandbox context from every carrier of one message.
     pub fn extract<C: Carrier + ?Sized>(&self, carrier: &C) -> Result<Extracted, BaggageError> {
         let cfg = &*self.config;
+        let mut values = carrier.get_all(BAGGAGE);
+        let (first, second) = (values.next(), values.next());
+        let has_legacy = cfg.legacy_carriers && carrier.names().any(|n| legacy_key(n).is_some());
+        // The common message: one `baggage` header, often the same as the last one.
+        let memo_key = match (first, second) {
+            (Some(header), None) if !has_legacy => Some(header),
+            _ => None,
+        };
+        if let Some(header) = memo_key
+            && let Some(hit) = memo::get(cfg.id, header)
+        {
+            return Ok(hit);
+        }
+        let values = first.into_iter().chain(second).chain(values);
+        let extracted = self.parse(values, carrier, has_legacy)?;
+        if let Some(header) = memo_key {
+            memo::put(cfg.id, header, &extracted);
+        }
+        Ok(extracted)
+    }
+
+    fn parse<'a, C: Carrier + ?Sized>(
+        &self,
+        values: impl Iterator<Item = &'a [u8]>,
+        carrier: &C,
+        has_legacy: bool,
+    ) -> Result<Extracted, BaggageError> {
+        let cfg = &*self.config;
         let mut claims = Claims::default();
         let mut bytes = 0usize;
         let mut members = 0usize;
         let mut foreign = ForeignBuilder::default();
 
-        for value in carrier.get_all(BAGGAGE) {
+        for value in values {
             bytes += value.len() + usize::from(bytes > 0);
             if bytes > cfg.max_bytes {
                 return Err(BaggageError::TooLarge {
@@ -273,7 +313,7 @@ impl Codec {
                 });
             }
             let text = check_text(BAGGAGE, value)?;
-            for raw in list_members(text) {
+            for scanned in ScannedMembers::new(text) {
                 let index = members;
                 members += 1;
                 if members > cfg.max_members {
@@ -281,10 +321,14 @@ impl Codec {
                         limit: cfg.max_members,
                     });
                 }
-                let member = Member::parse(raw)
+                let raw = scanned.raw;
+                let member = scanned
+                    .member
                     .map_err(|reason| BaggageError::MalformedMember { index, reason })?;
                 match self.classify(member.key)? {
-                    Class::Ours(slot) => claims.put(slot, member.value, BAGGAGE)?,
+                    Class::Ours(slot) => {
+                        claims.put(slot, member.value, scanned.value_has_percent, BAGGAGE)?;
+                    }
                     Class::OtherOfOurs => {
                         claims.seen = true;
                         foreign.push(raw);
@@ -294,7 +338,7 @@ impl Codec {
             }
         }
 
-        if cfg.legacy_carriers {
+        if has_legacy {
             // A carrier may list a name once per value; read each name once.
             let mut seen: Vec<&str> = Vec::new();
             for name in carrier.names() {
@@ -323,7 +367,8 @@ impl Codec {
                         });
                     }
                     let text = check_text(name, value)?;
-                    claims.put(slot, trim_ows(text), name)?;
+                    let value = trim_ows(text);
+                    claims.put(slot, value, value.contains('%'), name)?;
                 }
             }
         }
@@ -621,7 +666,9 @@ pub fn is_binary_metadata(name: &str) -> bool {
 }
 
 fn legacy_key(name: &str) -> Option<&str> {
-    if is_binary_metadata(name) {
+    // Most names start with neither prefix's letter: one comparison for them.
+    let first = name.as_bytes().first().map_or(0, |b| b | 0x20);
+    if (first != b'o' && first != b'u') || is_binary_metadata(name) {
         return None;
     }
     LEGACY_PREFIXES
@@ -641,9 +688,9 @@ fn push_member(out: &mut String, raw: &str) {
 
 /// Checks a carrier value for control characters and UTF-8 (tab counts as whitespace).
 fn check_text<'a>(carrier: &str, value: &'a [u8]) -> Result<&'a str, BaggageError> {
-    // A branch-free pass the compiler vectorizes; the offending byte is looked up only on error.
     let is_control = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
-    if value.iter().fold(false, |bad, &b| bad | is_control(b))
+    // Eight bytes at a time, branch-free; the offending byte is looked up only on error.
+    if has_control(value)
         && let Some(&byte) = value.iter().find(|&&b| is_control(b))
     {
         return Err(BaggageError::ControlCharacter {
@@ -654,6 +701,37 @@ fn check_text<'a>(carrier: &str, value: &'a [u8]) -> Result<&'a str, BaggageErro
     std::str::from_utf8(value).map_err(|_| BaggageError::InvalidUtf8 {
         carrier: carrier.to_owned(),
     })
+}
+
+/// Whether `bytes` holds a control character other than tab: any byte below 0x20 but 0x09, or
+/// 0x7f. Each 64-bit word is tested with carry-free byte arithmetic (no carry crosses a byte).
+fn has_control(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const LOW7: u64 = !HIGH;
+    // The high bit of each zero byte of `x`, and of no other.
+    let zero_bytes = |x: u64| !((((x & LOW7) + LOW7) | x) | LOW7);
+    let word_has_control = |x: u64| {
+        // Tabs become 0x29, which is not a control.
+        let x = x | (zero_bytes(x ^ (ONES * 0x09)) >> 2);
+        // High bit set for bytes >= 0x20 (the low seven bits plus 0x60 carry into bit 7, or
+        // bit 7 was set already).
+        let at_least_space = ((x & LOW7) + ONES * 0x60) | x;
+        (!at_least_space & HIGH) | zero_bytes(x ^ (ONES * 0x7f)) != 0
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    let mut found = false;
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        found |= word_has_control(u64::from_le_bytes(word));
+    }
+    // The tail, padded with spaces.
+    let mut word = [b' '; 8];
+    for (to, from) in word.iter_mut().zip(chunks.remainder()) {
+        *to = *from;
+    }
+    found | word_has_control(u64::from_le_bytes(word))
 }
 
 fn is_ows(b: u8) -> bool {
@@ -809,6 +887,148 @@ impl<'a> Member<'a> {
     }
 }
 
+/// Byte classes of the one-pass member scanner.
+const CLASS_TCHAR: u8 = 1;
+const CLASS_SKIP: u8 = 2; // whitespace or `,`: what lies between members
+const CLASS_VALUE_END: u8 = 4; // `,` or `;`
+const CLASS_PERCENT: u8 = 8;
+
+const CLASS: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let mut class = 0;
+        if TCHAR[b] {
+            class |= CLASS_TCHAR;
+        }
+        if c == b' ' || c == b'\t' || c == b',' {
+            class |= CLASS_SKIP;
+        }
+        if c == b',' || c == b';' {
+            class |= CLASS_VALUE_END;
+        }
+        if c == b'%' {
+            class |= CLASS_PERCENT;
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+};
+
+fn class(b: u8) -> u8 {
+    CLASS[usize::from(b)]
+}
+
+/// One list-member as [`ScannedMembers`] found it.
+struct Scanned<'a> {
+    /// The member as written, without surrounding whitespace.
+    raw: &'a str,
+    member: Result<Member<'a>, &'static str>,
+    /// Whether the value holds a `%` (and so may need decoding).
+    value_has_percent: bool,
+}
+
+/// The members of one header in a single pass over its bytes: the same members, and the same
+/// results, as [`list_members`] followed by [`Member::parse`] (a property test holds the two
+/// together), without searching each member three times. A member that is not a plain
+/// `token OWS "=" ...` is handed to [`Member::parse`] for its error.
+struct ScannedMembers<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> ScannedMembers<'a> {
+    fn new(text: &'a str) -> Self {
+        Self { text, pos: 0 }
+    }
+}
+
+impl<'a> Iterator for ScannedMembers<'a> {
+    type Item = Scanned<'a>;
+
+    fn next(&mut self) -> Option<Scanned<'a>> {
+        // Index loops guarded by `i < n`: the compiler drops the bounds checks. Every cut is
+        // next to an ASCII byte, so on a character boundary.
+        let text = self.text;
+        let bytes = text.as_bytes();
+        let n = bytes.len();
+        let slice = |from: usize, to: usize| text.get(from..to).unwrap_or_default();
+        let mut i = self.pos;
+        while i < n && class(bytes[i]) & CLASS_SKIP != 0 {
+            i += 1;
+        }
+        if i >= n {
+            self.pos = n;
+            return None;
+        }
+        let start = i;
+        while i < n && class(bytes[i]) & CLASS_TCHAR != 0 {
+            i += 1;
+        }
+        let key_end = i;
+        while i < n && is_ows(bytes[i]) {
+            i += 1;
+        }
+        if key_end == start || i >= n || bytes[i] != b'=' {
+            // Not `token OWS "="`: an error, worded by the general parser.
+            while i < n && bytes[i] != b',' {
+                i += 1;
+            }
+            self.pos = i + 1;
+            let raw = trim_ows(slice(start, i));
+            return Some(Scanned {
+                raw,
+                member: Member::parse(raw),
+                value_has_percent: raw.contains('%'),
+            });
+        }
+        i += 1;
+        while i < n && is_ows(bytes[i]) {
+            i += 1;
+        }
+        let value_start = i;
+        let mut seen = 0;
+        while i < n {
+            let class = class(bytes[i]);
+            if class & CLASS_VALUE_END != 0 {
+                break;
+            }
+            seen |= class;
+            i += 1;
+        }
+        let mut value_end = i;
+        while value_end > value_start && is_ows(bytes[value_end - 1]) {
+            value_end -= 1;
+        }
+        let mut properties = None;
+        if i < n && bytes[i] == b';' {
+            i += 1;
+            let properties_start = i;
+            while i < n && bytes[i] != b',' {
+                i += 1;
+            }
+            properties = Some(trim_ows(slice(properties_start, i)));
+        }
+        let mut end = i;
+        while end > start && is_ows(bytes[end - 1]) {
+            end -= 1;
+        }
+        // `i` is at the `,` that ends the member, or at the end of the text.
+        self.pos = i + 1;
+        Some(Scanned {
+            raw: slice(start, end),
+            member: Ok(Member {
+                key: slice(start, key_end),
+                value: slice(value_start, value_end),
+                properties,
+            }),
+            value_has_percent: seen & CLASS_PERCENT != 0,
+        })
+    }
+}
+
 /// Baggage members that are not ours, in arrival order, exactly as written.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForeignMembers {
@@ -941,10 +1161,16 @@ struct Claims<'a> {
 }
 
 impl<'a> Claims<'a> {
-    fn put(&mut self, slot: Slot, encoded: &'a str, carrier: &'a str) -> Result<(), BaggageError> {
+    fn put(
+        &mut self,
+        slot: Slot,
+        encoded: &'a str,
+        has_percent: bool,
+        carrier: &'a str,
+    ) -> Result<(), BaggageError> {
         self.seen = true;
         // Most values need no decoding: skip the decoder (and its second UTF-8 check).
-        let value = if find_either(encoded.as_bytes(), b'%', b'%').is_some() {
+        let value = if has_percent {
             percent_decode_str(encoded).decode_utf8().map_err(|_| {
                 BaggageError::InvalidPercentEncoding {
                     member: slot.name(),
@@ -1070,6 +1296,86 @@ impl Extracted {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn reference_members(text: &str) -> Vec<(&str, Result<Member<'_>, &'static str>)> {
+        list_members(text)
+            .map(|raw| (raw, Member::parse(raw)))
+            .collect()
+    }
+
+    fn scanned_members(text: &str) -> Vec<(&str, Result<Member<'_>, &'static str>)> {
+        ScannedMembers::new(text)
+            .map(|scanned| {
+                let has_percent = scanned
+                    .member
+                    .as_ref()
+                    .is_ok_and(|member| member.value.contains('%'));
+                if scanned.member.is_ok() {
+                    assert_eq!(scanned.value_has_percent, has_percent, "in {text:?}");
+                }
+                (scanned.raw, scanned.member)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn has_control_agrees_with_a_byte_loop() {
+        let is_control = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
+        for len in 0..=17 {
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = byte;
+                    assert_eq!(
+                        has_control(&bytes),
+                        is_control(byte),
+                        "{byte:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn has_control_agrees_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let is_control = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
+            prop_assert_eq!(has_control(&bytes), bytes.iter().any(|&b| is_control(b)));
+        }
+
+        /// The one-pass scanner finds the same members, with the same results, as splitting on
+        /// `,` and parsing each member: separators, whitespace and odd bytes everywhere.
+        #[test]
+        fn the_scanner_agrees_with_split_and_parse(
+            text in proptest::string::string_regex("[a-c=;,% \t.é\\x00-]{0,40}").unwrap_or_else(|e| panic!("{e}"))
+        ) {
+            prop_assert_eq!(scanned_members(&text), reference_members(&text));
+        }
+    }
+
+    #[test]
+    fn the_scanner_agrees_on_the_usual_headers() {
+        for text in [
+            "",
+            ",,, ,",
+            "prodbox.sandbox=pr-42,prodbox.actor=alice,prodbox.origin=pr-123",
+            " a = b ; p = 1 ; q , c=d=e ,  ",
+            "k=v;",
+            "k =v",
+            "k= v%20x ;p",
+            "=v",
+            "k",
+            "k;x=1",
+            "k v=1",
+            "k\u{e9}=1",
+            "a=1,\tb=2\t,c=%zz",
+        ] {
+            assert_eq!(scanned_members(text), reference_members(text), "{text:?}");
+        }
+    }
 
     #[test]
     fn find_either_agrees_with_a_byte_loop() {

@@ -247,8 +247,13 @@ mod time_serde {
     }
 }
 
+/// Entries by key. Looked up for every sandboxed request and message, so hashed with foldhash
+/// rather than SipHash: keys are inserted by operators, never by request input, so there is no
+/// flood of colliding keys to resist.
+type EntryMap = HashMap<SandboxKey, Arc<SandboxEntry>, foldhash::fast::RandomState>;
+
 /// An immutable snapshot of entries; writers swap whole snapshots.
-type Snapshot = Arc<HashMap<SandboxKey, Arc<SandboxEntry>>>;
+type Snapshot = Arc<EntryMap>;
 
 /// A directory held in memory, changed through its methods. Clones share the same state.
 #[derive(Clone, Default)]
@@ -287,7 +292,7 @@ impl MemoryDirectory {
         Arc::clone(&self.read())
     }
 
-    fn update(&self, f: impl FnOnce(&mut HashMap<SandboxKey, Arc<SandboxEntry>>)) {
+    fn update(&self, f: impl FnOnce(&mut EntryMap)) {
         f(Arc::make_mut(&mut self.write()));
     }
 
@@ -319,7 +324,7 @@ impl MemoryDirectory {
 
     /// Replaces every entry at once.
     pub fn replace_all(&self, entries: impl IntoIterator<Item = SandboxEntry>) {
-        let map: HashMap<_, _> = entries
+        let map: EntryMap = entries
             .into_iter()
             .map(|e| (e.key.clone(), Arc::new(e)))
             .collect();
