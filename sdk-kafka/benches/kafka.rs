@@ -1,7 +1,8 @@
 //! The consumer filter's cost: header extraction plus the decision per message (against
 //! iterating the same headers with no prodbox), and consumer throughput on the test broker:
 //! a baseline `SandboxConsumer` that skips half the topic against a raw `StreamConsumer`
-//! reading the same topic in the same run.
+//! reading the same topic in the same run, twice: small messages librdkafka has already
+//! fetched (CPU-bound), and 1 KiB messages over 3 partitions, fetched while they are consumed.
 //!
 //! Run: `cargo bench -p prodbox-kafka --bench kafka` (the throughput part needs the tansu
 //! broker on 127.0.0.1:9092, which `prodbox_testkit::kafka::ensure_broker` starts if missing).
@@ -22,12 +23,37 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Notify;
 
-/// Messages in the throughput topic.
-const MESSAGES: usize = 20_000;
-/// One partition: with several, librdkafka starts fetching them one after another, ~250 ms
-/// apart on tansu, and that start-up latency (the same for both consumers) would be most of
-/// what is measured.
-const PARTITIONS: i32 = 1;
+/// The topic the throughput benches read: how many messages over how many partitions, and
+/// how large each payload is.
+#[derive(Clone, Copy)]
+struct Shape {
+    /// The benchmark's name suffix.
+    name: &'static str,
+    messages: usize,
+    partitions: i32,
+    payload: usize,
+}
+
+/// Small messages on one partition, which librdkafka has mostly fetched by the first one: what
+/// each consumer spends per message, CPU-bound. One partition: with several, librdkafka starts fetching them one
+/// after another, ~250 ms apart on tansu, and that start-up latency (the same for both
+/// consumers) would be most of what is measured.
+const PREFETCHED: Shape = Shape {
+    name: "",
+    messages: 20_000,
+    partitions: 1,
+    payload: 0,
+};
+
+/// Closer to a service reading a busy topic: 1 KiB payloads over 3 partitions, 60 MiB in all,
+/// so the broker's fetches are part of the measured time (rdkafka's prefetch, 64 MiB by
+/// default, is not ahead of the consumer from the start).
+const FETCHED: Shape = Shape {
+    name: "_3p_1kib",
+    messages: 60_000,
+    partitions: 3,
+    payload: 1024,
+};
 
 fn directory() -> MemoryDirectory {
     let directory = MemoryDirectory::new();
@@ -96,39 +122,55 @@ fn last(p: i32) -> String {
     format!("last-{p}")
 }
 
-/// Produces the throughput topic: message `i` to partition `i % PARTITIONS`; every other round
+/// Produces the throughput topic: message `i` to partition `i % partitions`; every other round
 /// (half the messages) tagged for `pr-42`, which forks billing, so the baseline skips them; the
 /// first and the last message of each partition untagged, so both consumers start and end on a
 /// message they handle.
-async fn produce_topic(topic: &str) {
+async fn produce_topic(topic: &str, shape: Shape) {
     let producer: FutureProducer = client_config().set("linger.ms", "5").create().unwrap();
     let sandbox = Sandbox::builder("pr-42")
         .unwrap()
         .actor("alice")
         .unwrap()
         .build();
-    let mut deliveries = Vec::with_capacity(MESSAGES);
-    for i in 0..MESSAGES {
-        let partition = (i % PARTITIONS as usize) as i32;
-        let payload = if i + PARTITIONS as usize >= MESSAGES {
+    let partitions = shape.partitions as usize;
+    let mut deliveries = Vec::with_capacity(shape.messages);
+    for i in 0..shape.messages {
+        let partition = (i % partitions) as i32;
+        let payload = if i + partitions >= shape.messages {
             last(partition)
-        } else {
+        } else if shape.payload == 0 {
             format!("{{\"order\":{i},\"amount\":42}}")
+        } else {
+            let mut payload = format!("{{\"order\":{i},\"amount\":42,\"note\":\"");
+            while payload.len() + 2 < shape.payload {
+                payload.push('x');
+            }
+            payload.push_str("\"}");
+            payload
         };
-        let tagged = i >= PARTITIONS as usize
-            && i + (PARTITIONS as usize) < MESSAGES
-            && (i / PARTITIONS as usize) % 2 == 1;
+        let tagged =
+            i >= partitions && i + partitions < shape.messages && (i / partitions) % 2 == 1;
         // Enqueued in the record's context; the delivery is awaited later, all at once.
         #[allow(clippy::async_yields_async)]
         let enqueue = async {
-            let record = FutureRecord::<str, str>::to(topic)
+            let mut record = FutureRecord::<str, str>::to(topic)
                 .partition(partition)
                 .key(&payload)
                 .payload(&payload)
                 .headers(plain_headers())
                 .with_sandbox_context()
                 .unwrap();
-            producer.send_result(record).map_err(|(e, _)| e).unwrap()
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => return delivery,
+                    // Queue full: let deliveries drain.
+                    Err((_, back)) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
         };
         deliveries.push(if tagged {
             enqueue.in_sandbox(sandbox.clone()).await
@@ -143,8 +185,8 @@ async fn produce_topic(topic: &str) {
 
 /// Shared by a handler and the bench: when the first message was seen, which last messages
 /// were, and a signal once they all were.
-#[derive(Default)]
 struct Progress {
+    partitions: usize,
     first: Mutex<Option<Instant>>,
     last: Mutex<Option<Instant>>,
     lasts: Mutex<Vec<String>>,
@@ -152,6 +194,16 @@ struct Progress {
 }
 
 impl Progress {
+    fn new(shape: Shape) -> Self {
+        Self {
+            partitions: shape.partitions as usize,
+            first: Mutex::default(),
+            last: Mutex::default(),
+            lasts: Mutex::default(),
+            done: Notify::new(),
+        }
+    }
+
     /// Records one message; returns whether it was the last one needed.
     fn saw(&self, payload: &[u8]) -> bool {
         self.first.lock().unwrap().get_or_insert_with(Instant::now);
@@ -163,7 +215,7 @@ impl Progress {
         if !lasts.contains(&payload) {
             lasts.push(payload);
         }
-        let done = lasts.len() == PARTITIONS as usize;
+        let done = lasts.len() == self.partitions;
         if done {
             *self.last.lock().unwrap() = Some(Instant::now());
         }
@@ -185,20 +237,26 @@ fn throughput(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    for shape in [PREFETCHED, FETCHED] {
+        throughput_of(c, &rt, shape);
+    }
+}
+
+fn throughput_of(c: &mut Criterion, rt: &tokio::runtime::Runtime, shape: Shape) {
     let topic = unique_topic("bench-throughput");
     rt.block_on(async {
-        create_topic(&topic, PARTITIONS).await;
-        produce_topic(&topic).await;
+        create_topic(&topic, shape.partitions).await;
+        produce_topic(&topic, shape).await;
     });
     let directory = directory();
 
-    let mut group = c.benchmark_group("consumer_throughput");
+    let mut group = c.benchmark_group(format!("consumer_throughput{}", shape.name));
     group
         .sample_size(10)
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
-        .throughput(Throughput::Elements(MESSAGES as u64));
+        .throughput(Throughput::Elements(shape.messages as u64));
 
     let next_group = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let group_id = {
@@ -210,7 +268,7 @@ fn throughput(c: &mut Criterion) {
     };
 
     group.bench_function("raw_stream_consumer", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
+        b.to_async(rt).iter_custom(|iters| {
             let topic = topic.clone();
             let group_id = group_id.clone();
             async move {
@@ -222,7 +280,7 @@ fn throughput(c: &mut Criterion) {
                         .create()
                         .unwrap();
                     consumer.subscribe(&[&topic]).unwrap();
-                    let progress = Progress::default();
+                    let progress = Progress::new(shape);
                     loop {
                         let message = consumer.recv().await.unwrap();
                         if progress.saw(black_box(message.payload().unwrap_or_default())) {
@@ -239,7 +297,7 @@ fn throughput(c: &mut Criterion) {
     // What an at-least-once service must do with a raw consumer: store each offset once the
     // message is handled, for rdkafka to commit (the settings `SandboxConsumer` uses).
     group.bench_function("raw_stream_consumer_storing_offsets", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
+        b.to_async(rt).iter_custom(|iters| {
             let topic = topic.clone();
             let group_id = group_id.clone();
             async move {
@@ -253,7 +311,7 @@ fn throughput(c: &mut Criterion) {
                         .create()
                         .unwrap();
                     consumer.subscribe(&[&topic]).unwrap();
-                    let progress = Progress::default();
+                    let progress = Progress::new(shape);
                     loop {
                         let message = consumer.recv().await.unwrap();
                         let done = progress.saw(black_box(message.payload().unwrap_or_default()));
@@ -270,7 +328,7 @@ fn throughput(c: &mut Criterion) {
     });
 
     group.bench_function("sandbox_consumer_baseline_50pct_skipped", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
+        b.to_async(rt).iter_custom(|iters| {
             let topic = topic.clone();
             let group_id = group_id.clone();
             let directory = directory.clone();
@@ -286,7 +344,7 @@ fn throughput(c: &mut Criterion) {
                     .start(&[&topic])
                     .await
                     .unwrap();
-                    let progress = Arc::new(Progress::default());
+                    let progress = Arc::new(Progress::new(shape));
                     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                     let run = tokio::spawn({
                         let progress = Arc::clone(&progress);
@@ -294,7 +352,9 @@ fn throughput(c: &mut Criterion) {
                             consumer
                                 .run(
                                     move |message| {
-                                        if progress.saw(message.payload().unwrap_or_default()) {
+                                        if progress
+                                            .saw(black_box(message.payload().unwrap_or_default()))
+                                        {
                                             progress.done.notify_one();
                                         }
                                         std::future::ready(Ok::<_, std::convert::Infallible>(()))

@@ -49,6 +49,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt;
 use opentelemetry::Context;
 use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
 use prodbox_core::directory::{Directory, MemoryDirectory};
@@ -59,6 +60,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::OnceCell;
 
 use crate::filter::{Filter, Role, Verdict};
 
@@ -110,7 +112,9 @@ impl SandboxConsumerBuilder {
         self
     }
 
-    /// Where malformed messages go, with the reason (default `<group>.dead-letter`).
+    /// Where malformed messages go, with the reason (default `<group>.dead-letter`). The
+    /// producer that sends them, with the consumer's rdkafka settings, is created on the first
+    /// dead letter, so a consumer that never dead-letters runs no producer.
     pub fn dead_letter_topic(mut self, topic: &str) -> Self {
         self.dead_letter_topic = Some(topic.to_owned());
         self
@@ -170,14 +174,14 @@ impl SandboxConsumerBuilder {
             start_new_partitions_at(&consumer, topics, since)?;
         }
         consumer.subscribe(topics)?;
-        let producer: FutureProducer = self.config.create()?;
         Ok(SandboxConsumer {
             consumer,
             filter: Filter::with_shared_directory(self.role, self.directory),
             dead_letter_topic: self
                 .dead_letter_topic
                 .unwrap_or_else(|| format!("{}.dead-letter", self.group)),
-            producer,
+            producer_config: self.config,
+            producer: OnceCell::new(),
             guardrails: self.guardrails,
             backoff: self.backoff,
             max_attempts: self.max_attempts,
@@ -246,7 +250,11 @@ pub struct SandboxConsumer {
     consumer: StreamConsumer,
     filter: Filter,
     dead_letter_topic: String,
-    producer: FutureProducer,
+    /// The settings the dead-letter producer is created with.
+    producer_config: ClientConfig,
+    /// Created on the first dead letter: an idle producer is not free (rdkafka's threads and
+    /// its broker connections), and most consumers never dead-letter anything.
+    producer: OnceCell<FutureProducer>,
     guardrails: Option<Guardrails>,
     backoff: (Duration, Duration),
     max_attempts: Option<u32>,
@@ -284,7 +292,32 @@ impl SandboxConsumer {
     }
 
     /// Handles messages with `handler` until `shutdown` completes, then commits what is done.
+    ///
+    /// Fails when the final commit fails, or when rdkafka cannot create the dead-letter
+    /// producer, which happens on the first message to dead-letter: `run` then commits what was
+    /// done before that message and returns the error; the message comes again on the next
+    /// run.
     pub async fn run<F, Fut, E>(
+        &self,
+        handler: F,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ConsumerError>
+    where
+        F: FnMut(OwnedMessage) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: Display,
+    {
+        let consumed = self.consume(handler, shutdown).await;
+        let committed = match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(())
+            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(error) => Err(error.into()),
+        };
+        consumed.and(committed)
+    }
+
+    /// The loop of [`run`](Self::run), without its final commit.
+    async fn consume<F, Fut, E>(
         &self,
         mut handler: F,
         shutdown: impl Future<Output = ()>,
@@ -295,22 +328,27 @@ impl SandboxConsumer {
         E: Display,
     {
         let mut shutdown = std::pin::pin!(shutdown);
+        // One stream for the whole run: `recv` registers a waker slot, and removes it, per
+        // message (a lock each time).
+        let mut messages = self.consumer.stream();
         loop {
             let message = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                message = self.consumer.recv() => message,
+                message = messages.next() => message,
             };
             let message = match message {
-                Ok(message) => message,
+                Some(Ok(message)) => message,
                 // rdkafka recovers from these by itself (a rejoin after a long handler, a
                 // topic not created yet, a broker away): keep polling; uncommitted messages
                 // come again, as at-least-once allows.
-                Err(error) => {
+                Some(Err(error)) => {
                     tracing::warn!(target: "prodbox::kafka", %error, "consumer error; polling on");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
+                // rdkafka's streams never end; should one, there is nothing more to handle.
+                None => break,
             };
             // A stale directory may not know a fork created meanwhile: hold a sandbox's message
             // (its offset unstored) until the directory is fresh again. Untagged messages do
@@ -330,29 +368,50 @@ impl SandboxConsumer {
                     () = fresh => {}
                 }
             }
-            self.handle(&message, &mut handler).await?;
+            match self.filter.decide(message.headers(), SystemTime::now()) {
+                // Skips, half of a baseline's messages or more, are decided and done with
+                // here, without the handler's machinery.
+                Verdict::Skip { reason, sandbox } => {
+                    audit(
+                        sandbox.as_ref(),
+                        Decision::Skipped,
+                        reason,
+                        &Source(&message),
+                    );
+                    self.count(&message, KafkaOutcome::Skipped);
+                }
+                Verdict::DeadLetter(error) => {
+                    let detail = format!("{}: {error}", Source(&message));
+                    audit(None, Decision::DeadLettered, error.reason(), &detail);
+                    self.count(&message, KafkaOutcome::DeadLettered);
+                    self.dead_letter(&message, &error.to_string()).await?;
+                }
+                Verdict::Process(context) => {
+                    self.handle(&message, context, &mut handler).await?;
+                }
+            }
             if let Err(error) = self.consumer.store_offset_from_message(&message) {
                 // The partition moved to another member meanwhile: it re-delivers the message.
                 tracing::warn!(target: "prodbox::kafka", %error, source = %Source(&message), "offset not stored");
             }
         }
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(())
-            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
-            Err(error) => Err(error.into()),
-        }
+        Ok(())
     }
 
-    fn role_name(&self) -> &'static str {
-        match self.filter.role() {
+    fn count(&self, message: &BorrowedMessage<'_>, outcome: KafkaOutcome) {
+        let role = match self.filter.role() {
             Role::Baseline { .. } => "baseline",
             Role::Sandbox { .. } => "sandbox",
-        }
+        };
+        metrics::kafka_message(message.topic(), role, outcome);
     }
 
+    /// Runs `handler` on a message to process, in `context`, until it succeeds (or, with
+    /// `max_attempts`, the message is dead-lettered).
     async fn handle<F, Fut, E>(
         &self,
         message: &BorrowedMessage<'_>,
+        context: Option<SandboxContext>,
         handler: &mut F,
     ) -> Result<(), ConsumerError>
     where
@@ -360,26 +419,6 @@ impl SandboxConsumer {
         Fut: Future<Output = Result<(), E>>,
         E: Display,
     {
-        let count = |outcome| metrics::kafka_message(message.topic(), self.role_name(), outcome);
-        let context = match self.filter.decide(message.headers(), SystemTime::now()) {
-            Verdict::Skip { reason, sandbox } => {
-                audit(
-                    sandbox.as_ref(),
-                    Decision::Skipped,
-                    reason,
-                    &Source(message),
-                );
-                count(KafkaOutcome::Skipped);
-                return Ok(());
-            }
-            Verdict::DeadLetter(error) => {
-                let detail = format!("{}: {error}", Source(message));
-                audit(None, Decision::DeadLettered, error.reason(), &detail);
-                count(KafkaOutcome::DeadLettered);
-                return self.dead_letter(message, &error.to_string()).await;
-            }
-            Verdict::Process(context) => context,
-        };
         let sandbox = context.as_ref().and_then(SandboxContext::sandbox).cloned();
         // Hold the sandbox's slot while its handler runs; a throttled sandbox waits, its
         // messages are delayed, never dropped.
@@ -416,7 +455,7 @@ impl SandboxConsumer {
             };
             match future.in_context(cx.clone()).await {
                 Ok(()) => {
-                    count(KafkaOutcome::Processed);
+                    self.count(message, KafkaOutcome::Processed);
                     return Ok(());
                 }
                 Err(error) => {
@@ -435,7 +474,7 @@ impl SandboxConsumer {
                             "handler_failed",
                             &reason,
                         );
-                        count(KafkaOutcome::DeadLettered);
+                        self.count(message, KafkaOutcome::DeadLettered);
                         return self.dead_letter(message, &reason).await;
                     }
                     tokio::time::sleep(wait).await;
@@ -472,13 +511,19 @@ impl SandboxConsumer {
                 key: DEAD_LETTER_SOURCE,
                 value: Some(&source),
             });
+        // Created on the first dead letter. rdkafka fails to create a client only on settings
+        // it rejects, which no retry fixes: `run` stops with the error, the message unstored.
+        let producer = self
+            .producer
+            .get_or_try_init(|| async { self.producer_config.create::<FutureProducer>() })
+            .await?;
         let mut wait = self.backoff.0;
         loop {
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&self.dead_letter_topic).headers(headers.clone());
             record.key = message.key();
             record.payload = message.payload();
-            match self.producer.send(record, METADATA_TIMEOUT).await {
+            match producer.send(record, METADATA_TIMEOUT).await {
                 Ok(_) => return Ok(()),
                 Err((error, _)) => {
                     tracing::warn!(target: "prodbox::kafka", %error, %source, "dead-letter send failed; retrying");
