@@ -107,19 +107,39 @@ impl SandboxContext {
     /// `cx` with this sandbox context attached, typed and mirrored into its OTel baggage.
     pub fn attach_to(&self, cx: &Context) -> Context {
         let inherited = cx.baggage();
+        // `cx` already carries this very context, its mirror untouched (a sandboxed request
+        // handled inside the same sandbox's context): attaching it again changes nothing.
+        if let Some(attached) = cx.get::<Attached>()
+            && attached.mirrors(inherited)
+            && attached.context == *self
+        {
+            return cx.clone();
+        }
         // OpenTelemetry validates every key it is given and cannot copy a baggage, so building
         // the mirror is most of the cost of attaching. When `cx` already holds exactly this
-        // mirror (a sandboxed request nested in the same sandbox), it is kept as it is.
-        let cx = if self.is_mirrored_by(inherited) {
-            cx.clone()
+        // mirror (a sandboxed request nested in the same sandbox), it is kept as it is. When
+        // `cx` is empty (an ingress), a context holding only the mirror is the same for every
+        // request of the sandbox, and is shared from a cache.
+        let (cx, baggage) = if self.is_mirrored_by(inherited) {
+            (cx.clone(), address(inherited))
+        } else if let Some(sandbox) = self.sandbox.as_ref().filter(|_| self.foreign.is_empty())
+            && inherited.is_empty()
+            && empty::is_empty(cx)
+        {
+            mirrors::of(sandbox, || {
+                Context::new().with_baggage(self.mirror(&Baggage::new()))
+            })
         } else {
-            cx.with_baggage(self.mirror(inherited))
+            let cx = cx.with_baggage(self.mirror(inherited));
+            let baggage = address(cx.baggage());
+            (cx, baggage)
         };
         // Remember which baggage we wrote, so that egress can tell whether the application
         // changed it since (and only then pays for merging it). Holding the context keeps that
         // baggage alive, so its address cannot be reused by other baggage meanwhile.
         cx.with_value(Attached {
             context: self.clone(),
+            baggage,
             mirror: cx.clone(),
         })
     }
@@ -183,10 +203,31 @@ impl SandboxContext {
     /// The foreign members to send onward from `cx`: ours, plus any member the application
     /// added through the OpenTelemetry baggage API since (sorted by key, as OTel keeps no order).
     pub fn outbound_foreign(cx: &Context) -> std::borrow::Cow<'_, ForeignMembers> {
-        use std::borrow::Cow;
+        Self::outbound(cx).1
+    }
+
+    /// The context attached to `cx` and [`outbound_foreign`](Self::outbound_foreign), with one
+    /// lookup.
+    pub(crate) fn outbound(
+        cx: &Context,
+    ) -> (
+        Option<&SandboxContext>,
+        std::borrow::Cow<'_, ForeignMembers>,
+    ) {
         let attached = cx.get::<Attached>();
+        (
+            attached.map(|a| &a.context),
+            Self::foreign_beside(cx, attached),
+        )
+    }
+
+    fn foreign_beside<'a>(
+        cx: &'a Context,
+        attached: Option<&'a Attached>,
+    ) -> std::borrow::Cow<'a, ForeignMembers> {
+        use std::borrow::Cow;
         if let Some(attached) = attached
-            && std::ptr::eq(attached.mirror.baggage(), cx.baggage())
+            && attached.mirrors(cx.baggage())
         {
             return Cow::Borrowed(&attached.context.foreign);
         }
@@ -230,11 +271,174 @@ impl SandboxContext {
     }
 }
 
+/// Whether a context holds nothing at all. OpenTelemetry offers no such test; its `Debug`
+/// output tells an empty context from any other (it counts entries and the span, and shows
+/// suppression), so a context is empty when it formats exactly as `Context::new()` does. That
+/// is checked once against contexts that are not empty: should a future version format them
+/// alike, no context counts as empty and nothing is shared.
+mod empty {
+    use std::fmt::{self, Write as _};
+    use std::sync::OnceLock;
+
+    use opentelemetry::Context;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+
+    struct Probe;
+
+    fn debug(cx: &Context) -> String {
+        let mut out = String::new();
+        let _ = write!(out, "{cx:?}");
+        out
+    }
+
+    /// The `Debug` text of an empty context, if it differs from every non-empty one tried.
+    fn reference() -> Option<&'static str> {
+        static REFERENCE: OnceLock<Option<Box<str>>> = OnceLock::new();
+        REFERENCE
+            .get_or_init(|| {
+                let empty = debug(&Context::new());
+                let span = SpanContext::new(
+                    TraceId::from(1),
+                    SpanId::from(1),
+                    TraceFlags::SAMPLED,
+                    true,
+                    TraceState::NONE,
+                );
+                let others = [
+                    Context::new().with_value(Probe),
+                    Context::new().with_remote_span_context(span),
+                    Context::new().with_telemetry_suppressed(),
+                ];
+                others
+                    .iter()
+                    .all(|cx| debug(cx) != empty)
+                    .then(|| empty.into_boxed_str())
+            })
+            .as_deref()
+    }
+
+    /// Compares what is written with the expected text, stopping at the first difference.
+    /// The pieces are a few bytes each: a byte loop beats calling `memcmp` for each.
+    struct Matches<'a>(&'a [u8]);
+
+    impl Matches<'_> {
+        fn eat(&mut self, piece: &[u8]) -> fmt::Result {
+            match self.0.split_at_checked(piece.len()) {
+                Some((head, rest)) if head.iter().zip(piece).all(|(a, b)| a == b) => {
+                    self.0 = rest;
+                    Ok(())
+                }
+                _ => Err(fmt::Error),
+            }
+        }
+    }
+
+    impl fmt::Write for Matches<'_> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            self.eat(s.as_bytes())
+        }
+
+        fn write_char(&mut self, c: char) -> fmt::Result {
+            self.eat(c.encode_utf8(&mut [0; 4]).as_bytes())
+        }
+    }
+
+    /// Whether `cx` holds no value, no span and no suppression.
+    pub(super) fn is_empty(cx: &Context) -> bool {
+        let Some(reference) = reference() else {
+            return false;
+        };
+        let mut matches = Matches(reference.as_bytes());
+        write!(matches, "{cx:?}").is_ok() && matches.0.is_empty()
+    }
+}
+
+/// Contexts holding only the baggage mirror of one sandbox, built once per sandbox: attaching
+/// a sandbox to an empty context then costs no baggage. Direct-mapped with a fixed number of
+/// slots, so memory stays bounded whatever the number of sandboxes. Readers share a slot; a
+/// slot being written counts as a miss, and a slot being read is not written: nothing waits.
+mod mirrors {
+    use std::sync::{RwLock, TryLockError};
+
+    use opentelemetry::Context;
+    use opentelemetry::baggage::BaggageExt;
+
+    use crate::sandbox::Sandbox;
+
+    const SLOTS: usize = 256;
+
+    /// A sandbox, its mirror context, and the address of that context's baggage.
+    type Entry = (Sandbox, Context, usize);
+
+    #[repr(align(64))]
+    struct Slot(RwLock<Option<Entry>>);
+
+    static CACHE: [Slot; SLOTS] = [const { Slot(RwLock::new(None)) }; SLOTS];
+
+    /// The mirror context of `sandbox` and the address of its baggage, from the cache or from
+    /// `build`.
+    pub(super) fn of(sandbox: &Sandbox, build: impl FnOnce() -> Context) -> (Context, usize) {
+        let slot = &CACHE[slot_of(sandbox.key().as_str())].0;
+        // Nothing panics while holding a slot; were it poisoned, its value is still whole.
+        let read = match slot.try_read() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        // Equal sandboxes (key, actor, origin, expiry) have equal mirrors.
+        if let Some((cached, cx, baggage)) = read.as_deref().and_then(Option::as_ref)
+            && cached == sandbox
+        {
+            return (cx.clone(), *baggage);
+        }
+        drop(read);
+        let cx = build();
+        let baggage = super::address(cx.baggage());
+        let write = match slot.try_write() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        if let Some(mut guard) = write {
+            let evicted = guard.replace((sandbox.clone(), cx.clone(), baggage));
+            drop(guard);
+            drop(evicted);
+        }
+        (cx, baggage)
+    }
+
+    /// An FxHash-style hash of the key; a collision only evicts.
+    fn slot_of(key: &str) -> usize {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let hash = key.bytes().fold(key.len() as u64, |hash, b| {
+            (hash.rotate_left(5) ^ u64::from(b)).wrapping_mul(K)
+        });
+        (hash >> 32) as usize % SLOTS
+    }
+}
+
 /// The context as prodbox attached it, and the context holding the baggage it mirrored into.
 #[derive(Debug)]
 struct Attached {
     context: SandboxContext,
+    /// The address of `mirror`'s baggage (looking it up each time costs a map lookup).
+    baggage: usize,
+    /// Holds that baggage alive, so that its address cannot be reused by other baggage.
+    #[expect(dead_code, reason = "held only to keep the baggage alive")]
     mirror: Context,
+}
+
+impl Attached {
+    /// Whether `baggage` is the very baggage this context was mirrored into.
+    fn mirrors(&self, baggage: &Baggage) -> bool {
+        self.baggage == address(baggage)
+    }
+}
+
+fn address(baggage: &Baggage) -> usize {
+    std::ptr::from_ref(baggage) as usize
 }
 
 /// Adds sandbox access to [`opentelemetry::Context`].
@@ -388,5 +592,127 @@ mod tests {
                 "{context:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_an_empty_context_counts_as_empty() {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
+        struct Other;
+        let span = SpanContext::new(
+            TraceId::from(7),
+            SpanId::from(7),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::NONE,
+        );
+        // Fails if OpenTelemetry's `Debug` stops telling contexts apart: sharing is then off.
+        assert!(empty::is_empty(&Context::new()));
+        assert!(empty::is_empty(&Context::current()));
+        for cx in [
+            Context::new().with_value(Other),
+            Context::new().with_remote_span_context(span),
+            Context::new().with_telemetry_suppressed(),
+            Context::new().with_baggage([opentelemetry::KeyValue::new("k", "v")]),
+            SandboxContext::baseline(ForeignMembers::default()).attach_to(&Context::new()),
+        ] {
+            assert!(!empty::is_empty(&cx), "{cx:?}");
+        }
+    }
+
+    #[test]
+    fn attaching_to_an_empty_context_shares_the_mirror_and_to_any_other_keeps_it_whole() {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
+        #[derive(Debug, PartialEq)]
+        struct Other(u8);
+        let sandbox = || {
+            Sandbox::builder("pr-shared")
+                .unwrap()
+                .actor("alice")
+                .unwrap()
+                .origin("pr-1")
+                .unwrap()
+                .build()
+        };
+        let first = SandboxContext::new(sandbox()).attach_to(&Context::new());
+        let second = SandboxContext::new(sandbox())
+            .with_token(Some("t"))
+            .attach_to(&Context::new());
+        assert!(std::ptr::eq(first.baggage(), second.baggage()));
+        assert_eq!(
+            members(&first),
+            [
+                ("prodbox.actor".into(), "alice".into(), String::new()),
+                ("prodbox.origin".into(), "pr-1".into(), String::new()),
+                ("prodbox.sandbox".into(), "pr-shared".into(), String::new()),
+            ]
+        );
+        assert_eq!(
+            second.sandbox_context().and_then(SandboxContext::token),
+            Some("t")
+        );
+        assert_eq!(
+            first.sandbox_context().and_then(SandboxContext::token),
+            None
+        );
+        assert!(matches!(
+            SandboxContext::outbound_foreign(&second),
+            std::borrow::Cow::Borrowed(_)
+        ));
+
+        // A parent with a value, a span or suppression keeps them, with a mirror of its own.
+        let span = SpanContext::new(
+            TraceId::from(9),
+            SpanId::from(9),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::NONE,
+        );
+        let parent = Context::new()
+            .with_value(Other(1))
+            .with_remote_span_context(span.clone())
+            .with_telemetry_suppressed();
+        let cx = SandboxContext::new(sandbox()).attach_to(&parent);
+        assert_eq!(cx.get::<Other>(), Some(&Other(1)));
+        assert_eq!(cx.span().span_context(), &span);
+        assert!(cx.is_telemetry_suppressed());
+        assert!(!std::ptr::eq(cx.baggage(), first.baggage()));
+        assert_eq!(members(&cx), members(&first));
+        assert_eq!(cx.sandbox(), Some(&sandbox()));
+    }
+
+    #[test]
+    fn attaching_the_context_already_attached_changes_nothing() {
+        let context = SandboxContext::new(Sandbox::new("pr-again".parse().unwrap()));
+        let outer = context.attach_to(&Context::new());
+        let again = context.clone().attach_to(&outer);
+        assert!(std::ptr::eq(
+            again.get::<Attached>().unwrap(),
+            outer.get::<Attached>().unwrap()
+        ));
+        // Another token is another context.
+        let tokened = context.clone().with_token(Some("t")).attach_to(&outer);
+        assert_eq!(
+            tokened.sandbox_context().and_then(SandboxContext::token),
+            Some("t")
+        );
+        assert!(std::ptr::eq(tokened.baggage(), outer.baggage()));
+        // Baggage changed through the OTel API since: attached anew, the change kept.
+        let changed = outer.with_baggage([opentelemetry::KeyValue::new("userId", "7")]);
+        let cx = context.attach_to(&changed);
+        assert!(!std::ptr::eq(
+            cx.get::<Attached>().unwrap(),
+            outer.get::<Attached>().unwrap()
+        ));
+        assert_eq!(
+            members(&cx),
+            [
+                ("prodbox.sandbox".into(), "pr-again".into(), String::new()),
+                ("userId".into(), "7".into(), String::new()),
+            ]
+        );
     }
 }

@@ -32,7 +32,7 @@ use opentelemetry::Context;
 
 use crate::audit::{AuditEvent, Decision, Direction, Protocol};
 use crate::codec::{BAGGAGE, BaggageError, CarrierMut, Codec};
-use crate::context::{ContextExt, SandboxContext};
+use crate::context::SandboxContext;
 use crate::sandbox::{Sandbox, SandboxKey};
 
 /// The sandbox context could not be written into an outbound message; it must not be sent.
@@ -92,9 +92,8 @@ impl Egress {
         cx: &Context,
         carrier: &mut C,
     ) -> Result<Option<Sandbox>, InjectError> {
-        let context = cx.sandbox_context();
+        let (context, foreign) = SandboxContext::outbound(cx);
         let sandbox = context.and_then(SandboxContext::sandbox);
-        let foreign = SandboxContext::outbound_foreign(cx);
         // Output is one canonical form: legacy carriers of ours never go out.
         let mut stripped = self.codec.strip_legacy(carrier);
         if sandbox.is_none() {
