@@ -219,6 +219,10 @@ struct Inner {
     expires_at: Option<SystemTime>,
     /// The canonical baggage members, built once on first injection.
     encoded: OnceLock<Box<str>>,
+    /// The same as an HTTP header value, built once on first injection into HTTP headers;
+    /// clones share its bytes.
+    #[cfg(feature = "http")]
+    header: OnceLock<http::HeaderValue>,
 }
 
 impl Sandbox {
@@ -286,6 +290,16 @@ impl Sandbox {
 
     pub(crate) fn encoded_members(&self, encode: impl FnOnce(&Sandbox) -> Box<str>) -> &str {
         self.0.encoded.get_or_init(|| encode(self))
+    }
+
+    /// `encoded` (this sandbox's members) as a header value, built once.
+    #[cfg(feature = "http")]
+    pub(crate) fn header_value(&self, encoded: &str) -> Option<&http::HeaderValue> {
+        if let Some(value) = self.0.header.get() {
+            return Some(value);
+        }
+        let value = http::HeaderValue::try_from(encoded).ok()?;
+        Some(self.0.header.get_or_init(|| value))
     }
 }
 
@@ -366,6 +380,8 @@ impl SandboxBuilder {
             origin: self.origin,
             expires_at: self.expires_at,
             encoded: OnceLock::new(),
+            #[cfg(feature = "http")]
+            header: OnceLock::new(),
         }))
     }
 }

@@ -1574,3 +1574,45 @@ fn repeated_legacy_header_is_counted_once_against_the_byte_limit() {
     let got = codec.extract(&headers);
     assert!(got.as_ref().is_ok_and(|x| x.claims_anything()), "{got:?}");
 }
+
+/// Injecting only a sandbox into HTTP headers reuses one header value per sandbox: the same
+/// bytes each time, checked against the limits like any other injection.
+#[test]
+fn a_sandbox_alone_is_injected_into_http_headers_from_its_prebuilt_value() {
+    let sandbox = Sandbox::builder("pr-42")
+        .unwrap()
+        .actor("alice")
+        .unwrap()
+        .build();
+    let codec = Codec::default();
+    let none = ForeignMembers::default();
+    let mut first = http::HeaderMap::new();
+    codec
+        .inject(Some(&sandbox), None, &none, &mut first)
+        .unwrap();
+    let mut second = http::HeaderMap::new();
+    second.insert("x-other", http::HeaderValue::from_static("1"));
+    codec
+        .inject(Some(&sandbox), None, &none, &mut second)
+        .unwrap();
+    for headers in [&first, &second] {
+        let values: Vec<_> = headers.get_all("baggage").iter().collect();
+        assert_eq!(values, ["prodbox.sandbox=pr-42,prodbox.actor=alice"]);
+    }
+    assert_eq!(
+        codec.extract(&second).unwrap().sandbox(),
+        Some(sandbox.clone())
+    );
+    let small = Codec::default().max_bytes(20);
+    let mut third = http::HeaderMap::new();
+    assert!(matches!(
+        small.inject(Some(&sandbox), None, &none, &mut third),
+        Err(BaggageError::TooLarge { .. })
+    ));
+    assert!(third.is_empty());
+    let one_member = Codec::default().max_members(1);
+    assert!(matches!(
+        one_member.inject(Some(&sandbox), None, &none, &mut third),
+        Err(BaggageError::TooManyMembers { limit: 1 })
+    ));
+}

@@ -1,5 +1,7 @@
 //! How the codec reads and writes a protocol's headers.
 
+use crate::sandbox::Sandbox;
+
 /// Read access to a protocol's headers (HTTP headers, gRPC metadata, Kafka record headers).
 ///
 /// Names are compared ASCII case-insensitively, as HTTP does.
@@ -28,6 +30,18 @@ pub trait CarrierMut: Carrier {
 
     /// Removes every value of header `name`.
     fn remove(&mut self, name: &str);
+
+    /// Replaces every `baggage` value with exactly the canonical members of `sandbox`, which
+    /// `encoded` holds. The default calls [`set`](Self::set); a carrier may reuse a value it
+    /// built before for the same sandbox.
+    fn set_sandbox_baggage(
+        &mut self,
+        sandbox: &Sandbox,
+        encoded: &str,
+    ) -> Result<(), InvalidHeader> {
+        let _ = sandbox;
+        self.set(crate::codec::BAGGAGE, encoded.to_owned())
+    }
 }
 
 /// A carrier of `(name, value)` pairs, handy in tests and for protocols without a header map.
@@ -62,6 +76,7 @@ impl CarrierMut for Vec<(String, Vec<u8>)> {
 #[cfg(feature = "http")]
 mod http_impl {
     use super::{Carrier, CarrierMut, InvalidHeader};
+    use crate::sandbox::Sandbox;
     use http::{HeaderMap, HeaderName, HeaderValue};
 
     impl Carrier for HeaderMap {
@@ -105,6 +120,22 @@ mod http_impl {
 
         fn remove(&mut self, name: &str) {
             HeaderMap::remove(self, name);
+        }
+
+        fn set_sandbox_baggage(
+            &mut self,
+            sandbox: &Sandbox,
+            encoded: &str,
+        ) -> Result<(), InvalidHeader> {
+            // The value is built once per sandbox; each request shares its bytes.
+            let Some(value) = sandbox.header_value(encoded) else {
+                return self.set(crate::codec::BAGGAGE, encoded.to_owned());
+            };
+            self.insert(
+                const { HeaderName::from_static(crate::codec::BAGGAGE) },
+                value.clone(),
+            );
+            Ok(())
         }
     }
 }

@@ -3,7 +3,8 @@
 //! costs one hash and one comparison instead of a parse.
 //!
 //! Only messages with a single `baggage` header of at most [`MAX_HEADER_BYTES`] and no legacy
-//! carrier of ours are remembered, and only successful extractions: a rejected header is parsed
+//! carrier are remembered, once they miss twice in a row in their slot, and only successful
+//! extractions: a rejected header is parsed
 //! (and reported) every time. An entry belongs to one codec configuration, so a codec with
 //! other aliases or limits never sees another's result. Direct-mapped with a fixed number of
 //! slots, like the sandbox cache: a flood of distinct headers only evicts, memory stays bounded
@@ -26,14 +27,33 @@ struct Entry {
     extracted: Extracted,
 }
 
+#[derive(Default)]
+struct Remembered {
+    entry: Option<Entry>,
+    /// The hash of the last header that missed here: a header is remembered only when it
+    /// misses twice in a row, so that a stream of headers each seen once (a request id among
+    /// the members) costs no copy and no allocation.
+    candidate: u64,
+}
+
 #[repr(align(64))]
-struct Slot(Mutex<Option<Entry>>);
+struct Slot(Mutex<Remembered>);
 
-static MEMO: [Slot; SLOTS] = [const { Slot(Mutex::new(None)) }; SLOTS];
+static MEMO: [Slot; SLOTS] = [const {
+    Slot(Mutex::new(Remembered {
+        entry: None,
+        candidate: 0,
+    }))
+}; SLOTS];
 
-fn slot(config: u64, header: &[u8]) -> Option<MutexGuard<'static, Option<Entry>>> {
-    let slot = &MEMO[slot_of(config, header)].0;
-    match slot.try_lock() {
+/// Where a header that missed would be remembered.
+pub(super) struct Miss {
+    slot: usize,
+    hash: u64,
+}
+
+fn lock(slot: usize) -> Option<MutexGuard<'static, Remembered>> {
+    match MEMO.get(slot)?.0.try_lock() {
         Ok(guard) => Some(guard),
         // Nothing panics while holding a slot; were it poisoned, its value is still whole.
         Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
@@ -41,30 +61,46 @@ fn slot(config: u64, header: &[u8]) -> Option<MutexGuard<'static, Option<Entry>>
     }
 }
 
-/// What `header` extracted to under configuration `config`, if remembered.
-pub(super) fn get(config: u64, header: &[u8]) -> Option<Extracted> {
-    let guard = slot(config, header)?;
-    let entry = guard.as_ref()?;
-    (entry.config == config && *entry.header == *header).then(|| entry.extracted.clone())
+/// What `header` extracted to under configuration `config`, or where to remember it.
+pub(super) fn get(config: u64, header: &[u8]) -> Result<Extracted, Miss> {
+    let hash = hash(config, header);
+    // The high bits are the best mixed.
+    let slot = (hash >> 32) as usize % SLOTS;
+    let miss = Miss { slot, hash };
+    let Some(guard) = lock(slot) else {
+        return Err(miss);
+    };
+    match &guard.entry {
+        Some(entry) if entry.config == config && *entry.header == *header => {
+            Ok(entry.extracted.clone())
+        }
+        _ => Err(miss),
+    }
 }
 
-/// Remembers that `header` extracted to `extracted` under configuration `config`.
-pub(super) fn put(config: u64, header: &[u8], extracted: &Extracted) {
+/// Records that `header` (which missed at `miss`) extracted to `extracted` under `config`.
+pub(super) fn put(miss: Miss, config: u64, header: &[u8], extracted: &Extracted) {
     if header.len() > MAX_HEADER_BYTES {
         return;
     }
-    if let Some(mut guard) = slot(config, header) {
-        *guard = Some(Entry {
-            config,
-            header: header.into(),
-            extracted: extracted.clone(),
-        });
+    let Some(mut guard) = lock(miss.slot) else {
+        return;
+    };
+    if guard.candidate != miss.hash {
+        guard.candidate = miss.hash;
+        return;
     }
+    guard.entry = Some(Entry {
+        config,
+        header: header.into(),
+        extracted: extracted.clone(),
+    });
 }
 
 /// An FxHash-style hash, eight bytes at a time. Not collision resistant, and it need not be:
-/// a hit compares the whole header, so a collision only evicts.
-fn slot_of(config: u64, header: &[u8]) -> usize {
+/// a hit compares the whole header, so a collision only evicts (or, as a candidate, only
+/// remembers a header one miss early).
+fn hash(config: u64, header: &[u8]) -> u64 {
     const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
     let mix = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(SEED);
     let mut hash = mix(config, header.len() as u64);
@@ -78,9 +114,7 @@ fn slot_of(config: u64, header: &[u8]) -> usize {
     for (to, from) in word.iter_mut().zip(chunks.remainder()) {
         *to = *from;
     }
-    hash = mix(hash, u64::from_le_bytes(word));
-    // The high bits are the best mixed.
-    (hash >> 32) as usize % SLOTS
+    mix(hash, u64::from_le_bytes(word))
 }
 
 #[cfg(test)]
@@ -103,7 +137,7 @@ mod tests {
         // Another test's flood may evict the entry or hold its slot for a moment: extract again.
         let remembered = (0..1000).find_map(|_| {
             codec.extract(&message).unwrap();
-            super::get(codec.config.id, header.as_bytes())
+            super::get(codec.config.id, header.as_bytes()).ok()
         });
         assert_eq!(remembered, Some(first.clone()));
         let second = codec.extract(&message).unwrap();
@@ -160,12 +194,26 @@ mod tests {
     }
 
     #[test]
+    fn a_codec_told_not_to_remember_never_does() {
+        let codec = Codec::default().remember_headers(false);
+        let header = "prodbox.sandbox=memo-f";
+        let message = headers(&[("baggage", header)]);
+        for _ in 0..3 {
+            assert_eq!(
+                codec.extract(&message).unwrap().key().map(|k| k.as_str()),
+                Some("memo-f")
+            );
+        }
+        assert!(super::get(codec.config.id, header.as_bytes()).is_err());
+    }
+
+    #[test]
     fn rejected_headers_are_not_remembered() {
         let codec = Codec::default();
         let header = "prodbox.sandbox=Not_Valid";
         let message = headers(&[("baggage", header)]);
         assert!(codec.extract(&message).is_err());
-        assert!(super::get(codec.config.id, header.as_bytes()).is_none());
+        assert!(super::get(codec.config.id, header.as_bytes()).is_err());
         assert!(codec.extract(&message).is_err());
     }
 
@@ -182,6 +230,7 @@ mod tests {
             "x".repeat(super::MAX_HEADER_BYTES)
         );
         assert!(codec.extract(&headers(&[("baggage", &long)])).is_ok());
-        assert!(super::get(codec.config.id, long.as_bytes()).is_none());
+        assert!(codec.extract(&headers(&[("baggage", &long)])).is_ok());
+        assert!(super::get(codec.config.id, long.as_bytes()).is_err());
     }
 }

@@ -207,6 +207,7 @@ struct Config {
     max_members: usize,
     aliases: Vec<Box<str>>,
     legacy_carriers: bool,
+    remember_headers: bool,
 }
 
 /// The baggage codec, configured once and cheap to clone.
@@ -224,6 +225,7 @@ impl Default for Codec {
                 max_members: DEFAULT_MAX_BAGGAGE_MEMBERS,
                 aliases: Vec::new(),
                 legacy_carriers: true,
+                remember_headers: true,
             }),
         }
     }
@@ -268,6 +270,15 @@ impl Codec {
         self
     }
 
+    /// Remembers (default) or not what recent `baggage` headers extracted to. A message whose
+    /// only `baggage` header is one seen recently is then answered without parsing it again;
+    /// the memo is bounded (512 headers of at most 512 bytes, shared by all codecs) and keeps
+    /// only successful extractions, so rejected input is parsed and reported every time.
+    pub fn remember_headers(mut self, enabled: bool) -> Self {
+        self.config_mut().remember_headers = enabled;
+        self
+    }
+
     /// Reads the sandbox context from every carrier of one message.
     pub fn extract<C: Carrier + ?Sized>(&self, carrier: &C) -> Result<Extracted, BaggageError> {
         let cfg = &*self.config;
@@ -276,18 +287,18 @@ impl Codec {
         let has_legacy = cfg.legacy_carriers && carrier.names().any(|n| legacy_key(n).is_some());
         // The common message: one `baggage` header, often the same as the last one.
         let memo_key = match (first, second) {
-            (Some(header), None) if !has_legacy => Some(header),
+            (Some(header), None) if cfg.remember_headers && !has_legacy => Some(header),
             _ => None,
         };
-        if let Some(header) = memo_key
-            && let Some(hit) = memo::get(cfg.id, header)
-        {
-            return Ok(hit);
-        }
+        let miss = match memo_key.map(|header| memo::get(cfg.id, header)) {
+            Some(Ok(hit)) => return Ok(hit),
+            Some(Err(miss)) => Some(miss),
+            None => None,
+        };
         let values = first.into_iter().chain(second).chain(values);
         let extracted = self.parse(values, carrier, has_legacy)?;
-        if let Some(header) = memo_key {
-            memo::put(cfg.id, header, &extracted);
+        if let (Some(miss), Some(header)) = (miss, memo_key) {
+            memo::put(miss, cfg.id, header, &extracted);
         }
         Ok(extracted)
     }
@@ -469,6 +480,21 @@ impl Codec {
         foreign: &ForeignMembers,
         carrier: &mut C,
     ) -> Result<(), BaggageError> {
+        // The common call: only a sandbox, into headers without baggage. Its members are
+        // encoded once per sandbox, and the carrier may reuse the value it made of them.
+        if let Some(sandbox) = sandbox
+            && token.is_none()
+            && foreign.is_empty()
+            && carrier.get_all(BAGGAGE).next().is_none()
+        {
+            let encoded = self.encode(sandbox);
+            let members = 1
+                + usize::from(sandbox.actor().is_some())
+                + usize::from(sandbox.origin().is_some());
+            self.check_limits(encoded.len(), members)?;
+            carrier.set_sandbox_baggage(sandbox, encoded)?;
+            return Ok(());
+        }
         let mut out = String::new();
         let mut ours_count = 0;
         if let Some(sandbox) = sandbox {
@@ -535,9 +561,15 @@ impl Codec {
         members: usize,
         carrier: &mut C,
     ) -> Result<(), BaggageError> {
-        if out.len() > self.config.max_bytes {
+        self.check_limits(out.len(), members)?;
+        carrier.set(BAGGAGE, out)?;
+        Ok(())
+    }
+
+    fn check_limits(&self, bytes: usize, members: usize) -> Result<(), BaggageError> {
+        if bytes > self.config.max_bytes {
             return Err(BaggageError::TooLarge {
-                bytes: out.len(),
+                bytes,
                 limit: self.config.max_bytes,
             });
         }
@@ -546,7 +578,6 @@ impl Codec {
                 limit: self.config.max_members,
             });
         }
-        carrier.set(BAGGAGE, out)?;
         Ok(())
     }
 
