@@ -411,11 +411,9 @@ mod mirrors {
 
     /// An FxHash-style hash of the key; a collision only evicts.
     fn slot_of(key: &str) -> usize {
-        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        let hash = key.bytes().fold(key.len() as u64, |hash, b| {
-            (hash.rotate_left(5) ^ u64::from(b)).wrapping_mul(K)
-        });
-        (hash >> 32) as usize % SLOTS
+        crate::hash::WordHash::new(0)
+            .bytes(key.as_bytes())
+            .slot(SLOTS)
     }
 }
 

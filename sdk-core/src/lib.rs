@@ -37,6 +37,7 @@ pub mod context;
 pub mod directory;
 pub mod egress;
 pub mod guardrails;
+mod hash;
 pub mod limits;
 pub mod metrics;
 mod sandbox;

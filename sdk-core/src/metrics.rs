@@ -31,6 +31,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 
 use crate::audit::AuditEvent;
+use crate::hash::WordHash;
 
 /// The instrumentation scope name.
 pub const SCOPE: &str = "prodbox";
@@ -160,27 +161,12 @@ impl<const SLOTS: usize> Interner<SLOTS> {
 /// table's few entries).
 fn slot_of(value: &str) -> usize {
     static SEED: OnceLock<u64> = OnceLock::new();
-    const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
     let seed = *SEED.get_or_init(|| {
         use std::hash::BuildHasher;
         std::collections::hash_map::RandomState::new().hash_one(0x70_72_6f_64_u64) | 1
     });
-    let mix = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(K);
-    let bytes = value.as_bytes();
-    let mut hash = seed;
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        hash = mix(hash, u64::from_le_bytes(word));
-    }
-    let mut word = [0; 8];
-    for (to, from) in word.iter_mut().zip(chunks.remainder()) {
-        *to = *from;
-    }
-    hash = mix(mix(hash, u64::from_le_bytes(word)), bytes.len() as u64);
     // The high bits are the best mixed.
-    (hash >> 32) as usize
+    (WordHash::new(seed).bytes(value.as_bytes()).finish() >> 32) as usize
 }
 
 /// Reasons are short names from a fixed set; the bound only guards against a caller passing

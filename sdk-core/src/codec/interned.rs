@@ -8,6 +8,7 @@
 
 use std::sync::{Mutex, TryLockError};
 
+use crate::hash::WordHash;
 use crate::sandbox::Sandbox;
 
 const SLOTS: usize = 1024;
@@ -45,30 +46,17 @@ pub(super) fn sandbox<E>(
     Ok(sandbox)
 }
 
-/// An FxHash-style hash of the three fields, eight bytes at a time. Not collision resistant,
-/// and it need not be: a collision evicts, it never returns the wrong sandbox.
+/// Which slot holds the sandbox with these three fields. `None` is hashed apart from
+/// `Some("")`.
 fn slot_of(key: &str, actor: Option<&str>, origin: Option<&str>) -> usize {
-    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-    let mix = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(SEED);
-    let mut hash = 0;
+    let mut hash = WordHash::new(0);
     for field in [Some(key), actor, origin] {
-        let bytes = field.map_or(&[][..], str::as_bytes);
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0; 8];
-            word.copy_from_slice(chunk);
-            hash = mix(hash, u64::from_le_bytes(word));
-        }
-        let mut word = [0; 8];
-        for (to, from) in word.iter_mut().zip(chunks.remainder()) {
-            *to = *from;
-        }
-        // The length separates fields, and `None` from `Some("")`.
-        let len = field.map_or(u64::MAX, |f| f.len() as u64);
-        hash = mix(mix(hash, u64::from_le_bytes(word)), len);
+        hash = match field {
+            Some(field) => hash.bytes(field.as_bytes()),
+            None => hash.word(u64::MAX),
+        };
     }
-    // The high bits are the best mixed.
-    (hash >> 32) as usize % SLOTS
+    hash.slot(SLOTS)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use super::Extracted;
+use crate::hash::WordHash;
 
 /// Number of remembered headers.
 pub(super) const SLOTS: usize = 512;
@@ -97,24 +98,8 @@ pub(super) fn put(miss: Miss, config: u64, header: &[u8], extracted: &Extracted)
     });
 }
 
-/// An FxHash-style hash, eight bytes at a time. Not collision resistant, and it need not be:
-/// a hit compares the whole header, so a collision only evicts (or, as a candidate, only
-/// remembers a header one miss early).
 fn hash(config: u64, header: &[u8]) -> u64 {
-    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-    let mix = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(SEED);
-    let mut hash = mix(config, header.len() as u64);
-    let mut chunks = header.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        hash = mix(hash, u64::from_le_bytes(word));
-    }
-    let mut word = [0; 8];
-    for (to, from) in word.iter_mut().zip(chunks.remainder()) {
-        *to = *from;
-    }
-    mix(hash, u64::from_le_bytes(word))
+    WordHash::new(config).bytes(header).finish()
 }
 
 #[cfg(test)]
