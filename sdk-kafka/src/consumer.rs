@@ -60,7 +60,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::OnceCell;
 
 use crate::filter::{Filter, Role, Verdict};
 
@@ -112,9 +111,7 @@ impl SandboxConsumerBuilder {
         self
     }
 
-    /// Where malformed messages go, with the reason (default `<group>.dead-letter`). The
-    /// producer that sends them, with the consumer's rdkafka settings, is created on the first
-    /// dead letter, so a consumer that never dead-letters runs no producer.
+    /// Where malformed messages go, with the reason (default `<group>.dead-letter`).
     pub fn dead_letter_topic(mut self, topic: &str) -> Self {
         self.dead_letter_topic = Some(topic.to_owned());
         self
@@ -174,14 +171,16 @@ impl SandboxConsumerBuilder {
             start_new_partitions_at(&consumer, topics, since)?;
         }
         consumer.subscribe(topics)?;
+        // Created now, not on the first dead letter: settings rdkafka refuses fail here, at
+        // start, rather than mid-stream, where the message could not be dead-lettered.
+        let producer: FutureProducer = self.config.create()?;
         Ok(SandboxConsumer {
             consumer,
             filter: Filter::with_shared_directory(self.role, self.directory),
             dead_letter_topic: self
                 .dead_letter_topic
                 .unwrap_or_else(|| format!("{}.dead-letter", self.group)),
-            producer_config: self.config,
-            producer: OnceCell::new(),
+            producer,
             guardrails: self.guardrails,
             backoff: self.backoff,
             max_attempts: self.max_attempts,
@@ -250,11 +249,7 @@ pub struct SandboxConsumer {
     consumer: StreamConsumer,
     filter: Filter,
     dead_letter_topic: String,
-    /// The settings the dead-letter producer is created with.
-    producer_config: ClientConfig,
-    /// Created on the first dead letter: an idle producer is not free (rdkafka's threads and
-    /// its broker connections), and most consumers never dead-letter anything.
-    producer: OnceCell<FutureProducer>,
+    producer: FutureProducer,
     guardrails: Option<Guardrails>,
     backoff: (Duration, Duration),
     max_attempts: Option<u32>,
@@ -293,10 +288,7 @@ impl SandboxConsumer {
 
     /// Handles messages with `handler` until `shutdown` completes, then commits what is done.
     ///
-    /// Fails when the final commit fails, or when rdkafka cannot create the dead-letter
-    /// producer, which happens on the first message to dead-letter: `run` then commits what was
-    /// done before that message and returns the error; the message comes again on the next
-    /// run.
+    /// Fails when the final commit fails.
     pub async fn run<F, Fut, E>(
         &self,
         handler: F,
@@ -511,19 +503,13 @@ impl SandboxConsumer {
                 key: DEAD_LETTER_SOURCE,
                 value: Some(&source),
             });
-        // Created on the first dead letter. rdkafka fails to create a client only on settings
-        // it rejects, which no retry fixes: `run` stops with the error, the message unstored.
-        let producer = self
-            .producer
-            .get_or_try_init(|| async { self.producer_config.create::<FutureProducer>() })
-            .await?;
         let mut wait = self.backoff.0;
         loop {
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&self.dead_letter_topic).headers(headers.clone());
             record.key = message.key();
             record.payload = message.payload();
-            match producer.send(record, METADATA_TIMEOUT).await {
+            match self.producer.send(record, METADATA_TIMEOUT).await {
                 Ok(_) => return Ok(()),
                 Err((error, _)) => {
                     tracing::warn!(target: "prodbox::kafka", %error, %source, "dead-letter send failed; retrying");

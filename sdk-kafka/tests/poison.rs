@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::{
-    Log, Out, Running, assert_zero_lag, committed, consumer_config, ends, eventually, produce,
-    read_topic, recorder,
+    Log, Out, Running, assert_zero_lag, consumer_config, ends, eventually, produce, read_topic,
+    recorder,
 };
 use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
 use prodbox_core::{Sandbox, SandboxKey};
@@ -284,42 +284,23 @@ async fn a_sandbox_consumer_leaves_poison_to_the_baseline() {
     assert!(dead.is_empty(), "{} dead letters", dead.len());
 }
 
-/// The dead-letter producer is created on the first dead letter. When rdkafka refuses to
-/// create it (settings only a producer checks), `run` stops with the error: what came before
-/// the poison message is committed, the poison message is not committed past, and nothing
-/// after it is handled.
+/// The dead-letter producer is created when the consumer starts: settings only a producer
+/// checks are refused there, before any message is read, never at the first poison message
+/// (which then could not be dead-lettered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_stops_at_a_dead_letter_it_cannot_send() {
+async fn settings_the_dead_letter_producer_refuses_fail_at_start() {
     let topic = unique_topic("poison-no-producer");
     create_topic(&topic, 1).await;
     let group = format!("{topic}-billing");
-    let poison = &poisons()[0];
-    let records = [
-        Out::new("good-0"),
-        Out::new(poison.payload)
-            .headers(owned(&poison.headers))
-            .raw(),
-        Out::new("good-2"),
-    ];
-    let landed = produce(&common::producer(), &topic, &records).await;
     let mut config = consumer_config();
     // A consumer ignores these; a producer refuses them (idempotence needs `acks=all`).
     config.set("enable.idempotence", "true").set("acks", "1");
-    let consumer = SandboxConsumer::builder(config, &group, Role::baseline("billing"))
+    let started = SandboxConsumer::builder(config, &group, Role::baseline("billing"))
         .directory(directory())
         .start(&[&topic])
-        .await
-        .unwrap();
-    let log: Log = Arc::default();
-    let result = tokio::time::timeout(
-        Duration::from_secs(30),
-        consumer.run(recorder(&log, "baseline"), std::future::pending::<()>()),
-    )
-    .await
-    .expect("run stopped at the poison message");
-    let error = result.expect_err("the dead-letter producer cannot be created");
+        .await;
+    let Err(error) = started else {
+        panic!("the consumer started with settings its dead-letter producer refuses");
+    };
     assert!(matches!(error, ConsumerError::Kafka(_)), "{error}");
-    let handled: Vec<String> = log.lock().unwrap().iter().map(|e| e.1.clone()).collect();
-    assert_eq!(handled, ["good-0"]);
-    assert_eq!(committed(&group, &topic, 1).await[&0], landed[1].1);
 }

@@ -19,7 +19,7 @@ use crate::hash::WordHash;
 /// Number of remembered headers.
 pub(super) const SLOTS: usize = 512;
 
-/// Longer headers are always parsed.
+/// Longer headers are always parsed (the codec does not look them up).
 pub(super) const MAX_HEADER_BYTES: usize = 512;
 
 struct Entry {
@@ -81,9 +81,6 @@ pub(super) fn get(config: u64, header: &[u8]) -> Result<Extracted, Miss> {
 
 /// Records that `header` (which missed at `miss`) extracted to `extracted` under `config`.
 pub(super) fn put(miss: Miss, config: u64, header: &[u8], extracted: &Extracted) {
-    if header.len() > MAX_HEADER_BYTES {
-        return;
-    }
     let Some(mut guard) = lock(miss.slot) else {
         return;
     };

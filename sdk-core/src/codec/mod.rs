@@ -287,7 +287,13 @@ impl Codec {
         let has_legacy = cfg.legacy_carriers && carrier.names().any(|n| legacy_key(n).is_some());
         // The common message: one `baggage` header, often the same as the last one.
         let memo_key = match (first, second) {
-            (Some(header), None) if cfg.remember_headers && !has_legacy => Some(header),
+            (Some(header), None)
+                if cfg.remember_headers
+                    && header.len() <= memo::MAX_HEADER_BYTES
+                    && !has_legacy =>
+            {
+                Some(header)
+            }
             _ => None,
         };
         let miss = match memo_key.map(|header| memo::get(cfg.id, header)) {
