@@ -73,6 +73,14 @@ pub enum ConsumerError {
     /// A sandbox consumer does not know when its sandbox was created.
     #[error("sandbox {0} has no creation time: register it in the directory or call `since`")]
     NoCreationTime(SandboxKey),
+    /// An earlier `run` of this consumer stopped while holding a message it had not handled
+    /// (a sandbox's message waiting for a fresh directory): this consumer's position is past
+    /// that message, so it must not run again. A new consumer of the same group starts from
+    /// the committed offset, which is before the message.
+    #[error(
+        "this consumer stopped holding an unhandled message at {0}; start a new consumer of the group"
+    )]
+    StoppedHoldingMessage(String),
 }
 
 /// Header naming why a message was dead-lettered.
@@ -181,6 +189,7 @@ impl SandboxConsumerBuilder {
                 .dead_letter_topic
                 .unwrap_or_else(|| format!("{}.dead-letter", self.group)),
             producer,
+            held_at_shutdown: std::sync::Mutex::new(None),
             guardrails: self.guardrails,
             backoff: self.backoff,
             max_attempts: self.max_attempts,
@@ -250,6 +259,8 @@ pub struct SandboxConsumer {
     filter: Filter,
     dead_letter_topic: String,
     producer: FutureProducer,
+    /// Where an earlier `run` stopped holding a message it had not handled.
+    held_at_shutdown: std::sync::Mutex<Option<String>>,
     guardrails: Option<Guardrails>,
     backoff: (Duration, Duration),
     max_attempts: Option<u32>,
@@ -288,7 +299,9 @@ impl SandboxConsumer {
 
     /// Handles messages with `handler` until `shutdown` completes, then commits what is done.
     ///
-    /// Fails when the final commit fails.
+    /// Fails when the final commit fails, or when an earlier `run` of this consumer stopped
+    /// while holding a message it had not handled
+    /// ([`StoppedHoldingMessage`](ConsumerError::StoppedHoldingMessage)).
     pub async fn run<F, Fut, E>(
         &self,
         handler: F,
@@ -299,6 +312,14 @@ impl SandboxConsumer {
         Fut: Future<Output = Result<(), E>>,
         E: Display,
     {
+        let held = self
+            .held_at_shutdown
+            .lock()
+            .map(|held| held.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        if let Some(source) = held {
+            return Err(ConsumerError::StoppedHoldingMessage(source));
+        }
         let consumed = self.consume(handler, shutdown).await;
         let committed = match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(())
@@ -356,7 +377,15 @@ impl SandboxConsumer {
                 };
                 tokio::select! {
                     biased;
-                    () = &mut shutdown => break,
+                    () = &mut shutdown => {
+                        // Unstored, so never committed past; but this consumer's position is
+                        // past it (rdkafka's seek back stalled the partition in tests), so it
+                        // refuses to run again.
+                        if let Ok(mut held) = self.held_at_shutdown.lock() {
+                            *held = Some(Source(&message).to_string());
+                        }
+                        break;
+                    }
                     () = fresh => {}
                 }
             }

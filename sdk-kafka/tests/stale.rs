@@ -15,7 +15,7 @@ use common::{
 };
 use prodbox_core::directory::{Directory, MemoryDirectory, SandboxEntry};
 use prodbox_core::{Sandbox, SandboxKey};
-use prodbox_kafka::{Role, SandboxConsumer};
+use prodbox_kafka::{ConsumerError, Role, SandboxConsumer};
 use prodbox_testkit::kafka::{create_topic, unique_topic};
 
 /// A directory whose freshness the test switches.
@@ -100,4 +100,58 @@ async fn a_stale_directory_holds_sandbox_messages_not_production_ones() {
 fn committed_now(group: &str, topic: &str) -> i64 {
     let runtime = tokio::runtime::Handle::current();
     tokio::task::block_in_place(|| runtime.block_on(committed(group, topic, 1)))[&0]
+}
+
+/// Shut down while holding a sandbox's message, the consumer refuses to run again (its
+/// position is past that message, so a second run would commit past it), and nothing is
+/// committed past the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_held_at_shutdown_is_not_skipped_by_a_later_run() {
+    let topic = unique_topic("stale-rerun");
+    create_topic(&topic, 1).await;
+    let directory = Switchable::default();
+    directory.stale.store(true, Ordering::SeqCst);
+    let group = format!("{topic}-billing");
+    let mut records: Vec<Out> = (0..3).map(|i| Out::new(format!("m{i}"))).collect();
+    records.push(Out::new("tagged").sandbox(Some(Sandbox::new("st-b".parse().unwrap()))));
+    records.extend((3..6).map(|i| Out::new(format!("m{i}"))));
+    produce(&producer(), &topic, &records).await;
+
+    let consumer = Arc::new(
+        SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))
+            .directory(directory.clone())
+            .start(&[&topic])
+            .await
+            .expect("start"),
+    );
+    let log: Log = Arc::default();
+    let run = |consumer: Arc<SandboxConsumer>, log: Log| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            consumer
+                .run(recorder(&log, "baseline"), async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        (stop, task)
+    };
+
+    let (stop, first) = run(Arc::clone(&consumer), Arc::clone(&log));
+    assert!(eventually(Duration::from_secs(20), || log.lock().unwrap().len() == 3).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    assert_eq!(committed(&group, &topic, 1).await[&0], 3);
+
+    directory.stale.store(false, Ordering::SeqCst);
+    let (_stop, again) = run(Arc::clone(&consumer), Arc::clone(&log));
+    let refused = again.await.unwrap();
+    assert!(
+        matches!(refused, Err(ConsumerError::StoppedHoldingMessage(_))),
+        "{refused:?}"
+    );
+    assert_eq!(log.lock().unwrap().len(), 3);
+    // Still committed before the held message: a new consumer of the group starts with it.
+    assert_eq!(committed(&group, &topic, 1).await[&0], 3);
 }
