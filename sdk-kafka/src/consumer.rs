@@ -74,9 +74,10 @@ pub enum ConsumerError {
     #[error("sandbox {0} has no creation time: register it in the directory or call `since`")]
     NoCreationTime(SandboxKey),
     /// An earlier `run` of this consumer stopped while holding a message it had not handled
-    /// (a sandbox's message waiting for a fresh directory): this consumer's position is past
-    /// that message, so it must not run again. A new consumer of the same group starts from
-    /// the committed offset, which is before the message.
+    /// (a sandbox's message waiting for a fresh directory) and rdkafka refused to rewind to
+    /// it: this consumer's position is past that message, so it must not run again. A new
+    /// consumer of the same group starts from the committed offset, which is before the
+    /// message.
     #[error(
         "this consumer stopped holding an unhandled message at {0}; start a new consumer of the group"
     )]
@@ -89,6 +90,8 @@ pub const DEAD_LETTER_REASON: &str = "prodbox-dead-letter-reason";
 pub const DEAD_LETTER_SOURCE: &str = "prodbox-dead-letter-source";
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long rewinding to a message at shutdown may block.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Configures a [`SandboxConsumer`].
 pub struct SandboxConsumerBuilder {
@@ -300,8 +303,9 @@ impl SandboxConsumer {
     /// Handles messages with `handler` until `shutdown` completes, then commits what is done.
     ///
     /// Fails when the final commit fails, or when an earlier `run` of this consumer stopped
-    /// while holding a message it had not handled
-    /// ([`StoppedHoldingMessage`](ConsumerError::StoppedHoldingMessage)).
+    /// while holding a message it had not handled and could not rewind to it
+    /// ([`StoppedHoldingMessage`](ConsumerError::StoppedHoldingMessage)). A message held at
+    /// shutdown otherwise comes first in the next `run`.
     pub async fn run<F, Fut, E>(
         &self,
         handler: F,
@@ -378,12 +382,7 @@ impl SandboxConsumer {
                 tokio::select! {
                     biased;
                     () = &mut shutdown => {
-                        // Unstored, so never committed past; but this consumer's position is
-                        // past it (rdkafka's seek back stalled the partition in tests), so it
-                        // refuses to run again.
-                        if let Ok(mut held) = self.held_at_shutdown.lock() {
-                            *held = Some(Source(&message).to_string());
-                        }
+                        self.rewind_to(&message);
                         break;
                     }
                     () = fresh => {}
@@ -417,6 +416,26 @@ impl SandboxConsumer {
             }
         }
         Ok(())
+    }
+
+    /// Puts this consumer's position on `message`'s partition back to `message`, which it
+    /// leaves unhandled (and unstored, so never committed past): the next `run` starts with
+    /// it. Should rdkafka refuse, this consumer refuses to run again instead, as its position
+    /// is past the message.
+    fn rewind_to(&self, message: &BorrowedMessage<'_>) {
+        let offset = Offset::Offset(message.offset());
+        let Err(error) =
+            self.consumer
+                .seek(message.topic(), message.partition(), offset, SEEK_TIMEOUT)
+        else {
+            return;
+        };
+        tracing::warn!(target: "prodbox::kafka", %error, source = %Source(message), "could not rewind to an unhandled message; this consumer will not run again");
+        let mut held = self
+            .held_at_shutdown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *held = Some(Source(message).to_string());
     }
 
     fn count(&self, message: &BorrowedMessage<'_>, outcome: KafkaOutcome) {

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use common::{
     Log, Out, Running, committed, consumer_config, eventually, produce, producer, recorder,
+    unbatched_producer,
 };
 use prodbox_core::directory::{Directory, MemoryDirectory, SandboxEntry};
 use prodbox_core::{Sandbox, SandboxKey};
-use prodbox_kafka::{ConsumerError, Role, SandboxConsumer};
+use prodbox_kafka::{Role, SandboxConsumer};
 use prodbox_testkit::kafka::{create_topic, unique_topic};
 
 /// A directory whose freshness the test switches.
@@ -102,11 +103,10 @@ fn committed_now(group: &str, topic: &str) -> i64 {
     tokio::task::block_in_place(|| runtime.block_on(committed(group, topic, 1)))[&0]
 }
 
-/// Shut down while holding a sandbox's message, the consumer refuses to run again (its
-/// position is past that message, so a second run would commit past it), and nothing is
-/// committed past the message.
+/// Shut down while holding a sandbox's message, the consumer rewinds to it: the next run of
+/// the same consumer starts with that message, and nothing is committed past it meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_held_at_shutdown_is_not_skipped_by_a_later_run() {
+async fn a_message_held_at_shutdown_comes_first_in_the_next_run() {
     let topic = unique_topic("stale-rerun");
     create_topic(&topic, 1).await;
     let directory = Switchable::default();
@@ -115,7 +115,8 @@ async fn a_message_held_at_shutdown_is_not_skipped_by_a_later_run() {
     let mut records: Vec<Out> = (0..3).map(|i| Out::new(format!("m{i}"))).collect();
     records.push(Out::new("tagged").sandbox(Some(Sandbox::new("st-b".parse().unwrap()))));
     records.extend((3..6).map(|i| Out::new(format!("m{i}"))));
-    produce(&producer(), &topic, &records).await;
+    // One record per batch: tansu 0.6 cannot fetch from inside a batch (see `common`).
+    produce(&unbatched_producer(), &topic, &records).await;
 
     let consumer = Arc::new(
         SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))
@@ -145,13 +146,15 @@ async fn a_message_held_at_shutdown_is_not_skipped_by_a_later_run() {
     assert_eq!(committed(&group, &topic, 1).await[&0], 3);
 
     directory.stale.store(false, Ordering::SeqCst);
-    let (_stop, again) = run(Arc::clone(&consumer), Arc::clone(&log));
-    let refused = again.await.unwrap();
+    let (stop, second) = run(Arc::clone(&consumer), Arc::clone(&log));
     assert!(
-        matches!(refused, Err(ConsumerError::StoppedHoldingMessage(_))),
-        "{refused:?}"
+        eventually(Duration::from_secs(20), || log.lock().unwrap().len() == 7).await,
+        "every message handled, the held one included: {:?}",
+        log.lock().unwrap()
     );
-    assert_eq!(log.lock().unwrap().len(), 3);
-    // Still committed before the held message: a new consumer of the group starts with it.
-    assert_eq!(committed(&group, &topic, 1).await[&0], 3);
+    stop.send(()).unwrap();
+    second.await.unwrap().unwrap();
+    let payloads: Vec<String> = log.lock().unwrap().iter().map(|e| e.1.clone()).collect();
+    assert_eq!(payloads, ["m0", "m1", "m2", "tagged", "m3", "m4", "m5"]);
+    assert_eq!(committed(&group, &topic, 1).await[&0], 7);
 }
