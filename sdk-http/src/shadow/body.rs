@@ -108,27 +108,7 @@ impl<B: Body<Data = Bytes>> Body for RequestBody<B> {
         task: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
-        let mut inner = this.inner;
-        let polled = inner.as_mut().poll_frame(task);
-        if let Some(capture) = this.capture.as_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        capture.data(data);
-                    }
-                    if inner.is_end_stream() {
-                        capture.finish();
-                    }
-                }
-                Poll::Ready(Some(Err(_))) => capture.fail(DropReason::BodyError),
-                Poll::Ready(None) => capture.finish(),
-                Poll::Pending => {}
-            }
-            if capture.pending.is_none() {
-                *this.capture = None;
-            }
-        }
-        polled
+        poll_teed(this.inner, this.capture, task)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -138,6 +118,63 @@ impl<B: Body<Data = Bytes>> Body for RequestBody<B> {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// What a body wrapper keeps of the frames it forwards.
+trait Capture {
+    fn data(&mut self, data: &Bytes);
+    fn trailers(&mut self, _trailers: &HeaderMap) {}
+    /// The body ended: whole (`complete`) or with an error.
+    fn end(&mut self, complete: bool);
+    /// Whether the copy has been handed over (or given up), so nothing more is kept.
+    fn is_done(&self) -> bool;
+}
+
+impl Capture for RequestCapture {
+    fn data(&mut self, data: &Bytes) {
+        RequestCapture::data(self, data);
+    }
+    fn end(&mut self, complete: bool) {
+        if complete {
+            self.finish();
+        } else {
+            self.fail(DropReason::BodyError);
+        }
+    }
+    fn is_done(&self) -> bool {
+        self.pending.is_none()
+    }
+}
+
+/// Polls `inner` for a frame, forwards it untouched and lets `capture` keep what it needs;
+/// the capture is dropped once it is done with.
+fn poll_teed<B: Body<Data = Bytes>, C: Capture>(
+    mut inner: Pin<&mut B>,
+    capture: &mut Option<C>,
+    task: &mut TaskContext<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    let polled = inner.as_mut().poll_frame(task);
+    if let Some(kept) = capture.as_mut() {
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    kept.data(data);
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    kept.trailers(trailers);
+                }
+                if inner.is_end_stream() {
+                    kept.end(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => kept.end(false),
+            Poll::Ready(None) => kept.end(true),
+            Poll::Pending => {}
+        }
+        if kept.is_done() {
+            *capture = None;
+        }
+    }
+    polled
 }
 
 /// The response body the caller gets: the baseline's, untouched; teed for the compare hook when
@@ -199,6 +236,21 @@ impl ResponseCapture {
     }
 }
 
+impl Capture for ResponseCapture {
+    fn data(&mut self, data: &Bytes) {
+        ResponseCapture::data(self, data);
+    }
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        self.observed.trailers = Some(trailers.clone());
+    }
+    fn end(&mut self, complete: bool) {
+        self.finish(complete);
+    }
+    fn is_done(&self) -> bool {
+        self.pending.is_none()
+    }
+}
+
 impl Drop for ResponseCapture {
     fn drop(&mut self) {
         self.finish(false);
@@ -230,29 +282,7 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
         task: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
-        let mut inner = this.inner;
-        let polled = inner.as_mut().poll_frame(task);
-        if let Some(capture) = this.capture.as_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        capture.data(data);
-                    } else if let Some(trailers) = frame.trailers_ref() {
-                        capture.observed.trailers = Some(trailers.clone());
-                    }
-                    if inner.is_end_stream() {
-                        capture.finish(true);
-                    }
-                }
-                Poll::Ready(Some(Err(_))) => capture.finish(false),
-                Poll::Ready(None) => capture.finish(true),
-                Poll::Pending => {}
-            }
-            if capture.pending.is_none() {
-                *this.capture = None;
-            }
-        }
-        polled
+        poll_teed(this.inner, this.capture, task)
     }
 
     fn is_end_stream(&self) -> bool {
