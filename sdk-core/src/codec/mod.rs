@@ -536,8 +536,10 @@ impl Codec {
         let mut index = 0;
         for value in existing {
             let text = check_text(BAGGAGE, value)?;
-            for raw in list_members(text) {
-                let member = Member::parse(raw)
+            for scanned in ScannedMembers::new(text) {
+                let raw = scanned.raw;
+                let member = scanned
+                    .member
                     .map_err(|reason| BaggageError::MalformedMember { index, reason })?;
                 index += 1;
                 if ours_written && self.is_written_by_context(member.key) {
@@ -626,8 +628,8 @@ impl Codec {
                 unparsable = true;
                 break;
             };
-            for raw in list_members(text) {
-                match Member::parse(raw) {
+            for Scanned { raw, member, .. } in ScannedMembers::new(text) {
+                match member {
                     Ok(member) if !self.is_ours(member.key) => push_member(&mut kept, raw),
                     Ok(_) => changed = true,
                     Err(_) => unparsable = true,
@@ -791,6 +793,7 @@ fn trim_ows(s: &str) -> &str {
 }
 
 /// `s` split around the first ASCII byte `sep` (a character boundary on both sides).
+#[cfg(test)]
 fn split_once_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
     let at = find_either(s.as_bytes(), sep, sep)?;
     Some((s.get(..at)?, s.get(at + 1..)?))
@@ -820,7 +823,9 @@ fn find_either(bytes: &[u8], a: u8, b: u8) -> Option<usize> {
     Some(base + tail)
 }
 
-/// The comma-separated list-members of `text`, trimmed, empty ones skipped.
+/// The comma-separated list-members of `text`, trimmed, empty ones skipped: the plain
+/// reference the tests hold [`ScannedMembers`] to.
+#[cfg(test)]
 fn list_members(text: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(text);
     std::iter::from_fn(move || {
