@@ -609,6 +609,10 @@ impl Directory for PgDirectory {
         self.shared.entries.entries()
     }
 
+    fn generation(&self) -> Option<u64> {
+        self.shared.entries.generation()
+    }
+
     fn is_synced(&self) -> bool {
         self.shared.synced.load(Ordering::Acquire)
     }

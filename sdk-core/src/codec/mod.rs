@@ -282,31 +282,41 @@ impl Codec {
     /// Reads the sandbox context from every carrier of one message.
     pub fn extract<C: Carrier + ?Sized>(&self, carrier: &C) -> Result<Extracted, BaggageError> {
         let cfg = &*self.config;
-        let mut values = carrier.get_all(BAGGAGE);
-        let (first, second) = (values.next(), values.next());
-        let has_legacy = cfg.legacy_carriers && carrier.names().any(|n| legacy_key(n).is_some());
         // The common message: one `baggage` header, often the same as the last one.
-        let memo_key = match (first, second) {
-            (Some(header), None)
-                if cfg.remember_headers
-                    && header.len() <= memo::MAX_HEADER_BYTES
-                    && !has_legacy =>
-            {
-                Some(header)
-            }
-            _ => None,
-        };
+        let memo_key = self.memo_key(carrier);
         let miss = match memo_key.map(|header| memo::get(cfg.id, header)) {
             Some(Ok(hit)) => return Ok(hit),
             Some(Err(miss)) => Some(miss),
             None => None,
         };
-        let values = first.into_iter().chain(second).chain(values);
-        let extracted = self.parse(values, carrier, has_legacy)?;
+        let has_legacy = memo_key.is_none()
+            && cfg.legacy_carriers
+            && carrier.names().any(|n| legacy_key(n).is_some());
+        let extracted = self.parse(carrier.get_all(BAGGAGE), carrier, has_legacy)?;
         if let (Some(miss), Some(header)) = (miss, memo_key) {
             memo::put(miss, cfg.id, header, &extracted);
         }
         Ok(extracted)
+    }
+
+    /// The bytes that alone decide what [`extract`](Self::extract) makes of `carrier`, when this
+    /// codec remembers headers and they are short enough to remember: the message's only
+    /// `baggage` header, with no legacy carrier beside it. A caller that remembers something it
+    /// derived from an extraction keys it by these bytes (and by this codec's configuration).
+    pub fn memo_key<'c, C: Carrier + ?Sized>(&self, carrier: &'c C) -> Option<&'c [u8]> {
+        let cfg = &*self.config;
+        if !cfg.remember_headers {
+            return None;
+        }
+        let mut values = carrier.get_all(BAGGAGE);
+        let header = values.next()?;
+        if values.next().is_some()
+            || header.len() > memo::MAX_HEADER_BYTES
+            || (cfg.legacy_carriers && carrier.names().any(|n| legacy_key(n).is_some()))
+        {
+            return None;
+        }
+        Some(header)
     }
 
     fn parse<'a, C: Carrier + ?Sized>(

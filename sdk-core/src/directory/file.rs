@@ -151,6 +151,10 @@ impl Directory for FileDirectory {
     fn entries(&self) -> Vec<Arc<SandboxEntry>> {
         self.entries.entries()
     }
+
+    fn generation(&self) -> Option<u64> {
+        self.entries.generation()
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub use file::FileDirectory;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -54,6 +55,14 @@ pub trait Directory: Send + Sync + 'static {
     fn is_stale(&self) -> bool {
         false
     }
+
+    /// A number that changes whenever any entry changes, so that a caller may remember what it
+    /// decided from the entries for as long as it stays the same (the Kafka filter does).
+    /// `None`, the default, when the directory cannot tell: then nothing is remembered. Read it
+    /// *before* the lookups it is to cover.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl<D: Directory + ?Sized> Directory for Arc<D> {
@@ -68,6 +77,9 @@ impl<D: Directory + ?Sized> Directory for Arc<D> {
     }
     fn is_stale(&self) -> bool {
         (**self).is_stale()
+    }
+    fn generation(&self) -> Option<u64> {
+        (**self).generation()
     }
 }
 
@@ -259,6 +271,8 @@ type Snapshot = Arc<EntryMap>;
 #[derive(Clone, Default)]
 pub struct MemoryDirectory {
     entries: Arc<RwLock<Snapshot>>,
+    /// Counts the changes; bumped under the write lock, after the change.
+    generation: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for MemoryDirectory {
@@ -293,7 +307,9 @@ impl MemoryDirectory {
     }
 
     fn update(&self, f: impl FnOnce(&mut EntryMap)) {
-        f(Arc::make_mut(&mut self.write()));
+        let mut entries = self.write();
+        f(Arc::make_mut(&mut entries));
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Adds or replaces an entry.
@@ -328,7 +344,9 @@ impl MemoryDirectory {
             .into_iter()
             .map(|e| (e.key.clone(), Arc::new(e)))
             .collect();
-        *self.write() = Arc::new(map);
+        let mut entries = self.write();
+        *entries = Arc::new(map);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -339,5 +357,39 @@ impl Directory for MemoryDirectory {
 
     fn entries(&self) -> Vec<Arc<SandboxEntry>> {
         self.snapshot().values().cloned().collect()
+    }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.generation.load(Ordering::Acquire))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_change_and_only_a_change_moves_the_generation() {
+        let directory = MemoryDirectory::new();
+        let key: SandboxKey = "gen-a".parse().unwrap_or_else(|e| panic!("{e}"));
+        let mut seen = vec![directory.generation()];
+        let mut changed = |directory: &MemoryDirectory| {
+            let now = directory.generation();
+            assert!(!seen.contains(&now), "{now:?} seen before: {seen:?}");
+            seen.push(now);
+        };
+        directory.upsert(SandboxEntry::new(key.clone()));
+        changed(&directory);
+        directory.set_disabled(&key, true);
+        changed(&directory);
+        directory.remove(&key);
+        changed(&directory);
+        directory.replace_all([SandboxEntry::new(key.clone())]);
+        changed(&directory);
+        // Reads change nothing; clones share the count.
+        let now = directory.generation();
+        let _ = (directory.get(&key), directory.entries());
+        assert_eq!(directory.clone().generation(), now);
+        assert!(now.is_some());
     }
 }
