@@ -9,6 +9,7 @@ use prodbox_core::directory::Directory;
 use prodbox_core::{SandboxContext, SandboxKey};
 use rdkafka::message::Headers;
 
+use crate::decisions::{self, Basis, FilterId, Remembered};
 use crate::headers::HeaderSnapshot;
 
 /// What a consumer is.
@@ -70,11 +71,19 @@ pub enum Verdict {
 /// | malformed or ambiguous sandbox headers | dead-letter | skip: the baseline dead-letters it, once |
 /// | a signed token without the sandbox key (nothing here can verify it) | dead-letter (`token_without_key`) | skip |
 /// | malformed baggage that mentions nothing of ours | process (it is no sandbox message) | skip (`untagged`) |
+///
+/// A message whose only `baggage` header repeats one decided recently (every message of a test
+/// run carries the same) is decided from memory: the same verdict, as long as the directory has
+/// not changed since (its [`generation`](Directory::generation)) and no expiry the verdict
+/// depended on has passed. Dead letters and skips for expiry are always decided afresh. The
+/// memory is per thread and bounded (64 headers of at most 512 bytes).
 #[derive(Clone)]
 pub struct Filter {
     role: Role,
     directory: Arc<dyn Directory>,
     codec: Codec,
+    /// Keys the decisions this filter remembers (see [`decisions`](crate::decisions)).
+    id: FilterId,
 }
 
 impl std::fmt::Debug for Filter {
@@ -96,12 +105,17 @@ impl Filter {
             role,
             directory,
             codec: Codec::default(),
+            id: FilterId::next(),
         }
     }
 
-    /// Uses `codec` (limits, aliases, legacy carriers).
+    /// Uses `codec` (limits, aliases, legacy carriers). The filter remembers its decisions for
+    /// recent headers when the codec remembers headers
+    /// ([`Codec::remember_headers`], the default) and the directory has a
+    /// [`generation`](Directory::generation).
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
+        self.id = FilterId::next();
         self
     }
 
@@ -145,9 +159,48 @@ impl Filter {
                 Role::Sandbox { .. } => skip("malformed_left_to_baseline", None),
             };
         }
-        let extracted = match self.codec.extract(&snapshot) {
+        // Read before the lookups it covers: a change in between only makes the remembered
+        // decision unusable, never wrong.
+        let remembering = self
+            .codec
+            .memo_key(&snapshot)
+            .zip(self.directory.generation());
+        let miss = match remembering {
+            Some((header, generation)) => {
+                match decisions::recall(self.id, generation, header, now) {
+                    Ok(verdict) => return verdict,
+                    Err(miss) => Some(miss),
+                }
+            }
+            None => None,
+        };
+        let mut validity = Validity::default();
+        let verdict = self.decide_afresh(&snapshot, now, &mut validity);
+        if let (Some(miss), Some((header, generation)), Some(valid_until)) =
+            (miss, remembering, validity.until())
+            && let Some(remembered) = Remembered::of(&verdict)
+        {
+            let basis = Basis {
+                filter: self.id,
+                generation,
+                valid_until,
+            };
+            decisions::remember(miss, basis, header, remembered);
+        }
+        verdict
+    }
+
+    /// Decides from the codec and the directory, noting in `validity` the expiries the verdict
+    /// depends on.
+    fn decide_afresh(
+        &self,
+        snapshot: &HeaderSnapshot<'_>,
+        now: SystemTime,
+        validity: &mut Validity,
+    ) -> Verdict {
+        let extracted = match self.codec.extract(snapshot) {
             Ok(extracted) => extracted,
-            Err(error) => return self.malformed(&snapshot, error),
+            Err(error) => return self.malformed(snapshot, error),
         };
         let foreign = extracted.foreign().clone();
         let Some(sandbox) = extracted.sandbox() else {
@@ -174,8 +227,12 @@ impl Filter {
         }
         let sandbox = match self.directory.get(key) {
             Some(entry) if entry.disabled => return skip("sandbox_disabled", Some(key)),
-            Some(entry) if entry.is_expired_at(now) => return skip("sandbox_expired", Some(key)),
+            Some(entry) if entry.is_expired_at(now) => {
+                validity.forget();
+                return skip("sandbox_expired", Some(key));
+            }
             Some(entry) => {
+                validity.ends_at(entry.expires_at);
                 if let Role::Baseline { service } = &self.role
                     && entry.fork_of(service).is_some()
                 {
@@ -186,8 +243,10 @@ impl Filter {
             None => sandbox,
         };
         if sandbox.is_expired_at(now) {
+            validity.forget();
             return skip("sandbox_expired", Some(sandbox.key()));
         }
+        validity.ends_at(sandbox.expires_at());
         Verdict::Process(Some(
             SandboxContext::new(sandbox)
                 .with_foreign(foreign)
@@ -208,6 +267,32 @@ impl Filter {
             (Role::Baseline { .. }, true) => Verdict::DeadLetter(error),
             (Role::Sandbox { .. }, true) => skip("malformed_left_to_baseline", None),
         }
+    }
+}
+
+/// How long a verdict stays what the same message would get: until the earliest expiry it
+/// depended on. A skip for expiry is never remembered: `decide` may be asked about an earlier
+/// `now` later.
+#[derive(Debug, Default)]
+struct Validity {
+    until: Option<SystemTime>,
+    never: bool,
+}
+
+impl Validity {
+    fn ends_at(&mut self, expiry: Option<SystemTime>) {
+        if let Some(expiry) = expiry {
+            self.until = Some(self.until.map_or(expiry, |until| until.min(expiry)));
+        }
+    }
+
+    fn forget(&mut self) {
+        self.never = true;
+    }
+
+    /// `None` when the verdict must not be remembered; `Some(None)` when it stays valid.
+    fn until(&self) -> Option<Option<SystemTime>> {
+        (!self.never).then_some(self.until)
     }
 }
 

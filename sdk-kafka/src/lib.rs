@@ -10,6 +10,7 @@
 #![deny(unreachable_pub)]
 
 pub mod consumer;
+mod decisions;
 mod filter;
 mod headers;
 pub mod producer;

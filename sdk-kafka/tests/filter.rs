@@ -686,3 +686,191 @@ fn only_messages_of_a_sandbox_concern_the_directory() {
     assert!(filter.concerns_a_sandbox(Some(&baggage("prodbox.token=x"))));
     assert!(filter.concerns_a_sandbox(Some(&headers(&[("uberctx-prodbox.sandbox", b"fork-a")]))));
 }
+
+/// A memory directory that counts its lookups and may hide its generation.
+struct Counting {
+    entries: MemoryDirectory,
+    lookups: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    with_generation: bool,
+}
+
+impl prodbox_core::directory::Directory for Counting {
+    fn get(&self, key: &SandboxKey) -> Option<std::sync::Arc<SandboxEntry>> {
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.entries.get(key)
+    }
+    fn entries(&self) -> Vec<std::sync::Arc<SandboxEntry>> {
+        self.entries.entries()
+    }
+    fn generation(&self) -> Option<u64> {
+        self.with_generation
+            .then(|| self.entries.generation())
+            .flatten()
+    }
+}
+
+fn counting_directory(
+    with_generation: bool,
+) -> (
+    Counting,
+    MemoryDirectory,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let entries = directory();
+    let lookups = std::sync::Arc::default();
+    let counting = Counting {
+        entries: entries.clone(),
+        lookups: std::sync::Arc::clone(&lookups),
+        with_generation,
+    };
+    (counting, entries, lookups)
+}
+
+#[test]
+fn a_repeated_header_is_decided_from_memory_until_the_directory_or_the_clock_says_otherwise() {
+    use prodbox_core::directory::Directory;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let now = SystemTime::now();
+    let (counting, entries, lookups) = counting_directory(true);
+    entries.upsert(
+        SandboxEntry::new(key("later-f"))
+            .fork("billing", "http://later-f")
+            .expires_at(now + Duration::from_secs(3600)),
+    );
+    let filter = Filter::new(Role::baseline("billing"), counting);
+    let headers = baggage("prodbox.sandbox=later-f,prodbox.actor=alice,userId=7");
+    let decide = |at: SystemTime| summary(&filter.decide(Some(&headers), at));
+
+    for _ in 0..10 {
+        assert_eq!(decide(now), "skip:forked");
+    }
+    // Remembered after missing twice in a row: the directory was asked twice, not ten times.
+    assert_eq!(lookups.load(SeqCst), 2);
+
+    // The clock: past the entry's expiry the remembered decision no longer applies.
+    assert_eq!(
+        decide(now + Duration::from_secs(3600)),
+        "skip:sandbox_expired"
+    );
+    // A skip for expiry is not remembered: asked about an earlier time, the filter decides again.
+    assert_eq!(decide(now), "skip:forked");
+    assert_eq!(
+        decide(now + Duration::from_secs(7200)),
+        "skip:sandbox_expired"
+    );
+
+    // The directory: any change forgets what was remembered.
+    let generation = filter.directory().generation();
+    entries.set_disabled(&key("later-f"), true);
+    assert_ne!(filter.directory().generation(), generation);
+    assert_eq!(decide(now), "skip:sandbox_disabled");
+    entries.upsert(SandboxEntry::new(key("later-f")));
+    for _ in 0..3 {
+        assert_eq!(decide(now), "process:later-f");
+    }
+    entries.remove(&key("later-f"));
+    assert_eq!(
+        decide(now),
+        "process:later-f",
+        "unknown: still in its context"
+    );
+    entries.replace_all([SandboxEntry::new(key("later-f")).fork("billing", "http://x")]);
+    assert_eq!(decide(now), "skip:forked");
+}
+
+#[test]
+fn nothing_is_remembered_without_a_directory_generation_or_a_codec_memo() {
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let tagged = baggage("prodbox.sandbox=fork-a");
+    let no_generation = counting_directory(false);
+    let with_generation = counting_directory(true);
+    for (filter, lookups) in [
+        (
+            Filter::new(Role::baseline("billing"), no_generation.0),
+            no_generation.2,
+        ),
+        (
+            Filter::new(Role::baseline("billing"), with_generation.0)
+                .codec(Codec::default().remember_headers(false)),
+            with_generation.2,
+        ),
+    ] {
+        for _ in 0..10 {
+            assert_eq!(
+                summary(&filter.decide(Some(&tagged), SystemTime::now())),
+                "skip:forked"
+            );
+        }
+        assert_eq!(lookups.load(SeqCst), 10);
+    }
+
+    // Two `baggage` headers, or a legacy carrier beside one, are never answered from memory.
+    let (counting, _, lookups) = counting_directory(true);
+    let filter = Filter::new(Role::baseline("billing"), counting);
+    let two = headers(&[
+        ("baggage", b"userId=7"),
+        ("baggage", b"prodbox.sandbox=fork-a"),
+    ]);
+    let legacy = headers(&[
+        ("baggage", b"prodbox.sandbox=fork-a"),
+        ("uberctx-userId", b"7"),
+    ]);
+    for _ in 0..5 {
+        for headers in [&two, &legacy] {
+            assert_eq!(
+                summary(&filter.decide(Some(headers), SystemTime::now())),
+                "skip:forked"
+            );
+        }
+    }
+    assert_eq!(lookups.load(SeqCst), 10);
+}
+
+#[test]
+fn filters_never_answer_from_each_others_memory() {
+    // Same header, same thread, same directory: roles, services and codecs decide differently.
+    let directory = directory();
+    let header = baggage("sd-routing-key=fork-a");
+    let tagged = baggage("prodbox.sandbox=fork-a");
+    let billing = Filter::new(Role::baseline("billing"), directory.clone());
+    let aliased = billing
+        .clone()
+        .codec(Codec::default().alias("sd-routing-key"));
+    let shipping = Filter::new(Role::baseline("shipping"), directory.clone());
+    let own = Filter::new(Role::sandbox(key("fork-a")), directory.clone());
+    let other = Filter::new(Role::sandbox(key("plain-b")), directory);
+    let now = SystemTime::now();
+    for _ in 0..5 {
+        assert_eq!(summary(&billing.decide(Some(&header), now)), "process:-");
+        assert_eq!(summary(&aliased.decide(Some(&header), now)), "skip:forked");
+        assert_eq!(summary(&billing.decide(Some(&tagged), now)), "skip:forked");
+        assert_eq!(
+            summary(&shipping.decide(Some(&tagged), now)),
+            "process:fork-a"
+        );
+        assert_eq!(summary(&own.decide(Some(&tagged), now)), "process:fork-a");
+        assert_eq!(
+            summary(&other.decide(Some(&tagged), now)),
+            "skip:other_sandbox"
+        );
+    }
+    // More filters than a thread remembers headers (64): they share slots, and each is
+    // still answered only with its own decisions.
+    let filters: Vec<(Filter, &str)> = (0..256)
+        .map(|i| match i % 2 {
+            0 => (billing.clone().codec(Codec::default()), "skip:forked"),
+            _ => (shipping.clone().codec(Codec::default()), "process:fork-a"),
+        })
+        .collect();
+    for (filter, expected) in &filters {
+        for _ in 0..3 {
+            assert_eq!(summary(&filter.decide(Some(&tagged), now)), *expected);
+        }
+    }
+    for (filter, expected) in filters.iter().rev() {
+        assert_eq!(summary(&filter.decide(Some(&tagged), now)), *expected);
+    }
+}
