@@ -64,3 +64,45 @@ fn decisions_are_counted_per_protocol_decision_and_reason_with_bounded_labels() 
     );
     assert!(flooded > 0 && flooded <= 2 * MAX_SANDBOX_LABELS as u64);
 }
+
+#[test]
+fn kafka_topics_are_named_up_to_a_bound() {
+    use prodbox_core::metrics::{KafkaOutcome, MAX_TOPIC_LABELS, kafka_message};
+    const MESSAGES: &str = "prodbox.kafka.messages";
+    let metrics = Metrics::global();
+    kafka_message("orders", "baseline", KafkaOutcome::Processed);
+    kafka_message("orders", "baseline", KafkaOutcome::Skipped);
+    for n in 0..(2 * MAX_TOPIC_LABELS) {
+        kafka_message(&format!("topic-{n}"), "sandbox", KafkaOutcome::Processed);
+    }
+    let count = |topic: &str, role: &str, outcome: &str| {
+        metrics.sum(
+            MESSAGES,
+            &[
+                ("messaging.system", "kafka"),
+                ("messaging.destination.name", topic),
+                ("prodbox.kafka.role", role),
+                ("prodbox.kafka.outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(count("orders", "baseline", "processed"), 1);
+    assert_eq!(count("orders", "baseline", "skipped"), 1);
+    assert_eq!(count("topic-0", "sandbox", "processed"), 1);
+    let topics = metrics.attribute_values(MESSAGES, "messaging.destination.name");
+    assert!(
+        topics.len() <= MAX_TOPIC_LABELS + 1,
+        "{} topics",
+        topics.len()
+    );
+    assert!(topics.contains("_other"));
+    // Every message is counted, named or not.
+    let flooded = count("_other", "sandbox", "processed");
+    assert_eq!(
+        flooded
+            + (0..2 * MAX_TOPIC_LABELS)
+                .filter(|n| topics.contains(format!("topic-{n}").as_str()))
+                .count() as u64,
+        2 * MAX_TOPIC_LABELS as u64
+    );
+}
