@@ -113,6 +113,23 @@ fn decision(c: &mut Criterion) {
             b.iter(|| black_box(filter.decide(Some(black_box(&headers)), now)))
         });
     }
+    // Every header new: a fourth member differs per message, over more headers than the
+    // filter's and the codec's memories hold, so each decision is made afresh (a producer that
+    // puts a request id into baggage).
+    let distinct: Vec<OwnedHeaders> = (0..4096)
+        .map(|n| {
+            with_baggage(&format!(
+                "prodbox.sandbox=pr-42,prodbox.actor=alice,userId=7,req={n}"
+            ))
+        })
+        .collect();
+    let mut next = 0;
+    group.bench_function("decide_forked_skip_every_header_new", |b| {
+        b.iter(|| {
+            next = (next + 1) % distinct.len();
+            black_box(filter.decide(Some(black_box(&distinct[next])), now))
+        })
+    });
     group.finish();
 }
 
