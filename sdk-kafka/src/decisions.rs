@@ -128,38 +128,41 @@ pub(crate) fn recall(
     header: &[u8],
     now: SystemTime,
 ) -> Result<Verdict, Miss> {
-    MEMORY.with(|memory| {
-        // Nothing here calls back into this module while it is borrowed; if it ever did, the
-        // decision would simply be made afresh.
-        let Ok(memory) = memory.try_borrow() else {
-            return Err(Miss {
-                slot: usize::MAX,
-                hash: 0,
-            });
-        };
-        let miss = locate(&memory, filter, header);
-        match memory
-            .slots
-            .get(miss.slot)
-            .and_then(|slot| slot.entry.as_ref())
-        {
-            Some(entry)
-                if entry.basis.filter == filter
-                    && entry.basis.generation == generation
-                    && entry.basis.valid_until.is_none_or(|until| now < until)
-                    && *entry.header == *header =>
+    let nowhere = || Miss {
+        slot: usize::MAX,
+        hash: 0,
+    };
+    // A thread being torn down has no memory, and nothing here calls back into this module
+    // while it is borrowed; either way the decision is simply made afresh.
+    MEMORY
+        .try_with(|memory| {
+            let Ok(memory) = memory.try_borrow() else {
+                return Err(nowhere());
+            };
+            let miss = locate(&memory, filter, header);
+            match memory
+                .slots
+                .get(miss.slot)
+                .and_then(|slot| slot.entry.as_ref())
             {
-                Ok(entry.remembered.verdict())
+                Some(entry)
+                    if entry.basis.filter == filter
+                        && entry.basis.generation == generation
+                        && entry.basis.valid_until.is_none_or(|until| now < until)
+                        && *entry.header == *header =>
+                {
+                    Ok(entry.remembered.verdict())
+                }
+                _ => Err(miss),
             }
-            _ => Err(miss),
-        }
-    })
+        })
+        .unwrap_or_else(|_| Err(nowhere()))
 }
 
 /// Remembers `remembered` for `header` (which missed at `miss`) on `basis`, if it missed there
 /// before.
 pub(crate) fn remember(miss: Miss, basis: Basis, header: &[u8], remembered: Remembered) {
-    MEMORY.with(|memory| {
+    let _ = MEMORY.try_with(|memory| {
         let Ok(mut memory) = memory.try_borrow_mut() else {
             return;
         };

@@ -200,7 +200,12 @@ impl Filter {
     ) -> Verdict {
         let extracted = match self.codec.extract(snapshot) {
             Ok(extracted) => extracted,
-            Err(error) => return self.malformed(snapshot, error),
+            Err(error) => {
+                // What happens to malformed baggage also depends on the other headers
+                // (`mentions_ours`), which the memory's key does not cover.
+                validity.forget();
+                return self.malformed(snapshot, error);
+            }
         };
         let foreign = extracted.foreign().clone();
         let Some(sandbox) = extracted.sandbox() else {

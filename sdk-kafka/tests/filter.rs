@@ -874,3 +874,25 @@ fn filters_never_answer_from_each_others_memory() {
         assert_eq!(summary(&filter.decide(Some(&tagged), now)), *expected);
     }
 }
+
+#[test]
+fn malformed_baggage_is_decided_afresh_with_the_headers_beside_it() {
+    // With legacy carriers off, the memory's key is the `baggage` header alone, but whether
+    // malformed baggage is a sandbox message also depends on the other header names.
+    let filter = Filter::new(Role::baseline("billing"), directory())
+        .codec(Codec::default().legacy_carriers(false));
+    let plain = headers(&[("baggage", b"not a member".as_slice())]);
+    let mixed = headers(&[
+        ("baggage", b"not a member".as_slice()),
+        ("uberctx-prodbox.sandbox", b"fork-a".as_slice()),
+    ]);
+    let now = SystemTime::now();
+    for _ in 0..3 {
+        assert_eq!(summary(&filter.decide(Some(&plain), now)), "process:-");
+        assert_eq!(summary(&filter.decide(Some(&plain), now)), "process:-");
+        assert_eq!(
+            summary(&filter.decide(Some(&mixed), now)),
+            "dead_letter:baggage_malformed_member"
+        );
+    }
+}

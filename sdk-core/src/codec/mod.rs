@@ -302,7 +302,9 @@ impl Codec {
     /// The bytes that alone decide what [`extract`](Self::extract) makes of `carrier`, when this
     /// codec remembers headers and they are short enough to remember: the message's only
     /// `baggage` header, with no legacy carrier beside it. A caller that remembers something it
-    /// derived from an extraction keys it by these bytes (and by this codec's configuration).
+    /// derived from a successful extraction keys it by these bytes (and by this codec's
+    /// configuration); they do not cover [`mentions_ours`](Self::mentions_ours), which reads
+    /// every header name.
     pub fn memo_key<'c, C: Carrier + ?Sized>(&self, carrier: &'c C) -> Option<&'c [u8]> {
         let cfg = &*self.config;
         if !cfg.remember_headers {

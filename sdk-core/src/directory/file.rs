@@ -2,13 +2,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+#[cfg(feature = "tokio")]
 use std::time::Duration;
 
 use super::{Directory, DirectoryError, MemoryDirectory, SandboxEntry};
+use crate::sandbox::SandboxKey;
 
 /// The file's bytes as last applied.
 type Seen = Mutex<Option<Vec<u8>>>;
-use crate::sandbox::SandboxKey;
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]

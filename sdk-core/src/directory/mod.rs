@@ -271,7 +271,7 @@ type Snapshot = Arc<EntryMap>;
 #[derive(Clone, Default)]
 pub struct MemoryDirectory {
     entries: Arc<RwLock<Snapshot>>,
-    /// Counts the changes; bumped under the write lock, after the change.
+    /// Counts the changes; moved under the write lock, as each change begins.
     generation: Arc<AtomicU64>,
 }
 
@@ -308,8 +308,10 @@ impl MemoryDirectory {
 
     fn update(&self, f: impl FnOnce(&mut EntryMap)) {
         let mut entries = self.write();
-        f(Arc::make_mut(&mut entries));
+        // Moved first, under the lock: whoever reads the new number reads the new entries (the
+        // lookup waits for the lock), and a panic in `f` cannot leave a change uncounted.
         self.generation.fetch_add(1, Ordering::AcqRel);
+        f(Arc::make_mut(&mut entries));
     }
 
     /// Adds or replaces an entry.
@@ -345,8 +347,8 @@ impl MemoryDirectory {
             .map(|e| (e.key.clone(), Arc::new(e)))
             .collect();
         let mut entries = self.write();
-        *entries = Arc::new(map);
         self.generation.fetch_add(1, Ordering::AcqRel);
+        *entries = Arc::new(map);
     }
 }
 
@@ -386,10 +388,13 @@ mod tests {
         changed(&directory);
         directory.replace_all([SandboxEntry::new(key.clone())]);
         changed(&directory);
-        // Reads change nothing; clones share the count.
+        // Reads change nothing.
         let now = directory.generation();
         let _ = (directory.get(&key), directory.entries());
-        assert_eq!(directory.clone().generation(), now);
+        assert_eq!(directory.generation(), now);
         assert!(now.is_some());
+        // Clones share the count: a change through one moves the other's.
+        directory.clone().upsert(SandboxEntry::new(key));
+        changed(&directory);
     }
 }
