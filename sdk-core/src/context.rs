@@ -132,6 +132,18 @@ impl SandboxContext {
         } else {
             let cx = cx.with_baggage(self.mirror(inherited));
             let baggage = address(cx.baggage());
+            // Members the parent already carried in its OpenTelemetry baggage are part of
+            // this context too: egress sends them onward, as `ContextExt::with_sandbox` does.
+            if let std::borrow::Cow::Owned(foreign) =
+                Self::merged_foreign(Some(&self.foreign), inherited)
+            {
+                let context = self.clone().with_foreign(foreign);
+                return cx.with_value(Attached {
+                    context,
+                    baggage,
+                    mirror: cx.clone(),
+                });
+            }
             (cx, baggage)
         };
         // Remember which baggage we wrote, so that egress can tell whether the application
@@ -231,8 +243,16 @@ impl SandboxContext {
         {
             return Cow::Borrowed(&attached.context.foreign);
         }
-        let base = attached.map(|a| &a.context.foreign);
-        let baggage = cx.baggage();
+        Self::merged_foreign(attached.map(|a| &a.context.foreign), cx.baggage())
+    }
+
+    /// `base`, then the members of `baggage` that are neither ours nor in `base` (sorted by key,
+    /// as OpenTelemetry keeps no order).
+    fn merged_foreign<'a>(
+        base: Option<&'a ForeignMembers>,
+        baggage: &Baggage,
+    ) -> std::borrow::Cow<'a, ForeignMembers> {
+        use std::borrow::Cow;
         if baggage.is_empty() {
             return match base {
                 Some(foreign) => Cow::Borrowed(foreign),

@@ -205,6 +205,53 @@ fn attach_to_mirrors_foreign_members_with_decoded_values_and_properties() {
     );
 }
 
+#[test]
+fn attach_to_keeps_the_parents_otel_baggage_and_sends_it_onward() {
+    // An application (or another middleware) put members into OpenTelemetry baggage before
+    // prodbox attached the request's context: they stay in the context and go onward.
+    let parent = Context::new().with_baggage([
+        KeyValue::new("tenant", "acme"),
+        KeyValue::new("k", "parent"),
+        KeyValue::new("prodbox.sandbox", "ctx-spoofed"),
+    ]);
+    let context = SandboxContext::new(sandbox("ctx-inherit"))
+        .with_foreign(ForeignMembers::from_raw_members(["k=v"]));
+    let cx = context.attach_to(&parent);
+    assert_eq!(cx.sandbox().map(|s| s.key().as_str()), Some("ctx-inherit"));
+    assert_eq!(baggage_value(&cx, "tenant").as_deref(), Some("acme"));
+    // The request's own member wins over the parent's of the same key; ours are never taken
+    // from the parent.
+    assert_eq!(baggage_value(&cx, "k").as_deref(), Some("v"));
+    assert_eq!(
+        baggage_value(&cx, "prodbox.sandbox").as_deref(),
+        Some("ctx-inherit")
+    );
+    assert_eq!(
+        SandboxContext::outbound_foreign(&cx).as_str(),
+        "k=v,tenant=acme"
+    );
+    assert_eq!(
+        cx.sandbox_context().map(|c| c.foreign().as_str()),
+        Some("k=v,tenant=acme")
+    );
+    // Attaching it again inside itself changes nothing.
+    let again = cx
+        .sandbox_context()
+        .expect("attached")
+        .clone()
+        .attach_to(&cx);
+    assert_eq!(
+        SandboxContext::outbound_foreign(&again).as_str(),
+        "k=v,tenant=acme"
+    );
+    // A baseline context keeps them too.
+    let baseline = SandboxContext::baseline(ForeignMembers::default()).attach_to(&parent);
+    assert_eq!(
+        SandboxContext::outbound_foreign(&baseline).as_str(),
+        "k=parent,tenant=acme"
+    );
+}
+
 #[tokio::test]
 async fn outbound_foreign_includes_members_added_through_the_otel_api() {
     let attached = SandboxContext::new(sandbox("ctx-outbound"))
