@@ -31,6 +31,11 @@
 //! and never committed past (unless `max_attempts` is set: then the message is dead-lettered
 //! with the error, and only then committed past). Handlers must be idempotent.
 //!
+//! Shutdown is honoured between attempts: a message whose handler keeps failing, whose sandbox
+//! is throttled or whose dead-letter send keeps failing does not keep `run` from returning. An
+//! attempt under way is never cancelled; the message is left unhandled, the consumer's position
+//! put back on it, and the next `run` starts with it.
+//!
 //! # Sandbox consumers
 //!
 //! A sandbox consumer uses its own consumer group, `<group>.sandbox.<key>`, so it sees every
@@ -46,6 +51,7 @@
 
 use std::fmt::Display;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -404,10 +410,22 @@ impl SandboxConsumer {
                     let detail = format!("{}: {error}", Source(&message));
                     audit(None, Decision::DeadLettered, error.reason(), &detail);
                     self.count(&message, KafkaOutcome::DeadLettered);
-                    self.dead_letter(&message, &error.to_string()).await?;
+                    let sent = self
+                        .dead_letter(&message, &error.to_string(), &mut shutdown)
+                        .await?;
+                    if sent == Done::Interrupted {
+                        self.rewind_to(&message);
+                        break;
+                    }
                 }
                 Verdict::Process(context) => {
-                    self.handle(&message, context, &mut handler).await?;
+                    let handled = self
+                        .handle(&message, context, &mut handler, &mut shutdown)
+                        .await?;
+                    if handled == Done::Interrupted {
+                        self.rewind_to(&message);
+                        break;
+                    }
                 }
             }
             if let Err(error) = self.consumer.store_offset_from_message(&message) {
@@ -447,17 +465,20 @@ impl SandboxConsumer {
     }
 
     /// Runs `handler` on a message to process, in `context`, until it succeeds (or, with
-    /// `max_attempts`, the message is dead-lettered).
-    async fn handle<F, Fut, E>(
+    /// `max_attempts`, the message is dead-lettered). Shutdown ends the waits between
+    /// attempts (never an attempt under way): the message is then left unhandled.
+    async fn handle<F, Fut, E, S>(
         &self,
         message: &BorrowedMessage<'_>,
         context: Option<SandboxContext>,
         handler: &mut F,
-    ) -> Result<(), ConsumerError>
+        shutdown: &mut Pin<&mut S>,
+    ) -> Result<Done, ConsumerError>
     where
         F: FnMut(OwnedMessage) -> Fut,
         Fut: Future<Output = Result<(), E>>,
         E: Display,
+        S: Future<Output = ()>,
     {
         let sandbox = context.as_ref().and_then(SandboxContext::sandbox).cloned();
         // Hold the sandbox's slot while its handler runs; a throttled sandbox waits, its
@@ -473,7 +494,9 @@ impl SandboxConsumer {
                             throttled.reason.as_str(),
                             &throttled,
                         );
-                        tokio::time::sleep(throttled.retry_after).await;
+                        if !pause(throttled.retry_after, shutdown).await {
+                            return Ok(Done::Interrupted);
+                        }
                     }
                 }
             },
@@ -496,7 +519,7 @@ impl SandboxConsumer {
             match future.in_context(cx.clone()).await {
                 Ok(()) => {
                     self.count(message, KafkaOutcome::Processed);
-                    return Ok(());
+                    return Ok(Done::Completed);
                 }
                 Err(error) => {
                     tracing::warn!(
@@ -515,21 +538,25 @@ impl SandboxConsumer {
                             &reason,
                         );
                         self.count(message, KafkaOutcome::DeadLettered);
-                        return self.dead_letter(message, &reason).await;
+                        return self.dead_letter(message, &reason, shutdown).await;
                     }
-                    tokio::time::sleep(wait).await;
+                    if !pause(wait, shutdown).await {
+                        return Ok(Done::Interrupted);
+                    }
                     wait = wait.saturating_mul(2).min(self.backoff.1);
                 }
             }
         }
     }
 
-    /// Sends `message` to the dead-letter topic with `reason`; retries until the broker has it.
-    async fn dead_letter(
+    /// Sends `message` to the dead-letter topic with `reason`; retries until the broker has it,
+    /// or shutdown comes between two tries.
+    async fn dead_letter<S: Future<Output = ()>>(
         &self,
         message: &BorrowedMessage<'_>,
         reason: &str,
-    ) -> Result<(), ConsumerError> {
+        shutdown: &mut Pin<&mut S>,
+    ) -> Result<Done, ConsumerError> {
         let source = Source(message).to_string();
         // The original headers, when rdkafka can read them (see `filter::readable`).
         let original = message.headers().and_then(|original| {
@@ -558,14 +585,34 @@ impl SandboxConsumer {
             record.key = message.key();
             record.payload = message.payload();
             match self.producer.send(record, METADATA_TIMEOUT).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(Done::Completed),
                 Err((error, _)) => {
                     tracing::warn!(target: "prodbox::kafka", %error, %source, "dead-letter send failed; retrying");
-                    tokio::time::sleep(wait).await;
+                    if !pause(wait, shutdown).await {
+                        return Ok(Done::Interrupted);
+                    }
                     wait = wait.saturating_mul(2).min(self.backoff.1);
                 }
             }
         }
+    }
+}
+
+/// How handling a message ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    /// Handled (or dead-lettered): its offset may be stored.
+    Completed,
+    /// Shutdown came first: the message is left unhandled.
+    Interrupted,
+}
+
+/// Waits `wait`, unless `shutdown` completes first (then `false`).
+async fn pause<S: Future<Output = ()>>(wait: Duration, shutdown: &mut Pin<&mut S>) -> bool {
+    tokio::select! {
+        biased;
+        () = shutdown.as_mut() => false,
+        () = tokio::time::sleep(wait) => true,
     }
 }
 

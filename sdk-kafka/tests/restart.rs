@@ -1,6 +1,6 @@
 //! Delivery on a real broker: a consumer killed mid-stream loses nothing, a failing handler is
-//! retried and never committed past, and `max_attempts` dead-letters a message that keeps
-//! failing.
+//! retried and never committed past (and shutdown ends its retries, the next run starting with
+//! it), and `max_attempts` dead-letters a message that keeps failing.
 
 // Test helpers outside #[test] functions: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{
     Log, Out, Running, assert_zero_lag, committed, consumer_config, ends, eventually, payload,
-    produce, read_topic, recorder,
+    produce, read_topic, recorder, unbatched_producer,
 };
 use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
 use prodbox_core::{Sandbox, SandboxKey};
@@ -263,6 +263,71 @@ async fn a_failing_handler_is_retried_and_never_committed_past() {
     let mut sorted = succeeded.clone();
     sorted.sort_unstable();
     assert_eq!(succeeded, sorted, "handled out of order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_the_retries_and_the_next_run_starts_with_the_failing_message() {
+    let topic = unique_topic("restart-shutdown");
+    create_topic(&topic, 1).await;
+    let group = format!("{topic}-billing");
+    let records: Vec<Out> = (0..3).map(|i| Out::new(i.to_string())).collect();
+    // One record per batch: the next run resumes inside what would be a batch (see `common`).
+    produce(&unbatched_producer(), &topic, &records).await;
+    let consumer = Arc::new(
+        SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))
+            // Far longer than the test: after a failure, only shutdown can end the wait.
+            .retry_backoff(Duration::from_secs(3600), Duration::from_secs(3600))
+            .start(&[&topic])
+            .await
+            .unwrap(),
+    );
+    // (payload, succeeded)
+    let handled: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let failing = Arc::new(AtomicBool::new(true));
+    let handler = || {
+        let handled = Arc::clone(&handled);
+        let failing = Arc::clone(&failing);
+        move |message: rdkafka::message::OwnedMessage| {
+            let handled = Arc::clone(&handled);
+            let failing = Arc::clone(&failing);
+            async move {
+                let id = payload(&message);
+                let ok = id != "1" || !failing.load(Ordering::SeqCst);
+                handled.lock().unwrap().push((id.clone(), ok));
+                if ok {
+                    Ok(())
+                } else {
+                    Err(format!("{id} failed"))
+                }
+            }
+        }
+    };
+
+    let first = Running::spawn(Arc::clone(&consumer), handler());
+    let failed_once = || handled.lock().unwrap().contains(&("1".to_owned(), false));
+    assert!(eventually(Duration::from_secs(30), failed_once).await);
+    // Returns although message 1 waits an hour for its next attempt (`stop` allows 30 s).
+    first.stop().await;
+    assert_eq!(
+        committed(&group, &topic, 1).await[&0],
+        1,
+        "not past message 1"
+    );
+
+    failing.store(false, Ordering::SeqCst);
+    let second = Running::spawn(Arc::clone(&consumer), handler());
+    assert!(
+        eventually(Duration::from_secs(30), || handled.lock().unwrap().len()
+            == 4)
+        .await
+    );
+    second.stop().await;
+    let handled: Vec<(String, bool)> = handled.lock().unwrap().clone();
+    let expected: Vec<(String, bool)> = [("0", true), ("1", false), ("1", true), ("2", true)]
+        .map(|(id, ok)| (id.to_owned(), ok))
+        .to_vec();
+    assert_eq!(handled, expected);
+    assert_eq!(committed(&group, &topic, 1).await[&0], 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,12 +147,14 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    pub(crate) fn spawn<F, Fut, E>(consumer: SandboxConsumer, handler: F) -> Self
+    /// Runs `consumer` (owned, or shared to run it again later) with `handler`.
+    pub(crate) fn spawn<F, Fut, E>(consumer: impl Into<Arc<SandboxConsumer>>, handler: F) -> Self
     where
         F: FnMut(OwnedMessage) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
+        let consumer = consumer.into();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             consumer
