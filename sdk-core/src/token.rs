@@ -84,6 +84,9 @@ pub enum TokenError {
     /// A key id outside `[A-Za-z0-9_-]{1,32}`.
     #[error("key id {0:?} must be 1 to 32 characters of A-Z, a-z, 0-9, '_' and '-'")]
     InvalidKeyId(String),
+    /// Minting for a sandbox that has expired (or expires within the second).
+    #[error("sandbox {0} has expired; no token is minted for it")]
+    SandboxExpired(String),
 }
 
 impl TokenError {
@@ -97,6 +100,7 @@ impl TokenError {
             Self::NotYetValid => "token_not_yet_valid",
             Self::InvalidClaims(_) => "token_invalid_claims",
             Self::NoActiveKey | Self::WeakSecret(_) | Self::InvalidKeyId(_) => "token_config",
+            Self::SandboxExpired(_) => "sandbox_expired",
         }
     }
 }
@@ -180,7 +184,8 @@ impl TokenKeys {
         self
     }
 
-    /// Mints a token for `sandbox` valid for `ttl` from now.
+    /// Mints a token for `sandbox` valid for `ttl` from now, or until the sandbox expires if
+    /// that comes first: a token never outlives its sandbox.
     pub fn mint(&self, sandbox: &Sandbox, ttl: Duration) -> Result<String, TokenError> {
         self.mint_at(sandbox, SystemTime::now(), ttl)
     }
@@ -195,12 +200,20 @@ impl TokenKeys {
         let kid = self.active.as_deref().ok_or(TokenError::NoActiveKey)?;
         let secret = self.keys.get(kid).ok_or(TokenError::NoActiveKey)?;
         let iat = unix_secs(now);
+        let mut exp = iat.saturating_add(ttl.as_secs().max(1));
+        if let Some(expires_at) = sandbox.expires_at() {
+            // Whole seconds, rounded down: the token stops first.
+            exp = exp.min(unix_secs(expires_at));
+            if exp <= iat {
+                return Err(TokenError::SandboxExpired(sandbox.key().to_string()));
+            }
+        }
         let claims = Claims {
             sbx: sandbox.key().as_str().to_owned(),
             act: sandbox.actor().map(str::to_owned),
             org: sandbox.origin().map(str::to_owned),
             iat,
-            exp: iat.saturating_add(ttl.as_secs().max(1)),
+            exp,
         };
         let json =
             serde_json::to_vec(&claims).map_err(|e| TokenError::InvalidClaims(e.to_string()))?;
@@ -329,6 +342,45 @@ mod tests {
             got.expires_at(),
             Some(UNIX_EPOCH + Duration::from_secs(1_800_000_060 + 30)),
             "expiry plus the default leeway"
+        );
+    }
+
+    #[test]
+    fn a_token_never_outlives_its_sandbox() {
+        let keys = TokenKeys::new().with_key("k1", SECRET).unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let expiring = |secs: u64| {
+            Sandbox::builder("pr-43")
+                .unwrap()
+                .expires_at(now + Duration::from_millis(secs))
+                .build()
+        };
+        // An hour asked for, ten minutes left: ten minutes (plus the leeway).
+        let token = keys
+            .mint_at(&expiring(600_000), now, Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(
+            keys.verify(&token, now).unwrap().expires_at(),
+            Some(now + Duration::from_secs(600 + 30))
+        );
+        // A shorter ttl than the sandbox's is kept.
+        let token = keys
+            .mint_at(&expiring(600_000), now, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            keys.verify(&token, now).unwrap().expires_at(),
+            Some(now + Duration::from_secs(60 + 30))
+        );
+        // Expired, or expiring within the second: refused.
+        for millis in [0, 999] {
+            assert_eq!(
+                keys.mint_at(&expiring(millis), now, Duration::from_secs(60)),
+                Err(TokenError::SandboxExpired("pr-43".to_owned()))
+            );
+        }
+        assert_eq!(
+            TokenError::SandboxExpired(String::new()).reason(),
+            "sandbox_expired"
         );
     }
 
