@@ -120,6 +120,7 @@ impl SandboxContext {
         // mirror (a sandboxed request nested in the same sandbox), it is kept as it is. When
         // `cx` is empty (an ingress), a context holding only the mirror is the same for every
         // request of the sandbox, and is shared from a cache.
+        let mut context = std::borrow::Cow::Borrowed(self);
         let (cx, baggage) = if self.is_mirrored_by(inherited) {
             (cx.clone(), address(inherited))
         } else if let Some(sandbox) = self.sandbox.as_ref().filter(|_| self.foreign.is_empty())
@@ -137,12 +138,7 @@ impl SandboxContext {
             if let std::borrow::Cow::Owned(foreign) =
                 Self::merged_foreign(Some(&self.foreign), inherited)
             {
-                let context = self.clone().with_foreign(foreign);
-                return cx.with_value(Attached {
-                    context,
-                    baggage,
-                    mirror: cx.clone(),
-                });
+                context = std::borrow::Cow::Owned(self.clone().with_foreign(foreign));
             }
             (cx, baggage)
         };
@@ -150,7 +146,7 @@ impl SandboxContext {
         // changed it since (and only then pays for merging it). Holding the context keeps that
         // baggage alive, so its address cannot be reused by other baggage meanwhile.
         cx.with_value(Attached {
-            context: self.clone(),
+            context: context.into_owned(),
             baggage,
             mirror: cx.clone(),
         })

@@ -185,7 +185,8 @@ impl TokenKeys {
     }
 
     /// Mints a token for `sandbox` valid for `ttl` from now, or until the sandbox expires if
-    /// that comes first: a token never outlives its sandbox.
+    /// that comes first: a token never outlives its sandbox (beyond the verifier's clock-skew
+    /// leeway).
     pub fn mint(&self, sandbox: &Sandbox, ttl: Duration) -> Result<String, TokenError> {
         self.mint_at(sandbox, SystemTime::now(), ttl)
     }
