@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -121,7 +121,8 @@ impl GuardrailsBuilder {
         Guardrails {
             inner: Arc::new(Inner {
                 config: self.config,
-                sandboxes: Mutex::new(HashMap::new()),
+                sandboxes: Mutex::new(Tracked::default()),
+                released: Arc::new(AtomicBool::new(false)),
             }),
         }
     }
@@ -135,13 +136,45 @@ pub struct Guardrails {
 
 struct Inner {
     config: Config,
-    sandboxes: Mutex<HashMap<SandboxKey, Arc<State>>>,
+    sandboxes: Mutex<Tracked>,
+    /// Set whenever a permit or a call guard is given back: a tracked sandbox may have come to
+    /// rest, so the next new sandbox at capacity looks for one to evict. Each state holds it too.
+    released: Arc<AtomicBool>,
+}
+
+/// The longest a new sandbox at capacity is refused without a sweep: bounds how long a release
+/// that raced with a sweep (seen busy, then given back) goes unnoticed.
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// The tracked sandboxes, and when looking through them for one at rest can next succeed.
+#[derive(Default)]
+struct Tracked {
+    map: HashMap<SandboxKey, Arc<State>>,
+    /// Set by a sweep that left the map full: the earliest time a bucket it saw refills, or
+    /// [`RECHECK`] after the sweep if sooner. Until then, and until a release, a new sandbox at
+    /// capacity is refused without a sweep, so a flood of new keys costs one scan per release
+    /// or refill instead of one per request. `None` whenever the map has room.
+    full_until: Option<Instant>,
+    /// Sweeps made, for tests.
+    sweeps: u64,
 }
 
 struct State {
+    /// The guardrails' `released` flag.
+    released: Arc<AtomicBool>,
     in_flight: AtomicU32,
     bucket: Mutex<Bucket>,
     breakers: Mutex<HashMap<Box<str>, (Breaker, u64)>>,
+}
+
+impl State {
+    /// Tells the guardrails a permit or call guard of this sandbox was given back.
+    fn released(&self) {
+        // Most releases find it set already: no write, no contended cache line.
+        if !self.released.load(Ordering::Relaxed) {
+            self.released.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// Destinations whose breaker one sandbox keeps at once; past it, closed ones are forgotten and,
@@ -189,17 +222,32 @@ impl Guardrails {
 
     /// How many sandboxes have state right now.
     pub fn tracked(&self) -> usize {
-        lock(&self.inner.sandboxes).len()
+        lock(&self.inner.sandboxes).map.len()
     }
 
     fn state(&self, key: &SandboxKey, now: Instant) -> Result<Arc<State>, Throttled> {
-        let mut map = lock(&self.inner.sandboxes);
-        if let Some(state) = map.get(key) {
+        let mut tracked = lock(&self.inner.sandboxes);
+        if let Some(state) = tracked.map.get(key) {
             return Ok(Arc::clone(state));
         }
-        if map.len() >= self.inner.config.max_tracked {
-            map.retain(|_, state| !self.at_rest(state, now));
-            if map.len() >= self.inner.config.max_tracked {
+        let max = self.inner.config.max_tracked;
+        if tracked.map.len() >= max {
+            let released = self.inner.released.swap(false, Ordering::AcqRel);
+            if released || tracked.full_until.is_none_or(|until| now >= until) {
+                tracked.sweeps += 1;
+                let mut next = now.checked_add(RECHECK).unwrap_or(now);
+                tracked
+                    .map
+                    .retain(|_, state| match self.at_rest(state, now) {
+                        Ok(()) => false,
+                        Err(refilled_at) => {
+                            next = refilled_at.map_or(next, |at| at.min(next));
+                            true
+                        }
+                    });
+                tracked.full_until = (tracked.map.len() >= max).then_some(next);
+            }
+            if tracked.map.len() >= max {
                 return Err(Throttled {
                     sandbox: key.clone(),
                     reason: ThrottleReason::Capacity,
@@ -207,8 +255,10 @@ impl Guardrails {
                 });
             }
         }
+        tracked.full_until = None;
         let burst = self.inner.config.rate.map_or(0.0, |(_, b)| f64::from(b));
         let state = Arc::new(State {
+            released: Arc::clone(&self.inner.released),
             in_flight: AtomicU32::new(0),
             bucket: Mutex::new(Bucket {
                 tokens: burst,
@@ -216,25 +266,33 @@ impl Guardrails {
             }),
             breakers: Mutex::new(HashMap::new()),
         });
-        map.insert(key.clone(), Arc::clone(&state));
+        tracked.map.insert(key.clone(), Arc::clone(&state));
         Ok(state)
     }
 
-    /// A state that equals a fresh one: nothing is lost by forgetting it.
-    fn at_rest(&self, state: &Arc<State>, now: Instant) -> bool {
-        if Arc::strong_count(state) > 1 || state.in_flight.load(Ordering::Acquire) > 0 {
-            return false;
-        }
+    /// `Ok` for a state that equals a fresh one (nothing is lost by forgetting it); otherwise
+    /// when its bucket is full again, if it has one that is not (a permit, a call guard or a
+    /// breaker comes to rest only through a release, which sets `released`).
+    fn at_rest(&self, state: &Arc<State>, now: Instant) -> Result<(), Option<Instant>> {
+        let mut refilled_at = None;
         if let Some((rate, burst)) = self.inner.config.rate {
             let bucket = lock(&state.bucket);
+            let missing = f64::from(burst) - bucket.tokens;
             let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
-            if bucket.tokens + elapsed * rate < f64::from(burst) {
-                return false;
+            if missing > elapsed * rate {
+                let wait = Duration::try_from_secs_f64(missing / rate).unwrap_or(MAX_WAIT);
+                refilled_at = Some(bucket.refilled.checked_add(wait).unwrap_or(now));
             }
         }
-        lock(&state.breakers)
-            .values()
-            .all(|(b, _)| matches!(b, Breaker::Closed { failures: 0 }))
+        let busy = Arc::strong_count(state) > 1
+            || state.in_flight.load(Ordering::Acquire) > 0
+            || !lock(&state.breakers)
+                .values()
+                .all(|(b, _)| matches!(b, Breaker::Closed { failures: 0 }));
+        match (busy, refilled_at) {
+            (false, None) => Ok(()),
+            _ => Err(refilled_at),
+        }
     }
 
     /// Admits one inbound request of `sandbox`: the returned permit holds a concurrency slot
@@ -379,6 +437,7 @@ impl fmt::Debug for Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.state.released();
     }
 }
 
@@ -408,6 +467,7 @@ impl CallGuard {
     fn finish(&mut self, outcome: Option<bool>) {
         if let Some((guardrails, state, destination, generation)) = self.target.take() {
             guardrails.record(&state, &destination, generation, outcome);
+            state.released();
         }
     }
 }
@@ -510,5 +570,77 @@ mod tests {
         assert_eq!(err.reason, ThrottleReason::Capacity);
         drop(held);
         assert!(g.admit(&key("one-more")).is_ok());
+    }
+
+    fn sweeps(g: &Guardrails) -> u64 {
+        lock(&g.inner.sandboxes).sweeps
+    }
+
+    #[test]
+    fn a_flood_of_new_sandboxes_at_capacity_scans_once_per_release() {
+        let g = Guardrails::builder()
+            .max_concurrent(1)
+            .max_tracked(100)
+            .build();
+        let mut held: Vec<_> = (0..100)
+            .map(|i| g.admit(&key(&format!("busy{i}"))).unwrap())
+            .collect();
+        assert_eq!(sweeps(&g), 0);
+        for i in 0..1_000 {
+            let err = g.admit(&key(&format!("new{i}"))).unwrap_err();
+            assert_eq!(err.reason, ThrottleReason::Capacity);
+        }
+        assert_eq!(sweeps(&g), 1, "one scan for a thousand refusals");
+        // Tracked sandboxes are still served without a scan.
+        drop(g.admit(&key("busy0")).unwrap_err());
+        assert_eq!(sweeps(&g), 1);
+
+        // A release: the next new sandbox looks again, and takes the freed place.
+        held.pop();
+        held.push(g.admit(&key("after-release")).unwrap());
+        assert_eq!(sweeps(&g), 2);
+        assert_eq!(g.tracked(), 100);
+        // Full again and nothing released since: one scan, then refusals without one ...
+        for i in 0..100 {
+            assert!(g.admit(&key(&format!("later{i}"))).is_err());
+        }
+        assert_eq!(sweeps(&g), 3);
+        // ... until RECHECK has passed, however the last release went.
+        std::thread::sleep(RECHECK + Duration::from_millis(20));
+        assert!(g.admit(&key("rechecked")).is_err());
+        assert_eq!(sweeps(&g), 4);
+    }
+
+    #[test]
+    fn rate_limited_sandboxes_are_looked_at_again_when_their_buckets_refill() {
+        // 10 per second, bursts of 1: a bucket used once is full again after 100 ms.
+        let g = Guardrails::builder().rate(10.0, 1).max_tracked(10).build();
+        for i in 0..10 {
+            drop(g.admit(&key(&format!("r{i}"))).unwrap());
+        }
+        let started = Instant::now();
+        let refused = g.admit(&key("new0")).unwrap_err();
+        assert_eq!(refused.reason, ThrottleReason::Capacity);
+        let after_first = sweeps(&g);
+        let mut more = 0;
+        // Well before any bucket refills (unless this machine stalls for 50 ms; then the
+        // scan below is simply the refill's).
+        while started.elapsed() < Duration::from_millis(50) && more < 100 {
+            assert!(g.admit(&key(&format!("new{}", more + 1))).is_err());
+            more += 1;
+        }
+        if started.elapsed() < Duration::from_millis(90) {
+            assert_eq!(
+                sweeps(&g),
+                after_first,
+                "no scan before a bucket can refill"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(
+            g.admit(&key("refilled")).is_ok(),
+            "buckets refilled: evicted"
+        );
+        assert!(g.tracked() <= 10);
     }
 }

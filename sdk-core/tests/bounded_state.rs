@@ -50,8 +50,9 @@ fn guardrails_track_at_most_max_tracked_sandboxes() {
 /// a flood fills the tracked set and new sandboxes are refused (`guardrail_capacity`) until
 /// buckets refill: the state stays bounded, and the flood costs throttled requests, not memory.
 ///
-/// It also measures what each such refusal costs: with every tracked sandbox busy, a new sandbox
-/// makes `admit` scan the whole tracked set under the one map lock (see `docs/SECURITY.md`).
+/// It also measures what each such refusal costs: with every tracked sandbox busy, a scan for
+/// one to evict runs at most once per release, bucket refill or 100 ms, not per refusal (see
+/// `docs/SECURITY.md`).
 #[test]
 fn a_rate_limited_flood_is_refused_for_capacity_not_tracked() {
     const MAX: usize = 2_000;
