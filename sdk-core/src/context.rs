@@ -44,6 +44,7 @@ use opentelemetry::baggage::{Baggage, BaggageExt};
 use opentelemetry::{Context, StringValue};
 
 use crate::codec::{self, ForeignMembers};
+use crate::limits;
 use crate::sandbox::Sandbox;
 
 /// Everything prodbox propagates for one request: the sandbox (if any), the token it arrived
@@ -243,7 +244,12 @@ impl SandboxContext {
     }
 
     /// `base`, then the members of `baggage` that are neither ours nor in `base` (sorted by key,
-    /// as OpenTelemetry keeps no order).
+    /// as OpenTelemetry keeps no order). Members under another tool's routing key
+    /// ([`KNOWN_ALIASES`](codec::KNOWN_ALIASES)) are never taken from OpenTelemetry baggage: it
+    /// may hold what an outer layer read from an untrusted request, which the trust policy
+    /// stripped from this context. They are also capped, so that `base` always fits in the
+    /// outbound header: the last of them (by key) are dropped beyond the W3C minimum limits,
+    /// with room kept for our members.
     fn merged_foreign<'a>(
         base: Option<&'a ForeignMembers>,
         baggage: &Baggage,
@@ -260,7 +266,7 @@ impl SandboxContext {
             .iter()
             .filter(|(key, _)| {
                 let key = key.as_str();
-                !codec::in_namespace(key) && !known.contains(&key)
+                !codec::in_namespace(key) && !codec::is_known_alias(key) && !known.contains(&key)
             })
             .filter_map(|(key, (value, meta))| {
                 let mut raw = format!("{}={}", key.as_str(), codec::encode_value(value.as_str()));
@@ -282,7 +288,19 @@ impl SandboxContext {
         }
         extra.sort();
         let mut members: Vec<&str> = base.map_or_else(Vec::new, |f| f.iter_raw().collect());
-        members.extend(extra.iter().map(|(_, raw)| raw.as_str()));
+        // Room for our own members (key, actor, origin, token) in either limit.
+        let mut room_members =
+            limits::DEFAULT_MAX_BAGGAGE_MEMBERS.saturating_sub(members.len() + 4);
+        let mut room_bytes = limits::DEFAULT_MAX_BAGGAGE_BYTES
+            .saturating_sub(base.map_or(0, |f| f.as_str().len()) + OURS_BYTES);
+        for (_, raw) in &extra {
+            if room_members == 0 || raw.len() + 1 > room_bytes {
+                break;
+            }
+            room_members -= 1;
+            room_bytes -= raw.len() + 1;
+            members.push(raw);
+        }
         Cow::Owned(ForeignMembers::from_raw_members(members))
     }
 }
@@ -432,6 +450,11 @@ mod mirrors {
             .slot(SLOTS)
     }
 }
+
+/// Bytes kept free for our own members when members from OpenTelemetry baggage are added: a
+/// key, an actor and an origin (each at most 256 bytes, up to three times that encoded) and a
+/// token, with their names.
+const OURS_BYTES: usize = 3 * 3 * limits::MAX_LABEL_LEN + limits::MAX_TOKEN_LEN;
 
 /// The context as prodbox attached it, and the context holding the baggage it mirrored into.
 #[derive(Debug)]

@@ -252,6 +252,75 @@ fn attach_to_keeps_the_parents_otel_baggage_and_sends_it_onward() {
     );
 }
 
+#[test]
+fn another_tools_routing_key_in_a_parents_baggage_is_never_sent_onward() {
+    // An outer OpenTelemetry layer read an untrusted request's baggage into the context; the
+    // trust policy stripped the routing keys from prodbox's own context, and they must not
+    // come back through the parent.
+    let parent = Context::new().with_baggage([
+        KeyValue::new("sd-routing-key", "victim"),
+        KeyValue::new("Okteto-Divert", "victim"),
+        KeyValue::new("mirrord-session", "victim"),
+        KeyValue::new("tenant", "acme"),
+    ]);
+    for context in [
+        SandboxContext::new(sandbox("ctx-alias")),
+        SandboxContext::baseline(ForeignMembers::default()),
+    ] {
+        let cx = context.attach_to(&parent);
+        assert_eq!(
+            SandboxContext::outbound_foreign(&cx).as_str(),
+            "tenant=acme"
+        );
+        // Nor when the application changes the baggage afterwards.
+        let changed = cx.with_baggage(
+            cx.baggage()
+                .iter()
+                .map(|(k, (v, _))| KeyValue::new(k.clone(), v.clone()))
+                .chain([KeyValue::new("userId", "7")]),
+        );
+        assert_eq!(
+            SandboxContext::outbound_foreign(&changed).as_str(),
+            "tenant=acme,userId=7"
+        );
+    }
+}
+
+#[test]
+fn a_parents_baggage_never_crowds_out_the_requests_own_members() {
+    // 100 members in the parent, 40 of the request's own: the request's are all kept, the
+    // parent's fill what the W3C minimum limits leave, keeping room for ours.
+    let parent = Context::new()
+        .with_baggage((0..100).map(|i| KeyValue::new(format!("parent{i:03}"), "x".repeat(50))));
+    let own: Vec<String> = (0..40).map(|i| format!("own{i:02}=v")).collect();
+    let context = SandboxContext::new(sandbox("ctx-crowd")).with_foreign(
+        ForeignMembers::from_raw_members(own.iter().map(String::as_str)),
+    );
+    let cx = context.attach_to(&parent);
+    let outbound = SandboxContext::outbound_foreign(&cx).into_owned();
+    let members: Vec<&str> = outbound.iter_raw().collect();
+    assert_eq!(
+        &members[..40],
+        own.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let parents = members.len() - 40;
+    assert!(
+        parents > 0 && 40 + parents + 4 <= 64,
+        "{parents} parent members"
+    );
+    assert!(members[40..].iter().all(|m| m.starts_with("parent")));
+    // The request's members and ours still make one valid header under the default codec.
+    let mut carrier: Vec<(String, Vec<u8>)> = Vec::new();
+    Codec::default()
+        .inject(
+            Some(&full_sandbox("ctx-crowd")),
+            Some("v1.k1.abc.def"),
+            &outbound,
+            &mut carrier,
+        )
+        .expect("fits");
+}
+
 #[tokio::test]
 async fn outbound_foreign_includes_members_added_through_the_otel_api() {
     let attached = SandboxContext::new(sandbox("ctx-outbound"))

@@ -426,10 +426,7 @@ impl Codec {
             }
             // Another tool's routing key that this codec does not read: an untrusted edge must
             // still strip it, or a hop configured to read it would take it as a sandbox.
-            if KNOWN_ALIASES
-                .iter()
-                .any(|alias| key.eq_ignore_ascii_case(alias))
-            {
+            if is_known_alias(key) {
                 return Ok(Class::OtherOfOurs);
             }
             return Ok(Class::Foreign);
@@ -708,6 +705,13 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 /// Whether `key` is in our namespace, in any case.
 pub fn in_namespace(key: &str) -> bool {
     strip_prefix_ignore_case(key, NAMESPACE).is_some()
+}
+
+/// Whether `key` is another tool's routing key ([`KNOWN_ALIASES`]), in any case.
+pub(crate) fn is_known_alias(key: &str) -> bool {
+    KNOWN_ALIASES
+        .iter()
+        .any(|alias| key.eq_ignore_ascii_case(alias))
 }
 
 /// Whether `name` is gRPC binary metadata (`*-bin`, base64): never a carrier of ours.
