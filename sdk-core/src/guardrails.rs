@@ -162,6 +162,10 @@ struct Tracked {
 struct State {
     /// The guardrails' `released` flag.
     released: Arc<AtomicBool>,
+    /// Whether the last permit given back may leave this sandbox at rest: not under a rate
+    /// limit, whose buckets a sweep times instead (so that requests, admitted or refused, do
+    /// not each buy a sweep).
+    rests_on_release: bool,
     in_flight: AtomicU32,
     bucket: Mutex<Bucket>,
     breakers: Mutex<HashMap<Box<str>, (Breaker, u64)>>,
@@ -259,6 +263,7 @@ impl Guardrails {
         let burst = self.inner.config.rate.map_or(0.0, |(_, b)| f64::from(b));
         let state = Arc::new(State {
             released: Arc::clone(&self.inner.released),
+            rests_on_release: self.inner.config.rate.is_none(),
             in_flight: AtomicU32::new(0),
             bucket: Mutex::new(Bucket {
                 tokens: burst,
@@ -271,27 +276,30 @@ impl Guardrails {
     }
 
     /// `Ok` for a state that equals a fresh one (nothing is lost by forgetting it); otherwise
-    /// when its bucket is full again, if it has one that is not (a permit, a call guard or a
+    /// when its bucket is full again, if that is all it waits for (a permit, a call guard or a
     /// breaker comes to rest only through a release, which sets `released`).
     fn at_rest(&self, state: &Arc<State>, now: Instant) -> Result<(), Option<Instant>> {
-        let mut refilled_at = None;
+        // First: nobody else holds it. The map is locked, so no one can take it meanwhile, and
+        // what is read below cannot change under the sweep.
+        if Arc::strong_count(state) > 1 || state.in_flight.load(Ordering::Acquire) > 0 {
+            return Err(None);
+        }
         if let Some((rate, burst)) = self.inner.config.rate {
             let bucket = lock(&state.bucket);
             let missing = f64::from(burst) - bucket.tokens;
             let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
             if missing > elapsed * rate {
                 let wait = Duration::try_from_secs_f64(missing / rate).unwrap_or(MAX_WAIT);
-                refilled_at = Some(bucket.refilled.checked_add(wait).unwrap_or(now));
+                return Err(Some(bucket.refilled.checked_add(wait).unwrap_or(now)));
             }
         }
-        let busy = Arc::strong_count(state) > 1
-            || state.in_flight.load(Ordering::Acquire) > 0
-            || !lock(&state.breakers)
-                .values()
-                .all(|(b, _)| matches!(b, Breaker::Closed { failures: 0 }));
-        match (busy, refilled_at) {
-            (false, None) => Ok(()),
-            _ => Err(refilled_at),
+        if lock(&state.breakers)
+            .values()
+            .all(|(b, _)| matches!(b, Breaker::Closed { failures: 0 }))
+        {
+            Ok(())
+        } else {
+            Err(None)
         }
     }
 
@@ -436,8 +444,11 @@ impl fmt::Debug for Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.state.released();
+        // A refused admission (over the concurrency budget) leaves others in flight: no signal.
+        let last = self.state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1;
+        if last && self.state.rests_on_release {
+            self.state.released();
+        }
     }
 }
 
@@ -576,6 +587,11 @@ mod tests {
         lock(&g.inner.sandboxes).sweeps
     }
 
+    /// Asks for the state of a new sandbox at `now`, as `admit` does: `true` if it is tracked.
+    fn track(g: &Guardrails, name: &str, now: Instant) -> bool {
+        g.state(&key(name), now).is_ok()
+    }
+
     #[test]
     fn a_flood_of_new_sandboxes_at_capacity_scans_once_per_release() {
         let g = Guardrails::builder()
@@ -585,62 +601,87 @@ mod tests {
         let mut held: Vec<_> = (0..100)
             .map(|i| g.admit(&key(&format!("busy{i}"))).unwrap())
             .collect();
+        let t0 = Instant::now();
         assert_eq!(sweeps(&g), 0);
         for i in 0..1_000 {
-            let err = g.admit(&key(&format!("new{i}"))).unwrap_err();
-            assert_eq!(err.reason, ThrottleReason::Capacity);
+            assert!(!track(&g, &format!("new{i}"), t0));
         }
         assert_eq!(sweeps(&g), 1, "one scan for a thousand refusals");
-        // Tracked sandboxes are still served without a scan.
-        drop(g.admit(&key("busy0")).unwrap_err());
+        // Tracked sandboxes are still served without a scan; a refused admission of one of
+        // them (over its budget) releases nothing.
+        let refused = g.admit(&key("busy0")).unwrap_err();
+        assert_eq!(refused.reason, ThrottleReason::TooManyConcurrent);
+        assert!(!track(&g, "new-after-refusal", t0));
         assert_eq!(sweeps(&g), 1);
 
         // A release: the next new sandbox looks again, and takes the freed place.
         held.pop();
-        held.push(g.admit(&key("after-release")).unwrap());
+        let _kept = g.state(&key("after-release"), t0).unwrap();
         assert_eq!(sweeps(&g), 2);
         assert_eq!(g.tracked(), 100);
-        // Full again and nothing released since: one scan, then refusals without one ...
+        // Full again, nothing released since: one scan, then refusals without one ...
         for i in 0..100 {
-            assert!(g.admit(&key(&format!("later{i}"))).is_err());
+            assert!(!track(&g, &format!("later{i}"), t0));
         }
         assert_eq!(sweeps(&g), 3);
-        // ... until RECHECK has passed, however the last release went.
-        std::thread::sleep(RECHECK + Duration::from_millis(20));
-        assert!(g.admit(&key("rechecked")).is_err());
+        // ... until RECHECK has passed since, however a release went.
+        assert!(!track(
+            &g,
+            "almost",
+            t0 + RECHECK - Duration::from_millis(1)
+        ));
+        assert_eq!(sweeps(&g), 3);
+        assert!(!track(&g, "rechecked", t0 + RECHECK));
         assert_eq!(sweeps(&g), 4);
     }
 
     #[test]
     fn rate_limited_sandboxes_are_looked_at_again_when_their_buckets_refill() {
-        // 10 per second, bursts of 1: a bucket used once is full again after 100 ms.
-        let g = Guardrails::builder().rate(10.0, 1).max_tracked(10).build();
+        // 20 per second, bursts of 1: an empty bucket is full again after 50 ms.
+        let g = Guardrails::builder().rate(20.0, 1).max_tracked(10).build();
         for i in 0..10 {
             drop(g.admit(&key(&format!("r{i}"))).unwrap());
         }
-        let started = Instant::now();
-        let refused = g.admit(&key("new0")).unwrap_err();
-        assert_eq!(refused.reason, ThrottleReason::Capacity);
-        let after_first = sweeps(&g);
-        let mut more = 0;
-        // Well before any bucket refills (unless this machine stalls for 50 ms; then the
-        // scan below is simply the refill's).
-        while started.elapsed() < Duration::from_millis(50) && more < 100 {
-            assert!(g.admit(&key(&format!("new{}", more + 1))).is_err());
-            more += 1;
+        // Every bucket emptied at the same made-up instant, so that nothing here depends on
+        // how fast this machine runs.
+        let t0 = Instant::now() + Duration::from_secs(1);
+        for state in lock(&g.inner.sandboxes).map.values() {
+            *lock(&state.bucket) = Bucket {
+                tokens: 0.0,
+                refilled: t0,
+            };
         }
-        if started.elapsed() < Duration::from_millis(90) {
-            assert_eq!(
-                sweeps(&g),
-                after_first,
-                "no scan before a bucket can refill"
-            );
+        assert!(!track(&g, "new0", t0));
+        assert_eq!(sweeps(&g), 1);
+        for (i, at) in [0, 10, 49].into_iter().enumerate() {
+            assert!(!track(
+                &g,
+                &format!("new{}", i + 1),
+                t0 + Duration::from_millis(at)
+            ));
         }
-        std::thread::sleep(Duration::from_millis(120));
-        assert!(
-            g.admit(&key("refilled")).is_ok(),
-            "buckets refilled: evicted"
-        );
+        assert_eq!(sweeps(&g), 1, "no scan before a bucket can refill");
+        assert!(track(&g, "refilled", t0 + Duration::from_millis(50)));
+        assert_eq!(sweeps(&g), 2);
         assert!(g.tracked() <= 10);
+    }
+
+    #[test]
+    fn a_finished_call_guard_lets_its_sandbox_be_evicted() {
+        let g = Guardrails::builder()
+            .circuit_breaker(3, Duration::from_secs(60))
+            .max_tracked(1)
+            .build();
+        let call = g.outbound(&key("caller"), "billing").unwrap();
+        let t0 = Instant::now();
+        assert!(
+            !track(&g, "new0", t0),
+            "a call in progress keeps its sandbox"
+        );
+        assert!(!track(&g, "new1", t0));
+        assert_eq!(sweeps(&g), 1);
+        call.success();
+        assert!(track(&g, "new2", t0));
+        assert_eq!(sweeps(&g), 2);
     }
 }
