@@ -407,9 +407,6 @@ impl SandboxConsumer {
                     self.count(&message, KafkaOutcome::Skipped);
                 }
                 Verdict::DeadLetter(error) => {
-                    let detail = format!("{}: {error}", Source(&message));
-                    audit(None, Decision::DeadLettered, error.reason(), &detail);
-                    self.count(&message, KafkaOutcome::DeadLettered);
                     let sent = self
                         .dead_letter(&message, &error.to_string(), &mut shutdown)
                         .await?;
@@ -417,6 +414,11 @@ impl SandboxConsumer {
                         self.rewind_to(&message);
                         break;
                     }
+                    // Audited and counted once it is in the dead-letter topic: an interrupted
+                    // send is tried again, and reported then.
+                    let detail = format!("{}: {error}", Source(&message));
+                    audit(None, Decision::DeadLettered, error.reason(), &detail);
+                    self.count(&message, KafkaOutcome::DeadLettered);
                 }
                 Verdict::Process(context) => {
                     let handled = self
@@ -531,14 +533,17 @@ impl SandboxConsumer {
                     );
                     if self.max_attempts.is_some_and(|max| attempts >= max) {
                         let reason = format!("handler failed {attempts} times: {error}");
-                        audit(
-                            sandbox.as_ref().map(|s| s.key()),
-                            Decision::DeadLettered,
-                            "handler_failed",
-                            &reason,
-                        );
-                        self.count(message, KafkaOutcome::DeadLettered);
-                        return self.dead_letter(message, &reason, shutdown).await;
+                        let sent = self.dead_letter(message, &reason, shutdown).await?;
+                        if sent == Done::Completed {
+                            audit(
+                                sandbox.as_ref().map(|s| s.key()),
+                                Decision::DeadLettered,
+                                "handler_failed",
+                                &reason,
+                            );
+                            self.count(message, KafkaOutcome::DeadLettered);
+                        }
+                        return Ok(sent);
                     }
                     if !pause(wait, shutdown).await {
                         return Ok(Done::Interrupted);
