@@ -242,24 +242,6 @@ mod tests {
         assert_eq!(name("/relative"), None);
     }
 
-    /// A directory whose source went away longer than its staleness bound.
-    struct Stale(MemoryDirectory);
-
-    impl Directory for Stale {
-        fn get(
-            &self,
-            key: &prodbox_core::SandboxKey,
-        ) -> Option<Arc<prodbox_core::directory::SandboxEntry>> {
-            self.0.get(key)
-        }
-        fn entries(&self) -> Vec<Arc<prodbox_core::directory::SandboxEntry>> {
-            self.0.entries()
-        }
-        fn is_stale(&self) -> bool {
-            true
-        }
-    }
-
     #[test]
     fn a_stale_directory_routes_to_baseline() {
         use prodbox_core::directory::SandboxEntry;
@@ -279,7 +261,8 @@ mod tests {
         assert_eq!(fresh.uri(), "http://127.0.0.1:9001/invoices");
 
         let mut stale = request();
-        ForkRoutingLayer::new(Stale(directory)).route(&sandbox, &mut stale);
+        ForkRoutingLayer::new(prodbox_testkit::directory::Switchable::stale(directory))
+            .route(&sandbox, &mut stale);
         assert_eq!(stale.uri(), "http://billing:8080/invoices");
     }
 }

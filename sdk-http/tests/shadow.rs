@@ -23,6 +23,7 @@ use prodbox_core::audit::Protocol;
 use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
 use prodbox_http::SandboxLayer;
 use prodbox_http::shadow::{DefaultCompare, DefaultScrub, ShadowLayer};
+use prodbox_testkit::directory::Switchable;
 use prodbox_testkit::metrics::Metrics;
 use prodbox_testkit::pg::unique_key;
 use prodbox_testkit::{AuditLog, serve};
@@ -398,6 +399,107 @@ async fn inactive_shadows_and_unrelated_forks_receive_nothing() {
     assert!(received(&fork_log).is_empty());
     assert_eq!(copies(&key, "sent") + copies(&key, "dropped"), 0);
     assert_eq!(copies(&other, "sent") + copies(&other, "dropped"), 0);
+}
+
+/// Copies that cannot be sent, or whose request never completes, are dropped, counted under
+/// their reason and audited; the baseline answers as always.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_that_cannot_be_made_or_sent_are_dropped_with_their_reason() {
+    Metrics::global();
+    let audit = AuditLog::global();
+    let mut expected = Vec::new();
+
+    // fork_error: nothing listens at the fork's address.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    let key = unique_key("shadow-fork-error");
+    let layer = ShadowLayer::new("orders", shadowing(&key, closed)).sample(1.0);
+    let (baseline, _) = service("", Duration::ZERO, Some(layer)).await;
+    assert_eq!(call(baseline, 1).await.0, StatusCode::CREATED);
+    eventually("fork_error", || drops(&key, "fork_error") == 1).await;
+    expected.push((key, "fork_error"));
+
+    // invalid_fork_address: the directory's address is no URI.
+    let key = unique_key("shadow-bad-address");
+    let directory = MemoryDirectory::new();
+    directory.upsert(
+        SandboxEntry::new(key.parse().expect("a valid key"))
+            .fork("orders", "not an address")
+            .shadow("orders"),
+    );
+    let layer = ShadowLayer::new("orders", directory).sample(1.0);
+    let (baseline, _) = service("", Duration::ZERO, Some(layer)).await;
+    assert_eq!(call(baseline, 2).await.0, StatusCode::CREATED);
+    eventually("invalid_fork_address", || {
+        drops(&key, "invalid_fork_address") == 1
+    })
+    .await;
+    expected.push((key, "invalid_fork_address"));
+
+    // directory_stale: no copies on an old view of the directory.
+    let key = unique_key("shadow-stale");
+    let (fork, fork_log) = service("fork:", Duration::ZERO, None).await;
+    let layer = ShadowLayer::new("orders", Switchable::stale(shadowing(&key, fork))).sample(1.0);
+    let (baseline, _) = service("", Duration::ZERO, Some(layer)).await;
+    assert_eq!(call(baseline, 3).await.0, StatusCode::CREATED);
+    eventually("directory_stale", || drops(&key, "directory_stale") == 1).await;
+    expected.push((key, "directory_stale"));
+
+    // body_unread: the baseline answered without reading the request body (405 here).
+    let key = unique_key("shadow-unread");
+    let layer = ShadowLayer::new("orders", shadowing(&key, fork)).sample(1.0);
+    let (baseline, _) = service("", Duration::ZERO, Some(layer)).await;
+    let request = axum::http::Request::post(format!("http://{baseline}/health"))
+        .body(Body::from("{}"))
+        .expect("a valid request");
+    let response = client().request(request).await.expect("baseline answered");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    eventually("body_unread", || drops(&key, "body_unread") == 1).await;
+    expected.push((key, "body_unread"));
+
+    // baseline_failed: the baseline's handler panicked; there is no answer to compare with.
+    let key = unique_key("shadow-baseline-failed");
+    let layer = ShadowLayer::new("orders", shadowing(&key, fork)).sample(1.0);
+    let router = Router::new()
+        .route(
+            "/orders",
+            post(|body: Bytes| async move {
+                assert!(body.is_empty(), "the baseline fails on purpose");
+                "unreachable"
+            }),
+        )
+        .layer(layer)
+        .layer(SandboxLayer::new(TrustPolicy::accept()));
+    let baseline = serve(router).await;
+    assert!(
+        call_raw(baseline).await.is_err(),
+        "the connection died with the handler"
+    );
+    eventually("baseline_failed", || drops(&key, "baseline_failed") == 1).await;
+    expected.push((key, "baseline_failed"));
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(received(&fork_log).is_empty(), "no copy reached the fork");
+    for (key, reason) in expected {
+        let events = audit.matching("sandbox", &key);
+        assert!(
+            events.iter().any(|e| {
+                e.get("decision").map(String::as_str) == Some("shadowed")
+                    && e.get("reason").map(String::as_str) == Some(reason)
+            }),
+            "{reason} audited: {events:?}"
+        );
+        assert_eq!(copies(&key, "sent"), 0, "{reason}");
+    }
+}
+
+/// A POST of a small body, without reading the answer's body.
+async fn call_raw(addr: SocketAddr) -> Result<StatusCode, hyper_util::client::legacy::Error> {
+    let request = axum::http::Request::post(format!("http://{addr}/orders"))
+        .body(Body::from("{}"))
+        .expect("a valid request");
+    client().request(request).await.map(|r| r.status())
 }
 
 mod database {

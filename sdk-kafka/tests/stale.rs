@@ -7,43 +7,23 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{
     Log, Out, Running, committed, consumer_config, eventually, produce, producer, recorder,
     unbatched_producer,
 };
-use prodbox_core::directory::{Directory, MemoryDirectory, SandboxEntry};
-use prodbox_core::{Sandbox, SandboxKey};
+use prodbox_core::Sandbox;
 use prodbox_kafka::{Role, SandboxConsumer};
+use prodbox_testkit::directory::Switchable;
 use prodbox_testkit::kafka::{create_topic, unique_topic};
-
-/// A directory whose freshness the test switches.
-#[derive(Clone, Default)]
-struct Switchable {
-    entries: MemoryDirectory,
-    stale: Arc<AtomicBool>,
-}
-
-impl Directory for Switchable {
-    fn get(&self, key: &SandboxKey) -> Option<Arc<SandboxEntry>> {
-        self.entries.get(key)
-    }
-    fn entries(&self) -> Vec<Arc<SandboxEntry>> {
-        self.entries.entries()
-    }
-    fn is_stale(&self) -> bool {
-        self.stale.load(Ordering::SeqCst)
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_directory_holds_sandbox_messages_not_production_ones() {
     let topic = unique_topic("stale");
     create_topic(&topic, 1).await;
     let directory = Switchable::default();
-    directory.stale.store(true, Ordering::SeqCst);
+    directory.set_stale(true);
     let group = format!("{topic}-billing");
 
     // Five production messages, then a sandbox's, then five more production ones.
@@ -79,7 +59,7 @@ async fn a_stale_directory_holds_sandbox_messages_not_production_ones() {
         .await
     );
 
-    directory.stale.store(false, Ordering::SeqCst);
+    directory.set_stale(false);
     assert!(
         eventually(Duration::from_secs(20), || log.lock().unwrap().len() == 11).await,
         "every message handled once fresh: {:?}",
@@ -110,7 +90,7 @@ async fn a_message_held_at_shutdown_comes_first_in_the_next_run() {
     let topic = unique_topic("stale-rerun");
     create_topic(&topic, 1).await;
     let directory = Switchable::default();
-    directory.stale.store(true, Ordering::SeqCst);
+    directory.set_stale(true);
     let group = format!("{topic}-billing");
     let mut records: Vec<Out> = (0..3).map(|i| Out::new(format!("m{i}"))).collect();
     records.push(Out::new("tagged").sandbox(Some(Sandbox::new("st-b".parse().unwrap()))));
@@ -145,7 +125,7 @@ async fn a_message_held_at_shutdown_comes_first_in_the_next_run() {
     first.await.unwrap().unwrap();
     assert_eq!(committed(&group, &topic, 1).await[&0], 3);
 
-    directory.stale.store(false, Ordering::SeqCst);
+    directory.set_stale(false);
     let (stop, second) = run(Arc::clone(&consumer), Arc::clone(&log));
     assert!(
         eventually(Duration::from_secs(20), || log.lock().unwrap().len() == 7).await,

@@ -96,6 +96,7 @@ pub async fn serve(router: axum::Router) -> SocketAddr {
     addr
 }
 
+pub mod directory;
 pub mod grpc;
 pub mod kafka;
 pub mod metrics;
