@@ -158,7 +158,9 @@ impl SandboxContext {
     fn mirror(&self, inherited: &Baggage) -> Baggage {
         let mut baggage = Baggage::new();
         for (key, (value, meta)) in inherited {
-            if !codec::in_namespace(key.as_str()) {
+            // Routing keys, ours or another tool's, come only from this context (which the
+            // trust policy filtered), never from whatever the parent carried.
+            if !codec::in_namespace(key.as_str()) && !codec::is_known_alias(key.as_str()) {
                 let _ = baggage.insert_with_metadata(key.clone(), value.clone(), meta.clone());
             }
         }
@@ -248,8 +250,9 @@ impl SandboxContext {
     /// ([`KNOWN_ALIASES`](codec::KNOWN_ALIASES)) are never taken from OpenTelemetry baggage: it
     /// may hold what an outer layer read from an untrusted request, which the trust policy
     /// stripped from this context. They are also capped, so that `base` always fits in the
-    /// outbound header: the last of them (by key) are dropped beyond the W3C minimum limits,
-    /// with room kept for our members.
+    /// outbound header: the last of them (by key) are dropped beyond the W3C minimum limits
+    /// (not a codec's own, smaller ones: such a codec refuses the header instead), with room
+    /// kept for our members.
     fn merged_foreign<'a>(
         base: Option<&'a ForeignMembers>,
         baggage: &Baggage,
@@ -293,6 +296,7 @@ impl SandboxContext {
             limits::DEFAULT_MAX_BAGGAGE_MEMBERS.saturating_sub(members.len() + 4);
         let mut room_bytes = limits::DEFAULT_MAX_BAGGAGE_BYTES
             .saturating_sub(base.map_or(0, |f| f.as_str().len()) + OURS_BYTES);
+        let before = members.len();
         for (_, raw) in &extra {
             if room_members == 0 || raw.len() + 1 > room_bytes {
                 break;
@@ -300,6 +304,12 @@ impl SandboxContext {
             room_members -= 1;
             room_bytes -= raw.len() + 1;
             members.push(raw);
+        }
+        if members.len() == before {
+            return match base {
+                Some(foreign) => Cow::Borrowed(foreign),
+                None => Cow::Owned(ForeignMembers::default()),
+            };
         }
         Cow::Owned(ForeignMembers::from_raw_members(members))
     }

@@ -409,10 +409,13 @@ async fn copies_that_cannot_be_made_or_sent_are_dropped_with_their_reason() {
     let audit = AuditLog::global();
     let mut expected = Vec::new();
 
-    // fork_error: nothing listens at the fork's address.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
+    // fork_error: nothing listens at the fork's address (bound for the whole test, so no
+    // other test's server can take the port; connecting to it is refused).
+    let reserved = tokio::net::TcpSocket::new_v4().expect("a socket");
+    reserved
+        .bind("127.0.0.1:0".parse().expect("an address"))
         .expect("a free port");
+    let closed = reserved.local_addr().expect("its address");
     let key = unique_key("shadow-fork-error");
     let layer = ShadowLayer::new("orders", shadowing(&key, closed)).sample(1.0);
     let (baseline, _) = service("", Duration::ZERO, Some(layer)).await;
