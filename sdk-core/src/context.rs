@@ -258,11 +258,10 @@ impl SandboxContext {
         baggage: &Baggage,
     ) -> std::borrow::Cow<'a, ForeignMembers> {
         use std::borrow::Cow;
+        let unchanged =
+            || base.map_or_else(|| Cow::Owned(ForeignMembers::default()), Cow::Borrowed);
         if baggage.is_empty() {
-            return match base {
-                Some(foreign) => Cow::Borrowed(foreign),
-                None => Cow::Owned(ForeignMembers::default()),
-            };
+            return unchanged();
         }
         let known: Vec<&str> = base.map_or_else(Vec::new, |f| f.iter().map(|m| m.key).collect());
         let mut extra: Vec<(String, String)> = baggage
@@ -283,12 +282,6 @@ impl SandboxContext {
                 codec::is_single_member(&raw).then(|| (key.as_str().to_owned(), raw))
             })
             .collect();
-        if extra.is_empty() {
-            return match base {
-                Some(foreign) => Cow::Borrowed(foreign),
-                None => Cow::Owned(ForeignMembers::default()),
-            };
-        }
         extra.sort();
         let mut members: Vec<&str> = base.map_or_else(Vec::new, |f| f.iter_raw().collect());
         // Room for our own members (key, actor, origin, token) in either limit.
@@ -305,11 +298,9 @@ impl SandboxContext {
             room_bytes -= raw.len() + 1;
             members.push(raw);
         }
+        // Nothing new (or nothing that fits): the members stay as they were.
         if members.len() == before {
-            return match base {
-                Some(foreign) => Cow::Borrowed(foreign),
-                None => Cow::Owned(ForeignMembers::default()),
-            };
+            return unchanged();
         }
         Cow::Owned(ForeignMembers::from_raw_members(members))
     }
