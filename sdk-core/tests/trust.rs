@@ -860,3 +860,55 @@ fn strip_edge_reports_legacy_carriers_of_our_namespace_as_strippable() {
         "{admission:?}"
     );
 }
+
+// Tokens: a verifier-side maximum lifetime, and binding to the sandbox's incarnation.
+
+#[test]
+fn a_token_living_longer_than_the_verifiers_maximum_is_refused() {
+    audit();
+    let keys = keys();
+    let now = SystemTime::now();
+    // The CLI used to mint for up to 366 days; a stolen one would admit for a year.
+    let year = Duration::from_secs(366 * 24 * 3600);
+    let minted = |key: &str| keys.mint_at(&sandbox(key), now, year).expect("mint");
+    let reason = keys
+        .verify(&minted("t-long"), now)
+        .map(|s| s.key().to_string())
+        .unwrap_err()
+        .reason();
+    assert_eq!(reason, "token_lifetime_too_long");
+    signed_failure(
+        |key| baggage(&format!("prodbox.token={},userId=7", minted(key))),
+        keys.clone(),
+        now,
+        "t-long-strip",
+        "t-long-reject",
+        "token_lifetime_too_long",
+    );
+}
+
+#[test]
+fn a_token_minted_for_an_earlier_sandbox_of_the_same_key_is_refused() {
+    audit();
+    let keys = keys();
+    let now = SystemTime::now();
+    // pr-42 was deleted and made again (by the directory, just now); the token was minted
+    // for neither incarnation in particular.
+    let old_token = keys
+        .mint_at(
+            &sandbox("t-reborn"),
+            now - Duration::from_secs(600),
+            Duration::from_secs(3600),
+        )
+        .expect("mint");
+    let directory = MemoryDirectory::new();
+    let mut entry = SandboxEntry::new("t-reborn".parse().expect("key"));
+    entry.created_at = Some(now - Duration::from_secs(5));
+    directory.upsert(entry);
+    let edge = Ingress::new(TrustPolicy::signed(keys.clone())).directory(directory);
+    let headers = baggage(&format!("prodbox.token={old_token},userId=7"));
+    let (foreign, strip) = expect_baseline(edge.admit_at(&headers, None, now));
+    assert!(strip);
+    assert_eq!(foreign.as_deref(), Some("userId=7"));
+    assert_audited("t-reborn", "stripped", "token_other_incarnation", "http");
+}
