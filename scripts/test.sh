@@ -79,6 +79,25 @@ ensure_interop_python() {
     export PRODBOX_PYTHON="$PWD/$venv/bin/python"
 }
 
+check_lint_config() {
+    # docs/clippy.toml is the configuration services copy to find the calls that start work
+    # without the sandbox context; each such call in the fixture must draw its warning.
+    local fixture=scripts/lint-fixture output missing=0
+    output="$(CLIPPY_CONF_DIR="$PWD/docs" CARGO_TARGET_DIR="$PWD/target/lint-fixture" \
+        cargo clippy --quiet --locked --manifest-path "$fixture/Cargo.toml" --message-format short 2>&1)"
+    while IFS=: read -r line _; do
+        if ! grep -q "src/main.rs:$line:[0-9]*: warning: use of a disallowed method" <<<"$output"; then
+            echo "docs/clippy.toml does not flag $fixture/src/main.rs:$line" >&2
+            missing=1
+        fi
+    done < <(grep -n '// flagged$' "$fixture/src/main.rs")
+    if [[ $missing -ne 0 ]]; then
+        printf '%s\n' "$output" >&2
+        return 1
+    fi
+    echo "$(grep -c '// flagged$' "$fixture/src/main.rs") calls flagged"
+}
+
 ensure_rust_components
 ensure_postgres
 ensure_tansu
@@ -89,6 +108,9 @@ cargo fmt --all --check
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "clippy with docs/clippy.toml on scripts/lint-fixture: every call that loses the sandbox context is flagged"
+check_lint_config
 
 step "cargo test --workspace (unit, integration and doc tests)"
 log="$(mktemp)"

@@ -8,8 +8,9 @@
 //! <div class="warning">
 //!
 //! `tokio::spawn` starts a task with **no** context: a sandboxed request that spawns work with
-//! it loses its sandbox, and the work runs as production. Use [`spawn`] (or
-//! [`FutureExt::in_current_sandbox`] with another executor).
+//! it loses its sandbox, and the work runs as production. So do `spawn_blocking`, threads and
+//! library workers. Use the helpers of [`crate::task`] (or [`FutureExt::in_current_sandbox`]
+//! with another executor).
 //!
 //! </div>
 //!
@@ -19,14 +20,14 @@
 //! # Example
 //!
 //! ```
-//! use prodbox_core::{Sandbox, context::{self, FutureExt}};
+//! use prodbox_core::{Sandbox, context::{self, FutureExt}, task};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let sandbox = Sandbox::new("pr-42".parse()?);
 //! let seen = async {
 //!     tokio::task::yield_now().await;
 //!     // Spawned with the helper, the task keeps the sandbox.
-//!     context::spawn(async { context::current() }).await
+//!     task::spawn(async { context::current() }).await
 //! }
 //! .in_sandbox(sandbox.clone())
 //! .await?;
@@ -561,17 +562,6 @@ impl<F: Future> Future for WithSandbox<F> {
         let _guard = this.cx.clone().attach();
         this.inner.poll(task)
     }
-}
-
-/// Spawns `future` on the current Tokio runtime, keeping the current context (sandbox
-/// included). Use it wherever you would use `tokio::spawn` in a service that prodbox guards.
-#[cfg(feature = "tokio")]
-pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    tokio::spawn(future.in_current_sandbox())
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@
 //!   decision ([`Ingress`]) every protocol layer makes;
 //! * [`egress`]: the one way every client writes the context into outbound messages;
 //! * [`token`]: signed, expiring tokens for public edges;
-//! * [`context`]: the sandbox in process on [`opentelemetry::Context`], across `.await` and
-//!   spawned tasks;
+//! * [`context`]: the sandbox in process on [`opentelemetry::Context`], across `.await`;
+//! * [`task`]: spawned tasks, blocking work, threads and library workers that keep it;
 //! * [`directory`]: which sandboxes exist, what they fork, the kill switch;
 //! * [`guardrails`]: per-sandbox rate, concurrency and circuit breaking;
 //! * [`audit`]: one `tracing` event per decision.
@@ -41,14 +41,15 @@ mod hash;
 pub mod limits;
 pub mod metrics;
 mod sandbox;
+pub mod task;
 pub mod token;
 pub mod trust;
 
 pub use codec::{Carrier, CarrierMut, Codec};
-#[cfg(feature = "tokio")]
-pub use context::spawn;
 pub use context::{ContextExt, FutureExt, SandboxContext, current};
 pub use directory::Directory;
 pub use guardrails::Guardrails;
 pub use sandbox::{KeyError, LabelError, Sandbox, SandboxBuilder, SandboxKey};
+#[cfg(feature = "tokio")]
+pub use task::{spawn, spawn_blocking};
 pub use trust::{Admission, Ingress, OnInvalid, Refusal, TrustPolicy};

@@ -8,6 +8,7 @@ use prodbox_core::{FutureExt, Sandbox, current};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 fn pr42() -> Sandbox {
+    #![allow(clippy::unwrap_used)]
     Sandbox::builder("pr-42")
         .unwrap()
         .actor("alice")
@@ -82,7 +83,7 @@ fn observer() -> impl Service<
     (),
     Response = (Option<Sandbox>, Option<Sandbox>),
     Error = Infallible,
-    Future = impl Send,
+    Future: Send + 'static,
 > + Clone
 + Send
 + 'static {
