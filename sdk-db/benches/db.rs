@@ -16,7 +16,7 @@ use prodbox_db::SandboxPool;
 use prodbox_db::names::{role_name, schema_name};
 use prodbox_testkit::pg::TestDatabase;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AssertSqlSafe, Executor, PgPool, SqlSafeStr};
+use sqlx::{AssertSqlSafe, Executor, SqlSafeStr};
 
 const ITEMS: &str =
     "CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL, n int NOT NULL);
@@ -184,7 +184,7 @@ fn queries(c: &mut Criterion) {
     rt.block_on(async {
         pool.drop_sandbox(sandbox.key()).await.unwrap();
         plain.close().await;
-        let _: &PgPool = pool.baseline();
+        pool.baseline().close().await;
         db.cleanup().await;
     });
 }

@@ -1,4 +1,5 @@
-use prodbox_core::SandboxKey;
+use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
+use prodbox_core::{Sandbox, SandboxKey};
 
 /// Why prodbox refused or could not serve a sandboxed database call. Nothing ever falls back to
 /// production: every one of these fails the call.
@@ -47,6 +48,51 @@ pub enum SandboxDbError {
     /// The sandbox has expired.
     #[error("prodbox: sandbox {0} has expired")]
     Expired(SandboxKey),
+    /// The call was made in one context and its work first polled in another (a stream or
+    /// future made inside a sandbox and awaited outside it, or the other way round): which one
+    /// it belongs to cannot be known, so it runs in neither. See the rule in the crate docs.
+    #[error(
+        "prodbox: a database call made {} was first polled {}; it runs in neither",
+        in_context(at_call.as_ref()),
+        in_context(at_poll.as_ref())
+    )]
+    ContextChanged {
+        /// The sandbox where the call was made, if any.
+        at_call: Option<SandboxKey>,
+        /// The sandbox where its work was first polled, if any.
+        at_poll: Option<SandboxKey>,
+    },
+    /// A pool or connection that serves one context was used in another: the production pool
+    /// by a sandboxed task, or a connection taken for one sandbox by another sandbox or by
+    /// production.
+    #[error(
+        "prodbox: a database {} of {} may not be used {}",
+        if *connection { "connection" } else { "pool" },
+        serving(serves.as_ref()),
+        in_context(context.as_ref())
+    )]
+    WrongContext {
+        /// The sandbox the pool or connection serves, or `None` for production.
+        serves: Option<SandboxKey>,
+        /// The sandbox of the task that used it, or `None` for production.
+        context: Option<SandboxKey>,
+        /// Whether a connection (or transaction) was used, rather than a pool.
+        connection: bool,
+    },
+}
+
+fn in_context(key: Option<&SandboxKey>) -> String {
+    match key {
+        Some(key) => format!("in sandbox {key}"),
+        None => "outside any sandbox".to_owned(),
+    }
+}
+
+fn serving(key: Option<&SandboxKey>) -> String {
+    match key {
+        Some(key) => format!("sandbox {key}"),
+        None => "production".to_owned(),
+    }
 }
 
 impl SandboxDbError {
@@ -58,7 +104,43 @@ impl SandboxDbError {
             Self::ProductionAccessRefused { .. } => "db_production_access_refused",
             Self::Capacity { .. } => "db_capacity",
             Self::Expired(_) => "sandbox_expired",
+            Self::ContextChanged { .. } => "db_context_changed",
+            Self::WrongContext { .. } => "db_wrong_context",
         }
+    }
+
+    /// The sandbox this error concerns, if any.
+    fn key(&self) -> Option<&SandboxKey> {
+        match self {
+            Self::Provisioning { sandbox, .. }
+            | Self::ProductionWritable { sandbox, .. }
+            | Self::ProductionAccessRefused { sandbox, .. }
+            | Self::Capacity { sandbox, .. }
+            | Self::Expired(sandbox) => Some(sandbox),
+            Self::ContextChanged { at_call, at_poll } => at_call.as_ref().or(at_poll.as_ref()),
+            Self::WrongContext {
+                serves, context, ..
+            } => context.as_ref().or(serves.as_ref()),
+        }
+    }
+
+    /// Audits this error as `decision` about `sandbox` (or, without one, the sandbox the error
+    /// names).
+    pub(crate) fn audit(&self, sandbox: Option<&Sandbox>, decision: Decision) {
+        AuditEvent {
+            sandbox: sandbox
+                .map(Sandbox::key)
+                .or(self.key())
+                .map(SandboxKey::as_str),
+            actor: sandbox.and_then(Sandbox::actor),
+            origin: sandbox.and_then(Sandbox::origin),
+            protocol: Protocol::Db,
+            direction: Direction::Outbound,
+            decision,
+            reason: self.reason(),
+            detail: Some(self),
+        }
+        .emit();
     }
 
     /// The prodbox error inside a `sqlx::Error` returned by a [`SandboxPool`](crate::SandboxPool)
@@ -69,6 +151,39 @@ impl SandboxDbError {
             _ => None,
         }
     }
+}
+
+/// `error` from a statement run for `sandbox`: a permission error (the sandbox's role touched
+/// something outside its schema) becomes [`SandboxDbError::ProductionAccessRefused`], audited.
+pub(crate) fn refine(error: sqlx::Error, sandbox: Option<&Sandbox>) -> sqlx::Error {
+    match (&error, sandbox) {
+        // insufficient_privilege
+        (sqlx::Error::Database(db), Some(sandbox)) if db.code().as_deref() == Some("42501") => {
+            let refused = SandboxDbError::ProductionAccessRefused {
+                sandbox: sandbox.key().clone(),
+                message: db.message().to_owned(),
+            };
+            refused.audit(Some(sandbox), Decision::Rejected);
+            refused.into()
+        }
+        _ => error,
+    }
+}
+
+/// Audits that a guarded pool or connection was given up, unguarded, in `context` (which it
+/// does not serve), for the reason `why`.
+pub(crate) fn audit_unguarded(context: Option<&Sandbox>, why: &'static str) {
+    AuditEvent {
+        sandbox: context.map(|s| s.key().as_str()),
+        actor: context.and_then(Sandbox::actor),
+        origin: context.and_then(Sandbox::origin),
+        protocol: Protocol::Db,
+        direction: Direction::Outbound,
+        decision: Decision::Stripped,
+        reason: "db_unguarded",
+        detail: Some(&why),
+    }
+    .emit();
 }
 
 impl From<SandboxDbError> for sqlx::Error {

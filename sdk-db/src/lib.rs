@@ -19,12 +19,17 @@
 //! ```
 #![doc = include_str!("../DESIGN.md")]
 
+pub mod connection;
+mod context;
 pub mod directory;
 mod error;
 pub mod names;
 mod pool;
+mod production;
 mod provision;
 
+pub use connection::{PoolConnection, Transaction};
 pub use error::SandboxDbError;
 pub use pool::{Janitor, SandboxPool, SandboxPoolBuilder};
+pub use production::ProductionPool;
 pub use provision::SchemaRecord;

@@ -3,18 +3,22 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use std::future::Future;
+
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
-use futures_util::{StreamExt, TryFutureExt, TryStreamExt, stream};
-use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
+use futures_util::{FutureExt as _, StreamExt as _, TryStreamExt as _, stream};
+use prodbox_core::audit::Decision;
 use prodbox_core::{Sandbox, SandboxKey};
 use sqlx::migrate::Migrator;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
-use sqlx::{Either, Execute, Executor, Postgres, SqlStr, Transaction};
+use sqlx::{Either, Execute, Executor, Postgres, SqlStr};
 use tokio::sync::OnceCell;
 
+use crate::connection::{PoolConnection, Transaction};
+use crate::context::Call;
 use crate::error::SandboxDbError;
+use crate::production::ProductionPool;
 use crate::provision::{Provisioner, SchemaRecord};
 
 /// A pool of a sandbox that has been idle this long may give its slot to another sandbox.
@@ -102,7 +106,8 @@ impl SandboxPoolBuilder {
         };
         SandboxPool {
             inner: Arc::new(Inner {
-                baseline: self.baseline,
+                baseline: ProductionPool::new(self.baseline.clone()),
+                pool: self.baseline,
                 provisioner,
                 connections_per_sandbox: self.connections_per_sandbox,
                 max_active: self.max_active_sandboxes,
@@ -123,7 +128,10 @@ pub struct SandboxPool {
 }
 
 struct Inner {
-    baseline: PgPool,
+    /// The production pool, guarded, as handed out by `baseline()`.
+    baseline: ProductionPool,
+    /// The same pool, for production work this pool has already decided on.
+    pool: PgPool,
     provisioner: Provisioner,
     connections_per_sandbox: u32,
     max_active: usize,
@@ -173,8 +181,10 @@ impl SandboxPool {
         }
     }
 
-    /// The production pool.
-    pub fn baseline(&self) -> &PgPool {
+    /// The production pool. It refuses sandboxed work (see [`ProductionPool`]); for work that
+    /// must run as production whatever the context, use
+    /// [`ProductionPool::unguarded`].
+    pub fn baseline(&self) -> &ProductionPool {
         &self.inner.baseline
     }
 
@@ -192,30 +202,47 @@ impl SandboxPool {
             .sum()
     }
 
-    /// The pool for the current context: the sandbox's (provisioned on first use) or, with no
-    /// sandbox, the production pool.
-    pub async fn current(&self) -> Result<PgPool, sqlx::Error> {
-        match prodbox_core::current() {
-            Some(sandbox) => self.pool_for(&sandbox).await,
-            None => Ok(self.inner.baseline.clone()),
+    /// Starts a transaction in the current context: on the sandbox's pool, or with no sandbox,
+    /// the production pool. The transaction serves only that context (see [`Transaction`]).
+    pub fn begin(
+        &self,
+    ) -> impl Future<Output = Result<Transaction<'static>, sqlx::Error>> + Send + 'static {
+        let (call, this) = (Call::now(), self.clone());
+        async move {
+            let sandbox = call.start()?;
+            let pool = this.pool_of(sandbox.clone()).await?;
+            let tx = pool
+                .begin()
+                .await
+                .map_err(|error| this.refine(error, sandbox.as_ref()))?;
+            Ok(Transaction::new(tx, sandbox))
         }
     }
 
-    /// Starts a transaction on the current context's pool.
-    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        self.current().await?.begin().await
+    /// Takes a connection in the current context: from the sandbox's pool, or with no sandbox,
+    /// the production pool. The connection serves only that context (see [`PoolConnection`]).
+    pub fn acquire(
+        &self,
+    ) -> impl Future<Output = Result<PoolConnection, sqlx::Error>> + Send + 'static {
+        let (call, this) = (Call::now(), self.clone());
+        async move {
+            let sandbox = call.start()?;
+            let pool = this.pool_of(sandbox.clone()).await?;
+            let conn = pool
+                .acquire()
+                .await
+                .map_err(|error| this.refine(error, sandbox.as_ref()))?;
+            Ok(PoolConnection::new(conn, sandbox))
+        }
     }
 
-    /// Takes a connection from the current context's pool.
-    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-        self.current().await?.acquire().await
-    }
-
-    /// The pool of `sandbox`, provisioning its schema on first use.
+    /// The sqlx pool of `sandbox`, provisioning its schema on first use. It is not guarded:
+    /// whatever uses it runs in that sandbox's schema as its role (never in production), in any
+    /// context. For tools and tests; applications use the `SandboxPool` itself.
     pub async fn pool_for(&self, sandbox: &Sandbox) -> Result<PgPool, sqlx::Error> {
         if sandbox.is_expired_at(SystemTime::now()) {
             let error = SandboxDbError::Expired(sandbox.key().clone());
-            audit(sandbox, Decision::Rejected, &error);
+            error.audit(Some(sandbox), Decision::Rejected);
             return Err(error.into());
         }
         let slot = self.slot(sandbox).await?;
@@ -242,7 +269,7 @@ impl SandboxPool {
                 Ok(pool)
             }
             Err(error) => {
-                audit(sandbox, Decision::Rejected, &error);
+                error.audit(Some(sandbox), Decision::Rejected);
                 Err(error.into())
             }
         }
@@ -327,7 +354,7 @@ impl SandboxPool {
                     sandbox: sandbox.key().clone(),
                     active: evicted,
                 };
-                audit(sandbox, Decision::Throttled, &error);
+                error.audit(Some(sandbox), Decision::Throttled);
                 return Err(error.into());
             }
             tokio::time::sleep(SLOT_POLL).await;
@@ -430,6 +457,8 @@ impl SandboxPool {
         Janitor { task }
     }
 
+    /// `error` from a call made for `sandbox`, typed (see [`crate::error::refine`]); when it
+    /// shows that the sandbox's pool is of no further use, the pool is forgotten.
     fn refine(&self, error: sqlx::Error, sandbox: Option<&Sandbox>) -> sqlx::Error {
         let Some(sandbox) = sandbox else {
             return error;
@@ -448,33 +477,8 @@ impl SandboxPool {
         if gone {
             self.forget(sandbox.key());
         }
-        match &error {
-            // insufficient_privilege: the sandbox role touched something outside its schema.
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
-                let refused = SandboxDbError::ProductionAccessRefused {
-                    sandbox: sandbox.key().clone(),
-                    message: db.message().to_owned(),
-                };
-                audit(sandbox, Decision::Rejected, &refused);
-                refused.into()
-            }
-            _ => error,
-        }
+        crate::error::refine(error, Some(sandbox))
     }
-}
-
-fn audit(sandbox: &Sandbox, decision: Decision, error: &SandboxDbError) {
-    AuditEvent {
-        sandbox: Some(sandbox.key().as_str()),
-        actor: sandbox.actor(),
-        origin: sandbox.origin(),
-        protocol: Protocol::Db,
-        direction: Direction::Outbound,
-        decision,
-        reason: error.reason(),
-        detail: Some(error),
-    }
-    .emit();
 }
 
 /// Runs [`SandboxPool::drop_expired`] on a schedule until dropped.
@@ -489,6 +493,8 @@ impl Drop for Janitor {
     }
 }
 
+/// Every method reads the context twice, by [the rule](crate::context): where it is called,
+/// and at the first poll of its work, which runs in the sandbox of that poll.
 impl<'p> Executor<'p> for &SandboxPool {
     type Database = Postgres;
 
@@ -500,21 +506,18 @@ impl<'p> Executor<'p> for &SandboxPool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let this = self.clone();
-        // The context is read now, in the caller's task, not wherever the stream is polled.
-        let sandbox = prodbox_core::current();
-        let refine_for = sandbox.clone();
-        let refiner = self.clone();
-        let rows = async move {
-            match this.pool_of(sandbox).await {
-                Ok(pool) => (&pool).fetch_many(query),
-                Err(error) => stream::once(async { Err(error) }).boxed(),
-            }
-        };
-        stream::once(rows)
-            .flatten()
-            .map_err(move |e| refiner.refine(e, refine_for.as_ref()))
-            .boxed()
+        let (call, this) = (Call::now(), self.clone());
+        stream::once(async move {
+            let sandbox = call.start()?;
+            let pool = this.pool_of(sandbox.clone()).await?;
+            Ok::<_, sqlx::Error>(
+                (&pool)
+                    .fetch_many(query)
+                    .map_err(move |error| this.refine(error, sandbox.as_ref())),
+            )
+        })
+        .try_flatten()
+        .boxed()
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
@@ -525,18 +528,16 @@ impl<'p> Executor<'p> for &SandboxPool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let this = self.clone();
-        let sandbox = prodbox_core::current();
-        Box::pin(async move {
-            let pool = this
-                .pool_of(sandbox.clone())
-                .await
-                .map_err(|e| this.refine(e, sandbox.as_ref()))?;
+        let (call, this) = (Call::now(), self.clone());
+        async move {
+            let sandbox = call.start()?;
+            let pool = this.pool_of(sandbox.clone()).await?;
             (&pool)
                 .fetch_optional(query)
-                .map_err(|e| this.refine(e, sandbox.as_ref()))
                 .await
-        })
+                .map_err(|error| this.refine(error, sandbox.as_ref()))
+        }
+        .boxed()
     }
 
     fn prepare_with<'e>(
@@ -547,12 +548,16 @@ impl<'p> Executor<'p> for &SandboxPool {
     where
         'p: 'e,
     {
-        let this = self.clone();
-        let sandbox = prodbox_core::current();
-        Box::pin(async move {
-            let pool = this.pool_of(sandbox).await?;
-            (&pool).prepare_with(sql, parameters).await
-        })
+        let (call, this) = (Call::now(), self.clone());
+        async move {
+            let sandbox = call.start()?;
+            let pool = this.pool_of(sandbox.clone()).await?;
+            (&pool)
+                .prepare_with(sql, parameters)
+                .await
+                .map_err(|error| this.refine(error, sandbox.as_ref()))
+        }
+        .boxed()
     }
 
     fn describe<'e>(
@@ -562,24 +567,29 @@ impl<'p> Executor<'p> for &SandboxPool {
     where
         'p: 'e,
     {
-        let this = self.clone();
-        let sandbox = prodbox_core::current();
-        Box::pin(async move {
-            let pool = this.pool_of(sandbox).await?;
-            (&pool).describe(sql).await
-        })
+        let (call, this) = (Call::now(), self.clone());
+        async move {
+            let sandbox = call.start()?;
+            let pool = this.pool_of(sandbox.clone()).await?;
+            (&pool)
+                .describe(sql)
+                .await
+                .map_err(|error| this.refine(error, sandbox.as_ref()))
+        }
+        .boxed()
     }
 }
 
 impl SandboxPool {
-    /// The pool for `sandbox`, as a boxed future owning what it needs: the executor's streams
-    /// must be `Send` for every lifetime, which borrowed captures cannot promise.
+    /// The pool for `sandbox` (`None`: production), as a boxed future owning what it needs:
+    /// the executor's streams must be `Send` for every lifetime, which borrowed captures cannot
+    /// promise.
     fn pool_of(&self, sandbox: Option<Sandbox>) -> BoxFuture<'static, Result<PgPool, sqlx::Error>> {
         let this = self.clone();
         Box::pin(async move {
             match &sandbox {
                 Some(sandbox) => this.pool_for(sandbox).await,
-                None => Ok(this.inner.baseline.clone()),
+                None => Ok(this.inner.pool.clone()),
             }
         })
     }

@@ -17,7 +17,7 @@ mod common;
 
 use std::fmt;
 
-use common::{migrator, sandbox, schema_of};
+use common::{migrator, prodbox_error, sandbox, schema_of};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, TryFutureExt as _, TryStreamExt as _};
 use opentelemetry::Context;
@@ -448,6 +448,30 @@ async fn every_way_into_the_pool_follows_one_rule() {
         .count();
     assert_eq!(audited, refusals);
 
+    for sandbox in [&fixture.a, &fixture.b] {
+        fixture.pool.drop_sandbox(sandbox.key()).await.unwrap();
+    }
+    fixture.db.cleanup().await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_says_which_contexts_disagreed() {
+    let fixture = Fixture::new().await;
+    let future = {
+        let _attached = Context::current().with_sandbox(fixture.a.clone()).attach();
+        sqlx::raw_sql("TRUNCATE orders").fetch_all(&fixture.pool)
+    };
+    let error = future.await.unwrap_err();
+    match prodbox_error(&error) {
+        prodbox_db::SandboxDbError::ContextChanged { at_call, at_poll } => {
+            assert_eq!(at_call.as_ref(), Some(fixture.a.key()));
+            assert_eq!(at_poll.as_ref(), None);
+        }
+        other => panic!("expected ContextChanged, got {other:?}"),
+    }
+    assert!(
+        error.to_string().contains(fixture.a.key().as_str()),
+        "{error}"
+    );
     for sandbox in [&fixture.a, &fixture.b] {
         fixture.pool.drop_sandbox(sandbox.key()).await.unwrap();
     }

@@ -91,8 +91,16 @@ async fn the_production_pool_refuses_sandboxed_work_by_every_method() {
                 .in_sandbox(sb.clone())
                 .await,
         ),
-        refusal(baseline.begin().in_sandbox(sb.clone()).await),
-        refusal(baseline.acquire().in_sandbox(sb.clone()).await),
+        refusal(
+            async { baseline.begin().await }
+                .in_sandbox(sb.clone())
+                .await,
+        ),
+        refusal(
+            async { baseline.acquire().await }
+                .in_sandbox(sb.clone())
+                .await,
+        ),
         // Made outside, first polled inside: refused too.
         refusal({
             let stream = sqlx::raw_sql(INSERT).fetch(baseline);
@@ -157,7 +165,10 @@ async fn a_sandbox_transaction_serves_only_its_sandbox() {
         orders_in(db.pool(), &schema_of(b.key().as_str())).await,
     ];
 
-    let mut tx = pool.begin().in_sandbox(a.clone()).await.unwrap();
+    let mut tx = async { pool.begin().await }
+        .in_sandbox(a.clone())
+        .await
+        .unwrap();
     // Another sandbox, and production, may not write through it.
     let by_b = sqlx::query(INSERT)
         .execute(&mut *tx)

@@ -217,40 +217,43 @@ async fn begin_and_acquire_inside_a_sandbox_use_its_schema() {
     let key = unique_key("tx");
     let sb = sandbox(&key);
 
-    // A committed transaction.
-    let mut tx = pool.begin().in_sandbox(sb.clone()).await.unwrap();
-    sqlx::query("INSERT INTO orders (item) VALUES ('committed')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let path: String = sqlx::query_scalar("SHOW search_path")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    // Postgres shows the name unquoted, as it needs no quotes.
-    assert_eq!(path, schema_of(&key));
-    let user: String = sqlx::query_scalar("SELECT current_user::text")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(user, common::role_of(&key));
-    tx.commit().await.unwrap();
+    // A committed transaction, a rolled-back one, and a connection taken with `acquire`:
+    // each serves the sandbox it was taken in.
+    async {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO orders (item) VALUES ('committed')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let path: String = sqlx::query_scalar("SHOW search_path")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        // Postgres shows the name unquoted, as it needs no quotes.
+        assert_eq!(path, schema_of(&key));
+        let user: String = sqlx::query_scalar("SELECT current_user::text")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(user, common::role_of(&key));
+        tx.commit().await.unwrap();
 
-    // A rolled-back one leaves nothing.
-    let mut tx = pool.begin().in_sandbox(sb.clone()).await.unwrap();
-    sqlx::query("INSERT INTO orders (item) VALUES ('rolled-back')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
+        // A rolled-back one leaves nothing.
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO orders (item) VALUES ('rolled-back')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
 
-    // A connection taken with `acquire`.
-    let mut conn = pool.acquire().in_sandbox(sb.clone()).await.unwrap();
-    sqlx::query("INSERT INTO orders (item) VALUES ('acquired')")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    drop(conn);
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("INSERT INTO orders (item) VALUES ('acquired')")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    .in_sandbox(sb.clone())
+    .await;
 
     // Right after, with no sandbox, the same calls reach production.
     sqlx::query("INSERT INTO orders (item) VALUES ('after-sandbox')")
@@ -412,7 +415,9 @@ async fn baseline_connections_keep_production_session_after_heavy_sandbox_use() 
     }
 
     // Every baseline connection, held at once so that each one is checked, is production's.
-    let baseline = pool.baseline();
+    let baseline = pool
+        .baseline()
+        .unguarded("the test inspects every production connection");
     let mut held = Vec::new();
     for _ in 0..baseline.options().get_max_connections() {
         held.push(baseline.acquire().await.unwrap());
@@ -479,7 +484,10 @@ async fn at_the_sandbox_bound_a_new_sandbox_waits_then_fails_without_fallback() 
     let (busy, waiting) = (unique_key("busy"), unique_key("wait"));
 
     // The only slot is busy: its connection is checked out.
-    let held = pool.acquire().in_sandbox(sandbox(&busy)).await.unwrap();
+    let held = async { pool.acquire().await }
+        .in_sandbox(sandbox(&busy))
+        .await
+        .unwrap();
     let error = sqlx::query("INSERT INTO orders (item) VALUES ('overflow')")
         .execute(&pool)
         .in_sandbox(sandbox(&waiting))

@@ -268,7 +268,10 @@ async fn an_expired_sandbox_is_refused_without_provisioning() {
         matches!(prodbox_error(&error), SandboxDbError::Expired(key) if key.as_str() == k),
         "{error:?}"
     );
-    let error = pool.begin().in_sandbox(sb.clone()).await.unwrap_err();
+    let error = async { pool.begin().await }
+        .in_sandbox(sb.clone())
+        .await
+        .unwrap_err();
     assert!(matches!(prodbox_error(&error), SandboxDbError::Expired(_)));
     assert!(!schema_exists(db.pool(), &schema_of(&k)).await);
     assert_eq!(count_rows(db.pool(), "public", "orders").await, 0);

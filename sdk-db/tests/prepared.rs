@@ -87,13 +87,17 @@ async fn the_same_statement_alternates_between_production_and_a_different_sandbo
 
     // Through transactions as well, alternating on the same connections.
     for _ in 0..20 {
-        let mut tx = pool.begin().in_sandbox(sandbox(&a)).await.unwrap();
-        let row = sqlx::query("SELECT * FROM items LIMIT 1")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-        assert_eq!(row.columns().len(), 3);
-        tx.commit().await.unwrap();
+        async {
+            let mut tx = pool.begin().await.unwrap();
+            let row = sqlx::query("SELECT * FROM items LIMIT 1")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            assert_eq!(row.columns().len(), 3);
+            tx.commit().await.unwrap();
+        }
+        .in_sandbox(sandbox(&a))
+        .await;
         let mut tx = pool.begin().await.unwrap();
         let row = sqlx::query("SELECT * FROM items LIMIT 1")
             .fetch_one(&mut *tx)

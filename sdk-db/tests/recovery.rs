@@ -59,23 +59,28 @@ async fn killing_the_backend_mid_transaction_loses_it_and_the_pool_recovers() {
         .await
         .unwrap();
 
-    let mut tx = pool.begin().in_sandbox(sb.clone()).await.unwrap();
-    sqlx::query("INSERT INTO orders (item) VALUES ('lost')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    terminate(db.pool(), pid).await;
+    let pid = async {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO orders (item) VALUES ('lost')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        terminate(db.pool(), pid).await;
 
-    let error = sqlx::query("INSERT INTO orders (item) VALUES ('after kill')")
-        .execute(&mut *tx)
-        .await
-        .expect_err("the transaction's backend is gone");
-    eprintln!("in the killed transaction: {error}");
-    assert!(tx.commit().await.is_err(), "a dead transaction committed");
+        let error = sqlx::query("INSERT INTO orders (item) VALUES ('after kill')")
+            .execute(&mut *tx)
+            .await
+            .expect_err("the transaction's backend is gone");
+        eprintln!("in the killed transaction: {error}");
+        assert!(tx.commit().await.is_err(), "a dead transaction committed");
+        pid
+    }
+    .in_sandbox(sb.clone())
+    .await;
 
     // Nothing of the transaction was committed, anywhere.
     let items: Vec<String> = orders_in(db.pool(), &schema_of(&key))
@@ -97,17 +102,21 @@ async fn killing_the_backend_mid_transaction_loses_it_and_the_pool_recovers() {
     assert_eq!(user, role_of(&key));
     assert_eq!(path, schema_of(&key));
     // A transaction on the replacement connection is the sandbox's too.
-    let mut tx = pool.begin().in_sandbox(sb.clone()).await.unwrap();
-    let user: String = sqlx::query_scalar("SELECT current_user::text")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(user, role_of(&key));
-    sqlx::query("INSERT INTO orders (item) VALUES ('in new tx')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    async {
+        let mut tx = pool.begin().await.unwrap();
+        let user: String = sqlx::query_scalar("SELECT current_user::text")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(user, role_of(&key));
+        sqlx::query("INSERT INTO orders (item) VALUES ('in new tx')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    .in_sandbox(sb.clone())
+    .await;
 
     let items: Vec<String> = orders_in(db.pool(), &schema_of(&key))
         .await

@@ -147,30 +147,35 @@ async fn production_access_from_a_sandboxed_transaction_is_refused() {
     let sb = sandbox(&key);
     let before = orders_in(db.pool(), "public").await;
 
-    let mut tx = pool.begin().in_sandbox(sb.clone()).await.unwrap();
-    sqlx::query("INSERT INTO orders (item) VALUES ('own')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let error = sqlx::query("INSERT INTO public.orders (item) VALUES ('leak')")
-        .execute(&mut *tx)
-        .await
-        .unwrap_err();
-    // Postgres refuses (insufficient_privilege); the transaction is aborted.
-    let db_error = error.as_database_error().expect("a database error");
-    assert_eq!(db_error.code().as_deref(), Some("42501"), "{error}");
-    drop(tx);
+    async {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO orders (item) VALUES ('own')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        // Postgres refuses (insufficient_privilege); the transaction is aborted.
+        let error = sqlx::query("INSERT INTO public.orders (item) VALUES ('leak')")
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            prodbox_error(&error).reason(),
+            "db_production_access_refused"
+        );
+        drop(tx);
 
-    let mut conn = pool.acquire().in_sandbox(sb.clone()).await.unwrap();
-    let error = sqlx::query("DELETE FROM public.orders")
-        .execute(&mut *conn)
-        .await
-        .unwrap_err();
-    assert_eq!(
-        error.as_database_error().and_then(|e| e.code()).as_deref(),
-        Some("42501")
-    );
-    drop(conn);
+        let mut conn = pool.acquire().await.unwrap();
+        let error = sqlx::query("DELETE FROM public.orders")
+            .execute(&mut *conn)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            prodbox_error(&error).reason(),
+            "db_production_access_refused"
+        );
+    }
+    .in_sandbox(sb.clone())
+    .await;
 
     assert_eq!(orders_in(db.pool(), "public").await, before);
     assert!(orders_in(db.pool(), &schema_of(&key)).await.is_empty());
@@ -179,9 +184,6 @@ async fn production_access_from_a_sandboxed_transaction_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "library gap: statements run on a Transaction or PoolConnection from SandboxPool::begin/acquire \
-            bypass SandboxPool::refine, so a production write there fails with a raw 42501 \
-            sqlx::Error::Database (no SandboxDbError::ProductionAccessRefused, no audit event)"]
 async fn production_access_from_a_sandboxed_transaction_is_a_typed_refusal() {
     let audit = AuditLog::global();
     let db = production().await;
@@ -190,12 +192,15 @@ async fn production_access_from_a_sandboxed_transaction_is_a_typed_refusal() {
         .build();
     let key = unique_key("reftt");
     let sb = sandbox(&key);
-    let mut tx = pool.begin().in_sandbox(sb.clone()).await.unwrap();
-    let error = sqlx::query("INSERT INTO public.orders (item) VALUES ('leak')")
-        .execute(&mut *tx)
-        .await
-        .unwrap_err();
-    drop(tx);
+    let error = async {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO public.orders (item) VALUES ('leak')")
+            .execute(&mut *tx)
+            .await
+            .unwrap_err()
+    }
+    .in_sandbox(sb.clone())
+    .await;
     let refused = matches!(
         SandboxDbError::of(&error),
         Some(SandboxDbError::ProductionAccessRefused { .. })
@@ -274,12 +279,18 @@ async fn a_sandbox_that_could_write_production_is_refused_until_the_grant_goes()
         }
     }
     // `begin` and `acquire` fail the same way: nothing falls back to production.
-    let error = pool.begin().in_sandbox(sb.clone()).await.unwrap_err();
+    let error = async { pool.begin().await }
+        .in_sandbox(sb.clone())
+        .await
+        .unwrap_err();
     assert!(matches!(
         prodbox_error(&error),
         SandboxDbError::ProductionWritable { .. }
     ));
-    let error = pool.acquire().in_sandbox(sb.clone()).await.unwrap_err();
+    let error = async { pool.acquire().await }
+        .in_sandbox(sb.clone())
+        .await
+        .unwrap_err();
     assert!(matches!(
         prodbox_error(&error),
         SandboxDbError::ProductionWritable { .. }
@@ -352,7 +363,10 @@ async fn a_failed_migration_fails_the_call_and_leaves_production_untouched() {
         assert!(!role_exists(&role_of(&key)).await);
         assert_eq!(catalogue_rows(db.pool(), &key).await, 0);
     }
-    let error = pool.begin().in_sandbox(sb.clone()).await.unwrap_err();
+    let error = async { pool.begin().await }
+        .in_sandbox(sb.clone())
+        .await
+        .unwrap_err();
     assert!(matches!(
         prodbox_error(&error),
         SandboxDbError::Provisioning { .. }

@@ -1,0 +1,74 @@
+//! When a database call reads the sandbox context: the one rule every way into prodbox-db
+//! follows (pools, connections, transactions; every executor method, stream and future).
+//!
+//! A call's work runs in the context of its **first poll**, where it actually starts. Where
+//! prodbox also sees the call being made (every method of prodbox's own executors, and every
+//! sqlx method that is not an `async fn`), the context there must agree: a stream or future made
+//! in one context and first polled in another is refused with
+//! [`SandboxDbError::ContextChanged`], because which of the two it belongs to cannot be known.
+//! Pools and connections that serve one context (the production pool, a connection or
+//! transaction taken for a sandbox) refuse to be used in any other, at the call and at the
+//! first poll, with [`SandboxDbError::WrongContext`]. Every refusal is audited.
+
+use prodbox_core::audit::Decision;
+use prodbox_core::{Sandbox, SandboxKey};
+
+use crate::error::SandboxDbError;
+
+/// The context of one call, read where the call is made.
+pub(crate) struct Call {
+    at_call: Option<Sandbox>,
+}
+
+impl Call {
+    /// Reads the context where the call is made.
+    pub(crate) fn now() -> Self {
+        Self {
+            at_call: prodbox_core::current(),
+        }
+    }
+
+    /// At the first poll: the sandbox the work runs in (`None` for production), if the
+    /// context there is the one the call was made in.
+    pub(crate) fn start(self) -> Result<Option<Sandbox>, SandboxDbError> {
+        let at_poll = prodbox_core::current();
+        if key(self.at_call.as_ref()) == key(at_poll.as_ref()) {
+            return Ok(at_poll);
+        }
+        let error = SandboxDbError::ContextChanged {
+            at_call: self.at_call.as_ref().map(|s| s.key().clone()),
+            at_poll: at_poll.as_ref().map(|s| s.key().clone()),
+        };
+        error.audit(
+            self.at_call.as_ref().or(at_poll.as_ref()),
+            Decision::Rejected,
+        );
+        Err(error)
+    }
+
+    /// At the first poll of work on a pool or connection that serves only `serves` (`None`:
+    /// production): whether the context at the call and at the first poll are both that one.
+    pub(crate) fn start_serving(
+        self,
+        serves: Option<&SandboxKey>,
+        connection: bool,
+    ) -> Result<(), SandboxDbError> {
+        let at_poll = prodbox_core::current();
+        for context in [self.at_call.as_ref(), at_poll.as_ref()] {
+            if key(context) != serves {
+                let error = SandboxDbError::WrongContext {
+                    serves: serves.cloned(),
+                    context: key(context).cloned(),
+                    connection,
+                };
+                error.audit(context, Decision::Rejected);
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn key(sandbox: Option<&Sandbox>) -> Option<&SandboxKey> {
+    sandbox.map(Sandbox::key)
+}
