@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Parser, Subcommand};
 use prodbox_core::directory::SandboxEntry;
 use prodbox_core::token::TokenKeys;
-use prodbox_core::{Sandbox, SandboxKey};
+use prodbox_core::{Sandbox, SandboxBuilder, SandboxKey};
 use prodbox_db::SandboxPool;
 use prodbox_db::directory::{DirectoryStore, StoreError, validate_fork};
 use serde_json::{Value, json};
@@ -30,7 +30,7 @@ Typical session:
   prodbox sandbox create pr-42 --actor alice --origin pr-42 \\
       --forks billing=http://10.0.0.5:8080 --ttl 2h
   export PRODBOX_TOKEN_SECRET=...            # the secret your edge verifies with
-  prodbox token mint pr-42 --key-id 2026-11 --ttl 30m
+  prodbox token mint pr-42 --key-id 2026-11 --ttl 30m   # for this incarnation of pr-42
   curl -H \"baggage: prodbox.token=<token>\" https://shop.example.com/orders
   prodbox sandbox delete pr-42               # also drops its database schema";
 
@@ -147,9 +147,16 @@ enum SandboxCommand {
 enum TokenCommand {
     /// Print a signed token for a sandbox. Send it as `baggage: prodbox.token=<token>`.
     #[command(
-        after_help = "The secret is read from the environment variable named by --secret-env \
+        after_help = "The sandbox is read from the directory: the token admits only this \
+incarnation of it (not one deleted and made again under the same key), never outlives it, and \
+carries its actor and origin unless --actor or --origin say otherwise. A disabled, expired or \
+unknown sandbox gets no token (exit 1). --no-directory mints without the database: such a token \
+is refused by edges whose directory knows the sandbox.
+
+The secret is read from the environment variable named by --secret-env \
 (PRODBOX_TOKEN_SECRET by default) or from --secret-file, never from the command line, and must be \
-at least 32 bytes. The edge must know the same secret under the same key id."
+at least 32 bytes. The edge must know the same secret under the same key id. Tokens live at most \
+24h (verifiers refuse longer ones)."
     )]
     Mint {
         /// The sandbox key.
@@ -164,9 +171,12 @@ at least 32 bytes. The edge must know the same secret under the same key id."
         /// The PR or dev session.
         #[arg(long)]
         origin: Option<String>,
-        /// Lifetime, such as 30m.
+        /// Lifetime, such as 30m (at most 24h).
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: Duration,
+        /// Mint without reading the directory (the token names no incarnation).
+        #[arg(long)]
+        no_directory: bool,
         /// Environment variable holding the secret.
         #[arg(long, default_value = "PRODBOX_TOKEN_SECRET")]
         secret_env: String,
@@ -332,9 +342,26 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
             actor,
             origin,
             ttl,
+            no_directory,
             secret_env,
             secret_file,
-        }) => mint(key, &key_id, actor, origin, ttl, &secret_env, secret_file),
+        }) => {
+            let sandbox = if no_directory {
+                Sandbox::new(key)
+            } else {
+                let pool = connect(cli.database_url.as_deref()).await?;
+                registered(&DirectoryStore::new(pool), &key).await?
+            };
+            mint(
+                sandbox,
+                &key_id,
+                actor,
+                origin,
+                ttl,
+                &secret_env,
+                secret_file,
+            )
+        }
         Command::Sandbox(command) => {
             let pool = connect(cli.database_url.as_deref()).await?;
             sandbox(command, pool).await
@@ -542,8 +569,28 @@ async fn sandbox(command: SandboxCommand, pool: PgPool) -> Result<Output, Failur
     }
 }
 
+/// The sandbox `key` as the directory has it, if a token may be minted for it.
+async fn registered(store: &DirectoryStore, key: &SandboxKey) -> Result<Sandbox, Failure> {
+    let entry = store.get(key).await?.ok_or_else(|| {
+        Failure::Refused(format!(
+            "sandbox {key} is not in the directory: create it first (or mint with --no-directory)"
+        ))
+    })?;
+    if entry.disabled {
+        return Err(Failure::Refused(format!(
+            "sandbox {key} is disabled; enable it first"
+        )));
+    }
+    if entry.is_expired_at(SystemTime::now()) {
+        return Err(Failure::Refused(format!(
+            "sandbox {key} has expired; extend it first"
+        )));
+    }
+    Ok(entry.sandbox())
+}
+
 fn mint(
-    key: SandboxKey,
+    sandbox: Sandbox,
     key_id: &str,
     actor: Option<String>,
     origin: Option<String>,
@@ -572,22 +619,34 @@ fn mint(
     let keys = TokenKeys::new()
         .with_key(key_id, &secret)
         .map_err(|e| Failure::Usage(e.to_string()))?;
-    let mut builder = Sandbox::builder(key.as_str()).map_err(|e| Failure::Usage(e.to_string()))?;
-    if let Some(actor) = &actor {
+    // The command line's labels win over the directory's.
+    let mut builder = SandboxBuilder::from_key(sandbox.key().clone());
+    if let Some(actor) = actor.as_deref().or(sandbox.actor()) {
         builder = builder
             .actor(actor)
             .map_err(|e| Failure::Usage(format!("--actor: {e}")))?;
     }
-    if let Some(origin) = &origin {
+    if let Some(origin) = origin.as_deref().or(sandbox.origin()) {
         builder = builder
             .origin(origin)
             .map_err(|e| Failure::Usage(format!("--origin: {e}")))?;
     }
+    if let Some(at) = sandbox.expires_at() {
+        builder = builder.expires_at(at);
+    }
+    if let Some(at) = sandbox.created_at() {
+        builder = builder.created_at(at);
+    }
     let sandbox = builder.build();
+    let now = SystemTime::now();
     let token = keys
-        .mint(&sandbox, ttl)
+        .mint_at(&sandbox, now, ttl)
         .map_err(|e| Failure::Usage(e.to_string()))?;
-    let expires = SystemTime::now() + ttl;
+    let key = sandbox.key();
+    // The token stops at the sandbox's expiry if that comes first.
+    let expires = sandbox
+        .expires_at()
+        .map_or(now + ttl, |at| at.min(now + ttl));
     Ok(Output {
         text: format!(
             "{token}\n# sandbox {key}, key id {key_id}, expires {}\n# send as: baggage: prodbox.token={token}",
@@ -599,6 +658,7 @@ fn mint(
             "key_id": key_id,
             "expires_at": humantime::format_rfc3339_seconds(expires).to_string(),
             "header": format!("prodbox.token={token}"),
+            "incarnation": sandbox.created_at().map(|t| humantime::format_rfc3339_micros(t).to_string()),
         }),
     })
 }

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
-use prodbox_core::directory::{Directory, SandboxEntry};
+use prodbox_core::directory::{Directory, MemoryDirectory, SandboxEntry};
 use prodbox_core::token::{TokenError, TokenKeys};
-use prodbox_core::{Sandbox, SandboxKey};
+use prodbox_core::{Admission, Ingress, Sandbox, SandboxKey, TrustPolicy};
 use prodbox_db::SandboxPool;
 use prodbox_db::directory::{DirectoryStore, PgDirectory};
 use prodbox_db::names::{role_name, schema_name};
@@ -608,7 +608,16 @@ async fn token_mint_signs_tokens_the_edge_verifies() {
     const OTHER: &str = "fedcba9876543210fedcba9876543210-test";
     let keys = TokenKeys::new().with_key("k1", SECRET.as_bytes()).unwrap();
     let args = [
-        "token", "mint", "pr-42", "--key-id", "k1", "--actor", "alice", "--ttl", "10m",
+        "token",
+        "mint",
+        "pr-42",
+        "--key-id",
+        "k1",
+        "--actor",
+        "alice",
+        "--ttl",
+        "10m",
+        "--no-directory",
     ];
 
     let before = SystemTime::now();
@@ -674,6 +683,7 @@ async fn token_mint_signs_tokens_the_edge_verifies() {
             "pr-43",
             "--secret-env",
             "MY_SECRET",
+            "--no-directory",
         ],
         &[("MY_SECRET", SECRET), ("PRODBOX_TOKEN_SECRET", OTHER)],
     )
@@ -732,23 +742,98 @@ async fn token_mint_signs_tokens_the_edge_verifies() {
         .fails(2, "cannot read secret file /nonexistent/prodbox-secret");
     // Bad key id, bad key, bad TTL.
     let env = [("PRODBOX_TOKEN_SECRET", SECRET)];
-    prodbox_env(
-        None,
-        &["token", "mint", "pr-42", "--key-id", "bad id"],
-        &env,
-    )
-    .await
-    .fails(2, "key id \"bad id\"");
+    let plain = ["token", "mint", "pr-42", "--no-directory", "--key-id"];
+    prodbox_env(None, &[&plain[..], &["bad id"]].concat(), &env)
+        .await
+        .fails(2, "key id \"bad id\"");
     prodbox_env(None, &["token", "mint", "Bad_Key", "--key-id", "k1"], &env)
         .await
         .fails(2, "'Bad_Key'");
-    prodbox_env(
-        None,
-        &["token", "mint", "pr-42", "--key-id", "k1", "--ttl", "0s"],
-        &env,
+    prodbox_env(None, &[&plain[..], &["k1", "--ttl", "0s"]].concat(), &env)
+        .await
+        .fails(2, "must be longer than zero");
+    // Longer than verifiers accept (a day): refused, rather than minted and refused later.
+    prodbox_env(None, &[&plain[..], &["k1", "--ttl", "25h"]].concat(), &env)
+        .await
+        .fails(2, "longer than the maximum of 86400 s");
+    // Without --no-directory, the directory is needed.
+    prodbox_env(None, &["token", "mint", "pr-42", "--key-id", "k1"], &env)
+        .await
+        .fails(2, "no database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_mint_binds_the_token_to_the_sandboxs_incarnation() {
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-bind";
+    let db = setup().await;
+    let keys = TokenKeys::new().with_key("k1", SECRET.as_bytes()).unwrap();
+    let env = [("PRODBOX_TOKEN_SECRET", SECRET)];
+    let mint = |k: &'static str| {
+        let url = db.url().to_owned();
+        async move { prodbox_env(Some(&url), &["token", "mint", k, "--key-id", "k1"], &env).await }
+    };
+    let store = DirectoryStore::new(db.pool().clone());
+
+    // Unknown: no token.
+    mint("tb-1").await.fails(1, "not in the directory");
+    prodbox(
+        &db,
+        &[
+            "sandbox", "create", "tb-1", "--actor", "alice", "--ttl", "30m",
+        ],
     )
     .await
-    .fails(2, "must be longer than zero");
+    .ok();
+    let entry = store.get(&key("tb-1")).await.unwrap().unwrap();
+    let out = mint("tb-1").await.ok();
+    let token = out.stdout.lines().next().unwrap().to_owned();
+    let granted = keys.verify(&token, SystemTime::now()).unwrap();
+    assert_eq!(granted.actor(), Some("alice"), "the directory's actor");
+    assert!(granted.created_at().is_some());
+    assert!(
+        granted.expires_at() <= entry.expires_at.map(|at| at + Duration::from_secs(30)),
+        "never outlives the sandbox"
+    );
+
+    // An edge whose directory holds this entry admits it.
+    let directory = MemoryDirectory::new();
+    directory.upsert(entry);
+    let edge = Ingress::new(TrustPolicy::signed(keys.clone())).directory(directory.clone());
+    let headers = vec![(
+        "baggage".to_owned(),
+        format!("prodbox.sandbox=tb-1,prodbox.token={token}").into_bytes(),
+    )];
+    assert!(matches!(
+        edge.admit(&headers, None),
+        Admission::Sandboxed { .. }
+    ));
+
+    // Deleted and made again: the old token no longer admits the new sandbox.
+    prodbox(&db, &["sandbox", "delete", "tb-1"]).await.ok();
+    prodbox(&db, &["sandbox", "create", "tb-1", "--ttl", "30m"])
+        .await
+        .ok();
+    directory.upsert(store.get(&key("tb-1")).await.unwrap().unwrap());
+    assert!(matches!(
+        edge.admit(&headers, None),
+        Admission::Baseline { strip: true, .. }
+    ));
+    // A fresh token does.
+    let fresh = mint("tb-1").await.ok();
+    let fresh = fresh.stdout.lines().next().unwrap();
+    let headers = vec![(
+        "baggage".to_owned(),
+        format!("prodbox.sandbox=tb-1,prodbox.token={fresh}").into_bytes(),
+    )];
+    assert!(matches!(
+        edge.admit(&headers, None),
+        Admission::Sandboxed { .. }
+    ));
+
+    // Disabled: no token.
+    prodbox(&db, &["sandbox", "disable", "tb-1"]).await.ok();
+    mint("tb-1").await.fails(1, "is disabled");
+    db.cleanup().await;
 }
 
 /// Provisions a schema for `k` as a service would, on first use.

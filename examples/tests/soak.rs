@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prodbox_core::directory::{Directory, SandboxEntry};
 use prodbox_core::token::TokenKeys;
-use prodbox_core::{Guardrails, Sandbox, SandboxKey};
+use prodbox_core::{Guardrails, SandboxKey};
 use prodbox_db::SandboxPool;
 use prodbox_db::directory::{DirectoryStore, PgDirectory};
 use prodbox_db::names::schema_name;
@@ -437,6 +437,8 @@ async fn shop_keeps_sandboxes_isolated_under_faults() {
     let keys: Vec<SandboxKey> = (0..SANDBOXES)
         .map(|_| unique_key("soak").parse().unwrap())
         .collect();
+    // As created: tokens are minted for these incarnations.
+    let mut registered = Vec::new();
     for (n, key) in keys.iter().enumerate() {
         let mut entry = SandboxEntry::new(key.clone())
             .expires_at(SystemTime::now() + Duration::from_secs(3600));
@@ -445,7 +447,7 @@ async fn shop_keeps_sandboxes_isolated_under_faults() {
         if n < FORKS {
             entry = entry.fork("billing", "http://127.0.0.1:9");
         }
-        store.create(&entry).await.unwrap();
+        registered.push(store.create(&entry).await.unwrap());
     }
 
     // One directory per service, all reading the same table.
@@ -539,17 +541,12 @@ async fn shop_keeps_sandboxes_isolated_under_faults() {
 
     // The plan: every other order production, the rest round-robin over the sandboxes, so that
     // no sandbox sends faster than its share.
-    let baggage: Vec<String> = keys
+    let baggage: Vec<String> = registered
         .iter()
-        .map(|key| {
-            let sandbox = Sandbox::builder(key.as_str())
-                .unwrap()
-                .actor("soak")
-                .unwrap()
-                .origin("issue-7")
-                .unwrap()
-                .build();
-            let token = keys_ring.mint(&sandbox, Duration::from_secs(3600)).unwrap();
+        .map(|entry| {
+            let token = keys_ring
+                .mint(&entry.sandbox(), Duration::from_secs(3600))
+                .unwrap();
             format!("prodbox.token={token}")
         })
         .collect();
@@ -664,7 +661,7 @@ async fn shop_keeps_sandboxes_isolated_under_faults() {
 
     // Forged and expired tokens claiming a sandbox: they must run as production.
     let forged_ring = TokenKeys::new().with_key(KEY_ID, FORGED_SECRET).unwrap();
-    let claimed = Sandbox::builder(keys[CLAIMED].as_str()).unwrap().build();
+    let claimed = registered[CLAIMED].sandbox();
     let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
     for i in 0..FORGED {
         let forged = forged_ring

@@ -38,6 +38,8 @@ pub(crate) const SECRET_K0: &[u8] = b"prodbox-fuzz-secret-k0-32-bytes!";
 pub(crate) const SECRET_FORGER: &[u8] = b"not-the-secret-but-32-bytes-long";
 /// The default clock-skew leeway of `TokenKeys`.
 const LEEWAY_SECS: u64 = 30;
+/// The default maximum token lifetime of `TokenKeys`.
+const MAX_LIFETIME_SECS: u64 = prodbox_core::limits::DEFAULT_MAX_TOKEN_LIFETIME.as_secs();
 
 /// [`NOW_SECS`] as a time.
 pub(crate) fn now() -> SystemTime {
@@ -184,6 +186,16 @@ fn check_claims_granted(claims: &serde_json::Value, sandbox: &Sandbox) {
     assert!(
         iat <= NOW_SECS + LEEWAY_SECS,
         "accepted a token issued in the future: {claims}"
+    );
+    assert!(
+        exp.saturating_sub(iat) <= MAX_LIFETIME_SECS,
+        "accepted a token that lives longer than the maximum: {claims}"
+    );
+    let created = claims.get("crt").and_then(serde_json::Value::as_u64);
+    assert_eq!(
+        sandbox.created_at(),
+        created.map(|micros| UNIX_EPOCH + Duration::from_micros(micros)),
+        "the sandbox names exactly the incarnation the claims do: {claims}"
     );
     assert_eq!(
         sandbox.expires_at(),
@@ -338,6 +350,7 @@ fn check_signed_claims(json: &[u8]) {
                     | TokenError::InvalidClaims(_)
                     | TokenError::Expired { .. }
                     | TokenError::NotYetValid
+                    | TokenError::LifetimeTooLong { .. }
             ),
             "a correctly signed token was refused as {error:?}"
         ),

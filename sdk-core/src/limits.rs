@@ -20,6 +20,11 @@ pub const MAX_TOKEN_LEN: usize = 1024;
 /// Clock skew tolerated when checking a token's expiry and issue time.
 pub const DEFAULT_TOKEN_LEEWAY: Duration = Duration::from_secs(30);
 
+/// The longest lifetime (expiry minus issue time) a verifier accepts in a token, and the longest
+/// `TokenKeys::mint` issues: 24 hours. A stolen token is good for at most this long; mint a
+/// new one for a longer session.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// How often a [`FileDirectory`](crate::directory::FileDirectory) looks for changes.
 pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_millis(500);
 

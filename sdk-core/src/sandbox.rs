@@ -217,6 +217,7 @@ struct Inner {
     actor: Option<Arc<str>>,
     origin: Option<Arc<str>>,
     expires_at: Option<SystemTime>,
+    created_at: Option<SystemTime>,
     /// The canonical baggage members, built once on first injection.
     encoded: OnceLock<Box<str>>,
     /// The same as an HTTP header value, built once on first injection into HTTP headers;
@@ -261,6 +262,12 @@ impl Sandbox {
         self.0.expires_at
     }
 
+    /// When this incarnation of the sandbox was created (by the directory), if known: a sandbox
+    /// deleted and made again under the same key is another incarnation.
+    pub fn created_at(&self) -> Option<SystemTime> {
+        self.0.created_at
+    }
+
     /// Whether the sandbox has expired at `now`.
     pub fn is_expired_at(&self, now: SystemTime) -> bool {
         self.0.expires_at.is_some_and(|at| at <= now)
@@ -275,6 +282,7 @@ impl Sandbox {
                 actor: self.0.actor.clone(),
                 origin: self.0.origin.clone(),
                 expires_at: Some(at),
+                created_at: self.0.created_at,
             }
             .build(),
         }
@@ -286,6 +294,7 @@ impl Sandbox {
             && self.actor() == actor
             && self.origin() == origin
             && self.0.expires_at.is_none()
+            && self.0.created_at.is_none()
     }
 
     pub(crate) fn encoded_members(&self, encode: impl FnOnce(&Sandbox) -> Box<str>) -> &str {
@@ -309,7 +318,8 @@ impl PartialEq for Sandbox {
             || (self.0.key == other.0.key
                 && self.0.actor == other.0.actor
                 && self.0.origin == other.0.origin
-                && self.0.expires_at == other.0.expires_at)
+                && self.0.expires_at == other.0.expires_at
+                && self.0.created_at == other.0.created_at)
     }
 }
 
@@ -322,6 +332,7 @@ impl fmt::Debug for Sandbox {
             .field("actor", &self.0.actor)
             .field("origin", &self.0.origin)
             .field("expires_at", &self.0.expires_at)
+            .field("created_at", &self.0.created_at)
             .finish()
     }
 }
@@ -339,6 +350,7 @@ pub struct SandboxBuilder {
     actor: Option<Arc<str>>,
     origin: Option<Arc<str>>,
     expires_at: Option<SystemTime>,
+    created_at: Option<SystemTime>,
 }
 
 impl SandboxBuilder {
@@ -349,6 +361,7 @@ impl SandboxBuilder {
             actor: None,
             origin: None,
             expires_at: None,
+            created_at: None,
         }
     }
 
@@ -372,6 +385,12 @@ impl SandboxBuilder {
         self
     }
 
+    /// When this incarnation of the sandbox was created (its directory entry's creation time).
+    pub fn created_at(mut self, at: SystemTime) -> Self {
+        self.created_at = Some(at);
+        self
+    }
+
     /// Finishes the sandbox.
     pub fn build(self) -> Sandbox {
         Sandbox(Arc::new(Inner {
@@ -379,6 +398,7 @@ impl SandboxBuilder {
             actor: self.actor,
             origin: self.origin,
             expires_at: self.expires_at,
+            created_at: self.created_at,
             encoded: OnceLock::new(),
             #[cfg(feature = "http")]
             header: OnceLock::new(),

@@ -1,9 +1,17 @@
 //! Signed, expiring sandbox tokens for a [`Signed`](crate::TrustPolicy::signed) edge.
 //!
 //! A token is `v1.<key id>.<claims>.<signature>`: the claims are base64url JSON (sandbox key,
-//! actor, origin, issued-at and expiry in Unix seconds) and the signature is HMAC-SHA256 over
+//! actor, origin, issued-at and expiry in Unix seconds, and the creation of the sandbox's
+//! incarnation in Unix microseconds when known) and the signature is HMAC-SHA256 over
 //! everything before it. Key ids let you rotate: mint with the new key while the old one still
 //! verifies, then retire the old one.
+//!
+//! A verifier refuses tokens that live longer than its maximum (24 hours by default, see
+//! [`TokenKeys::max_lifetime`]), whatever their expiry says. A token minted for a sandbox with
+//! a creation time (as `prodbox token mint` does, from the directory) admits only that
+//! incarnation: an ingress with a directory refuses it once the sandbox has been deleted and
+//! made again under the same key, and refuses a token without one for a sandbox whose creation
+//! the directory knows.
 //!
 //! # Example
 //!
@@ -35,7 +43,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::limits::{DEFAULT_TOKEN_LEEWAY, MAX_TOKEN_LEN};
+use crate::limits::{DEFAULT_MAX_TOKEN_LIFETIME, DEFAULT_TOKEN_LEEWAY, MAX_TOKEN_LEN};
 use crate::sandbox::{Sandbox, SandboxBuilder, SandboxKey};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -87,6 +95,19 @@ pub enum TokenError {
     /// Minting for a sandbox that has expired (or expires within the second).
     #[error("sandbox {0} has expired; no token is minted for it")]
     SandboxExpired(String),
+    /// The token's lifetime (expiry minus issue time) is longer than the verifier accepts, or
+    /// than the keyring mints.
+    #[error("token lifetime of {secs} s is longer than the maximum of {max_secs} s")]
+    LifetimeTooLong {
+        /// Its lifetime.
+        secs: u64,
+        /// The maximum.
+        max_secs: u64,
+    },
+    /// The token was minted for another incarnation of its sandbox (deleted and made again under
+    /// the same key since), or names none where the directory knows the sandbox's creation.
+    #[error("token was minted for another incarnation of sandbox {0}")]
+    OtherIncarnation(String),
 }
 
 impl TokenError {
@@ -101,6 +122,8 @@ impl TokenError {
             Self::InvalidClaims(_) => "token_invalid_claims",
             Self::NoActiveKey | Self::WeakSecret(_) | Self::InvalidKeyId(_) => "token_config",
             Self::SandboxExpired(_) => "sandbox_expired",
+            Self::LifetimeTooLong { .. } => "token_lifetime_too_long",
+            Self::OtherIncarnation(_) => "token_other_incarnation",
         }
     }
 }
@@ -114,6 +137,9 @@ struct Claims {
     org: Option<String>,
     iat: u64,
     exp: u64,
+    /// When the sandbox's incarnation was created, in Unix microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crt: Option<u64>,
 }
 
 /// A keyring of HMAC secrets by key id: one active for minting, all of them for verifying.
@@ -123,6 +149,7 @@ pub struct TokenKeys {
     keys: Arc<HashMap<String, Vec<u8>>>,
     active: Option<String>,
     leeway: Option<Duration>,
+    max_lifetime: Option<Duration>,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -133,6 +160,7 @@ impl std::fmt::Debug for TokenKeys {
         f.debug_struct("TokenKeys")
             .field("key_ids", &ids)
             .field("active", &self.active)
+            .field("max_lifetime_secs", &self.max_lifetime_secs())
             .finish()
     }
 }
@@ -184,9 +212,24 @@ impl TokenKeys {
         self
     }
 
+    /// The longest lifetime (expiry minus issue time) a token may have: longer ones are neither
+    /// minted nor accepted (default [`DEFAULT_MAX_TOKEN_LIFETIME`], 24 hours).
+    pub fn max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = Some(max);
+        self
+    }
+
+    fn max_lifetime_secs(&self) -> u64 {
+        self.max_lifetime
+            .unwrap_or(DEFAULT_MAX_TOKEN_LIFETIME)
+            .as_secs()
+    }
+
     /// Mints a token for `sandbox` valid for `ttl` from now, or until the sandbox expires if
     /// that comes first: a token never outlives its sandbox (beyond the verifier's clock-skew
-    /// leeway).
+    /// leeway). A `ttl` longer than [`max_lifetime`](Self::max_lifetime) is refused. When the
+    /// sandbox has a [creation time](Sandbox::created_at), the token admits only that
+    /// incarnation of it.
     pub fn mint(&self, sandbox: &Sandbox, ttl: Duration) -> Result<String, TokenError> {
         self.mint_at(sandbox, SystemTime::now(), ttl)
     }
@@ -201,7 +244,15 @@ impl TokenKeys {
         let kid = self.active.as_deref().ok_or(TokenError::NoActiveKey)?;
         let secret = self.keys.get(kid).ok_or(TokenError::NoActiveKey)?;
         let iat = unix_secs(now);
-        let mut exp = iat.saturating_add(ttl.as_secs().max(1));
+        let lifetime = ttl.as_secs().max(1);
+        let max_secs = self.max_lifetime_secs();
+        if lifetime > max_secs {
+            return Err(TokenError::LifetimeTooLong {
+                secs: lifetime,
+                max_secs,
+            });
+        }
+        let mut exp = iat.saturating_add(lifetime);
         if let Some(expires_at) = sandbox.expires_at() {
             // Whole seconds, rounded down: the token stops first.
             exp = exp.min(unix_secs(expires_at));
@@ -215,6 +266,7 @@ impl TokenKeys {
             org: sandbox.origin().map(str::to_owned),
             iat,
             exp,
+            crt: sandbox.created_at().map(micros),
         };
         let json =
             serde_json::to_vec(&claims).map_err(|e| TokenError::InvalidClaims(e.to_string()))?;
@@ -274,6 +326,16 @@ impl TokenKeys {
         if claims.iat > now_secs.saturating_add(leeway) {
             return Err(TokenError::NotYetValid);
         }
+        let (lifetime, max_secs) = (
+            claims.exp.saturating_sub(claims.iat),
+            self.max_lifetime_secs(),
+        );
+        if lifetime > max_secs {
+            return Err(TokenError::LifetimeTooLong {
+                secs: lifetime,
+                max_secs,
+            });
+        }
         let key =
             SandboxKey::new(&claims.sbx).map_err(|e| TokenError::InvalidClaims(e.to_string()))?;
         // The sandbox lives as long as the token is accepted, leeway included, so that an
@@ -282,6 +344,9 @@ impl TokenKeys {
             .checked_add(Duration::from_secs(claims.exp.saturating_add(leeway)))
             .ok_or_else(|| TokenError::InvalidClaims("expiry out of range".to_owned()))?;
         let mut builder = SandboxBuilder::from_key(key).expires_at(expires_at);
+        if let Some(created) = claims.crt {
+            builder = builder.created_at(UNIX_EPOCH + Duration::from_micros(created));
+        }
         if let Some(actor) = &claims.act {
             builder = builder
                 .actor(actor)
@@ -309,6 +374,12 @@ fn sign(secret: &[u8], data: &[u8]) -> Vec<u8> {
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `t` in Unix microseconds: the precision a sandbox's creation is compared at (PostgreSQL's).
+pub(crate) fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -424,6 +424,15 @@ impl Ingress {
         {
             return Err(SignedError::Mismatch);
         }
+        // A token admits only the incarnation it was minted for. (Unknown, disabled and
+        // expired sandboxes are refused after, whatever the token says.)
+        if let Some(entry) = self.directory.as_ref().and_then(|d| d.get(sandbox.key()))
+            && !entry.is_incarnation_of(&sandbox)
+        {
+            return Err(SignedError::Token(TokenError::OtherIncarnation(
+                sandbox.key().to_string(),
+            )));
+        }
         Ok(sandbox)
     }
 

@@ -140,6 +140,9 @@ fn legacy_carriers_of_ours_never_go_out() {
 #[test]
 fn extreme_token_lifetimes_and_leeways_do_not_panic() {
     let keys = TokenKeys::new().with_key("k1", &[5u8; 32]).expect("key");
+    // By default a keyring neither mints nor accepts such a token.
+    assert!(keys.mint(&sandbox("h-forever"), Duration::MAX).is_err());
+    let keys = keys.max_lifetime(Duration::MAX);
     let forever = keys
         .mint(&sandbox("h-forever"), Duration::MAX)
         .expect("mint");

@@ -2,7 +2,7 @@
 //! baggage, and the audit record of each decision.
 
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prodbox_core::audit::Protocol;
 use prodbox_core::codec::BaggageError;
@@ -870,7 +870,9 @@ fn a_token_living_longer_than_the_verifiers_maximum_is_refused() {
     let now = SystemTime::now();
     // The CLI used to mint for up to 366 days; a stolen one would admit for a year.
     let year = Duration::from_secs(366 * 24 * 3600);
-    let minted = |key: &str| keys.mint_at(&sandbox(key), now, year).expect("mint");
+    // Minted by a keyring that allows it (as the old CLI did); verified with the default.
+    let lenient = keys.clone().max_lifetime(Duration::MAX);
+    let minted = |key: &str| lenient.mint_at(&sandbox(key), now, year).expect("mint");
     let reason = keys
         .verify(&minted("t-long"), now)
         .map(|s| s.key().to_string())
@@ -878,7 +880,12 @@ fn a_token_living_longer_than_the_verifiers_maximum_is_refused() {
         .reason();
     assert_eq!(reason, "token_lifetime_too_long");
     signed_failure(
-        |key| baggage(&format!("prodbox.token={},userId=7", minted(key))),
+        |key| {
+            baggage(&format!(
+                "prodbox.sandbox={key},prodbox.token={},userId=7",
+                minted(key)
+            ))
+        },
         keys.clone(),
         now,
         "t-long-strip",
@@ -906,9 +913,96 @@ fn a_token_minted_for_an_earlier_sandbox_of_the_same_key_is_refused() {
     entry.created_at = Some(now - Duration::from_secs(5));
     directory.upsert(entry);
     let edge = Ingress::new(TrustPolicy::signed(keys.clone())).directory(directory);
-    let headers = baggage(&format!("prodbox.token={old_token},userId=7"));
+    let headers = baggage(&format!(
+        "prodbox.sandbox=t-reborn,prodbox.token={old_token},userId=7"
+    ));
     let (foreign, strip) = expect_baseline(edge.admit_at(&headers, None, now));
     assert!(strip);
     assert_eq!(foreign.as_deref(), Some("userId=7"));
     assert_audited("t-reborn", "stripped", "token_other_incarnation", "http");
+}
+
+#[test]
+fn a_token_minted_for_the_current_incarnation_admits_it_and_no_later_one() {
+    audit();
+    let keys = keys();
+    let now = SystemTime::now();
+    let key = "t-incarnation";
+    // The directory keeps creation times to the microsecond (PostgreSQL's precision).
+    let created = UNIX_EPOCH
+        + Duration::from_micros(
+            u64::try_from(
+                (now - Duration::from_secs(60))
+                    .duration_since(UNIX_EPOCH)
+                    .expect("after 1970")
+                    .as_micros(),
+            )
+            .expect("fits"),
+        );
+    let directory = MemoryDirectory::new();
+    let mut entry = SandboxEntry::new(key.parse().expect("key"));
+    entry.created_at = Some(created);
+    directory.upsert(entry.clone());
+    let edge = Ingress::new(TrustPolicy::signed(keys.clone())).directory(directory.clone());
+    let bound = Sandbox::builder(key)
+        .expect("key")
+        .created_at(created)
+        .build();
+    let token = keys
+        .mint_at(&bound, now, Duration::from_secs(600))
+        .expect("mint");
+    let headers = baggage(&format!("prodbox.sandbox={key},prodbox.token={token}"));
+    let (context, _) = expect_sandboxed(edge.admit_at(&headers, None, now));
+    assert_eq!(
+        context.sandbox().and_then(Sandbox::created_at),
+        Some(created)
+    );
+
+    // Deleted and made again a microsecond later: the token no longer admits.
+    entry.created_at = Some(created + Duration::from_micros(1));
+    directory.upsert(entry);
+    let (_, strip) = expect_baseline(edge.admit_at(&headers, None, now));
+    assert!(strip);
+    let reasons: Vec<_> = AuditLog::global()
+        .matching("sandbox", key)
+        .iter()
+        .map(|r| r["reason"].clone())
+        .collect();
+    assert_eq!(reasons, ["trusted", "token_other_incarnation"]);
+
+    // Without a directory, nothing is known of incarnations: the signature decides.
+    let plain = Ingress::new(TrustPolicy::signed(keys));
+    expect_sandboxed(plain.admit_at(&headers, None, now));
+}
+
+#[test]
+fn the_maximum_lifetime_is_the_keyrings_to_set_and_minting_keeps_to_it() {
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let strict = keys().max_lifetime(hour);
+    let reason = |r: Result<String, prodbox_core::token::TokenError>| r.unwrap_err().reason();
+    assert_eq!(
+        reason(strict.mint_at(&sandbox("t-max"), now, 2 * hour)),
+        "token_lifetime_too_long"
+    );
+    let two_hours = keys()
+        .mint_at(&sandbox("t-max"), now, 2 * hour)
+        .expect("within the default");
+    assert_eq!(
+        strict.verify(&two_hours, now).unwrap_err().reason(),
+        "token_lifetime_too_long"
+    );
+    assert!(
+        strict
+            .verify(
+                &strict.mint_at(&sandbox("t-max"), now, hour).expect("mint"),
+                now
+            )
+            .is_ok()
+    );
+    // The default is a day.
+    assert_eq!(
+        reason(keys().mint_at(&sandbox("t-max"), now, 25 * hour)),
+        "token_lifetime_too_long"
+    );
 }

@@ -207,8 +207,11 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let pr9 = SandboxEntry::new("pr-9".parse()?)
         .expires_at(hour)
         .disabled(true);
+    // As created: with the creation time that tokens are bound to.
+    let mut registered = std::collections::HashMap::new();
     for entry in [&pr42, &pr7, &pr9] {
-        store.create(entry).await?;
+        let created = store.create(entry).await?;
+        registered.insert(created.key.as_str().to_owned(), created);
     }
     println!(
         "directory: pr-42 forks billing at {fork_address}; pr-7 forks nothing; pr-9 is disabled"
@@ -309,11 +312,15 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         "services: gateway {gateway_addr}, orders {orders_addr}, billing v1, billing v2 (pr-42) on {fork_listen}\n"
     );
 
-    // Tokens, as `prodbox token mint` makes them; and some that must not work.
+    // Tokens, as `prodbox token mint` makes them (for the sandbox as the directory has it, so
+    // for this incarnation only); and some that must not work.
     let keys = TokenKeys::new().with_key(KEY_ID, SECRET.as_bytes())?;
     let forger = TokenKeys::new().with_key(KEY_ID, b"not the secret but just as long....")?;
     let sandbox = |key: &str| -> Result<Sandbox, Box<dyn std::error::Error>> {
-        Ok(Sandbox::builder(key)?.actor("alice")?.build())
+        Ok(registered
+            .get(key)
+            .ok_or_else(|| format!("{key} is not registered"))?
+            .sandbox())
     };
     let ttl = Duration::from_secs(600);
     let token = |k: &TokenKeys, key: &str| -> Result<String, Box<dyn std::error::Error>> {

@@ -194,6 +194,33 @@ impl SandboxEntry {
         self.expires_at.is_some_and(|at| at <= now)
     }
 
+    /// This entry as a sandbox: key, actor, origin, expiry and creation (a label that does not
+    /// validate is left out). Tokens minted for it admit only this incarnation.
+    pub fn sandbox(&self) -> Sandbox {
+        let mut builder = SandboxBuilder::from_key(self.key.clone());
+        // Entries come from the operator; a label that does not validate is left out.
+        if let Some(actor) = self.actor.as_deref() {
+            builder = builder.clone().actor(actor).unwrap_or(builder);
+        }
+        if let Some(origin) = self.origin.as_deref() {
+            builder = builder.clone().origin(origin).unwrap_or(builder);
+        }
+        if let Some(at) = self.expires_at {
+            builder = builder.expires_at(at);
+        }
+        if let Some(at) = self.created_at {
+            builder = builder.created_at(at);
+        }
+        builder.build()
+    }
+
+    /// Whether `sandbox` (from a token) names this entry's incarnation: the same creation time,
+    /// to the microsecond, or none on either side. A sandbox deleted and made again under the
+    /// same key is a new incarnation, which tokens minted for the old one must not admit.
+    pub fn is_incarnation_of(&self, sandbox: &Sandbox) -> bool {
+        self.created_at.map(crate::token::micros) == sandbox.created_at().map(crate::token::micros)
+    }
+
     /// `sandbox` completed from this entry: actor and origin filled in where the message had
     /// none, and the earlier of both expiries.
     pub fn complete(&self, sandbox: &Sandbox) -> Sandbox {
@@ -211,6 +238,9 @@ impl SandboxEntry {
             }
             if let Some(at) = sandbox.expires_at() {
                 builder = builder.expires_at(at);
+            }
+            if let Some(at) = sandbox.created_at() {
+                builder = builder.created_at(at);
             }
             out = builder.build();
         }
