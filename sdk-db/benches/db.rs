@@ -155,6 +155,37 @@ fn queries(c: &mut Criterion) {
     });
     group.finish();
 
+    // Issue #16's target: plain and sandboxed, alternated three times in one run (each name's
+    // median is one "run"), so that drift on a noisy machine hits both alike.
+    let mut group = c.benchmark_group("alternated_select_by_id");
+    for round in 1..=3 {
+        group.bench_function(format!("plain_pool/{round}"), |b| {
+            b.to_async(&rt).iter(|| async {
+                sqlx::query_scalar::<_, String>("SELECT name FROM items WHERE id = $1")
+                    .bind(black_box(500_i64))
+                    .fetch_one(&plain)
+                    .await
+                    .unwrap()
+            })
+        });
+        group.bench_function(format!("sandbox_pool/{round}"), |b| {
+            b.to_async(&rt).iter(|| {
+                let pool = pool.clone();
+                prodbox_core::FutureExt::in_context(
+                    async move {
+                        sqlx::query_scalar::<_, String>("SELECT name FROM items WHERE id = $1")
+                            .bind(black_box(500_i64))
+                            .fetch_one(&pool)
+                            .await
+                            .unwrap()
+                    },
+                    cx.clone(),
+                )
+            })
+        });
+    }
+    group.finish();
+
     let mut group = c.benchmark_group("provision_20_tables");
     group.sample_size(10);
     let provisioning = rt.block_on(async {

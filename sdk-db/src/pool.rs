@@ -114,7 +114,7 @@ impl SandboxPoolBuilder {
                 idle_timeout: self.idle_timeout,
                 acquire_timeout: self.acquire_timeout,
                 touch_every: (self.default_ttl / 4).min(Duration::from_secs(60)),
-                active: Mutex::new(HashMap::new()),
+                active: Mutex::new(HashMap::default()),
             }),
         }
     }
@@ -138,7 +138,9 @@ struct Inner {
     idle_timeout: Duration,
     acquire_timeout: Duration,
     touch_every: Duration,
-    active: Mutex<HashMap<SandboxKey, Arc<Slot>>>,
+    /// Looked up on every sandboxed call; keys come from admitted sandboxes, so foldhash's
+    /// speed is worth more than SipHash's flood resistance (the map is bounded anyway).
+    active: Mutex<HashMap<SandboxKey, Arc<Slot>, foldhash::fast::RandomState>>,
 }
 
 /// A sandbox's pool, created once (provisioning included) by whichever call needs it first.
@@ -210,7 +212,7 @@ impl SandboxPool {
         let (call, this) = (Call::now(), self.clone());
         async move {
             let sandbox = call.start()?;
-            let pool = this.pool_of(sandbox.clone()).await?;
+            let pool = this.pool_of(sandbox.as_ref()).await?;
             let tx = pool
                 .begin()
                 .await
@@ -227,7 +229,7 @@ impl SandboxPool {
         let (call, this) = (Call::now(), self.clone());
         async move {
             let sandbox = call.start()?;
-            let pool = this.pool_of(sandbox.clone()).await?;
+            let pool = this.pool_of(sandbox.as_ref()).await?;
             let conn = pool
                 .acquire()
                 .await
@@ -240,10 +242,8 @@ impl SandboxPool {
     /// whatever uses it runs in that sandbox's schema as its role (never in production), in any
     /// context. For tools and tests; applications use the `SandboxPool` itself.
     pub async fn pool_for(&self, sandbox: &Sandbox) -> Result<PgPool, sqlx::Error> {
-        if sandbox.is_expired_at(SystemTime::now()) {
-            let error = SandboxDbError::Expired(sandbox.key().clone());
-            error.audit(Some(sandbox), Decision::Rejected);
-            return Err(error.into());
+        if let Some(pool) = self.open_pool(sandbox)? {
+            return Ok(pool);
         }
         let slot = self.slot(sandbox).await?;
         let result = match slot.pool.get() {
@@ -273,6 +273,29 @@ impl SandboxPool {
                 Err(error.into())
             }
         }
+    }
+
+    /// The pool of `sandbox` when it is open and nothing else is due (no provisioning, no use
+    /// to record): every call but a sandbox's first, without a future of its own. An expired
+    /// sandbox is refused here.
+    fn open_pool(&self, sandbox: &Sandbox) -> Result<Option<PgPool>, sqlx::Error> {
+        if sandbox.is_expired_at(SystemTime::now()) {
+            let error = SandboxDbError::Expired(sandbox.key().clone());
+            error.audit(Some(sandbox), Decision::Rejected);
+            return Err(error.into());
+        }
+        let Some(slot) = lock(&self.inner.active).get(sandbox.key()).cloned() else {
+            return Ok(None);
+        };
+        let Some(pool) = slot.pool.get() else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        if now.duration_since(*lock(&slot.recorded_use)) >= self.inner.touch_every {
+            return Ok(None);
+        }
+        *lock(&slot.last_used) = now;
+        Ok(Some(pool.clone()))
     }
 
     /// Fills `slot` (provisioning the sandbox) in a task of its own: a caller that gives up
@@ -509,7 +532,7 @@ impl<'p> Executor<'p> for &SandboxPool {
         let (call, this) = (Call::now(), self.clone());
         stream::once(async move {
             let sandbox = call.start()?;
-            let pool = this.pool_of(sandbox.clone()).await?;
+            let pool = this.pool_of(sandbox.as_ref()).await?;
             Ok::<_, sqlx::Error>(
                 (&pool)
                     .fetch_many(query)
@@ -531,7 +554,7 @@ impl<'p> Executor<'p> for &SandboxPool {
         let (call, this) = (Call::now(), self.clone());
         async move {
             let sandbox = call.start()?;
-            let pool = this.pool_of(sandbox.clone()).await?;
+            let pool = this.pool_of(sandbox.as_ref()).await?;
             (&pool)
                 .fetch_optional(query)
                 .await
@@ -551,7 +574,7 @@ impl<'p> Executor<'p> for &SandboxPool {
         let (call, this) = (Call::now(), self.clone());
         async move {
             let sandbox = call.start()?;
-            let pool = this.pool_of(sandbox.clone()).await?;
+            let pool = this.pool_of(sandbox.as_ref()).await?;
             (&pool)
                 .prepare_with(sql, parameters)
                 .await
@@ -570,7 +593,7 @@ impl<'p> Executor<'p> for &SandboxPool {
         let (call, this) = (Call::now(), self.clone());
         async move {
             let sandbox = call.start()?;
-            let pool = this.pool_of(sandbox.clone()).await?;
+            let pool = this.pool_of(sandbox.as_ref()).await?;
             (&pool)
                 .describe(sql)
                 .await
@@ -581,16 +604,18 @@ impl<'p> Executor<'p> for &SandboxPool {
 }
 
 impl SandboxPool {
-    /// The pool for `sandbox` (`None`: production), as a boxed future owning what it needs:
-    /// the executor's streams must be `Send` for every lifetime, which borrowed captures cannot
-    /// promise.
-    fn pool_of(&self, sandbox: Option<Sandbox>) -> BoxFuture<'static, Result<PgPool, sqlx::Error>> {
-        let this = self.clone();
-        Box::pin(async move {
-            match &sandbox {
-                Some(sandbox) => this.pool_for(sandbox).await,
-                None => Ok(this.inner.pool.clone()),
-            }
-        })
+    /// The pool for `sandbox` (`None`: production). Open pools are returned at once; opening
+    /// one is a boxed future owning what it needs, as the executor's streams must be `Send` for
+    /// every lifetime, which borrowed captures cannot promise.
+    async fn pool_of(&self, sandbox: Option<&Sandbox>) -> Result<PgPool, sqlx::Error> {
+        let Some(sandbox) = sandbox else {
+            return Ok(self.inner.pool.clone());
+        };
+        if let Some(pool) = self.open_pool(sandbox)? {
+            return Ok(pool);
+        }
+        let (this, sandbox) = (self.clone(), sandbox.clone());
+        let opening: BoxFuture<'static, _> = Box::pin(async move { this.pool_for(&sandbox).await });
+        opening.await
     }
 }
