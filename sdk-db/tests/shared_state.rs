@@ -59,3 +59,40 @@ async fn migrations_and_seed_sql_cannot_leave_the_sandbox_role() {
     assert_eq!(orders_in(db.pool(), "public").await, before);
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_holding_prodbox_advisory_locks_does_not_stall_provisioning() {
+    let db = production().await;
+    let pool = SandboxPool::builder(db.pool().clone())
+        .migrations(migrator("orders").await)
+        .connections_per_sandbox(1)
+        .build();
+    let (holder, next) = (unique_key("lockh"), unique_key("lockn"));
+    // The holder takes every lock prodbox's provisioning and directory used, for the rest of
+    // its session (its pooled connection stays open).
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_advisory_lock({PRODBOX_LOCK_CLASS}, 0);
+         SELECT pg_advisory_lock({PRODBOX_LOCK_CLASS}, hashtext('{next}'));"
+    )))
+    .execute(&pool)
+    .in_sandbox(sandbox(&holder))
+    .await
+    .expect("a sandbox may take advisory locks");
+
+    // Another sandbox is provisioned all the same (another process, so nothing is cached).
+    let other = SandboxPool::builder(db.pool().clone())
+        .migrations(migrator("orders").await)
+        .build();
+    let provisioned = tokio::time::timeout(
+        Duration::from_secs(60),
+        sqlx::query("INSERT INTO orders (item) VALUES ('next')")
+            .execute(&other)
+            .in_sandbox(sandbox(&next)),
+    )
+    .await;
+    let _ = pool.drop_sandbox(&common::parse_key(&holder)).await;
+    let _ = other.drop_sandbox(&common::parse_key(&next)).await;
+    db.cleanup().await;
+    let provisioned = provisioned.expect("provisioning stalled behind a sandbox's advisory lock");
+    provisioned.expect("provisioning failed");
+}
