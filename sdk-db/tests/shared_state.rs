@@ -96,3 +96,25 @@ async fn a_sandbox_holding_prodbox_advisory_locks_does_not_stall_provisioning() 
     let provisioned = provisioned.expect("provisioning stalled behind a sandbox's advisory lock");
     provisioned.expect("provisioning failed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_role_has_a_connection_limit() {
+    let db = production().await;
+    let pool = SandboxPool::builder(db.pool().clone())
+        .migrations(migrator("orders").await)
+        .build();
+    let key = unique_key("conn");
+    sqlx::query("SELECT 1")
+        .execute(&pool)
+        .in_sandbox(sandbox(&key))
+        .await
+        .unwrap();
+    let limit: i32 = sqlx::query_scalar("SELECT rolconnlimit FROM pg_roles WHERE rolname = $1")
+        .bind(role_of(&key))
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    pool.drop_sandbox(&common::parse_key(&key)).await.unwrap();
+    db.cleanup().await;
+    assert!((1..=64).contains(&limit), "connection limit {limit}");
+}
