@@ -118,3 +118,104 @@ async fn a_sandbox_role_has_a_connection_limit() {
     db.cleanup().await;
     assert!((1..=64).contains(&limit), "connection limit {limit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_directory_notifications_costs_a_bounded_number_of_reads() {
+    use prodbox_core::Directory;
+    use prodbox_core::directory::SandboxEntry;
+    use prodbox_db::directory::{DirectoryStore, PgDirectory};
+
+    let db = production().await;
+    let directory = PgDirectory::builder(db.pool()).start();
+    directory.synced(Duration::from_secs(10)).await.unwrap();
+    let pool = SandboxPool::builder(db.pool().clone())
+        .migrations(migrator("orders").await)
+        .build();
+    let key = unique_key("flood");
+    let started = std::time::Instant::now();
+    let reads_before = directory.reads();
+
+    // 100,000 notifications on the directory's channel, sent by a sandboxed request: distinct
+    // keys in one statement (Postgres folds identical ones in a transaction), and `*` (reread
+    // everything) in transactions of their own.
+    sqlx::query(
+        "SELECT pg_notify('prodbox_directory', 'flood-' || g) FROM generate_series(1, 99990) g",
+    )
+    .execute(&pool)
+    .in_sandbox(sandbox(&key))
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        sqlx::query("SELECT pg_notify('prodbox_directory', '*')")
+            .execute(&pool)
+            .in_sandbox(sandbox(&key))
+            .await
+            .unwrap();
+    }
+    // A real change after the flood still arrives (so the flood has been read through).
+    let store = DirectoryStore::new(db.pool().clone());
+    let real: prodbox_core::SandboxKey = unique_key("real").parse().unwrap();
+    store
+        .create(&SandboxEntry::new(real.clone()))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while directory.get(&real).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the real change never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reads = directory.reads() - reads_before;
+    let seconds = started.elapsed().as_secs() + 1;
+    pool.drop_sandbox(&common::parse_key(&key)).await.unwrap();
+    drop(directory);
+    db.cleanup().await;
+    assert!(
+        reads <= 10 * seconds + 2,
+        "{reads} directory reads in {seconds} s for 100,000 notifications"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_cannot_set_away_its_statement_bound() {
+    let db = production().await;
+    let pool = SandboxPool::builder(db.pool().clone())
+        .migrations(migrator("orders").await)
+        .statement_bound(Duration::from_secs(1))
+        .build();
+    let key = unique_key("bound");
+
+    // A statement that would run for ten minutes, with the role's timeout set away.
+    let slept = tokio::time::timeout(
+        Duration::from_secs(60),
+        sqlx::raw_sql("SET statement_timeout = 0; SELECT pg_sleep(600)")
+            .execute(&pool)
+            .in_sandbox(sandbox(&key)),
+    )
+    .await
+    .expect("the sandbox's statement ran past its bound");
+    assert!(slept.is_err(), "{slept:?}");
+
+    // A session-level advisory lock left behind by a sandboxed request: production's next
+    // take of the same lock gets it once the bound has passed.
+    sqlx::query("SELECT pg_advisory_lock(42)")
+        .execute(&pool)
+        .in_sandbox(sandbox(&key))
+        .await
+        .unwrap();
+    let taken = tokio::time::timeout(
+        Duration::from_secs(60),
+        sqlx::query("SELECT pg_advisory_lock(42)").execute(db.pool()),
+    )
+    .await
+    .expect("production waited on a sandbox's advisory lock past the bound");
+    taken.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    pool.drop_sandbox(&common::parse_key(&key)).await.unwrap();
+    db.cleanup().await;
+}
