@@ -917,7 +917,7 @@ async fn db_list_gc_and_drop_manage_sandbox_schemas() {
     for record in listed {
         let k = key(record["key"].as_str().unwrap());
         assert_eq!(record["schema"], schema_name(&k));
-        assert_eq!(record["role"], role_name(&k));
+        assert_eq!(record["role"], role_name(db.name(), &k));
         let expires = rfc3339(&record["expires_at"]);
         if k.as_str() == schema_expired {
             assert!(expires < SystemTime::now(), "{record}");
@@ -968,7 +968,7 @@ async fn db_list_gc_and_drop_manage_sandbox_schemas() {
             !schema_exists(db.pool(), &schema_name(&key(k))).await,
             "{k}"
         );
-        assert!(!role_exists(&role_name(&key(k))).await, "{k}");
+        assert!(!role_exists(&role_name(db.name(), &key(k))).await, "{k}");
     }
     for k in [&live, &orphan] {
         assert!(schema_exists(db.pool(), &schema_name(&key(k))).await, "{k}");
@@ -999,7 +999,7 @@ async fn db_list_gc_and_drop_manage_sandbox_schemas() {
         )
     );
     assert!(!schema_exists(db.pool(), &schema_name(&key(&live))).await);
-    assert!(!role_exists(&role_name(&key(&live))).await);
+    assert!(!role_exists(&role_name(db.name(), &key(&live))).await);
     assert!(store.get(&key(&live)).await.unwrap().is_some());
     prodbox(&db, &["db", "drop", &live])
         .await
@@ -1039,7 +1039,7 @@ async fn sandbox_delete_drops_the_schema_unless_told_to_keep_it() {
     );
     assert!(store.get(&key(&gone)).await.unwrap().is_none());
     assert!(!schema_exists(db.pool(), &schema_name(&key(&gone))).await);
-    assert!(!role_exists(&role_name(&key(&gone))).await);
+    assert!(!role_exists(&role_name(db.name(), &key(&gone))).await);
 
     let out = prodbox(&db, &["sandbox", "delete", &kept, "--keep-schema"])
         .await
@@ -1093,8 +1093,6 @@ async fn directory_and_schema_commands_at_once_on_a_fresh_database() {
 
 // Known bug, kept as a failing test: run it with `cargo test -p prodbox-cli -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: dropping a sandbox also provisioned in another database of the cluster fails \
-            half-way (its role is cluster-wide) and leaves the catalogue row behind"]
 async fn db_drop_of_a_sandbox_also_provisioned_in_another_database() {
     require_postgres().await;
     let (a, b) = (
@@ -1104,14 +1102,25 @@ async fn db_drop_of_a_sandbox_also_provisioned_in_another_database() {
     let k = unique_key("cli");
     // Two services, each with a database of its own on the same cluster, both used in one
     // sandbox.
-    for db in [&a, &b] {
-        provision(
-            &SandboxPool::builder(db.pool().clone())
+    let pools: Vec<SandboxPool> = [&a, &b]
+        .iter()
+        .map(|db| {
+            SandboxPool::builder(db.pool().clone())
                 .default_ttl(HOUR)
-                .build(),
-            &k,
-        )
-        .await;
+                .build()
+        })
+        .collect();
+    for pool in &pools {
+        provision(pool, &k).await;
+    }
+    // Each database's sandbox has a role of its own: provisioning the second did not change
+    // the first's password, and both log in.
+    assert_ne!(role_name(a.name(), &key(&k)), role_name(b.name(), &key(&k)));
+    for pool in &pools {
+        sqlx::query("SELECT 1")
+            .execute(&pool.pool_for(&Sandbox::new(key(&k))).await.unwrap())
+            .await
+            .expect("the sandbox's role logs in");
     }
     let out = prodbox(&a, &["db", "drop", &k]).await;
     let still_listed = SandboxPool::new(a.pool().clone())
@@ -1121,6 +1130,10 @@ async fn db_drop_of_a_sandbox_also_provisioned_in_another_database() {
         .iter()
         .any(|r| r.key.as_str() == k);
     let b_schema = schema_exists(b.pool(), &schema_name(&key(&k))).await;
+    let b_works = sqlx::query("SELECT 1")
+        .execute(&pools[1].pool_for(&Sandbox::new(key(&k))).await.unwrap())
+        .await;
+    drop(pools);
     a.cleanup().await;
     b.cleanup().await;
     assert_eq!(out.code, Some(0), "{out:#?}");
@@ -1129,4 +1142,8 @@ async fn db_drop_of_a_sandbox_also_provisioned_in_another_database() {
         "{k} is still in the catalogue of the first database"
     );
     assert!(b_schema, "the other database's schema of {k} is gone");
+    assert!(
+        b_works.is_ok(),
+        "the other database's sandbox broke: {b_works:?}"
+    );
 }

@@ -65,7 +65,10 @@ fn queries(c: &mut Criterion) {
         pool.pool_for(&sandbox).await.unwrap();
         (db, plain, pool, sandbox)
     });
-    let (role, schema) = (role_name(sandbox.key()), schema_name(sandbox.key()));
+    let (role, schema) = (
+        role_name(db.name(), sandbox.key()),
+        schema_name(sandbox.key()),
+    );
     let set_local = format!("SET LOCAL ROLE \"{role}\"; SET LOCAL search_path TO \"{schema}\"");
 
     let mut group = c.benchmark_group("insert_one_row");

@@ -62,23 +62,29 @@ use std::time::{Duration, Instant, SystemTime};
 use prodbox_core::directory::{Directory, MemoryDirectory, SandboxEntry};
 use prodbox_core::{Sandbox, SandboxKey};
 
-use crate::provision::{LOCK_CLASS, secs, time};
+use crate::provision::{ensure_ddl, secs, time};
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Executor, Row};
 use tokio::task::JoinHandle;
 
 /// The channel every change to the table is announced on; the payload is the sandbox key, or
 /// `*` for "read everything again" (after a `TRUNCATE`).
 pub const CHANNEL: &str = "prodbox_directory";
 
-/// The advisory lock schema provisioning takes around its catalogue DDL (key 0 of prodbox's
-/// class): both create the `prodbox` schema, and `CREATE SCHEMA IF NOT EXISTS` is not safe
-/// against a concurrent twin.
-const DDL_LOCK: i32 = 0;
+/// How long creating the table waits for another process doing the same.
+const DDL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the table, its triggers and every column are in place.
+const DDL_READY: &str = "
+SELECT EXISTS (SELECT 1 FROM pg_trigger
+               WHERE tgname = 'sandboxes_notify' AND tgrelid = to_regclass('prodbox.sandboxes'))
+   AND EXISTS (SELECT 1 FROM pg_trigger
+               WHERE tgname = 'sandboxes_truncate' AND tgrelid = to_regclass('prodbox.sandboxes'))
+   AND EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = 'prodbox' AND table_name = 'sandboxes'
+                 AND column_name = 'shadows')";
 
 const DDL: &str = r#"
-CREATE SCHEMA IF NOT EXISTS prodbox;
-REVOKE ALL ON SCHEMA prodbox FROM PUBLIC;
 CREATE TABLE IF NOT EXISTS prodbox.sandboxes (
     key text PRIMARY KEY CHECK (key ~ '^[a-z0-9][a-z0-9-]{0,62}$'),
     actor text,
@@ -145,31 +151,8 @@ pub enum StoreError {
 /// Creates the directory table, its notify trigger and the `prodbox` schema if missing.
 /// Idempotent and safe when several processes race.
 pub async fn ensure_table(pool: &PgPool) -> Result<(), sqlx::Error> {
-    // The DDL takes locks that block writers for a moment: skip it when all is in place.
-    let ready: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_trigger
-                        WHERE tgname = 'sandboxes_notify'
-                          AND tgrelid = to_regclass('prodbox.sandboxes'))
-            AND EXISTS (SELECT 1 FROM pg_trigger
-                        WHERE tgname = 'sandboxes_truncate'
-                          AND tgrelid = to_regclass('prodbox.sandboxes'))
-            AND EXISTS (SELECT 1 FROM information_schema.columns
-                        WHERE table_schema = 'prodbox' AND table_name = 'sandboxes'
-                          AND column_name = 'shadows')",
-    )
-    .fetch_one(pool)
-    .await?;
-    if ready {
-        return Ok(());
-    }
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-        .bind(LOCK_CLASS)
-        .bind(DDL_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    tx.execute(DDL).await?;
-    tx.commit().await
+    let mut conn = pool.acquire().await?;
+    ensure_ddl(&mut conn, DDL_READY, DDL, DDL_TIMEOUT).await
 }
 
 /// Checks what the table's constraints do not: labels that can travel in baggage and fork
@@ -492,6 +475,7 @@ impl PgDirectoryBuilder {
             heard_ms: AtomicU64::new(0),
             heard_ever: AtomicBool::new(false),
             staleness_bound: self.staleness_bound,
+            reads: AtomicU64::new(0),
             task: Mutex::new(None),
         });
         let task = tokio::spawn(watch(Arc::downgrade(&shared), self));
@@ -511,6 +495,8 @@ struct Shared {
     heard_ms: AtomicU64,
     heard_ever: AtomicBool,
     staleness_bound: Duration,
+    /// Reads of the table (whole, or rows) since the start.
+    reads: AtomicU64,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -592,6 +578,13 @@ impl PgDirectory {
         tokio::time::timeout(timeout, wait)
             .await
             .map_err(|_| StoreError::NotSynced(timeout))
+    }
+
+    /// How many times this directory has read the table (whole, or some rows) since it started:
+    /// what notifications cost. Whatever arrives on the channel (any session may `NOTIFY` it),
+    /// at most [`MAX_READS_PER_SECOND`] reads a second follow.
+    pub fn reads(&self) -> u64 {
+        self.shared.reads.load(Ordering::Relaxed)
     }
 
     /// How long since the database was last heard from (`None` before the first contact).
@@ -683,6 +676,9 @@ async fn io<T>(what: &str, call: impl Future<Output = Result<T, sqlx::Error>>) -
 
 /// Reads the whole table into the snapshot.
 async fn full_sync(shared: &Weak<Shared>, pool: &PgPool) -> Result<(), Ended> {
+    if let Some(shared) = shared.upgrade() {
+        shared.reads.fetch_add(1, Ordering::Relaxed);
+    }
     let rows = io(
         "reading the directory",
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -740,58 +736,124 @@ async fn session_on(
     ));
     let _beats = AbortOnDrop(beats);
     let dead_after = config.heartbeat.saturating_mul(3);
+    // Notifications are gathered, and read from the table together at most every
+    // `READ_INTERVAL`: any session may NOTIFY the channel, and a flood of them must not turn
+    // into a flood of reads.
+    let mut pending = Pending::default();
+    let mut next_read = Instant::now();
     loop {
-        let notification = match tokio::time::timeout(dead_after, listener.try_recv()).await {
+        let wait = if pending.is_empty() {
+            dead_after
+        } else {
+            next_read.saturating_duration_since(Instant::now())
+        };
+        match tokio::time::timeout(wait, listener.try_recv()).await {
             // Silent for three heartbeats: the connection is as good as dead. Dropping the
             // listener mid-read is fine, it is never used again.
-            Err(_) => return Err(Ended::Lost(format!("no heartbeat for {dead_after:?}"))),
+            Err(_) if pending.is_empty() => {
+                return Err(Ended::Lost(format!("no heartbeat for {dead_after:?}")));
+            }
+            // Time to read what was gathered.
+            Err(_) => {}
             Ok(Err(e)) => return Err(Ended::Lost(e.to_string())),
             Ok(Ok(None)) => return Err(Ended::Lost("listening connection closed".to_owned())),
-            Ok(Ok(Some(notification))) => notification,
-        };
-        {
-            let shared = shared.upgrade().ok_or(Ended::Dropped)?;
-            shared.heard();
+            Ok(Ok(Some(notification))) => {
+                shared.upgrade().ok_or(Ended::Dropped)?.heard();
+                pending.add(&notification);
+                while let Some(notification) = listener.next_buffered() {
+                    pending.add(&notification);
+                }
+                // A backstop against changes no notification announced (triggers disabled by
+                // hand, replication with `session_replication_role = replica`).
+                if last_full_sync.elapsed() >= FULL_SYNC_EVERY {
+                    pending.all = true;
+                }
+                if pending.is_empty() || Instant::now() < next_read {
+                    continue;
+                }
+            }
         }
-        // A backstop against changes no notification announced (triggers disabled by hand,
-        // replication with `session_replication_role = replica`).
-        if last_full_sync.elapsed() >= FULL_SYNC_EVERY {
+        let gathered = std::mem::take(&mut pending);
+        next_read = Instant::now() + READ_INTERVAL;
+        if gathered.all || gathered.keys.len() > MAX_KEYS_PER_READ {
             full_sync(shared, pool).await?;
             last_full_sync = Instant::now();
-        }
-        if notification.channel() != CHANNEL {
             continue;
         }
-        if notification.payload() == "*" {
-            full_sync(shared, pool).await?;
-            last_full_sync = Instant::now();
-            continue;
+        let keys: Vec<&str> = gathered.keys.iter().map(SandboxKey::as_str).collect();
+        if let Some(shared) = shared.upgrade() {
+            shared.reads.fetch_add(1, Ordering::Relaxed);
         }
-        let Ok(key) = notification.payload().parse::<SandboxKey>() else {
-            tracing::warn!(target: "prodbox::directory", payload = notification.payload(), "ignoring a notification that names no valid sandbox");
-            continue;
-        };
-        let row = io(
-            "reading a directory entry",
+        let rows = io(
+            "reading directory entries",
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM prodbox.sandboxes WHERE key = $1"
+                "SELECT {COLUMNS} FROM prodbox.sandboxes WHERE key = ANY($1)"
             )))
-            .bind(key.as_str())
-            .fetch_optional(pool),
+            .bind(&keys)
+            .fetch_all(pool),
         )
         .await?;
         let shared = shared.upgrade().ok_or(Ended::Dropped)?;
-        match row.map(|row| entry_of(&row)) {
-            Some(Ok(entry)) => shared.entries.upsert(entry),
-            Some(Err(error)) => {
-                tracing::warn!(target: "prodbox::directory", %error, "ignoring a directory row without a valid key");
-                shared.entries.remove(&key);
-            }
-            None => {
-                shared.entries.remove(&key);
+        let mut found = std::collections::BTreeSet::new();
+        for row in &rows {
+            match entry_of(row) {
+                Ok(entry) => {
+                    found.insert(entry.key.clone());
+                    shared.entries.upsert(entry);
+                }
+                Err(error) => {
+                    tracing::warn!(target: "prodbox::directory", %error, "ignoring a directory row without a valid key");
+                }
             }
         }
-        tracing::debug!(target: "prodbox::directory", sandbox = %key, "directory entry reloaded");
+        for key in gathered.keys.difference(&found) {
+            shared.entries.remove(key);
+        }
+        tracing::debug!(target: "prodbox::directory", entries = gathered.keys.len(), "directory entries reloaded");
+    }
+}
+
+/// At most this many reads of the table a second follow notifications.
+pub const MAX_READS_PER_SECOND: u64 = 10;
+const READ_INTERVAL: Duration = Duration::from_millis(1000 / MAX_READS_PER_SECOND);
+/// More keys than this gathered at once are read as the whole table.
+const MAX_KEYS_PER_READ: usize = 256;
+
+/// Notifications gathered since the last read: keys to read again, or everything.
+#[derive(Default)]
+struct Pending {
+    all: bool,
+    keys: std::collections::BTreeSet<SandboxKey>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        !self.all && self.keys.is_empty()
+    }
+
+    fn add(&mut self, notification: &sqlx::postgres::PgNotification) {
+        if notification.channel() != CHANNEL || self.all {
+            return;
+        }
+        if notification.payload() == "*" {
+            self.all = true;
+            self.keys.clear();
+            return;
+        }
+        match notification.payload().parse::<SandboxKey>() {
+            // Past the bound, the whole table is read anyway: stop collecting.
+            Ok(key) if self.keys.len() > MAX_KEYS_PER_READ => {
+                drop(key);
+                self.all = true;
+                self.keys.clear();
+            }
+            Ok(key) => {
+                self.keys.insert(key);
+            }
+            Err(_) => {
+                tracing::debug!(target: "prodbox::directory", payload = notification.payload(), "ignoring a notification that names no valid sandbox");
+            }
+        }
     }
 }
 

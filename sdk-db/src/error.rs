@@ -15,16 +15,20 @@ pub enum SandboxDbError {
         #[source]
         source: sqlx::Error,
     },
-    /// Provisioning found production tables the sandbox role could write (granted to
-    /// `PUBLIC`, say): the sandbox is refused rather than run with that exposure.
+    /// The sandbox's role could reach production: a table, column or sequence it may read or
+    /// write, a schema or the database it may create objects in, a `SECURITY DEFINER` function
+    /// it may run, large objects or a foreign server (granted to `PUBLIC`, usually). Checked when
+    /// the sandbox is provisioned, whenever a process opens its pool, and with every use it
+    /// records: the sandbox is refused rather than run with that exposure.
     #[error(
-        "prodbox: sandbox {sandbox} could write production tables {tables:?}; revoke those grants"
+        "prodbox: sandbox {sandbox} is refused: its role could reach production through {}",
+        findings.join("; ")
     )]
-    ProductionWritable {
+    ProductionExposed {
         /// The sandbox.
         sandbox: SandboxKey,
-        /// Some of the tables.
-        tables: Vec<String>,
+        /// What it could reach (at most 20), each with the statement that closes it.
+        findings: Vec<String>,
     },
     /// The sandbox touched a table outside its own schema (a production table, say); Postgres
     /// refused, as the sandbox role has no privileges there.
@@ -100,7 +104,7 @@ impl SandboxDbError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Provisioning { .. } => "db_provisioning_failed",
-            Self::ProductionWritable { .. } => "db_production_writable",
+            Self::ProductionExposed { .. } => "db_production_exposed",
             Self::ProductionAccessRefused { .. } => "db_production_access_refused",
             Self::Capacity { .. } => "db_capacity",
             Self::Expired(_) => "sandbox_expired",
@@ -113,7 +117,7 @@ impl SandboxDbError {
     fn key(&self) -> Option<&SandboxKey> {
         match self {
             Self::Provisioning { sandbox, .. }
-            | Self::ProductionWritable { sandbox, .. }
+            | Self::ProductionExposed { sandbox, .. }
             | Self::ProductionAccessRefused { sandbox, .. }
             | Self::Capacity { sandbox, .. }
             | Self::Expired(sandbox) => Some(sandbox),

@@ -23,10 +23,12 @@ pub mod connection;
 mod context;
 pub mod directory;
 mod error;
+mod exposure;
 pub mod names;
 mod pool;
 mod production;
 mod provision;
+mod watchdog;
 
 pub use connection::{PoolConnection, Transaction};
 pub use error::SandboxDbError;

@@ -15,9 +15,14 @@ pub fn schema_name(key: &SandboxKey) -> String {
     derive("sbx_", key)
 }
 
-/// The restricted role sandbox `key`'s sessions run under.
-pub fn role_name(key: &SandboxKey) -> String {
-    derive("sbxr_", key)
+/// The restricted role sandbox `key`'s sessions run under in `database`. Roles are shared by
+/// every database of a cluster, schemas are not: the name carries 48 bits of a hash of the
+/// database's name, so that the same sandbox in two databases has two roles, each with its own
+/// password and privileges, dropped on its own.
+pub fn role_name(database: &str, key: &SandboxKey) -> String {
+    let digest = Sha256::digest(database.as_bytes());
+    let tag: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    derive(&format!("sbxr_{tag}_"), key)
 }
 
 fn derive(prefix: &str, key: &SandboxKey) -> String {
@@ -47,20 +52,27 @@ mod tests {
     fn names_fit_postgres_and_stay_distinct() {
         let short: SandboxKey = "pr-42".parse().unwrap();
         assert_eq!(schema_name(&short), "sbx_pr_42");
-        assert_eq!(role_name(&short), "sbxr_pr_42");
+        let role = role_name("shop", &short);
+        assert!(
+            role.starts_with("sbxr_") && role.ends_with("_pr_42"),
+            "{role}"
+        );
+        assert_eq!(role.len(), "sbxr_".len() + 12 + "_pr_42".len());
+        // Another database, another role.
+        assert_ne!(role_name("shop", &short), role_name("shop2", &short));
 
         let a: SandboxKey = format!("{}a", "x".repeat(62)).parse().unwrap();
         let b: SandboxKey = format!("{}b", "x".repeat(62)).parse().unwrap();
         for name in [
             schema_name(&a),
             schema_name(&b),
-            role_name(&a),
-            role_name(&b),
+            role_name("shop", &a),
+            role_name("shop", &b),
         ] {
             assert!(name.len() <= MAX_IDENTIFIER, "{name}");
         }
         assert_ne!(schema_name(&a), schema_name(&b));
-        assert_ne!(role_name(&a), role_name(&b));
+        assert_ne!(role_name("shop", &a), role_name("shop", &b));
         assert_eq!(quote("sbx_a"), "\"sbx_a\"");
         assert_eq!(quote("a\"b"), "\"a\"\"b\"");
     }

@@ -20,6 +20,7 @@ use crate::context::Call;
 use crate::error::SandboxDbError;
 use crate::production::ProductionPool;
 use crate::provision::{Provisioner, SchemaRecord};
+use crate::watchdog::Watchdog;
 
 /// A pool of a sandbox that has been idle this long may give its slot to another sandbox.
 const EVICTABLE_AFTER: Duration = Duration::from_millis(20);
@@ -37,6 +38,8 @@ pub struct SandboxPoolBuilder {
     idle_timeout: Duration,
     acquire_timeout: Duration,
     default_ttl: Duration,
+    role_connection_limit: u32,
+    statement_bound: Duration,
 }
 
 impl fmt::Debug for SandboxPoolBuilder {
@@ -96,6 +99,24 @@ impl SandboxPoolBuilder {
         self
     }
 
+    /// `CONNECTION LIMIT` of each sandbox's role (default 16): the connections all processes
+    /// together may hold for one sandbox. Each process holds at most
+    /// `connections_per_sandbox`.
+    pub fn role_connection_limit(mut self, connections: u32) -> Self {
+        self.role_connection_limit = connections.max(1);
+        self
+    }
+
+    /// How long a sandbox's statement may run, or its transaction stay open (default 30 s).
+    /// The sandbox's role has it as its `statement_timeout` and
+    /// `idle_in_transaction_session_timeout`, and since a session may change those, a watchdog
+    /// in each process ends any of its sandbox backends that runs past it, or that sits idle
+    /// holding an advisory lock (audited, `db_statement_bound`).
+    pub fn statement_bound(mut self, bound: Duration) -> Self {
+        self.statement_bound = bound.max(Duration::from_millis(1));
+        self
+    }
+
     /// Finishes the pool.
     pub fn build(self) -> SandboxPool {
         let provisioner = Provisioner {
@@ -103,6 +124,10 @@ impl SandboxPoolBuilder {
             migrator: self.migrator,
             seed: self.seed,
             default_ttl: self.default_ttl,
+            connection_limit: self.role_connection_limit,
+            statement_bound: self.statement_bound,
+            lock_timeout: self.acquire_timeout,
+            database: Arc::default(),
         };
         SandboxPool {
             inner: Arc::new(Inner {
@@ -114,6 +139,8 @@ impl SandboxPoolBuilder {
                 idle_timeout: self.idle_timeout,
                 acquire_timeout: self.acquire_timeout,
                 touch_every: (self.default_ttl / 4).min(Duration::from_secs(60)),
+                statement_bound: self.statement_bound,
+                watchdog: Arc::new(Watchdog::new()),
                 active: Mutex::new(HashMap::default()),
             }),
         }
@@ -138,6 +165,9 @@ struct Inner {
     idle_timeout: Duration,
     acquire_timeout: Duration,
     touch_every: Duration,
+    statement_bound: Duration,
+    /// Ends sandbox backends of this process that break the statement bound.
+    watchdog: Arc<Watchdog>,
     /// Looked up on every sandboxed call; keys come from admitted sandboxes, so foldhash's
     /// speed is worth more than SipHash's flood resistance (the map is bounded anyway).
     active: Mutex<HashMap<SandboxKey, Arc<Slot>, foldhash::fast::RandomState>>,
@@ -180,6 +210,8 @@ impl SandboxPool {
             idle_timeout: Duration::from_secs(60),
             acquire_timeout: Duration::from_secs(30),
             default_ttl: Duration::from_secs(24 * 3600),
+            role_connection_limit: 16,
+            statement_bound: Duration::from_secs(30),
         }
     }
 
@@ -263,8 +295,19 @@ impl SandboxPool {
                     }
                     due
                 };
-                if due && let Err(error) = self.inner.provisioner.touch(sandbox).await {
-                    tracing::warn!(target: "prodbox::db", sandbox = %sandbox.key(), %error, "could not record sandbox use");
+                if due {
+                    match self.inner.provisioner.touch(sandbox).await {
+                        Ok(()) => {}
+                        // Production gained a grant that exposes it: refused from now on.
+                        Err(error @ SandboxDbError::ProductionExposed { .. }) => {
+                            self.forget(sandbox.key());
+                            error.audit(Some(sandbox), Decision::Rejected);
+                            return Err(error.into());
+                        }
+                        Err(error) => {
+                            tracing::warn!(target: "prodbox::db", sandbox = %sandbox.key(), %error, "could not record sandbox use");
+                        }
+                    }
                 }
                 Ok(pool)
             }
@@ -392,11 +435,15 @@ impl SandboxPool {
             .clone()
             .username(&credentials.role)
             .password(&credentials.password);
+        self.inner
+            .watchdog
+            .start(&self.inner.pool, self.inner.statement_bound);
         Ok(PgPoolOptions::new()
             .max_connections(self.inner.connections_per_sandbox)
             .min_connections(0)
             .idle_timeout(self.inner.idle_timeout)
             .acquire_timeout(self.inner.acquire_timeout)
+            .after_connect(self.inner.watchdog.registrar(sandbox.clone()))
             .connect_lazy_with(options))
     }
 

@@ -1,4 +1,9 @@
 //! Creating, recording and dropping sandbox schemas and their roles.
+//!
+//! Every lock prodbox takes lives in the `prodbox` schema, which sandbox roles cannot use
+//! (`REVOKE ALL ... FROM PUBLIC`): a row of `prodbox.provisioning` per sandbox, and the table
+//! `prodbox.ddl_lock` for DDL on the schema. Advisory locks are not used: any session, a
+//! sandbox's included, may take any advisory lock and hold it.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -7,13 +12,10 @@ use prodbox_core::{Sandbox, SandboxKey};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Connection, Executor, Row};
+use tokio::sync::OnceCell;
 
 use crate::error::SandboxDbError;
 use crate::names::{quote, role_name, schema_name};
-
-/// The advisory-lock class of prodbox (`"prod"`): the second key is the sandbox's hash, or 0
-/// for DDL on the `prodbox` schema (the catalogue here, the directory table in `directory`).
-pub(crate) const LOCK_CLASS: i32 = 0x7072_6f64;
 
 /// One sandbox schema, as the catalogue records it.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +86,86 @@ async fn run_migrations(
     migrator.run_direct(None, conn, false).await
 }
 
+/// Runs `ddl` (idempotent DDL on the `prodbox` schema) unless `ready` says all is in place:
+/// under `prodbox.ddl_lock`, taken with `timeout`, so that processes racing to create the
+/// schema take turns. Creating the schema and the lock table themselves can race too; a
+/// duplicate there means another process made them first, and is tried again.
+pub(crate) async fn ensure_ddl(
+    conn: &mut PgConnection,
+    ready: &str,
+    ddl: &str,
+    timeout: Duration,
+) -> Result<(), sqlx::Error> {
+    // The DDL takes locks that block writers for a moment: skip it when all is in place.
+    if sqlx::query_scalar::<_, bool>(AssertSqlSafe(ready))
+        .fetch_one(&mut *conn)
+        .await?
+    {
+        return Ok(());
+    }
+    for attempt in 0.. {
+        let made = conn
+            .execute(
+                "CREATE SCHEMA IF NOT EXISTS prodbox;
+                 CREATE TABLE IF NOT EXISTS prodbox.ddl_lock ();",
+            )
+            .await;
+        match made {
+            Ok(_) => break,
+            // unique_violation, duplicate_schema, duplicate_table: made by someone else.
+            Err(sqlx::Error::Database(e))
+                if attempt < 3
+                    && matches!(e.code().as_deref(), Some("23505" | "42P06" | "42P07")) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut tx = conn.begin().await?;
+    tx.execute(AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = {}; LOCK TABLE prodbox.ddl_lock IN ACCESS EXCLUSIVE MODE; \
+         REVOKE ALL ON SCHEMA prodbox FROM PUBLIC;",
+        timeout.as_millis().max(1)
+    )))
+    .await?;
+    tx.execute(AssertSqlSafe(ddl)).await?;
+    tx.commit().await
+}
+
+/// A sandbox's row of `prodbox.provisioning`, locked `FOR UPDATE` on a connection of its own
+/// until [`release`](Self::release) (or until the connection drops, should the process die):
+/// at most one process provisions or drops a sandbox at a time.
+struct SandboxLock {
+    conn: PgConnection,
+}
+
+impl SandboxLock {
+    async fn take(
+        options: &PgConnectOptions,
+        key: &SandboxKey,
+        timeout: Duration,
+    ) -> Result<Self, sqlx::Error> {
+        let mut conn = PgConnection::connect_with(options).await?;
+        sqlx::query("INSERT INTO prodbox.provisioning (key) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(key.as_str())
+            .execute(&mut conn)
+            .await?;
+        conn.execute(AssertSqlSafe(format!(
+            "BEGIN; SET LOCAL lock_timeout = {}",
+            timeout.as_millis().max(1)
+        )))
+        .await?;
+        sqlx::query("SELECT 1 FROM prodbox.provisioning WHERE key = $1 FOR UPDATE")
+            .bind(key.as_str())
+            .execute(&mut conn)
+            .await?;
+        Ok(Self { conn })
+    }
+
+    async fn release(mut self) {
+        let _ = self.conn.execute("COMMIT").await;
+        let _ = self.conn.close().await;
+    }
+}
+
 /// How a sandbox's pool logs in: as the sandbox's own role, so that nothing a session runs
 /// (`RESET ROLE`, `SET ROLE`) can leave it.
 #[derive(Clone)]
@@ -92,12 +174,40 @@ pub(crate) struct Credentials {
     pub(crate) password: String,
 }
 
+/// The catalogue of sandbox schemas and the provisioning locks.
+const CATALOGUE: &str = "
+CREATE TABLE IF NOT EXISTS prodbox.sandbox_schemas (
+    key text PRIMARY KEY,
+    schema_name text NOT NULL UNIQUE,
+    role_name text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    last_used_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz
+);
+ALTER TABLE prodbox.sandbox_schemas ADD COLUMN IF NOT EXISTS role_password text;
+CREATE TABLE IF NOT EXISTS prodbox.provisioning (key text PRIMARY KEY);";
+
+const CATALOGUE_READY: &str = "
+SELECT to_regclass('prodbox.provisioning') IS NOT NULL
+   AND EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = 'prodbox' AND table_name = 'sandbox_schemas'
+                 AND column_name = 'role_password')";
+
 #[derive(Clone)]
 pub(crate) struct Provisioner {
     pub(crate) options: Arc<PgConnectOptions>,
     pub(crate) migrator: Option<Arc<Migrator>>,
     pub(crate) seed: Option<Arc<str>>,
     pub(crate) default_ttl: Duration,
+    /// `CONNECTION LIMIT` of each sandbox role.
+    pub(crate) connection_limit: u32,
+    /// `statement_timeout` and `idle_in_transaction_session_timeout` of each sandbox role (a
+    /// default the sandbox can change; the watchdog enforces it).
+    pub(crate) statement_bound: Duration,
+    /// How long provisioning waits for another process's lock on the same sandbox.
+    pub(crate) lock_timeout: Duration,
+    /// The database's name, read from the server once: sandbox roles are named after it.
+    pub(crate) database: Arc<OnceCell<String>>,
 }
 
 impl Provisioner {
@@ -107,49 +217,25 @@ impl Provisioner {
         PgConnection::connect_with(&self.options).await
     }
 
-    async fn ensure_catalogue(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT pg_advisory_lock($1, 0)")
-            .bind(LOCK_CLASS)
-            .execute(&mut *conn)
-            .await?;
-        let created = conn
-            .execute(
-                "CREATE SCHEMA IF NOT EXISTS prodbox;
-                 CREATE TABLE IF NOT EXISTS prodbox.sandbox_schemas (
-                     key text PRIMARY KEY,
-                     schema_name text NOT NULL UNIQUE,
-                     role_name text NOT NULL,
-                     created_at timestamptz NOT NULL DEFAULT now(),
-                     last_used_at timestamptz NOT NULL DEFAULT now(),
-                     expires_at timestamptz
-                 );
-                 ALTER TABLE prodbox.sandbox_schemas ADD COLUMN IF NOT EXISTS role_password text;
-                 REVOKE ALL ON SCHEMA prodbox FROM PUBLIC;",
-            )
-            .await;
-        sqlx::query("SELECT pg_advisory_unlock($1, 0)")
-            .bind(LOCK_CLASS)
-            .execute(&mut *conn)
-            .await?;
-        created.map(drop)
+    /// The name of the database the pools use.
+    pub(crate) async fn database(&self, conn: &mut PgConnection) -> Result<&str, sqlx::Error> {
+        self.database
+            .get_or_try_init(|| async {
+                sqlx::query_scalar::<_, String>("SELECT current_database()")
+                    .fetch_one(&mut *conn)
+                    .await
+            })
+            .await
+            .map(String::as_str)
     }
 
-    async fn lock(conn: &mut PgConnection, key: &SandboxKey) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT pg_advisory_lock($1, hashtext($2))")
-            .bind(LOCK_CLASS)
-            .bind(key.as_str())
-            .execute(conn)
-            .await
-            .map(drop)
+    async fn ensure_catalogue(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        ensure_ddl(conn, CATALOGUE_READY, CATALOGUE, self.lock_timeout).await
     }
 
-    async fn unlock(conn: &mut PgConnection, key: &SandboxKey) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
-            .bind(LOCK_CLASS)
-            .bind(key.as_str())
-            .execute(conn)
-            .await
-            .map(drop)
+    /// The role of `key` in this database.
+    async fn role(&self, conn: &mut PgConnection, key: &SandboxKey) -> Result<String, sqlx::Error> {
+        Ok(role_name(self.database(conn).await?, key))
     }
 
     fn expiry(&self, sandbox: &Sandbox) -> f64 {
@@ -160,8 +246,10 @@ impl Provisioner {
         )
     }
 
-    /// Makes sure `sandbox`'s schema exists and is recorded: idempotent, and safe when several
-    /// processes race (an advisory lock per sandbox).
+    /// Makes sure `sandbox`'s schema exists, is recorded and exposes nothing of production,
+    /// and returns how to log in as its role: idempotent, and safe when several processes race
+    /// (one provisions at a time, under the sandbox's row of `prodbox.provisioning`). Run
+    /// whenever a process opens the sandbox's pool.
     pub(crate) fn ensure(
         &self,
         sandbox: &Sandbox,
@@ -179,11 +267,16 @@ impl Provisioner {
             source,
         };
         let mut conn = self.connect().await.map_err(failed)?;
-        Self::ensure_catalogue(&mut conn).await.map_err(failed)?;
-        Self::lock(&mut conn, key).await.map_err(failed)?;
-        let result = self.ensure_locked(&mut conn, sandbox).await;
-        // Closing the connection releases the lock too; unlock first to release it at once.
-        let _ = Self::unlock(&mut conn, key).await;
+        let result = async {
+            self.ensure_catalogue(&mut conn).await.map_err(failed)?;
+            let lock = SandboxLock::take(&self.options, key, self.lock_timeout)
+                .await
+                .map_err(failed)?;
+            let result = self.ensure_locked(&mut conn, sandbox).await;
+            lock.release().await;
+            result
+        }
+        .await;
         let _ = conn.close().await;
         result
     }
@@ -209,35 +302,87 @@ impl Provisioner {
         .fetch_optional(&mut *conn)
         .await
         .map_err(failed)?;
-        match recorded {
-            Some(Some(password)) => {
-                return Ok(Credentials {
-                    role: role_name(key),
-                    password,
-                });
-            }
-            // Recorded without a login password: give the role one.
-            Some(None) => {
+        let Some(password) = recorded else {
+            return self.provision(conn, sandbox).await;
+        };
+        // Recorded (by this process or another): the role is made what a sandbox role must be
+        // again, whatever the sandbox changed about it, and the check is run again, as grants
+        // to PUBLIC may have been added since.
+        let password = match password {
+            Some(password) => password,
+            None => {
                 let password = new_password(conn).await.map_err(failed)?;
-                let role = quote(&role_name(key));
-                conn.execute(ddl(format!(
-                    "ALTER ROLE {role} WITH LOGIN NOINHERIT PASSWORD '{password}'"
-                )))
-                .await
-                .map_err(failed)?;
                 sqlx::query("UPDATE prodbox.sandbox_schemas SET role_password = $2 WHERE key = $1")
                     .bind(key.as_str())
                     .bind(&password)
                     .execute(&mut *conn)
                     .await
                     .map_err(failed)?;
-                return Ok(Credentials {
-                    role: role_name(key),
-                    password,
-                });
+                password
             }
-            None => {}
+        };
+        let role = self.role(conn, key).await.map_err(failed)?;
+        self.restrict(conn, key, &role, &password)
+            .await
+            .map_err(failed)?;
+        self.check_exposure(conn, key, &role).await?;
+        Ok(Credentials { role, password })
+    }
+
+    /// Gives `role` exactly the attributes and settings of a sandbox role: it logs in (with
+    /// `password`) and can do nothing a plain role cannot, starts every session in its schema
+    /// with its statements bounded, and holds at most `connection_limit` connections.
+    async fn restrict(
+        &self,
+        conn: &mut PgConnection,
+        key: &SandboxKey,
+        role: &str,
+        password: &str,
+    ) -> Result<(), sqlx::Error> {
+        let (role, schema) = (quote(role), quote(&schema_name(key)));
+        let bound = self.statement_bound.as_millis().max(1);
+        conn.execute(ddl(format!(
+            "ALTER ROLE {role} WITH LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE \
+                 NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {limit} PASSWORD '{password}';
+             ALTER ROLE {role} RESET ALL;
+             ALTER ROLE {role} SET search_path TO {schema};
+             ALTER ROLE {role} SET statement_timeout = {bound};
+             ALTER ROLE {role} SET idle_in_transaction_session_timeout = {bound};",
+            limit = self.connection_limit,
+        )))
+        .await
+        .map(drop)
+    }
+
+    /// Refuses `key` when its role could reach anything of production.
+    async fn check_exposure(
+        &self,
+        conn: &mut PgConnection,
+        key: &SandboxKey,
+        role: &str,
+    ) -> Result<(), SandboxDbError> {
+        let findings = crate::exposure::findings(conn, role, &schema_name(key))
+            .await
+            .map_err(|source| SandboxDbError::Provisioning {
+                sandbox: key.clone(),
+                source,
+            })?;
+        if findings.is_empty() {
+            Ok(())
+        } else {
+            Err(SandboxDbError::ProductionExposed {
+                sandbox: key.clone(),
+                findings,
+            })
         }
+    }
+
+    /// Provisions a sandbox that is not recorded; on failure, drops what this attempt made.
+    async fn provision(
+        &self,
+        conn: &mut PgConnection,
+        sandbox: &Sandbox,
+    ) -> Result<Credentials, SandboxDbError> {
         let mut made = Made::default();
         let started = std::time::Instant::now();
         match self.create(conn, sandbox, &mut made).await {
@@ -247,27 +392,40 @@ impl Provisioner {
             }
             Err(error) => {
                 // Leave nothing half-made behind, and touch nothing this attempt did not make.
-                let _ = conn.execute("RESET ROLE; RESET search_path").await;
-                let _ = Self::drop_made(conn, key, &made).await;
+                if let Ok(role) = self.role(conn, sandbox.key()).await {
+                    let _ = Self::drop_made(conn, sandbox.key(), &role, &made).await;
+                }
                 Err(error)
             }
         }
     }
 
-    /// Records that `sandbox` is in use and extends an expiry that was derived from use.
-    pub(crate) async fn touch(&self, sandbox: &Sandbox) -> Result<(), sqlx::Error> {
-        let mut conn = self.connect().await?;
-        let result = sqlx::query(
-            "UPDATE prodbox.sandbox_schemas
-             SET last_used_at = now(), expires_at = GREATEST(expires_at, to_timestamp($2))
-             WHERE key = $1",
-        )
-        .bind(sandbox.key().as_str())
-        .bind(self.expiry(sandbox))
-        .execute(&mut conn)
+    /// Records that `sandbox` is in use and extends an expiry that was derived from use, and
+    /// runs the exposure check again: a grant to PUBLIC added since refuses the sandbox.
+    pub(crate) async fn touch(&self, sandbox: &Sandbox) -> Result<(), SandboxDbError> {
+        let key = sandbox.key();
+        let failed = |source| SandboxDbError::Provisioning {
+            sandbox: key.clone(),
+            source,
+        };
+        let mut conn = self.connect().await.map_err(failed)?;
+        let result = async {
+            sqlx::query(
+                "UPDATE prodbox.sandbox_schemas
+                 SET last_used_at = now(), expires_at = GREATEST(expires_at, to_timestamp($2))
+                 WHERE key = $1",
+            )
+            .bind(key.as_str())
+            .bind(self.expiry(sandbox))
+            .execute(&mut conn)
+            .await
+            .map_err(failed)?;
+            let role = self.role(&mut conn, key).await.map_err(failed)?;
+            self.check_exposure(&mut conn, key, &role).await
+        }
         .await;
         let _ = conn.close().await;
-        result.map(drop)
+        result
     }
 
     async fn create(
@@ -281,11 +439,12 @@ impl Provisioner {
             sandbox: key.clone(),
             source,
         };
-        let (schema, role) = (quote(&schema_name(key)), quote(&role_name(key)));
+        let role_name = self.role(conn, key).await.map_err(failed)?;
+        let (schema, role) = (quote(&schema_name(key)), quote(&role_name));
         let password = new_password(conn).await.map_err(failed)?;
         let role_exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                .bind(role_name(key))
+                .bind(&role_name)
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(failed)?;
@@ -298,14 +457,13 @@ impl Provisioner {
                         OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid)
                  FROM pg_roles r WHERE r.rolname = $1",
             )
-            .bind(role_name(key))
+            .bind(&role_name)
             .fetch_one(&mut *conn)
             .await
             .map_err(failed)?;
             if privileged {
                 return Err(failed(sqlx::Error::Protocol(format!(
-                    "role {} exists with attributes or memberships a sandbox role must not have; drop it",
-                    role_name(key)
+                    "role {role_name} exists with attributes or memberships a sandbox role must not have; drop it"
                 ))));
             }
             // A schema of ours without a catalogue row (we hold the sandbox's lock) is what an
@@ -315,7 +473,7 @@ impl Provisioner {
                                 WHERE n.nspname = $1 AND r.rolname = $2)",
             )
             .bind(schema_name(key))
-            .bind(role_name(key))
+            .bind(&role_name)
             .fetch_one(&mut *conn)
             .await
             .map_err(failed)?;
@@ -324,71 +482,58 @@ impl Provisioner {
                     .await
                     .map_err(failed)?;
             }
+        } else {
+            // Made to log in as itself: a session cannot `RESET ROLE` out of it, and NOINHERIT
+            // with no memberships leaves it nothing to `SET ROLE` to. `restrict` gives it the
+            // rest.
+            conn.execute(ddl(format!("CREATE ROLE {role} WITH NOLOGIN")))
+                .await
+                .map_err(failed)?;
+            made.role = true;
         }
-        // The pool logs in as this role itself: a session cannot `RESET ROLE` out of it, and
-        // NOINHERIT with no memberships leaves it nothing to `SET ROLE` to.
-        let verb = if role_exists { "ALTER" } else { "CREATE" };
-        conn.execute(ddl(format!(
-            "{verb} ROLE {role} WITH LOGIN NOINHERIT PASSWORD '{password}'"
-        )))
-        .await
-        .map_err(failed)?;
-        made.role = !role_exists;
+        self.restrict(conn, key, &role_name, &password)
+            .await
+            .map_err(failed)?;
         // Plain `CREATE SCHEMA`: a schema of that name this attempt did not make is an error,
-        // never something to take over, or to drop on failure.
+        // never something to take over, or to drop on failure. The production login is made a
+        // member so that it may create the schema for the role and end the role's sessions.
         conn.execute(ddl(format!(
             "GRANT {role} TO CURRENT_USER; CREATE SCHEMA {schema} AUTHORIZATION {role}"
         )))
         .await
         .map_err(failed)?;
         made.schema = true;
-        // Every session of the role starts in its schema, even after `RESET ALL`.
-        conn.execute(ddl(format!(
-            "ALTER ROLE {role} SET search_path TO {schema}"
-        )))
-        .await
-        .map_err(failed)?;
 
-        // Fail closed: refuse a sandbox that could write production tables at all.
-        let writable: Vec<String> = sqlx::query_scalar(
-            "SELECT n.nspname || '.' || c.relname
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
-               AND n.nspname <> $2
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-               AND (has_table_privilege($1, c.oid, 'INSERT')
-                    OR has_table_privilege($1, c.oid, 'UPDATE')
-                    OR has_table_privilege($1, c.oid, 'DELETE')
-                    OR has_table_privilege($1, c.oid, 'TRUNCATE'))
-             ORDER BY 1 LIMIT 5",
-        )
-        .bind(role_name(key))
-        .bind(schema_name(key))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(failed)?;
-        if !writable.is_empty() {
-            return Err(SandboxDbError::ProductionWritable {
-                sandbox: key.clone(),
-                tables: writable,
-            });
-        }
+        // Fail closed: refuse a sandbox that could reach production at all.
+        self.check_exposure(conn, key, &role_name).await?;
 
-        // The service's own migrations and seed, run as the sandbox, inside its schema.
-        conn.execute(ddl(format!("SET ROLE {role}; SET search_path TO {schema}")))
-            .await
-            .map_err(failed)?;
-        if let Some(migrator) = &self.migrator {
-            run_migrations(migrator, conn)
+        // The service's own migrations and seed, run by the sandbox's role itself, on a
+        // connection that logged in as it: nothing they run (`RESET ROLE`, `SET ROLE`) can
+        // make them anyone else.
+        let options = (*self.options)
+            .clone()
+            .username(&role_name)
+            .password(&password);
+        let mut own = PgConnection::connect_with(&options).await.map_err(failed)?;
+        let migrated = async {
+            // Migrations may take longer than the bound of the role's request sessions; this
+            // connection is prodbox's own (no watchdog ends it), and closed right after.
+            own.execute("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
                 .await
-                .map_err(|e| failed(sqlx::Error::Migrate(Box::new(e))))?;
+                .map_err(failed)?;
+            if let Some(migrator) = &self.migrator {
+                run_migrations(migrator, &mut own)
+                    .await
+                    .map_err(|e| failed(sqlx::Error::Migrate(Box::new(e))))?;
+            }
+            if let Some(seed) = &self.seed {
+                own.execute(ddl(seed.to_string())).await.map_err(failed)?;
+            }
+            Ok(())
         }
-        if let Some(seed) = &self.seed {
-            conn.execute(ddl(seed.to_string())).await.map_err(failed)?;
-        }
-        conn.execute("RESET ROLE; RESET search_path")
-            .await
-            .map_err(failed)?;
+        .await;
+        let _ = own.close().await;
+        migrated?;
 
         sqlx::query(
             "INSERT INTO prodbox.sandbox_schemas
@@ -397,14 +542,14 @@ impl Provisioner {
         )
         .bind(key.as_str())
         .bind(schema_name(key))
-        .bind(role_name(key))
+        .bind(&role_name)
         .bind(self.expiry(sandbox))
         .bind(&password)
         .execute(&mut *conn)
         .await
         .map_err(failed)?;
         Ok(Credentials {
-            role: role_name(key),
+            role: role_name,
             password,
         })
     }
@@ -412,14 +557,16 @@ impl Provisioner {
     async fn drop_made(
         conn: &mut PgConnection,
         key: &SandboxKey,
+        role: &str,
         made: &Made,
     ) -> Result<(), sqlx::Error> {
-        let (schema, role) = (quote(&schema_name(key)), quote(&role_name(key)));
+        let (schema, role) = (quote(&schema_name(key)), quote(role));
         if made.schema {
             conn.execute(ddl(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
                 .await?;
         }
         if made.role {
+            Self::end_sessions(conn, &role).await;
             conn.execute(ddl(format!(
                 "DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}"
             )))
@@ -428,25 +575,37 @@ impl Provisioner {
         Ok(())
     }
 
-    async fn drop_objects(conn: &mut PgConnection, key: &SandboxKey) -> Result<(), sqlx::Error> {
-        let (schema, role) = (quote(&schema_name(key)), quote(&role_name(key)));
+    /// Ends the sessions of `role` (quoted) in any process, so that it can be dropped. Allowed
+    /// to fail when the login may not signal backends.
+    async fn end_sessions(conn: &mut PgConnection, role: &str) {
+        let unquoted = role.trim_matches('"').replace("\"\"", "\"");
+        let _ = sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE usename = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(unquoted)
+        .execute(conn)
+        .await;
+    }
+
+    async fn drop_objects(
+        &self,
+        conn: &mut PgConnection,
+        key: &SandboxKey,
+    ) -> Result<(), sqlx::Error> {
+        let role_name = self.role(conn, key).await?;
+        let (schema, role) = (quote(&schema_name(key)), quote(&role_name));
         conn.execute(ddl(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
             .await?;
         let role_exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                .bind(role_name(key))
+                .bind(&role_name)
                 .fetch_one(&mut *conn)
                 .await?;
         if role_exists {
             // End the role's sessions (pools of other processes): they reconnect and find the
-            // sandbox gone. Allowed to fail when the admin may not signal backends.
-            let _ = sqlx::query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE usename = $1 AND pid <> pg_backend_pid()",
-            )
-            .bind(role_name(key))
-            .execute(&mut *conn)
-            .await;
+            // sandbox gone.
+            Self::end_sessions(conn, &role).await;
             conn.execute(ddl(format!("DROP OWNED BY {role}; DROP ROLE {role}")))
                 .await?;
         }
@@ -460,36 +619,41 @@ impl Provisioner {
         only_if_expired_by: Option<SystemTime>,
     ) -> Result<bool, sqlx::Error> {
         let mut conn = self.connect().await?;
-        Self::ensure_catalogue(&mut conn).await?;
-        Self::lock(&mut conn, key).await?;
         let result = async {
-            // The janitor decides on a listing; under the lock, a sandbox used since is spared.
-            if let Some(now) = only_if_expired_by {
-                let expired: Option<bool> = sqlx::query_scalar(
-                    "SELECT expires_at <= to_timestamp($2) FROM prodbox.sandbox_schemas
-                     WHERE key = $1",
-                )
-                .bind(key.as_str())
-                .bind(secs(now))
-                .fetch_optional(&mut conn)
-                .await?
-                .flatten();
-                if expired != Some(true) {
-                    return Ok(false);
+            self.ensure_catalogue(&mut conn).await?;
+            let lock = SandboxLock::take(&self.options, key, self.lock_timeout).await?;
+            let result = async {
+                // The janitor decides on a listing; under the lock, a sandbox used since is
+                // spared.
+                if let Some(now) = only_if_expired_by {
+                    let expired: Option<bool> = sqlx::query_scalar(
+                        "SELECT expires_at <= to_timestamp($2) FROM prodbox.sandbox_schemas
+                         WHERE key = $1",
+                    )
+                    .bind(key.as_str())
+                    .bind(secs(now))
+                    .fetch_optional(&mut conn)
+                    .await?
+                    .flatten();
+                    if expired != Some(true) {
+                        return Ok(false);
+                    }
                 }
+                self.drop_objects(&mut conn, key).await?;
+                let deleted = sqlx::query("DELETE FROM prodbox.sandbox_schemas WHERE key = $1")
+                    .bind(key.as_str())
+                    .execute(&mut conn)
+                    .await?;
+                if deleted.rows_affected() > 0 {
+                    prodbox_core::metrics::schema_dropped();
+                }
+                Ok(deleted.rows_affected() > 0)
             }
-            Self::drop_objects(&mut conn, key).await?;
-            let deleted = sqlx::query("DELETE FROM prodbox.sandbox_schemas WHERE key = $1")
-                .bind(key.as_str())
-                .execute(&mut conn)
-                .await?;
-            if deleted.rows_affected() > 0 {
-                prodbox_core::metrics::schema_dropped();
-            }
-            Ok(deleted.rows_affected() > 0)
+            .await;
+            lock.release().await;
+            result
         }
         .await;
-        let _ = Self::unlock(&mut conn, key).await;
         let _ = conn.close().await;
         result
     }
@@ -497,7 +661,7 @@ impl Provisioner {
     /// Every recorded sandbox schema.
     pub(crate) async fn list(&self) -> Result<Vec<SchemaRecord>, sqlx::Error> {
         let mut conn = self.connect().await?;
-        Self::ensure_catalogue(&mut conn).await?;
+        self.ensure_catalogue(&mut conn).await?;
         let rows = sqlx::query(
             "SELECT key, schema_name, role_name,
                     extract(epoch FROM created_at)::float8 AS created,

@@ -4,6 +4,8 @@
 //! refused (typed, audited) and production is unchanged. Also when the grant is added while the
 //! sandbox lives.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{migrator, orders_in, sandbox};

@@ -192,7 +192,7 @@ fn derived_names_are_plain_short_and_one_to_one() {
     let mut roles = BTreeSet::new();
     for key in &keys {
         let key: SandboxKey = key.parse().unwrap();
-        let (schema, role) = (schema_name(&key), role_name(&key));
+        let (schema, role) = (schema_name(&key), role_name("shop", &key));
         for name in [&schema, &role] {
             assert!(name.len() <= 63, "{name} ({} bytes)", name.len());
             assert!(
@@ -208,7 +208,11 @@ fn derived_names_are_plain_short_and_one_to_one() {
     // Short keys map exactly; keys too long for a name keep a prefix and get a hash suffix.
     let key: SandboxKey = "pg-catalog".parse().unwrap();
     assert_eq!(schema_name(&key), "sbx_pg_catalog");
-    assert_eq!(role_name(&key), "sbxr_pg_catalog");
+    let role = role_name("shop", &key);
+    assert!(
+        role.starts_with("sbxr_") && role.ends_with("_pg_catalog"),
+        "{role}"
+    );
     // Plain names stay under 63 bytes; a name that would reach 63 is shortened and hashed to
     // exactly 63, so no plain name can equal a shortened one.
     let key: SandboxKey = "x".repeat(58).parse().unwrap();
@@ -281,7 +285,7 @@ async fn tricky_valid_keys_provision_distinct_schemas() {
             [(1, key.clone())],
             "{key}"
         );
-        assert!(role_exists(&role_of(key)).await, "{key}");
+        assert!(role_exists(&role_of(&db, key)).await, "{key}");
         assert_eq!(catalogue_rows(db.pool(), key).await, 1);
     }
     // Production and the system schemas are untouched.
@@ -299,7 +303,7 @@ async fn tricky_valid_keys_provision_distinct_schemas() {
 
     for key in &keys {
         assert!(pool.drop_sandbox(&key.parse().unwrap()).await.unwrap());
-        assert!(!role_exists(&role_of(key)).await);
+        assert!(!role_exists(&role_of(&db, key)).await);
     }
     db.cleanup().await;
 }
@@ -330,17 +334,18 @@ async fn a_short_key_cannot_take_the_schema_of_a_long_one() {
     let victim_body = victim.replace('-', "_");
     // Built from public information only: the victim's key and SHA-256.
     let attacker = format!("{}-{}", &victim[..42], hash16(&victim));
-    let role_attacker = format!("{}-{}", &victim[..41], hash16(&victim));
+    // A role name is `sbxr_`, 12 hex digits of the database and `_` (18 bytes), then the key.
+    let role_attacker = format!("{}-{}", &victim[..28], hash16(&victim));
     assert!(SandboxKey::validate(&attacker).is_ok());
     assert_ne!(attacker, victim);
     assert_eq!(
         schema_of(&victim),
         format!("sbx_{}_{}", &victim_body[..42], hash16(&victim))
     );
-    let same_schema = schema_of(&attacker) == schema_of(&victim);
-    let same_role = role_of(&role_attacker) == role_of(&victim);
-
     let db = TestDatabase::create_with(5).await;
+    let same_schema = schema_of(&attacker) == schema_of(&victim);
+    let same_role = role_of(&db, &role_attacker) == role_of(&db, &victim);
+
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("orders").await)
         .build();
@@ -357,6 +362,7 @@ async fn a_short_key_cannot_take_the_schema_of_a_long_one() {
     for key in [&victim, &attacker] {
         let _ = pool.drop_sandbox(&key.parse().unwrap()).await;
     }
+    let victim_role = role_of(&db, &victim);
     db.cleanup().await;
     assert!(
         !same_schema && !same_role && survived,
@@ -364,6 +370,6 @@ async fn a_short_key_cannot_take_the_schema_of_a_long_one() {
          {role_attacker:?} maps to its role {}: {same_role}; provisioning {attacker:?} \
          returned {attacked:?} and the victim's schema survived: {survived}",
         schema_of(&attacker),
-        role_of(&victim)
+        victim_role
     );
 }

@@ -235,7 +235,7 @@ async fn begin_and_acquire_inside_a_sandbox_use_its_schema() {
             .fetch_one(&mut *tx)
             .await
             .unwrap();
-        assert_eq!(user, common::role_of(&key));
+        assert_eq!(user, common::role_of(&db, &key));
         tx.commit().await.unwrap();
 
         // A rolled-back one leaves nothing.

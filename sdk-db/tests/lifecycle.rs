@@ -54,13 +54,13 @@ async fn drop_sandbox_removes_schema_role_and_record_and_the_next_call_reprovisi
     insert(&pool, &sb, "before").await.unwrap();
     insert(&pool, &sb, "before").await.unwrap();
     assert!(schema_exists(db.pool(), &schema_of(&k)).await);
-    assert!(role_exists(&role_of(&k)).await);
+    assert!(role_exists(&role_of(&db, &k)).await);
     assert_eq!(catalogue_rows(db.pool(), &k).await, 1);
     assert_eq!(pool.active_sandboxes(), 1);
 
     assert!(pool.drop_sandbox(sb.key()).await.unwrap());
     assert!(!schema_exists(db.pool(), &schema_of(&k)).await);
-    assert!(!role_exists(&role_of(&k)).await);
+    assert!(!role_exists(&role_of(&db, &k)).await);
     assert_eq!(catalogue_rows(db.pool(), &k).await, 0);
     assert_eq!(pool.active_sandboxes(), 0);
     // Dropping again finds nothing.
@@ -72,7 +72,7 @@ async fn drop_sandbox_removes_schema_role_and_record_and_the_next_call_reprovisi
         orders_in(db.pool(), &schema_of(&k)).await,
         [(1, "after".to_owned())]
     );
-    assert!(role_exists(&role_of(&k)).await);
+    assert!(role_exists(&role_of(&db, &k)).await);
     assert_eq!(catalogue_rows(db.pool(), &k).await, 1);
     assert_eq!(count_rows(db.pool(), "public", "orders").await, 0);
 
@@ -109,7 +109,7 @@ async fn schemas_lists_creation_last_use_and_expiry() {
     };
     for record in &records {
         assert_eq!(record.schema, schema_of(record.key.as_str()));
-        assert_eq!(record.role, role_of(record.key.as_str()));
+        assert_eq!(record.role, role_of(&db, record.key.as_str()));
         assert!(record.created_at + slack >= started, "{record:?}");
         assert!(record.created_at <= provisioned + slack, "{record:?}");
         assert!(record.last_used_at >= record.created_at, "{record:?}");
@@ -180,12 +180,12 @@ async fn drop_expired_drops_exactly_the_expired_sandboxes() {
     assert_eq!(dropped, expiring.iter().cloned().collect());
     for k in &expiring {
         assert!(!schema_exists(db.pool(), &schema_of(k)).await, "{k}");
-        assert!(!role_exists(&role_of(k)).await, "{k}");
+        assert!(!role_exists(&role_of(&db, k)).await, "{k}");
         assert_eq!(catalogue_rows(db.pool(), k).await, 0);
     }
     for k in &lasting {
         assert!(schema_exists(db.pool(), &schema_of(k)).await, "{k}");
-        assert!(role_exists(&role_of(k)).await, "{k}");
+        assert!(role_exists(&role_of(&db, k)).await, "{k}");
         assert_eq!(orders_in(db.pool(), &schema_of(k)).await.len(), 1);
     }
     let remaining: BTreeSet<String> = pool
@@ -244,7 +244,7 @@ async fn the_janitor_drops_an_expired_sandbox() {
         assert!(Instant::now() < deadline, "catalogue row of {old} stayed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!role_exists(&role_of(&old)).await);
+    assert!(!role_exists(&role_of(&db, &old)).await);
     assert!(schema_exists(db.pool(), &schema_of(&live)).await);
     assert_eq!(catalogue_rows(db.pool(), &live).await, 1);
     insert(&pool, &sandbox(&live), "still works").await.unwrap();

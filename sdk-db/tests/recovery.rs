@@ -99,7 +99,7 @@ async fn killing_the_backend_mid_transaction_loses_it_and_the_pool_recovers() {
         .unwrap();
     let (new_pid, user, path) = session(&pool, &sb).await;
     assert_ne!(new_pid, pid);
-    assert_eq!(user, role_of(&key));
+    assert_eq!(user, role_of(&db, &key));
     assert_eq!(path, schema_of(&key));
     // A transaction on the replacement connection is the sandbox's too.
     async {
@@ -108,7 +108,7 @@ async fn killing_the_backend_mid_transaction_loses_it_and_the_pool_recovers() {
             .fetch_one(&mut *tx)
             .await
             .unwrap();
-        assert_eq!(user, role_of(&key));
+        assert_eq!(user, role_of(&db, &key));
         sqlx::query("INSERT INTO orders (item) VALUES ('in new tx')")
             .execute(&mut *tx)
             .await
@@ -159,7 +159,7 @@ async fn killing_an_idle_pooled_connection_is_recovered_transparently() {
     }
     let (new_pid, user, path) = session(&pool, &sb).await;
     assert_ne!(new_pid, pid);
-    assert_eq!(user, role_of(&key));
+    assert_eq!(user, role_of(&db, &key));
     assert_eq!(path, schema_of(&key));
     assert_eq!(orders_in(db.pool(), &schema_of(&key)).await.len(), 3);
     assert_eq!(count_rows(db.pool(), "public", "orders").await, 1);
@@ -214,7 +214,7 @@ async fn killing_a_backend_mid_statement_fails_the_call_only() {
 
     let (new_pid, user, path) = session(&pool, &sb).await;
     assert_ne!(new_pid, pid);
-    assert_eq!(user, role_of(&key));
+    assert_eq!(user, role_of(&db, &key));
     assert_eq!(path, schema_of(&key));
 
     pool.drop_sandbox(sb.key()).await.unwrap();

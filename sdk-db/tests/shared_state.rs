@@ -110,7 +110,7 @@ async fn a_sandbox_role_has_a_connection_limit() {
         .await
         .unwrap();
     let limit: i32 = sqlx::query_scalar("SELECT rolconnlimit FROM pg_roles WHERE rolname = $1")
-        .bind(role_of(&key))
+        .bind(role_of(&db, &key))
         .fetch_one(db.pool())
         .await
         .unwrap();

@@ -41,9 +41,9 @@ pub(crate) fn schema_of(key: &str) -> String {
     prodbox_db::names::schema_name(&parse_key(key))
 }
 
-/// The role of sandbox `key`.
-pub(crate) fn role_of(key: &str) -> String {
-    prodbox_db::names::role_name(&parse_key(key))
+/// The role of sandbox `key` in `db`.
+pub(crate) fn role_of(db: &prodbox_testkit::pg::TestDatabase, key: &str) -> String {
+    prodbox_db::names::role_name(db.name(), &parse_key(key))
 }
 
 /// `schema.table` with both names quoted.
