@@ -19,7 +19,7 @@ use std::fmt;
 
 use common::{migrator, prodbox_error, sandbox, schema_of};
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt as _, TryFutureExt as _, TryStreamExt as _};
+use futures_util::{FutureExt as _, StreamExt as _, TryFutureExt as _, TryStreamExt as _};
 use opentelemetry::Context;
 use prodbox_core::{ContextExt, FutureExt, Sandbox};
 use prodbox_db::SandboxPool;
@@ -150,6 +150,22 @@ fn ways() -> Vec<(&'static str, Kind, Run)> {
             .fetch_all(p)
             .map(wrote)
             .boxed()),
+        // What `query!` and `query_as!` expand to: a `Map`, whose streams call the executor
+        // only when first polled.
+        way!("query().try_map(..).fetch (the macros)", Lazy, |p| {
+            sqlx::query(INSERT)
+                .try_map(|_row| Ok(()))
+                .fetch(p)
+                .try_collect::<Vec<_>>()
+                .map(wrote)
+                .boxed()
+        }),
+        way!("query().map(..).fetch_many", Lazy, |p| sqlx::query(INSERT)
+            .map(|_row| ())
+            .fetch_many(p)
+            .try_collect::<Vec<_>>()
+            .map(wrote)
+            .boxed()),
         way!("query_as().fetch", Called, |p| sqlx::query_as::<_, (i64,)>(
             INSERT
         )
@@ -270,10 +286,14 @@ fn ways() -> Vec<(&'static str, Kind, Run)> {
             .prepare(WHOAMI.into_sql_str())
             .map_ok(|statement| statement.columns().first().map(|c| c.name().to_owned()))
             .boxed()),
-        way!("Executor::describe (the macros)", Called, |p| p
-            .describe(WHOAMI.into_sql_str())
-            .map_ok(|described| described.columns().first().map(|c| c.name().to_owned()))
-            .boxed()),
+        way!(
+            "Executor::describe (the macros, at build time)",
+            Called,
+            |p| p
+                .describe(WHOAMI.into_sql_str())
+                .map_ok(|described| described.columns().first().map(|c| c.name().to_owned()))
+                .boxed()
+        ),
         way!("SandboxPool::begin", Called, |p| p
             .begin()
             .and_then(|mut tx| async move {
@@ -473,6 +493,69 @@ async fn a_refusal_says_which_contexts_disagreed() {
         "{error}"
     );
     for sandbox in [&fixture.a, &fixture.b] {
+        fixture.pool.drop_sandbox(sandbox.key()).await.unwrap();
+    }
+    fixture.db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_started_in_one_context_is_not_continued_in_another() {
+    let fixture = Fixture::new().await;
+    let (pool, a, b) = (&fixture.pool, fixture.a.clone(), fixture.b.clone());
+    let reason = |item: Option<Result<sqlx::postgres::PgRow, sqlx::Error>>| match item {
+        Some(Err(error)) => prodbox_db::SandboxDbError::of(&error)
+            .map_or_else(|| error.to_string(), |e| e.reason().to_owned()),
+        Some(Ok(_)) => "a row".to_owned(),
+        None => "the end".to_owned(),
+    };
+    for n in 0..3 {
+        sqlx::query("INSERT INTO orders (item) VALUES ('row')")
+            .execute(pool.baseline())
+            .await
+            .unwrap();
+        for sb in [&a, &b] {
+            sqlx::query("INSERT INTO orders (item) VALUES ('row')")
+                .execute(pool)
+                .in_sandbox(sb.clone())
+                .await
+                .unwrap();
+        }
+        let _ = n;
+    }
+    const ROWS: &str = "SELECT item FROM orders";
+
+    // Production's rows, the first read by production, the next asked for inside a sandbox.
+    let mut rows = sqlx::raw_sql(ROWS).fetch(pool.baseline());
+    assert!(matches!(rows.try_next().await, Ok(Some(_))));
+    let next = async { rows.next().await }.in_sandbox(a.clone()).await;
+    assert_eq!(reason(next), "db_context_changed");
+    assert!(
+        rows.next().await.is_none(),
+        "the stream ends after the refusal"
+    );
+
+    // Sandbox A's rows, continued in sandbox B.
+    let mut rows = async { sqlx::raw_sql(ROWS).fetch(pool) }
+        .in_sandbox(a.clone())
+        .await;
+    assert!(matches!(
+        async { rows.try_next().await }.in_sandbox(a.clone()).await,
+        Ok(Some(_))
+    ));
+    let next = async { rows.next().await }.in_sandbox(b.clone()).await;
+    assert_eq!(reason(next), "db_context_changed");
+
+    // A production transaction's rows, continued in a sandbox.
+    let mut tx = pool.baseline().begin().await.unwrap();
+    {
+        let mut rows = sqlx::raw_sql(ROWS).fetch(&mut *tx);
+        assert!(matches!(rows.try_next().await, Ok(Some(_))));
+        let next = async { rows.next().await }.in_sandbox(a.clone()).await;
+        assert_eq!(reason(next), "db_context_changed");
+    }
+    tx.rollback().await.unwrap();
+
+    for sandbox in [&a, &b] {
         fixture.pool.drop_sandbox(sandbox.key()).await.unwrap();
     }
     fixture.db.cleanup().await;

@@ -198,3 +198,83 @@ async fn a_sandbox_transaction_serves_only_its_sandbox() {
     }
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_commits_only_in_its_own_context() {
+    let (db, pool) = production().await;
+    let (a, b) = (sandbox(&unique_key("gca")), sandbox(&unique_key("gcb")));
+    let before = orders_in(db.pool(), "public").await;
+
+    // A's transaction, committed from B's context: refused, and rolled back.
+    let mut tx = async { pool.begin().await }
+        .in_sandbox(a.clone())
+        .await
+        .unwrap();
+    async { sqlx::query(INSERT).execute(&mut *tx).await }
+        .in_sandbox(a.clone())
+        .await
+        .unwrap();
+    let committed = async { tx.commit().await }.in_sandbox(b.clone()).await;
+    assert_eq!(refusal(committed), "db_wrong_context");
+    assert!(
+        orders_in(db.pool(), &schema_of(a.key().as_str()))
+            .await
+            .is_empty()
+    );
+
+    // A production transaction, committed from a sandbox's context: refused.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(INSERT).execute(&mut *tx).await.unwrap();
+    let committed = async { tx.commit().await }.in_sandbox(a.clone()).await;
+    assert_eq!(refusal(committed), "db_wrong_context");
+    assert_eq!(orders_in(db.pool(), "public").await, before);
+
+    for sb in [&a, &b] {
+        pool.drop_sandbox(sb.key()).await.unwrap();
+    }
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sandboxs_pool_is_not_handed_to_a_sandboxed_request() {
+    let (db, pool) = production().await;
+    let (a, b) = (sandbox(&unique_key("gpa")), sandbox(&unique_key("gpb")));
+    pool.pool_for(&b).await.unwrap();
+    let taken = async { pool.pool_for(&b).await.map(drop) }
+        .in_sandbox(a.clone())
+        .await;
+    assert_eq!(refusal(taken), "db_wrong_context");
+    // Its own is.
+    async { pool.pool_for(&a).await.map(drop) }
+        .in_sandbox(a.clone())
+        .await
+        .unwrap();
+    for sb in [&a, &b] {
+        pool.drop_sandbox(sb.key()).await.unwrap();
+    }
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_of_a_sandbox_that_expired_since_refuses_statements() {
+    let (db, pool) = production().await;
+    let key = unique_key("gexp");
+    let expiring = Sandbox::builder(&key)
+        .unwrap()
+        .expires_at(std::time::SystemTime::now() + std::time::Duration::from_secs(2))
+        .build();
+    let mut tx = async { pool.begin().await }
+        .in_sandbox(expiring.clone())
+        .await
+        .unwrap();
+    while !expiring.is_expired_at(std::time::SystemTime::now()) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let used = async { sqlx::query(INSERT).execute(&mut *tx).await }
+        .in_sandbox(expiring.clone())
+        .await;
+    assert_eq!(refusal(used), "sandbox_expired");
+    drop(tx);
+    pool.drop_sandbox(expiring.key()).await.unwrap();
+    db.cleanup().await;
+}
