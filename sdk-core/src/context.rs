@@ -520,6 +520,11 @@ pub fn current() -> Option<Sandbox> {
     Context::map_current(|cx| cx.sandbox().cloned())
 }
 
+/// Calls `f` with the sandbox of the current task, without cloning it: for checks on hot paths.
+pub fn with_current<R>(f: impl FnOnce(Option<&Sandbox>) -> R) -> R {
+    Context::map_current(|cx| f(cx.sandbox()))
+}
+
 /// Runs futures inside a sandbox context.
 pub trait FutureExt: Future + Sized {
     /// Runs this future (every poll of it) inside `sandbox`.

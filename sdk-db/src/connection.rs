@@ -18,12 +18,12 @@ use std::ops::{Deref, DerefMut};
 
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
-use futures_util::{FutureExt as _, StreamExt as _, TryFutureExt as _, TryStreamExt as _, stream};
+use futures_util::{TryFutureExt as _, TryStreamExt as _, stream};
 use prodbox_core::Sandbox;
 use sqlx::postgres::{PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Either, Execute, Executor, Postgres, SqlStr};
 
-use crate::context::Call;
+use crate::context::{Call, StayExt as _};
 use crate::error::refine;
 
 /// A sqlx connection (a pooled connection or a transaction) that runs statements only for the
@@ -60,10 +60,17 @@ impl<C: DerefMut<Target = PgConnection>> GuardedConnection<C> {
     }
 
     /// At the first poll of a statement on this connection: whether the context at the call
-    /// and at the first poll are the one it serves.
+    /// and at the first poll are the one it serves, and that sandbox has not expired since.
     fn start(call: Call, serves: Option<&Sandbox>) -> Result<(), sqlx::Error> {
-        call.start_serving(serves.map(Sandbox::key), true)
-            .map_err(sqlx::Error::from)
+        call.start_serving(serves.map(Sandbox::key), true)?;
+        if let Some(sandbox) = serves
+            && sandbox.is_expired_at(std::time::SystemTime::now())
+        {
+            let error = crate::SandboxDbError::Expired(sandbox.key().clone());
+            error.audit(Some(sandbox), prodbox_core::audit::Decision::Rejected);
+            return Err(error.into());
+        }
+        Ok(())
     }
 }
 
@@ -91,7 +98,7 @@ where
         })
         .try_flatten()
         .map_err(move |error| refine(error, refine_for.as_ref()))
-        .boxed()
+        .stayed()
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
@@ -111,7 +118,7 @@ where
                 .await
                 .map_err(|error| refine(error, serves.as_ref()))
         }
-        .boxed()
+        .stayed()
     }
 
     fn prepare_with<'e>(
@@ -131,7 +138,7 @@ where
                 .await
                 .map_err(|error| refine(error, serves.as_ref()))
         }
-        .boxed()
+        .stayed()
     }
 
     fn describe<'e>(
@@ -150,7 +157,7 @@ where
                 .await
                 .map_err(|error| refine(error, serves.as_ref()))
         }
-        .boxed()
+        .stayed()
     }
 }
 
@@ -216,17 +223,22 @@ impl<'c> Transaction<'c> {
         }
     }
 
-    /// Commits the transaction.
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        let serves = self.inner.serves;
-        self.inner
-            .conn
-            .commit()
-            .map_err(|error| refine(error, serves.as_ref()))
-            .await
+    /// Commits the transaction, in the context it serves only: committed from anywhere else,
+    /// it is refused and rolled back.
+    pub fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c {
+        let call = Call::now();
+        async move {
+            let serves = self.inner.serves;
+            GuardedConnection::<sqlx::Transaction<'c, Postgres>>::start(call, serves.as_ref())?;
+            self.inner
+                .conn
+                .commit()
+                .map_err(|error| refine(error, serves.as_ref()))
+                .await
+        }
     }
 
-    /// Rolls the transaction back.
+    /// Rolls the transaction back (from any context: undoing is always safe).
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         self.inner.conn.rollback().await
     }

@@ -6,10 +6,17 @@
 //! sqlx method that is not an `async fn`), the context there must agree: a stream or future made
 //! in one context and first polled in another is refused with
 //! [`SandboxDbError::ContextChanged`], because which of the two it belongs to cannot be known.
+//! Once started, the work stays in that context: a stream or future polled again in another
+//! (its first rows read in one context, the rest in another) ends with the same error.
 //! Pools and connections that serve one context (the production pool, a connection or
 //! transaction taken for a sandbox) refuse to be used in any other, at the call and at the
 //! first poll, with [`SandboxDbError::WrongContext`]. Every refusal is audited.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use futures_core::Stream;
 use prodbox_core::audit::Decision;
 use prodbox_core::{Sandbox, SandboxKey};
 
@@ -71,4 +78,84 @@ impl Call {
 
 fn key(sandbox: Option<&Sandbox>) -> Option<&SandboxKey> {
     sandbox.map(Sandbox::key)
+}
+
+/// A stream or future of database work that must be polled in the context it was first polled
+/// in; see the [module docs](self).
+#[pin_project::pin_project]
+pub(crate) struct Stay<T> {
+    #[pin]
+    inner: T,
+    /// The sandbox of the first poll (`Some(None)`: production), once polled.
+    started: Option<Option<SandboxKey>>,
+    ended: bool,
+}
+
+impl<T> Stay<T> {
+    pub(crate) fn new(inner: T) -> Self {
+        Self {
+            inner,
+            started: None,
+            ended: false,
+        }
+    }
+}
+
+/// Wraps database work in [`Stay`], boxed as sqlx's executors return it.
+pub(crate) trait StayExt: Sized {
+    fn stayed(self) -> Pin<Box<Stay<Self>>> {
+        Box::pin(Stay::new(self))
+    }
+}
+
+impl<T> StayExt for T {}
+
+/// Records the context of the first poll, or checks that this poll's is the same.
+fn stays(started: &mut Option<Option<SandboxKey>>) -> Result<(), sqlx::Error> {
+    let Some(expected) = started else {
+        *started = Some(prodbox_core::with_current(|s| key(s).cloned()));
+        return Ok(());
+    };
+    if prodbox_core::with_current(|s| key(s) == expected.as_ref()) {
+        return Ok(());
+    }
+    let now = prodbox_core::current();
+    let error = SandboxDbError::ContextChanged {
+        at_call: expected.clone(),
+        at_poll: now.as_ref().map(|s| s.key().clone()),
+    };
+    error.audit(now.as_ref(), Decision::Rejected);
+    Err(error.into())
+}
+
+impl<F, T> Future for Stay<F>
+where
+    F: Future<Output = Result<T, sqlx::Error>>,
+{
+    type Output = Result<T, sqlx::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        stays(this.started)?;
+        this.inner.poll(cx)
+    }
+}
+
+impl<S, T> Stream for Stay<S>
+where
+    S: Stream<Item = Result<T, sqlx::Error>>,
+{
+    type Item = Result<T, sqlx::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        if let Err(error) = stays(this.started) {
+            *this.ended = true;
+            return Poll::Ready(Some(Err(error)));
+        }
+        this.inner.poll_next(cx)
+    }
 }

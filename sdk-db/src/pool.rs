@@ -7,7 +7,7 @@ use std::future::Future;
 
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
-use futures_util::{FutureExt as _, StreamExt as _, TryStreamExt as _, stream};
+use futures_util::{TryStreamExt as _, stream};
 use prodbox_core::audit::Decision;
 use prodbox_core::{Sandbox, SandboxKey};
 use sqlx::migrate::Migrator;
@@ -16,7 +16,7 @@ use sqlx::{Either, Execute, Executor, Postgres, SqlStr};
 use tokio::sync::OnceCell;
 
 use crate::connection::{PoolConnection, Transaction};
-use crate::context::Call;
+use crate::context::{Call, StayExt as _};
 use crate::error::SandboxDbError;
 use crate::production::ProductionPool;
 use crate::provision::{Provisioner, SchemaRecord};
@@ -272,8 +272,21 @@ impl SandboxPool {
 
     /// The sqlx pool of `sandbox`, provisioning its schema on first use. It is not guarded:
     /// whatever uses it runs in that sandbox's schema as its role (never in production), in any
-    /// context. For tools and tests; applications use the `SandboxPool` itself.
+    /// context. For tools and tests; applications use the `SandboxPool` itself. Asked for in
+    /// another sandbox's context, it is refused (`WrongContext`).
     pub async fn pool_for(&self, sandbox: &Sandbox) -> Result<PgPool, sqlx::Error> {
+        // Not for another sandbox's request: it would hand that request this one's data.
+        if let Some(other) =
+            prodbox_core::with_current(|s| s.filter(|s| s.key() != sandbox.key()).cloned())
+        {
+            let error = SandboxDbError::WrongContext {
+                serves: Some(sandbox.key().clone()),
+                context: Some(other.key().clone()),
+                connection: false,
+            };
+            error.audit(Some(&other), Decision::Rejected);
+            return Err(error.into());
+        }
         if let Some(pool) = self.open_pool(sandbox)? {
             return Ok(pool);
         }
@@ -587,7 +600,7 @@ impl<'p> Executor<'p> for &SandboxPool {
             )
         })
         .try_flatten()
-        .boxed()
+        .stayed()
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
@@ -607,7 +620,7 @@ impl<'p> Executor<'p> for &SandboxPool {
                 .await
                 .map_err(|error| this.refine(error, sandbox.as_ref()))
         }
-        .boxed()
+        .stayed()
     }
 
     fn prepare_with<'e>(
@@ -627,7 +640,7 @@ impl<'p> Executor<'p> for &SandboxPool {
                 .await
                 .map_err(|error| this.refine(error, sandbox.as_ref()))
         }
-        .boxed()
+        .stayed()
     }
 
     fn describe<'e>(
@@ -646,7 +659,7 @@ impl<'p> Executor<'p> for &SandboxPool {
                 .await
                 .map_err(|error| this.refine(error, sandbox.as_ref()))
         }
-        .boxed()
+        .stayed()
     }
 }
 

@@ -26,12 +26,12 @@ use std::future::Future;
 
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
-use futures_util::{FutureExt as _, StreamExt as _, TryStreamExt as _, stream};
+use futures_util::{TryStreamExt as _, stream};
 use sqlx::postgres::{PgPool, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Either, Execute, Executor, Postgres, SqlStr};
 
 use crate::connection::{PoolConnection, Transaction};
-use crate::context::Call;
+use crate::context::{Call, StayExt as _};
 
 /// A `PgPool` for production work only: it refuses, with
 /// [`SandboxDbError::WrongContext`](crate::SandboxDbError::WrongContext) and an audit event, any
@@ -126,7 +126,7 @@ impl<'p> Executor<'p> for &ProductionPool {
             Ok::<_, sqlx::Error>((&pool).fetch_many(query))
         })
         .try_flatten()
-        .boxed()
+        .stayed()
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
@@ -142,7 +142,7 @@ impl<'p> Executor<'p> for &ProductionPool {
             call.start_serving(None, false)?;
             (&pool).fetch_optional(query).await
         }
-        .boxed()
+        .stayed()
     }
 
     fn prepare_with<'e>(
@@ -158,7 +158,7 @@ impl<'p> Executor<'p> for &ProductionPool {
             call.start_serving(None, false)?;
             (&pool).prepare_with(sql, parameters).await
         }
-        .boxed()
+        .stayed()
     }
 
     fn describe<'e>(
@@ -173,6 +173,6 @@ impl<'p> Executor<'p> for &ProductionPool {
             call.start_serving(None, false)?;
             (&pool).describe(sql).await
         }
-        .boxed()
+        .stayed()
     }
 }

@@ -16,8 +16,9 @@ use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
 use sqlx::postgres::PgPool;
 use tokio::task::JoinHandle;
 
-/// Backends of this process's sandbox connections, by process id.
-type Sessions = Arc<Mutex<HashMap<i32, Sandbox>>>;
+/// Backends of this process's sandbox connections, by process id, with the role each logged in
+/// as (a process id is reused by a later backend, maybe not a sandbox's).
+type Sessions = Arc<Mutex<HashMap<i32, (Sandbox, String)>>>;
 
 pub(crate) struct Watchdog {
     sessions: Sessions,
@@ -32,7 +33,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn lock(sessions: &Sessions) -> std::sync::MutexGuard<'_, HashMap<i32, Sandbox>> {
+fn lock(sessions: &Sessions) -> std::sync::MutexGuard<'_, HashMap<i32, (Sandbox, String)>> {
     sessions
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -46,9 +47,9 @@ impl Watchdog {
         }
     }
 
-    /// A sandbox connection of `sandbox` opened on backend `pid`.
-    pub(crate) fn register(&self, pid: i32, sandbox: Sandbox) {
-        lock(&self.sessions).insert(pid, sandbox);
+    /// A sandbox connection of `sandbox` opened on backend `pid`, logged in as `role`.
+    pub(crate) fn register(&self, pid: i32, sandbox: Sandbox, role: String) {
+        lock(&self.sessions).insert(pid, (sandbox, role));
     }
 
     /// What registers each new connection of `sandbox`'s pool (sqlx's `after_connect`).
@@ -66,11 +67,12 @@ impl Watchdog {
         move |conn, _| {
             let (watchdog, sandbox) = (watchdog.clone(), sandbox.clone());
             Box::pin(async move {
-                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                    .fetch_one(conn)
-                    .await?;
+                let (pid, role): (i32, String) =
+                    sqlx::query_as("SELECT pg_backend_pid(), session_user::text")
+                        .fetch_one(conn)
+                        .await?;
                 if let Some(watchdog) = watchdog.upgrade() {
-                    watchdog.register(pid, sandbox);
+                    watchdog.register(pid, sandbox, role);
                 }
                 Ok(())
             })
@@ -89,9 +91,10 @@ impl Watchdog {
     }
 }
 
-/// Which registered backends break the bound, and why; every one still alive is listed.
+/// Which registered backends break the bound, and why; every one still alive is listed, with
+/// the role it runs as.
 const CHECK: &str = "
-SELECT a.pid,
+SELECT a.pid, a.usename::text,
        CASE
            WHEN a.state = 'active'
                 AND clock_timestamp() - a.query_start > $2 * interval '1 millisecond'
@@ -118,7 +121,7 @@ async fn watch(sessions: Sessions, pool: PgPool, bound: Duration) {
         if pids.is_empty() {
             continue;
         }
-        let rows: Vec<(i32, Option<String>)> = match sqlx::query_as(CHECK)
+        let rows: Vec<(i32, Option<String>, Option<String>)> = match sqlx::query_as(CHECK)
             .bind(&pids)
             .bind(bound_ms)
             .fetch_all(&pool)
@@ -130,13 +133,21 @@ async fn watch(sessions: Sessions, pool: PgPool, bound: Duration) {
                 continue;
             }
         };
-        let offenders: Vec<(i32, String, Option<Sandbox>)> = {
+        let offenders: Vec<(i32, String, Sandbox)> = {
             let mut sessions = lock(&sessions);
-            // Forget backends that are gone.
-            let alive: std::collections::HashSet<i32> = rows.iter().map(|(pid, _)| *pid).collect();
-            sessions.retain(|pid, _| alive.contains(pid));
+            // Forget backends that are gone, or whose process id another backend has taken.
+            let alive: HashMap<i32, Option<String>> = rows
+                .iter()
+                .map(|(pid, role, _)| (*pid, role.clone()))
+                .collect();
+            sessions
+                .retain(|pid, (_, role)| alive.get(pid).is_some_and(|r| r.as_ref() == Some(role)));
             rows.into_iter()
-                .filter_map(|(pid, why)| why.map(|why| (pid, why, sessions.remove(&pid))))
+                .filter_map(|(pid, _, why)| {
+                    let why = why?;
+                    let (sandbox, _) = sessions.remove(&pid)?;
+                    Some((pid, why, sandbox))
+                })
                 .collect()
         };
         for (pid, why, sandbox) in offenders {
@@ -154,9 +165,9 @@ async fn watch(sessions: Sessions, pool: PgPool, bound: Duration) {
                 }
             );
             AuditEvent {
-                sandbox: sandbox.as_ref().map(|s| s.key().as_str()),
-                actor: sandbox.as_ref().and_then(Sandbox::actor),
-                origin: sandbox.as_ref().and_then(Sandbox::origin),
+                sandbox: Some(sandbox.key().as_str()),
+                actor: sandbox.actor(),
+                origin: sandbox.origin(),
                 protocol: Protocol::Db,
                 direction: Direction::Outbound,
                 decision: Decision::Rejected,

@@ -508,7 +508,7 @@ async fn work_started_in_one_context_is_not_continued_in_another() {
         Some(Ok(_)) => "a row".to_owned(),
         None => "the end".to_owned(),
     };
-    for n in 0..3 {
+    for _ in 0..3 {
         sqlx::query("INSERT INTO orders (item) VALUES ('row')")
             .execute(pool.baseline())
             .await
@@ -520,7 +520,6 @@ async fn work_started_in_one_context_is_not_continued_in_another() {
                 .await
                 .unwrap();
         }
-        let _ = n;
     }
     const ROWS: &str = "SELECT item FROM orders";
 
@@ -533,6 +532,8 @@ async fn work_started_in_one_context_is_not_continued_in_another() {
         rows.next().await.is_none(),
         "the stream ends after the refusal"
     );
+    // (A stream holds its connection until dropped; cleaning up waits for it.)
+    drop(rows);
 
     // Sandbox A's rows, continued in sandbox B.
     let mut rows = async { sqlx::raw_sql(ROWS).fetch(pool) }
@@ -544,6 +545,7 @@ async fn work_started_in_one_context_is_not_continued_in_another() {
     ));
     let next = async { rows.next().await }.in_sandbox(b.clone()).await;
     assert_eq!(reason(next), "db_context_changed");
+    drop(rows);
 
     // A production transaction's rows, continued in a sandbox.
     let mut tx = pool.baseline().begin().await.unwrap();

@@ -183,7 +183,10 @@ async fn a_sandbox_transaction_serves_only_its_sandbox() {
         .in_sandbox(a.clone())
         .await
         .unwrap();
-    tx.commit().await.unwrap();
+    async { tx.commit().await }
+        .in_sandbox(a.clone())
+        .await
+        .unwrap();
 
     let after = [
         orders_in(db.pool(), "public").await,
