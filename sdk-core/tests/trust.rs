@@ -1006,3 +1006,26 @@ fn the_maximum_lifetime_is_the_keyrings_to_set_and_minting_keeps_to_it() {
         "token_lifetime_too_long"
     );
 }
+
+#[test]
+fn a_token_for_an_incarnation_the_directory_no_longer_has_is_refused() {
+    audit();
+    let keys = keys();
+    let now = SystemTime::now();
+    let bound = Sandbox::builder("t-deleted")
+        .expect("key")
+        .created_at(now - Duration::from_secs(60))
+        .build();
+    let token = keys
+        .mint_at(&bound, now, Duration::from_secs(600))
+        .expect("mint");
+    // The sandbox was deleted: the directory has no entry (unknown sandboxes are allowed by
+    // default, but this token named an incarnation that is gone).
+    let edge = Ingress::new(TrustPolicy::signed(keys.clone())).directory(MemoryDirectory::new());
+    let headers = baggage(&format!(
+        "prodbox.sandbox=t-deleted,prodbox.token={token},userId=7"
+    ));
+    let (_, strip) = expect_baseline(edge.admit_at(&headers, None, now));
+    assert!(strip);
+    assert_audited("t-deleted", "stripped", "token_other_incarnation", "http");
+}
