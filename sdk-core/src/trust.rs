@@ -424,14 +424,19 @@ impl Ingress {
         {
             return Err(SignedError::Mismatch);
         }
-        // A token admits only the incarnation it was minted for. (Unknown, disabled and
-        // expired sandboxes are refused after, whatever the token says.)
-        if let Some(entry) = self.directory.as_ref().and_then(|d| d.get(sandbox.key()))
-            && !entry.is_incarnation_of(&sandbox)
-        {
-            return Err(SignedError::Token(TokenError::OtherIncarnation(
-                sandbox.key().to_string(),
-            )));
+        // A token admits only the incarnation it was minted for: one the directory no longer
+        // has (deleted) or has anew (made again) is refused. (Disabled and expired sandboxes
+        // are refused after, whatever the token says.)
+        if let Some(directory) = &self.directory {
+            let current = match directory.get(sandbox.key()) {
+                Some(entry) => entry.is_incarnation_of(&sandbox),
+                None => sandbox.created_at().is_none(),
+            };
+            if !current {
+                return Err(SignedError::Token(TokenError::OtherIncarnation(
+                    sandbox.key().to_string(),
+                )));
+            }
         }
         Ok(sandbox)
     }
