@@ -48,11 +48,11 @@ use opentelemetry::Context;
 #[cfg(feature = "tokio")]
 use crate::context::FutureExt as _;
 
-/// `f`, made to run in the current context wherever it is called later: on another thread, in a
-/// thread pool, as a callback.
-pub fn carry<F, R>(f: F) -> impl FnOnce() -> R + Send + 'static
+/// `f`, made to run in the current context wherever it is called later: on another thread
+/// (scoped ones too), in a thread pool, as a callback.
+pub fn carry<F, R>(f: F) -> impl FnOnce() -> R + Send
 where
-    F: FnOnce() -> R + Send + 'static,
+    F: FnOnce() -> R + Send,
 {
     let cx = Context::current();
     move || {

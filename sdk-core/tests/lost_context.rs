@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 
 use prodbox_core::task::{self, AttachContextLayer, CarryContextLayer};
-use prodbox_core::{FutureExt, Sandbox, current};
+use prodbox_core::{ContextExt, FutureExt, Sandbox, current};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 fn pr42() -> Sandbox {
@@ -60,6 +60,20 @@ async fn threads_keep_the_sandbox_only_through_the_helpers() {
     assert_eq!(plain, None);
     assert_eq!(helper, Some(pr42()));
     assert_eq!(named, Some(pr42()));
+}
+
+#[test]
+fn scoped_threads_keep_the_sandbox_through_carry() {
+    let borrowed = String::from("abc");
+    let cx = opentelemetry::Context::current().with_sandbox(pr42());
+    let _attached = cx.attach();
+    let (plain, carried) = std::thread::scope(|scope| {
+        let plain = scope.spawn(|| (borrowed.len(), current()));
+        let carried = scope.spawn(task::carry(|| (borrowed.len(), current())));
+        (plain.join().unwrap(), carried.join().unwrap())
+    });
+    assert_eq!(plain, (3, None));
+    assert_eq!(carried, (3, Some(pr42())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
