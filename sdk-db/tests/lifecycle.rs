@@ -353,3 +353,43 @@ async fn a_sandbox_in_use_does_not_expire() {
         "dropped while in use: {dropped:?}; the next call: {next:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_made_again_under_the_same_key_starts_with_an_empty_schema() {
+    require_postgres().await;
+    let db = TestDatabase::create_with(4).await;
+    let pool = SandboxPool::builder(db.pool().clone())
+        .migrations(migrator("orders").await)
+        .build();
+    let key = unique_key("again");
+    let created = SystemTime::now();
+    let first = Sandbox::builder(&key).unwrap().created_at(created).build();
+    sqlx::query("INSERT INTO orders (item) VALUES ('alice-card-4111')")
+        .execute(&pool)
+        .in_sandbox(first.clone())
+        .await
+        .unwrap();
+
+    // Deleted from the directory and made again for someone else: a new incarnation, in this
+    // process and in another.
+    let second = Sandbox::builder(&key)
+        .unwrap()
+        .created_at(created + Duration::from_secs(60))
+        .build();
+    let other = SandboxPool::builder(db.pool().clone())
+        .migrations(migrator("orders").await)
+        .build();
+    for pool in [&pool, &other] {
+        let seen: Vec<String> = sqlx::query_scalar("SELECT item FROM orders")
+            .fetch_all(pool)
+            .in_sandbox(second.clone())
+            .await
+            .unwrap();
+        assert!(
+            seen.is_empty(),
+            "the new incarnation sees the old one's rows: {seen:?}"
+        );
+    }
+    pool.drop_sandbox(second.key()).await.unwrap();
+    db.cleanup().await;
+}
