@@ -112,5 +112,37 @@ fn inject(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, extract, inject);
+/// An internal hop with a directory: admit the request's sandbox (completed from its entry,
+/// which knows its creation) and send it onward, as each hop of a chain does.
+fn relay(c: &mut Criterion) {
+    use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
+    use prodbox_core::egress::Egress;
+    let directory = MemoryDirectory::new();
+    let mut entry = SandboxEntry::new("pr-42".parse().unwrap());
+    entry.actor = Some("alice".to_owned());
+    entry.origin = Some("pr-123".to_owned());
+    entry.created_at = Some(std::time::SystemTime::now());
+    directory.upsert(entry);
+    let ingress = Ingress::new(TrustPolicy::accept()).directory(directory);
+    let egress = Egress::new(prodbox_core::audit::Protocol::Http);
+    let headers = request_headers();
+    let mut group = c.benchmark_group("relay_with_directory");
+    group.bench_function("admit_attach_inject", |b| {
+        b.iter_batched_ref(
+            HeaderMap::new,
+            |out| {
+                if let Admission::Sandboxed { context, .. } =
+                    ingress.admit(black_box(&headers), None)
+                {
+                    let cx = context.attach_to(&Context::new());
+                    let _ = egress.inject_from(&cx, out);
+                }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, extract, inject, relay);
 criterion_main!(benches);

@@ -288,13 +288,13 @@ impl Sandbox {
         }
     }
 
-    /// Whether this is the sandbox with exactly these fields and no expiry.
-    pub(crate) fn is_exactly(&self, key: &str, actor: Option<&str>, origin: Option<&str>) -> bool {
-        self.0.key.as_str() == key
-            && self.actor() == actor
-            && self.origin() == origin
-            && self.0.expires_at.is_none()
-            && self.0.created_at.is_none()
+    /// Whether this is the sandbox with exactly these fields.
+    pub(crate) fn is_exactly(&self, fields: crate::codec::interned::Fields<'_>) -> bool {
+        self.0.key.as_str() == fields.key
+            && self.actor() == fields.actor
+            && self.origin() == fields.origin
+            && self.0.expires_at == fields.expires_at
+            && self.0.created_at == fields.created_at
     }
 
     pub(crate) fn encoded_members(&self, encode: impl FnOnce(&Sandbox) -> Box<str>) -> &str {

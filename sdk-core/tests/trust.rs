@@ -1029,3 +1029,22 @@ fn a_token_for_an_incarnation_the_directory_no_longer_has_is_refused() {
     assert!(strip);
     assert_audited("t-deleted", "stripped", "token_other_incarnation", "http");
 }
+
+#[test]
+fn an_admitted_sandbox_names_the_incarnation_its_directory_entry_has() {
+    audit();
+    let created = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let directory = MemoryDirectory::new();
+    let mut entry = SandboxEntry::new("t-named".parse().expect("key"));
+    entry.created_at = Some(created);
+    entry.actor = Some("alice".to_owned());
+    directory.upsert(entry);
+    let ingress = Ingress::new(TrustPolicy::accept()).directory(directory);
+    for _ in 0..2 {
+        let (context, _) =
+            expect_sandboxed(ingress.admit(&baggage("prodbox.sandbox=t-named"), None));
+        let sandbox = context.sandbox().expect("a sandbox");
+        assert_eq!(sandbox.created_at(), Some(created));
+        assert_eq!(sandbox.actor(), Some("alice"));
+    }
+}

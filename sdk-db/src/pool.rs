@@ -175,10 +175,23 @@ struct Inner {
 
 /// A sandbox's pool, created once (provisioning included) by whichever call needs it first.
 struct Slot {
+    /// The incarnation the pool was opened for, when the sandbox named one.
+    incarnation: Option<i64>,
     pool: OnceCell<PgPool>,
     last_used: Mutex<Instant>,
     /// When this process last told the catalogue the sandbox is in use.
     recorded_use: Mutex<Instant>,
+}
+
+impl Slot {
+    /// Whether this slot's pool may serve `sandbox`: the same incarnation, or `sandbox` names
+    /// none.
+    fn serves(&self, sandbox: &Sandbox) -> bool {
+        match crate::provision::incarnation_of(sandbox) {
+            Some(incarnation) => self.incarnation == Some(incarnation),
+            None => true,
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -343,6 +356,9 @@ impl SandboxPool {
         let Some(slot) = lock(&self.inner.active).get(sandbox.key()).cloned() else {
             return Ok(None);
         };
+        if !slot.serves(sandbox) {
+            return Ok(None);
+        }
         let Some(pool) = slot.pool.get() else {
             return Ok(None);
         };
@@ -395,8 +411,14 @@ impl SandboxPool {
         loop {
             let evicted = {
                 let mut active = lock(&self.inner.active);
-                if let Some(slot) = active.get(sandbox.key()) {
-                    return Ok(Arc::clone(slot));
+                match active.get(sandbox.key()) {
+                    Some(slot) if slot.serves(sandbox) => return Ok(Arc::clone(slot)),
+                    // Opened for an earlier incarnation: this one opens its own (provisioning
+                    // drops the old schema). Whoever still holds the old pool keeps it.
+                    Some(_) => {
+                        active.remove(sandbox.key());
+                    }
+                    None => {}
                 }
                 let evicted = if active.len() >= self.inner.max_active {
                     let now = Instant::now();
@@ -416,6 +438,7 @@ impl SandboxPool {
                 };
                 if active.len() < self.inner.max_active {
                     let slot = Arc::new(Slot {
+                        incarnation: crate::provision::incarnation_of(sandbox),
                         pool: OnceCell::new(),
                         last_used: Mutex::new(Instant::now()),
                         recorded_use: Mutex::new(Instant::now()),

@@ -62,6 +62,14 @@ async fn new_password(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
     }
 }
 
+/// The incarnation `sandbox` names (its creation, in Unix microseconds), if any.
+pub(crate) fn incarnation_of(sandbox: &Sandbox) -> Option<i64> {
+    sandbox
+        .created_at()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_micros()).ok())
+}
+
 /// `t` as Unix seconds, for `to_timestamp`.
 pub(crate) fn secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
@@ -185,13 +193,14 @@ CREATE TABLE IF NOT EXISTS prodbox.sandbox_schemas (
     expires_at timestamptz
 );
 ALTER TABLE prodbox.sandbox_schemas ADD COLUMN IF NOT EXISTS role_password text;
+ALTER TABLE prodbox.sandbox_schemas ADD COLUMN IF NOT EXISTS incarnation bigint;
 CREATE TABLE IF NOT EXISTS prodbox.provisioning (key text PRIMARY KEY);";
 
 const CATALOGUE_READY: &str = "
 SELECT to_regclass('prodbox.provisioning') IS NOT NULL
    AND EXISTS (SELECT 1 FROM information_schema.columns
                WHERE table_schema = 'prodbox' AND table_name = 'sandbox_schemas'
-                 AND column_name = 'role_password')";
+                 AND column_name = 'incarnation')";
 
 #[derive(Clone)]
 pub(crate) struct Provisioner {
@@ -291,20 +300,40 @@ impl Provisioner {
             sandbox: key.clone(),
             source,
         };
-        let recorded: Option<Option<String>> = sqlx::query_scalar(
-            "UPDATE prodbox.sandbox_schemas
-             SET last_used_at = now(), expires_at = GREATEST(expires_at, to_timestamp($2))
-             WHERE key = $1
-             RETURNING role_password",
+        let recorded: Option<(Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT role_password, incarnation FROM prodbox.sandbox_schemas WHERE key = $1",
         )
         .bind(key.as_str())
-        .bind(self.expiry(sandbox))
         .fetch_optional(&mut *conn)
         .await
         .map_err(failed)?;
-        let Some(password) = recorded else {
+        let Some((password, incarnation)) = recorded else {
             return self.provision(conn, sandbox).await;
         };
+        // The schema of an earlier incarnation of the sandbox (deleted and made again under
+        // the same key) is not the new one's: it is dropped, and the new one starts empty.
+        // A sandbox that names no incarnation (no directory) takes the schema there is.
+        if let Some(created) = incarnation_of(sandbox)
+            && incarnation != Some(created)
+        {
+            self.drop_objects(conn, key).await.map_err(failed)?;
+            sqlx::query("DELETE FROM prodbox.sandbox_schemas WHERE key = $1")
+                .bind(key.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(failed)?;
+            return self.provision(conn, sandbox).await;
+        }
+        sqlx::query(
+            "UPDATE prodbox.sandbox_schemas
+             SET last_used_at = now(), expires_at = GREATEST(expires_at, to_timestamp($2))
+             WHERE key = $1",
+        )
+        .bind(key.as_str())
+        .bind(self.expiry(sandbox))
+        .execute(&mut *conn)
+        .await
+        .map_err(failed)?;
         // Recorded (by this process or another): the role is made what a sandbox role must be
         // again, whatever the sandbox changed about it, and the check is run again, as grants
         // to PUBLIC may have been added since.
@@ -537,14 +566,15 @@ impl Provisioner {
 
         sqlx::query(
             "INSERT INTO prodbox.sandbox_schemas
-                 (key, schema_name, role_name, expires_at, role_password)
-             VALUES ($1, $2, $3, to_timestamp($4), $5)",
+                 (key, schema_name, role_name, expires_at, role_password, incarnation)
+             VALUES ($1, $2, $3, to_timestamp($4), $5, $6)",
         )
         .bind(key.as_str())
         .bind(schema_name(key))
         .bind(&role_name)
         .bind(self.expiry(sandbox))
         .bind(&password)
+        .bind(incarnation_of(sandbox))
         .execute(&mut *conn)
         .await
         .map_err(failed)?;

@@ -1,15 +1,27 @@
-//! Sandboxes extracted recently, so that the next message of the same sandbox costs no
-//! allocation and no validation: the same key, actor and origin give a clone of the same
-//! [`Sandbox`] (one reference-count increment), its encoded members already built.
+//! Sandboxes made recently, so that the next message of the same sandbox costs no allocation
+//! and no validation: the same key, actor, origin, expiry and creation give a clone of the same
+//! [`Sandbox`] (one reference-count increment), its encoded members already built. The codec
+//! takes its sandboxes from here, and so does completing one from its directory entry.
 //!
 //! Direct-mapped with a fixed number of slots: a flood of distinct sandboxes only evicts, and
 //! memory stays bounded. A hit compares every field, so a collision can only cost a miss. A
 //! slot locked by another thread counts as a miss: lookups never wait.
 
 use std::sync::{Mutex, TryLockError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::hash::WordHash;
 use crate::sandbox::Sandbox;
+
+/// Every field of a sandbox, as text and times.
+#[derive(Clone, Copy)]
+pub(crate) struct Fields<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) actor: Option<&'a str>,
+    pub(crate) origin: Option<&'a str>,
+    pub(crate) expires_at: Option<SystemTime>,
+    pub(crate) created_at: Option<SystemTime>,
+}
 
 const SLOTS: usize = 1024;
 
@@ -19,15 +31,13 @@ struct Slot(Mutex<Option<Sandbox>>);
 
 static CACHE: [Slot; SLOTS] = [const { Slot(Mutex::new(None)) }; SLOTS];
 
-/// The sandbox with exactly `key`, `actor` and `origin` (and no expiry), from the cache or from
-/// `build`, which validates. Only what `build` returns is cached, so a hit is valid too.
-pub(super) fn sandbox<E>(
-    key: &str,
-    actor: Option<&str>,
-    origin: Option<&str>,
+/// The sandbox with exactly these `fields`, from the cache or from `build`, which validates.
+/// Only what `build` returns is cached, so a hit is valid too.
+pub(crate) fn sandbox<E>(
+    fields: Fields<'_>,
     build: impl FnOnce() -> Result<Sandbox, E>,
 ) -> Result<Sandbox, E> {
-    let slot = &CACHE[slot_of(key, actor, origin)].0;
+    let slot = &CACHE[slot_of(fields)].0;
     let mut guard = match slot.try_lock() {
         Ok(guard) => Some(guard),
         // Nothing panics while holding a slot; were it poisoned, its value is still whole.
@@ -35,7 +45,7 @@ pub(super) fn sandbox<E>(
         Err(TryLockError::WouldBlock) => None,
     };
     if let Some(cached) = guard.as_deref().and_then(Option::as_ref)
-        && cached.is_exactly(key, actor, origin)
+        && cached.is_exactly(fields)
     {
         return Ok(cached.clone());
     }
@@ -46,15 +56,20 @@ pub(super) fn sandbox<E>(
     Ok(sandbox)
 }
 
-/// Which slot holds the sandbox with these three fields. `None` is hashed apart from
-/// `Some("")`.
-fn slot_of(key: &str, actor: Option<&str>, origin: Option<&str>) -> usize {
+/// Which slot holds the sandbox with these fields. `None` is hashed apart from `Some("")`.
+fn slot_of(fields: Fields<'_>) -> usize {
     let mut hash = WordHash::new(0);
-    for field in [Some(key), actor, origin] {
+    for field in [Some(fields.key), fields.actor, fields.origin] {
         hash = match field {
             Some(field) => hash.bytes(field.as_bytes()),
             None => hash.word(u64::MAX),
         };
+    }
+    for time in [fields.expires_at, fields.created_at] {
+        let word = time
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(u64::MAX, |d| d.as_secs() ^ u64::from(d.subsec_nanos()));
+        hash = hash.word(word);
     }
     hash.slot(SLOTS)
 }
@@ -62,6 +77,16 @@ fn slot_of(key: &str, actor: Option<&str>, origin: Option<&str>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fields<'a>(key: &'a str, actor: Option<&'a str>) -> Fields<'a> {
+        Fields {
+            key,
+            actor,
+            origin: None,
+            expires_at: None,
+            created_at: None,
+        }
+    }
 
     fn build(key: &str, actor: Option<&str>) -> Result<Sandbox, ()> {
         let mut builder = Sandbox::builder(key).map_err(drop)?;
@@ -73,34 +98,54 @@ mod tests {
 
     #[test]
     fn hits_share_the_sandbox_and_never_mix_fields() {
-        let first = sandbox("cache-a", Some("alice"), None, || {
+        let first = sandbox(fields("cache-a", Some("alice")), || {
             build("cache-a", Some("alice"))
         });
-        let again = sandbox("cache-a", Some("alice"), None, || Err(()));
+        let again = sandbox(fields("cache-a", Some("alice")), || Err(()));
         // A hit (the only other thread that could hold the slot is another test's lookup).
         if let Ok(again) = again {
             assert_eq!(again, first.unwrap());
         }
-        let other = sandbox("cache-a", Some("bob"), None, || {
+        let other = sandbox(fields("cache-a", Some("bob")), || {
             build("cache-a", Some("bob"))
         })
         .unwrap();
         assert_eq!(other.actor(), Some("bob"));
-        let none = sandbox("cache-a", None, None, || build("cache-a", None)).unwrap();
+        let none = sandbox(fields("cache-a", None), || build("cache-a", None)).unwrap();
         assert_eq!(none.actor(), None);
+        // Another creation is another sandbox.
+        let created = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(7);
+        let dated = sandbox(
+            Fields {
+                created_at: Some(created),
+                ..fields("cache-a", None)
+            },
+            || {
+                Ok::<_, ()>(
+                    Sandbox::builder("cache-a")
+                        .unwrap()
+                        .created_at(created)
+                        .build(),
+                )
+            },
+        )
+        .unwrap();
+        assert_eq!(dated.created_at(), Some(created));
+        let undated = sandbox(fields("cache-a", None), || build("cache-a", None)).unwrap();
+        assert_eq!(undated.created_at(), None);
     }
 
     #[test]
     fn errors_are_not_cached() {
-        assert!(sandbox("cache-b", None, None, || Err::<Sandbox, _>(())).is_err());
-        assert!(sandbox("cache-b", None, None, || Err::<Sandbox, _>(())).is_err());
+        assert!(sandbox(fields("cache-b", None), || Err::<Sandbox, _>(())).is_err());
+        assert!(sandbox(fields("cache-b", None), || Err::<Sandbox, _>(())).is_err());
     }
 
     #[test]
     fn a_flood_of_keys_only_evicts() {
         for n in 0..(4 * SLOTS) {
             let key = format!("flood-{n}");
-            let got = sandbox(&key, None, None, || build(&key, None)).unwrap();
+            let got = sandbox(fields(&key, None), || build(&key, None)).unwrap();
             assert_eq!(got.key().as_str(), key);
         }
     }

@@ -45,7 +45,7 @@
 //! `W3CBaggagePropagator` does) still read a plus.
 
 mod carrier;
-mod interned;
+pub(crate) mod interned;
 mod memo;
 
 pub use carrier::{Carrier, CarrierMut, InvalidHeader};
@@ -1272,21 +1272,31 @@ impl<'a> Claims<'a> {
                 None
             }
             // A sandbox seen before is taken from the cache: the same strings validate the same.
-            Some((value, carrier)) => Some(interned::sandbox(value, actor, origin, || {
-                validate_labels()?;
-                let key = SandboxKey::new(value).map_err(|source| BaggageError::InvalidKey {
-                    carrier: (*carrier).to_owned(),
-                    source,
-                })?;
-                let mut builder = SandboxBuilder::from_key(key);
-                if let Some(actor) = actor {
-                    builder = builder.actor(actor)?;
-                }
-                if let Some(origin) = origin {
-                    builder = builder.origin(origin)?;
-                }
-                Ok::<_, BaggageError>(builder.build())
-            })?),
+            Some((value, carrier)) => Some(interned::sandbox(
+                interned::Fields {
+                    key: value,
+                    actor,
+                    origin,
+                    expires_at: None,
+                    created_at: None,
+                },
+                || {
+                    validate_labels()?;
+                    let key =
+                        SandboxKey::new(value).map_err(|source| BaggageError::InvalidKey {
+                            carrier: (*carrier).to_owned(),
+                            source,
+                        })?;
+                    let mut builder = SandboxBuilder::from_key(key);
+                    if let Some(actor) = actor {
+                        builder = builder.actor(actor)?;
+                    }
+                    if let Some(origin) = origin {
+                        builder = builder.origin(origin)?;
+                    }
+                    Ok::<_, BaggageError>(builder.build())
+                },
+            )?),
         };
         Ok(Extracted {
             claimed: self.seen,

@@ -222,32 +222,50 @@ impl SandboxEntry {
     }
 
     /// `sandbox` completed from this entry: actor and origin filled in where the message had
-    /// none, and the earlier of both expiries.
+    /// none, the entry's creation (the sandbox's incarnation) where it had none, and the earlier
+    /// of both expiries.
     pub fn complete(&self, sandbox: &Sandbox) -> Sandbox {
-        let mut out = sandbox.clone();
-        if (sandbox.actor().is_none() && self.actor.is_some())
-            || (sandbox.origin().is_none() && self.origin.is_some())
+        let actor = sandbox.actor().or(self.actor.as_deref());
+        let origin = sandbox.origin().or(self.origin.as_deref());
+        let expires_at = match (sandbox.expires_at(), self.expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let created_at = sandbox.created_at().or(self.created_at);
+        if actor == sandbox.actor()
+            && origin == sandbox.origin()
+            && expires_at == sandbox.expires_at()
+            && created_at == sandbox.created_at()
         {
+            return sandbox.clone();
+        }
+        // Every request of the sandbox completes to the same sandbox: shared from the cache of
+        // recent ones, its encoded members built once.
+        let fields = crate::codec::interned::Fields {
+            key: sandbox.key().as_str(),
+            actor,
+            origin,
+            expires_at,
+            created_at,
+        };
+        crate::codec::interned::sandbox(fields, || {
             let mut builder = SandboxBuilder::from_key(sandbox.key().clone());
             // Entries come from the operator; a label that does not validate is left out.
-            if let Some(actor) = sandbox.actor().or(self.actor.as_deref()) {
+            if let Some(actor) = actor {
                 builder = builder.clone().actor(actor).unwrap_or(builder);
             }
-            if let Some(origin) = sandbox.origin().or(self.origin.as_deref()) {
+            if let Some(origin) = origin {
                 builder = builder.clone().origin(origin).unwrap_or(builder);
             }
-            if let Some(at) = sandbox.expires_at() {
+            if let Some(at) = expires_at {
                 builder = builder.expires_at(at);
             }
-            if let Some(at) = sandbox.created_at() {
+            if let Some(at) = created_at {
                 builder = builder.created_at(at);
             }
-            out = builder.build();
-        }
-        match self.expires_at {
-            Some(at) => out.with_expiry_at_most(at),
-            None => out,
-        }
+            Ok::<_, std::convert::Infallible>(builder.build())
+        })
+        .unwrap_or_else(|never| match never {})
     }
 }
 
