@@ -530,20 +530,103 @@ pub trait FutureExt: Future + Sized {
     /// Runs this future (every poll of it) inside `sandbox`.
     fn in_sandbox(self, sandbox: Sandbox) -> WithSandbox<Self> {
         let cx = Context::map_current(|cx| cx.with_sandbox(sandbox));
-        WithSandbox { inner: self, cx }
+        WithSandbox {
+            inner: self,
+            cx,
+            scoped: false,
+        }
     }
 
-    /// Runs this future inside the current context, wherever it is polled later.
+    /// Runs this future inside the current context (and [scope](in_scope)), wherever it is
+    /// polled later.
     fn in_current_sandbox(self) -> WithSandbox<Self> {
         WithSandbox {
             inner: self,
             cx: Context::current(),
+            scoped: scope::entered(),
         }
     }
 
     /// Runs this future inside `cx`.
     fn in_context(self, cx: Context) -> WithSandbox<Self> {
-        WithSandbox { inner: self, cx }
+        WithSandbox {
+            inner: self,
+            cx,
+            scoped: false,
+        }
+    }
+
+    /// Runs this future as production work on purpose: with no sandbox (removed if the current
+    /// context has one), in a [scope](in_scope) prodbox recognises. Background jobs and start-up
+    /// work of a service whose pools require a scope run this way.
+    fn in_production(self) -> WithSandbox<Self> {
+        WithSandbox {
+            inner: self,
+            cx: production(),
+            scoped: true,
+        }
+    }
+}
+
+/// The current context as production work: no sandbox, in a [scope](in_scope). Shared while
+/// the current context is empty.
+pub fn production() -> Context {
+    Context::map_current(|cx| {
+        if cx.sandbox_context().is_some_and(|c| c.sandbox().is_none()) {
+            return cx.clone();
+        }
+        if cx.sandbox().is_none() && empty::is_empty(cx) {
+            static EMPTY: std::sync::OnceLock<Context> = std::sync::OnceLock::new();
+            return EMPTY
+                .get_or_init(|| {
+                    SandboxContext::baseline(ForeignMembers::default()).attach_to(&Context::new())
+                })
+                .clone();
+        }
+        cx.without_sandbox()
+    })
+}
+
+/// Whether the current task runs in a scope prodbox recognises: a request or message one of its
+/// layers admitted (sandboxed or production), or work started with
+/// [`in_production`](FutureExt::in_production) or the helpers of [`crate::task`] from such a
+/// scope. Work that lost its context (`tokio::spawn`, a thread) runs in none; pools that
+/// require a scope refuse it.
+pub fn in_scope() -> bool {
+    scope::entered() || Context::map_current(|cx| cx.get::<Attached>().is_some())
+}
+
+/// The production scope of work a layer admitted with nothing of prodbox to attach (no
+/// baggage): a count on the thread, set while the work is polled. Cheaper than attaching a
+/// context, which matters for every production request.
+#[doc(hidden)]
+pub mod scope {
+    use std::cell::Cell;
+    use std::marker::PhantomData;
+
+    thread_local! {
+        static ENTERED: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Marks the current thread as running admitted production work until dropped.
+    #[must_use]
+    pub struct Entered(PhantomData<*const ()>);
+
+    /// Enters the production scope on this thread (plumbing for prodbox's layers).
+    pub fn enter() -> Entered {
+        let _ = ENTERED.try_with(|n| n.set(n.get().saturating_add(1)));
+        Entered(PhantomData)
+    }
+
+    impl Drop for Entered {
+        fn drop(&mut self) {
+            let _ = ENTERED.try_with(|n| n.set(n.get().saturating_sub(1)));
+        }
+    }
+
+    /// Whether this thread runs in an entered scope.
+    pub fn entered() -> bool {
+        ENTERED.try_with(|n| n.get() > 0).unwrap_or(false)
     }
 }
 
@@ -557,6 +640,16 @@ pub struct WithSandbox<F> {
     #[pin]
     inner: F,
     cx: Context,
+    /// Whether it runs in a production scope (see [`in_scope`]).
+    scoped: bool,
+}
+
+impl<F> WithSandbox<F> {
+    /// `inner`, polled inside `cx` and, if `scoped`, a production scope.
+    #[cfg(feature = "tower")]
+    pub(crate) fn new(inner: F, cx: Context, scoped: bool) -> Self {
+        Self { inner, cx, scoped }
+    }
 }
 
 impl<F: Future> Future for WithSandbox<F> {
@@ -565,6 +658,7 @@ impl<F: Future> Future for WithSandbox<F> {
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<F::Output> {
         let this = self.project();
         let _guard = this.cx.clone().attach();
+        let _scope = this.scoped.then(scope::enter);
         this.inner.poll(task)
     }
 }

@@ -46,7 +46,7 @@ pub mod token;
 pub mod trust;
 
 pub use codec::{Carrier, CarrierMut, Codec};
-pub use context::{ContextExt, FutureExt, SandboxContext, current, with_current};
+pub use context::{ContextExt, FutureExt, SandboxContext, current, in_scope, with_current};
 pub use directory::Directory;
 pub use guardrails::Guardrails;
 pub use sandbox::{KeyError, LabelError, Sandbox, SandboxBuilder, SandboxKey};

@@ -54,9 +54,10 @@ pub fn carry<F, R>(f: F) -> impl FnOnce() -> R + Send
 where
     F: FnOnce() -> R + Send,
 {
-    let cx = Context::current();
+    let (cx, scoped) = (Context::current(), crate::context::scope::entered());
     move || {
         let _attached = cx.attach();
+        let _scope = scoped.then(crate::context::scope::enter);
         f()
     }
 }
@@ -107,13 +108,15 @@ mod buffer {
     use tower_layer::Layer;
     use tower_service::Service;
 
-    use crate::context::{FutureExt as _, WithSandbox};
+    use crate::context::WithSandbox;
 
     /// A request with the context of the code that sent it.
     #[derive(Debug)]
     pub struct Carried<R> {
         /// The sender's context.
         pub cx: Context,
+        /// Whether the sender ran in a production scope (see [`in_scope`](crate::in_scope)).
+        pub scoped: bool,
         /// The request.
         pub request: R,
     }
@@ -197,6 +200,7 @@ mod buffer {
         fn call(&mut self, request: R) -> S::Future {
             self.inner.call(Carried {
                 cx: Context::current(),
+                scoped: crate::context::scope::entered(),
                 request,
             })
         }
@@ -261,9 +265,10 @@ mod buffer {
             // Services may do work in `call` itself, as well as in the future.
             let future = {
                 let _attached = carried.cx.clone().attach();
+                let _scope = carried.scoped.then(crate::context::scope::enter);
                 self.inner.call(carried.request)
             };
-            future.in_context(carried.cx)
+            WithSandbox::new(future, carried.cx, carried.scoped)
         }
     }
 }

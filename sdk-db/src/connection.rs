@@ -32,6 +32,7 @@ use crate::error::refine;
 pub struct GuardedConnection<C> {
     conn: C,
     serves: Option<Sandbox>,
+    require_scope: bool,
 }
 
 impl<C> fmt::Debug for GuardedConnection<C> {
@@ -88,7 +89,7 @@ where
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let call = Call::now();
+        let call = Call::now(self.require_scope);
         let serves = self.serves.clone();
         let conn: &'c mut PgConnection = &mut self.conn;
         let refine_for = serves.clone();
@@ -109,7 +110,7 @@ where
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let call = Call::now();
+        let call = Call::now(self.require_scope);
         let serves = self.serves.clone();
         let conn: &'c mut PgConnection = &mut self.conn;
         async move {
@@ -129,7 +130,7 @@ where
     where
         'c: 'e,
     {
-        let call = Call::now();
+        let call = Call::now(self.require_scope);
         let serves = self.serves.clone();
         let conn: &'c mut PgConnection = &mut self.conn;
         async move {
@@ -148,7 +149,7 @@ where
     where
         'c: 'e,
     {
-        let call = Call::now();
+        let call = Call::now(self.require_scope);
         let serves = self.serves.clone();
         let conn: &'c mut PgConnection = &mut self.conn;
         async move {
@@ -170,16 +171,24 @@ pub struct PoolConnection {
 }
 
 impl PoolConnection {
-    pub(crate) fn new(conn: sqlx::pool::PoolConnection<Postgres>, serves: Option<Sandbox>) -> Self {
+    pub(crate) fn new(
+        conn: sqlx::pool::PoolConnection<Postgres>,
+        serves: Option<Sandbox>,
+        require_scope: bool,
+    ) -> Self {
         Self {
-            inner: GuardedConnection { conn, serves },
+            inner: GuardedConnection {
+                conn,
+                serves,
+                require_scope,
+            },
         }
     }
 
     /// Starts a transaction on this connection, in the context it serves.
     pub fn begin(&mut self) -> impl Future<Output = Result<Transaction<'_>, sqlx::Error>> + Send {
-        let call = Call::now();
-        let serves = self.inner.serves.clone();
+        let call = Call::now(self.inner.require_scope);
+        let (serves, require_scope) = (self.inner.serves.clone(), self.inner.require_scope);
         let conn = &mut *self.inner.conn;
         async move {
             GuardedConnection::<sqlx::pool::PoolConnection<Postgres>>::start(
@@ -189,7 +198,7 @@ impl PoolConnection {
             let tx = sqlx::Connection::begin(conn)
                 .await
                 .map_err(|error| refine(error, serves.as_ref()))?;
-            Ok(Transaction::new(tx, serves))
+            Ok(Transaction::new(tx, serves, require_scope))
         }
     }
 }
@@ -217,16 +226,24 @@ pub struct Transaction<'c> {
 }
 
 impl<'c> Transaction<'c> {
-    pub(crate) fn new(tx: sqlx::Transaction<'c, Postgres>, serves: Option<Sandbox>) -> Self {
+    pub(crate) fn new(
+        tx: sqlx::Transaction<'c, Postgres>,
+        serves: Option<Sandbox>,
+        require_scope: bool,
+    ) -> Self {
         Self {
-            inner: GuardedConnection { conn: tx, serves },
+            inner: GuardedConnection {
+                conn: tx,
+                serves,
+                require_scope,
+            },
         }
     }
 
     /// Commits the transaction, in the context it serves only: committed from anywhere else,
     /// it is refused and rolled back.
     pub fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c {
-        let call = Call::now();
+        let call = Call::now(self.inner.require_scope);
         async move {
             let serves = self.inner.serves;
             GuardedConnection::<sqlx::Transaction<'c, Postgres>>::start(call, serves.as_ref())?;
@@ -245,15 +262,15 @@ impl<'c> Transaction<'c> {
 
     /// Starts a nested transaction (a savepoint), in the context this one serves.
     pub fn begin(&mut self) -> impl Future<Output = Result<Transaction<'_>, sqlx::Error>> + Send {
-        let call = Call::now();
-        let serves = self.inner.serves.clone();
+        let call = Call::now(self.inner.require_scope);
+        let (serves, require_scope) = (self.inner.serves.clone(), self.inner.require_scope);
         let tx = &mut self.inner.conn;
         async move {
             GuardedConnection::<sqlx::Transaction<'c, Postgres>>::start(call, serves.as_ref())?;
             let nested = sqlx::Acquire::begin(tx)
                 .await
                 .map_err(|error| refine(error, serves.as_ref()))?;
-            Ok(Transaction::new(nested, serves))
+            Ok(Transaction::new(nested, serves, require_scope))
         }
     }
 }

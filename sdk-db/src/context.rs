@@ -10,7 +10,10 @@
 //! (its first rows read in one context, the rest in another) ends with the same error.
 //! Pools and connections that serve one context (the production pool, a connection or
 //! transaction taken for a sandbox) refuse to be used in any other, at the call and at the
-//! first poll, with [`SandboxDbError::WrongContext`]. Every refusal is audited.
+//! first poll, with [`SandboxDbError::WrongContext`]. A pool built with `require_scope` also
+//! refuses work that runs in no scope prodbox attached ([`SandboxDbError::NoScope`]): work
+//! that lost its request's context (`tokio::spawn`, a thread, a library's worker) then fails
+//! instead of running as production. Every refusal is audited.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,19 +28,33 @@ use crate::error::SandboxDbError;
 /// The context of one call, read where the call is made.
 pub(crate) struct Call {
     at_call: Option<Sandbox>,
+    /// Whether the pool requires its work to run in a scope prodbox attached.
+    require_scope: bool,
 }
 
 impl Call {
-    /// Reads the context where the call is made.
-    pub(crate) fn now() -> Self {
+    /// Reads the context where the call is made, for a pool that requires a scope or not.
+    pub(crate) fn now(require_scope: bool) -> Self {
         Self {
             at_call: prodbox_core::current(),
+            require_scope,
         }
+    }
+
+    /// Refuses work that runs in no scope prodbox attached, where the pool requires one.
+    fn scoped(&self) -> Result<(), SandboxDbError> {
+        if !self.require_scope || prodbox_core::in_scope() {
+            return Ok(());
+        }
+        let error = SandboxDbError::NoScope;
+        error.audit(self.at_call.as_ref(), Decision::Rejected);
+        Err(error)
     }
 
     /// At the first poll: the sandbox the work runs in (`None` for production), if the
     /// context there is the one the call was made in.
     pub(crate) fn start(self) -> Result<Option<Sandbox>, SandboxDbError> {
+        self.scoped()?;
         let at_poll = prodbox_core::current();
         if key(self.at_call.as_ref()) == key(at_poll.as_ref()) {
             return Ok(at_poll);
@@ -60,6 +77,7 @@ impl Call {
         serves: Option<&SandboxKey>,
         connection: bool,
     ) -> Result<(), SandboxDbError> {
+        self.scoped()?;
         let at_poll = prodbox_core::current();
         for context in [self.at_call.as_ref(), at_poll.as_ref()] {
             if key(context) != serves {

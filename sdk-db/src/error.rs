@@ -66,6 +66,15 @@ pub enum SandboxDbError {
         /// The sandbox where its work was first polled, if any.
         at_poll: Option<SandboxKey>,
     },
+    /// A pool that requires a scope was used by work running in none: work that lost its
+    /// request's context (spawned with `tokio::spawn`, on a thread, by a library's worker), or
+    /// work of the service's own started outside any request. Run the latter with
+    /// `prodbox_core::FutureExt::in_production`, and start the former with the helpers of
+    /// `prodbox_core::task`.
+    #[error(
+        "prodbox: database work ran in no prodbox scope (lost its request's context, or outside any request); it might belong to a sandbox, so it is refused"
+    )]
+    NoScope,
     /// A pool or connection that serves one context was used in another: the production pool
     /// by a sandboxed task, or a connection taken for one sandbox by another sandbox or by
     /// production.
@@ -110,6 +119,7 @@ impl SandboxDbError {
             Self::Expired(_) => "sandbox_expired",
             Self::ContextChanged { .. } => "db_context_changed",
             Self::WrongContext { .. } => "db_wrong_context",
+            Self::NoScope => "db_no_scope",
         }
     }
 
@@ -125,6 +135,7 @@ impl SandboxDbError {
             Self::WrongContext {
                 serves, context, ..
             } => context.as_ref().or(serves.as_ref()),
+            Self::NoScope => None,
         }
     }
 

@@ -40,6 +40,7 @@ pub struct SandboxPoolBuilder {
     default_ttl: Duration,
     role_connection_limit: u32,
     statement_bound: Duration,
+    require_scope: bool,
 }
 
 impl fmt::Debug for SandboxPoolBuilder {
@@ -107,6 +108,18 @@ impl SandboxPoolBuilder {
         self
     }
 
+    /// Refuses database work that runs in no scope prodbox attached
+    /// (`SandboxDbError::NoScope`, audited), on this pool, its production pool and their
+    /// connections. Off by default. With it on, work that lost its request's context
+    /// (`tokio::spawn`, a thread, a library's worker) fails instead of running as production,
+    /// whatever it was doing for a sandbox; prodbox's server layers and Kafka consumer give
+    /// every request and message a scope, and the service runs its own background work with
+    /// `prodbox_core::FutureExt::in_production`.
+    pub fn require_scope(mut self, require: bool) -> Self {
+        self.require_scope = require;
+        self
+    }
+
     /// How long a sandbox's statement may run, or its transaction stay open (default 30 s).
     /// The sandbox's role has it as its `statement_timeout` and
     /// `idle_in_transaction_session_timeout`, and since a session may change those, a watchdog
@@ -131,7 +144,9 @@ impl SandboxPoolBuilder {
         };
         SandboxPool {
             inner: Arc::new(Inner {
-                baseline: ProductionPool::new(self.baseline.clone()),
+                baseline: ProductionPool::new(self.baseline.clone())
+                    .require_scope(self.require_scope),
+                require_scope: self.require_scope,
                 pool: self.baseline,
                 provisioner,
                 connections_per_sandbox: self.connections_per_sandbox,
@@ -155,6 +170,7 @@ pub struct SandboxPool {
 }
 
 struct Inner {
+    require_scope: bool,
     /// The production pool, guarded, as handed out by `baseline()`.
     baseline: ProductionPool,
     /// The same pool, for production work this pool has already decided on.
@@ -225,6 +241,7 @@ impl SandboxPool {
             default_ttl: Duration::from_secs(24 * 3600),
             role_connection_limit: 16,
             statement_bound: Duration::from_secs(30),
+            require_scope: false,
         }
     }
 
@@ -254,7 +271,7 @@ impl SandboxPool {
     pub fn begin(
         &self,
     ) -> impl Future<Output = Result<Transaction<'static>, sqlx::Error>> + Send + 'static {
-        let (call, this) = (Call::now(), self.clone());
+        let (call, this) = (Call::now(self.inner.require_scope), self.clone());
         async move {
             let sandbox = call.start()?;
             let pool = this.pool_of(sandbox.as_ref()).await?;
@@ -262,7 +279,7 @@ impl SandboxPool {
                 .begin()
                 .await
                 .map_err(|error| this.refine(error, sandbox.as_ref()))?;
-            Ok(Transaction::new(tx, sandbox))
+            Ok(Transaction::new(tx, sandbox, this.inner.require_scope))
         }
     }
 
@@ -271,7 +288,7 @@ impl SandboxPool {
     pub fn acquire(
         &self,
     ) -> impl Future<Output = Result<PoolConnection, sqlx::Error>> + Send + 'static {
-        let (call, this) = (Call::now(), self.clone());
+        let (call, this) = (Call::now(self.inner.require_scope), self.clone());
         async move {
             let sandbox = call.start()?;
             let pool = this.pool_of(sandbox.as_ref()).await?;
@@ -279,7 +296,7 @@ impl SandboxPool {
                 .acquire()
                 .await
                 .map_err(|error| this.refine(error, sandbox.as_ref()))?;
-            Ok(PoolConnection::new(conn, sandbox))
+            Ok(PoolConnection::new(conn, sandbox, this.inner.require_scope))
         }
     }
 
@@ -612,7 +629,7 @@ impl<'p> Executor<'p> for &SandboxPool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let (call, this) = (Call::now(), self.clone());
+        let (call, this) = (Call::now(self.inner.require_scope), self.clone());
         stream::once(async move {
             let sandbox = call.start()?;
             let pool = this.pool_of(sandbox.as_ref()).await?;
@@ -634,7 +651,7 @@ impl<'p> Executor<'p> for &SandboxPool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let (call, this) = (Call::now(), self.clone());
+        let (call, this) = (Call::now(self.inner.require_scope), self.clone());
         async move {
             let sandbox = call.start()?;
             let pool = this.pool_of(sandbox.as_ref()).await?;
@@ -654,7 +671,7 @@ impl<'p> Executor<'p> for &SandboxPool {
     where
         'p: 'e,
     {
-        let (call, this) = (Call::now(), self.clone());
+        let (call, this) = (Call::now(self.inner.require_scope), self.clone());
         async move {
             let sandbox = call.start()?;
             let pool = this.pool_of(sandbox.as_ref()).await?;
@@ -673,7 +690,7 @@ impl<'p> Executor<'p> for &SandboxPool {
     where
         'p: 'e,
     {
-        let (call, this) = (Call::now(), self.clone());
+        let (call, this) = (Call::now(self.inner.require_scope), self.clone());
         async move {
             let sandbox = call.start()?;
             let pool = this.pool_of(sandbox.as_ref()).await?;

@@ -42,6 +42,7 @@ use crate::context::{Call, StayExt as _};
 #[derive(Clone)]
 pub struct ProductionPool {
     pool: PgPool,
+    require_scope: bool,
 }
 
 impl fmt::Debug for ProductionPool {
@@ -55,7 +56,17 @@ impl fmt::Debug for ProductionPool {
 impl ProductionPool {
     /// Guards `pool`. Keep no other handle on it: a `PgPool` clone is not guarded.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            require_scope: false,
+        }
+    }
+
+    /// Also refuses work that runs in no scope prodbox attached (see
+    /// [`SandboxPoolBuilder::require_scope`](crate::SandboxPoolBuilder::require_scope)).
+    pub fn require_scope(mut self, require: bool) -> Self {
+        self.require_scope = require;
+        self
     }
 
     /// The sqlx pool itself, for work that must run as production whatever the context (a
@@ -89,10 +100,11 @@ impl ProductionPool {
     pub fn begin(
         &self,
     ) -> impl Future<Output = Result<Transaction<'static>, sqlx::Error>> + Send + 'static {
-        let (call, pool) = (Call::now(), self.pool.clone());
+        let (call, pool) = (Call::now(self.require_scope), self.pool.clone());
+        let require_scope = self.require_scope;
         async move {
             call.start_serving(None, false)?;
-            Ok(Transaction::new(pool.begin().await?, None))
+            Ok(Transaction::new(pool.begin().await?, None, require_scope))
         }
     }
 
@@ -101,10 +113,15 @@ impl ProductionPool {
     pub fn acquire(
         &self,
     ) -> impl Future<Output = Result<PoolConnection, sqlx::Error>> + Send + 'static {
-        let (call, pool) = (Call::now(), self.pool.clone());
+        let (call, pool) = (Call::now(self.require_scope), self.pool.clone());
+        let require_scope = self.require_scope;
         async move {
             call.start_serving(None, false)?;
-            Ok(PoolConnection::new(pool.acquire().await?, None))
+            Ok(PoolConnection::new(
+                pool.acquire().await?,
+                None,
+                require_scope,
+            ))
         }
     }
 }
@@ -120,7 +137,7 @@ impl<'p> Executor<'p> for &ProductionPool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let (call, pool) = (Call::now(), self.pool.clone());
+        let (call, pool) = (Call::now(self.require_scope), self.pool.clone());
         stream::once(async move {
             call.start_serving(None, false)?;
             Ok::<_, sqlx::Error>((&pool).fetch_many(query))
@@ -137,7 +154,7 @@ impl<'p> Executor<'p> for &ProductionPool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let (call, pool) = (Call::now(), self.pool.clone());
+        let (call, pool) = (Call::now(self.require_scope), self.pool.clone());
         async move {
             call.start_serving(None, false)?;
             (&pool).fetch_optional(query).await
@@ -153,7 +170,7 @@ impl<'p> Executor<'p> for &ProductionPool {
     where
         'p: 'e,
     {
-        let (call, pool) = (Call::now(), self.pool.clone());
+        let (call, pool) = (Call::now(self.require_scope), self.pool.clone());
         async move {
             call.start_serving(None, false)?;
             (&pool).prepare_with(sql, parameters).await
@@ -168,7 +185,7 @@ impl<'p> Executor<'p> for &ProductionPool {
     where
         'p: 'e,
     {
-        let (call, pool) = (Call::now(), self.pool.clone());
+        let (call, pool) = (Call::now(self.require_scope), self.pool.clone());
         async move {
             call.start_serving(None, false)?;
             (&pool).describe(sql).await

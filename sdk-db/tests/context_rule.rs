@@ -310,9 +310,12 @@ fn ways() -> Vec<(&'static str, Kind, Run)> {
     ]
 }
 
-/// What the rule says a call comes to.
-fn expected(kind: Kind, when: When) -> Landed {
+/// What the rule says a call comes to, on a pool that requires a scope or not (then "no
+/// sandbox" is no scope at all: work that lost its context).
+fn expected(kind: Kind, when: When, scoped: bool) -> Landed {
     match (when, kind) {
+        (When::Neither, _) if scoped => Landed::Refused("db_no_scope"),
+        (When::CallOnly, _) if scoped => Landed::Refused("db_no_scope"),
         (When::Neither, _) => Landed::Production,
         (When::Both, _) => Landed::A,
         (_, Kind::Called) => Landed::Refused("db_context_changed"),
@@ -333,6 +336,10 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
+        Self::with_scope(false).await
+    }
+
+    async fn with_scope(require_scope: bool) -> Fixture {
         require_postgres().await;
         let db = TestDatabase::create_with(5).await;
         migrator("orders")
@@ -346,6 +353,7 @@ impl Fixture {
             .expect("production whoami");
         let pool = SandboxPool::builder(db.pool().clone())
             .migrations(migrator("orders").await)
+            .require_scope(require_scope)
             .build();
         let a = sandbox(&unique_key("cra"));
         let b = sandbox(&unique_key("crb"));
@@ -417,10 +425,8 @@ impl Fixture {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_way_into_the_pool_follows_one_rule() {
-    let audit = AuditLog::global();
-    let fixture = Fixture::new().await;
+/// Every way under every arrangement: the table, and whether each outcome is the rule's.
+async fn matrix(fixture: &Fixture, scoped: bool) -> (String, Vec<String>, usize) {
     let mut table = String::from("| method | prodbox sees the call |");
     for when in ARRANGEMENTS {
         table.push_str(&format!(" {when} |"));
@@ -442,13 +448,21 @@ async fn every_way_into_the_pool_follows_one_rule() {
             if matches!(landed, Landed::Refused(_)) {
                 refusals += 1;
             }
-            let want = expected(kind, when);
+            let want = expected(kind, when, scoped);
             if landed != want {
                 wrong.push(format!("{name}, {when}: expected {want}, got {landed}"));
             }
         }
         table.push('\n');
     }
+    (table, wrong, refusals)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_into_the_pool_follows_one_rule() {
+    let audit = AuditLog::global();
+    let fixture = Fixture::new().await;
+    let (table, wrong, refusals) = matrix(&fixture, false).await;
     println!("{table}");
     assert!(
         wrong.is_empty(),
@@ -473,6 +487,24 @@ async fn every_way_into_the_pool_follows_one_rule() {
     }
     fixture.db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_require_scope_work_made_in_a_sandbox_never_runs_as_production() {
+    let fixture = Fixture::with_scope(true).await;
+    let (table, wrong, _) = matrix(&fixture, true).await;
+    println!("{table}");
+    assert!(
+        wrong.is_empty(),
+        "unexpected outcomes:\n{}",
+        wrong.join("\n")
+    );
+    assert!(!table.contains("production"), "{table}");
+    for sandbox in [&fixture.a, &fixture.b] {
+        fixture.pool.drop_sandbox(sandbox.key()).await.unwrap();
+    }
+    fixture.db.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_says_which_contexts_disagreed() {
     let fixture = Fixture::new().await;

@@ -108,35 +108,20 @@ fn boxed(error: tower::BoxError) -> sqlx::Error {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_way_of_losing_the_context_and_where_the_write_lands() {
+/// Each way, started in a sandboxed request, and where its write landed.
+async fn each_way(require_scope: bool, ways: &[(&str, &str)]) -> String {
     require_postgres().await;
     let db = TestDatabase::create_with(5).await;
     migrator("orders").await.run(db.pool()).await.unwrap();
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("orders").await)
+        .require_scope(require_scope)
         .build();
     let sb: Sandbox = sandbox(&unique_key("lost"));
     let schema = schema_of(sb.key().as_str());
     // Provision first, so that counting the sandbox's rows works from the start.
     insert(&pool).in_sandbox(sb.clone()).await.unwrap();
 
-    #[rustfmt::skip]
-    let ways: [(&str, &str); 13] = [
-        ("awaited in the request", "sandbox"),
-        ("tokio::spawn", "production"),
-        ("tokio::spawn, a call prodbox sees", "refused (db_context_changed)"),
-        ("prodbox_core::spawn", "sandbox"),
-        ("JoinSet::spawn", "production"),
-        ("JoinSet::spawn(f.in_current_sandbox())", "sandbox"),
-        ("tokio::task::spawn_blocking", "production"),
-        ("prodbox_core::spawn_blocking", "sandbox"),
-        ("std::thread::spawn", "production"),
-        ("prodbox_core::task::spawn_thread", "sandbox"),
-        ("tower Buffer, a service that binds its work to the context of `call`", "production"),
-        ("the same with CarryContextLayer outside and AttachContextLayer inside", "sandbox"),
-        ("awaited in a task prodbox_core::spawn started", "sandbox"),
-    ];
     let mut table =
         String::from("| how the work was started | where its write landed |\n|---|---|\n");
     let mut wrong = Vec::new();
@@ -172,12 +157,50 @@ async fn each_way_of_losing_the_context_and_where_the_write_lands() {
             (outcome, p, s) => format!("{outcome:?} with {p} production and {s} sandbox rows"),
         };
         table.push_str(&format!("| {way} | {landed} |\n"));
-        if landed != expected {
+        if landed != *expected {
             wrong.push(format!("{way}: expected {expected}, got {landed}"));
         }
     }
-    println!("{table}");
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     pool.drop_sandbox(sb.key()).await.unwrap();
+    // Outside any request, the pool serves production only in a scope when it requires one.
+    let outside = insert(&pool).await;
+    let in_production = insert(&pool).in_production().await;
     db.cleanup().await;
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(outside.is_ok(), !require_scope, "{outside:?}");
+    in_production.unwrap();
+    table
+}
+
+#[rustfmt::skip]
+const WAYS: [(&str, &str, &str); 13] = [
+    // (way, where it lands by default, where it lands with `require_scope`)
+    ("awaited in the request", "sandbox", "sandbox"),
+    ("tokio::spawn", "production", "refused (db_no_scope)"),
+    ("tokio::spawn, a call prodbox sees", "refused (db_context_changed)", "refused (db_no_scope)"),
+    ("prodbox_core::spawn", "sandbox", "sandbox"),
+    ("JoinSet::spawn", "production", "refused (db_no_scope)"),
+    ("JoinSet::spawn(f.in_current_sandbox())", "sandbox", "sandbox"),
+    ("tokio::task::spawn_blocking", "production", "refused (db_no_scope)"),
+    ("prodbox_core::spawn_blocking", "sandbox", "sandbox"),
+    ("std::thread::spawn", "production", "refused (db_no_scope)"),
+    ("prodbox_core::task::spawn_thread", "sandbox", "sandbox"),
+    ("tower Buffer, a service that binds its work to the context of `call`", "production", "refused (db_no_scope)"),
+    ("the same with CarryContextLayer outside and AttachContextLayer inside", "sandbox", "sandbox"),
+    ("awaited in a task prodbox_core::spawn started", "sandbox", "sandbox"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_way_of_losing_the_context_and_where_the_write_lands() {
+    let ways: Vec<(&str, &str)> = WAYS.iter().map(|(way, plain, _)| (*way, *plain)).collect();
+    println!("{}", each_way(false, &ways).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_require_scope_lost_work_is_refused_instead_of_running_as_production() {
+    let ways: Vec<(&str, &str)> = WAYS
+        .iter()
+        .map(|(way, _, scoped)| (*way, *scoped))
+        .collect();
+    println!("{}", each_way(true, &ways).await);
 }

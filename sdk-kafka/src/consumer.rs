@@ -506,7 +506,8 @@ impl SandboxConsumer {
         };
         let cx = match &context {
             Some(context) => context.attach_to(&Context::new()),
-            None => Context::new(),
+            // Production work, in a scope prodbox recognises.
+            None => prodbox_core::context::production(),
         };
         let mut wait = self.backoff.0;
         let mut attempts = 0u32;

@@ -45,8 +45,8 @@ async fn baseline_and_sandbox_consumers_split_a_topic() {
         }
     }
 
-    // (consumer:payload, sandbox seen by the handler)
-    type Seen = Vec<(String, Option<String>)>;
+    // (consumer:payload, sandbox seen by the handler, whether it ran in a prodbox scope)
+    type Seen = Vec<(String, Option<String>, bool)>;
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let mut runs = Vec::new();
     for (name, role) in [
@@ -72,6 +72,7 @@ async fn baseline_and_sandbox_consumers_split_a_topic() {
                             seen.lock().unwrap().push((
                                 format!("{name}:{payload}"),
                                 prodbox_core::current().map(|s| s.key().to_string()),
+                                prodbox_core::in_scope(),
                             ));
                             Ok::<_, std::convert::Infallible>(())
                         }
@@ -89,7 +90,9 @@ async fn baseline_and_sandbox_consumers_split_a_topic() {
     let seen = seen.lock().unwrap().clone();
     println!("{seen:?}");
     assert_eq!(seen.len(), 20, "{seen:?}");
-    for (who, sandbox) in &seen {
+    for (who, sandbox, scoped) in &seen {
+        // Production messages too: a pool that requires a scope serves their handlers.
+        assert!(scoped, "{who} ran in no scope");
         let n: u32 = who.split(':').nth(1).unwrap().parse().unwrap();
         if n.is_multiple_of(2) {
             assert!(who.starts_with("sandbox:"), "{who}");

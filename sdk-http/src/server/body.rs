@@ -20,7 +20,8 @@ pub struct ResponseBody<B> {
 #[pin_project(project = KindProj)]
 #[derive(Debug)]
 enum Kind<B> {
-    Plain {
+    /// A production response: polled in a production scope.
+    Production {
         #[pin]
         inner: B,
     },
@@ -45,9 +46,9 @@ pub(crate) struct Scope {
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn plain(inner: B) -> Self {
+    pub(crate) fn production(inner: B) -> Self {
         Self {
-            kind: Kind::Plain { inner },
+            kind: Kind::Production { inner },
         }
     }
 
@@ -82,7 +83,10 @@ where
         task: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().kind.project() {
-            KindProj::Plain { inner } => inner.poll_frame(task),
+            KindProj::Production { inner } => {
+                let _scope = prodbox_core::context::scope::enter();
+                inner.poll_frame(task)
+            }
             KindProj::InContext { inner, scope } => {
                 let Some(active) = scope.as_ref() else {
                     return inner.poll_frame(task);
@@ -105,14 +109,14 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Plain { inner } | Kind::InContext { inner, .. } => inner.is_end_stream(),
+            Kind::Production { inner } | Kind::InContext { inner, .. } => inner.is_end_stream(),
             Kind::Refusal { text } => text.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Plain { inner } | Kind::InContext { inner, .. } => inner.size_hint(),
+            Kind::Production { inner } | Kind::InContext { inner, .. } => inner.size_hint(),
             Kind::Refusal { text } => {
                 SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
             }

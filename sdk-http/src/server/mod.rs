@@ -278,8 +278,17 @@ where
                     }
                 }
                 match context {
-                    // The common case: no baggage at all, nothing to attach.
-                    None => ResponseFuture::plain(self.inner.call(req)),
+                    // The common case, no baggage at all: production work, in a scope prodbox
+                    // recognises (pools that require one refuse work that lost its context).
+                    None => {
+                        let future = {
+                            let _scope = prodbox_core::context::scope::enter();
+                            self.inner.call(req)
+                        };
+                        ResponseFuture {
+                            kind: Kind::Production { future },
+                        }
+                    }
                     Some(context) => {
                         let cx = Context::map_current(|cx| context.attach_to(cx));
                         let scope = Scope {
@@ -378,7 +387,8 @@ pub struct ResponseFuture<F> {
 #[pin_project(project = KindProj)]
 #[derive(Debug)]
 enum Kind<F> {
-    Plain {
+    /// Production work with nothing of prodbox to attach: polled in a production scope.
+    Production {
         #[pin]
         future: F,
     },
@@ -392,14 +402,6 @@ enum Kind<F> {
     },
 }
 
-impl<F> ResponseFuture<F> {
-    fn plain(future: F) -> Self {
-        Self {
-            kind: Kind::Plain { future },
-        }
-    }
-}
-
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
@@ -408,9 +410,12 @@ where
 
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Plain { future } => future
-                .poll(task)
-                .map(|r| r.map(|res| res.map(ResponseBody::plain))),
+            KindProj::Production { future } => {
+                let _scope = prodbox_core::context::scope::enter();
+                future
+                    .poll(task)
+                    .map(|r| r.map(|res| res.map(ResponseBody::production)))
+            }
             KindProj::Inner { future, scope } => {
                 let response = {
                     let Some(active) = scope.as_ref() else {
