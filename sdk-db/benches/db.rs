@@ -189,6 +189,62 @@ fn queries(c: &mut Criterion) {
     }
     group.finish();
 
+    // What a process pays to open a provisioned sandbox's pool: the row lock, the role made a
+    // sandbox role again and the exposure check (issue #17 asks for its cost), on this
+    // database and on one with a thousand more production tables and functions.
+    let mut group = c.benchmark_group("open_provisioned_sandbox");
+    group.sample_size(20);
+    let big = rt.block_on(async {
+        let big = TestDatabase::create_with(2).await;
+        big.pool()
+            .execute(AssertSqlSafe(
+                (0..1000)
+                    .map(|i| {
+                        format!(
+                            "CREATE TABLE p{i} (id bigserial PRIMARY KEY, v text);
+                             CREATE FUNCTION f{i}() RETURNS int LANGUAGE sql AS 'SELECT {i}';"
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ))
+            .await
+            .unwrap();
+        let pool = SandboxPool::new(big.new_pool(2).await);
+        pool.pool_for(&sandbox).await.unwrap();
+        big
+    });
+    for (name, options) in [
+        ("21_tables", db.connect_options()),
+        ("1021_tables_1000_functions", big.connect_options()),
+    ] {
+        let baseline = rt.block_on(async {
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect_with(options)
+                .await
+                .unwrap()
+        });
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                let (baseline, sandbox) = (baseline.clone(), sandbox.clone());
+                async move {
+                    // A new process's pool: nothing of the sandbox cached.
+                    let pool = SandboxPool::new(baseline);
+                    pool.pool_for(&sandbox).await.unwrap()
+                }
+            })
+        });
+    }
+    group.finish();
+    rt.block_on(async {
+        SandboxPool::new(big.new_pool(2).await)
+            .drop_sandbox(sandbox.key())
+            .await
+            .unwrap();
+        big.cleanup().await;
+    });
+
     let mut group = c.benchmark_group("provision_20_tables");
     group.sample_size(10);
     let provisioning = rt.block_on(async {
