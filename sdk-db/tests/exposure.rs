@@ -120,6 +120,8 @@ const EXPOSURES: &[Exposure] = &[
 async fn a_grant_that_exposes_production_refuses_the_sandbox() {
     let audit = AuditLog::global();
     let mut wrong = Vec::new();
+    let mut table =
+        String::from("| grant on production | the sandbox's attack | outcome |\n|---|---|---|\n");
     for exposure in EXPOSURES {
         let db = production().await;
         db.pool().execute(exposure.grant).await.unwrap();
@@ -137,6 +139,26 @@ async fn a_grant_that_exposes_production_refuses_the_sandbox() {
             .err()
             .and_then(SandboxDbError::of)
             .map(SandboxDbError::reason);
+        table.push_str(&format!(
+            "| {} (`{}`) | `{}` | {} |\n",
+            exposure.name,
+            exposure.grant.replace('|', "/"),
+            exposure
+                .attack
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+            match &result {
+                Err(error) => match SandboxDbError::of(error) {
+                    Some(SandboxDbError::ProductionExposed { findings, .. }) => format!(
+                        "sandbox refused: `db_production_exposed` ({})",
+                        findings.join("; ").replace(db.name(), "<database>")
+                    ),
+                    _ => format!("refused: {error}"),
+                },
+                Ok(_) => "**ran**".to_owned(),
+            }
+        ));
         if reason != Some("db_production_exposed") {
             wrong.push(format!("{}: {result:?}", exposure.name));
         }
@@ -161,6 +183,7 @@ async fn a_grant_that_exposes_production_refuses_the_sandbox() {
         let _ = pool.drop_sandbox(&common::parse_key(&key)).await;
         db.cleanup().await;
     }
+    println!("{table}");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
