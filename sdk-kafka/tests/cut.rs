@@ -1,0 +1,336 @@
+//! Every record of a forked sandbox is handled by exactly one role, the baseline or the fork,
+//! whatever the clocks, the timestamps and the order in which the consumers start: a record
+//! produced before the sandbox's entry existed, one stamped before the sandbox's creation, a
+//! sandbox deleted and made again, a fork added to a running sandbox, and a consumer killed
+//! between handling and committing. Lag is zero for every group at the end.
+
+// Test helpers outside #[test] functions: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Log, Out, Running, assert_zero_lag, consumer_config, ends, eventually, produce};
+use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
+use prodbox_core::{Sandbox, SandboxKey};
+use prodbox_kafka::{Role, SandboxConsumer};
+use prodbox_testkit::kafka::{create_topic, unique_topic};
+use rdkafka::producer::FutureProducer;
+
+const PARTITIONS: i32 = 2;
+const SERVICE: &str = "billing";
+
+fn key(s: &str) -> SandboxKey {
+    s.parse().unwrap()
+}
+
+/// `n` records per partition: of sandbox `sandbox`, or untagged.
+fn records(label: &str, sandbox: Option<&str>, n: u32) -> Vec<Out> {
+    (0..PARTITIONS)
+        .flat_map(|p| {
+            (0..n).map(move |i| {
+                Out::new(format!("{label}-{}-{p}-{i}", sandbox.unwrap_or("none")))
+                    .partition(p)
+                    .sandbox(sandbox.map(|k| Sandbox::new(key(k))))
+            })
+        })
+        .collect()
+}
+
+/// A directory entry for `sandbox` created now (or at `created`), forking the service when
+/// `forks`.
+fn entry(sandbox: &str, forks: bool, created: SystemTime) -> SandboxEntry {
+    let mut entry = SandboxEntry::new(key(sandbox));
+    if forks {
+        entry = entry.fork(SERVICE, "http://fork");
+    }
+    entry.created_at = Some(created);
+    entry
+}
+
+/// The baseline and the fork consumers of one test, started in either order.
+struct Roles {
+    topic: String,
+    group: String,
+    directory: MemoryDirectory,
+    log: Log,
+    landed: Vec<(i32, i64)>,
+    producer: FutureProducer,
+    groups: Vec<String>,
+    runs: Vec<(&'static str, Running)>,
+}
+
+impl Roles {
+    async fn new(label: &str) -> Roles {
+        let topic = unique_topic(label);
+        create_topic(&topic, PARTITIONS).await;
+        Roles {
+            group: format!("{topic}-{SERVICE}"),
+            topic,
+            directory: MemoryDirectory::new(),
+            log: Arc::default(),
+            landed: Vec::new(),
+            producer: common::unbatched_producer(),
+            groups: Vec::new(),
+            runs: Vec::new(),
+        }
+    }
+
+    async fn produce(&mut self, records: &[Out]) {
+        let landed = produce(&self.producer, &self.topic, records).await;
+        self.landed.extend(landed);
+    }
+
+    async fn start(&mut self, name: &'static str, role: Role) -> Arc<SandboxConsumer> {
+        let role_name = role.clone();
+        let consumer = SandboxConsumer::builder(consumer_config(), &self.group, role)
+            .directory(self.directory.clone())
+            .start(&[&self.topic])
+            .await
+            .unwrap();
+        self.groups.push(match &role_name {
+            Role::Baseline { .. } => self.group.clone(),
+            Role::Sandbox { key } => format!("{}.sandbox.{key}", self.group),
+        });
+        let consumer = Arc::new(consumer);
+        self.runs.push((
+            name,
+            Running::spawn(Arc::clone(&consumer), common::recorder(&self.log, name)),
+        ));
+        consumer
+    }
+
+    async fn baseline(&mut self) {
+        self.start("baseline", Role::baseline(SERVICE)).await;
+    }
+
+    async fn fork(&mut self, sandbox: &str) {
+        self.start("fork", Role::sandbox(key(sandbox))).await;
+    }
+
+    /// Who handled each payload: its roles, in order.
+    fn handlers(&self) -> BTreeMap<String, Vec<&'static str>> {
+        let mut by_payload: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+        for (role, payload, _) in self.log.lock().unwrap().iter() {
+            by_payload.entry(payload.clone()).or_default().push(role);
+        }
+        by_payload
+    }
+
+    /// Waits until every record was handled, then checks each by exactly one role (any
+    /// number of times), untagged ones by the baseline, and lag zero for every group.
+    async fn check(mut self, payloads: &[Out]) {
+        let expected: Vec<String> = payloads.iter().map(|o| o.payload.clone()).collect();
+        eventually(Duration::from_secs(60), || {
+            let handled = self.handlers();
+            expected.iter().all(|p| handled.contains_key(p))
+        })
+        .await;
+        assert_zero_lag(&self.groups, &self.topic, PARTITIONS, &ends(&self.landed)).await;
+        for (_, run) in std::mem::take(&mut self.runs) {
+            run.stop().await;
+        }
+        let handled = self.handlers();
+        let mut wrong = Vec::new();
+        for out in payloads {
+            let roles = handled.get(&out.payload).cloned().unwrap_or_default();
+            let mut distinct = roles.clone();
+            distinct.dedup();
+            if distinct.len() != 1 {
+                wrong.push(format!("{}: handled by {roles:?}", out.payload));
+            } else if out.sandbox.is_none() && distinct != ["baseline"] {
+                wrong.push(format!("{} (untagged): handled by {roles:?}", out.payload));
+            }
+        }
+        // Every handler ran in its record's sandbox, never as production.
+        for (role, payload, sandbox) in self.log.lock().unwrap().iter() {
+            let tagged = payload.split('-').nth(1) != Some("none");
+            if tagged && sandbox.is_none() {
+                wrong.push(format!("{payload} ran as production in the {role}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+}
+
+/// Runs `scenario` twice, with the baseline started first and with the fork started first.
+macro_rules! both_orders {
+    ($name:ident, $scenario:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $scenario(true).await;
+            $scenario(false).await;
+        }
+    };
+}
+
+async fn start_both(roles: &mut Roles, sandbox: &str, baseline_first: bool) {
+    if baseline_first {
+        roles.baseline().await;
+        roles.fork(sandbox).await;
+    } else {
+        roles.fork(sandbox).await;
+        roles.baseline().await;
+    }
+}
+
+/// Records produced before the sandbox's entry existed (traffic that starts while `prodbox
+/// sandbox create` is still running).
+async fn produced_before_the_entry(baseline_first: bool) {
+    let sandbox = if baseline_first { "cut-a1" } else { "cut-a2" };
+    let mut roles = Roles::new("cut-before").await;
+    let early = [
+        records("early", Some(sandbox), 3),
+        records("early", None, 2),
+    ]
+    .concat();
+    roles.produce(&early).await;
+    roles
+        .directory
+        .upsert(entry(sandbox, true, SystemTime::now()));
+    start_both(&mut roles, sandbox, baseline_first).await;
+    let late = [records("late", Some(sandbox), 3), records("late", None, 2)].concat();
+    roles.produce(&late).await;
+    roles.check(&[early, late].concat()).await;
+}
+both_orders!(records_produced_before_the_entry, produced_before_the_entry);
+
+/// A record stamped five seconds before the sandbox's creation (a producer clock behind, a
+/// mirrored topic), produced after it.
+async fn stamped_before_creation(baseline_first: bool) {
+    let sandbox = if baseline_first { "cut-b1" } else { "cut-b2" };
+    let mut roles = Roles::new("cut-stamped").await;
+    let created = SystemTime::now();
+    roles.directory.upsert(entry(sandbox, true, created));
+    start_both(&mut roles, sandbox, baseline_first).await;
+    let stamp = created - Duration::from_secs(5);
+    let millis = i64::try_from(stamp.duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap();
+    let producer = common::unbatched_producer();
+    let mut landed = Vec::new();
+    let stamped: Vec<Out> = records("stamped", Some(sandbox), 3);
+    for out in &stamped {
+        let record = rdkafka::producer::FutureRecord::<str, str>::to(&roles.topic)
+            .key(&out.payload)
+            .payload(&out.payload)
+            .partition(out.partition.unwrap())
+            .timestamp(millis);
+        let record = prodbox_core::FutureExt::in_sandbox(
+            async { prodbox_kafka::SandboxRecordExt::with_sandbox_context(record).unwrap() },
+            Sandbox::new(key(sandbox)),
+        )
+        .await;
+        let delivered = producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap();
+        landed.push((delivered.partition, delivered.offset));
+    }
+    roles.landed.extend(landed);
+    roles.check(&stamped).await;
+}
+both_orders!(
+    a_record_stamped_before_the_creation,
+    stamped_before_creation
+);
+
+/// A sandbox deleted and made again under the same key, with records of both incarnations.
+async fn deleted_and_made_again(baseline_first: bool) {
+    let sandbox = if baseline_first { "cut-c1" } else { "cut-c2" };
+    let mut roles = Roles::new("cut-again").await;
+    let first = SystemTime::now();
+    roles.directory.upsert(entry(sandbox, true, first));
+    start_both(&mut roles, sandbox, baseline_first).await;
+    let old = records("old", Some(sandbox), 3);
+    roles.produce(&old).await;
+    // The first incarnation's fork is torn down with it.
+    eventually(Duration::from_secs(30), || {
+        let handled = roles.handlers();
+        old.iter().all(|o| handled.contains_key(&o.payload))
+    })
+    .await;
+    let at = roles
+        .runs
+        .iter()
+        .position(|(name, _)| *name == "fork")
+        .unwrap();
+    let (_, fork) = roles.runs.remove(at);
+    fork.stop().await;
+    assert!(roles.directory.remove(&key(sandbox)));
+    let between = records("between", Some(sandbox), 2);
+    roles.produce(&between).await;
+    roles
+        .directory
+        .upsert(entry(sandbox, true, first + Duration::from_secs(60)));
+    roles.fork(sandbox).await;
+    let new = records("new", Some(sandbox), 3);
+    roles.produce(&new).await;
+    roles.check(&[old, between, new].concat()).await;
+}
+both_orders!(a_sandbox_deleted_and_made_again, deleted_and_made_again);
+
+/// A fork added to a sandbox that was running without one.
+async fn fork_added_to_a_running_sandbox(baseline_first: bool) {
+    let sandbox = if baseline_first { "cut-d1" } else { "cut-d2" };
+    let mut roles = Roles::new("cut-added").await;
+    let created = SystemTime::now();
+    roles.directory.upsert(entry(sandbox, false, created));
+    if baseline_first {
+        roles.baseline().await;
+    }
+    let unforked = records("unforked", Some(sandbox), 3);
+    roles.produce(&unforked).await;
+    roles.directory.upsert(entry(sandbox, true, created));
+    if baseline_first {
+        roles.fork(sandbox).await;
+    } else {
+        start_both(&mut roles, sandbox, false).await;
+    }
+    let forked = records("forked", Some(sandbox), 3);
+    roles.produce(&forked).await;
+    roles.check(&[unforked, forked].concat()).await;
+}
+both_orders!(
+    a_fork_added_to_a_running_sandbox,
+    fork_added_to_a_running_sandbox
+);
+
+/// Each consumer killed between handling a record and committing it, then started again.
+async fn killed_between_handling_and_committing(baseline_first: bool) {
+    let sandbox = if baseline_first { "cut-e1" } else { "cut-e2" };
+    let mut roles = Roles::new("cut-killed").await;
+    roles
+        .directory
+        .upsert(entry(sandbox, true, SystemTime::now()));
+    start_both(&mut roles, sandbox, baseline_first).await;
+    let first = [
+        records("first", Some(sandbox), 3),
+        records("first", None, 2),
+    ]
+    .concat();
+    roles.produce(&first).await;
+    eventually(Duration::from_secs(30), || {
+        let handled = roles.handlers();
+        first.iter().all(|o| handled.contains_key(&o.payload))
+    })
+    .await;
+    // Killed as a crash would (no final commit), then started again in the same order.
+    for (_, run) in roles.runs.drain(..).collect::<Vec<_>>() {
+        run.kill().await;
+    }
+    roles.groups.clear();
+    start_both(&mut roles, sandbox, baseline_first).await;
+    let second = [
+        records("second", Some(sandbox), 3),
+        records("second", None, 2),
+    ]
+    .concat();
+    roles.produce(&second).await;
+    roles.check(&[first, second].concat()).await;
+}
+both_orders!(
+    a_consumer_killed_between_handling_and_committing,
+    killed_between_handling_and_committing
+);
