@@ -85,16 +85,12 @@ impl Roles {
     }
 
     async fn start(&mut self, name: &'static str, role: Role) -> Arc<SandboxConsumer> {
-        let role_name = role.clone();
         let consumer = SandboxConsumer::builder(consumer_config(), &self.group, role)
             .directory(self.directory.clone())
             .start(&[&self.topic])
             .await
             .unwrap();
-        self.groups.push(match &role_name {
-            Role::Baseline { .. } => self.group.clone(),
-            Role::Sandbox { key } => format!("{}.sandbox.{key}", self.group),
-        });
+        self.groups.push(consumer.group().to_owned());
         let consumer = Arc::new(consumer);
         self.runs.push((
             name,
@@ -124,11 +120,17 @@ impl Roles {
     /// number of times), untagged ones by the baseline, and lag zero for every group.
     async fn check(mut self, payloads: &[Out]) {
         let expected: Vec<String> = payloads.iter().map(|o| o.payload.clone()).collect();
-        eventually(Duration::from_secs(60), || {
+        let missing = || {
             let handled = self.handlers();
-            expected.iter().all(|p| handled.contains_key(p))
-        })
-        .await;
+            expected
+                .iter()
+                .filter(|p| !handled.contains_key(*p))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        if !eventually(Duration::from_secs(60), || missing().is_empty()).await {
+            panic!("handled by nobody: {:?}", missing());
+        }
         assert_zero_lag(&self.groups, &self.topic, PARTITIONS, &ends(&self.landed)).await;
         for (_, run) in std::mem::take(&mut self.runs) {
             run.stop().await;
@@ -246,11 +248,14 @@ async fn deleted_and_made_again(baseline_first: bool) {
     let old = records("old", Some(sandbox), 3);
     roles.produce(&old).await;
     // The first incarnation's fork is torn down with it.
-    eventually(Duration::from_secs(30), || {
-        let handled = roles.handlers();
-        old.iter().all(|o| handled.contains_key(&o.payload))
-    })
-    .await;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let handled = roles.handlers();
+            old.iter().all(|o| handled.contains_key(&o.payload))
+        })
+        .await,
+        "not everything was handled in time"
+    );
     let at = roles
         .runs
         .iter()
@@ -258,16 +263,22 @@ async fn deleted_and_made_again(baseline_first: bool) {
         .unwrap();
     let (_, fork) = roles.runs.remove(at);
     fork.stop().await;
+    // Its group is gone with it: only the running consumers must reach the end.
+    roles.groups.retain(|group| !group.contains(".sandbox."));
     assert!(roles.directory.remove(&key(sandbox)));
     let between = records("between", Some(sandbox), 2);
     roles.produce(&between).await;
     roles
         .directory
         .upsert(entry(sandbox, true, first + Duration::from_secs(60)));
+    let waiting = records("waiting", Some(sandbox), 2);
+    roles.produce(&waiting).await;
+    // The new incarnation's fork is deployed after the baseline passed its first records.
+    assert_zero_lag(&roles.groups, &roles.topic, PARTITIONS, &ends(&roles.landed)).await;
     roles.fork(sandbox).await;
     let new = records("new", Some(sandbox), 3);
     roles.produce(&new).await;
-    roles.check(&[old, between, new].concat()).await;
+    roles.check(&[old, between, waiting, new].concat()).await;
 }
 both_orders!(a_sandbox_deleted_and_made_again, deleted_and_made_again);
 
@@ -283,14 +294,19 @@ async fn fork_added_to_a_running_sandbox(baseline_first: bool) {
     let unforked = records("unforked", Some(sandbox), 3);
     roles.produce(&unforked).await;
     roles.directory.upsert(entry(sandbox, true, created));
+    // Records of the fork before its consumer is deployed, which the baseline skips and
+    // commits past meanwhile.
+    let waiting = records("waiting", Some(sandbox), 3);
+    roles.produce(&waiting).await;
     if baseline_first {
+        assert_zero_lag(&roles.groups, &roles.topic, PARTITIONS, &ends(&roles.landed)).await;
         roles.fork(sandbox).await;
     } else {
         start_both(&mut roles, sandbox, false).await;
     }
     let forked = records("forked", Some(sandbox), 3);
     roles.produce(&forked).await;
-    roles.check(&[unforked, forked].concat()).await;
+    roles.check(&[unforked, waiting, forked].concat()).await;
 }
 both_orders!(
     a_fork_added_to_a_running_sandbox,
@@ -311,11 +327,14 @@ async fn killed_between_handling_and_committing(baseline_first: bool) {
     ]
     .concat();
     roles.produce(&first).await;
-    eventually(Duration::from_secs(30), || {
-        let handled = roles.handlers();
-        first.iter().all(|o| handled.contains_key(&o.payload))
-    })
-    .await;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let handled = roles.handlers();
+            first.iter().all(|o| handled.contains_key(&o.payload))
+        })
+        .await,
+        "not everything was handled in time"
+    );
     // Killed as a crash would (no final commit), then started again in the same order.
     for (_, run) in roles.runs.drain(..).collect::<Vec<_>>() {
         run.kill().await;
