@@ -208,6 +208,8 @@ async fn send(http: &reqwest::Client, url: &str, order: &Planned, keys: &[Sandbo
 
 /// A billing consumer running in a task.
 struct Billing {
+    /// Its consumer group (a fork's is derived from the baseline's).
+    group: String,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -225,6 +227,7 @@ impl Billing {
         let consumer = billing::start(kafka, group, topic, directory.clone(), &version)
             .await
             .unwrap();
+        let group = consumer.group().to_owned();
         let (stop, stopped) = oneshot::channel::<()>();
         let stats = Arc::clone(stats);
         let task = tokio::spawn(async move {
@@ -235,6 +238,7 @@ impl Billing {
             .expect("billing ran");
         });
         Billing {
+            group,
             shutdown: stop,
             task,
         }
@@ -515,7 +519,7 @@ async fn shop_keeps_sandboxes_isolated_under_faults() {
     let first_stats = Arc::new(Stats::default());
     let restarted_stats = Arc::new(Stats::default());
     let baseline_billing = billing.baseline(&first_stats).await;
-    let mut forks = Vec::new();
+    let mut forks: Vec<Billing> = Vec::new();
     let mut fork_stats = Vec::new();
     for key in &keys[..FORKS] {
         let stats = Arc::new(Stats::default());
@@ -538,6 +542,7 @@ async fn shop_keeps_sandboxes_isolated_under_faults() {
         );
         fork_stats.push(stats);
     }
+    let fork_groups: Vec<String> = forks.iter().map(|fork| fork.group.clone()).collect();
 
     // The plan: every other order production, the rest round-robin over the sandboxes, so that
     // no sandbox sends faster than its share.
@@ -949,11 +954,7 @@ async fn shop_keeps_sandboxes_isolated_under_faults() {
         );
     }
     let groups: Vec<String> = std::iter::once(group.clone())
-        .chain(
-            keys[..FORKS]
-                .iter()
-                .map(|key| format!("{group}.sandbox.{key}")),
-        )
+        .chain(fork_groups.iter().cloned())
         .collect();
 
     // The figures.

@@ -172,14 +172,19 @@ pub(crate) fn check(data: &[u8]) {
     }
 }
 
-/// A verdict in a form that compares: `process:<sandbox or ->`, `skip:<reason>` or
-/// `dead_letter:<reason>`.
+/// A verdict in a form that compares: `process:<sandbox or ->`, `cut:<sandbox>:<forking
+/// incarnation or ->`, `skip:<reason>` or `dead_letter:<reason>`.
 pub(crate) fn summary(verdict: &Verdict) -> String {
     match verdict {
         Verdict::Process(None) => "process:-".to_owned(),
         Verdict::Process(Some(cx)) => {
             format!("process:{}", cx.sandbox().map_or("-", |s| s.key().as_str()))
         }
+        Verdict::Cut { context, forking } => format!(
+            "cut:{}:{}",
+            context.sandbox().map_or("-", |s| s.key().as_str()),
+            forking.map_or("-".to_owned(), |i| i.to_string())
+        ),
         Verdict::Skip { reason, .. } => format!("skip:{reason}"),
         Verdict::DeadLetter(error) => format!("dead_letter:{}", error.reason()),
     }
@@ -201,11 +206,18 @@ fn check_codec(codec: &Codec, headers: &OwnedHeaders, reference: &Reference) {
         let verdict = filter.decide(Some(headers), now());
         check_documented(&verdict);
         check_table(&role, &verdict, &result, mentions);
-        if matches!(verdict, Verdict::Process(_) | Verdict::DeadLetter(_)) {
-            handled += 1;
+        // A sandbox's record goes to the cuts, which give it to exactly one of the baseline
+        // and the fork of the incarnation that forks the service (tested against the broker):
+        // here it counts once, for the baseline.
+        match &verdict {
+            Verdict::Process(_) | Verdict::DeadLetter(_) => handled += 1,
+            Verdict::Cut { .. } if matches!(role, Role::Baseline { .. }) => handled += 1,
+            _ => {}
         }
-        if let Verdict::Process(context) = &verdict {
-            check_relay(&filter, &verdict, context.as_ref(), headers);
+        match &verdict {
+            Verdict::Process(context) => check_relay(&filter, &verdict, context.as_ref(), headers),
+            Verdict::Cut { context, .. } => check_relay(&filter, &verdict, Some(context), headers),
+            _ => {}
         }
     }
     let sandbox_over = result
@@ -224,7 +236,7 @@ fn check_codec(codec: &Codec, headers: &OwnedHeaders, reference: &Reference) {
 /// Every verdict is one of the documented ones.
 fn check_documented(verdict: &Verdict) {
     match verdict {
-        Verdict::Process(_) => {}
+        Verdict::Process(_) | Verdict::Cut { .. } => {}
         Verdict::Skip { reason, .. } => {
             assert!(
                 SKIP_REASONS.contains(reason),
@@ -293,16 +305,18 @@ fn check_table(
     });
     let want = match role {
         Role::Sandbox { key: own } if own != k => "skip:other_sandbox".to_owned(),
-        Role::Sandbox { .. } => over.map_or(format!("process:{k}"), str::to_owned),
+        Role::Sandbox { .. } => over.map_or(format!("cut:{k}:-"), str::to_owned),
         Role::Baseline { service } => match over {
             Some(over) => over.to_owned(),
-            None if entry.is_some_and(|e| e.fork_of(service).is_some()) => "skip:forked".to_owned(),
-            None => format!("process:{k}"),
+            None => match entry.filter(|e| e.fork_of(service).is_some()) {
+                Some(e) => format!("cut:{k}:{}", e.incarnation()),
+                None => format!("cut:{k}:-"),
+            },
         },
     };
     assert_eq!(got, want, "sandbox {k} by {role:?}");
     match verdict {
-        Verdict::Process(Some(context)) => {
+        Verdict::Process(Some(context)) | Verdict::Cut { context, .. } => {
             let sandbox = context
                 .sandbox()
                 .expect("a sandboxed message keeps its sandbox");
@@ -346,7 +360,7 @@ fn check_relay(
         };
         let again = filter.decide(Some(&relayed), now());
         match (sandbox, &again) {
-            (Some(sandbox), Verdict::Process(Some(next))) => {
+            (Some(sandbox), Verdict::Process(Some(next)) | Verdict::Cut { context: next, .. }) => {
                 assert_eq!(next.sandbox(), Some(sandbox), "relay changed the sandbox");
                 assert_eq!(summary(&again), summary(verdict));
             }

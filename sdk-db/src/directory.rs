@@ -59,7 +59,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use prodbox_core::directory::{Directory, MemoryDirectory, SandboxEntry};
+use prodbox_core::directory::{
+    CutFuture, CutPlace, Directory, DirectoryError, MemoryDirectory, PartitionCuts, Range,
+    SandboxEntry, cuts,
+};
 use prodbox_core::{Sandbox, SandboxKey};
 
 use crate::provision::{ensure_ddl, secs, time};
@@ -82,7 +85,8 @@ SELECT EXISTS (SELECT 1 FROM pg_trigger
                WHERE tgname = 'sandboxes_truncate' AND tgrelid = to_regclass('prodbox.sandboxes'))
    AND EXISTS (SELECT 1 FROM information_schema.columns
                WHERE table_schema = 'prodbox' AND table_name = 'sandboxes'
-                 AND column_name = 'shadows')";
+                 AND column_name = 'shadows')
+   AND to_regclass('prodbox.kafka_cuts') IS NOT NULL";
 
 const DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS prodbox.sandboxes (
@@ -119,6 +123,21 @@ END $$;
 CREATE OR REPLACE TRIGGER sandboxes_truncate
     AFTER TRUNCATE ON prodbox.sandboxes
     FOR EACH STATEMENT EXECUTE FUNCTION prodbox.sandboxes_notify_all();
+-- The Kafka cuts (prodbox_core::directory::cuts): per baseline group, topic, partition and
+-- sandbox, the offsets each incarnation's fork handles. Written by baseline consumers only.
+CREATE TABLE IF NOT EXISTS prodbox.kafka_cuts (
+    grp text NOT NULL,
+    topic text NOT NULL,
+    part integer NOT NULL,
+    sandbox text NOT NULL,
+    incarnations bigint[] NOT NULL DEFAULT '{}',
+    starts bigint[] NOT NULL DEFAULT '{}',
+    ends bigint[] NOT NULL DEFAULT '{}',
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (grp, topic, part, sandbox),
+    CHECK (cardinality(incarnations) = cardinality(starts)
+           AND cardinality(starts) = cardinality(ends))
+);
 "#;
 
 const COLUMNS: &str = "key, actor, origin, forks::text AS forks, shadows::text AS shadows,
@@ -428,6 +447,16 @@ impl DirectoryStore {
         .bind(retention.as_secs_f64())
         .execute(&self.pool)
         .await?;
+        // A gone sandbox's cuts outlive it by the retention too: a fork still draining its
+        // records reads them.
+        sqlx::query(
+            "DELETE FROM prodbox.kafka_cuts c
+             WHERE updated_at < now() - make_interval(secs => $1)
+               AND NOT EXISTS (SELECT 1 FROM prodbox.sandboxes s WHERE s.key = c.sandbox)",
+        )
+        .bind(retention.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 }
@@ -476,6 +505,10 @@ impl PgDirectoryBuilder {
             heard_ever: AtomicBool::new(false),
             staleness_bound: self.staleness_bound,
             reads: AtomicU64::new(0),
+            cuts: PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(IO_TIMEOUT)
+                .connect_lazy_with(self.options.as_ref().clone()),
             task: Mutex::new(None),
         });
         let task = tokio::spawn(watch(Arc::downgrade(&shared), self));
@@ -497,6 +530,8 @@ struct Shared {
     staleness_bound: Duration,
     /// Reads of the table (whole, or rows) since the start.
     reads: AtomicU64,
+    /// For the Kafka cuts, opened on first use (only Kafka consumers need it).
+    cuts: PgPool,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -615,6 +650,137 @@ impl Directory for PgDirectory {
             .silence()
             .is_none_or(|silence| silence > self.shared.staleness_bound)
     }
+
+    fn cut_ranges<'a>(&'a self, place: &'a CutPlace) -> CutFuture<'a, PartitionCuts> {
+        Box::pin(cut_io(read_cuts(&self.shared.cuts, place)))
+    }
+
+    fn settle_cut<'a>(
+        &'a self,
+        place: &'a CutPlace,
+        sandbox: &'a SandboxKey,
+        forking: Option<i64>,
+        offset: i64,
+    ) -> CutFuture<'a, Vec<Range>> {
+        Box::pin(cut_io(settle_cut(
+            &self.shared.cuts,
+            place,
+            sandbox,
+            forking,
+            offset,
+        )))
+    }
+}
+
+/// Bounds a cut read or write by [`IO_TIMEOUT`]: the baseline waiting on it holds a partition.
+async fn cut_io<T>(
+    call: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, DirectoryError> {
+    match tokio::time::timeout(IO_TIMEOUT, call).await {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(error)) => Err(DirectoryError::Cuts(error.to_string())),
+        Err(_) => Err(DirectoryError::Cuts(format!(
+            "no answer within {IO_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// One row's ranges.
+fn ranges_of(row: &PgRow) -> Result<Vec<Range>, sqlx::Error> {
+    let incarnations: Vec<i64> = row.try_get("incarnations")?;
+    let starts: Vec<i64> = row.try_get("starts")?;
+    let ends: Vec<Option<i64>> = row.try_get("ends")?;
+    Ok(incarnations
+        .into_iter()
+        .zip(starts)
+        .zip(ends)
+        .map(|((incarnation, start), end)| Range {
+            incarnation,
+            start,
+            end,
+        })
+        .collect())
+}
+
+/// Every sandbox's ranges recorded in the partition `place`.
+async fn read_cuts(pool: &PgPool, place: &CutPlace) -> Result<PartitionCuts, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT sandbox, incarnations, starts, ends FROM prodbox.kafka_cuts
+         WHERE grp = $1 AND topic = $2 AND part = $3",
+    )
+    .bind(&place.group)
+    .bind(&place.topic)
+    .bind(place.partition)
+    .fetch_all(pool)
+    .await?;
+    let mut cuts = PartitionCuts::with_capacity(rows.len());
+    for row in &rows {
+        let sandbox: String = row.try_get("sandbox")?;
+        // Keys are checked before they are written; a row that is not one names no sandbox.
+        if let Ok(sandbox) = sandbox.parse::<SandboxKey>() {
+            cuts.insert(sandbox, ranges_of(row)?);
+        }
+    }
+    Ok(cuts)
+}
+
+/// Records what the baseline saw at `offset` ([`cuts::settled`]) under the row's lock, so that
+/// of two baselines racing over a partition the first to commit wins and the second is handed
+/// its ranges. Nothing is written when nothing changes.
+async fn settle_cut(
+    pool: &PgPool,
+    place: &CutPlace,
+    sandbox: &SandboxKey,
+    forking: Option<i64>,
+    offset: i64,
+) -> Result<Vec<Range>, sqlx::Error> {
+    const WHERE: &str = "WHERE grp = $1 AND topic = $2 AND part = $3 AND sandbox = $4";
+    let mut tx = pool.begin().await?;
+    if forking.is_some() {
+        // A row to lock, for the first range of this sandbox here.
+        sqlx::query(
+            "INSERT INTO prodbox.kafka_cuts (grp, topic, part, sandbox) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&place.group)
+        .bind(&place.topic)
+        .bind(place.partition)
+        .bind(sandbox.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let locked = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT incarnations, starts, ends FROM prodbox.kafka_cuts {WHERE} FOR UPDATE"
+    )))
+    .bind(&place.group)
+    .bind(&place.topic)
+    .bind(place.partition)
+    .bind(sandbox.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let locked = locked
+        .as_ref()
+        .map(ranges_of)
+        .transpose()?
+        .unwrap_or_default();
+    let ranges = cuts::settled(&locked, forking, offset);
+    if ranges != locked {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE prodbox.kafka_cuts SET incarnations = $5, starts = $6, ends = $7,
+                    updated_at = now() {WHERE}"
+        )))
+        .bind(&place.group)
+        .bind(&place.topic)
+        .bind(place.partition)
+        .bind(sandbox.as_str())
+        .bind(ranges.iter().map(|r| r.incarnation).collect::<Vec<_>>())
+        .bind(ranges.iter().map(|r| r.start).collect::<Vec<_>>())
+        .bind(ranges.iter().map(|r| r.end).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(ranges)
 }
 
 /// Why one listening session ended.

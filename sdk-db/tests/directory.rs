@@ -569,3 +569,142 @@ async fn recovers_from_a_half_open_partition() {
     drop(directory);
     db.cleanup().await;
 }
+
+/// The Kafka cuts, kept in the database: two baseline processes racing to record the cut of
+/// one partition agree (the first to commit wins, the other is handed its ranges); decisions
+/// behind the frontier change nothing; a fork reads them with `SELECT` alone and cannot write;
+/// a gone sandbox's cuts go a retention after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_cuts_are_recorded_once_and_read_without_write_rights() {
+    use prodbox_core::directory::{CutPlace, DirectoryError, Range};
+
+    require_postgres().await;
+    let db = TestDatabase::create().await;
+    let store = DirectoryStore::new(db.pool().clone());
+    let k = key("cuts");
+    store
+        .create(&SandboxEntry::new(k.clone()).fork("billing", "http://fork"))
+        .await
+        .expect("create");
+    let (a, b) = (fast(&db), fast(&db));
+    a.synced(Duration::from_secs(10)).await.expect("sync");
+    b.synced(Duration::from_secs(10)).await.expect("sync");
+    let place = |partition| CutPlace {
+        group: "orders-billing".to_owned(),
+        topic: "orders".to_owned(),
+        partition,
+    };
+    let other = key("cuts-other");
+    let of = |cuts: prodbox_core::directory::PartitionCuts, sandbox: &SandboxKey| {
+        cuts.get(sandbox).cloned().unwrap_or_default()
+    };
+
+    // Nothing forks yet: nothing is written.
+    assert_eq!(
+        a.settle_cut(&place(0), &k, None, 3).await.expect("settle"),
+        []
+    );
+    assert!(a.cut_ranges(&place(0)).await.expect("read").is_empty());
+
+    // Each partition raced by both processes, each seeing the fork at a different offset.
+    for partition in 0..20 {
+        let p = place(partition);
+        let (x, y) = tokio::join!(
+            a.settle_cut(&p, &k, Some(7), 10),
+            b.settle_cut(&p, &k, Some(7), 12)
+        );
+        let (x, y) = (x.expect("a"), y.expect("b"));
+        assert_eq!(x, y, "partition {partition}: both see the winner's ranges");
+        assert_eq!(x.len(), 1);
+        assert!([10, 12].contains(&x[0].start), "{x:?}");
+        assert_eq!(of(b.cut_ranges(&p).await.expect("read"), &k), x);
+    }
+    // Another sandbox's cuts in the same partition are its own; one read returns both.
+    let theirs = a
+        .settle_cut(&place(0), &other, Some(3), 11)
+        .await
+        .expect("other");
+    let both = b.cut_ranges(&place(0)).await.expect("read");
+    assert_eq!(both.len(), 2);
+    assert_eq!(of(both, &other), theirs);
+
+    // Closed where the fork stopped; a decision behind that changes nothing; made again.
+    let p = place(0);
+    let opened = a.settle_cut(&p, &k, Some(7), 10).await.expect("open");
+    let closed = a.settle_cut(&p, &k, None, 20).await.expect("close");
+    assert_eq!(
+        closed,
+        [Range {
+            incarnation: 7,
+            start: opened[0].start,
+            end: Some(20)
+        }]
+    );
+    assert_eq!(
+        b.settle_cut(&p, &k, Some(7), 15).await.expect("late"),
+        closed
+    );
+    let again = b.settle_cut(&p, &k, Some(9), 30).await.expect("again");
+    assert_eq!(again.len(), 2);
+    assert_eq!(
+        again[1],
+        Range {
+            incarnation: 9,
+            start: 30,
+            end: None
+        }
+    );
+
+    // A fork's directory: SELECT on the tables only. It reads the cuts; it cannot record one.
+    let reader = format!("prodbox_cut_reader_{}", prodbox_testkit::pg::run_id());
+    let mut admin = db.admin().await;
+    for sql in [
+        format!("DROP ROLE IF EXISTS {reader}"),
+        format!("CREATE ROLE {reader} LOGIN"),
+        format!("GRANT USAGE ON SCHEMA prodbox TO {reader}"),
+        format!("GRANT SELECT ON prodbox.sandboxes, prodbox.kafka_cuts TO {reader}"),
+    ] {
+        sqlx::Executor::execute(&mut admin, sqlx::AssertSqlSafe(sql))
+            .await
+            .expect("reader role");
+    }
+    let fork_pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(db.connect_options().username(&reader))
+        .await
+        .expect("reader pool");
+    let fork = PgDirectory::builder(&fork_pool).start();
+    fork.synced(Duration::from_secs(10)).await.expect("sync");
+    assert_eq!(of(fork.cut_ranges(&p).await.expect("read"), &k), again);
+    let refused = fork.settle_cut(&p, &k, None, 40).await;
+    assert!(
+        matches!(&refused, Err(DirectoryError::Cuts(m)) if m.contains("permission denied")),
+        "{refused:?}"
+    );
+    assert_eq!(of(a.cut_ranges(&p).await.expect("read"), &k), again);
+    drop(fork);
+    fork_pool.close().await;
+
+    // Deleted: its cuts stay for a retention, then go with the next purge.
+    assert!(store.delete(&k).await.expect("delete"));
+    store
+        .purge_expired(Duration::from_secs(3600))
+        .await
+        .expect("purge");
+    assert_eq!(of(a.cut_ranges(&p).await.expect("read"), &k), again);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    store
+        .purge_expired(Duration::from_secs(1))
+        .await
+        .expect("purge");
+    assert_eq!(of(a.cut_ranges(&p).await.expect("read"), &k), []);
+
+    drop((a, b));
+    db.cleanup().await;
+    sqlx::Executor::execute(
+        &mut admin_connection().await,
+        sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {reader}")),
+    )
+    .await
+    .expect("drop reader");
+}

@@ -36,12 +36,47 @@
 //! attempt under way is never cancelled; the message is left unhandled, the consumer's position
 //! put back on it, and the next `run` starts with it.
 //!
-//! # Sandbox consumers
+//! # Sandbox consumers, and who handles a forked sandbox's records
 //!
-//! A sandbox consumer uses its own consumer group, `<group>.sandbox.<key>`, so it sees every
-//! message. When that group has no committed offset for a partition yet, it starts at the first
-//! offset at or after the sandbox's creation time (`offsets_for_times`), so messages produced
-//! between the sandbox's creation and the consumer's start are not missed.
+//! A sandbox consumer (a fork) uses its own consumer group, `<group>.sandbox.<key>.<incarnation>`
+//! (`<group>.sandbox.<key>` when the directory does not know the sandbox's creation), so it
+//! sees every message. Which of a sandbox's records the fork handles, and which the baseline
+//! does, is decided by the baseline alone, in offset order, and recorded in the directory as
+//! **cuts** ([`prodbox_core::directory::cuts`]): when the baseline decides a record of a sandbox
+//! and sees that an incarnation of it forks the service (or no longer does) since the last
+//! change recorded, it records the change at that record's offset, first writer wins. Records
+//! of the sandbox inside a fork's ranges are the fork's; every other one the baseline handles,
+//! in the sandbox's context. The fork handles a record of its sandbox only once the
+//! baseline's committed offset is past it, then by the ranges. Neither clocks, nor
+//! timestamps, nor which consumer starts first decide anything, so every record is handled
+//! by exactly one role: a record produced before the sandbox's entry existed, one stamped
+//! before its creation, records of a sandbox deleted and made again, a fork added later.
+//!
+//! A new fork starts each partition at the baseline's committed offset there, or earlier
+//! where its incarnation's range starts (the baseline passed records that are the fork's
+//! before the fork was deployed), or at the beginning. It waits while the baseline is behind
+//! (its records come once the baseline has committed past them: `auto.commit.interval.ms`
+//! later), so it needs the baseline running. A partition added to the topic later is decided
+//! like any other: the fork reads it from its beginning (`auto.offset.reset` is `earliest`
+//! for forks, whatever the configuration says) and the baseline's first record of the sandbox
+//! there opens the range. Only baseline consumers write cuts: a fork's directory needs to read
+//! them only (for the PostgreSQL directory, `SELECT` on `prodbox.kafka_cuts`), so unreviewed
+//! fork code needs no rights to change who handles what.
+//!
+//! The baseline never waits on a fork. While the directory cannot be read or written (its
+//! database is away, but it is not [stale](prodbox_core::directory::Directory::is_stale)),
+//! the baseline retries for 10 s, then sends the record to the dead-letter topic rather than
+//! guess (audited as `cut_unavailable`; the reason header says why); later records get one
+//! try each until the directory answers again, so production partitions are held up once,
+//! by 10 s, not once per record. Handled by the fork as well, or by nobody, would be the
+//! alternatives. A directory that keeps no cuts (a file directory) cannot run forks: a fork
+//! refuses to start, and the baseline dead-letters the records of sandboxes that fork it and
+//! handles the others.
+//!
+//! One window remains: a baseline process that crashes after handling a record it did not yet
+//! see forked, before committing it, while its successor already sees the fork, leaves that
+//! record to be handled by both (at least once, never by neither). Closing it would take a
+//! write per record.
 //!
 //! Neither kind consumes before its directory has synced once. While the directory reports
 //! itself [stale](prodbox_core::directory::Directory::is_stale), a message that carries a
@@ -53,7 +88,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use opentelemetry::Context;
@@ -65,8 +100,9 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset};
 
+use crate::cut::{Cut, Cuts};
 use crate::filter::{Filter, Role, Verdict};
 
 /// Why the consumer could not start or stopped.
@@ -76,9 +112,9 @@ pub enum ConsumerError {
     /// rdkafka failed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-    /// A sandbox consumer does not know when its sandbox was created.
-    #[error("sandbox {0} has no creation time: register it in the directory or call `since`")]
-    NoCreationTime(SandboxKey),
+    /// A sandbox consumer's sandbox is not in the directory.
+    #[error("sandbox {0} is not in the directory: register it before starting its consumer")]
+    UnknownSandbox(SandboxKey),
     /// An earlier `run` of this consumer stopped while holding a message it had not handled
     /// (a sandbox's message waiting for a fresh directory) and rdkafka refused to rewind to
     /// it: this consumer's position is past that message, so it must not run again. A new
@@ -88,6 +124,10 @@ pub enum ConsumerError {
         "this consumer stopped holding an unhandled message at {0}; start a new consumer of the group"
     )]
     StoppedHoldingMessage(String),
+    /// A sandbox consumer's directory keeps no cuts (a file directory): nothing could tell it
+    /// which of its sandbox's records are its own.
+    #[error("sandbox consumer: {0}")]
+    Directory(#[from] prodbox_core::directory::DirectoryError),
 }
 
 /// Header naming why a message was dead-lettered.
@@ -107,7 +147,6 @@ pub struct SandboxConsumerBuilder {
     directory: Arc<dyn Directory>,
     dead_letter_topic: Option<String>,
     guardrails: Option<Guardrails>,
-    since: Option<SystemTime>,
     backoff: (Duration, Duration),
     max_attempts: Option<u32>,
 }
@@ -140,13 +179,6 @@ impl SandboxConsumerBuilder {
         self
     }
 
-    /// For a sandbox consumer: start new partitions at this time instead of the creation time
-    /// the directory records.
-    pub fn since(mut self, at: SystemTime) -> Self {
-        self.since = Some(at);
-        self
-    }
-
     /// Backoff between handler retries: from `first`, doubling, up to `max` (default 100 ms
     /// to 10 s).
     pub fn retry_backoff(mut self, first: Duration, max: Duration) -> Self {
@@ -166,9 +198,18 @@ impl SandboxConsumerBuilder {
         while !self.directory.is_synced() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let incarnation = match &self.role {
+            Role::Baseline { .. } => 0,
+            Role::Sandbox { key } => self
+                .directory
+                .get(key)
+                .ok_or_else(|| ConsumerError::UnknownSandbox(key.clone()))?
+                .incarnation(),
+        };
         let group = match &self.role {
             Role::Baseline { .. } => self.group.clone(),
-            Role::Sandbox { key } => format!("{}.sandbox.{key}", self.group),
+            Role::Sandbox { key } if incarnation == 0 => format!("{}.sandbox.{key}", self.group),
+            Role::Sandbox { key } => format!("{}.sandbox.{key}.{incarnation}", self.group),
         };
         let mut config = self.config.clone();
         config
@@ -176,23 +217,45 @@ impl SandboxConsumerBuilder {
             // Offsets are stored only once a message is done with; rdkafka commits them.
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false");
-        if config.get("auto.offset.reset").is_none() {
+        // A fork must see every record of a partition it has no offset for (one added to the
+        // topic later): the cuts decide which are its own.
+        if config.get("auto.offset.reset").is_none() || matches!(self.role, Role::Sandbox { .. }) {
             config.set("auto.offset.reset", "earliest");
         }
         let consumer: StreamConsumer = config.create()?;
-        if let Role::Sandbox { key } = &self.role {
-            let since = self
-                .since
-                .or_else(|| self.directory.get(key).and_then(|e| e.created_at))
-                .ok_or_else(|| ConsumerError::NoCreationTime(key.clone()))?;
-            start_new_partitions_at(&consumer, topics, since)?;
-        }
+        let cuts = match &self.role {
+            Role::Baseline { .. } => Cuts::baseline(Arc::clone(&self.directory), &self.group),
+            Role::Sandbox { key } => {
+                let place = prodbox_core::directory::CutPlace {
+                    group: self.group.clone(),
+                    topic: topics.first().copied().unwrap_or_default().to_owned(),
+                    partition: 0,
+                };
+                // Refused now, not by waiting for ever: only the cuts say what is the fork's.
+                if let Err(error @ prodbox_core::directory::DirectoryError::CutsUnsupported) =
+                    self.directory.cut_ranges(&place).await
+                {
+                    return Err(error.into());
+                }
+                let progress = crate::cut::progress_reader(&self.config, &self.group)?;
+                let cuts = Cuts::fork(
+                    Arc::clone(&self.directory),
+                    &self.group,
+                    (key.clone(), incarnation),
+                    Arc::new(progress),
+                );
+                cuts.start_fork(&consumer, topics).await?;
+                cuts
+            }
+        };
         consumer.subscribe(topics)?;
         // Created now, not on the first dead letter: settings rdkafka refuses fail here, at
         // start, rather than mid-stream, where the message could not be dead-lettered.
         let producer: FutureProducer = self.config.create()?;
         Ok(SandboxConsumer {
             consumer,
+            group,
+            cuts,
             filter: Filter::with_shared_directory(self.role, self.directory),
             dead_letter_topic: self
                 .dead_letter_topic
@@ -206,65 +269,12 @@ impl SandboxConsumerBuilder {
     }
 }
 
-/// Commits, for each partition the group has no offset for, the first offset at or after
-/// `since`, so that the subscription starts there.
-fn start_new_partitions_at(
-    consumer: &StreamConsumer,
-    topics: &[&str],
-    since: SystemTime,
-) -> Result<(), ConsumerError> {
-    let mut all = TopicPartitionList::new();
-    for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            all.add_partition(topic, partition.id());
-        }
-    }
-    let committed = consumer.committed_offsets(all, METADATA_TIMEOUT)?;
-    let millis = since
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let mut missing = TopicPartitionList::new();
-    for element in committed.elements() {
-        if !matches!(element.offset(), Offset::Offset(_)) {
-            missing.add_partition_offset(
-                element.topic(),
-                element.partition(),
-                Offset::Offset(millis),
-            )?;
-        }
-    }
-    if missing.count() == 0 {
-        return Ok(());
-    }
-    // The ends are read first: a message produced while the times are looked up is then after
-    // the end read, and still consumed.
-    let mut ends = std::collections::HashMap::new();
-    for element in missing.elements() {
-        let (_, high) =
-            consumer.fetch_watermarks(element.topic(), element.partition(), METADATA_TIMEOUT)?;
-        ends.insert((element.topic().to_owned(), element.partition()), high);
-    }
-    let found = consumer.offsets_for_times(missing, METADATA_TIMEOUT)?;
-    let mut start = TopicPartitionList::new();
-    for element in found.elements() {
-        let offset = match element.offset() {
-            Offset::Offset(offset) => offset,
-            // Nothing at or after `since` yet: start at the end read before.
-            _ => ends
-                .get(&(element.topic().to_owned(), element.partition()))
-                .copied()
-                .unwrap_or(0),
-        };
-        start.add_partition_offset(element.topic(), element.partition(), Offset::Offset(offset))?;
-    }
-    consumer.commit(&start, CommitMode::Sync)?;
-    Ok(())
-}
-
 /// The consumer; see the [module docs](self).
 pub struct SandboxConsumer {
     consumer: StreamConsumer,
+    /// Its consumer group.
+    group: String,
+    cuts: Cuts,
     filter: Filter,
     dead_letter_topic: String,
     producer: FutureProducer,
@@ -295,7 +305,6 @@ impl SandboxConsumer {
             directory: Arc::new(MemoryDirectory::new()),
             dead_letter_topic: None,
             guardrails: None,
-            since: None,
             backoff: (Duration::from_millis(100), Duration::from_secs(10)),
             max_attempts: None,
         }
@@ -304,6 +313,12 @@ impl SandboxConsumer {
     /// The rdkafka consumer (for lag, assignment, and so on).
     pub fn consumer(&self) -> &StreamConsumer {
         &self.consumer
+    }
+
+    /// Its consumer group: the baseline's as given, a fork's derived from it (see the
+    /// [module docs](self)).
+    pub fn group(&self) -> &str {
+        &self.group
     }
 
     /// Handles messages with `handler` until `shutdown` completes, then commits what is done.
@@ -425,6 +440,46 @@ impl SandboxConsumer {
                         .handle(&message, context, &mut handler, &mut shutdown)
                         .await?;
                     if handled == Done::Interrupted {
+                        self.rewind_to(&message);
+                        break;
+                    }
+                }
+                Verdict::Cut { context, forking } => {
+                    let Some(sandbox) = context.sandbox().map(|s| s.key().clone()) else {
+                        continue;
+                    };
+                    let at = (message.topic(), message.partition(), message.offset());
+                    let done = match self.cuts.decide(&sandbox, forking, at, &mut shutdown).await {
+                        Cut::Handle => {
+                            self.handle(&message, Some(context), &mut handler, &mut shutdown)
+                                .await?
+                        }
+                        Cut::Skip => {
+                            let reason = match self.filter.role() {
+                                Role::Baseline { .. } => "forked",
+                                Role::Sandbox { .. } => "baseline_handles",
+                            };
+                            audit(Some(&sandbox), Decision::Skipped, reason, &Source(&message));
+                            self.count(&message, KafkaOutcome::Skipped);
+                            Done::Completed
+                        }
+                        Cut::Unavailable(reason) => {
+                            let sent = self.dead_letter(&message, &reason, &mut shutdown).await?;
+                            if sent == Done::Completed {
+                                let detail = format!("{}: {reason}", Source(&message));
+                                audit(
+                                    Some(&sandbox),
+                                    Decision::DeadLettered,
+                                    "cut_unavailable",
+                                    &detail,
+                                );
+                                self.count(&message, KafkaOutcome::DeadLettered);
+                            }
+                            sent
+                        }
+                        Cut::Interrupted => Done::Interrupted,
+                    };
+                    if done == Done::Interrupted {
                         self.rewind_to(&message);
                         break;
                     }
@@ -614,7 +669,10 @@ enum Done {
 }
 
 /// Waits `wait`, unless `shutdown` completes first (then `false`).
-async fn pause<S: Future<Output = ()>>(wait: Duration, shutdown: &mut Pin<&mut S>) -> bool {
+pub(crate) async fn pause<S: Future<Output = ()>>(
+    wait: Duration,
+    shutdown: &mut Pin<&mut S>,
+) -> bool {
     tokio::select! {
         biased;
         () = shutdown.as_mut() => false,
@@ -650,4 +708,22 @@ fn audit(sandbox: Option<&SandboxKey>, decision: Decision, reason: &str, detail:
         detail: Some(detail),
     }
     .emit();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send<T: Send>(_: T) {}
+
+    /// Services spawn these: a future that holds an rdkafka list across an await is not `Send`.
+    #[test]
+    fn starting_is_send() {
+        let builder = SandboxConsumer::builder(
+            ClientConfig::new(),
+            "group",
+            Role::sandbox("send-check".parse().expect("a key")),
+        );
+        send(builder.start(&["topic"]));
+    }
 }

@@ -43,6 +43,10 @@ impl FilterId {
 #[derive(Debug, Clone)]
 pub(crate) enum Remembered {
     Process(Option<SandboxContext>),
+    Cut {
+        context: SandboxContext,
+        forking: Option<i64>,
+    },
     Skip {
         reason: &'static str,
         sandbox: Option<SandboxKey>,
@@ -53,6 +57,10 @@ impl Remembered {
     pub(crate) fn of(verdict: &Verdict) -> Option<Self> {
         match verdict {
             Verdict::Process(context) => Some(Self::Process(context.clone())),
+            Verdict::Cut { context, forking } => Some(Self::Cut {
+                context: context.clone(),
+                forking: *forking,
+            }),
             Verdict::Skip { reason, sandbox } => Some(Self::Skip {
                 reason,
                 sandbox: sandbox.clone(),
@@ -64,6 +72,10 @@ impl Remembered {
     fn verdict(&self) -> Verdict {
         match self {
             Self::Process(context) => Verdict::Process(context.clone()),
+            Self::Cut { context, forking } => Verdict::Cut {
+                context: context.clone(),
+                forking: *forking,
+            },
             Self::Skip { reason, sandbox } => Verdict::Skip {
                 reason,
                 sandbox: sandbox.clone(),

@@ -46,6 +46,15 @@ impl Role {
 pub enum Verdict {
     /// Run the handler, inside the message's context (its sandbox, when it has one).
     Process(Option<SandboxContext>),
+    /// A record of a sandbox: handle it inside its context, unless the cuts give it to the
+    /// other role (see [`prodbox_core::directory::cuts`]). `forking` is the incarnation of the
+    /// sandbox that forks the service now, as the baseline sees it (`None`: none does).
+    Cut {
+        /// The record's context.
+        context: SandboxContext,
+        /// The incarnation that forks the service, for the baseline.
+        forking: Option<i64>,
+    },
     /// Another consumer handles it; its offset is stored all the same, so lag returns to zero.
     Skip {
         /// Why, as a short stable name.
@@ -62,10 +71,10 @@ pub enum Verdict {
 /// | message | `Baseline { service }` | `Sandbox { key }` |
 /// |---|---|---|
 /// | no sandbox | process | skip (`untagged`) |
-/// | sandbox `key` | see the other rows | process, unless disabled or expired: skip |
+/// | sandbox `key` | see the other rows | by the cuts: process inside its incarnation's ranges, once the baseline has committed past it; otherwise skip (`baseline_handles`). Disabled or expired: skip |
 /// | another sandbox | see below | skip (`other_sandbox`) |
-/// | a sandbox that forks `service` | skip (`forked`): its fork handles it | |
-/// | a sandbox that does not fork `service` | process **with its context attached**, so its effects stay isolated | |
+/// | a sandbox that forks `service` | by the cuts: the baseline records the cut where it first sees the fork; records from there are the fork's (skip, `forked`), earlier ones its own (process with the context attached) | |
+/// | a sandbox that does not fork `service` | process **with its context attached**, so its effects stay isolated (a cut closes where it stopped forking) | |
 /// | a sandbox the directory does not know | process with its context attached (never as production) | |
 /// | a disabled or expired sandbox | skip (`sandbox_disabled`, `sandbox_expired`): it is over, and never production | skip |
 /// | malformed or ambiguous sandbox headers | dead-letter | skip: the baseline dead-letters it, once |
@@ -230,7 +239,7 @@ impl Filter {
         {
             return skip("other_sandbox", Some(key));
         }
-        let sandbox = match self.directory.get(key) {
+        let (sandbox, forking) = match self.directory.get(key) {
             Some(entry) if entry.disabled => return skip("sandbox_disabled", Some(key)),
             Some(entry) if entry.is_expired_at(now) => {
                 validity.forget();
@@ -238,25 +247,27 @@ impl Filter {
             }
             Some(entry) => {
                 validity.ends_at(entry.expires_at);
-                if let Role::Baseline { service } = &self.role
-                    && entry.fork_of(service).is_some()
-                {
-                    return skip("forked", Some(key));
-                }
-                entry.complete(&sandbox)
+                let forking = match &self.role {
+                    Role::Baseline { service } if entry.fork_of(service).is_some() => {
+                        Some(entry.incarnation())
+                    }
+                    _ => None,
+                };
+                (entry.complete(&sandbox), forking)
             }
-            None => sandbox,
+            None => (sandbox, None),
         };
         if sandbox.is_expired_at(now) {
             validity.forget();
             return skip("sandbox_expired", Some(sandbox.key()));
         }
         validity.ends_at(sandbox.expires_at());
-        Verdict::Process(Some(
-            SandboxContext::new(sandbox)
+        Verdict::Cut {
+            context: SandboxContext::new(sandbox)
                 .with_foreign(foreign)
                 .with_token(extracted.token()),
-        ))
+            forking,
+        }
     }
 }
 

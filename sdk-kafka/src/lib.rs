@@ -2,14 +2,16 @@
 //! consumers hand each message to exactly the consumer that should handle it, losing nothing.
 //!
 //! * [`SandboxRecordExt::with_sandbox_context`]: one line on a `FutureRecord` or `BaseRecord`;
-//! * [`SandboxConsumer`]: a `StreamConsumer` with a [`Role`]: a baseline consumer skips the
-//!   messages of sandboxes that fork its service, a sandbox consumer takes only its own, and
-//!   malformed sandbox headers go to a dead-letter topic;
+//! * [`SandboxConsumer`]: a `StreamConsumer` with a [`Role`]: a sandbox consumer (a fork)
+//!   takes only its own sandbox's messages, from the offsets where the baseline consumer,
+//!   which handles everything else, recorded the cut in the directory (see the
+//!   [consumer docs](consumer)); malformed sandbox headers go to a dead-letter topic;
 //! * [`Filter`]: the decision alone, for consumers of your own.
 
 #![deny(unreachable_pub)]
 
 pub mod consumer;
+mod cut;
 mod decisions;
 mod filter;
 mod headers;

@@ -1,8 +1,10 @@
 //! Every record of a forked sandbox is handled by exactly one role, the baseline or the fork,
 //! whatever the clocks, the timestamps and the order in which the consumers start: a record
 //! produced before the sandbox's entry existed, one stamped before the sandbox's creation, a
-//! sandbox deleted and made again, a fork added to a running sandbox, and a consumer killed
-//! between handling and committing. Lag is zero for every group at the end.
+//! sandbox deleted and made again, a fork added to a running sandbox (and deployed after the
+//! baseline passed its first records), a consumer killed between handling and committing, and
+//! a partition first written later. Lag is zero for every group at the end. A baseline whose
+//! directory cannot record cuts dead-letters rather than guess.
 
 // Test helpers outside #[test] functions: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -13,10 +15,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Log, Out, Running, assert_zero_lag, consumer_config, ends, eventually, produce};
+use common::{
+    Log, Out, Running, assert_zero_lag, consumer_config, ends, eventually, produce, read_topic,
+};
 use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
 use prodbox_core::{Sandbox, SandboxKey};
+use prodbox_kafka::consumer::DEAD_LETTER_REASON;
 use prodbox_kafka::{Role, SandboxConsumer};
+use prodbox_testkit::directory::Switchable;
 use prodbox_testkit::kafka::{create_topic, unique_topic};
 use rdkafka::producer::FutureProducer;
 
@@ -29,7 +35,17 @@ fn key(s: &str) -> SandboxKey {
 
 /// `n` records per partition: of sandbox `sandbox`, or untagged.
 fn records(label: &str, sandbox: Option<&str>, n: u32) -> Vec<Out> {
-    (0..PARTITIONS)
+    records_in(0..PARTITIONS, label, sandbox, n)
+}
+
+/// `n` records in each of `partitions`.
+fn records_in(
+    partitions: std::ops::Range<i32>,
+    label: &str,
+    sandbox: Option<&str>,
+    n: u32,
+) -> Vec<Out> {
+    partitions
         .flat_map(|p| {
             (0..n).map(move |i| {
                 Out::new(format!("{label}-{}-{p}-{i}", sandbox.unwrap_or("none")))
@@ -56,6 +72,7 @@ struct Roles {
     topic: String,
     group: String,
     directory: MemoryDirectory,
+    partitions: i32,
     log: Log,
     landed: Vec<(i32, i64)>,
     producer: FutureProducer,
@@ -71,6 +88,7 @@ impl Roles {
             group: format!("{topic}-{SERVICE}"),
             topic,
             directory: MemoryDirectory::new(),
+            partitions: PARTITIONS,
             log: Arc::default(),
             landed: Vec::new(),
             producer: common::unbatched_producer(),
@@ -85,7 +103,10 @@ impl Roles {
     }
 
     async fn start(&mut self, name: &'static str, role: Role) -> Arc<SandboxConsumer> {
-        let consumer = SandboxConsumer::builder(consumer_config(), &self.group, role)
+        let mut config = consumer_config();
+        // Partitions added to the topic are seen within a second.
+        config.set("topic.metadata.refresh.interval.ms", "500");
+        let consumer = SandboxConsumer::builder(config, &self.group, role)
             .directory(self.directory.clone())
             .start(&[&self.topic])
             .await
@@ -105,6 +126,18 @@ impl Roles {
 
     async fn fork(&mut self, sandbox: &str) {
         self.start("fork", Role::sandbox(key(sandbox))).await;
+    }
+
+    /// Waits until every running consumer's group has committed everything produced.
+    async fn all_committed(&self) {
+        let ends = ends(&self.landed);
+        assert_zero_lag(&self.groups, &self.topic, self.partitions, &ends).await;
+    }
+
+    /// Deploys the fork once the running consumers have committed everything produced.
+    async fn fork_once_the_baseline_passed(&mut self, sandbox: &str) {
+        self.all_committed().await;
+        self.fork(sandbox).await;
     }
 
     /// Who handled each payload: its roles, in order.
@@ -131,7 +164,7 @@ impl Roles {
         if !eventually(Duration::from_secs(60), || missing().is_empty()).await {
             panic!("handled by nobody: {:?}", missing());
         }
-        assert_zero_lag(&self.groups, &self.topic, PARTITIONS, &ends(&self.landed)).await;
+        self.all_committed().await;
         for (_, run) in std::mem::take(&mut self.runs) {
             run.stop().await;
         }
@@ -274,8 +307,7 @@ async fn deleted_and_made_again(baseline_first: bool) {
     let waiting = records("waiting", Some(sandbox), 2);
     roles.produce(&waiting).await;
     // The new incarnation's fork is deployed after the baseline passed its first records.
-    assert_zero_lag(&roles.groups, &roles.topic, PARTITIONS, &ends(&roles.landed)).await;
-    roles.fork(sandbox).await;
+    roles.fork_once_the_baseline_passed(sandbox).await;
     let new = records("new", Some(sandbox), 3);
     roles.produce(&new).await;
     roles.check(&[old, between, waiting, new].concat()).await;
@@ -299,8 +331,7 @@ async fn fork_added_to_a_running_sandbox(baseline_first: bool) {
     let waiting = records("waiting", Some(sandbox), 3);
     roles.produce(&waiting).await;
     if baseline_first {
-        assert_zero_lag(&roles.groups, &roles.topic, PARTITIONS, &ends(&roles.landed)).await;
-        roles.fork(sandbox).await;
+        roles.fork_once_the_baseline_passed(sandbox).await;
     } else {
         start_both(&mut roles, sandbox, false).await;
     }
@@ -353,3 +384,109 @@ both_orders!(
     a_consumer_killed_between_handling_and_committing,
     killed_between_handling_and_committing
 );
+
+/// A partition first written after both started: its records are decided like any other's
+/// (the first one of the sandbox there opens the fork's range). Growing a topic itself cannot be
+/// tried here: tansu 0.6 answers `CreatePartitions` with `UnsupportedFeature`. A partition
+/// added later differs only in that the fork has no start committed for it, and a fork always
+/// reads such a partition from its beginning (`auto.offset.reset=earliest`, forced).
+async fn partition_added_later(baseline_first: bool) {
+    let sandbox = if baseline_first { "cut-f1" } else { "cut-f2" };
+    let mut roles = Roles::new("cut-grown").await;
+    roles
+        .directory
+        .upsert(entry(sandbox, true, SystemTime::now()));
+    start_both(&mut roles, sandbox, baseline_first).await;
+    let before = records_in(0..1, "before", Some(sandbox), 2);
+    roles.produce(&before).await;
+    let after = [
+        records_in(1..2, "after", Some(sandbox), 2),
+        records_in(1..2, "after", None, 2),
+    ]
+    .concat();
+    roles.produce(&after).await;
+    roles.check(&[before, after].concat()).await;
+}
+both_orders!(a_partition_first_written_later, partition_added_later);
+
+async fn run_baseline(group: &str, topic: &str, directory: &Switchable, log: &Log) -> Running {
+    let baseline = SandboxConsumer::builder(consumer_config(), group, Role::baseline(SERVICE))
+        .directory(directory.clone())
+        .start(&[topic])
+        .await
+        .unwrap();
+    Running::spawn(baseline, common::recorder(log, "baseline"))
+}
+
+/// A baseline whose directory cannot record cuts: a forked sandbox's record goes to the
+/// dead-letter topic (`cut_unavailable`) after the retries, never guessed, and only the first
+/// such record waits; production records are not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_cuts_the_baseline_dead_letters_rather_than_guess() {
+    let topic = unique_topic("cut-down");
+    create_topic(&topic, 1).await;
+    let group = format!("{topic}-{SERVICE}");
+    let dead_letters = format!("{group}.dead-letter");
+    create_topic(&dead_letters, 1).await;
+    let audit = prodbox_testkit::AuditLog::global();
+    let directory = Switchable::default();
+    directory
+        .entries
+        .upsert(entry("cut-g", true, SystemTime::now()));
+    directory.set_cuts_down(true);
+    let log: Log = Arc::default();
+    let run = run_baseline(&group, &topic, &directory, &log).await;
+    let out = [
+        records_in(0..1, "down", Some("cut-g"), 3),
+        records_in(0..1, "down", None, 2),
+    ]
+    .concat();
+    let landed = produce(&common::unbatched_producer(), &topic, &out).await;
+    let dead = read_topic(&dead_letters, 1, 3, Duration::from_secs(40)).await;
+    assert_eq!(dead.len(), 3, "each forked record dead-lettered once");
+    for record in &dead {
+        let reason = record.header(DEAD_LETTER_REASON).unwrap_or_default();
+        assert!(
+            reason.starts_with("cannot learn who handles this record of sandbox cut-g"),
+            "{reason}"
+        );
+    }
+    let audited = audit.matching("reason", "cut_unavailable");
+    let audited = audited
+        .iter()
+        .filter(|r| r.get("sandbox").map(String::as_str) == Some("cut-g"))
+        .count();
+    assert_eq!(audited, 3, "audited once each");
+    assert_zero_lag(&[&group], &topic, 1, &ends(&landed)).await;
+    run.stop().await;
+    let handled: Vec<String> = log.lock().unwrap().iter().map(|e| e.1.clone()).collect();
+    assert_eq!(
+        handled,
+        ["down-none-0-0", "down-none-0-1"],
+        "only production records handled"
+    );
+    // The retries of one wait (10 s, a try every 0.5 s at most), then one try per record: not
+    // one wait per record, which would be at least 60.
+    let tries = directory.cut_calls();
+    assert!(tries < 40, "{tries} tries");
+
+    // Back: a forked record is recorded and skipped as the fork's.
+    directory.set_cuts_down(false);
+    let log: Log = Arc::default();
+    let run = run_baseline(&group, &topic, &directory, &log).await;
+    let later = records_in(0..1, "up", Some("cut-g"), 1);
+    let landed = [
+        landed,
+        produce(&common::unbatched_producer(), &topic, &later).await,
+    ]
+    .concat();
+    assert_zero_lag(&[&group], &topic, 1, &ends(&landed)).await;
+    run.stop().await;
+    assert!(log.lock().unwrap().is_empty(), "the fork's record skipped");
+    assert_eq!(
+        read_topic(&dead_letters, 1, 4, Duration::from_secs(2))
+            .await
+            .len(),
+        3
+    );
+}

@@ -58,12 +58,23 @@ fn baggage(value: &str) -> OwnedHeaders {
 }
 
 /// What a verdict says, in a form that compares: `process:<sandbox or ->`, `skip:<reason>` or
-/// `dead_letter:<reason>`.
+/// `dead_letter:<reason>`. A sandbox's record goes to the cuts (`sdk-kafka/tests/cut.rs` tests
+/// them against the broker): with a fork of the service it reads `skip:forked` (the fork's,
+/// past its cut), without one `process:<sandbox>` (in its context).
 fn summary(verdict: &Verdict) -> String {
     match verdict {
         Verdict::Process(None) => "process:-".to_owned(),
         Verdict::Process(Some(cx)) => {
             format!("process:{}", cx.sandbox().map_or("-", |s| s.key().as_str()))
+        }
+        Verdict::Cut {
+            forking: Some(_), ..
+        } => "skip:forked".to_owned(),
+        Verdict::Cut { context, .. } => {
+            format!(
+                "process:{}",
+                context.sandbox().map_or("-", |s| s.key().as_str())
+            )
         }
         Verdict::Skip { reason, .. } => format!("skip:{reason}"),
         Verdict::DeadLetter(error) => format!("dead_letter:{}", error.reason()),
@@ -218,7 +229,7 @@ fn decision_table_by_role() {
 fn processed_context_is_completed_from_the_directory_and_keeps_foreign_members() {
     let filter = Filter::new(Role::sandbox(key("fork-a")), directory());
     let headers = baggage("userId=7,prodbox.sandbox=fork-a,team=pay");
-    let Verdict::Process(Some(cx)) = filter.decide(Some(&headers), SystemTime::now()) else {
+    let Verdict::Cut { context: cx, .. } = filter.decide(Some(&headers), SystemTime::now()) else {
         panic!("own sandbox not processed");
     };
     let sandbox = cx.sandbox().unwrap();
@@ -230,7 +241,7 @@ fn processed_context_is_completed_from_the_directory_and_keeps_foreign_members()
 
     // The message's own labels win over the directory's.
     let headers = baggage("prodbox.sandbox=fork-a,prodbox.actor=bob");
-    let Verdict::Process(Some(cx)) = filter.decide(Some(&headers), SystemTime::now()) else {
+    let Verdict::Cut { context: cx, .. } = filter.decide(Some(&headers), SystemTime::now()) else {
         panic!("own sandbox not processed");
     };
     assert_eq!(cx.sandbox().unwrap().actor(), Some("bob"));
@@ -248,8 +259,15 @@ fn processed_context_is_completed_from_the_directory_and_keeps_foreign_members()
 #[test]
 fn skips_name_the_sandbox() {
     let filter = Filter::new(Role::baseline("billing"), directory());
+    // A forked sandbox's record goes to the cuts, naming its sandbox and the incarnation.
+    match filter.decide(Some(&baggage("prodbox.sandbox=fork-a")), SystemTime::now()) {
+        Verdict::Cut { context, forking } => {
+            assert_eq!(context.sandbox().unwrap().key().as_str(), "fork-a");
+            assert_eq!(forking, Some(0), "no creation time: incarnation 0");
+        }
+        other => panic!("{other:?}"),
+    }
     for (value, reason) in [
-        ("prodbox.sandbox=fork-a", "forked"),
         ("prodbox.sandbox=off-c", "sandbox_disabled"),
         ("prodbox.sandbox=old-d", "sandbox_expired"),
     ] {
@@ -290,7 +308,7 @@ fn expiry_is_judged_at_the_time_given() {
     }
     // The processed context carries the directory's expiry.
     let filter = Filter::new(Role::sandbox(key("soon")), directory);
-    let Verdict::Process(Some(cx)) = filter.decide(Some(&headers), now) else {
+    let Verdict::Cut { context: cx, .. } = filter.decide(Some(&headers), now) else {
         panic!("not processed");
     };
     assert_eq!(

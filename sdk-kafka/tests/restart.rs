@@ -125,7 +125,10 @@ async fn killed_mid_stream(producer: rdkafka::producer::FutureProducer) {
         let seen: BTreeSet<String> = log.iter().map(|(_, p, _)| p.clone()).collect();
         expected.is_subset(&seen)
     };
-    eventually(Duration::from_secs(60), all_handled).await;
+    assert!(
+        eventually(Duration::from_secs(60), all_handled).await,
+        "not everything was handled in time"
+    );
     assert_zero_lag(&[&group], &topic, 3, &ends(&landed)).await;
     second.stop().await;
 
@@ -458,12 +461,15 @@ async fn retries_longer_than_the_poll_interval_do_not_stop_the_consumer() {
     let done = {
         let log = Arc::clone(&log);
         async move {
-            eventually(Duration::from_secs(40), || {
-                let seen: BTreeSet<String> =
-                    log.lock().unwrap().iter().map(|e| e.1.clone()).collect();
-                seen == all
-            })
-            .await;
+            assert!(
+                eventually(Duration::from_secs(40), || {
+                    let seen: BTreeSet<String> =
+                        log.lock().unwrap().iter().map(|e| e.1.clone()).collect();
+                    seen == all
+                })
+                .await,
+                "not everything was handled in time"
+            );
         }
     };
     let result = consumer.run(handler, done).await;

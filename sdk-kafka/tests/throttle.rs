@@ -48,7 +48,10 @@ async fn a_throttled_sandbox_is_delayed_not_dropped() {
     let all: BTreeSet<String> = records.iter().map(|r| r.payload.clone()).collect();
     let handled =
         || -> BTreeSet<String> { log.lock().unwrap().iter().map(|e| e.1.clone()).collect() };
-    eventually(Duration::from_secs(30), || handled() == all).await;
+    assert!(
+        eventually(Duration::from_secs(30), || handled() == all).await,
+        "not everything was handled in time"
+    );
     assert_zero_lag(&[&group], &topic, 1, &ends(&landed)).await;
     run.stop().await;
     assert_eq!(handled(), all);

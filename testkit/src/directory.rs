@@ -1,10 +1,13 @@
 //! A directory whose freshness a test switches.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prodbox_core::SandboxKey;
-use prodbox_core::directory::{Directory, MemoryDirectory, SandboxEntry};
+use prodbox_core::directory::{
+    CutFuture, CutPlace, Directory, DirectoryError, MemoryDirectory, PartitionCuts, Range,
+    SandboxEntry,
+};
 
 /// A [`MemoryDirectory`] that says it is stale while the test wants it to (a directory that
 /// lost its source for longer than its staleness bound). Clones share entries and switch.
@@ -13,6 +16,8 @@ pub struct Switchable {
     /// The entries, changed through `MemoryDirectory`'s methods.
     pub entries: MemoryDirectory,
     stale: Arc<AtomicBool>,
+    cuts_down: Arc<AtomicBool>,
+    cut_calls: Arc<AtomicU64>,
 }
 
 impl Switchable {
@@ -20,7 +25,7 @@ impl Switchable {
     pub fn stale(entries: MemoryDirectory) -> Self {
         let directory = Self {
             entries,
-            stale: Arc::default(),
+            ..Self::default()
         };
         directory.set_stale(true);
         directory
@@ -29,6 +34,24 @@ impl Switchable {
     /// Makes the directory stale, or fresh again.
     pub fn set_stale(&self, stale: bool) {
         self.stale.store(stale, Ordering::SeqCst);
+    }
+
+    /// Makes every read and write of the Kafka cuts fail (their store is away), or work again.
+    pub fn set_cuts_down(&self, down: bool) {
+        self.cuts_down.store(down, Ordering::SeqCst);
+    }
+
+    /// How many times the cuts were read or written (including refused tries).
+    pub fn cut_calls(&self) -> u64 {
+        self.cut_calls.load(Ordering::SeqCst)
+    }
+
+    fn cuts_away<T: Send + 'static>(&self) -> Option<CutFuture<'static, T>> {
+        self.cut_calls.fetch_add(1, Ordering::SeqCst);
+        self.cuts_down.load(Ordering::SeqCst).then(|| {
+            Box::pin(async { Err(DirectoryError::Cuts("switched off by the test".to_owned())) })
+                as CutFuture<'static, T>
+        })
     }
 }
 
@@ -44,5 +67,19 @@ impl Directory for Switchable {
     }
     fn generation(&self) -> Option<u64> {
         self.entries.generation()
+    }
+    fn cut_ranges<'a>(&'a self, place: &'a CutPlace) -> CutFuture<'a, PartitionCuts> {
+        self.cuts_away()
+            .unwrap_or_else(|| self.entries.cut_ranges(place))
+    }
+    fn settle_cut<'a>(
+        &'a self,
+        place: &'a CutPlace,
+        sandbox: &'a SandboxKey,
+        forking: Option<i64>,
+        offset: i64,
+    ) -> CutFuture<'a, Vec<Range>> {
+        self.cuts_away()
+            .unwrap_or_else(|| self.entries.settle_cut(place, sandbox, forking, offset))
     }
 }

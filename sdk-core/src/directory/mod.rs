@@ -19,8 +19,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod cuts;
 mod file;
 
+pub use cuts::{CutFuture, CutPlace, PartitionCuts, Range};
 pub use file::FileDirectory;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -63,6 +65,28 @@ pub trait Directory: Send + Sync + 'static {
     fn generation(&self) -> Option<u64> {
         None
     }
+
+    /// The [cuts](cuts) recorded in the partition `place`, for every sandbox that has any.
+    /// The default keeps none: forks cannot be run from such a directory.
+    fn cut_ranges<'a>(&'a self, place: &'a CutPlace) -> CutFuture<'a, PartitionCuts> {
+        let _ = place;
+        Box::pin(async { Err(DirectoryError::CutsUnsupported) })
+    }
+
+    /// Records what the baseline consumer saw deciding the record of `sandbox` at `offset` of
+    /// `place`: incarnation `forking` of the sandbox forks the service (`None`: none does).
+    /// Returns the sandbox's ranges as they are then; see [`cuts::settled`]. Only baseline
+    /// consumers call it.
+    fn settle_cut<'a>(
+        &'a self,
+        place: &'a CutPlace,
+        sandbox: &'a SandboxKey,
+        forking: Option<i64>,
+        offset: i64,
+    ) -> CutFuture<'a, Vec<Range>> {
+        let _ = (place, sandbox, forking, offset);
+        Box::pin(async { Err(DirectoryError::CutsUnsupported) })
+    }
 }
 
 impl<D: Directory + ?Sized> Directory for Arc<D> {
@@ -80,6 +104,18 @@ impl<D: Directory + ?Sized> Directory for Arc<D> {
     }
     fn generation(&self) -> Option<u64> {
         (**self).generation()
+    }
+    fn cut_ranges<'a>(&'a self, place: &'a CutPlace) -> CutFuture<'a, PartitionCuts> {
+        (**self).cut_ranges(place)
+    }
+    fn settle_cut<'a>(
+        &'a self,
+        place: &'a CutPlace,
+        sandbox: &'a SandboxKey,
+        forking: Option<i64>,
+        offset: i64,
+    ) -> CutFuture<'a, Vec<Range>> {
+        (**self).settle_cut(place, sandbox, forking, offset)
     }
 }
 
@@ -103,6 +139,13 @@ pub enum DirectoryError {
         /// What is wrong.
         message: String,
     },
+    /// This directory keeps no cuts (a file directory): forks of Kafka consumers need one that
+    /// does (PostgreSQL's, or a memory directory in one process).
+    #[error("this directory keeps no Kafka cuts; use the PostgreSQL directory")]
+    CutsUnsupported,
+    /// The cuts could not be read or written.
+    #[error("Kafka cuts: {0}")]
+    Cuts(String),
 }
 
 /// One registered sandbox.
@@ -214,6 +257,13 @@ impl SandboxEntry {
         builder.build()
     }
 
+    /// This entry's incarnation: its creation in Unix microseconds, or 0 when it has none.
+    pub fn incarnation(&self) -> i64 {
+        self.created_at.map_or(0, |t| {
+            i64::try_from(crate::token::micros(t)).unwrap_or(i64::MAX)
+        })
+    }
+
     /// Whether `sandbox` (from a token) names this entry's incarnation: the same creation time,
     /// to the microsecond, or none on either side. A sandbox deleted and made again under the
     /// same key is a new incarnation, which tokens minted for the old one must not admit.
@@ -321,6 +371,7 @@ pub struct MemoryDirectory {
     entries: Arc<RwLock<Snapshot>>,
     /// Counts the changes; moved under the write lock, as each change begins.
     generation: Arc<AtomicU64>,
+    cuts: cuts::MemoryCuts,
 }
 
 impl fmt::Debug for MemoryDirectory {
@@ -411,6 +462,22 @@ impl Directory for MemoryDirectory {
 
     fn generation(&self) -> Option<u64> {
         Some(self.generation.load(Ordering::Acquire))
+    }
+
+    fn cut_ranges<'a>(&'a self, place: &'a CutPlace) -> CutFuture<'a, PartitionCuts> {
+        let ranges = self.cuts.ranges(place);
+        Box::pin(async move { Ok(ranges) })
+    }
+
+    fn settle_cut<'a>(
+        &'a self,
+        place: &'a CutPlace,
+        sandbox: &'a SandboxKey,
+        forking: Option<i64>,
+        offset: i64,
+    ) -> CutFuture<'a, Vec<Range>> {
+        let ranges = self.cuts.settle(place, sandbox, forking, offset);
+        Box::pin(async move { Ok(ranges) })
     }
 }
 

@@ -199,6 +199,7 @@ pub(crate) fn current_key() -> Option<String> {
 }
 
 /// Calls `check` every 100 ms until it is true or `limit` has passed; returns whether it was.
+#[must_use = "assert what it returns"]
 pub(crate) async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {

@@ -1,0 +1,424 @@
+//! The consumers' side of the cuts ([`prodbox_core::directory::cuts`]): the baseline records,
+//! in the directory, where each forked sandbox's records of a partition pass to its fork and
+//! back; a fork handles a record of its sandbox only once the baseline has committed past it,
+//! and only inside its incarnation's ranges.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prodbox_core::SandboxKey;
+use prodbox_core::directory::cuts::{changes, owner};
+use prodbox_core::directory::{CutPlace, Directory, DirectoryError, PartitionCuts, Range};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::consumer::{ConsumerError, pause};
+
+/// How long the baseline trusts the cuts it read for a partition when its decision would
+/// change nothing. Only another baseline process writes them meanwhile, holding the partition
+/// between two rebalances; missing that takes two rebalances and a fork removed and added back
+/// within this second.
+const FRESH: Duration = Duration::from_secs(1);
+/// How long the baseline retries recording a cut before it gives the record to the
+/// dead-letter topic rather than guess. Once it has given up, later records get one attempt
+/// each until the directory answers again, so a directory that is away delays a partition by
+/// this much once, not once per record.
+pub(crate) const CUT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a fork waiting for the baseline looks again.
+const WAIT: Duration = Duration::from_millis(100);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a consumer does with a forked sandbox's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// Handle it (in its sandbox's context).
+    Handle,
+    /// The other role handles it.
+    Skip,
+    /// The baseline could not learn or record who handles it in time: dead-letter it.
+    Unavailable(String),
+    /// Shutdown came first: leave it unhandled.
+    Interrupted,
+}
+
+pub(crate) struct Cuts {
+    directory: Arc<dyn Directory>,
+    /// The baseline's consumer group: cuts are recorded by its position.
+    group: String,
+    role: Side,
+    /// Cuts read recently, by topic and partition.
+    cache: Mutex<HashMap<String, HashMap<i32, Known>>>,
+}
+
+/// A partition's cuts as read at one moment.
+struct Known {
+    cuts: PartitionCuts,
+    /// When they were read (the baseline trusts them for [`FRESH`]).
+    read: Instant,
+    /// The baseline's committed offset, read just before them (a fork trusts them below it).
+    behind: i64,
+}
+
+impl Known {
+    fn of(&self, sandbox: &SandboxKey) -> &[Range] {
+        self.cuts.get(sandbox).map_or(&[], Vec::as_slice)
+    }
+}
+
+enum Side {
+    Baseline {
+        /// The directory failed past [`CUT_TIMEOUT`] and has not answered since.
+        away: AtomicBool,
+    },
+    Fork {
+        sandbox: SandboxKey,
+        incarnation: i64,
+        /// Reads the baseline group's committed offsets (it never joins the group).
+        progress: Arc<BaseConsumer>,
+    },
+}
+
+impl Cuts {
+    pub(crate) fn baseline(directory: Arc<dyn Directory>, group: &str) -> Self {
+        Self {
+            directory,
+            group: group.to_owned(),
+            role: Side::Baseline {
+                away: AtomicBool::new(false),
+            },
+            cache: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn fork(
+        directory: Arc<dyn Directory>,
+        group: &str,
+        (sandbox, incarnation): (SandboxKey, i64),
+        progress: Arc<BaseConsumer>,
+    ) -> Self {
+        Self {
+            directory,
+            group: group.to_owned(),
+            role: Side::Fork {
+                sandbox,
+                incarnation,
+                progress,
+            },
+            cache: Mutex::default(),
+        }
+    }
+
+    fn place(&self, topic: &str, partition: i32) -> CutPlace {
+        CutPlace {
+            group: self.group.clone(),
+            topic: topic.to_owned(),
+            partition,
+        }
+    }
+
+    /// What `known` cuts of `topic`/`partition`, if any, say about the record at `offset`.
+    fn with_cached<T>(
+        &self,
+        (topic, partition): (&str, i32),
+        known: impl FnOnce(&Known) -> Option<T>,
+    ) -> Option<T> {
+        self.lock().get(topic)?.get(&partition).and_then(known)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i32, Known>>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn store(&self, (topic, partition): (&str, i32), cuts: PartitionCuts, behind: i64) {
+        let mut cache = self.lock();
+        // Bounded by the partitions in use; forgotten wholesale past that.
+        if cache.values().map(HashMap::len).sum::<usize>() >= 16_384 {
+            cache.clear();
+        }
+        let known = Known {
+            cuts,
+            read: Instant::now(),
+            behind,
+        };
+        cache
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(partition, known);
+    }
+
+    /// Notes a sandbox's ranges as just recorded, keeping the rest of the partition's cuts.
+    fn note(&self, (topic, partition): (&str, i32), sandbox: &SandboxKey, ranges: Vec<Range>) {
+        if let Some(known) = self
+            .lock()
+            .get_mut(topic)
+            .and_then(|partitions| partitions.get_mut(&partition))
+        {
+            known.cuts.insert(sandbox.clone(), ranges);
+        }
+    }
+
+    /// Whether this consumer handles the record at `offset` of `sandbox`'s, whose incarnation
+    /// `forking` forks the service now (`None`: none does), as the baseline sees it.
+    pub(crate) async fn decide<S: Future<Output = ()>>(
+        &self,
+        sandbox: &SandboxKey,
+        forking: Option<i64>,
+        at: (&str, i32, i64),
+        shutdown: &mut Pin<&mut S>,
+    ) -> Cut {
+        match &self.role {
+            Side::Baseline { away } => {
+                let cut = self.as_baseline(sandbox, forking, at, away, shutdown).await;
+                if !matches!(cut, Cut::Interrupted) {
+                    away.store(matches!(cut, Cut::Unavailable(_)), Ordering::Relaxed);
+                }
+                cut
+            }
+            Side::Fork {
+                incarnation,
+                progress,
+                ..
+            } => {
+                self.as_fork(sandbox, *incarnation, progress, at, shutdown)
+                    .await
+            }
+        }
+    }
+
+    async fn as_baseline<S: Future<Output = ()>>(
+        &self,
+        sandbox: &SandboxKey,
+        forking: Option<i64>,
+        (topic, partition, offset): (&str, i32, i64),
+        away: &AtomicBool,
+        shutdown: &mut Pin<&mut S>,
+    ) -> Cut {
+        let started = Instant::now();
+        let here = (topic, partition);
+        // What the cuts read within the last second say already, with nothing to record: the
+        // common case, decided under the lock without a copy.
+        let decided = self.with_cached(here, |known| {
+            let ranges = known.of(sandbox);
+            (known.read.elapsed() < FRESH && !changes(ranges, forking, offset))
+                .then(|| Self::baseline_by(ranges, offset))
+        });
+        if let Some(cut) = decided {
+            return cut;
+        }
+        loop {
+            let attempt = async {
+                let cuts = self
+                    .directory
+                    .cut_ranges(&self.place(topic, partition))
+                    .await?;
+                let ranges = cuts.get(sandbox).cloned().unwrap_or_default();
+                self.store(here, cuts, 0);
+                if !changes(&ranges, forking, offset) {
+                    return Ok(Self::baseline_by(&ranges, offset));
+                }
+                let place = self.place(topic, partition);
+                let ranges = self
+                    .directory
+                    .settle_cut(&place, sandbox, forking, offset)
+                    .await?;
+                let cut = Self::baseline_by(&ranges, offset);
+                self.note(here, sandbox, ranges);
+                Ok::<_, DirectoryError>(cut)
+            };
+            match attempt.await {
+                Ok(cut) => return cut,
+                // No fork can run from such a directory (a fork refuses to start): a sandbox
+                // that forks nothing here is the baseline's, one that does cannot be decided.
+                Err(DirectoryError::CutsUnsupported) if forking.is_none() => return Cut::Handle,
+                Err(error)
+                    if matches!(error, DirectoryError::CutsUnsupported)
+                        || away.load(Ordering::Relaxed)
+                        || started.elapsed() >= CUT_TIMEOUT =>
+                {
+                    return Cut::Unavailable(format!(
+                        "cannot learn who handles this record of sandbox {sandbox}: {error}"
+                    ));
+                }
+                Err(error) => {
+                    tracing::warn!(target: "prodbox::kafka", %error, %sandbox, "cannot read or record a Kafka cut; retrying");
+                    if !pause(WAIT * 5, shutdown).await {
+                        return Cut::Interrupted;
+                    }
+                }
+            }
+        }
+    }
+
+    fn baseline_by(ranges: &[Range], offset: i64) -> Cut {
+        match owner(ranges, offset) {
+            Some(_) => Cut::Skip,
+            None => Cut::Handle,
+        }
+    }
+
+    /// A fork: waits until the baseline has committed past `offset` (so it has decided it, and
+    /// recorded any cut at or before it), then reads the ranges.
+    async fn as_fork<S: Future<Output = ()>>(
+        &self,
+        sandbox: &SandboxKey,
+        incarnation: i64,
+        progress: &Arc<BaseConsumer>,
+        (topic, partition, offset): (&str, i32, i64),
+        shutdown: &mut Pin<&mut S>,
+    ) -> Cut {
+        loop {
+            let decided = self.with_cached((topic, partition), |known| {
+                (offset < known.behind).then(|| {
+                    if owner(known.of(sandbox), offset) == Some(incarnation) {
+                        Cut::Handle
+                    } else {
+                        Cut::Skip
+                    }
+                })
+            });
+            if let Some(cut) = decided {
+                return cut;
+            }
+            // The baseline's committed offset first, then the ranges: any cut at or before a
+            // record it committed past was recorded before it decided that record.
+            if let Some(behind) = committed(progress, topic, partition).await
+                && offset < behind
+            {
+                match self
+                    .directory
+                    .cut_ranges(&self.place(topic, partition))
+                    .await
+                {
+                    Ok(cuts) => {
+                        self.store((topic, partition), cuts, behind);
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::warn!(target: "prodbox::kafka", %error, %sandbox, "cannot read the Kafka cuts; waiting");
+                    }
+                }
+            }
+            if !pause(WAIT, shutdown).await {
+                return Cut::Interrupted;
+            }
+        }
+    }
+}
+
+/// The committed offset of `progress`'s group on one partition, if it has one.
+async fn committed(progress: &Arc<BaseConsumer>, topic: &str, partition: i32) -> Option<i64> {
+    let (progress, topic) = (Arc::clone(progress), topic.to_owned());
+    // rdkafka's OffsetFetch blocks: off the async threads.
+    prodbox_core::spawn_blocking(move || {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&topic, partition);
+        let committed = progress.committed_offsets(list, FETCH_TIMEOUT).ok()?;
+        committed.elements().first().and_then(|e| match e.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        })
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// A consumer of `group` that never joins it, to read its committed offsets.
+pub(crate) fn progress_reader(
+    config: &ClientConfig,
+    group: &str,
+) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+    let mut config = config.clone();
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    config.create()
+}
+
+impl Cuts {
+    /// For a fork: commits, for each partition of `topics` its group has no offset for yet,
+    /// where it starts. That is the baseline's committed offset there (read first: any range
+    /// recorded after it starts past it), or the start of this incarnation's earliest range
+    /// (recorded while the fork was not running yet) when that is earlier, or the partition's
+    /// beginning.
+    pub(crate) async fn start_fork(
+        &self,
+        consumer: &impl Consumer,
+        topics: &[&str],
+    ) -> Result<(), ConsumerError> {
+        let Side::Fork {
+            sandbox,
+            incarnation,
+            progress,
+        } = &self.role
+        else {
+            return Ok(());
+        };
+        let mut all = TopicPartitionList::new();
+        for topic in topics {
+            let metadata = consumer.fetch_metadata(Some(topic), FETCH_TIMEOUT)?;
+            for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                all.add_partition(topic, partition.id());
+            }
+        }
+        let own = consumer.committed_offsets(all.clone(), FETCH_TIMEOUT)?;
+        let baseline = progress.committed_offsets(all, FETCH_TIMEOUT)?;
+        // Collected first: rdkafka's lists are not `Send`, and the directory is awaited.
+        let missing: Vec<(String, i32, Option<i64>)> = own
+            .elements()
+            .iter()
+            .filter(|element| !matches!(element.offset(), Offset::Offset(_)))
+            .map(|element| {
+                let (topic, partition) = (element.topic(), element.partition());
+                let behind = match baseline
+                    .find_partition(topic, partition)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(offset)) => Some(offset),
+                    _ => None,
+                };
+                (topic.to_owned(), partition, behind)
+            })
+            .collect();
+        drop((own, baseline));
+        let mut starts = Vec::with_capacity(missing.len());
+        for (topic, partition, behind) in missing {
+            let cuts = self
+                .directory
+                .cut_ranges(&self.place(&topic, partition))
+                .await?;
+            let earliest = cuts
+                .get(sandbox)
+                .into_iter()
+                .flatten()
+                .filter(|r| r.incarnation == *incarnation)
+                .map(|r| r.start)
+                .min();
+            let at = match (behind, earliest) {
+                (Some(behind), Some(earliest)) => behind.min(earliest),
+                (Some(offset), None) | (None, Some(offset)) => offset,
+                // `Beginning` cannot be committed: the partition's first offset.
+                (None, None) => {
+                    consumer
+                        .fetch_watermarks(&topic, partition, FETCH_TIMEOUT)?
+                        .0
+                }
+            };
+            starts.push((topic, partition, at));
+        }
+        let mut start = TopicPartitionList::new();
+        for (topic, partition, at) in &starts {
+            start.add_partition_offset(topic, *partition, Offset::Offset(*at))?;
+        }
+        if start.count() > 0 {
+            consumer.commit(&start, rdkafka::consumer::CommitMode::Sync)?;
+        }
+        Ok(())
+    }
+}
