@@ -52,6 +52,15 @@ pub enum SandboxDbError {
     /// The sandbox has expired.
     #[error("prodbox: sandbox {0} has expired")]
     Expired(SandboxKey),
+    /// The sandbox was deleted and made again since this process's directory last heard of it:
+    /// the database holds a newer incarnation's schema, which an older one never replaces.
+    #[error(
+        "prodbox: sandbox {sandbox} was made again since (this process knows an older incarnation); refused until its directory catches up"
+    )]
+    StaleIncarnation {
+        /// The sandbox.
+        sandbox: SandboxKey,
+    },
     /// The call was made in one context and its work first polled in another (a stream or
     /// future made inside a sandbox and awaited outside it, or the other way round): which one
     /// it belongs to cannot be known, so it runs in neither. See the rule in the crate docs.
@@ -117,6 +126,7 @@ impl SandboxDbError {
             Self::ProductionAccessRefused { .. } => "db_production_access_refused",
             Self::Capacity { .. } => "db_capacity",
             Self::Expired(_) => "sandbox_expired",
+            Self::StaleIncarnation { .. } => "db_stale_incarnation",
             Self::ContextChanged { .. } => "db_context_changed",
             Self::WrongContext { .. } => "db_wrong_context",
             Self::NoScope => "db_no_scope",
@@ -130,6 +140,7 @@ impl SandboxDbError {
             | Self::ProductionExposed { sandbox, .. }
             | Self::ProductionAccessRefused { sandbox, .. }
             | Self::Capacity { sandbox, .. }
+            | Self::StaleIncarnation { sandbox }
             | Self::Expired(sandbox) => Some(sandbox),
             Self::ContextChanged { at_call, at_poll } => at_call.as_ref().or(at_poll.as_ref()),
             Self::WrongContext {
