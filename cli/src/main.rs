@@ -739,7 +739,8 @@ async fn db(command: DbCommand, pool: PgPool) -> Result<Output, Failure> {
             } else {
                 // Expired schemas go through the janitor's path, which spares one a process
                 // started using again since the listing.
-                for key in schemas.drop_expired(now).await? {
+                let report = schemas.drop_expired(now).await?;
+                for key in report.dropped {
                     dropped.push((key, "schema expired"));
                 }
                 for (key, why) in doomed
@@ -749,6 +750,19 @@ async fn db(command: DbCommand, pool: PgPool) -> Result<Output, Failure> {
                     if schemas.drop_sandbox(&key).await? {
                         dropped.push((key, why));
                     }
+                }
+                // The others went; these stay for the next run, and the exit code says so.
+                if !report.failed.is_empty() {
+                    let failed: Vec<String> = report
+                        .failed
+                        .iter()
+                        .map(|(key, error)| format!("{key} ({error})"))
+                        .collect();
+                    return Err(Failure::Database(format!(
+                        "dropped {}; could not drop {}",
+                        dropped.len(),
+                        failed.join("; ")
+                    )));
                 }
             }
             let verb = if dry_run { "would drop" } else { "dropped" };

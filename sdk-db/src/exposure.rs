@@ -1,15 +1,24 @@
 //! What of production a sandbox's role could reach: every privilege it holds outside its own
-//! schema, through `PUBLIC` (every role is a member) or a grant of its own. Provisioning runs
-//! this check before a sandbox is made, again whenever a process opens a sandbox's pool, and
-//! with every use it records (at least once a minute); a sandbox that fails it is refused
-//! (`SandboxDbError::ProductionExposed`, audited), never run with the exposure.
+//! schema, through `PUBLIC` (every role is a member), a grant of its own or a role granted to
+//! it; and objects of its own that production's objects are depended on by, which would make
+//! production's DDL fail. Provisioning runs this check before a sandbox is made, again
+//! whenever a process opens a sandbox's pool, and with every use it records (at least once a
+//! minute); a sandbox that fails it is refused (`SandboxDbError::ProductionExposed`, audited),
+//! never run with the exposure. Other sandboxes' schemas are not production: what a sandbox
+//! shares of its own does not refuse the others.
+//!
+//! Where provisioning runs as a superuser, an event trigger also refuses, as it runs, any DDL
+//! of a sandbox that makes such a dependency ([`GUARD`]); elsewhere the check finds it.
 
 use sqlx::postgres::PgConnection;
 
 /// Each kind of exposure, with the privileges that make it one. The statement lists at most
 /// [`LIMIT`] findings, each naming the object, what the role may do, and how to close it.
 const CHECK: &str = "
-WITH role AS (SELECT $1::text AS name, $2::text AS own)
+WITH role AS (SELECT $1::text AS name, $2::text AS own),
+-- Sandboxes' schemas: not production (see prodbox.is_sandbox_schema_v1).
+sandboxes AS (SELECT n.oid FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
+              WHERE n.nspname LIKE 'sbx\\_%' AND r.rolname LIKE 'sbxr\\_%')
 SELECT finding FROM (
     -- Tables, views, materialized views, foreign and partitioned tables: any privilege, on the
     -- table or on one of its columns (reads copy production rows out; REFERENCES and TRIGGER
@@ -25,6 +34,7 @@ SELECT finding FROM (
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, role
     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
       AND n.nspname <> role.own AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.oid NOT IN (SELECT oid FROM sandboxes)
       AND (has_table_privilege(role.name, c.oid,
                                'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
            OR has_any_column_privilege(role.name, c.oid, 'SELECT, INSERT, UPDATE, REFERENCES'))
@@ -35,6 +45,7 @@ SELECT finding FROM (
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, role
     WHERE c.relkind = 'S' AND n.nspname <> role.own
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.oid NOT IN (SELECT oid FROM sandboxes)
       AND has_sequence_privilege(role.name, c.oid, 'USAGE, SELECT, UPDATE')
     UNION ALL
     -- CREATE on another schema: objects planted there run with production's privileges.
@@ -57,7 +68,19 @@ SELECT finding FROM (
     FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace, role
     WHERE p.prosecdef AND n.nspname <> role.own
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.oid NOT IN (SELECT oid FROM sandboxes)
       AND has_function_privilege(role.name, p.oid, 'EXECUTE')
+    UNION ALL
+    -- A role granted to it: SET ROLE leaves the sandbox (taken back whenever a pool opens).
+    SELECT format('role %I is granted to it (REVOKE %I FROM %I)', g.rolname, g.rolname, role.name)
+    FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+         JOIN pg_roles r ON r.oid = m.member, role
+    WHERE r.rolname = role.name
+    UNION ALL
+    -- Its objects that depend on production's: production's DDL on those fails.
+    SELECT d || ': production''s DDL on it fails while it exists (drop it)'
+    FROM role, prodbox.sandbox_dependencies_v1(
+             (SELECT oid FROM pg_namespace WHERE nspname = role.own)) d
     UNION ALL
     -- Foreign servers: foreign tables made by the sandbox reach whatever the server does.
     SELECT format('foreign server %I: USAGE (REVOKE USAGE ON FOREIGN SERVER %I FROM PUBLIC)',
@@ -76,6 +99,108 @@ SELECT finding FROM (
 ) findings
 ORDER BY finding
 LIMIT 20";
+
+/// Which schemas are a sandbox's (named `sbx_..`, owned by a role named `sbxr_..`), and the
+/// dependencies of some objects (with their relations' rules, defaults, constraints,
+/// triggers and policies) on objects outside the schemas `spaces` that are neither the
+/// system's, nor an extension's, nor a sandbox's. Part of the catalogue's DDL.
+pub(crate) const DEPENDENCIES: &str = r#"
+CREATE OR REPLACE FUNCTION prodbox.is_sandbox_schema_v1(space oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $f$
+    SELECT EXISTS (SELECT 1 FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
+                   WHERE n.oid = space AND n.nspname LIKE 'sbx\_%' AND r.rolname LIKE 'sbxr\_%')
+$f$;
+CREATE OR REPLACE FUNCTION prodbox.foreign_dependencies_v1(classids oid[], objids oid[],
+                                                           spaces oid[]) RETURNS SETOF text
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $f$
+    WITH roots (classid, objid) AS (SELECT * FROM unnest(classids, objids)),
+    rels AS (SELECT objid AS oid FROM roots WHERE classid = 'pg_class'::regclass),
+    mine (classid, objid) AS (
+        SELECT classid, objid FROM roots
+        UNION ALL SELECT 'pg_rewrite'::regclass, oid FROM pg_rewrite
+                  WHERE ev_class IN (SELECT oid FROM rels)
+        UNION ALL SELECT 'pg_trigger'::regclass, oid FROM pg_trigger
+                  WHERE tgrelid IN (SELECT oid FROM rels)
+        UNION ALL SELECT 'pg_attrdef'::regclass, oid FROM pg_attrdef
+                  WHERE adrelid IN (SELECT oid FROM rels)
+        UNION ALL SELECT 'pg_constraint'::regclass, oid FROM pg_constraint
+                  WHERE conrelid IN (SELECT oid FROM rels)
+        UNION ALL SELECT 'pg_policy'::regclass, oid FROM pg_policy
+                  WHERE polrelid IN (SELECT oid FROM rels)
+    )
+    SELECT DISTINCT format('%s depends on %s',
+                           pg_describe_object(d.classid, d.objid, d.objsubid),
+                           pg_describe_object(d.refclassid, d.refobjid, d.refobjsubid))
+    FROM mine
+    JOIN pg_depend d ON d.classid = mine.classid AND d.objid = mine.objid
+    CROSS JOIN LATERAL pg_identify_object(d.refclassid, d.refobjid, 0) r
+    JOIN pg_namespace rn ON rn.nspname = r.schema
+    WHERE d.deptype IN ('n', 'a')
+      AND NOT rn.oid = ANY (spaces)
+      AND rn.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND rn.nspname NOT LIKE 'pg\_toast%' AND rn.nspname NOT LIKE 'pg\_temp%'
+      AND NOT prodbox.is_sandbox_schema_v1(rn.oid)
+      -- An extension's objects (and the array types of its types) are not production's.
+      AND NOT EXISTS (
+          SELECT 1 FROM pg_depend e
+          WHERE e.deptype = 'e' AND e.classid = d.refclassid
+            AND e.objid IN (d.refobjid, (SELECT NULLIF(t.typelem, 0) FROM pg_type t
+                                         WHERE d.refclassid = 'pg_type'::regclass
+                                           AND t.oid = d.refobjid)))
+$f$;
+CREATE OR REPLACE FUNCTION prodbox.sandbox_dependencies_v1(space oid) RETURNS SETOF text
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $f$
+    WITH objects (classid, objid) AS (
+        SELECT 'pg_class'::regclass::oid, oid FROM pg_class WHERE relnamespace = space
+        UNION ALL SELECT 'pg_proc'::regclass, oid FROM pg_proc WHERE pronamespace = space
+        UNION ALL SELECT 'pg_type'::regclass, oid FROM pg_type WHERE typnamespace = space
+        UNION ALL SELECT 'pg_constraint'::regclass, oid FROM pg_constraint
+                  WHERE connamespace = space)
+    SELECT prodbox.foreign_dependencies_v1(
+        ARRAY(SELECT classid FROM objects ORDER BY classid, objid),
+        ARRAY(SELECT objid FROM objects ORDER BY classid, objid),
+        ARRAY[space])
+$f$;
+REVOKE EXECUTE ON FUNCTION prodbox.is_sandbox_schema_v1(oid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION prodbox.foreign_dependencies_v1(oid[], oid[], oid[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION prodbox.sandbox_dependencies_v1(oid) FROM PUBLIC;
+"#;
+
+/// The event trigger that refuses a sandbox's DDL command when the objects it made or changed
+/// depend on production's (anything outside the sandbox's schema and its temporary one).
+/// Made only where the provisioning role may (a superuser); cheap for everyone else's DDL (a
+/// comparison of `session_user`).
+pub(crate) const GUARD: &str = r#"
+CREATE OR REPLACE FUNCTION prodbox.sandbox_ddl_guard_v1() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $f$
+DECLARE
+    found text;
+BEGIN
+    IF session_user::text NOT LIKE 'sbxr\_%' THEN
+        RETURN;
+    END IF;
+    SELECT d INTO found FROM prodbox.foreign_dependencies_v1(
+        ARRAY(SELECT classid FROM pg_event_trigger_ddl_commands()),
+        ARRAY(SELECT objid FROM pg_event_trigger_ddl_commands()),
+        ARRAY(SELECT n.oid FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
+              WHERE r.rolname = session_user::text
+              UNION SELECT pg_my_temp_schema())) d
+    LIMIT 1;
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION 'prodbox: % (a sandbox''s objects may not depend on production''s)', found
+            USING ERRCODE = '42501';
+    END IF;
+END $f$;
+REVOKE EXECUTE ON FUNCTION prodbox.sandbox_ddl_guard_v1() FROM PUBLIC;
+DROP EVENT TRIGGER IF EXISTS prodbox_sandbox_ddl_v1;
+CREATE EVENT TRIGGER prodbox_sandbox_ddl_v1 ON ddl_command_end
+    EXECUTE FUNCTION prodbox.sandbox_ddl_guard_v1();
+"#;
+
+/// Whether [`GUARD`] is in place, or cannot be (the provisioning role is no superuser).
+pub(crate) const GUARD_READY: &str = "
+SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'prodbox_sandbox_ddl_v1')
+    OR NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)";
 
 /// At most this many findings are reported (enough to act on; `prodbox doctor` lists all).
 const LIMIT: usize = 20;

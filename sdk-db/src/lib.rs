@@ -32,6 +32,6 @@ mod watchdog;
 
 pub use connection::{PoolConnection, Transaction};
 pub use error::SandboxDbError;
-pub use pool::{Janitor, SandboxPool, SandboxPoolBuilder};
+pub use pool::{DropReport, Janitor, SandboxPool, SandboxPoolBuilder};
 pub use production::ProductionPool;
 pub use provision::SchemaRecord;

@@ -57,7 +57,12 @@ impl fmt::Debug for SandboxPoolBuilder {
 impl SandboxPoolBuilder {
     /// Provisions each sandbox by running these migrations into its schema (the preferred way:
     /// the sandbox gets exactly the service's schema, with its own sequences).
-    pub fn migrations(mut self, migrator: Migrator) -> Self {
+    pub fn migrations(mut self, mut migrator: Migrator) -> Self {
+        // Without sqlx's database-wide advisory lock: each sandbox's migrations table is its
+        // own and provisioning holds the sandbox's lock, while that advisory lock is one any
+        // session (a sandbox's, production's own migration) may hold, and one the operator may
+        // have revoked from PUBLIC.
+        migrator.set_locking(false);
         self.migrator = Some(Arc::new(migrator));
         self
     }
@@ -430,6 +435,17 @@ impl SandboxPool {
                 let mut active = lock(&self.inner.active);
                 match active.get(sandbox.key()) {
                     Some(slot) if slot.serves(sandbox) => return Ok(Arc::clone(slot)),
+                    Some(slot)
+                        if slot.incarnation.is_some_and(|open| {
+                            crate::provision::incarnation_of(sandbox).is_some_and(|i| i < open)
+                        }) =>
+                    {
+                        let error = SandboxDbError::StaleIncarnation {
+                            sandbox: sandbox.key().clone(),
+                        };
+                        error.audit(Some(sandbox), Decision::Rejected);
+                        return Err(error.into());
+                    }
                     // Opened for an earlier incarnation: this one opens its own (provisioning
                     // drops the old schema). Whoever still holds the old pool keeps it.
                     Some(_) => {
@@ -484,10 +500,22 @@ impl SandboxPool {
     /// role, whose sessions start with only its schema on the search path.
     async fn open(&self, sandbox: &Sandbox) -> Result<PgPool, SandboxDbError> {
         let credentials = self.inner.provisioner.ensure(sandbox).await?;
+        let bound = self.inner.statement_bound.as_millis().max(1).to_string();
+        // Also as the session's start-up settings, which outrank any default a sandbox could
+        // give its role between two resets (`ALTER ROLE CURRENT_USER IN DATABASE .. SET`).
         let options = (*self.inner.provisioner.options)
             .clone()
             .username(&credentials.role)
-            .password(&credentials.password);
+            .password(&credentials.password)
+            .options([
+                // Schema names are `[a-z0-9_]`: no quoting, so it reads back as it is.
+                (
+                    "search_path",
+                    crate::names::schema_name(sandbox.key()).as_str(),
+                ),
+                ("statement_timeout", bound.as_str()),
+                ("idle_in_transaction_session_timeout", bound.as_str()),
+            ]);
         self.inner
             .watchdog
             .start(&self.inner.pool, self.inner.statement_bound);
@@ -546,15 +574,22 @@ impl SandboxPool {
         self.inner.provisioner.list().await
     }
 
-    /// Drops every sandbox whose schema expired by `now`; returns their keys.
-    pub async fn drop_expired(&self, now: SystemTime) -> Result<Vec<SandboxKey>, sqlx::Error> {
-        let mut dropped = Vec::new();
+    /// Drops every sandbox whose schema expired by `now`. One that cannot be dropped is
+    /// reported and tried again next time; it does not keep the others from going. Fails only
+    /// when the expired sandboxes cannot be listed.
+    pub async fn drop_expired(&self, now: SystemTime) -> Result<DropReport, sqlx::Error> {
+        let mut report = DropReport::default();
         for key in self.inner.provisioner.expired(now).await? {
-            if self.drop_if(&key, Some(now)).await? {
-                dropped.push(key);
+            match self.drop_if(&key, Some(now)).await {
+                Ok(true) => report.dropped.push(key),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(target: "prodbox::db", sandbox = %key, %error, "could not drop an expired sandbox; trying again next time");
+                    report.failed.push((key, error));
+                }
             }
         }
-        Ok(dropped)
+        Ok(report)
     }
 
     /// Starts a janitor on the current Tokio runtime that drops expired sandboxes every
@@ -567,7 +602,8 @@ impl SandboxPool {
             loop {
                 ticker.tick().await;
                 match pool.drop_expired(SystemTime::now()).await {
-                    Ok(dropped) if !dropped.is_empty() => {
+                    Ok(report) if !report.dropped.is_empty() => {
+                        let dropped = report.dropped;
                         tracing::info!(target: "prodbox::db", ?dropped, "janitor dropped expired sandbox schemas");
                     }
                     Ok(_) => {}
@@ -602,6 +638,16 @@ impl SandboxPool {
         }
         crate::error::refine(error, Some(sandbox))
     }
+}
+
+/// What [`SandboxPool::drop_expired`] did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct DropReport {
+    /// The sandboxes dropped.
+    pub dropped: Vec<SandboxKey>,
+    /// The sandboxes that could not be dropped (tried again next time), with why.
+    pub failed: Vec<(SandboxKey, sqlx::Error)>,
 }
 
 /// Runs [`SandboxPool::drop_expired`] on a schedule until dropped.

@@ -182,6 +182,33 @@ pub(crate) struct Credentials {
     pub(crate) password: String,
 }
 
+/// The next statements that drop some of the objects in schema `$1` (at most 100 relations,
+/// 200 routines or 200 types, partitions before their parents): none once only what `DROP
+/// SCHEMA` takes few locks for is left.
+const DROP_BATCH: &str = "
+WITH space AS (SELECT oid FROM pg_namespace WHERE nspname = $1),
+rels AS (
+    SELECT c.oid, CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                 WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE'
+                                 WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END AS kind
+    FROM pg_class c, space
+    WHERE c.relnamespace = space.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c')
+    ORDER BY c.relispartition DESC, c.oid LIMIT 100),
+routines AS (
+    SELECT p.oid FROM pg_proc p, space WHERE p.pronamespace = space.oid LIMIT 200),
+types AS (
+    SELECT t.oid, CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END AS kind
+    FROM pg_type t, space
+    WHERE t.typnamespace = space.oid AND t.typtype IN ('d', 'e', 'r') LIMIT 200)
+SELECT format('DROP %s IF EXISTS %s CASCADE', kind, string_agg(oid::regclass::text, ', '))
+FROM rels GROUP BY kind
+UNION ALL
+SELECT 'DROP ROUTINE IF EXISTS ' || string_agg(oid::regprocedure::text, ', ') || ' CASCADE'
+FROM routines HAVING count(*) > 0
+UNION ALL
+SELECT format('DROP %s IF EXISTS %s CASCADE', kind, string_agg(oid::regtype::text, ', '))
+FROM types GROUP BY kind";
+
 /// The catalogue of sandbox schemas and the provisioning locks.
 const CATALOGUE: &str = "
 CREATE TABLE IF NOT EXISTS prodbox.sandbox_schemas (
@@ -194,13 +221,15 @@ CREATE TABLE IF NOT EXISTS prodbox.sandbox_schemas (
 );
 ALTER TABLE prodbox.sandbox_schemas ADD COLUMN IF NOT EXISTS role_password text;
 ALTER TABLE prodbox.sandbox_schemas ADD COLUMN IF NOT EXISTS incarnation bigint;
-CREATE TABLE IF NOT EXISTS prodbox.provisioning (key text PRIMARY KEY);";
+CREATE TABLE IF NOT EXISTS prodbox.provisioning (key text PRIMARY KEY);
+";
 
 const CATALOGUE_READY: &str = "
 SELECT to_regclass('prodbox.provisioning') IS NOT NULL
    AND EXISTS (SELECT 1 FROM information_schema.columns
                WHERE table_schema = 'prodbox' AND table_name = 'sandbox_schemas'
-                 AND column_name = 'incarnation')";
+                 AND column_name = 'incarnation')
+   AND to_regprocedure('prodbox.sandbox_dependencies_v1(oid)') IS NOT NULL";
 
 #[derive(Clone)]
 pub(crate) struct Provisioner {
@@ -239,7 +268,15 @@ impl Provisioner {
     }
 
     async fn ensure_catalogue(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        ensure_ddl(conn, CATALOGUE_READY, CATALOGUE, self.lock_timeout).await
+        let catalogue = format!("{CATALOGUE}{}", crate::exposure::DEPENDENCIES);
+        ensure_ddl(conn, CATALOGUE_READY, &catalogue, self.lock_timeout).await?;
+        ensure_ddl(
+            conn,
+            crate::exposure::GUARD_READY,
+            crate::exposure::GUARD,
+            self.lock_timeout,
+        )
+        .await
     }
 
     /// The role of `key` in this database.
@@ -316,6 +353,13 @@ impl Provisioner {
         if let Some(created) = incarnation_of(sandbox)
             && incarnation != Some(created)
         {
+            // A process whose directory has not heard of the newer incarnation yet: never
+            // replace a newer schema with an older one.
+            if incarnation.is_some_and(|recorded| recorded > created) {
+                return Err(SandboxDbError::StaleIncarnation {
+                    sandbox: key.clone(),
+                });
+            }
             self.drop_objects(conn, key).await.map_err(failed)?;
             sqlx::query("DELETE FROM prodbox.sandbox_schemas WHERE key = $1")
                 .bind(key.as_str())
@@ -370,10 +414,25 @@ impl Provisioner {
     ) -> Result<(), sqlx::Error> {
         let (role, schema) = (quote(role), quote(&schema_name(key)));
         let bound = self.statement_bound.as_millis().max(1);
+        let name = role.clone();
         conn.execute(ddl(format!(
             "ALTER ROLE {role} WITH LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE \
                  NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {limit} PASSWORD '{password}';
              ALTER ROLE {role} RESET ALL;
+             -- Settings per database outrank the role's own, and a role may make them itself.
+             DO $$ BEGIN
+                 EXECUTE format('ALTER ROLE %s IN DATABASE %I RESET ALL', '{name}',
+                                current_database());
+             END $$;
+             -- A role granted to it would let it SET ROLE out of the sandbox.
+             DO $$ DECLARE granted text; BEGIN
+                 FOR granted IN SELECT g.rolname FROM pg_auth_members m
+                                JOIN pg_roles g ON g.oid = m.roleid
+                                WHERE m.member = '{name}'::regrole
+                 LOOP
+                     EXECUTE format('REVOKE %I FROM %s', granted, '{name}');
+                 END LOOP;
+             END $$;
              ALTER ROLE {role} SET search_path TO {schema};
              ALTER ROLE {role} SET statement_timeout = {bound};
              ALTER ROLE {role} SET idle_in_transaction_session_timeout = {bound};",
@@ -624,18 +683,54 @@ impl Provisioner {
         key: &SandboxKey,
     ) -> Result<(), sqlx::Error> {
         let role_name = self.role(conn, key).await?;
-        let (schema, role) = (quote(&schema_name(key)), quote(&role_name));
-        conn.execute(ddl(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
-            .await?;
+        let (schema_plain, role) = (schema_name(key), quote(&role_name));
         let role_exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
                 .bind(&role_name)
                 .fetch_one(&mut *conn)
                 .await?;
         if role_exists {
-            // End the role's sessions (pools of other processes): they reconnect and find the
-            // sandbox gone.
+            // No new sessions, and none left (pools of other processes): nothing it holds
+            // makes the drops wait, and they reconnect to find the sandbox gone.
+            conn.execute(ddl(format!("ALTER ROLE {role} NOLOGIN")))
+                .await?;
             Self::end_sessions(conn, &role).await;
+        }
+        // A few objects at a time, each batch its own transaction: `DROP SCHEMA .. CASCADE`
+        // locks every object at once, and a sandbox with thousands of them would fill the
+        // server's lock table (`out of shared memory`) for every session.
+        loop {
+            let batch: Vec<String> = sqlx::query_scalar(DROP_BATCH)
+                .bind(&schema_plain)
+                .fetch_all(&mut *conn)
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            for statement in batch {
+                conn.execute(ddl(statement)).await?;
+            }
+        }
+        conn.execute(ddl(format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            quote(&schema_plain)
+        )))
+        .await?;
+        if role_exists {
+            loop {
+                let unlinked: i64 = sqlx::query_scalar(
+                    "SELECT count(lo_unlink(oid)) FROM (
+                         SELECT oid FROM pg_largeobject_metadata
+                         WHERE lomowner = (SELECT oid FROM pg_roles WHERE rolname = $1)
+                         LIMIT 500) lo",
+                )
+                .bind(&role_name)
+                .fetch_one(&mut *conn)
+                .await?;
+                if unlinked == 0 {
+                    break;
+                }
+            }
             conn.execute(ddl(format!("DROP OWNED BY {role}; DROP ROLE {role}")))
                 .await?;
         }

@@ -5,11 +5,12 @@
 //! with the session after the statement, while the connection waits in its pool. So each
 //! process watches the backends of its own sandbox connections (registered as each one opens)
 //! and ends any that runs a statement, or keeps a transaction open, longer than the bound, or
-//! sits idle holding an advisory lock. Ending a backend is audited (`db_statement_bound`).
+//! sits idle holding an advisory lock, or holds one, however busy, for longer than the bound.
+//! Ending a backend is audited (`db_statement_bound`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prodbox_core::Sandbox;
 use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
@@ -106,7 +107,9 @@ SELECT a.pid, a.usename::text,
                 AND EXISTS (SELECT 1 FROM pg_locks l
                             WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted)
                THEN 'an advisory lock was held after its statement'
-       END AS why
+       END AS why,
+       EXISTS (SELECT 1 FROM pg_locks l
+               WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted) AS holds
 FROM pg_stat_activity a
 WHERE a.pid = ANY($1)";
 
@@ -115,13 +118,16 @@ async fn watch(sessions: Sessions, pool: PgPool, bound: Duration) {
     let bound_ms = i64::try_from(bound.as_millis()).unwrap_or(i64::MAX);
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Since when each backend has been seen holding an advisory lock at every look: a session
+    // that keeps running short statements is never idle when looked at.
+    let mut holding: HashMap<i32, Instant> = HashMap::new();
     loop {
         ticker.tick().await;
         let pids: Vec<i32> = lock(&sessions).keys().copied().collect();
         if pids.is_empty() {
             continue;
         }
-        let rows: Vec<(i32, Option<String>, Option<String>)> = match sqlx::query_as(CHECK)
+        let rows: Vec<(i32, Option<String>, Option<String>, bool)> = match sqlx::query_as(CHECK)
             .bind(&pids)
             .bind(bound_ms)
             .fetch_all(&pool)
@@ -138,13 +144,29 @@ async fn watch(sessions: Sessions, pool: PgPool, bound: Duration) {
             // Forget backends that are gone, or whose process id another backend has taken.
             let alive: HashMap<i32, Option<String>> = rows
                 .iter()
-                .map(|(pid, role, _)| (*pid, role.clone()))
+                .map(|(pid, role, _, _)| (*pid, role.clone()))
                 .collect();
             sessions
                 .retain(|pid, (_, role)| alive.get(pid).is_some_and(|r| r.as_ref() == Some(role)));
+            let now = Instant::now();
+            holding.retain(|pid, _| sessions.contains_key(pid));
             rows.into_iter()
-                .filter_map(|(pid, _, why)| {
-                    let why = why?;
+                .filter_map(|(pid, _, why, holds)| {
+                    let why = match why {
+                        Some(why) => why,
+                        None if holds => {
+                            let since = *holding.entry(pid).or_insert(now);
+                            if now.duration_since(since) <= bound {
+                                return None;
+                            }
+                            "an advisory lock was held longer than the bound".to_owned()
+                        }
+                        None => {
+                            holding.remove(&pid);
+                            return None;
+                        }
+                    };
+                    holding.remove(&pid);
                     let (sandbox, _) = sessions.remove(&pid)?;
                     Some((pid, why, sandbox))
                 })

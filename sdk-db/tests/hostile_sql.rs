@@ -96,6 +96,7 @@ async fn hostile_sql_from_a_sandbox_changes_neither_production_nor_another_sandb
                 "INSERT INTO orders (item, amount) VALUES ('p1', 10), ('p2', 20);
                  CREATE FUNCTION public.report() RETURNS bigint LANGUAGE sql
                      AS 'SELECT count(*) FROM public.orders';
+                 CREATE FUNCTION public.answer() RETURNS int LANGUAGE sql AS 'SELECT 42';
                  CREATE TABLE public.customers (id int, card text);
                  INSERT INTO public.customers VALUES (1, '4111-1111');",
             )
@@ -164,6 +165,12 @@ async fn hostile_sql_from_a_sandbox_changes_neither_production_nor_another_sandb
         ("ALTER ROLE on itself", "ALTER ROLE CURRENT_USER CREATEROLE BYPASSRLS".into(), Refused),
         ("ALTER ROLE on itself", "ALTER ROLE CURRENT_USER CONNECTION LIMIT -1".into(), Refused),
         ("ALTER ROLE on itself", "ALTER ROLE CURRENT_USER SET search_path = public".into(), Allowed),
+        ("depend on production", "CREATE VIEW spy AS SELECT item FROM public.orders".into(), Refused),
+        ("depend on production", "CREATE MATERIALIZED VIEW spy AS SELECT item FROM public.orders WITH NO DATA".into(), Refused),
+        ("depend on production", "CREATE TEMP VIEW spy AS SELECT item FROM public.orders".into(), Refused),
+        ("depend on production", "CREATE TABLE pinned (o public.orders)".into(), Refused),
+        ("depend on production", "CREATE FUNCTION pinned() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM public.orders; END".into(), Refused),
+        ("depend on production", "CREATE TABLE pinned (n int DEFAULT public.answer())".into(), Refused),
         ("DO blocks", "DO $$ BEGIN DELETE FROM public.orders; END $$".into(), Refused),
         ("DO blocks", "DO $$ BEGIN EXECUTE 'TRUNCATE public.customers'; END $$".into(), Refused),
         ("superuser settings", "SET session_replication_role = replica".into(), Refused),

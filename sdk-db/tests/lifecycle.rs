@@ -169,13 +169,15 @@ async fn drop_expired_drops_exactly_the_expired_sandboxes() {
         pool.drop_expired(SystemTime::now())
             .await
             .unwrap()
+            .dropped
             .is_empty()
     );
 
     let dropped = pool
         .drop_expired(now + Duration::from_secs(3600))
         .await
-        .unwrap();
+        .unwrap()
+        .dropped;
     let dropped: BTreeSet<String> = dropped.iter().map(|k| k.as_str().to_owned()).collect();
     assert_eq!(dropped, expiring.iter().cloned().collect());
     for k in &expiring {
@@ -201,6 +203,7 @@ async fn drop_expired_drops_exactly_the_expired_sandboxes() {
         pool.drop_expired(now + Duration::from_secs(3600))
             .await
             .unwrap()
+            .dropped
             .is_empty()
     );
     // The lasting sandboxes keep working.
@@ -344,7 +347,7 @@ async fn a_sandbox_in_use_does_not_expire() {
     insert(&pool, &sb, "opened").await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     insert(&pool, &sb, "used").await.unwrap();
-    let dropped = pool.drop_expired(SystemTime::now()).await.unwrap();
+    let dropped = pool.drop_expired(SystemTime::now()).await.unwrap().dropped;
     let next = insert(&pool, &sb, "next").await;
     let _ = pool.drop_sandbox(sb.key()).await;
     db.cleanup().await;

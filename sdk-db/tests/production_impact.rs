@@ -63,9 +63,10 @@ async fn a_sandbox_cannot_make_objects_production_depends_on() {
         .await
         .expect("provision");
     let attempts = [
-        "CREATE VIEW v AS SELECT id FROM public.orders",
-        "CREATE MATERIALIZED VIEW mv AS SELECT id FROM public.orders WITH NO DATA",
+        "CREATE VIEW v AS SELECT id, item FROM public.orders",
+        "CREATE MATERIALIZED VIEW mv AS SELECT item FROM public.orders WITH NO DATA",
         "CREATE TABLE rowtype (o public.orders)",
+        "CREATE TEMP VIEW tv AS SELECT item FROM public.orders",
         "CREATE FUNCTION f() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM public.orders; END",
     ];
     let mut made = Vec::new();
@@ -90,6 +91,62 @@ async fn a_sandbox_cannot_make_objects_production_depends_on() {
         "a sandbox made objects on production's tables: {blocking:?}"
     );
     migrated.expect("production's migration failed because of a sandbox");
+}
+
+/// Where provisioning runs as no superuser there is no event trigger to stop such an object
+/// being made: the check finds it, and the sandbox is refused from its next recorded use on,
+/// naming it; dropping the sandbox frees production's DDL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_event_trigger_a_dependency_on_production_refuses_the_sandbox() {
+    let db = production().await;
+    let pool = SandboxPool::builder(db.pool().clone())
+        .migrations(migrator("orders").await)
+        // A use is recorded, and the check run, every 2 s.
+        .default_ttl(Duration::from_secs(8))
+        .build();
+    let key = unique_key("noguard");
+    in_sandbox(&pool, &key, "SELECT 1")
+        .await
+        .expect("provision");
+    admin(&db, "DROP EVENT TRIGGER prodbox_sandbox_ddl_v1").await;
+    in_sandbox(
+        &pool,
+        &key,
+        "CREATE VIEW v AS SELECT id, item FROM public.orders",
+    )
+    .await
+    .expect("made, with no trigger to stop it");
+    let mut refused = None;
+    for _ in 0..300 {
+        if let Err(error) = in_sandbox(&pool, &key, "SELECT 1").await {
+            refused = Some(error);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let blocked = db
+        .pool()
+        .execute("ALTER TABLE orders ALTER COLUMN item TYPE varchar(300)")
+        .await;
+    let dropped = pool.drop_sandbox(&common::parse_key(&key)).await;
+    let migrated = db
+        .pool()
+        .execute("ALTER TABLE orders ALTER COLUMN item TYPE varchar(300)")
+        .await;
+    db.cleanup().await;
+    let refused = refused.expect("the sandbox was never refused");
+    match common::prodbox_error(&refused) {
+        SandboxDbError::ProductionExposed { findings, .. } => assert!(
+            findings
+                .iter()
+                .any(|f| f.contains("depends on") && f.contains("orders")),
+            "{findings:?}"
+        ),
+        other => panic!("refused for something else: {other}"),
+    }
+    assert!(blocked.is_err(), "the view did not block production's DDL");
+    dropped.expect("the sandbox dropped");
+    migrated.expect("production's DDL ran once the sandbox was dropped");
 }
 
 /// A session that keeps running short statements while it holds a session advisory lock is
@@ -211,7 +268,7 @@ async fn settings_a_sandbox_gives_its_role_do_not_reach_its_sessions() {
     .unwrap();
     let _ = pool.drop_sandbox(&common::parse_key(&key)).await;
     db.cleanup().await;
-    assert_eq!(seen.0, quote(&schema_of(&key)));
+    assert_eq!(seen.0, schema_of(&key));
     assert_ne!(seen.1, "0");
     // Only the role's own settings (search path and bounds), none per database.
     assert_eq!(left, 1, "settings per database left on the role");
