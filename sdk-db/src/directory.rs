@@ -86,7 +86,9 @@ SELECT EXISTS (SELECT 1 FROM pg_trigger
    AND EXISTS (SELECT 1 FROM information_schema.columns
                WHERE table_schema = 'prodbox' AND table_name = 'sandboxes'
                  AND column_name = 'shadows')
-   AND to_regclass('prodbox.kafka_cuts') IS NOT NULL";
+   AND to_regclass('prodbox.kafka_cuts') IS NOT NULL
+   AND EXISTS (SELECT 1 FROM pg_trigger
+               WHERE tgname = 'sandboxes_cuts_gone' AND tgrelid = to_regclass('prodbox.sandboxes'))";
 
 const DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS prodbox.sandboxes (
@@ -138,6 +140,23 @@ CREATE TABLE IF NOT EXISTS prodbox.kafka_cuts (
     CHECK (cardinality(incarnations) = cardinality(starts)
            AND cardinality(starts) = cardinality(ends))
 );
+-- A gone sandbox's cuts are kept a retention after it went (its fork may still be draining
+-- records the baseline gave it), not after their last change: its going stamps them.
+CREATE OR REPLACE FUNCTION prodbox.kafka_cuts_gone() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        UPDATE prodbox.kafka_cuts SET updated_at = now();
+    ELSE
+        UPDATE prodbox.kafka_cuts SET updated_at = now() WHERE sandbox = OLD.key;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER sandboxes_cuts_gone
+    AFTER DELETE ON prodbox.sandboxes
+    FOR EACH ROW EXECUTE FUNCTION prodbox.kafka_cuts_gone();
+CREATE OR REPLACE TRIGGER sandboxes_cuts_all_gone
+    AFTER TRUNCATE ON prodbox.sandboxes
+    FOR EACH STATEMENT EXECUTE FUNCTION prodbox.kafka_cuts_gone();
 "#;
 
 const COLUMNS: &str = "key, actor, origin, forks::text AS forks, shadows::text AS shadows,
@@ -447,8 +466,8 @@ impl DirectoryStore {
         .bind(retention.as_secs_f64())
         .execute(&self.pool)
         .await?;
-        // A gone sandbox's cuts outlive it by the retention too: a fork still draining its
-        // records reads them.
+        // A gone sandbox's cuts outlive it by the retention too (its going stamped them): a
+        // fork still draining its records reads them.
         sqlx::query(
             "DELETE FROM prodbox.kafka_cuts c
              WHERE updated_at < now() - make_interval(secs => $1)

@@ -63,20 +63,29 @@
 //! them only (for the PostgreSQL directory, `SELECT` on `prodbox.kafka_cuts`), so unreviewed
 //! fork code needs no rights to change who handles what.
 //!
-//! The baseline never waits on a fork. While the directory cannot be read or written (its
-//! database is away, but it is not [stale](prodbox_core::directory::Directory::is_stale)),
+//! The baseline never waits on a fork, and asks the directory little: what it read and
+//! recorded for a partition since the partition was assigned to it stays true until a
+//! rebalance (it alone records cuts there meanwhile), so it asks again only where a fork
+//! starts or stops. When the directory cannot be read or written then (its database is away,
+//! while the directory itself is not [stale](prodbox_core::directory::Directory::is_stale)),
 //! the baseline retries for 10 s, then sends the record to the dead-letter topic rather than
-//! guess (audited as `cut_unavailable`; the reason header says why); later records get one
-//! try each until the directory answers again, so production partitions are held up once,
-//! by 10 s, not once per record. Handled by the fork as well, or by nobody, would be the
-//! alternatives. A directory that keeps no cuts (a file directory) cannot run forks: a fork
+//! guess (audited as `cut_unavailable`; the reason header says why); later records that need
+//! the directory are dead-lettered at once, without a try, until a probe in the background
+//! sees it answer, so a production partition is held up once, by 10 s. Records whose cut is
+//! known go on. A directory that keeps no cuts (a file directory) cannot run forks: a fork
 //! refuses to start, and the baseline dead-letters the records of sandboxes that fork it and
 //! handles the others.
 //!
-//! One window remains: a baseline process that crashes after handling a record it did not yet
-//! see forked, before committing it, while its successor already sees the fork, leaves that
-//! record to be handled by both (at least once, never by neither). Closing it would take a
-//! write per record.
+//! A sandbox that is disabled or has expired when a consumer reads its record is over: both
+//! roles skip the record (`sandbox_disabled`, `sandbox_expired`), each judging by its own clock
+//! when it reads. A fork reads after the baseline (once the baseline has committed past), so
+//! records the baseline gave the fork shortly before the end may be among them.
+//!
+//! One window remains where both roles handle a record: a baseline process loses a partition
+//! (it crashed, or its handler ran past `max.poll.interval.ms`, or its session to the broker
+//! was lost) after handling a record of a sandbox it did not see forked, before committing it,
+//! while the process that takes the partition over already sees the fork. Closing it would
+//! take a write per record.
 //!
 //! Neither kind consumes before its directory has synced once. While the directory reports
 //! itself [stale](prodbox_core::directory::Directory::is_stale), a message that carries a
@@ -102,6 +111,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset};
 
+pub use crate::cut::Rebalances;
 use crate::cut::{Cut, Cuts};
 use crate::filter::{Filter, Role, Verdict};
 
@@ -222,7 +232,6 @@ impl SandboxConsumerBuilder {
         if config.get("auto.offset.reset").is_none() || matches!(self.role, Role::Sandbox { .. }) {
             config.set("auto.offset.reset", "earliest");
         }
-        let consumer: StreamConsumer = config.create()?;
         let cuts = match &self.role {
             Role::Baseline { .. } => Cuts::baseline(Arc::clone(&self.directory), &self.group),
             Role::Sandbox { key } => {
@@ -238,16 +247,16 @@ impl SandboxConsumerBuilder {
                     return Err(error.into());
                 }
                 let progress = crate::cut::progress_reader(&self.config, &self.group)?;
-                let cuts = Cuts::fork(
+                Cuts::fork(
                     Arc::clone(&self.directory),
                     &self.group,
                     (key.clone(), incarnation),
                     Arc::new(progress),
-                );
-                cuts.start_fork(&consumer, topics).await?;
-                cuts
+                )
             }
         };
+        let consumer: StreamConsumer<Rebalances> = config.create_with_context(cuts.context())?;
+        cuts.start_fork(&consumer, topics).await?;
         consumer.subscribe(topics)?;
         // Created now, not on the first dead letter: settings rdkafka refuses fail here, at
         // start, rather than mid-stream, where the message could not be dead-lettered.
@@ -271,7 +280,7 @@ impl SandboxConsumerBuilder {
 
 /// The consumer; see the [module docs](self).
 pub struct SandboxConsumer {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<Rebalances>,
     /// Its consumer group.
     group: String,
     cuts: Cuts,
@@ -311,7 +320,7 @@ impl SandboxConsumer {
     }
 
     /// The rdkafka consumer (for lag, assignment, and so on).
-    pub fn consumer(&self) -> &StreamConsumer {
+    pub fn consumer(&self) -> &StreamConsumer<Rebalances> {
         &self.consumer
     }
 

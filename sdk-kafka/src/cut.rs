@@ -18,16 +18,13 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::consumer::{ConsumerError, pause};
 
-/// How long the baseline trusts the cuts it read for a partition when its decision would
-/// change nothing. Only another baseline process writes them meanwhile, holding the partition
-/// between two rebalances; missing that takes two rebalances and a fork removed and added back
-/// within this second.
-const FRESH: Duration = Duration::from_secs(1);
-/// How long the baseline retries recording a cut before it gives the record to the
-/// dead-letter topic rather than guess. Once it has given up, later records get one attempt
-/// each until the directory answers again, so a directory that is away delays a partition by
-/// this much once, not once per record.
+/// How long the baseline retries reading or recording a cut before it gives the record to the
+/// dead-letter topic rather than guess. Once it has given up, records that need the directory
+/// are dead-lettered at once, without a try, until a probe in the background finds it
+/// answering again: a directory that is away delays a partition by this much once.
 pub(crate) const CUT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often that probe tries.
+const PROBE: Duration = Duration::from_secs(1);
 /// How often a fork waiting for the baseline looks again.
 const WAIT: Duration = Duration::from_millis(100);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,17 +47,40 @@ pub(crate) struct Cuts {
     /// The baseline's consumer group: cuts are recorded by its position.
     group: String,
     role: Side,
-    /// Cuts read recently, by topic and partition.
-    cache: Mutex<HashMap<String, HashMap<i32, Known>>>,
+    /// Cuts read, by topic and partition; forgotten at every rebalance ([`Rebalances`]).
+    cache: Cache,
 }
+
+type Cache = Arc<Mutex<HashMap<String, HashMap<i32, Known>>>>;
 
 /// A partition's cuts as read at one moment.
 struct Known {
     cuts: PartitionCuts,
-    /// When they were read (the baseline trusts them for [`FRESH`]).
-    read: Instant,
     /// The baseline's committed offset, read just before them (a fork trusts them below it).
     behind: i64,
+}
+
+/// The rdkafka context of a [`SandboxConsumer`](crate::SandboxConsumer): at every rebalance it
+/// forgets the cuts read so far. A baseline consumer holding a partition is the only one that
+/// records cuts there, so what it read and recorded since the partition was assigned to it
+/// stays true until it loses the partition: it decides from memory, without asking the
+/// directory, until then.
+pub struct Rebalances {
+    cache: Cache,
+}
+
+impl rdkafka::ClientContext for Rebalances {}
+
+impl rdkafka::consumer::ConsumerContext for Rebalances {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &rdkafka::consumer::Rebalance<'_>) {
+        lock(&self.cache).clear();
+    }
+}
+
+fn lock(cache: &Cache) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i32, Known>>> {
+    cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Known {
@@ -71,8 +91,9 @@ impl Known {
 
 enum Side {
     Baseline {
-        /// The directory failed past [`CUT_TIMEOUT`] and has not answered since.
-        away: AtomicBool,
+        /// The directory failed past [`CUT_TIMEOUT`] and the probe has not seen it answer
+        /// since.
+        away: Arc<AtomicBool>,
     },
     Fork {
         sandbox: SandboxKey,
@@ -88,9 +109,16 @@ impl Cuts {
             directory,
             group: group.to_owned(),
             role: Side::Baseline {
-                away: AtomicBool::new(false),
+                away: Arc::default(),
             },
-            cache: Mutex::default(),
+            cache: Cache::default(),
+        }
+    }
+
+    /// The rdkafka context that forgets these cuts at every rebalance.
+    pub(crate) fn context(&self) -> Rebalances {
+        Rebalances {
+            cache: Arc::clone(&self.cache),
         }
     }
 
@@ -108,7 +136,7 @@ impl Cuts {
                 incarnation,
                 progress,
             },
-            cache: Mutex::default(),
+            cache: Cache::default(),
         }
     }
 
@@ -126,36 +154,27 @@ impl Cuts {
         (topic, partition): (&str, i32),
         known: impl FnOnce(&Known) -> Option<T>,
     ) -> Option<T> {
-        self.lock().get(topic)?.get(&partition).and_then(known)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i32, Known>>> {
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.cache)
+            .get(topic)?
+            .get(&partition)
+            .and_then(known)
     }
 
     fn store(&self, (topic, partition): (&str, i32), cuts: PartitionCuts, behind: i64) {
-        let mut cache = self.lock();
+        let mut cache = lock(&self.cache);
         // Bounded by the partitions in use; forgotten wholesale past that.
         if cache.values().map(HashMap::len).sum::<usize>() >= 16_384 {
             cache.clear();
         }
-        let known = Known {
-            cuts,
-            read: Instant::now(),
-            behind,
-        };
         cache
             .entry(topic.to_owned())
             .or_default()
-            .insert(partition, known);
+            .insert(partition, Known { cuts, behind });
     }
 
     /// Notes a sandbox's ranges as just recorded, keeping the rest of the partition's cuts.
     fn note(&self, (topic, partition): (&str, i32), sandbox: &SandboxKey, ranges: Vec<Range>) {
-        if let Some(known) = self
-            .lock()
+        if let Some(known) = lock(&self.cache)
             .get_mut(topic)
             .and_then(|partitions| partitions.get_mut(&partition))
         {
@@ -173,13 +192,7 @@ impl Cuts {
         shutdown: &mut Pin<&mut S>,
     ) -> Cut {
         match &self.role {
-            Side::Baseline { away } => {
-                let cut = self.as_baseline(sandbox, forking, at, away, shutdown).await;
-                if !matches!(cut, Cut::Interrupted) {
-                    away.store(matches!(cut, Cut::Unavailable(_)), Ordering::Relaxed);
-                }
-                cut
-            }
+            Side::Baseline { away } => self.as_baseline(sandbox, forking, at, away, shutdown).await,
             Side::Fork {
                 incarnation,
                 progress,
@@ -196,29 +209,43 @@ impl Cuts {
         sandbox: &SandboxKey,
         forking: Option<i64>,
         (topic, partition, offset): (&str, i32, i64),
-        away: &AtomicBool,
+        away: &Arc<AtomicBool>,
         shutdown: &mut Pin<&mut S>,
     ) -> Cut {
-        let started = Instant::now();
         let here = (topic, partition);
-        // What the cuts read within the last second say already, with nothing to record: the
-        // common case, decided under the lock without a copy.
+        // What this consumer read and recorded since the partition was assigned to it says
+        // it already, with nothing to record: nearly every record, decided under one lock.
         let decided = self.with_cached(here, |known| {
             let ranges = known.of(sandbox);
-            (known.read.elapsed() < FRESH && !changes(ranges, forking, offset))
-                .then(|| Self::baseline_by(ranges, offset))
+            (!changes(ranges, forking, offset)).then(|| Self::baseline_by(ranges, offset))
         });
         if let Some(cut) = decided {
             return cut;
         }
+        let unavailable = |error: &dyn std::fmt::Display| {
+            Cut::Unavailable(format!(
+                "cannot learn who handles this record of sandbox {sandbox}: {error}"
+            ))
+        };
+        if away.load(Ordering::Relaxed) {
+            return unavailable(&"the directory keeps failing; a probe will notice it back");
+        }
+        let started = Instant::now();
         loop {
             let attempt = async {
-                let cuts = self
-                    .directory
-                    .cut_ranges(&self.place(topic, partition))
-                    .await?;
-                let ranges = cuts.get(sandbox).cloned().unwrap_or_default();
-                self.store(here, cuts, 0);
+                let known = self.with_cached(here, |known| Some(known.of(sandbox).to_vec()));
+                let ranges = match known {
+                    Some(ranges) => ranges,
+                    None => {
+                        let cuts = self
+                            .directory
+                            .cut_ranges(&self.place(topic, partition))
+                            .await?;
+                        let ranges = cuts.get(sandbox).cloned().unwrap_or_default();
+                        self.store(here, cuts, 0);
+                        ranges
+                    }
+                };
                 if !changes(&ranges, forking, offset) {
                     return Ok(Self::baseline_by(&ranges, offset));
                 }
@@ -236,14 +263,10 @@ impl Cuts {
                 // No fork can run from such a directory (a fork refuses to start): a sandbox
                 // that forks nothing here is the baseline's, one that does cannot be decided.
                 Err(DirectoryError::CutsUnsupported) if forking.is_none() => return Cut::Handle,
-                Err(error)
-                    if matches!(error, DirectoryError::CutsUnsupported)
-                        || away.load(Ordering::Relaxed)
-                        || started.elapsed() >= CUT_TIMEOUT =>
-                {
-                    return Cut::Unavailable(format!(
-                        "cannot learn who handles this record of sandbox {sandbox}: {error}"
-                    ));
+                Err(error @ DirectoryError::CutsUnsupported) => return unavailable(&error),
+                Err(error) if started.elapsed() >= CUT_TIMEOUT => {
+                    self.probe(here, away);
+                    return unavailable(&error);
                 }
                 Err(error) => {
                     tracing::warn!(target: "prodbox::kafka", %error, %sandbox, "cannot read or record a Kafka cut; retrying");
@@ -253,6 +276,29 @@ impl Cuts {
                 }
             }
         }
+    }
+
+    /// Marks the directory away and starts a probe that clears the mark once it answers.
+    fn probe(&self, (topic, partition): (&str, i32), away: &Arc<AtomicBool>) {
+        if away.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (directory, away, place) = (
+            Arc::clone(&self.directory),
+            Arc::clone(away),
+            self.place(topic, partition),
+        );
+        // Production work of prodbox's own, outside any request.
+        prodbox_core::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE).await;
+                if directory.cut_ranges(&place).await.is_ok() {
+                    away.store(false, Ordering::Relaxed);
+                    tracing::info!(target: "prodbox::kafka", "the directory answers again; Kafka cuts are recorded again");
+                    return;
+                }
+            }
+        });
     }
 
     fn baseline_by(ranges: &[Range], offset: i64) -> Cut {
@@ -349,7 +395,7 @@ impl Cuts {
     /// beginning.
     pub(crate) async fn start_fork(
         &self,
-        consumer: &impl Consumer,
+        consumer: &impl Consumer<Rebalances>,
         topics: &[&str],
     ) -> Result<(), ConsumerError> {
         let Side::Fork {

@@ -465,8 +465,8 @@ async fn without_cuts_the_baseline_dead_letters_rather_than_guess() {
         ["down-none-0-0", "down-none-0-1"],
         "only production records handled"
     );
-    // The retries of one wait (10 s, a try every 0.5 s at most), then one try per record: not
-    // one wait per record, which would be at least 60.
+    // The retries of one wait (10 s, a try every 0.5 s at most), then none per record (a probe
+    // tries once a second): not one wait per record, which would be at least 60 tries.
     let tries = directory.cut_calls();
     assert!(tries < 40, "{tries} tries");
 
@@ -489,4 +489,105 @@ async fn without_cuts_the_baseline_dead_letters_rather_than_guess() {
             .len(),
         3
     );
+}
+
+/// The directory stops answering after the baseline read a partition's cuts: what the
+/// baseline knows since the partition was assigned to it still decides (a record inside the
+/// fork's open range is the fork's alone; one of a sandbox that forks nothing is its own), and
+/// only a record that needs a new cut is dead-lettered: after the retries for the first, at
+/// once for the next, without a try, until the directory answers again. (Found by a review:
+/// the baseline trusted what it read for a second only, and tried each record again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_leaves_what_the_baseline_knows_decided() {
+    let topic = unique_topic("cut-outage");
+    create_topic(&topic, 1).await;
+    let group = format!("{topic}-{SERVICE}");
+    let dead_letters = format!("{group}.dead-letter");
+    create_topic(&dead_letters, 1).await;
+    let directory = Switchable::default();
+    let now = SystemTime::now();
+    directory.entries.upsert(entry("cut-h", true, now));
+    directory.entries.upsert(entry("cut-n", false, now));
+    let log: Log = Arc::default();
+    let baseline = run_baseline(&group, &topic, &directory, &log).await;
+    // The fork's directory shares the entries and the cuts, not the switch.
+    let fork = SandboxConsumer::builder(consumer_config(), &group, Role::sandbox(key("cut-h")))
+        .directory(directory.entries.clone())
+        .start(&[&topic])
+        .await
+        .unwrap();
+    let fork = Running::spawn(fork, common::recorder(&log, "fork"));
+    let producer = common::unbatched_producer();
+    let mut landed = produce(
+        &producer,
+        &topic,
+        &records_in(0..1, "before", Some("cut-h"), 1),
+    )
+    .await;
+    landed.extend(
+        produce(
+            &producer,
+            &topic,
+            &records_in(0..1, "before", Some("cut-n"), 1),
+        )
+        .await,
+    );
+    let handled = |payload: &str| -> Vec<&'static str> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.1 == payload)
+            .map(|e| e.0)
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || handled("before-cut-h-0-0")
+            == ["fork"]
+            && handled("before-cut-n-0-0") == ["baseline"])
+        .await
+    );
+    directory.set_cuts_down(true);
+    // Longer than the baseline used to trust what it read.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Known: the fork's range, a sandbox with none. New: a sandbox that starts forking now.
+    directory.entries.upsert(entry("cut-j", true, now));
+    let during = [
+        records_in(0..1, "during", Some("cut-h"), 1),
+        records_in(0..1, "during", Some("cut-n"), 1),
+        records_in(0..1, "during", Some("cut-j"), 2),
+        records_in(0..1, "during", None, 1),
+    ]
+    .concat();
+    landed.extend(produce(&producer, &topic, &during).await);
+    let dead = read_topic(&dead_letters, 1, 2, Duration::from_secs(40)).await;
+    let reasons: Vec<(String, String)> = dead
+        .iter()
+        .map(|r| {
+            (
+                String::from_utf8_lossy(&r.payload).into_owned(),
+                r.header(DEAD_LETTER_REASON).unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(30), || handled("during-cut-h-0-0")
+            == ["fork"]
+            && handled("during-cut-n-0-0") == ["baseline"]
+            && handled("during-none-0-0") == ["baseline"])
+        .await,
+        "{:?}",
+        log.lock().unwrap()
+    );
+    baseline.stop().await;
+    fork.stop().await;
+    let payloads: Vec<&str> = reasons.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        payloads,
+        ["during-cut-j-0-0", "during-cut-j-0-1"],
+        "{reasons:?}"
+    );
+    assert!(handled("during-cut-j-0-0").is_empty() && handled("during-cut-j-0-1").is_empty());
+    // The first waited out the retries; the second got no try.
+    assert!(!reasons[0].1.contains("probe"), "{}", reasons[0].1);
+    assert!(reasons[1].1.contains("probe"), "{}", reasons[1].1);
 }
