@@ -419,13 +419,12 @@ impl Provisioner {
             "ALTER ROLE {role} WITH LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE \
                  NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {limit} PASSWORD '{password}';
              ALTER ROLE {role} RESET ALL;
-             -- Settings per database outrank the role's own, and a role may make them itself.
-             DO $$ BEGIN
+             DO $$ DECLARE granted text; BEGIN
+                 -- Settings per database outrank the role's own, and a role may make them
+                 -- itself.
                  EXECUTE format('ALTER ROLE %s IN DATABASE %I RESET ALL', '{name}',
                                 current_database());
-             END $$;
-             -- A role granted to it would let it SET ROLE out of the sandbox.
-             DO $$ DECLARE granted text; BEGIN
+                 -- A role granted to it would let it SET ROLE out of the sandbox.
                  FOR granted IN SELECT g.rolname FROM pg_auth_members m
                                 JOIN pg_roles g ON g.oid = m.roleid
                                 WHERE m.member = '{name}'::regrole
