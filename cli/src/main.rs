@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
-use prodbox_core::directory::SandboxEntry;
+use prodbox_core::directory::{ForkAddress, SandboxEntry};
 use prodbox_core::token::TokenKeys;
 use prodbox_core::{Sandbox, SandboxBuilder, SandboxKey};
 use prodbox_db::SandboxPool;
@@ -86,7 +86,7 @@ enum SandboxCommand {
         origin: Option<String>,
         /// Services this sandbox forks, as SERVICE=URL; repeat or separate with commas.
         #[arg(long = "forks", alias = "fork", value_name = "SERVICE=URL", value_delimiter = ',', value_parser = parse_fork)]
-        forks: Vec<(String, String)>,
+        forks: Vec<(String, ForkAddress)>,
         /// Services whose baseline traffic this sandbox's fork receives sampled copies of
         /// (shadowing); each must also be in --forks. Repeat or separate with commas.
         #[arg(long, value_name = "SERVICE", value_delimiter = ',')]
@@ -222,12 +222,12 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
-fn parse_fork(text: &str) -> Result<(String, String), String> {
+fn parse_fork(text: &str) -> Result<(String, ForkAddress), String> {
     let (service, address) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not SERVICE=URL"))?;
-    validate_fork(service, address).map_err(|e| e.to_string())?;
-    Ok((service.to_owned(), address.to_owned()))
+    let address = validate_fork(service, address).map_err(|e| e.to_string())?;
+    Ok((service.to_owned(), address))
 }
 
 /// What went wrong, and the exit code it gets.

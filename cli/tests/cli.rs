@@ -183,9 +183,15 @@ async fn changes_made_with_the_cli_reach_a_live_directory_within_a_second() {
     assert_eq!(entry.origin.as_deref(), Some("pr-123"));
     assert_eq!(
         entry.forks,
-        BTreeMap::from([("billing".to_owned(), "http://127.0.0.1:9001".to_owned())])
+        BTreeMap::from([(
+            "billing".to_owned(),
+            "http://127.0.0.1:9001".parse().expect("a fork address")
+        )])
     );
-    assert_eq!(entry.fork_of("billing"), Some("http://127.0.0.1:9001"));
+    assert_eq!(
+        entry.fork_of("billing").map(ToString::to_string).as_deref(),
+        Some("http://127.0.0.1:9001")
+    );
     assert!(!entry.disabled);
     let expires = entry.expires_at.expect("an expiry");
     assert!(about(expires, before, after, 2 * HOUR), "{entry:?}");
@@ -337,7 +343,10 @@ async fn json_output_and_list_hiding_expired_sandboxes() {
         .create(
             &SandboxEntry::new(key(&old))
                 .expires_at(SystemTime::now() - Duration::from_secs(60))
-                .fork("billing", "http://127.0.0.1:9002"),
+                .fork(
+                    "billing",
+                    "http://127.0.0.1:9002".parse().expect("a fork address"),
+                ),
         )
         .await
         .unwrap();

@@ -449,7 +449,10 @@ async fn shop_keeps_sandboxes_isolated_under_faults() {
         entry.actor = Some("soak".to_owned());
         entry.origin = Some("issue-7".to_owned());
         if n < FORKS {
-            entry = entry.fork("billing", "http://127.0.0.1:9");
+            entry = entry.fork(
+                "billing",
+                "http://127.0.0.1:9".parse().expect("a fork address"),
+            );
         }
         registered.push(store.create(&entry).await.unwrap());
     }

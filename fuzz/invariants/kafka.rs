@@ -62,24 +62,28 @@ pub(crate) fn directory() -> &'static MemoryDirectory {
     DIRECTORY.get_or_init(|| {
         let hour = Duration::from_secs(3600);
         let directory = MemoryDirectory::new();
-        let mut fork = SandboxEntry::new(key("fork-a")).fork(SERVICE, "http://fork-a");
+        let mut fork = SandboxEntry::new(key("fork-a"))
+            .fork(SERVICE, "http://fork-a".parse().expect("a fork address"));
         fork.actor = Some("alice".to_owned());
         fork.origin = Some("PR-1".to_owned());
         directory.upsert(fork);
-        directory.upsert(SandboxEntry::new(key("plain-b")).fork("shipping", "http://plain-b"));
+        directory.upsert(SandboxEntry::new(key("plain-b")).fork(
+            "shipping",
+            "http://plain-b".parse().expect("a fork address"),
+        ));
         directory.upsert(
             SandboxEntry::new(key("off-c"))
-                .fork(SERVICE, "http://off-c")
+                .fork(SERVICE, "http://off-c".parse().expect("a fork address"))
                 .disabled(true),
         );
         directory.upsert(
             SandboxEntry::new(key("old-d"))
-                .fork(SERVICE, "http://old-d")
+                .fork(SERVICE, "http://old-d".parse().expect("a fork address"))
                 .expires_at(now() - hour),
         );
         directory.upsert(
             SandboxEntry::new(key("later-f"))
-                .fork(SERVICE, "http://later-f")
+                .fork(SERVICE, "http://later-f".parse().expect("a fork address"))
                 .expires_at(now() + hour),
         );
         directory

@@ -38,7 +38,7 @@ use ipnet::IpNet;
 use crate::audit::{AuditEvent, Decision, Direction, Protocol};
 use crate::codec::{BaggageError, Carrier, Codec, Extracted};
 use crate::context::SandboxContext;
-use crate::directory::Directory;
+use crate::directory::{Directory, Standing};
 use crate::guardrails::{Guardrails, Permit, Throttled};
 use crate::sandbox::{Sandbox, SandboxKey};
 use crate::token::{TokenError, TokenKeys};
@@ -443,25 +443,20 @@ impl Ingress {
 
     fn admit_sandbox(&self, sandbox: Sandbox, extracted: &Extracted, now: SystemTime) -> Admission {
         let key = sandbox.key().clone();
-        let mut sandbox = sandbox;
-        if let Some(directory) = &self.directory {
-            match directory.get(&key) {
-                Some(entry) if entry.disabled => {
-                    return self.refuse(Some(&sandbox), Refusal::Disabled(key));
-                }
-                Some(entry) if entry.is_expired_at(now) => {
-                    return self.refuse(Some(&sandbox), Refusal::Expired(key));
-                }
-                Some(entry) => sandbox = entry.complete(&sandbox),
-                None if self.unknown == UnknownSandbox::Refuse => {
+        let sandbox = match &self.directory {
+            Some(directory) => match Standing::of(directory.as_ref(), sandbox.clone(), now) {
+                Standing::Active { entry: None, .. } if self.unknown == UnknownSandbox::Refuse => {
                     return self.refuse(Some(&sandbox), Refusal::Unknown(key));
                 }
-                None => {}
+                Standing::Active { sandbox, .. } => sandbox,
+                Standing::Disabled => return self.refuse(Some(&sandbox), Refusal::Disabled(key)),
+                Standing::Expired => return self.refuse(Some(&sandbox), Refusal::Expired(key)),
+            },
+            None if sandbox.is_expired_at(now) => {
+                return self.refuse(Some(&sandbox), Refusal::Expired(key));
             }
-        }
-        if sandbox.is_expired_at(now) {
-            return self.refuse(Some(&sandbox), Refusal::Expired(key));
-        }
+            None => sandbox,
+        };
         let permit = match &self.guardrails {
             Some(guardrails) => match guardrails.admit(&key) {
                 Ok(permit) => Some(permit),

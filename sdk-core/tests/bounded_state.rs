@@ -143,7 +143,10 @@ fn a_flood_of_destinations_keeps_one_sandbox_tracked() {
 #[test]
 fn an_ingress_keeps_nothing_per_unknown_sandbox() {
     let directory = MemoryDirectory::new();
-    directory.upsert(SandboxEntry::new("registered".parse().expect("key")).fork("svc", "http://a"));
+    directory.upsert(
+        SandboxEntry::new("registered".parse().expect("key"))
+            .fork("svc", "http://a".parse().expect("a fork address")),
+    );
     let guardrails = Guardrails::builder()
         .max_concurrent(8)
         .max_tracked(1_000)

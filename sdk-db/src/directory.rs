@@ -60,8 +60,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use prodbox_core::directory::{
-    CutFuture, CutPlace, Directory, DirectoryError, MemoryDirectory, PartitionCuts, Range,
-    SandboxEntry, cuts,
+    CutFuture, CutPlace, Directory, DirectoryError, ForkAddress, MemoryDirectory, PartitionCuts,
+    Range, SandboxEntry, cuts,
 };
 use prodbox_core::{Sandbox, SandboxKey};
 
@@ -209,8 +209,8 @@ fn validate(entry: &SandboxEntry) -> Result<(), StoreError> {
             .map_err(|e| StoreError::Invalid(format!("origin: {e}")))?;
     }
     drop(builder);
-    for (service, address) in &entry.forks {
-        validate_fork(service, address)?;
+    for service in entry.forks.keys() {
+        validate_service(service)?;
     }
     if let Some(service) = entry.shadows.iter().find(|s| !entry.forks.contains_key(*s)) {
         return Err(StoreError::Invalid(format!(
@@ -220,8 +220,18 @@ fn validate(entry: &SandboxEntry) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A service name (`billing`, `orders.v2`) and an absolute `http://` or `https://` address.
-pub fn validate_fork(service: &str, address: &str) -> Result<(), StoreError> {
+/// A service name (`billing`, `orders.v2`) and a fork address (`http://host[:port]` or
+/// `https://host[:port]`, as [`ForkAddress`] parses it).
+pub fn validate_fork(service: &str, address: &str) -> Result<ForkAddress, StoreError> {
+    validate_service(service)?;
+    address
+        .parse()
+        .map_err(|e: prodbox_core::directory::InvalidForkAddress| {
+            StoreError::Invalid(e.to_string())
+        })
+}
+
+fn validate_service(service: &str) -> Result<(), StoreError> {
     let service_ok = !service.is_empty()
         && service.len() <= 63
         && service
@@ -230,17 +240,6 @@ pub fn validate_fork(service: &str, address: &str) -> Result<(), StoreError> {
     if !service_ok {
         return Err(StoreError::Invalid(format!(
             "service name {service:?}: use 1 to 63 of a-z, 0-9, '-', '_', '.'"
-        )));
-    }
-    let uri: http::Uri = address
-        .parse()
-        .map_err(|e| StoreError::Invalid(format!("fork address {address:?}: {e}")))?;
-    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
-    let has_host = uri.host().is_some_and(|h| !h.is_empty());
-    let bare = uri.path_and_query().is_none_or(|p| p.as_str() == "/");
-    if !(scheme_ok && has_host && bare) {
-        return Err(StoreError::Invalid(format!(
-            "fork address {address:?}: expected http://host:port or https://host:port"
         )));
     }
     Ok(())
@@ -258,7 +257,7 @@ fn entry_of(row: &PgRow) -> Result<SandboxEntry, String> {
     let forks = json("forks");
     let shadows = json("shadows");
     let mut entry = SandboxEntry::new(key);
-    match forks.map(|f| serde_json::from_str::<BTreeMap<String, String>>(&f)) {
+    match forks.map(|f| serde_json::from_str::<BTreeMap<String, ForkAddress>>(&f)) {
         Some(Ok(forks)) => entry.forks = forks,
         Some(Err(e)) => problems.push(format!("forks: {e}")),
         None => {}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use prodbox_core::directory::{CutPlace, Directory, SandboxEntry};
 use prodbox_core::trust::UnknownSandbox;
 use prodbox_core::{Admission, Ingress, Refusal, SandboxKey, TrustPolicy};
-use prodbox_db::directory::{DirectoryStore, PgDirectory, StoreError};
+use prodbox_db::directory::{DirectoryStore, PgDirectory, StoreError, validate_fork};
 use prodbox_testkit::pg::{TestDatabase, admin_connection, require_postgres, unique_key};
 use sqlx::postgres::PgPoolOptions;
 
@@ -72,7 +72,10 @@ async fn changes_reach_every_client_within_a_second() {
     assert!(a.entries().is_empty() && !a.is_stale());
 
     let k = key("dir");
-    let mut entry = SandboxEntry::new(k.clone()).fork("billing", "http://127.0.0.1:9001");
+    let mut entry = SandboxEntry::new(k.clone()).fork(
+        "billing",
+        "http://127.0.0.1:9001".parse().expect("a fork address"),
+    );
     entry.actor = Some("alice".to_owned());
     entry.expires_at = Some(SystemTime::now() + Duration::from_secs(3600));
     let created = store.create(&entry).await.expect("create");
@@ -85,7 +88,10 @@ async fn changes_reach_every_client_within_a_second() {
             "a new sandbox reaches every client within 1 s"
         );
         let got = client.get(&k).expect("present");
-        assert_eq!(got.fork_of("billing"), Some("http://127.0.0.1:9001"));
+        assert_eq!(
+            got.fork_of("billing").map(ToString::to_string).as_deref(),
+            Some("http://127.0.0.1:9001")
+        );
         assert_eq!(got.actor.as_deref(), Some("alice"));
     }
     assert!(matches!(admit(&a, &k), Admission::Sandboxed { .. }));
@@ -151,11 +157,20 @@ async fn store_refuses_duplicates_missing_keys_and_bad_entries() {
         .await
         .expect("create expired");
     let renewed = store
-        .create(&SandboxEntry::new(reused.clone()).fork("billing", "http://127.0.0.1:9001"))
+        .create(&SandboxEntry::new(reused.clone()).fork(
+            "billing",
+            "http://127.0.0.1:9001".parse().expect("a fork address"),
+        ))
         .await
         .expect("an expired key can be created again");
     assert!(renewed.created_at > old.created_at && renewed.expires_at.is_none());
-    assert_eq!(renewed.fork_of("billing"), Some("http://127.0.0.1:9001"));
+    assert_eq!(
+        renewed
+            .fork_of("billing")
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("http://127.0.0.1:9001")
+    );
     assert!(store.delete(&reused).await.expect("delete"));
     let missing = key("missing");
     assert!(matches!(
@@ -170,12 +185,20 @@ async fn store_refuses_duplicates_missing_keys_and_bad_entries() {
         ("Billing Service", "http://10.0.0.5"),
         ("billing", "10.0.0.5:8080"),
     ] {
-        let entry = SandboxEntry::new(key("bad")).fork(service, address);
+        // Addresses are refused where they are parsed (a `ForkAddress` cannot hold them).
         assert!(
-            matches!(store.create(&entry).await, Err(StoreError::Invalid(_))),
+            matches!(validate_fork(service, address), Err(StoreError::Invalid(_))),
             "{service}={address} must be refused"
         );
     }
+    let entry = SandboxEntry::new(key("bad")).fork(
+        "Billing Service",
+        "http://10.0.0.5".parse().expect("a fork address"),
+    );
+    assert!(matches!(
+        store.create(&entry).await,
+        Err(StoreError::Invalid(_))
+    ));
     let mut entry = SandboxEntry::new(key("bad"));
     entry.actor = Some("alice\r\nx-evil: 1".to_owned());
     assert!(matches!(
@@ -419,7 +442,10 @@ async fn shadows_are_stored_and_need_a_fork() {
     store
         .create(
             &SandboxEntry::new(k.clone())
-                .fork("billing", "http://127.0.0.1:9001")
+                .fork(
+                    "billing",
+                    "http://127.0.0.1:9001".parse().expect("a fork address"),
+                )
                 .shadow("billing"),
         )
         .await
@@ -427,7 +453,13 @@ async fn shadows_are_stored_and_need_a_fork() {
     let seen = within(Duration::from_secs(1), || directory.get(&k).is_some()).await;
     assert!(seen.is_some());
     let entry = directory.get(&k).expect("present");
-    assert_eq!(entry.shadow_of("billing"), Some("http://127.0.0.1:9001"));
+    assert_eq!(
+        entry
+            .shadow_of("billing")
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("http://127.0.0.1:9001")
+    );
     assert_eq!(entry.shadow_of("orders"), None);
     assert!(matches!(
         store
@@ -583,7 +615,10 @@ async fn kafka_cuts_are_recorded_once_and_read_without_write_rights() {
     let store = DirectoryStore::new(db.pool().clone());
     let k = key("cuts");
     store
-        .create(&SandboxEntry::new(k.clone()).fork("billing", "http://fork"))
+        .create(
+            &SandboxEntry::new(k.clone())
+                .fork("billing", "http://fork".parse().expect("a fork address")),
+        )
         .await
         .expect("create");
     let (a, b) = (fast(&db), fast(&db));
@@ -719,7 +754,10 @@ async fn a_gone_sandboxs_cuts_stay_a_retention_after_its_deletion() {
     let store = DirectoryStore::new(db.pool().clone());
     let k = key("cutsgone");
     store
-        .create(&SandboxEntry::new(k.clone()).fork("billing", "http://fork"))
+        .create(
+            &SandboxEntry::new(k.clone())
+                .fork("billing", "http://fork".parse().expect("a fork address")),
+        )
         .await
         .expect("create");
     let d = PgDirectory::builder(db.pool()).start();

@@ -8,9 +8,10 @@
 //! the baseline channel of one service and opens (lazily, once per address) a channel to each
 //! fork the directory names for that service.
 //!
-//! Routing may fall back to the baseline channel (no fork, sandbox disabled or expired, a stale
-//! directory, or a fork address that is not a plain `http://` address: this build has no TLS;
-//! all but the first are audited). It never weakens data isolation: the call still carries its sandbox context, and
+//! Where a call goes is decided by [`fork_route`](prodbox_core::directory::fork_route), the same
+//! decision HTTP routing makes. It may fall back to the baseline channel (no fork, sandbox
+//! disabled or expired, a stale directory, or an `https://` fork: this build has no TLS; all
+//! but the first are audited). It never weakens data isolation: the call still carries its sandbox context, and
 //! a call routed to a fork gets the context written into its metadata by the router itself, so
 //! a fork never takes it for production even without the client layer. Fork channels are opened
 //! lazily, once per address; past 256, those no sandbox lists any more are closed.
@@ -25,7 +26,7 @@
 //!
 //! # fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let directory = MemoryDirectory::new();
-//! directory.upsert(SandboxEntry::new("pr-42".parse()?).fork("billing", "http://127.0.0.1:9101"));
+//! directory.upsert(SandboxEntry::new("pr-42".parse()?).fork("billing", "http://127.0.0.1:9101".parse()?));
 //!
 //! let baseline = tonic::transport::Endpoint::from_static("http://billing:50051").connect_lazy();
 //! let channel = ServiceBuilder::new()
@@ -46,7 +47,7 @@ use std::time::SystemTime;
 use http::Request;
 use prodbox_core::Sandbox;
 use prodbox_core::audit::{Decision, Protocol};
-use prodbox_core::directory::Directory;
+use prodbox_core::directory::{Directory, Fallback, ForkAddress, ForkRoute, fork_route};
 use prodbox_core::egress::Egress;
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
@@ -54,10 +55,10 @@ use tonic::{Code, Status};
 
 use crate::client::BoxError;
 use tower::util::Oneshot;
+use tower_service::Service;
 
 /// Fork channels one router keeps before closing those no sandbox lists any more.
 const MAX_FORK_CHANNELS: usize = 256;
-use tower_service::Service;
 
 /// Sends each call over the baseline channel or the current sandbox's fork; see the
 /// [module docs](self).
@@ -66,7 +67,7 @@ pub struct ForkRouter {
     service: Arc<str>,
     baseline: Channel,
     directory: Arc<dyn Directory>,
-    forks: Arc<Mutex<HashMap<String, Channel>>>,
+    forks: Arc<Mutex<HashMap<ForkAddress, Channel>>>,
     egress: Egress,
 }
 
@@ -92,74 +93,54 @@ impl ForkRouter {
     }
 
     fn channel_for(&self, sandbox: &Sandbox) -> Option<Channel> {
-        let entry = self.directory.get(sandbox.key())?;
-        let address = entry.fork_of(&self.service)?;
-        if self.directory.is_stale() {
-            self.egress.audit(
-                sandbox,
-                Decision::Fallback,
-                "fallback_directory_stale",
-                &format_args!(
-                    "directory is stale; {} not routed to its fork",
-                    self.service
-                ),
-            );
-            return None;
-        }
-        if entry.disabled || entry.is_expired_at(SystemTime::now()) {
-            self.egress.audit(
-                sandbox,
-                Decision::Fallback,
-                "fallback_fork_inactive",
-                &format_args!(
-                    "sandbox is disabled or expired; {} not routed to its fork",
-                    self.service
-                ),
-            );
-            return None;
-        }
+        let now = SystemTime::now();
+        let fallback = match fork_route(&*self.directory, sandbox.key(), &self.service, now) {
+            ForkRoute::Baseline => return None,
+            // Plain http only: tonic is built here without TLS.
+            ForkRoute::Fork(address) if address.is_https() => {
+                let why = Fallback::Unreachable;
+                self.egress.audit(
+                    sandbox,
+                    Decision::Fallback,
+                    why.reason(),
+                    &format_args!(
+                        "{address} of {}: https, and this build has no TLS",
+                        self.service
+                    ),
+                );
+                return None;
+            }
+            ForkRoute::Fork(address) => return Some(self.channel_to(&address)),
+            ForkRoute::Fallback(why) => why,
+        };
+        self.egress.audit(
+            sandbox,
+            Decision::Fallback,
+            fallback.reason(),
+            &format_args!("{fallback}; {} not routed to its fork", self.service),
+        );
+        None
+    }
+
+    /// The channel to `address`, opened lazily once per address.
+    fn channel_to(&self, address: &ForkAddress) -> Channel {
         let mut forks = self.forks.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(channel) = forks.get(address) {
-            return Some(channel.clone());
+            return channel.clone();
         }
         // Bounded: past the cap, channels to addresses no sandbox lists any more are closed.
         if forks.len() >= MAX_FORK_CHANNELS {
-            let listed: std::collections::HashSet<String> = self
+            let listed: std::collections::HashSet<ForkAddress> = self
                 .directory
                 .entries()
                 .iter()
-                .filter_map(|e| e.fork_of(&self.service).map(str::to_owned))
+                .filter_map(|e| e.fork_of(&self.service).cloned())
                 .collect();
             forks.retain(|address, _| listed.contains(address));
         }
-        // Plain http only: tonic is built here without TLS, and an address without a scheme
-        // would connect nowhere and fail every call.
-        let scheme_ok = address.starts_with("http://");
-        match Endpoint::from_shared(address.to_owned()).map_err(|e| e.to_string()) {
-            Ok(endpoint) if scheme_ok => {
-                let channel = endpoint.connect_lazy();
-                forks.insert(address.to_owned(), channel.clone());
-                Some(channel)
-            }
-            Ok(_) => {
-                self.egress.audit(
-                    sandbox,
-                    Decision::Fallback,
-                    "fallback_invalid_fork_address",
-                    &format_args!("fork address {address:?} of {}: not http://", self.service),
-                );
-                None
-            }
-            Err(error) => {
-                self.egress.audit(
-                    sandbox,
-                    Decision::Fallback,
-                    "fallback_invalid_fork_address",
-                    &format_args!("fork address {address:?} of {}: {error}", self.service),
-                );
-                None
-            }
-        }
+        let channel = Endpoint::from(address.to_uri()).connect_lazy();
+        forks.insert(address.clone(), channel.clone());
+        channel
     }
 }
 

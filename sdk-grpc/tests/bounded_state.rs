@@ -55,7 +55,9 @@ async fn fork_channels_stay_bounded_under_a_flood_of_sandboxes() {
     // 100 registered sandboxes with forks of their own: one channel each (the measure works).
     let address = |i: usize| format!("http://127.0.0.1:{}", 20_000 + i);
     for i in 0..100 {
-        directory.upsert(SandboxEntry::new(key(i)).fork("echo", &address(i)));
+        directory.upsert(
+            SandboxEntry::new(key(i)).fork("echo", address(i).parse().expect("a fork address")),
+        );
         route(&mut router, i);
         route(&mut router, i);
     }
@@ -68,7 +70,9 @@ async fn fork_channels_stay_bounded_under_a_flood_of_sandboxes() {
     // 2,000 more, each registered, routed, then deleted (sandboxes come and go): past 256
     // channels, those no sandbox lists any more are closed.
     for i in 100..2_100 {
-        directory.upsert(SandboxEntry::new(key(i)).fork("echo", &address(i)));
+        directory.upsert(
+            SandboxEntry::new(key(i)).fork("echo", address(i).parse().expect("a fork address")),
+        );
         route(&mut router, i);
         directory.remove(&key(i));
     }
@@ -79,7 +83,9 @@ async fn fork_channels_stay_bounded_under_a_flood_of_sandboxes() {
     // these 300): the bound is the number of fork addresses in the directory, which the operator
     // controls, not the number of sandboxes that call.
     for i in 2_100..2_400 {
-        directory.upsert(SandboxEntry::new(key(i)).fork("echo", &address(i)));
+        directory.upsert(
+            SandboxEntry::new(key(i)).fork("echo", address(i).parse().expect("a fork address")),
+        );
         route(&mut router, i);
     }
     let cached = alive_tasks().await - start;

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
+use prodbox_core::directory::{ForkAddress, MemoryDirectory, SandboxEntry};
 use prodbox_core::{FutureExt, Sandbox, SandboxKey, TrustPolicy};
 use prodbox_grpc::{
     ForkRouter, PropagateSandbox, PropagateSandboxLayer, SandboxInterceptor, SandboxLayer,
@@ -55,16 +55,23 @@ async fn setup(prefix: &str) -> Setup {
     let fork_b = serve_echo(server(), EchoService::new("fork-b")).await;
     let directory = MemoryDirectory::new();
     let entry = |suffix: &str| SandboxEntry::new(key(&format!("{prefix}-{suffix}")));
-    directory.upsert(entry("a").fork("echo", &uri(fork_a)));
-    directory.upsert(entry("b").fork("echo", &uri(fork_b)));
-    directory.upsert(entry("other").fork("billing", &uri(fork_a)));
-    directory.upsert(entry("off").fork("echo", &uri(fork_a)).disabled(true));
+    directory.upsert(entry("a").fork("echo", uri(fork_a).parse().expect("a fork address")));
+    directory.upsert(entry("b").fork("echo", uri(fork_b).parse().expect("a fork address")));
+    directory.upsert(entry("other").fork("billing", uri(fork_a).parse().expect("a fork address")));
+    directory.upsert(
+        entry("off")
+            .fork("echo", uri(fork_a).parse().expect("a fork address"))
+            .disabled(true),
+    );
     directory.upsert(
         entry("old")
-            .fork("echo", &uri(fork_a))
+            .fork("echo", uri(fork_a).parse().expect("a fork address"))
             .expires_at(SystemTime::now() - Duration::from_secs(60)),
     );
-    directory.upsert(entry("bad").fork("echo", "not a uri"));
+    directory.upsert(entry("tls").fork(
+        "echo",
+        "https://127.0.0.1:9".parse().expect("a fork address"),
+    ));
     let router = ForkRouter::new("echo", channel(baseline), directory.clone());
     let client = EchoClient::new(
         ServiceBuilder::new()
@@ -166,7 +173,7 @@ async fn inactive_sandboxes_and_invalid_fork_addresses_fall_back_audited() {
     for (sandbox, reason) in [
         ("fb-off", "fallback_fork_inactive"),
         ("fb-old", "fallback_fork_inactive"),
-        ("fb-bad", "fallback_invalid_fork_address"),
+        ("fb-tls", "fallback_invalid_fork_address"),
     ] {
         // Falling back never drops the context: the call still carries its sandbox.
         assert_eq!(
@@ -177,9 +184,10 @@ async fn inactive_sandboxes_and_invalid_fork_addresses_fall_back_audited() {
         assert_eq!(audited(&audit, sandbox, "fallback", reason), 1, "{sandbox}");
         assert_eq!(audited(&audit, sandbox, "routed", "fork"), 0, "{sandbox}");
     }
-    let bad = audit.matching("sandbox", "fb-bad");
+    let bad = audit.matching("sandbox", "fb-tls");
     assert!(
-        bad.iter().any(|r| r["detail"].contains("not a uri")),
+        bad.iter()
+            .any(|r| r["detail"].contains("https://127.0.0.1:9")),
         "the detail names the address: {bad:?}"
     );
 }
@@ -253,24 +261,25 @@ async fn a_routed_call_carries_its_sandbox_without_the_client_layer() {
 /// without TLS) falls back to baseline, audited, instead of failing every call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fork_addresses_without_http_fall_back_audited() {
+    // An address without a scheme never enters the directory (it would connect nowhere).
+    assert!("127.0.0.1:9".parse::<ForkAddress>().is_err());
     let setup = setup("scheme").await;
-    let baseline_addr = "127.0.0.1:9";
     setup
         .directory
-        .upsert(SandboxEntry::new(key("scheme-raw")).fork("echo", baseline_addr));
-    setup
-        .directory
-        .upsert(SandboxEntry::new(key("scheme-tls")).fork("echo", "https://127.0.0.1:9"));
-    for k in ["scheme-raw", "scheme-tls"] {
-        let (server, sandbox) = who_answers(&setup.client, Some(k)).await;
-        assert_eq!((server.as_str(), sandbox.as_str()), ("baseline", k));
-        assert!(
-            AuditLog::global()
-                .matching("sandbox", k)
-                .iter()
-                .any(|r| r.get("reason").map(String::as_str)
-                    == Some("fallback_invalid_fork_address")),
-            "{k}"
-        );
-    }
+        .upsert(SandboxEntry::new(key("scheme-tls")).fork(
+            "echo",
+            "https://127.0.0.1:9".parse().expect("a fork address"),
+        ));
+    let (server, sandbox) = who_answers(&setup.client, Some("scheme-tls")).await;
+    assert_eq!(
+        (server.as_str(), sandbox.as_str()),
+        ("baseline", "scheme-tls")
+    );
+    assert!(
+        AuditLog::global()
+            .matching("sandbox", "scheme-tls")
+            .iter()
+            .any(|r| r.get("reason").map(String::as_str) == Some("fallback_invalid_fork_address")),
+        "an https fork falls back, audited"
+    );
 }

@@ -53,8 +53,10 @@ fn shadow(c: &mut Criterion) {
     // Ten sandboxes; pr-1 shadows `orders`.
     let directory = MemoryDirectory::new();
     for n in 0..10 {
-        let mut entry = SandboxEntry::new(format!("pr-{n}").parse().unwrap())
-            .fork("orders", "http://127.0.0.1:9");
+        let mut entry = SandboxEntry::new(format!("pr-{n}").parse().unwrap()).fork(
+            "orders",
+            "http://127.0.0.1:9".parse().expect("a fork address"),
+        );
         if n == 1 {
             entry = entry.shadow("orders");
         }

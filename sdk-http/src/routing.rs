@@ -6,9 +6,11 @@
 //! `billing`), or an explicit authority map. A fork address replaces the URI's scheme and
 //! authority; path and query stay.
 //!
-//! Routing may fall back to the baseline service (unknown, disabled or expired sandbox, a stale
-//! directory, or a fork address that does not parse); that fallback is audited. It never weakens data isolation: the
-//! request still carries its sandbox context, so the baseline service isolates its effects.
+//! Where a call goes is decided by [`fork_route`](prodbox_core::directory::fork_route), the same
+//! decision gRPC routing makes: it may fall back to the baseline service (a disabled or expired
+//! sandbox, a stale directory), and that fallback is audited. It never weakens data isolation:
+//! the request still carries its sandbox context, so the baseline service isolates its effects.
+//! Fork addresses are `http://` or `https://` (checked where they enter the directory).
 //!
 //! # Example
 //!
@@ -20,7 +22,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let directory = MemoryDirectory::new();
-//! directory.upsert(SandboxEntry::new("pr-42".parse()?).fork("billing", "http://127.0.0.1:9001"));
+//! directory.upsert(SandboxEntry::new("pr-42".parse()?).fork("billing", "http://127.0.0.1:9001".parse()?));
 //!
 //! // Echoes where the request would go.
 //! let transport = service_fn(|req: Request<()>| async move {
@@ -45,10 +47,10 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::SystemTime;
 
-use http::uri::{Authority, Parts, Scheme};
+use http::uri::Parts;
 use http::{HeaderValue, Request, Uri, header};
 use prodbox_core::audit::Decision;
-use prodbox_core::directory::Directory;
+use prodbox_core::directory::{Directory, ForkRoute, fork_route};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -161,42 +163,21 @@ impl ForkRoutingLayer {
         let Some(service) = self.service_of(req.uri()) else {
             return;
         };
-        let Some(entry) = self.directory.get(sandbox.key()) else {
-            return;
-        };
-        let Some(fork) = entry.fork_of(service) else {
-            return;
-        };
-        if self.directory.is_stale() {
-            crate::client::egress().audit(
-                sandbox,
-                Decision::Fallback,
-                "fallback_directory_stale",
-                &format_args!("directory is stale; {service} not routed to its fork"),
-            );
-            return;
-        }
-        if entry.disabled || entry.is_expired_at(SystemTime::now()) {
-            crate::client::egress().audit(
-                sandbox,
-                Decision::Fallback,
-                "fallback_fork_inactive",
-                &format_args!("sandbox is disabled or expired; {service} not routed to its fork"),
-            );
-            return;
-        }
-        let Some((scheme, authority)) = parse_fork(fork) else {
-            crate::client::egress().audit(
-                sandbox,
-                Decision::Fallback,
-                "fallback_invalid_fork_address",
-                &format_args!("fork address {fork:?} of {service} is not scheme://host[:port]"),
-            );
-            return;
+        let fork = match fork_route(&*self.directory, sandbox.key(), service, SystemTime::now()) {
+            ForkRoute::Baseline => return,
+            ForkRoute::Fork(fork) => fork,
+            ForkRoute::Fallback(why) => {
+                return crate::client::egress().audit(
+                    sandbox,
+                    Decision::Fallback,
+                    why.reason(),
+                    &format_args!("{why}; {service} not routed to its fork"),
+                );
+            }
         };
         let mut parts = Parts::default();
-        parts.scheme = Some(scheme);
-        parts.authority = Some(authority.clone());
+        parts.scheme = Some(fork.scheme().clone());
+        parts.authority = Some(fork.authority().clone());
         parts.path_and_query = req.uri().path_and_query().cloned();
         let Ok(uri) = Uri::from_parts(parts) else {
             return;
@@ -209,17 +190,11 @@ impl ForkRoutingLayer {
         );
         *req.uri_mut() = uri;
         if req.headers().contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+            && let Ok(host) = HeaderValue::from_str(fork.authority().as_str())
         {
             req.headers_mut().insert(header::HOST, host);
         }
     }
-}
-
-fn parse_fork(address: &str) -> Option<(Scheme, Authority)> {
-    let uri: Uri = address.parse().ok()?;
-    let parts = uri.into_parts();
-    Some((parts.scheme?, parts.authority?))
 }
 
 #[cfg(test)]
@@ -246,9 +221,10 @@ mod tests {
     fn a_stale_directory_routes_to_baseline() {
         use prodbox_core::directory::SandboxEntry;
         let directory = MemoryDirectory::new();
-        directory.upsert(
-            SandboxEntry::new("pr-42".parse().unwrap()).fork("billing", "http://127.0.0.1:9001"),
-        );
+        directory.upsert(SandboxEntry::new("pr-42".parse().unwrap()).fork(
+            "billing",
+            "http://127.0.0.1:9001".parse().expect("a fork address"),
+        ));
         let sandbox = prodbox_core::Sandbox::new("pr-42".parse().unwrap());
         let request = || {
             Request::get("http://billing:8080/invoices")

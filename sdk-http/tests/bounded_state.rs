@@ -38,7 +38,10 @@ async fn handler(State(seen): State<Seen>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_sandbox_keys_keeps_server_state_bounded() {
     let directory = MemoryDirectory::new();
-    directory.upsert(SandboxEntry::new("registered".parse().expect("key")).fork("a", "http://a"));
+    directory.upsert(
+        SandboxEntry::new("registered".parse().expect("key"))
+            .fork("a", "http://a".parse().expect("a fork address")),
+    );
     let guardrails = Guardrails::builder()
         .rate(100.0, 2)
         .max_concurrent(2)

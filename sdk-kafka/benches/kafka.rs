@@ -57,8 +57,14 @@ const FETCHED: Shape = Shape {
 
 fn directory() -> MemoryDirectory {
     let directory = MemoryDirectory::new();
-    directory.upsert(SandboxEntry::new("pr-42".parse().unwrap()).fork("billing", "http://fork"));
-    directory.upsert(SandboxEntry::new("pr-7".parse().unwrap()).fork("shipping", "http://fork"));
+    directory.upsert(
+        SandboxEntry::new("pr-42".parse().unwrap())
+            .fork("billing", "http://fork".parse().expect("a fork address")),
+    );
+    directory.upsert(
+        SandboxEntry::new("pr-7".parse().unwrap())
+            .fork("shipping", "http://fork".parse().expect("a fork address")),
+    );
     directory
 }
 

@@ -61,7 +61,7 @@ fn records_in(
 fn entry(sandbox: &str, forks: bool, created: SystemTime) -> SandboxEntry {
     let mut entry = SandboxEntry::new(key(sandbox));
     if forks {
-        entry = entry.fork(SERVICE, "http://fork");
+        entry = entry.fork(SERVICE, "http://fork".parse().expect("a fork address"));
     }
     entry.created_at = Some(created);
     entry

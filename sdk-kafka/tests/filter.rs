@@ -25,14 +25,18 @@ fn key(s: &str) -> SandboxKey {
 /// `old-d` expired an hour ago; `later-f` expires in an hour; `ghost-e` is not registered.
 fn directory() -> MemoryDirectory {
     let directory = MemoryDirectory::new();
-    let mut fork = SandboxEntry::new(key("fork-a")).fork("billing", "http://fork-a");
+    let mut fork = SandboxEntry::new(key("fork-a"))
+        .fork("billing", "http://fork-a".parse().expect("a fork address"));
     fork.actor = Some("alice".to_owned());
     fork.origin = Some("PR-1".to_owned());
     directory.upsert(fork);
-    directory.upsert(SandboxEntry::new(key("plain-b")).fork("shipping", "http://plain-b"));
+    directory.upsert(SandboxEntry::new(key("plain-b")).fork(
+        "shipping",
+        "http://plain-b".parse().expect("a fork address"),
+    ));
     directory.upsert(
         SandboxEntry::new(key("off-c"))
-            .fork("billing", "http://off-c")
+            .fork("billing", "http://off-c".parse().expect("a fork address"))
             .disabled(true),
     );
     directory.upsert(
@@ -754,7 +758,7 @@ fn a_repeated_header_is_decided_from_memory_until_the_directory_or_the_clock_say
     let (counting, entries, lookups) = counting_directory(true);
     entries.upsert(
         SandboxEntry::new(key("later-f"))
-            .fork("billing", "http://later-f")
+            .fork("billing", "http://later-f".parse().expect("a fork address"))
             .expires_at(now + Duration::from_secs(3600)),
     );
     let filter = Filter::new(Role::baseline("billing"), counting);
@@ -794,7 +798,8 @@ fn a_repeated_header_is_decided_from_memory_until_the_directory_or_the_clock_say
         "process:later-f",
         "unknown: still in its context"
     );
-    entries.replace_all([SandboxEntry::new(key("later-f")).fork("billing", "http://x")]);
+    entries.replace_all([SandboxEntry::new(key("later-f"))
+        .fork("billing", "http://x".parse().expect("a fork address"))]);
     assert_eq!(decide(now), "skip:forked");
 }
 

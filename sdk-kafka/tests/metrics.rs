@@ -24,8 +24,10 @@ async fn consumer_outcomes_are_counted_per_role() {
     let group = format!("{topic}-billing");
     create_topic(&format!("{group}.dead-letter"), 1).await;
     let directory = MemoryDirectory::new();
-    let mut fork =
-        SandboxEntry::new("mk-fork".parse().unwrap()).fork("billing", "http://127.0.0.1:1");
+    let mut fork = SandboxEntry::new("mk-fork".parse().unwrap()).fork(
+        "billing",
+        "http://127.0.0.1:1".parse().expect("a fork address"),
+    );
     fork.created_at = Some(std::time::SystemTime::now() - Duration::from_secs(60));
     directory.upsert(fork);
 

@@ -119,7 +119,10 @@ fn mixed(poisons: &[Poison]) -> Vec<Out> {
 
 fn directory() -> MemoryDirectory {
     let directory = MemoryDirectory::new();
-    let mut entry = SandboxEntry::new(key("pz-a")).fork("shipping", "http://shipping");
+    let mut entry = SandboxEntry::new(key("pz-a")).fork(
+        "shipping",
+        "http://shipping".parse().expect("a fork address"),
+    );
     entry.created_at = Some(SystemTime::now() - Duration::from_secs(60));
     directory.upsert(entry);
     directory
@@ -259,7 +262,8 @@ async fn a_sandbox_consumer_leaves_poison_to_the_baseline() {
     // pz-a forks billing here, and the baseline runs: a fork handles its sandbox's records
     // once the baseline has given them to it.
     let directory = MemoryDirectory::new();
-    let mut entry = SandboxEntry::new(key("pz-a")).fork("billing", "http://billing");
+    let mut entry = SandboxEntry::new(key("pz-a"))
+        .fork("billing", "http://billing".parse().expect("a fork address"));
     entry.created_at = Some(SystemTime::now() - Duration::from_secs(60));
     directory.upsert(entry);
     let baseline = SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))

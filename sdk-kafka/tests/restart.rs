@@ -40,7 +40,10 @@ fn records(range: std::ops::Range<u32>) -> Vec<Out> {
 
 fn fork_directory() -> MemoryDirectory {
     let directory = MemoryDirectory::new();
-    directory.upsert(SandboxEntry::new(key("rs-fork")).fork("billing", "http://fork"));
+    directory.upsert(
+        SandboxEntry::new(key("rs-fork"))
+            .fork("billing", "http://fork".parse().expect("a fork address")),
+    );
     directory
 }
 

@@ -61,10 +61,16 @@ async fn every_message_reaches_exactly_its_consumers_and_lag_ends_at_zero() {
 
     let directory = MemoryDirectory::new();
     let created = SystemTime::now() - Duration::from_secs(60);
-    let mut fork = SandboxEntry::new(key(FORK)).fork("billing", "http://billing-fork");
+    let mut fork = SandboxEntry::new(key(FORK)).fork(
+        "billing",
+        "http://billing-fork".parse().expect("a fork address"),
+    );
     fork.created_at = Some(created);
     directory.upsert(fork);
-    let mut other = SandboxEntry::new(key(OTHER)).fork("shipping", "http://shipping-fork");
+    let mut other = SandboxEntry::new(key(OTHER)).fork(
+        "shipping",
+        "http://shipping-fork".parse().expect("a fork address"),
+    );
     other.created_at = Some(created);
     directory.upsert(other);
 

@@ -19,7 +19,8 @@ async fn baseline_and_sandbox_consumers_split_a_topic() {
     create_topic(&topic, 3).await;
     let directory = MemoryDirectory::new();
     let created = SystemTime::now() - Duration::from_secs(60);
-    let mut entry = SandboxEntry::new("smoke-a".parse().unwrap()).fork("billing", "fork");
+    let mut entry = SandboxEntry::new("smoke-a".parse().unwrap())
+        .fork("billing", "http://fork".parse().expect("a fork address"));
     entry.created_at = Some(created);
     directory.upsert(entry);
 

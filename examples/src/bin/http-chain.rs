@@ -139,7 +139,12 @@ async fn main() -> std::process::ExitCode {
     let hour = std::time::SystemTime::now() + Duration::from_secs(3600);
     directory.upsert(
         SandboxEntry::new("pr-42".parse().expect("valid key"))
-            .fork("billing", &format!("http://{billing_fork}"))
+            .fork(
+                "billing",
+                format!("http://{billing_fork}")
+                    .parse()
+                    .expect("a fork address"),
+            )
             .expires_at(hour),
     );
     directory.upsert(SandboxEntry::new("pr-7".parse().expect("valid key")).expires_at(hour));

@@ -198,7 +198,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let fork_port = free_port()?;
     let fork_address = format!("http://127.0.0.1:{fork_port}");
     let hour = SystemTime::now() + Duration::from_secs(3600);
-    let mut pr42 = SandboxEntry::new("pr-42".parse()?).fork("billing", &fork_address);
+    let mut pr42 = SandboxEntry::new("pr-42".parse()?).fork("billing", fork_address.parse()?);
     pr42.actor = Some("alice".to_owned());
     pr42.origin = Some("pr-42".to_owned());
     pr42.expires_at = Some(hour);

@@ -177,7 +177,10 @@ mod tests {
             .watch(Duration::from_millis(20));
         let key: SandboxKey = "pr-1".parse().unwrap();
         let entry = directory.get(&key).unwrap();
-        assert_eq!(entry.fork_of("billing"), Some("http://127.0.0.1:1"));
+        assert_eq!(
+            entry.fork_of("billing").map(ToString::to_string).as_deref(),
+            Some("http://127.0.0.1:1")
+        );
         assert!(!entry.is_expired_at(SystemTime::now()));
 
         std::fs::write(&path, "[[sandboxes]]\nkey = \"pr-1\"\ndisabled = true\n").unwrap();
@@ -186,6 +189,17 @@ mod tests {
         // A broken file is refused; the last good contents stay.
         std::fs::write(&path, "[[sandboxes]]\nkey = \"PR 1\"\n").unwrap();
         assert!(directory.reload().is_err());
+        assert!(directory.get(&key).is_some_and(|e| e.disabled));
+
+        // So is a file naming a fork address routing could not use (it used to load, and
+        // every routed call fell back).
+        std::fs::write(
+            &path,
+            "[[sandboxes]]\nkey = \"pr-1\"\nforks = { billing = \"127.0.0.1:9001\" }\n",
+        )
+        .unwrap();
+        let error = directory.reload().unwrap_err();
+        assert!(error.to_string().contains("127.0.0.1:9001"), "{error}");
         assert!(directory.get(&key).is_some_and(|e| e.disabled));
     }
 

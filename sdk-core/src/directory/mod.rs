@@ -11,19 +11,24 @@
 //! use prodbox_core::directory::{Directory, MemoryDirectory, SandboxEntry};
 //!
 //! let directory = MemoryDirectory::new();
-//! directory.upsert(SandboxEntry::new("pr-42".parse()?).fork("billing", "http://127.0.0.1:9001"));
+//! let fork = "http://127.0.0.1:9001".parse()?;
+//! directory.upsert(SandboxEntry::new("pr-42".parse()?).fork("billing", fork));
 //!
 //! let entry = directory.get(&"pr-42".parse()?).expect("registered");
-//! assert_eq!(entry.fork_of("billing"), Some("http://127.0.0.1:9001"));
+//! assert_eq!(entry.fork_of("billing").map(|a| a.to_string()).as_deref(), Some("http://127.0.0.1:9001"));
 //! assert!(directory.get(&"pr-7".parse()?).is_none());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod cuts;
 mod file;
+mod fork;
+mod standing;
 
 pub use cuts::{CutFuture, CutPlace, PartitionCuts, Range};
 pub use file::FileDirectory;
+pub use fork::{Fallback, ForkAddress, ForkRoute, InvalidForkAddress, fork_route};
+pub use standing::Standing;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -162,7 +167,7 @@ pub struct SandboxEntry {
     pub origin: Option<String>,
     /// The services this sandbox forks, by service name, with the fork's base address.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub forks: BTreeMap<String, String>,
+    pub forks: BTreeMap<String, ForkAddress>,
     /// The services this sandbox *shadows*: its fork of each (listed in `forks`) receives a
     /// sample of that service's baseline traffic as copies in this sandbox (a dark launch).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
@@ -194,8 +199,8 @@ impl SandboxEntry {
     }
 
     /// Registers a fork of `service` listening at `address`.
-    pub fn fork(mut self, service: &str, address: &str) -> Self {
-        self.forks.insert(service.to_owned(), address.to_owned());
+    pub fn fork(mut self, service: &str, address: ForkAddress) -> Self {
+        self.forks.insert(service.to_owned(), address);
         self
     }
 
@@ -207,7 +212,7 @@ impl SandboxEntry {
     }
 
     /// Where this sandbox's shadow of `service` listens, if it shadows it.
-    pub fn shadow_of(&self, service: &str) -> Option<&str> {
+    pub fn shadow_of(&self, service: &str) -> Option<&ForkAddress> {
         if self.shadows.contains(service) {
             self.fork_of(service)
         } else {
@@ -228,8 +233,8 @@ impl SandboxEntry {
     }
 
     /// Where this sandbox's fork of `service` listens, if it forks it.
-    pub fn fork_of(&self, service: &str) -> Option<&str> {
-        self.forks.get(service).map(String::as_str)
+    pub fn fork_of(&self, service: &str) -> Option<&ForkAddress> {
+        self.forks.get(service)
     }
 
     /// Whether the entry has expired at `now`.

@@ -16,7 +16,7 @@
 //! // Sandbox pr-42 runs a fork of `orders` and shadows the baseline with it.
 //! let directory = MemoryDirectory::new();
 //! directory.upsert(
-//!     SandboxEntry::new("pr-42".parse()?).fork("orders", "http://127.0.0.1:9001").shadow("orders"),
+//!     SandboxEntry::new("pr-42".parse()?).fork("orders", "http://127.0.0.1:9001".parse()?).shadow("orders"),
 //! );
 //!
 //! // Stands in for the HTTP client: reports where each copy goes and in which sandbox.
@@ -147,11 +147,11 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, Uri};
+use http::{Method, Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use pin_project::pin_project;
-use prodbox_core::directory::Directory;
+use prodbox_core::directory::{Directory, ForkRoute};
 use prodbox_core::{Sandbox, SandboxKey};
 use tokio::sync::mpsc;
 use tower_layer::Layer;
@@ -336,18 +336,22 @@ impl ShadowLayer {
         (before >> 32) != (before.wrapping_add(step) >> 32)
     }
 
-    /// The shadow of this service, if any; counts a stale directory or a bad address.
+    /// The shadow of this service, if any; counts a stale directory.
     fn target(&self) -> Option<Target> {
         let settings = &*self.settings;
         let now = SystemTime::now();
-        let entry = settings
+        // A shadow is a fork that would be routed to: the same decision as routing's, with
+        // staleness counted once below rather than per entry.
+        let (entry, address) = settings
             .directory
             .entries()
             .into_iter()
-            .filter(|e| {
-                e.shadow_of(&settings.service).is_some() && !e.disabled && !e.is_expired_at(now)
+            .filter(|e| e.shadows.contains(settings.service.as_str()))
+            .filter_map(|e| match e.fork_route(&settings.service, now, false) {
+                ForkRoute::Fork(address) => Some((e, address)),
+                _ => None,
             })
-            .min_by(|a, b| a.key.as_str().cmp(b.key.as_str()))?;
+            .min_by(|(a, _), (b, _)| a.key.as_str().cmp(b.key.as_str()))?;
         let sandbox = entry.complete(&Sandbox::new(entry.key.clone()));
         if settings.directory.is_stale() {
             dropped(
@@ -357,23 +361,11 @@ impl ShadowLayer {
             );
             return None;
         }
-        let address = entry.shadow_of(&settings.service).unwrap_or_default();
-        let parts = address.parse::<Uri>().ok().map(Uri::into_parts);
-        match parts.and_then(|p| Some((p.scheme?, p.authority?))) {
-            Some((scheme, authority)) => Some(Target {
-                sandbox,
-                scheme,
-                authority,
-            }),
-            None => {
-                dropped(
-                    Some(&sandbox),
-                    DropReason::InvalidForkAddress,
-                    &format_args!("shadow address {address:?} is not scheme://host[:port]"),
-                );
-                None
-            }
-        }
+        Some(Target {
+            sandbox,
+            scheme: address.scheme().clone(),
+            authority: address.authority().clone(),
+        })
     }
 
     /// A pending copy of `req`, if it is to be copied.
