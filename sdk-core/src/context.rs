@@ -392,15 +392,13 @@ mod empty {
 }
 
 /// Contexts holding only the baggage mirror of one sandbox, built once per sandbox: attaching
-/// a sandbox to an empty context then costs no baggage. Direct-mapped with a fixed number of
-/// slots, so memory stays bounded whatever the number of sandboxes. Readers share a slot; a
-/// slot being written counts as a miss, and a slot being read is not written: nothing waits.
+/// a sandbox to an empty context then costs no baggage. Bounded and never waited for
+/// ([`Slots`](crate::cache::Slots)).
 mod mirrors {
-    use std::sync::{RwLock, TryLockError};
-
     use opentelemetry::Context;
     use opentelemetry::baggage::BaggageExt;
 
+    use crate::cache::{Keep, Slots};
     use crate::sandbox::Sandbox;
 
     const SLOTS: usize = 256;
@@ -408,48 +406,26 @@ mod mirrors {
     /// A sandbox, its mirror context, and the address of that context's baggage.
     type Entry = (Sandbox, Context, usize);
 
-    #[repr(align(64))]
-    struct Slot(RwLock<Option<Entry>>);
-
-    static CACHE: [Slot; SLOTS] = [const { Slot(RwLock::new(None)) }; SLOTS];
+    static CACHE: Slots<Entry, SLOTS> = Slots::new();
 
     /// The mirror context of `sandbox` and the address of its baggage, from the cache or from
     /// `build`.
     pub(super) fn of(sandbox: &Sandbox, build: impl FnOnce() -> Context) -> (Context, usize) {
-        let slot = &CACHE[slot_of(sandbox.key().as_str())].0;
-        // Nothing panics while holding a slot; were it poisoned, its value is still whole.
-        let read = match slot.try_read() {
-            Ok(guard) => Some(guard),
-            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        };
+        let hash = crate::hash::WordHash::new(0)
+            .bytes(sandbox.key().as_str().as_bytes())
+            .finish();
         // Equal sandboxes (key, actor, origin, expiry) have equal mirrors.
-        if let Some((cached, cx, baggage)) = read.as_deref().and_then(Option::as_ref)
-            && cached == sandbox
-        {
-            return (cx.clone(), *baggage);
-        }
-        drop(read);
+        let found = CACHE.get(hash, |(cached, cx, baggage)| {
+            (cached == sandbox).then(|| (cx.clone(), *baggage))
+        });
+        let miss = match found {
+            Ok(found) => return found,
+            Err(miss) => miss,
+        };
         let cx = build();
         let baggage = super::address(cx.baggage());
-        let write = match slot.try_write() {
-            Ok(guard) => Some(guard),
-            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        };
-        if let Some(mut guard) = write {
-            let evicted = guard.replace((sandbox.clone(), cx.clone(), baggage));
-            drop(guard);
-            drop(evicted);
-        }
+        CACHE.put(miss, Keep::Now, || (sandbox.clone(), cx.clone(), baggage));
         (cx, baggage)
-    }
-
-    /// An FxHash-style hash of the key; a collision only evicts.
-    fn slot_of(key: &str) -> usize {
-        crate::hash::WordHash::new(0)
-            .bytes(key.as_bytes())
-            .slot(SLOTS)
     }
 }
 

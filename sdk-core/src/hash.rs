@@ -35,11 +35,6 @@ impl WordHash {
         hash.word(u64::from_le_bytes(word)).word(bytes.len() as u64)
     }
 
-    /// A slot among `slots`, from the best-mixed (high) bits.
-    pub(crate) fn slot(self, slots: usize) -> usize {
-        (self.0 >> 32) as usize % slots
-    }
-
     /// The hash itself.
     pub(crate) fn finish(self) -> u64 {
         self.0

@@ -32,6 +32,7 @@
 //! ```
 
 pub mod audit;
+mod cache;
 pub mod codec;
 pub mod context;
 pub mod directory;
@@ -40,6 +41,8 @@ pub mod guardrails;
 mod hash;
 pub mod limits;
 pub mod metrics;
+#[doc(hidden)]
+pub mod plumbing;
 mod sandbox;
 pub mod task;
 pub mod token;

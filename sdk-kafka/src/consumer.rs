@@ -113,7 +113,8 @@ use rdkafka::{ClientConfig, Offset};
 
 pub use crate::cut::Rebalances;
 use crate::cut::{Cut, Cuts};
-use crate::filter::{Filter, Role, Verdict};
+use crate::filter::{Filter, Role};
+use crate::verdict::Verdict;
 
 /// Why the consumer could not start or stopped.
 #[derive(Debug, thiserror::Error)]

@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use prodbox_core::codec::{BaggageError, Codec};
-use prodbox_core::directory::Directory;
+use prodbox_core::directory::{Directory, Standing};
 use prodbox_core::{SandboxContext, SandboxKey};
 use rdkafka::message::Headers;
 
-use crate::decisions::{self, Basis, FilterId, Remembered};
 use crate::headers::HeaderSnapshot;
+use crate::verdict::Verdict;
+use crate::verdict_memory::{self, Basis, FilterId};
 
 /// What a consumer is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,31 +42,6 @@ impl Role {
     }
 }
 
-/// What to do with one message.
-#[derive(Debug)]
-pub enum Verdict {
-    /// Run the handler, inside the message's context (its sandbox, when it has one).
-    Process(Option<SandboxContext>),
-    /// A record of a sandbox: handle it inside its context, unless the cuts give it to the
-    /// other role (see [`prodbox_core::directory::cuts`]). `forking` is the incarnation of the
-    /// sandbox that forks the service now, as the baseline sees it (`None`: none does).
-    Cut {
-        /// The record's context.
-        context: SandboxContext,
-        /// The incarnation that forks the service, for the baseline.
-        forking: Option<i64>,
-    },
-    /// Another consumer handles it; its offset is stored all the same, so lag returns to zero.
-    Skip {
-        /// Why, as a short stable name.
-        reason: &'static str,
-        /// The message's sandbox.
-        sandbox: Option<SandboxKey>,
-    },
-    /// Its sandbox headers are malformed or ambiguous: it goes to the dead-letter topic.
-    DeadLetter(BaggageError),
-}
-
 /// The decision of one consumer. The rules, by role:
 ///
 /// | message | `Baseline { service }` | `Sandbox { key }` |
@@ -91,7 +67,7 @@ pub struct Filter {
     role: Role,
     directory: Arc<dyn Directory>,
     codec: Codec,
-    /// Keys the decisions this filter remembers (see [`decisions`](crate::decisions)).
+    /// Keys the decisions this filter remembers (see [`verdict_memory`](crate::verdict_memory)).
     id: FilterId,
 }
 
@@ -176,9 +152,9 @@ impl Filter {
             .zip(self.directory.generation());
         let miss = match remembering {
             Some((header, generation)) => {
-                match decisions::recall(self.id, generation, header, now) {
+                match verdict_memory::recall(self.id, generation, header, now) {
                     Ok(verdict) => return verdict,
-                    Err(miss) => Some(miss),
+                    Err(miss) => miss,
                 }
             }
             None => None,
@@ -187,14 +163,13 @@ impl Filter {
         let verdict = self.decide_afresh(&snapshot, now, &mut validity);
         if let (Some(miss), Some((header, generation)), Some(valid_until)) =
             (miss, remembering, validity.until())
-            && let Some(remembered) = Remembered::of(&verdict)
         {
             let basis = Basis {
                 filter: self.id,
                 generation,
                 valid_until,
             };
-            decisions::remember(miss, basis, header, remembered);
+            verdict_memory::remember(miss, basis, header, &verdict);
         }
         verdict
     }
@@ -239,28 +214,21 @@ impl Filter {
         {
             return skip("other_sandbox", Some(key));
         }
-        let (sandbox, forking) = match self.directory.get(key) {
-            Some(entry) if entry.disabled => return skip("sandbox_disabled", Some(key)),
-            Some(entry) if entry.is_expired_at(now) => {
+        let (sandbox, entry) = match Standing::of(self.directory.as_ref(), sandbox.clone(), now) {
+            Standing::Active { sandbox, entry } => (sandbox, entry),
+            Standing::Disabled => return skip("sandbox_disabled", Some(key)),
+            Standing::Expired => {
                 validity.forget();
                 return skip("sandbox_expired", Some(key));
             }
-            Some(entry) => {
-                validity.ends_at(entry.expires_at);
-                let forking = match &self.role {
-                    Role::Baseline { service } if entry.fork_of(service).is_some() => {
-                        Some(entry.incarnation())
-                    }
-                    _ => None,
-                };
-                (entry.complete(&sandbox), forking)
-            }
-            None => (sandbox, None),
         };
-        if sandbox.is_expired_at(now) {
-            validity.forget();
-            return skip("sandbox_expired", Some(sandbox.key()));
-        }
+        let forking = match (&self.role, entry) {
+            (Role::Baseline { service }, Some(entry)) if entry.fork_of(service).is_some() => {
+                Some(entry.incarnation())
+            }
+            _ => None,
+        };
+        // Completion kept the earlier of the entry's and the message's expiry.
         validity.ends_at(sandbox.expires_at());
         Verdict::Cut {
             context: SandboxContext::new(sandbox)

@@ -12,12 +12,14 @@
 
 pub mod consumer;
 mod cut;
-mod decisions;
 mod filter;
 mod headers;
 pub mod producer;
+mod verdict;
+mod verdict_memory;
 
 pub use consumer::{ConsumerError, SandboxConsumer, SandboxConsumerBuilder};
-pub use filter::{Filter, Role, Verdict};
+pub use filter::{Filter, Role};
 pub use headers::HeaderReader;
 pub use producer::{SandboxRecordExt, inject_headers};
+pub use verdict::Verdict;

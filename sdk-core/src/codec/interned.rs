@@ -3,13 +3,12 @@
 //! [`Sandbox`] (one reference-count increment), its encoded members already built. The codec
 //! takes its sandboxes from here, and so does completing one from its directory entry.
 //!
-//! Direct-mapped with a fixed number of slots: a flood of distinct sandboxes only evicts, and
-//! memory stays bounded. A hit compares every field, so a collision can only cost a miss. A
-//! slot locked by another thread counts as a miss: lookups never wait.
+//! Bounded, and never waited for ([`Slots`]); a hit compares every field, so a collision can
+//! only cost a miss.
 
-use std::sync::{Mutex, TryLockError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::cache::{Keep, Slots};
 use crate::hash::WordHash;
 use crate::sandbox::Sandbox;
 
@@ -25,11 +24,7 @@ pub(crate) struct Fields<'a> {
 
 const SLOTS: usize = 1024;
 
-/// One slot per cache line, so that threads working on different sandboxes do not contend.
-#[repr(align(64))]
-struct Slot(Mutex<Option<Sandbox>>);
-
-static CACHE: [Slot; SLOTS] = [const { Slot(Mutex::new(None)) }; SLOTS];
+static CACHE: Slots<Sandbox, SLOTS> = Slots::new();
 
 /// The sandbox with exactly these `fields`, from the cache or from `build`, which validates.
 /// Only what `build` returns is cached, so a hit is valid too.
@@ -37,27 +32,20 @@ pub(crate) fn sandbox<E>(
     fields: Fields<'_>,
     build: impl FnOnce() -> Result<Sandbox, E>,
 ) -> Result<Sandbox, E> {
-    let slot = &CACHE[slot_of(fields)].0;
-    let mut guard = match slot.try_lock() {
-        Ok(guard) => Some(guard),
-        // Nothing panics while holding a slot; were it poisoned, its value is still whole.
-        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-        Err(TryLockError::WouldBlock) => None,
+    let found = CACHE.get(hash_of(fields), |cached| {
+        cached.is_exactly(fields).then(|| cached.clone())
+    });
+    let miss = match found {
+        Ok(cached) => return Ok(cached),
+        Err(miss) => miss,
     };
-    if let Some(cached) = guard.as_deref().and_then(Option::as_ref)
-        && cached.is_exactly(fields)
-    {
-        return Ok(cached.clone());
-    }
     let sandbox = build()?;
-    if let Some(guard) = guard.as_deref_mut() {
-        *guard = Some(sandbox.clone());
-    }
+    CACHE.put(miss, Keep::Now, || sandbox.clone());
     Ok(sandbox)
 }
 
-/// Which slot holds the sandbox with these fields. `None` is hashed apart from `Some("")`.
-fn slot_of(fields: Fields<'_>) -> usize {
+/// The hash of these fields. `None` is hashed apart from `Some("")`.
+fn hash_of(fields: Fields<'_>) -> u64 {
     let mut hash = WordHash::new(0);
     for field in [Some(fields.key), fields.actor, fields.origin] {
         hash = match field {
@@ -71,7 +59,7 @@ fn slot_of(fields: Fields<'_>) -> usize {
             .map_or(u64::MAX, |d| d.as_secs() ^ u64::from(d.subsec_nanos()));
         hash = hash.word(word);
     }
-    hash.slot(SLOTS)
+    hash.finish()
 }
 
 #[cfg(test)]

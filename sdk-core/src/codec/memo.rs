@@ -6,15 +6,14 @@
 //! carrier are remembered, once they miss twice in a row in their slot, and only successful
 //! extractions: a rejected header is parsed
 //! (and reported) every time. An entry belongs to one codec configuration, so a codec with
-//! other aliases or limits never sees another's result. Direct-mapped with a fixed number of
-//! slots, like the sandbox cache: a flood of distinct headers only evicts, memory stays bounded
-//! (at most [`SLOTS`] times [`MAX_HEADER_BYTES`] plus the results), and a lookup never waits for
-//! a slot another thread holds.
-
-use std::sync::{Mutex, MutexGuard, TryLockError};
+//! other aliases or limits never sees another's result. Bounded ([`Slots`]: at most [`SLOTS`]
+//! times [`MAX_HEADER_BYTES`] plus the results), and never waited for.
 
 use super::Extracted;
+use crate::cache::{Keep, Slots};
 use crate::hash::WordHash;
+
+pub(super) use crate::cache::Miss;
 
 /// Number of remembered headers.
 pub(super) const SLOTS: usize = 512;
@@ -28,67 +27,18 @@ struct Entry {
     extracted: Extracted,
 }
 
-#[derive(Default)]
-struct Remembered {
-    entry: Option<Entry>,
-    /// The hash of the last header that missed here: a header is remembered only when it
-    /// misses twice in a row, so that a stream of headers each seen once (a request id among
-    /// the members) costs no copy and no allocation.
-    candidate: u64,
-}
-
-#[repr(align(64))]
-struct Slot(Mutex<Remembered>);
-
-static MEMO: [Slot; SLOTS] = [const {
-    Slot(Mutex::new(Remembered {
-        entry: None,
-        candidate: 0,
-    }))
-}; SLOTS];
-
-/// Where a header that missed would be remembered.
-pub(super) struct Miss {
-    slot: usize,
-    hash: u64,
-}
-
-fn lock(slot: usize) -> Option<MutexGuard<'static, Remembered>> {
-    match MEMO.get(slot)?.0.try_lock() {
-        Ok(guard) => Some(guard),
-        // Nothing panics while holding a slot; were it poisoned, its value is still whole.
-        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-        Err(TryLockError::WouldBlock) => None,
-    }
-}
+static MEMO: Slots<Entry, SLOTS> = Slots::new();
 
 /// What `header` extracted to under configuration `config`, or where to remember it.
 pub(super) fn get(config: u64, header: &[u8]) -> Result<Extracted, Miss> {
-    let hash = hash(config, header);
-    // The high bits are the best mixed.
-    let slot = (hash >> 32) as usize % SLOTS;
-    let miss = Miss { slot, hash };
-    let Some(guard) = lock(slot) else {
-        return Err(miss);
-    };
-    match &guard.entry {
-        Some(entry) if entry.config == config && *entry.header == *header => {
-            Ok(entry.extracted.clone())
-        }
-        _ => Err(miss),
-    }
+    MEMO.get(hash(config, header), |entry| {
+        (entry.config == config && *entry.header == *header).then(|| entry.extracted.clone())
+    })
 }
 
 /// Records that `header` (which missed at `miss`) extracted to `extracted` under `config`.
 pub(super) fn put(miss: Miss, config: u64, header: &[u8], extracted: &Extracted) {
-    let Some(mut guard) = lock(miss.slot) else {
-        return;
-    };
-    if guard.candidate != miss.hash {
-        guard.candidate = miss.hash;
-        return;
-    }
-    guard.entry = Some(Entry {
+    MEMO.put(miss, Keep::OnSecondMiss, || Entry {
         config,
         header: header.into(),
         extracted: extracted.clone(),

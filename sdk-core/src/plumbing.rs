@@ -1,0 +1,4 @@
+//! What prodbox's own crates share that is no part of prodbox-core's API: hidden from the docs,
+//! with no stability promise (as tonic's `codegen`). Services never need it.
+
+pub use crate::cache::{Keep, Miss, Slots};

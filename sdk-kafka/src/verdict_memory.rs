@@ -1,0 +1,107 @@
+//! What a filter decided for recent `baggage` headers, so that the next message carrying the
+//! same header (every message of one test run does) is decided by one hash and one comparison
+//! instead of the codec and the directory.
+//!
+//! A decision is remembered only when it can be made again from what it is keyed by:
+//!
+//! * the filter that made it (its role, codec and directory; [`FilterId`]);
+//! * the message's only `baggage` header, with no legacy carrier beside it
+//!   ([`Codec::memo_key`](prodbox_core::codec::Codec::memo_key)), byte for byte;
+//! * the directory's [`generation`](prodbox_core::directory::Directory::generation), read before
+//!   the lookup: any change of any entry (a kill switch, a new fork) forgets every decision;
+//! * the clock: a decision is used only before the earliest expiry it depended on.
+//!
+//! Dead letters and skips for expiry are never remembered; nor is anything when the directory
+//! has no generation. The memory is per thread, direct-mapped and bounded ([`SLOTS`] headers of
+//! at most 512 bytes per thread), and a header is copied in only after it missed twice in a
+//! row in its slot, so a stream of one-off headers costs no allocation.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use prodbox_core::plumbing::{Keep, Miss, Slots};
+
+use crate::verdict::Verdict;
+
+/// Headers remembered per thread.
+pub(crate) const SLOTS: usize = 64;
+
+/// Identifies one filter configuration; clones of a filter share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FilterId(u64);
+
+impl FilterId {
+    pub(crate) fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// What a decision depended on besides its header.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Basis {
+    pub(crate) filter: FilterId,
+    pub(crate) generation: u64,
+    /// The earliest expiry the decision depended on.
+    pub(crate) valid_until: Option<SystemTime>,
+}
+
+struct Entry {
+    basis: Basis,
+    header: Box<[u8]>,
+    /// Never a dead letter.
+    verdict: Verdict,
+}
+
+thread_local! {
+    // Per thread: a consumer's thread never contends for it with another's.
+    static MEMORY: Slots<Entry, SLOTS> = const { Slots::new() };
+}
+
+/// Header hashes; a fixed seed is enough, since colliding headers only evict each other.
+const HASHER: foldhash::fast::FixedState =
+    foldhash::fast::FixedState::with_seed(0x0070_726f_6462_6f78);
+
+fn hash(filter: FilterId, header: &[u8]) -> u64 {
+    HASHER.hash_one((filter.0, header))
+}
+
+/// The decision remembered for `header` by `filter` at directory `generation`, still valid at
+/// `now`; otherwise where to remember it (`None`: nowhere, the thread is being torn down).
+pub(crate) fn recall(
+    filter: FilterId,
+    generation: u64,
+    header: &[u8],
+    now: SystemTime,
+) -> Result<Verdict, Option<Miss>> {
+    MEMORY
+        .try_with(|memory| {
+            memory
+                .get(hash(filter, header), |entry| {
+                    let basis = &entry.basis;
+                    (basis.filter == filter
+                        && basis.generation == generation
+                        && basis.valid_until.is_none_or(|until| now < until)
+                        && *entry.header == *header)
+                        .then(|| entry.verdict.clone())
+                })
+                .map_err(Some)
+        })
+        .unwrap_or(Err(None))
+}
+
+/// Remembers `verdict` for `header` (which missed at `miss`) on `basis`, if it missed there
+/// before. Dead letters are never remembered.
+pub(crate) fn remember(miss: Miss, basis: Basis, header: &[u8], verdict: &Verdict) {
+    if matches!(verdict, Verdict::DeadLetter(_)) {
+        return;
+    }
+    let _ = MEMORY.try_with(|memory| {
+        memory.put(miss, Keep::OnSecondMiss, || Entry {
+            basis,
+            header: header.into(),
+            verdict: verdict.clone(),
+        });
+    });
+}
