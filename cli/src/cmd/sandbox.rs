@@ -1,0 +1,193 @@
+//! `prodbox sandbox`: the directory entries an operator creates, lists, extends, disables and
+//! deletes (dropping the sandbox's schema on the way out).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use prodbox_core::directory::SandboxEntry;
+use prodbox_db::SandboxPool;
+use prodbox_db::directory::{DirectoryStore, StoreError};
+use serde_json::{Value, json};
+use sqlx::postgres::PgPool;
+
+use super::when;
+use crate::{Failure, Output, SandboxCommand};
+
+fn entry_json(entry: &SandboxEntry, now: SystemTime) -> Value {
+    let mut value = serde_json::to_value(entry).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        map.insert("status".to_owned(), json!(status(entry, now)));
+    }
+    value
+}
+
+fn status(entry: &SandboxEntry, now: SystemTime) -> &'static str {
+    if entry.is_expired_at(now) {
+        "expired"
+    } else if entry.disabled {
+        "disabled"
+    } else {
+        "active"
+    }
+}
+
+fn describe(entry: &SandboxEntry, now: SystemTime) -> String {
+    let forks = if entry.forks.is_empty() {
+        "none".to_owned()
+    } else {
+        entry
+            .forks
+            .iter()
+            .map(|(s, a)| format!("{s}={a}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let shadows = if entry.shadows.is_empty() {
+        "none".to_owned()
+    } else {
+        entry.shadows.iter().cloned().collect::<Vec<_>>().join(", ")
+    };
+    format!(
+        "sandbox {key}: {status}\n  actor:   {actor}\n  origin:  {origin}\n  forks:   {forks}\n  shadows: {shadows}\n  created: {created}\n  expires: {expires}\n",
+        key = entry.key,
+        status = status(entry, now),
+        actor = entry.actor.as_deref().unwrap_or("-"),
+        origin = entry.origin.as_deref().unwrap_or("-"),
+        created = entry
+            .created_at
+            .map_or("-".to_owned(), |t| humantime::format_rfc3339_seconds(t)
+                .to_string()),
+        expires = when(entry.expires_at, now),
+    )
+}
+
+pub(crate) async fn run(command: SandboxCommand, pool: PgPool) -> Result<Output, Failure> {
+    let store = DirectoryStore::new(pool.clone());
+    let now = SystemTime::now();
+    let shown = |verb: &str, entry: SandboxEntry| Output {
+        text: format!("{verb}{}", describe(&entry, now)),
+        json: entry_json(&entry, now),
+    };
+    match command {
+        SandboxCommand::Create {
+            key,
+            actor,
+            origin,
+            forks,
+            shadows,
+            ttl,
+            disabled,
+        } => {
+            let mut entry = SandboxEntry::new(key);
+            entry.actor = actor;
+            entry.origin = origin;
+            let count = forks.len();
+            entry.forks = forks.into_iter().collect::<BTreeMap<_, _>>();
+            if entry.forks.len() != count {
+                return Err(Failure::Usage(
+                    "--forks names a service twice; give each service one address".to_owned(),
+                ));
+            }
+            entry.shadows = shadows.into_iter().collect();
+            entry.expires_at = Some(now + ttl);
+            entry.disabled = disabled;
+            let created = store.create(&entry).await.map_err(|e| match e {
+                StoreError::Invalid(m) => Failure::Usage(m),
+                other => other.into(),
+            })?;
+            Ok(shown("created ", created))
+        }
+        SandboxCommand::List { all } => {
+            let entries: Vec<_> = store
+                .list()
+                .await?
+                .into_iter()
+                .filter(|e| all || !e.is_expired_at(now))
+                .collect();
+            let mut text = format!(
+                "{:<24} {:<9} {:<12} {:<14} {:<22} FORKS\n",
+                "KEY", "STATUS", "ACTOR", "ORIGIN", "EXPIRES"
+            );
+            for e in &entries {
+                let expires = e.expires_at.map_or("never".to_owned(), |t| {
+                    humantime::format_rfc3339_seconds(t).to_string()
+                });
+                let forks: Vec<_> = e.forks.iter().map(|(s, a)| format!("{s}={a}")).collect();
+                text.push_str(&format!(
+                    "{:<24} {:<9} {:<12} {:<14} {:<22} {}\n",
+                    e.key.as_str(),
+                    status(e, now),
+                    e.actor.as_deref().unwrap_or("-"),
+                    e.origin.as_deref().unwrap_or("-"),
+                    expires,
+                    if forks.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        forks.join(",")
+                    }
+                ));
+            }
+            if entries.is_empty() {
+                text = if all {
+                    "no sandboxes".to_owned()
+                } else {
+                    "no active sandboxes (--all shows expired ones)".to_owned()
+                };
+            }
+            Ok(Output {
+                text,
+                json: Value::Array(entries.iter().map(|e| entry_json(e, now)).collect()),
+            })
+        }
+        SandboxCommand::Show { key } => match store.get(&key).await? {
+            Some(entry) => Ok(shown("", entry)),
+            None => Err(StoreError::NotFound(key).into()),
+        },
+        SandboxCommand::Extend { key, ttl } => Ok(shown(
+            "extended ",
+            store.set_expiry(&key, Some(now + ttl)).await?,
+        )),
+        SandboxCommand::Disable { key } => {
+            Ok(shown("disabled ", store.set_disabled(&key, true).await?))
+        }
+        SandboxCommand::Enable { key } => {
+            Ok(shown("enabled ", store.set_disabled(&key, false).await?))
+        }
+        SandboxCommand::Delete { key, keep_schema } => {
+            // Kill switch first, and a moment for every service to see it (the directory's
+            // propagation bound is a second): while the schema goes, the sandbox is refused,
+            // not unknown, so nothing provisions it again.
+            let schema_dropped = if keep_schema {
+                false
+            } else {
+                match store.set_disabled(&key, true).await {
+                    Ok(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    Err(StoreError::NotFound(_)) => {}
+                    Err(other) => return Err(other.into()),
+                }
+                SandboxPool::new(pool).drop_sandbox(&key).await?
+            };
+            let deleted = store.delete(&key).await?;
+            if !deleted && !schema_dropped {
+                return Err(StoreError::NotFound(key).into());
+            }
+            let mut text = if deleted {
+                format!("deleted sandbox {key} from the directory")
+            } else {
+                format!("sandbox {key} was not in the directory")
+            };
+            if schema_dropped {
+                text.push_str(&format!(
+                    "; dropped its schema {}",
+                    prodbox_db::names::schema_name(&key)
+                ));
+            } else if !keep_schema {
+                text.push_str("; it had no schema");
+            }
+            Ok(Output {
+                text,
+                json: json!({"key": key.as_str(), "deleted": deleted, "schema_dropped": schema_dropped}),
+            })
+        }
+    }
+}
