@@ -312,6 +312,32 @@ async fn pg_stat_statements_in_production_refuses_no_sandbox() {
     opened.expect("a sandbox was refused for an extension's own view");
 }
 
+/// USAGE on a foreign-data wrapper lets a sandbox make a server of its own, reaching wherever
+/// it names, over a connection no watchdog sees: a sandbox is refused while PUBLIC has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_on_a_foreign_data_wrapper_refuses_the_sandbox() {
+    let db = production().await;
+    admin(
+        &db,
+        "CREATE FOREIGN DATA WRAPPER prodbox_test_fdw; \
+         GRANT USAGE ON FOREIGN DATA WRAPPER prodbox_test_fdw TO PUBLIC",
+    )
+    .await;
+    let pool = sandbox_pool(&db).await;
+    let key = unique_key("r5fdw");
+    let opened = in_sandbox(&pool, &key, "SELECT 1").await;
+    let _ = pool.drop_sandbox(&parse_key(&key)).await;
+    db.cleanup().await;
+    let error = opened.expect_err("a sandbox could make foreign servers");
+    assert!(
+        matches!(
+            SandboxDbError::of(&error),
+            Some(SandboxDbError::ProductionExposed { .. })
+        ),
+        "{error}"
+    );
+}
+
 /// A control that the usual production-read attack is still refused, so
 /// that the tests above fail for their own reason and not the harness's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
