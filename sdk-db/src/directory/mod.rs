@@ -16,7 +16,7 @@
 //!
 //! // An operator (or `prodbox sandbox create`): visible to every service within a second.
 //! let store = DirectoryStore::new(pg.clone());
-//! let mut entry = SandboxEntry::new("pr-42".parse()?).fork("billing", "http://10.0.0.5:8080");
+//! let mut entry = SandboxEntry::new("pr-42".parse()?).fork("billing", "http://10.0.0.5:8080".parse()?);
 //! entry.expires_at = Some(SystemTime::now() + Duration::from_secs(2 * 3600));
 //! store.create(&entry).await?;
 //! # Ok(()) }
