@@ -9,6 +9,11 @@
 //!
 //! Where provisioning runs as a superuser, an event trigger also refuses, as it runs, any DDL
 //! of a sandbox that makes such a dependency ([`GUARD`]); elsewhere the check finds it.
+//!
+//! Every function here runs with `search_path = pg_catalog, pg_temp`: the trigger's runs as the
+//! superuser inside a sandbox's session, and with `pg_temp` unnamed PostgreSQL would look up
+//! relation and type names in the session's temporary schema *first*, where a sandbox can put
+//! a view named `pg_depend` that calls its own function.
 
 use sqlx::postgres::PgConnection;
 
@@ -36,8 +41,15 @@ SELECT finding FROM (
       AND n.nspname <> role.own AND n.nspname NOT IN ('pg_catalog', 'information_schema')
       AND n.oid NOT IN (SELECT oid FROM sandboxes)
       AND (has_table_privilege(role.name, c.oid,
-                               'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
-           OR has_any_column_privilege(role.name, c.oid, 'SELECT, INSERT, UPDATE, REFERENCES'))
+                               'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+           OR has_any_column_privilege(role.name, c.oid, 'INSERT, UPDATE, REFERENCES')
+           -- An extension's own relations that PUBLIC may only read (pg_stat_statements,
+           -- PostGIS's spatial_ref_sys) are the extension's, not production's data.
+           OR ((has_table_privilege(role.name, c.oid, 'SELECT')
+                OR has_any_column_privilege(role.name, c.oid, 'SELECT'))
+               AND NOT EXISTS (SELECT 1 FROM pg_depend e
+                               WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid
+                                 AND e.deptype = 'e')))
     UNION ALL
     -- Sequences: nextval and setval move production's ids.
     SELECT format('sequence %I.%I (REVOKE ALL ON SEQUENCE %I.%I FROM PUBLIC)',
@@ -54,6 +66,7 @@ SELECT finding FROM (
     FROM pg_namespace n, role
     WHERE n.nspname <> role.own AND n.nspname NOT LIKE 'pg\\_temp\\_%'
       AND n.nspname NOT LIKE 'pg\\_toast%'
+      AND n.oid NOT IN (SELECT oid FROM sandboxes)
       AND has_schema_privilege(role.name, n.oid, 'CREATE')
     UNION ALL
     -- CREATE on the database: a schema named after production's login shadows `public` on
@@ -87,6 +100,13 @@ SELECT finding FROM (
                   s.srvname, s.srvname)
     FROM pg_foreign_server s, role WHERE has_server_privilege(role.name, s.oid, 'USAGE')
     UNION ALL
+    -- Foreign-data wrappers: USAGE lets it make servers of its own (a connection that no
+    -- watchdog sees, to wherever it names).
+    SELECT format('foreign-data wrapper %I: USAGE (REVOKE USAGE ON FOREIGN DATA WRAPPER %I FROM PUBLIC)',
+                  w.fdwname, w.fdwname)
+    FROM pg_foreign_data_wrapper w, role
+    WHERE has_foreign_data_wrapper_privilege(role.name, w.oid, 'USAGE')
+    UNION ALL
     -- Large objects: with compatibility privileges on, every role reads and writes all of
     -- them; otherwise, those granted to PUBLIC.
     SELECT 'large objects: lo_compat_privileges is on (ALTER SYSTEM SET lo_compat_privileges = off)'
@@ -94,8 +114,9 @@ SELECT finding FROM (
     UNION ALL
     SELECT format('large object %s: %s (REVOKE ALL ON LARGE OBJECT %s FROM PUBLIC)',
                   m.oid, a.privilege_type, m.oid)
-    FROM pg_largeobject_metadata m, aclexplode(m.lomacl) a
-    WHERE a.grantee = 0
+    FROM pg_largeobject_metadata m JOIN pg_roles o ON o.oid = m.lomowner,
+         aclexplode(m.lomacl) a
+    WHERE a.grantee = 0 AND o.rolname NOT LIKE 'sbxr\\_%'
 ) findings
 ORDER BY finding
 LIMIT 20";
@@ -106,13 +127,13 @@ LIMIT 20";
 /// system's, nor an extension's, nor a sandbox's. Part of the catalogue's DDL.
 pub(crate) const DEPENDENCIES: &str = r#"
 CREATE OR REPLACE FUNCTION prodbox.is_sandbox_schema_v1(space oid) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $f$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
     SELECT EXISTS (SELECT 1 FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
                    WHERE n.oid = space AND n.nspname LIKE 'sbx\_%' AND r.rolname LIKE 'sbxr\_%')
 $f$;
 CREATE OR REPLACE FUNCTION prodbox.foreign_dependencies_v1(classids oid[], objids oid[],
                                                            spaces oid[]) RETURNS SETOF text
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $f$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
     WITH roots (classid, objid) AS (SELECT * FROM unnest(classids, objids)),
     rels AS (SELECT objid AS oid FROM roots WHERE classid = 'pg_class'::regclass),
     mine (classid, objid) AS (
@@ -127,6 +148,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $f$
                   WHERE conrelid IN (SELECT oid FROM rels)
         UNION ALL SELECT 'pg_policy'::regclass, oid FROM pg_policy
                   WHERE polrelid IN (SELECT oid FROM rels)
+        -- A domain's CHECK constraints, and a composite type's columns (recorded on its
+        -- relation).
+        UNION ALL SELECT 'pg_constraint'::regclass, oid FROM pg_constraint
+                  WHERE contypid IN (SELECT objid FROM roots WHERE classid = 'pg_type'::regclass)
+        UNION ALL SELECT 'pg_class'::regclass, typrelid FROM pg_type
+                  WHERE typrelid <> 0
+                    AND oid IN (SELECT objid FROM roots WHERE classid = 'pg_type'::regclass)
     )
     SELECT DISTINCT format('%s depends on %s',
                            pg_describe_object(d.classid, d.objid, d.objsubid),
@@ -149,13 +177,31 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $f$
                                            AND t.oid = d.refobjid)))
 $f$;
 CREATE OR REPLACE FUNCTION prodbox.sandbox_dependencies_v1(space oid) RETURNS SETOF text
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $f$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
     WITH objects (classid, objid) AS (
         SELECT 'pg_class'::regclass::oid, oid FROM pg_class WHERE relnamespace = space
         UNION ALL SELECT 'pg_proc'::regclass, oid FROM pg_proc WHERE pronamespace = space
         UNION ALL SELECT 'pg_type'::regclass, oid FROM pg_type WHERE typnamespace = space
         UNION ALL SELECT 'pg_constraint'::regclass, oid FROM pg_constraint
-                  WHERE connamespace = space)
+                  WHERE connamespace = space
+        UNION ALL SELECT 'pg_operator'::regclass, oid FROM pg_operator WHERE oprnamespace = space
+        UNION ALL SELECT 'pg_statistic_ext'::regclass, oid FROM pg_statistic_ext
+                  WHERE stxnamespace = space
+        UNION ALL SELECT 'pg_opclass'::regclass, oid FROM pg_opclass WHERE opcnamespace = space
+        UNION ALL SELECT 'pg_opfamily'::regclass, oid FROM pg_opfamily WHERE opfnamespace = space
+        UNION ALL SELECT 'pg_collation'::regclass, oid FROM pg_collation
+                  WHERE collnamespace = space
+        UNION ALL SELECT 'pg_conversion'::regclass, oid FROM pg_conversion
+                  WHERE connamespace = space
+        UNION ALL SELECT 'pg_ts_config'::regclass, oid FROM pg_ts_config
+                  WHERE cfgnamespace = space
+        UNION ALL SELECT 'pg_ts_dict'::regclass, oid FROM pg_ts_dict WHERE dictnamespace = space
+        -- Casts and transforms belong to no schema: those of the schema's types are its.
+        UNION ALL SELECT 'pg_cast'::regclass, c.oid FROM pg_cast c
+                  JOIN pg_type t ON t.oid IN (c.castsource, c.casttarget)
+                  WHERE t.typnamespace = space
+        UNION ALL SELECT 'pg_transform'::regclass, x.oid FROM pg_transform x
+                  JOIN pg_type t ON t.oid = x.trftype WHERE t.typnamespace = space)
     SELECT prodbox.foreign_dependencies_v1(
         ARRAY(SELECT classid FROM objects ORDER BY classid, objid),
         ARRAY(SELECT objid FROM objects ORDER BY classid, objid),
@@ -164,7 +210,14 @@ $f$;
 REVOKE EXECUTE ON FUNCTION prodbox.is_sandbox_schema_v1(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION prodbox.foreign_dependencies_v1(oid[], oid[], oid[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION prodbox.sandbox_dependencies_v1(oid) FROM PUBLIC;
+COMMENT ON FUNCTION prodbox.sandbox_dependencies_v1(oid) IS 'prodbox dependencies 2';
 "#;
+
+/// Whether [`DEPENDENCIES`] is in place as this version writes it (the comment names the
+/// version, so that a database set up by an older one gets the functions again).
+pub(crate) const DEPENDENCIES_READY: &str = "
+coalesce(obj_description(to_regprocedure('prodbox.sandbox_dependencies_v1(oid)'), 'pg_proc'), '')
+    = 'prodbox dependencies 2'";
 
 /// The event trigger that refuses a sandbox's DDL command when the objects it made or changed
 /// depend on production's (anything outside the sandbox's schema and its temporary one).
@@ -172,7 +225,7 @@ REVOKE EXECUTE ON FUNCTION prodbox.sandbox_dependencies_v1(oid) FROM PUBLIC;
 /// comparison of `session_user`).
 pub(crate) const GUARD: &str = r#"
 CREATE OR REPLACE FUNCTION prodbox.sandbox_ddl_guard_v1() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $f$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     found text;
 BEGIN
@@ -195,11 +248,15 @@ REVOKE EXECUTE ON FUNCTION prodbox.sandbox_ddl_guard_v1() FROM PUBLIC;
 DROP EVENT TRIGGER IF EXISTS prodbox_sandbox_ddl_v1;
 CREATE EVENT TRIGGER prodbox_sandbox_ddl_v1 ON ddl_command_end
     EXECUTE FUNCTION prodbox.sandbox_ddl_guard_v1();
+COMMENT ON FUNCTION prodbox.sandbox_ddl_guard_v1() IS 'prodbox guard 2';
 "#;
 
-/// Whether [`GUARD`] is in place, or cannot be (the provisioning role is no superuser).
+/// Whether [`GUARD`] is in place as this version writes it, or cannot be (the provisioning
+/// role is no superuser).
 pub(crate) const GUARD_READY: &str = "
-SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'prodbox_sandbox_ddl_v1')
+SELECT (EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'prodbox_sandbox_ddl_v1')
+        AND coalesce(obj_description(to_regprocedure('prodbox.sandbox_ddl_guard_v1()'),
+                                     'pg_proc'), '') = 'prodbox guard 2')
     OR NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)";
 
 /// At most this many findings are reported (enough to act on; `prodbox doctor` lists all).

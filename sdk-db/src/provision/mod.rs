@@ -203,8 +203,7 @@ const CATALOGUE_READY: &str = "
 SELECT to_regclass('prodbox.provisioning') IS NOT NULL
    AND EXISTS (SELECT 1 FROM information_schema.columns
                WHERE table_schema = 'prodbox' AND table_name = 'sandbox_schemas'
-                 AND column_name = 'incarnation')
-   AND to_regprocedure('prodbox.sandbox_dependencies_v1(oid)') IS NOT NULL";
+                 AND column_name = 'incarnation')";
 
 #[derive(Clone)]
 pub(crate) struct Provisioner {
@@ -244,7 +243,11 @@ impl Provisioner {
 
     async fn ensure_catalogue(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         let catalogue = format!("{CATALOGUE}{}", crate::exposure::DEPENDENCIES);
-        ensure_ddl(conn, CATALOGUE_READY, &catalogue, self.lock_timeout).await?;
+        let ready = format!(
+            "{CATALOGUE_READY} AND {}",
+            crate::exposure::DEPENDENCIES_READY
+        );
+        ensure_ddl(conn, &ready, &catalogue, self.lock_timeout).await?;
         ensure_ddl(
             conn,
             crate::exposure::GUARD_READY,
