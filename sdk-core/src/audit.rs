@@ -131,7 +131,12 @@ pub struct AuditEvent<'a> {
 impl AuditEvent<'_> {
     /// Writes the event on target `prodbox::audit`.
     pub fn emit(&self) {
-        crate::metrics::decision(self);
+        let labels = [
+            self.protocol.as_str(),
+            self.direction.as_str(),
+            self.decision.as_str(),
+        ];
+        crate::metrics::decision(labels, self.reason, self.sandbox);
         let detail = self.detail.map(tracing::field::display);
         macro_rules! event {
             ($level:expr) => {

@@ -9,7 +9,7 @@
 //!
 //! `tokio::spawn` starts a task with **no** context: a sandboxed request that spawns work with
 //! it loses its sandbox, and the work runs as production. So do `spawn_blocking`, threads and
-//! library workers. Use the helpers of [`crate::task`] (or [`FutureExt::in_current_sandbox`]
+//! library workers. Use [`prodbox_core::spawn`](crate::spawn) and the other helpers of the `task` module (or [`FutureExt::in_current_sandbox`]
 //! with another executor).
 //!
 //! </div>
@@ -565,7 +565,7 @@ pub fn production() -> Context {
 
 /// Whether the current task runs in a scope prodbox recognises: a request or message one of its
 /// layers admitted (sandboxed or production), or work started with
-/// [`in_production`](FutureExt::in_production) or the helpers of [`crate::task`] from such a
+/// [`in_production`](FutureExt::in_production) or the `task` module's helpers from such a
 /// scope. Work that lost its context (`tokio::spawn`, a thread) runs in none; pools that
 /// require a scope refuse it.
 pub fn in_scope() -> bool {

@@ -288,15 +288,6 @@ impl Sandbox {
         }
     }
 
-    /// Whether this is the sandbox with exactly these fields.
-    pub(crate) fn is_exactly(&self, fields: crate::codec::interned::Fields<'_>) -> bool {
-        self.0.key.as_str() == fields.key
-            && self.actor() == fields.actor
-            && self.origin() == fields.origin
-            && self.0.expires_at == fields.expires_at
-            && self.0.created_at == fields.created_at
-    }
-
     pub(crate) fn encoded_members(&self, encode: impl FnOnce(&Sandbox) -> Box<str>) -> &str {
         self.0.encoded.get_or_init(|| encode(self))
     }

@@ -19,7 +19,7 @@
 //! | `std::thread::spawn(f)` | [`spawn_thread(f)`](spawn_thread) |
 //! | `std::thread::Builder::new()..spawn(f)`, a thread pool, a callback | `..spawn(`[`carry(f)`](carry)`)` |
 //! | `join_set.spawn(f)`, another executor | `join_set.spawn(f.`[`in_current_sandbox()`](crate::FutureExt::in_current_sandbox)`)` |
-//! | a tower `Buffer` (its worker calls the service) | [`CarryContextLayer`] outside it and [`AttachContextLayer`] inside it (feature `tower`) |
+//! | a tower `Buffer` (its worker calls the service) | `CarryContextLayer` outside it and `AttachContextLayer` inside it (feature `tower`) |
 //!
 //! # Example
 //!

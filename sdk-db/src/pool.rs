@@ -662,7 +662,7 @@ impl Drop for Janitor {
     }
 }
 
-/// Every method reads the context twice, by [the rule](crate::context): where it is called,
+/// Every method reads the context twice, by the rule of the crate docs ("When the context is read"): where it is called,
 /// and at the first poll of its work, which runs in the sandbox of that poll.
 impl<'p> Executor<'p> for &SandboxPool {
     type Database = Postgres;

@@ -8,7 +8,7 @@
 //! the baseline channel of one service and opens (lazily, once per address) a channel to each
 //! fork the directory names for that service.
 //!
-//! Where a call goes is decided by [`fork_route`](prodbox_core::directory::fork_route), the same
+//! Where a call goes is decided by [`fork_route`], the same
 //! decision HTTP routing makes. It may fall back to the baseline channel (no fork, sandbox
 //! disabled or expired, a stale directory, or an `https://` fork: this build has no TLS; all
 //! but the first are audited). It never weakens data isolation: the call still carries its sandbox context, and

@@ -44,7 +44,7 @@
 //!
 //! With [`guardrails`](PropagateSandboxLayer::guardrails), each sandbox has a circuit breaker per
 //! destination authority: after the configured consecutive failures (errors or `5xx`), its calls
-//! fail fast with [`Throttled`](prodbox_core::guardrails::Throttled) until the breaker half-opens. Baseline calls are never affected.
+//! fail fast with [`Throttled`] until the breaker half-opens. Baseline calls are never affected.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -139,7 +139,7 @@ pub trait ClientFlavor: Clone {
 }
 
 /// Plain HTTP: fails with [`InjectError`] or
-/// [`Throttled`](prodbox_core::guardrails::Throttled), breakers per authority, `5xx` is a
+/// [`Throttled`], breakers per authority, `5xx` is a
 /// failure.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpClientFlavor;

@@ -6,7 +6,7 @@
 //! `billing`), or an explicit authority map. A fork address replaces the URI's scheme and
 //! authority; path and query stay.
 //!
-//! Where a call goes is decided by [`fork_route`](prodbox_core::directory::fork_route), the same
+//! Where a call goes is decided by [`fork_route`], the same
 //! decision gRPC routing makes: it may fall back to the baseline service (a disabled or expired
 //! sandbox, a stale directory), and that fallback is audited. It never weakens data isolation:
 //! the request still carries its sandbox context, so the baseline service isolates its effects.

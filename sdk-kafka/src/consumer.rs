@@ -113,33 +113,10 @@ use rdkafka::{ClientConfig, Offset};
 
 pub use crate::cut::Rebalances;
 use crate::cut::{Cut, Cuts};
+pub use crate::error::ConsumerError;
 use crate::filter::{Filter, Role};
+use crate::shutdown::pause;
 use crate::verdict::Verdict;
-
-/// Why the consumer could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConsumerError {
-    /// rdkafka failed.
-    #[error("kafka: {0}")]
-    Kafka(#[from] KafkaError),
-    /// A sandbox consumer's sandbox is not in the directory.
-    #[error("sandbox {0} is not in the directory: register it before starting its consumer")]
-    UnknownSandbox(SandboxKey),
-    /// An earlier `run` of this consumer stopped while holding a message it had not handled
-    /// (a sandbox's message waiting for a fresh directory) and rdkafka refused to rewind to
-    /// it: this consumer's position is past that message, so it must not run again. A new
-    /// consumer of the same group starts from the committed offset, which is before the
-    /// message.
-    #[error(
-        "this consumer stopped holding an unhandled message at {0}; start a new consumer of the group"
-    )]
-    StoppedHoldingMessage(String),
-    /// A sandbox consumer's directory keeps no cuts (a file directory): nothing could tell it
-    /// which of its sandbox's records are its own.
-    #[error("sandbox consumer: {0}")]
-    Directory(#[from] prodbox_core::directory::DirectoryError),
-}
 
 /// Header naming why a message was dead-lettered.
 pub const DEAD_LETTER_REASON: &str = "prodbox-dead-letter-reason";
@@ -676,18 +653,6 @@ enum Done {
     Completed,
     /// Shutdown came first: the message is left unhandled.
     Interrupted,
-}
-
-/// Waits `wait`, unless `shutdown` completes first (then `false`).
-pub(crate) async fn pause<S: Future<Output = ()>>(
-    wait: Duration,
-    shutdown: &mut Pin<&mut S>,
-) -> bool {
-    tokio::select! {
-        biased;
-        () = shutdown.as_mut() => false,
-        () = tokio::time::sleep(wait) => true,
-    }
 }
 
 /// `topic/partition/offset` of a message, formatted only when shown.

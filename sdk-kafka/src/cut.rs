@@ -16,7 +16,8 @@ use prodbox_core::directory::{CutPlace, Directory, DirectoryError, PartitionCuts
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::consumer::{ConsumerError, pause};
+use crate::error::ConsumerError;
+use crate::shutdown::pause;
 
 /// How long the baseline retries reading or recording a cut before it gives the record to the
 /// dead-letter topic rather than guess. Once it has given up, records that need the directory

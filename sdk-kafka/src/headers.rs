@@ -51,7 +51,7 @@ impl<'a> HeaderSnapshot<'a> {
 
     /// Reads `headers` into this (empty) snapshot, which is filled in place rather than returned:
     /// it is a few hundred bytes. rdkafka panics on a name that is not UTF-8: call it inside
-    /// [`readable`](crate::filter::readable).
+    /// the filter's `readable`.
     pub(crate) fn read<H: Headers + ?Sized>(&mut self, headers: &'a H) {
         let count = headers.count();
         let entries = (0..count)

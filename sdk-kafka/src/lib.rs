@@ -12,9 +12,11 @@
 
 pub mod consumer;
 mod cut;
+mod error;
 mod filter;
 mod headers;
 pub mod producer;
+mod shutdown;
 mod verdict;
 mod verdict_memory;
 

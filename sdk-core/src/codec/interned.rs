@@ -33,7 +33,7 @@ pub(crate) fn sandbox<E>(
     build: impl FnOnce() -> Result<Sandbox, E>,
 ) -> Result<Sandbox, E> {
     let found = CACHE.get(hash_of(fields), |cached| {
-        cached.is_exactly(fields).then(|| cached.clone())
+        is_exactly(cached, fields).then(|| cached.clone())
     });
     let miss = match found {
         Ok(cached) => return Ok(cached),
@@ -42,6 +42,15 @@ pub(crate) fn sandbox<E>(
     let sandbox = build()?;
     CACHE.put(miss, Keep::Now, || sandbox.clone());
     Ok(sandbox)
+}
+
+/// Whether `sandbox` has exactly these fields.
+fn is_exactly(sandbox: &Sandbox, fields: Fields<'_>) -> bool {
+    sandbox.key().as_str() == fields.key
+        && sandbox.actor() == fields.actor
+        && sandbox.origin() == fields.origin
+        && sandbox.expires_at() == fields.expires_at
+        && sandbox.created_at() == fields.created_at
 }
 
 /// The hash of these fields. `None` is hashed apart from `Some("")`.

@@ -87,7 +87,7 @@ pub fn changes(ranges: &[Range], forking: Option<i64>, offset: i64) -> bool {
 /// `ranges` after the baseline, deciding the record at `offset`, saw incarnation `forking`
 /// fork the service (`None`: none does): open ranges of any other incarnation close at
 /// `offset`, and `forking` opens one there unless one is open. Nothing changes at or before
-/// the [frontier](frontier).
+/// the [`frontier`].
 pub fn settled(ranges: &[Range], forking: Option<i64>, offset: i64) -> Vec<Range> {
     let mut ranges = ranges.to_vec();
     if !changes(&ranges, forking, offset) {

@@ -71,7 +71,7 @@ pub trait Directory: Send + Sync + 'static {
         None
     }
 
-    /// The [cuts](cuts) recorded in the partition `place`, for every sandbox that has any.
+    /// The [`cuts`] recorded in the partition `place`, for every sandbox that has any.
     /// The default keeps none: forks cannot be run from such a directory.
     fn cut_ranges<'a>(&'a self, place: &'a CutPlace) -> CutFuture<'a, PartitionCuts> {
         let _ = place;

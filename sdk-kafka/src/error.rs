@@ -1,0 +1,29 @@
+//! Why a consumer could not start or stopped: the one error type of the consumer and its cut.
+
+use prodbox_core::SandboxKey;
+use rdkafka::error::KafkaError;
+
+/// Why the consumer could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    /// rdkafka failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// A sandbox consumer's sandbox is not in the directory.
+    #[error("sandbox {0} is not in the directory: register it before starting its consumer")]
+    UnknownSandbox(SandboxKey),
+    /// An earlier `run` of this consumer stopped while holding a message it had not handled
+    /// (a sandbox's message waiting for a fresh directory) and rdkafka refused to rewind to
+    /// it: this consumer's position is past that message, so it must not run again. A new
+    /// consumer of the same group starts from the committed offset, which is before the
+    /// message.
+    #[error(
+        "this consumer stopped holding an unhandled message at {0}; start a new consumer of the group"
+    )]
+    StoppedHoldingMessage(String),
+    /// A sandbox consumer's directory keeps no cuts (a file directory): nothing could tell it
+    /// which of its sandbox's records are its own.
+    #[error("sandbox consumer: {0}")]
+    Directory(#[from] prodbox_core::directory::DirectoryError),
+}
