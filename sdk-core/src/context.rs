@@ -519,7 +519,7 @@ pub trait FutureExt: Future + Sized {
         WithSandbox {
             inner: self,
             cx: Context::current(),
-            scoped: scope::entered(),
+            scoped: crate::scope::entered(),
         }
     }
 
@@ -569,41 +569,7 @@ pub fn production() -> Context {
 /// scope. Work that lost its context (`tokio::spawn`, a thread) runs in none; pools that
 /// require a scope refuse it.
 pub fn in_scope() -> bool {
-    scope::entered() || Context::map_current(|cx| cx.get::<Attached>().is_some())
-}
-
-/// The production scope of work a layer admitted with nothing of prodbox to attach (no
-/// baggage): a count on the thread, set while the work is polled. Cheaper than attaching a
-/// context, which matters for every production request.
-#[doc(hidden)]
-pub mod scope {
-    use std::cell::Cell;
-    use std::marker::PhantomData;
-
-    thread_local! {
-        static ENTERED: Cell<u32> = const { Cell::new(0) };
-    }
-
-    /// Marks the current thread as running admitted production work until dropped.
-    #[must_use]
-    pub struct Entered(PhantomData<*const ()>);
-
-    /// Enters the production scope on this thread (plumbing for prodbox's layers).
-    pub fn enter() -> Entered {
-        let _ = ENTERED.try_with(|n| n.set(n.get().saturating_add(1)));
-        Entered(PhantomData)
-    }
-
-    impl Drop for Entered {
-        fn drop(&mut self) {
-            let _ = ENTERED.try_with(|n| n.set(n.get().saturating_sub(1)));
-        }
-    }
-
-    /// Whether this thread runs in an entered scope.
-    pub fn entered() -> bool {
-        ENTERED.try_with(|n| n.get() > 0).unwrap_or(false)
-    }
+    crate::scope::entered() || Context::map_current(|cx| cx.get::<Attached>().is_some())
 }
 
 impl<F: Future> FutureExt for F {}
@@ -634,7 +600,7 @@ impl<F: Future> Future for WithSandbox<F> {
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<F::Output> {
         let this = self.project();
         let _guard = this.cx.clone().attach();
-        let _scope = this.scoped.then(scope::enter);
+        let _scope = this.scoped.then(crate::scope::enter);
         this.inner.poll(task)
     }
 }

@@ -44,6 +44,7 @@ pub mod metrics;
 #[doc(hidden)]
 pub mod plumbing;
 mod sandbox;
+mod scope;
 pub mod task;
 pub mod token;
 pub mod trust;

@@ -54,10 +54,10 @@ pub fn carry<F, R>(f: F) -> impl FnOnce() -> R + Send
 where
     F: FnOnce() -> R + Send,
 {
-    let (cx, scoped) = (Context::current(), crate::context::scope::entered());
+    let (cx, scoped) = (Context::current(), crate::scope::entered());
     move || {
         let _attached = cx.attach();
-        let _scope = scoped.then(crate::context::scope::enter);
+        let _scope = scoped.then(crate::scope::enter);
         f()
     }
 }
@@ -200,7 +200,7 @@ mod buffer {
         fn call(&mut self, request: R) -> S::Future {
             self.inner.call(Carried {
                 cx: Context::current(),
-                scoped: crate::context::scope::entered(),
+                scoped: crate::scope::entered(),
                 request,
             })
         }
@@ -265,7 +265,7 @@ mod buffer {
             // Services may do work in `call` itself, as well as in the future.
             let future = {
                 let _attached = carried.cx.clone().attach();
-                let _scope = carried.scoped.then(crate::context::scope::enter);
+                let _scope = carried.scoped.then(crate::scope::enter);
                 self.inner.call(carried.request)
             };
             WithSandbox::new(future, carried.cx, carried.scoped)

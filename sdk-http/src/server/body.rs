@@ -84,7 +84,7 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().kind.project() {
             KindProj::Production { inner } => {
-                let _scope = prodbox_core::context::scope::enter();
+                let _scope = prodbox_core::plumbing::scope::enter();
                 inner.poll_frame(task)
             }
             KindProj::InContext { inner, scope } => {

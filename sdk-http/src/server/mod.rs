@@ -282,7 +282,7 @@ where
                     // recognises (pools that require one refuse work that lost its context).
                     None => {
                         let future = {
-                            let _scope = prodbox_core::context::scope::enter();
+                            let _scope = prodbox_core::plumbing::scope::enter();
                             self.inner.call(req)
                         };
                         ResponseFuture {
@@ -411,7 +411,7 @@ where
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Production { future } => {
-                let _scope = prodbox_core::context::scope::enter();
+                let _scope = prodbox_core::plumbing::scope::enter();
                 future
                     .poll(task)
                     .map(|r| r.map(|res| res.map(ResponseBody::production)))
