@@ -236,7 +236,7 @@ fn check_merge(config: &Config, headers: &Headers, x: &Extracted) {
         return;
     }
     let mut carrier = headers.clone();
-    codec.strip_legacy(&mut carrier);
+    prodbox_core::plumbing::codec::strip_legacy(codec, &mut carrier);
     if let Err(error) = codec.inject(sandbox.as_ref(), x.token(), x.foreign(), &mut carrier) {
         assert!(
             is_limit(&error),
@@ -403,7 +403,7 @@ fn readable_part(headers: &Headers) -> Headers {
 /// `mentions_ours` (which decides whether malformed baggage concerns a sandbox) is sound.
 fn check_mentions(config: &Config, headers: &Headers, result: &Result<Extracted, BaggageError>) {
     let codec = &config.codec;
-    let mentions = codec.mentions_ours(headers);
+    let mentions = prodbox_core::plumbing::codec::mentions_ours(codec, headers);
     if let Ok(x) = result
         && x.claims_anything()
     {
@@ -432,7 +432,7 @@ fn check_strip(config: &Config, headers: &Headers, result: &Result<Extracted, Ba
         assert!(!y.claims_anything(), "strip left {y:?} in {stripped:?}");
     }
     let mut parsable = headers.clone();
-    codec.strip_parsable(&mut parsable);
+    prodbox_core::plumbing::codec::strip_parsable(codec, &mut parsable);
     if let Ok(x) = result {
         let y = codec
             .extract(&parsable)
@@ -447,7 +447,7 @@ fn check_ingress(config: &Config, headers: &Headers, result: &Result<Extracted, 
     let codec = &config.codec;
     let keys = crate::token::keys();
     let now = crate::token::now();
-    let mentions = codec.mentions_ours(headers);
+    let mentions = prodbox_core::plumbing::codec::mentions_ours(codec, headers);
     let policies = [
         ("accept", TrustPolicy::accept()),
         ("strip", TrustPolicy::strip()),

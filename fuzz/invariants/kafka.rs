@@ -202,7 +202,7 @@ fn check_codec(codec: &Codec, headers: &OwnedHeaders, reference: &Reference) {
         (Err(a), Err(b)) => assert_eq!(a.reason(), b.reason()),
         (a, b) => panic!("HeaderReader disagrees: {a:?} / {b:?}"),
     }
-    let mentions = codec.mentions_ours(reference);
+    let mentions = prodbox_core::plumbing::codec::mentions_ours(codec, reference);
     let directory = directory();
     let mut handled = 0;
     for role in roles() {

@@ -24,9 +24,8 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::thread::LocalKey;
-use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
@@ -235,12 +234,6 @@ fn topic_value(topic: &str) -> &'static str {
     label(&LAST_TOPIC, &TOPICS, topic, MAX_TOPIC_LABELS, "_other")
 }
 
-/// The attribute value for `key`: itself while fewer than [`MAX_SANDBOX_LABELS`] distinct keys
-/// have been seen, else [`OTHER_SANDBOXES`].
-pub fn sandbox_label(key: Option<&str>) -> Arc<str> {
-    Arc::from(sandbox_value(key))
-}
-
 pub(crate) fn decision(
     [protocol, direction, decision]: [&'static str; 3],
     reason: &str,
@@ -260,105 +253,122 @@ pub(crate) fn decision(
     instruments().decisions.add(1, &*attributes);
 }
 
-/// What a Kafka consumer did with one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum KafkaOutcome {
-    /// The handler succeeded.
-    Processed,
-    /// Left to another consumer.
-    Skipped,
-    /// Sent to the dead-letter topic.
-    DeadLettered,
-}
+/// What prodbox's own crates record (Kafka messages, schemas, shadow copies), reached through
+/// `prodbox_core::plumbing::metrics`; services read the instruments, never call these.
+pub(crate) mod record {
+    use std::sync::Arc;
+    use std::time::Duration;
 
-impl KafkaOutcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Processed => "processed",
-            Self::Skipped => "skipped",
-            Self::DeadLettered => "dead_lettered",
+    use opentelemetry::KeyValue;
+
+    use super::{instruments, reason_value, sandbox_value, topic_value};
+
+    /// The attribute value for `key`: itself while fewer than [`MAX_SANDBOX_LABELS`](super::MAX_SANDBOX_LABELS) distinct keys
+    /// have been seen, else [`OTHER_SANDBOXES`](super::OTHER_SANDBOXES).
+    pub fn sandbox_label(key: Option<&str>) -> Arc<str> {
+        Arc::from(sandbox_value(key))
+    }
+
+    /// What a Kafka consumer did with one message.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub enum KafkaOutcome {
+        /// The handler succeeded.
+        Processed,
+        /// Left to another consumer.
+        Skipped,
+        /// Sent to the dead-letter topic.
+        DeadLettered,
+    }
+
+    impl KafkaOutcome {
+        fn as_str(self) -> &'static str {
+            match self {
+                Self::Processed => "processed",
+                Self::Skipped => "skipped",
+                Self::DeadLettered => "dead_lettered",
+            }
         }
     }
-}
 
-/// Counts one Kafka message of `topic` handled by a consumer in `role` (`baseline` or `sandbox`).
-pub fn kafka_message(topic: &str, role: &'static str, outcome: KafkaOutcome) {
-    // All `&'static str`, as in `decision`: counted per message, so no allocation and no drop.
-    let attributes = std::mem::ManuallyDrop::new([
-        KeyValue::new("messaging.system", "kafka"),
-        KeyValue::new("messaging.destination.name", topic_value(topic)),
-        KeyValue::new("prodbox.kafka.role", role),
-        KeyValue::new("prodbox.kafka.outcome", outcome.as_str()),
-    ]);
-    instruments().kafka_messages.add(1, &*attributes);
-}
-
-/// Counts a sandbox schema provisioned, with how long it took.
-pub fn schema_provisioned(took: Duration) {
-    let system = [KeyValue::new("db.system.name", "postgresql")];
-    instruments()
-        .provisioning
-        .record(took.as_secs_f64(), &system);
-    instruments().schemas.add(
-        1,
-        &[
-            system[0].clone(),
-            KeyValue::new("prodbox.db.operation", "provisioned"),
-        ],
-    );
-}
-
-/// Counts a sandbox schema dropped.
-pub fn schema_dropped() {
-    instruments().schemas.add(
-        1,
-        &[
-            KeyValue::new("db.system.name", "postgresql"),
-            KeyValue::new("prodbox.db.operation", "dropped"),
-        ],
-    );
-}
-
-/// What became of one sampled copy of a baseline request (shadowing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ShadowOutcome {
-    /// The fork answered (and the compare hook, if any, found no difference).
-    Sent,
-    /// The fork answered and the compare hook reported a difference.
-    Differing,
-    /// The copy was not sent, or not answered in time; the reason says why.
-    Dropped,
-}
-
-impl ShadowOutcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Sent => "sent",
-            Self::Differing => "differing",
-            Self::Dropped => "dropped",
-        }
+    /// Counts one Kafka message of `topic` handled by a consumer in `role` (`baseline` or `sandbox`).
+    pub fn kafka_message(topic: &str, role: &'static str, outcome: KafkaOutcome) {
+        // All `&'static str`, as in `decision`: counted per message, so no allocation and no drop.
+        let attributes = std::mem::ManuallyDrop::new([
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.destination.name", topic_value(topic)),
+            KeyValue::new("prodbox.kafka.role", role),
+            KeyValue::new("prodbox.kafka.outcome", outcome.as_str()),
+        ]);
+        instruments().kafka_messages.add(1, &*attributes);
     }
-}
 
-/// Counts one shadow copy for the shadow sandbox `sandbox` (if one was chosen), with the drop
-/// `reason` for [`ShadowOutcome::Dropped`] (a short name; bounded like audit reasons).
-pub fn shadow_copy(sandbox: Option<&str>, outcome: ShadowOutcome, reason: Option<&str>) {
-    let sandbox = sandbox_value(sandbox);
-    let reason = reason.map(reason_value);
-    let outcome = KeyValue::new("prodbox.shadow.outcome", outcome.as_str());
-    let sandbox = KeyValue::new("prodbox.sandbox", sandbox);
-    match reason {
-        Some(reason) => instruments().shadow_copies.add(
+    /// Counts a sandbox schema provisioned, with how long it took.
+    pub fn schema_provisioned(took: Duration) {
+        let system = [KeyValue::new("db.system.name", "postgresql")];
+        instruments()
+            .provisioning
+            .record(took.as_secs_f64(), &system);
+        instruments().schemas.add(
             1,
             &[
-                outcome,
-                KeyValue::new("prodbox.shadow.reason", reason),
-                sandbox,
+                system[0].clone(),
+                KeyValue::new("prodbox.db.operation", "provisioned"),
             ],
-        ),
-        None => instruments().shadow_copies.add(1, &[outcome, sandbox]),
+        );
+    }
+
+    /// Counts a sandbox schema dropped.
+    pub fn schema_dropped() {
+        instruments().schemas.add(
+            1,
+            &[
+                KeyValue::new("db.system.name", "postgresql"),
+                KeyValue::new("prodbox.db.operation", "dropped"),
+            ],
+        );
+    }
+
+    /// What became of one sampled copy of a baseline request (shadowing).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub enum ShadowOutcome {
+        /// The fork answered (and the compare hook, if any, found no difference).
+        Sent,
+        /// The fork answered and the compare hook reported a difference.
+        Differing,
+        /// The copy was not sent, or not answered in time; the reason says why.
+        Dropped,
+    }
+
+    impl ShadowOutcome {
+        fn as_str(self) -> &'static str {
+            match self {
+                Self::Sent => "sent",
+                Self::Differing => "differing",
+                Self::Dropped => "dropped",
+            }
+        }
+    }
+
+    /// Counts one shadow copy for the shadow sandbox `sandbox` (if one was chosen), with the drop
+    /// `reason` for [`ShadowOutcome::Dropped`] (a short name; bounded like audit reasons).
+    pub fn shadow_copy(sandbox: Option<&str>, outcome: ShadowOutcome, reason: Option<&str>) {
+        let sandbox = sandbox_value(sandbox);
+        let reason = reason.map(reason_value);
+        let outcome = KeyValue::new("prodbox.shadow.outcome", outcome.as_str());
+        let sandbox = KeyValue::new("prodbox.sandbox", sandbox);
+        match reason {
+            Some(reason) => instruments().shadow_copies.add(
+                1,
+                &[
+                    outcome,
+                    KeyValue::new("prodbox.shadow.reason", reason),
+                    sandbox,
+                ],
+            ),
+            None => instruments().shadow_copies.add(1, &[outcome, sandbox]),
+        }
     }
 }
 

@@ -7,3 +7,42 @@ pub use crate::cache::{Keep, Miss, Slots};
 pub mod scope {
     pub use crate::scope::{Entered, enter, entered};
 }
+
+/// The recorders of prodbox's own instruments (see [`crate::metrics`]).
+pub mod metrics {
+    pub use crate::metrics::record::{
+        KafkaOutcome, ShadowOutcome, kafka_message, sandbox_label, schema_dropped,
+        schema_provisioned, shadow_copy,
+    };
+}
+
+/// The codec's scans that prodbox's Kafka filter and egress need beside extraction.
+pub mod codec {
+    use crate::codec::{Carrier, CarrierMut, Codec, ForeignMembers};
+
+    /// The bytes that alone decide what `codec` extracts from `carrier`, when it remembers
+    /// headers: the only `baggage` header, with no legacy carrier beside it.
+    pub fn memo_key<'c, C: Carrier + ?Sized>(codec: &Codec, carrier: &'c C) -> Option<&'c [u8]> {
+        codec.memo_key(carrier)
+    }
+
+    /// Whether any carrier mentions something of ours, parseable or not.
+    pub fn mentions_ours<C: Carrier + ?Sized>(codec: &Codec, carrier: &C) -> bool {
+        codec.mentions_ours(carrier)
+    }
+
+    /// Removes what is ours from baggage that parses, leaving the rest as it is.
+    pub fn strip_parsable<C: CarrierMut + ?Sized>(codec: &Codec, carrier: &mut C) -> bool {
+        codec.strip_parsable(carrier)
+    }
+
+    /// Removes the legacy carriers of our members and aliases.
+    pub fn strip_legacy<C: CarrierMut + ?Sized>(codec: &Codec, carrier: &mut C) -> bool {
+        codec.strip_legacy(carrier)
+    }
+
+    /// Foreign members from raw list-members (each must parse; others are skipped).
+    pub fn foreign_members<'a>(members: impl IntoIterator<Item = &'a str>) -> ForeignMembers {
+        ForeignMembers::from_raw_members(members)
+    }
+}

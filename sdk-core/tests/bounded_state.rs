@@ -197,7 +197,8 @@ fn refused_unknown_sandboxes_are_not_tracked() {
 /// may have taken some of the labels already: the bound is per process).
 #[test]
 fn metric_labels_name_at_most_max_sandbox_labels() {
-    use prodbox_core::metrics::{MAX_SANDBOX_LABELS, OTHER_SANDBOXES, sandbox_label};
+    use prodbox_core::metrics::{MAX_SANDBOX_LABELS, OTHER_SANDBOXES};
+    use prodbox_core::plumbing::metrics::sandbox_label;
     let mut own = 0;
     for i in 0..FLOOD {
         let key = format!("label-{i}");

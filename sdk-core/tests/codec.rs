@@ -1142,7 +1142,7 @@ fn baggage_values(carrier: &Headers) -> Vec<String> {
 fn inject_into_empty_carrier() {
     let codec = Codec::default();
     let sb = full_sandbox("pr-42", "alice@example.com", "PR #42, \"fix=all\"; 100%");
-    let foreign = ForeignMembers::from_raw_members(["userId=7", "k=v=w;p"]);
+    let foreign = prodbox_core::plumbing::codec::foreign_members(["userId=7", "k=v=w;p"]);
     let mut carrier: Headers = vec![h("traceparent", "00-x")];
     codec
         .inject(Some(&sb), Some("v1.k1.abc.def"), &foreign, &mut carrier)
@@ -1174,7 +1174,8 @@ fn inject_nothing_into_empty_carrier_writes_nothing() {
 #[test]
 fn inject_only_foreign_into_empty_carrier() {
     let mut carrier: Headers = Vec::new();
-    let foreign = ForeignMembers::from_raw_members(["a=1", " b=2 ", "not a member", "c=3;p"]);
+    let foreign =
+        prodbox_core::plumbing::codec::foreign_members(["a=1", " b=2 ", "not a member", "c=3;p"]);
     assert_eq!(foreign.len(), 3, "the unparseable member is skipped");
     Codec::default()
         .inject(None, None, &foreign, &mut carrier)
@@ -1191,7 +1192,7 @@ fn inject_merges_with_existing_baggage() {
         baggage("prodbox.actor=old-actor;q, c=3,sd-routing-key=old,prodbox.token=old-token"),
         baggage("prodbox.future=1,d=4"),
     ];
-    let foreign = ForeignMembers::from_raw_members(["e=5"]);
+    let foreign = prodbox_core::plumbing::codec::foreign_members(["e=5"]);
     codec
         .inject(Some(&sandbox("pr-new")), None, &foreign, &mut carrier)
         .expect("inject");
@@ -1212,7 +1213,12 @@ fn inject_merges_with_existing_baggage() {
 #[test]
 fn inject_does_not_repeat_foreign_members_already_present() {
     let mut carrier: Headers = vec![baggage("userId=7,x=1"), baggage("tenant=acme;p")];
-    let foreign = ForeignMembers::from_raw_members(["userId=8", "tenant=acme;p", "new=1", "x=1"]);
+    let foreign = prodbox_core::plumbing::codec::foreign_members([
+        "userId=8",
+        "tenant=acme;p",
+        "new=1",
+        "x=1",
+    ]);
     Codec::default()
         .inject(Some(&sandbox("pr-1")), None, &foreign, &mut carrier)
         .expect("inject");
@@ -1249,7 +1255,7 @@ fn inject_refuses_malformed_existing_baggage_and_leaves_carrier_unchanged() {
         let result = Codec::default().inject(
             Some(&sandbox("pr-1")),
             None,
-            &ForeignMembers::from_raw_members(["f=1"]),
+            &prodbox_core::plumbing::codec::foreign_members(["f=1"]),
             &mut carrier,
         );
         assert!(
@@ -1266,14 +1272,14 @@ fn inject_refuses_output_over_the_byte_limit() {
     let sb = full_sandbox("pr-1", "alice", "pr-1");
     let ours = "prodbox.sandbox=pr-1,prodbox.actor=alice,prodbox.origin=pr-1";
     assert_eq!(ours.len(), 60);
-    let fits = ForeignMembers::from_raw_members(["k=1"]);
+    let fits = prodbox_core::plumbing::codec::foreign_members(["k=1"]);
     let mut carrier: Headers = Vec::new();
     codec
         .inject(Some(&sb), None, &fits, &mut carrier)
         .expect("exactly 64 bytes fit");
     assert_eq!(baggage_values(&carrier), [format!("{ours},k=1")]);
 
-    let too_big = ForeignMembers::from_raw_members(["k=12"]);
+    let too_big = prodbox_core::plumbing::codec::foreign_members(["k=12"]);
     let mut empty: Headers = Vec::new();
     let err = codec
         .inject(Some(&sb), None, &too_big, &mut empty)
@@ -1324,7 +1330,8 @@ fn inject_counts_all_of_our_members_against_the_member_limit() {
     let codec = Codec::default();
     let sb = full_sandbox("pr-1", "alice", "pr-1");
     let foreign_raw: Vec<String> = (0..62).map(|i| format!("m{i}=v")).collect();
-    let foreign = ForeignMembers::from_raw_members(foreign_raw.iter().map(String::as_str));
+    let foreign =
+        prodbox_core::plumbing::codec::foreign_members(foreign_raw.iter().map(String::as_str));
 
     // Empty carrier: 3 members of ours + 62 foreign = 65 > 64.
     let mut empty: Headers = Vec::new();
@@ -1336,7 +1343,8 @@ fn inject_counts_all_of_our_members_against_the_member_limit() {
 
     // Token too: 1 key + 1 token + 63 foreign = 65 > 64.
     let foreign63: Vec<String> = (0..63).map(|i| format!("m{i}=v")).collect();
-    let foreign63 = ForeignMembers::from_raw_members(foreign63.iter().map(String::as_str));
+    let foreign63 =
+        prodbox_core::plumbing::codec::foreign_members(foreign63.iter().map(String::as_str));
     let mut with_token: Headers = Vec::new();
     let token = codec.inject(
         Some(&sandbox("pr-1")),
@@ -1376,7 +1384,7 @@ fn inject_never_writes_our_members_taken_as_foreign() {
     ] {
         for existing in [Vec::new(), vec![baggage("a=1")]] {
             let mut carrier: Headers = existing.clone();
-            let foreign = ForeignMembers::from_raw_members([raw]);
+            let foreign = prodbox_core::plumbing::codec::foreign_members([raw]);
             if codec
                 .inject(Some(&sandbox("pr-1")), None, &foreign, &mut carrier)
                 .is_err()

@@ -217,7 +217,7 @@ proptest! {
         foreign in prop::collection::vec(foreign_member_strategy(), 0..20),
     ) {
         let codec = Codec::default();
-        let members = ForeignMembers::from_raw_members(foreign.iter().map(String::as_str));
+        let members = prodbox_core::plumbing::codec::foreign_members(foreign.iter().map(String::as_str));
         prop_assert_eq!(members.len(), foreign.len());
 
         let mut carrier: Headers = Vec::new();

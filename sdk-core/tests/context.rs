@@ -183,7 +183,7 @@ fn with_sandbox_mirrors_into_otel_baggage() {
 #[test]
 fn attach_to_mirrors_foreign_members_with_decoded_values_and_properties() {
     let context = SandboxContext::new(sandbox("ctx-attach"))
-        .with_foreign(ForeignMembers::from_raw_members([
+        .with_foreign(prodbox_core::plumbing::codec::foreign_members([
             "userId=Am%C3%A9lie;p=1",
             "k=v",
         ]))
@@ -215,7 +215,7 @@ fn attach_to_keeps_the_parents_otel_baggage_and_sends_it_onward() {
         KeyValue::new("prodbox.sandbox", "ctx-spoofed"),
     ]);
     let context = SandboxContext::new(sandbox("ctx-inherit"))
-        .with_foreign(ForeignMembers::from_raw_members(["k=v"]));
+        .with_foreign(prodbox_core::plumbing::codec::foreign_members(["k=v"]));
     let cx = context.attach_to(&parent);
     assert_eq!(cx.sandbox().map(|s| s.key().as_str()), Some("ctx-inherit"));
     assert_eq!(baggage_value(&cx, "tenant").as_deref(), Some("acme"));
@@ -298,7 +298,7 @@ fn a_parents_baggage_never_crowds_out_the_requests_own_members() {
         .with_baggage((0..100).map(|i| KeyValue::new(format!("parent{i:03}"), "x".repeat(50))));
     let own: Vec<String> = (0..40).map(|i| format!("own{i:02}=v")).collect();
     let context = SandboxContext::new(sandbox("ctx-crowd")).with_foreign(
-        ForeignMembers::from_raw_members(own.iter().map(String::as_str)),
+        prodbox_core::plumbing::codec::foreign_members(own.iter().map(String::as_str)),
     );
     let cx = context.attach_to(&parent);
     let outbound = SandboxContext::outbound_foreign(&cx).into_owned();
@@ -328,7 +328,7 @@ fn a_parents_large_baggage_fits_beside_the_largest_members_of_ours() {
     let parent = Context::new()
         .with_baggage((0..20).map(|i| KeyValue::new(format!("big{i:02}"), "v".repeat(1000))));
     let context = SandboxContext::new(sandbox("ctx-bytes"))
-        .with_foreign(ForeignMembers::from_raw_members(["own=1"]));
+        .with_foreign(prodbox_core::plumbing::codec::foreign_members(["own=1"]));
     let cx = context.attach_to(&parent);
     let outbound = SandboxContext::outbound_foreign(&cx).into_owned();
     let members: Vec<&str> = outbound.iter_raw().collect();
@@ -355,7 +355,7 @@ fn a_parents_large_baggage_fits_beside_the_largest_members_of_ours() {
 #[tokio::test]
 async fn outbound_foreign_includes_members_added_through_the_otel_api() {
     let attached = SandboxContext::new(sandbox("ctx-outbound"))
-        .with_foreign(ForeignMembers::from_raw_members(["userId=7"]))
+        .with_foreign(prodbox_core::plumbing::codec::foreign_members(["userId=7"]))
         .attach_to(&Context::new());
 
     let (before, after, key) = async {

@@ -50,7 +50,7 @@ fn another_tools_routing_key_never_crosses_an_untrusted_edge() {
     let mut onward: Headers = Vec::new();
     let cx = Context::new().without_sandbox();
     let cx = prodbox_core::SandboxContext::baseline(
-        prodbox_core::codec::ForeignMembers::from_raw_members(foreign.as_deref()),
+        prodbox_core::plumbing::codec::foreign_members(foreign.as_deref()),
     )
     .attach_to(&cx);
     Egress::new(Protocol::Http)

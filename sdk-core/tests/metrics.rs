@@ -67,7 +67,8 @@ fn decisions_are_counted_per_protocol_decision_and_reason_with_bounded_labels() 
 
 #[test]
 fn kafka_topics_are_named_up_to_a_bound() {
-    use prodbox_core::metrics::{KafkaOutcome, MAX_TOPIC_LABELS, kafka_message};
+    use prodbox_core::metrics::MAX_TOPIC_LABELS;
+    use prodbox_core::plumbing::metrics::{KafkaOutcome, kafka_message};
     const MESSAGES: &str = "prodbox.kafka.messages";
     let metrics = Metrics::global();
     kafka_message("orders", "baseline", KafkaOutcome::Processed);

@@ -103,7 +103,7 @@ use futures_util::StreamExt;
 use opentelemetry::Context;
 use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
 use prodbox_core::directory::{Directory, MemoryDirectory};
-use prodbox_core::metrics::{self, KafkaOutcome};
+use prodbox_core::plumbing::metrics::{self, KafkaOutcome};
 use prodbox_core::{FutureExt, Guardrails, SandboxContext, SandboxKey};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;

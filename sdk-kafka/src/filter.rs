@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use prodbox_core::codec::{BaggageError, Codec};
 use prodbox_core::directory::{Directory, Standing};
+use prodbox_core::plumbing::codec;
 use prodbox_core::{SandboxContext, SandboxKey};
 use rdkafka::message::Headers;
 
@@ -122,7 +123,8 @@ impl Filter {
         };
         let mut snapshot = HeaderSnapshot::new();
         // Unreadable headers are dead-lettered whatever the directory says.
-        readable(|| snapshot.read(headers)).is_some() && self.codec.mentions_ours(&snapshot)
+        readable(|| snapshot.read(headers)).is_some()
+            && codec::mentions_ours(&self.codec, &snapshot)
     }
 
     /// Decides what happens to a message with `headers` at `now`.
@@ -146,10 +148,7 @@ impl Filter {
         }
         // Read before the lookups it covers: a change in between only makes the remembered
         // decision unusable, never wrong.
-        let remembering = self
-            .codec
-            .memo_key(&snapshot)
-            .zip(self.directory.generation());
+        let remembering = codec::memo_key(&self.codec, &snapshot).zip(self.directory.generation());
         let miss = match remembering {
             Some((header, generation)) => {
                 match verdict_memory::recall(self.id, generation, header, now) {
@@ -245,7 +244,7 @@ impl Filter {
     /// dead-letters it, and sandbox consumers leave it to the baseline, so that it is
     /// dead-lettered once, not once per consumer group.
     fn malformed(&self, headers: &HeaderSnapshot<'_>, error: BaggageError) -> Verdict {
-        match (&self.role, self.codec.mentions_ours(headers)) {
+        match (&self.role, codec::mentions_ours(&self.codec, headers)) {
             (Role::Baseline { .. }, false) => Verdict::Process(None),
             (Role::Sandbox { .. }, false) => skip("untagged", None),
             (Role::Baseline { .. }, true) => Verdict::DeadLetter(error),

@@ -6,7 +6,7 @@
 //!
 //! * the filter that made it (its role, codec and directory; [`FilterId`]);
 //! * the message's only `baggage` header, with no legacy carrier beside it
-//!   ([`Codec::memo_key`](prodbox_core::codec::Codec::memo_key)), byte for byte;
+//!   (the codec's `memo_key`), byte for byte;
 //! * the directory's [`generation`](prodbox_core::directory::Directory::generation), read before
 //!   the lookup: any change of any entry (a kill switch, a new fork) forgets every decision;
 //! * the clock: a decision is used only before the earliest expiry it depended on.

@@ -36,7 +36,7 @@ impl ForeignMembers {
     }
 
     /// Members from raw list-members (each must parse; others are skipped).
-    pub fn from_raw_members<'a>(members: impl IntoIterator<Item = &'a str>) -> Self {
+    pub(crate) fn from_raw_members<'a>(members: impl IntoIterator<Item = &'a str>) -> Self {
         let mut raw = String::new();
         let mut count = 0;
         for member in members.into_iter().map(trim_ows) {

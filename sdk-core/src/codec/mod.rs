@@ -198,7 +198,7 @@ impl Codec {
     /// derived from a successful extraction keys it by these bytes (and by this codec's
     /// configuration); they do not cover [`mentions_ours`](Self::mentions_ours), which reads
     /// every header name.
-    pub fn memo_key<'c, C: Carrier + ?Sized>(&self, carrier: &'c C) -> Option<&'c [u8]> {
+    pub(crate) fn memo_key<'c, C: Carrier + ?Sized>(&self, carrier: &'c C) -> Option<&'c [u8]> {
         let cfg = &*self.config;
         if !cfg.remember_headers {
             return None;
@@ -364,13 +364,13 @@ impl Codec {
     /// Like [`strip`](Self::strip), but leaves baggage it cannot parse as it is: for egress,
     /// where the application's own headers are not ours to drop. Returns whether anything of
     /// ours was removed.
-    pub fn strip_parsable<C: CarrierMut + ?Sized>(&self, carrier: &mut C) -> bool {
+    pub(crate) fn strip_parsable<C: CarrierMut + ?Sized>(&self, carrier: &mut C) -> bool {
         self.strip_with(carrier, false)
     }
 
     /// Removes the legacy carriers (`ot-baggage-*`, `uberctx-*`) of our members and aliases;
     /// returns whether there were any.
-    pub fn strip_legacy<C: CarrierMut + ?Sized>(&self, carrier: &mut C) -> bool {
+    pub(crate) fn strip_legacy<C: CarrierMut + ?Sized>(&self, carrier: &mut C) -> bool {
         let legacy: Vec<String> = carrier
             .names()
             .filter(|name| {
@@ -415,7 +415,7 @@ impl Codec {
     /// Whether any carrier mentions something of ours (our namespace, an alias, a legacy
     /// carrier of ours), parseable or not: a cheap scan to tell malformed baggage that concerns
     /// a sandbox from malformed baggage that does not.
-    pub fn mentions_ours<C: Carrier + ?Sized>(&self, carrier: &C) -> bool {
+    pub(crate) fn mentions_ours<C: Carrier + ?Sized>(&self, carrier: &C) -> bool {
         let mentions = |text: &[u8], needle: &str| {
             text.windows(needle.len())
                 .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))

@@ -452,7 +452,7 @@ impl Provisioner {
         let started = std::time::Instant::now();
         match self.create(conn, sandbox, &mut made).await {
             Ok(credentials) => {
-                prodbox_core::metrics::schema_provisioned(started.elapsed());
+                prodbox_core::plumbing::metrics::schema_provisioned(started.elapsed());
                 Ok(credentials)
             }
             Err(error) => {

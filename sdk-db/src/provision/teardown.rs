@@ -165,7 +165,7 @@ impl Provisioner {
                     .execute(&mut conn)
                     .await?;
                 if deleted.rows_affected() > 0 {
-                    prodbox_core::metrics::schema_dropped();
+                    prodbox_core::plumbing::metrics::schema_dropped();
                 }
                 Ok(deleted.rows_affected() > 0)
             }

@@ -9,7 +9,7 @@ use http::request::Parts;
 use http::uri::{Authority, Scheme};
 use prodbox_core::Sandbox;
 use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
-use prodbox_core::metrics::{self, ShadowOutcome};
+use prodbox_core::plumbing::metrics::{self, ShadowOutcome};
 
 use super::ShadowLayer;
 use super::hooks::Observed;

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use opentelemetry::Context;
 use prodbox_core::audit::Protocol;
 use prodbox_core::egress::Egress;
-use prodbox_core::metrics::ShadowOutcome;
+use prodbox_core::plumbing::metrics::ShadowOutcome;
 use prodbox_core::{FutureExt, SandboxContext};
 use tokio::sync::{Semaphore, mpsc};
 use tower_service::Service;
