@@ -46,3 +46,28 @@ pub mod codec {
         ForeignMembers::from_raw_members(members)
     }
 }
+
+/// The inner-service accessors every middleware has (as tower-http's): `get_ref`, `get_mut`
+/// and `into_inner` over its field `inner` of type `S`, written inside its `impl` block.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __prodbox_inner_service_accessors {
+    () => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// Unwraps the inner service.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+
+pub use crate::__prodbox_inner_service_accessors as inner_service_accessors;

@@ -169,20 +169,7 @@ mod buffer {
     }
 
     impl<S> CarryContext<S> {
-        /// The inner service.
-        pub fn get_ref(&self) -> &S {
-            &self.inner
-        }
-
-        /// The inner service, mutably.
-        pub fn get_mut(&mut self) -> &mut S {
-            &mut self.inner
-        }
-
-        /// Unwraps the inner service.
-        pub fn into_inner(self) -> S {
-            self.inner
-        }
+        crate::plumbing::inner_service_accessors!();
     }
 
     impl<S, R> Service<R> for CarryContext<S>
@@ -233,20 +220,7 @@ mod buffer {
     }
 
     impl<S> AttachContext<S> {
-        /// The inner service.
-        pub fn get_ref(&self) -> &S {
-            &self.inner
-        }
-
-        /// The inner service, mutably.
-        pub fn get_mut(&mut self) -> &mut S {
-            &mut self.inner
-        }
-
-        /// Unwraps the inner service.
-        pub fn into_inner(self) -> S {
-            self.inner
-        }
+        crate::plumbing::inner_service_accessors!();
     }
 
     impl<S, R> Service<Carried<R>> for AttachContext<S>

@@ -228,20 +228,7 @@ impl<S> PropagateSandbox<S> {
 }
 
 impl<S, F> PropagateSandbox<S, F> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    prodbox_core::plumbing::inner_service_accessors!();
 }
 
 impl<S, F, ReqBody, ResBody> Service<Request<ReqBody>> for PropagateSandbox<S, F>
