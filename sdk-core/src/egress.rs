@@ -70,6 +70,12 @@ impl Egress {
         self
     }
 
+    /// Names `protocol` in audit events (a layer speaking another protocol sets it).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
     /// Also forwards the signed token the sandbox arrived with (off by default: tokens are
     /// bearer credentials, and internal hops trust `prodbox.sandbox` under `Accept`).
     pub fn forward_token(mut self, forward: bool) -> Self {

@@ -35,7 +35,6 @@ use std::sync::Arc;
 use http::{Request, Response};
 use prodbox_core::Guardrails;
 use prodbox_core::audit::Protocol;
-use prodbox_core::codec::Codec;
 use prodbox_core::egress::{Egress, InjectError};
 use prodbox_core::guardrails::Throttled;
 use prodbox_http::ClientFlavor;
@@ -74,16 +73,11 @@ impl SandboxInterceptor {
         Self::default()
     }
 
-    /// Uses `codec` (limits).
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.egress = self.egress.codec(codec);
-        self
-    }
-
-    /// Also forwards the signed token the sandbox arrived with.
-    pub fn forward_token(mut self, forward: bool) -> Self {
-        self.egress = self.egress.forward_token(forward);
-        self
+    /// An interceptor writing the context as `egress` (codec, token forwarding) does.
+    pub fn from_egress(egress: Egress) -> Self {
+        Self {
+            egress: egress.protocol(Protocol::Grpc),
+        }
     }
 }
 
@@ -196,14 +190,9 @@ impl PropagateSandboxLayer {
         }
     }
 
-    /// Uses `codec` (limits).
-    pub fn codec(self, codec: Codec) -> Self {
-        self.map(|l| l.codec(codec))
-    }
-
-    /// Also forwards the signed token the sandbox arrived with.
-    pub fn forward_token(self, forward: bool) -> Self {
-        self.map(|l| l.forward_token(forward))
+    /// A layer writing the context as `egress` (codec, token forwarding) does.
+    pub fn from_egress(egress: Egress) -> Self {
+        Self::default().map(|l| l.egress(egress))
     }
 
     /// Names the destination of the channel this layer wraps, for the circuit breakers.

@@ -47,10 +47,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use http::{HeaderValue, Response};
 use prodbox_core::audit::Protocol;
-use prodbox_core::codec::Codec;
-use prodbox_core::directory::Directory;
-use prodbox_core::trust::UnknownSandbox;
-use prodbox_core::{Guardrails, Ingress, Refusal, TrustPolicy};
+use prodbox_core::{Ingress, Refusal, TrustPolicy};
 use prodbox_http::ServerFlavor;
 use prodbox_http::server::{SandboxService, default_peer_ip};
 use tonic::transport::server::TcpConnectInfo;
@@ -112,41 +109,6 @@ impl SandboxLayer {
             inner: prodbox_http::SandboxLayer::from_ingress(ingress.protocol(Protocol::Grpc))
                 .flavor(GrpcFlavor),
         }
-    }
-
-    fn map(
-        self,
-        f: impl FnOnce(prodbox_http::SandboxLayer<GrpcFlavor>) -> prodbox_http::SandboxLayer<GrpcFlavor>,
-    ) -> Self {
-        Self {
-            inner: f(self.inner),
-        }
-    }
-
-    /// Uses `codec` (limits, aliases, legacy carriers).
-    pub fn codec(self, codec: Codec) -> Self {
-        self.map(|l| l.codec(codec))
-    }
-
-    /// Refuses sandboxes that `directory` knows as disabled or expired.
-    pub fn directory(self, directory: impl Directory) -> Self {
-        self.map(|l| l.directory(directory))
-    }
-
-    /// Applies per-sandbox guardrails.
-    pub fn guardrails(self, guardrails: Guardrails) -> Self {
-        self.map(|l| l.guardrails(guardrails))
-    }
-
-    /// Answers malformed sandbox metadata with `INVALID_ARGUMENT` (`true`) or strips it
-    /// (`false`). The default depends on the policy; see [`Ingress::on_malformed`].
-    pub fn strict(self, strict: bool) -> Self {
-        self.map(|l| l.strict(strict))
-    }
-
-    /// What to do with sandboxes the directory does not know.
-    pub fn unknown_sandboxes(self, unknown: UnknownSandbox) -> Self {
-        self.map(|l| l.unknown_sandboxes(unknown))
     }
 }
 

@@ -103,7 +103,7 @@ async fn malformed_metadata_at_a_strict_server_is_invalid_argument() {
     let audit = AuditLog::global();
     let echo = EchoService::new("strict");
     let strict = serve_echo(
-        SandboxLayer::new(TrustPolicy::accept()).strict(true),
+        SandboxLayer::from_ingress(prodbox_core::Ingress::new(TrustPolicy::accept()).strict(true)),
         echo.clone(),
     )
     .await;
@@ -161,7 +161,7 @@ async fn malformed_metadata_at_a_strict_server_is_invalid_argument() {
 
     // The same metadata at a lenient server is stripped: baseline, foreign members kept.
     let lenient = serve_echo(
-        SandboxLayer::new(TrustPolicy::accept()).strict(false),
+        SandboxLayer::from_ingress(prodbox_core::Ingress::new(TrustPolicy::accept()).strict(false)),
         EchoService::new("lenient"),
     )
     .await;
@@ -189,7 +189,7 @@ async fn malformed_metadata_at_a_strict_server_is_invalid_argument() {
 async fn malformed_metadata_that_mentions_nothing_of_ours_is_never_refused() {
     let echo = EchoService::new("strict-foreign");
     let strict = serve_echo(
-        SandboxLayer::new(TrustPolicy::accept()).strict(true),
+        SandboxLayer::from_ingress(prodbox_core::Ingress::new(TrustPolicy::accept()).strict(true)),
         echo.clone(),
     )
     .await;
@@ -269,8 +269,10 @@ async fn a_throttled_sandbox_is_resource_exhausted_with_retry_after() {
     let audit = AuditLog::global();
     let echo = EchoService::new("rated");
     let addr = serve_echo(
-        SandboxLayer::new(TrustPolicy::accept())
-            .guardrails(Guardrails::builder().rate(0.001, 1).build()),
+        SandboxLayer::from_ingress(
+            prodbox_core::Ingress::new(TrustPolicy::accept())
+                .guardrails(Guardrails::builder().rate(0.001, 1).build()),
+        ),
         echo.clone(),
     )
     .await;
@@ -337,8 +339,10 @@ async fn admitted_eventually(addr: SocketAddr, sandbox: &str) -> Seen {
 async fn a_streaming_call_holds_its_concurrency_slot_until_it_ends() {
     let echo = EchoService::new("concurrency");
     let addr = serve_echo(
-        SandboxLayer::new(TrustPolicy::accept())
-            .guardrails(Guardrails::builder().max_concurrent(1).build()),
+        SandboxLayer::from_ingress(
+            prodbox_core::Ingress::new(TrustPolicy::accept())
+                .guardrails(Guardrails::builder().max_concurrent(1).build()),
+        ),
         echo.clone(),
     )
     .await;
@@ -410,7 +414,9 @@ async fn disabled_expired_and_unknown_sandboxes_are_permission_denied() {
     directory.upsert(SandboxEntry::new(key("grpc-on")));
     let echo = EchoService::new("directory");
     let addr = serve_echo(
-        SandboxLayer::new(TrustPolicy::accept()).directory(directory.clone()),
+        SandboxLayer::from_ingress(
+            prodbox_core::Ingress::new(TrustPolicy::accept()).directory(directory.clone()),
+        ),
         echo.clone(),
     )
     .await;
@@ -477,9 +483,11 @@ async fn disabled_expired_and_unknown_sandboxes_are_permission_denied() {
 
     // ... unless the server refuses them.
     let closed = serve_echo(
-        SandboxLayer::new(TrustPolicy::accept())
-            .directory(directory.clone())
-            .unknown_sandboxes(UnknownSandbox::Refuse),
+        SandboxLayer::from_ingress(
+            prodbox_core::Ingress::new(TrustPolicy::accept())
+                .directory(directory.clone())
+                .unknown_sandboxes(UnknownSandbox::Refuse),
+        ),
         EchoService::new("closed"),
     )
     .await;

@@ -53,7 +53,6 @@ use std::task::{Context as TaskContext, Poll};
 use http::{Request, Response};
 use pin_project::pin_project;
 use prodbox_core::audit::{Decision, Protocol};
-use prodbox_core::codec::Codec;
 use prodbox_core::egress::Egress;
 use prodbox_core::guardrails::{CallGuard, Throttled};
 use prodbox_core::{Guardrails, Sandbox};
@@ -165,6 +164,11 @@ impl PropagateSandboxLayer {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// A layer writing the context as `egress` (codec, token forwarding) does.
+    pub fn from_egress(egress: Egress) -> Self {
+        Self::with_flavor(HttpClientFlavor).egress(egress)
+    }
 }
 
 impl<F: ClientFlavor> PropagateSandboxLayer<F> {
@@ -177,16 +181,9 @@ impl<F: ClientFlavor> PropagateSandboxLayer<F> {
         }
     }
 
-    /// Uses `codec` (limits).
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.egress = self.egress.codec(codec);
-        self
-    }
-
-    /// Also forwards the signed token the sandbox arrived with (off by default: tokens are
-    /// bearer credentials, and internal hops trust `prodbox.sandbox` under `Accept`).
-    pub fn forward_token(mut self, forward: bool) -> Self {
-        self.egress = self.egress.forward_token(forward);
+    /// Writes the context as `egress` does (its protocol is the flavor's).
+    pub fn egress(mut self, egress: Egress) -> Self {
+        self.egress = egress.protocol(self.flavor.protocol());
         self
     }
 

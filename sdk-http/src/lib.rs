@@ -15,7 +15,7 @@
 //!
 //! ```
 //! use axum::{Router, routing::get};
-//! use prodbox_core::{TrustPolicy, Guardrails};
+//! use prodbox_core::{Guardrails, Ingress, TrustPolicy};
 //! use prodbox_http::{PropagateSandboxLayer, SandboxLayer};
 //!
 //! // The public edge: only signed tokens may start a sandbox.
@@ -25,8 +25,10 @@
 //! let app: Router = Router::new()
 //!     .route("/", get(|| async { "hello" }))
 //!     .layer(
-//!         SandboxLayer::new(TrustPolicy::signed(keys))
-//!             .guardrails(Guardrails::builder().rate(50.0, 100).max_concurrent(20).build()),
+//!         SandboxLayer::from_ingress(
+//!             Ingress::new(TrustPolicy::signed(keys))
+//!                 .guardrails(Guardrails::builder().rate(50.0, 100).max_concurrent(20).build()),
+//!         ),
 //!     );
 //!
 //! // Outbound calls carry the context on.

@@ -14,7 +14,7 @@
 
 use http::Extensions;
 use prodbox_core::Guardrails;
-use prodbox_core::codec::Codec;
+use prodbox_core::audit::Protocol;
 use reqwest_middleware::{Middleware, Next, Result};
 
 use prodbox_core::egress::Egress;
@@ -43,17 +43,12 @@ impl SandboxMiddleware {
         Self::default()
     }
 
-    /// Uses `codec` (limits).
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.egress = self.egress.codec(codec);
-        self
-    }
-
-    /// Also forwards the signed token the sandbox arrived with; see
-    /// [`PropagateSandboxLayer::forward_token`](crate::PropagateSandboxLayer::forward_token).
-    pub fn forward_token(mut self, forward: bool) -> Self {
-        self.egress = self.egress.forward_token(forward);
-        self
+    /// A middleware writing the context as `egress` (codec, token forwarding) does.
+    pub fn from_egress(egress: Egress) -> Self {
+        Self {
+            egress: egress.protocol(Protocol::Http),
+            guardrails: None,
+        }
     }
 
     /// Applies the circuit breakers of `guardrails` to sandboxed calls, per destination

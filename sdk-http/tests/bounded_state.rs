@@ -51,10 +51,12 @@ async fn a_flood_of_sandbox_keys_keeps_server_state_bounded() {
         guardrails: guardrails.clone(),
         most_tracked: Arc::new(AtomicUsize::new(0)),
     };
-    let layer = SandboxLayer::new(TrustPolicy::accept())
-        .directory(directory.clone())
-        .unknown_sandboxes(UnknownSandbox::Allow)
-        .guardrails(guardrails.clone());
+    let layer = SandboxLayer::from_ingress(
+        prodbox_core::Ingress::new(TrustPolicy::accept())
+            .directory(directory.clone())
+            .unknown_sandboxes(UnknownSandbox::Allow)
+            .guardrails(guardrails.clone()),
+    );
     let app = Router::new()
         .route("/", get(handler))
         .with_state(seen.clone())

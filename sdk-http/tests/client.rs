@@ -480,7 +480,10 @@ async fn forward_token_carries_the_signed_token_onward() {
         }))
     }
     let clients = Clients {
-        forwarding: hyper_client(PropagateSandboxLayer::new().forward_token(true)),
+        forwarding: hyper_client(PropagateSandboxLayer::from_egress(
+            prodbox_core::egress::Egress::new(prodbox_core::audit::Protocol::Http)
+                .forward_token(true),
+        )),
         plain: hyper_client(PropagateSandboxLayer::new()),
         downstream,
         raw: raw.url("/echo"),
@@ -576,7 +579,9 @@ async fn a_lenient_strip_keeps_other_members_travelling() {
                 }
             }),
         )
-        .layer(SandboxLayer::new(TrustPolicy::accept()).strict(false));
+        .layer(SandboxLayer::from_ingress(
+            prodbox_core::Ingress::new(TrustPolicy::accept()).strict(false),
+        ));
     let front = serve(front).await;
     for baggage in [
         "tenant=acme,prodbox.sandbox=PR_1",

@@ -254,7 +254,10 @@ async fn malformed_baggage_is_refused_when_strict_and_stripped_otherwise() {
     let rejecting = [
         (
             "accept, strict",
-            serve(app(SandboxLayer::new(accept()).strict(true))).await,
+            serve(app(SandboxLayer::from_ingress(
+                prodbox_core::Ingress::new(accept()).strict(true),
+            )))
+            .await,
         ),
         (
             "accept, default",
@@ -262,13 +265,19 @@ async fn malformed_baggage_is_refused_when_strict_and_stripped_otherwise() {
         ),
         (
             "strip, strict",
-            serve(app(SandboxLayer::new(strip()).strict(true))).await,
+            serve(app(SandboxLayer::from_ingress(
+                prodbox_core::Ingress::new(strip()).strict(true),
+            )))
+            .await,
         ),
     ];
     let stripping = [
         (
             "accept, lenient",
-            serve(app(SandboxLayer::new(accept()).strict(false))).await,
+            serve(app(SandboxLayer::from_ingress(
+                prodbox_core::Ingress::new(accept()).strict(false),
+            )))
+            .await,
         ),
         (
             "strip, default",
@@ -343,7 +352,10 @@ async fn malformed_baggage_is_refused_when_strict_and_stripped_otherwise() {
 #[tokio::test]
 async fn well_formed_baggage_next_to_a_refusal_policy_still_passes() {
     // Strictness is about malformed baggage only: valid contexts and foreign-only baggage pass.
-    let addr = serve(app(SandboxLayer::new(TrustPolicy::accept()).strict(true))).await;
+    let addr = serve(app(SandboxLayer::from_ingress(
+        prodbox_core::Ingress::new(TrustPolicy::accept()).strict(true),
+    )))
+    .await;
     let seen = get_with(
         addr,
         "tenant=acme, prodbox.sandbox=ok-strict ,prodbox.actor=al%20ice",
@@ -527,13 +539,15 @@ async fn the_directory_refuses_disabled_expired_and_unknown_sandboxes() {
     on.actor = Some("dir-actor".into());
     directory.upsert(on);
 
-    let allow = serve(app(
-        SandboxLayer::new(TrustPolicy::accept()).directory(directory.clone())
-    ))
+    let allow = serve(app(SandboxLayer::from_ingress(
+        prodbox_core::Ingress::new(TrustPolicy::accept()).directory(directory.clone()),
+    )))
     .await;
-    let refuse = serve(app(SandboxLayer::new(TrustPolicy::accept())
-        .directory(directory.clone())
-        .unknown_sandboxes(UnknownSandbox::Refuse)))
+    let refuse = serve(app(SandboxLayer::from_ingress(
+        prodbox_core::Ingress::new(TrustPolicy::accept())
+            .directory(directory.clone())
+            .unknown_sandboxes(UnknownSandbox::Refuse),
+    )))
     .await;
 
     for addr in [allow, refuse] {
@@ -608,9 +622,9 @@ async fn the_directory_refuses_disabled_expired_and_unknown_sandboxes() {
 async fn the_rate_limit_answers_429_with_retry_after_and_spares_baseline() {
     let audit = AuditLog::global();
     let guardrails = Guardrails::builder().rate(0.001, 2).build();
-    let addr = serve(app(
-        SandboxLayer::new(TrustPolicy::accept()).guardrails(guardrails)
-    ))
+    let addr = serve(app(SandboxLayer::from_ingress(
+        prodbox_core::Ingress::new(TrustPolicy::accept()).guardrails(guardrails),
+    )))
     .await;
 
     for i in 0..2 {
@@ -702,8 +716,10 @@ async fn the_concurrency_budget_holds_until_the_response_is_done() {
         release: Arc::new(Notify::new()),
         chunks: Arc::new(Mutex::new(Some(chunk_rx))),
     };
-    let layer = SandboxLayer::new(TrustPolicy::accept())
-        .guardrails(Guardrails::builder().max_concurrent(1).build());
+    let layer = SandboxLayer::from_ingress(
+        prodbox_core::Ingress::new(TrustPolicy::accept())
+            .guardrails(Guardrails::builder().max_concurrent(1).build()),
+    );
     let addr = serve(gated_app(gate.clone(), layer)).await;
 
     // One request of conc-1 in flight inside its handler.

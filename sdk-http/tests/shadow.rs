@@ -595,7 +595,9 @@ mod grpc {
         let key = unique_key("shadow-grpc");
         let fork_service = EchoService::new("fork");
         let fork = serve_echo(
-            SandboxLayer::new(TrustPolicy::accept()).protocol(Protocol::Grpc),
+            SandboxLayer::from_ingress(
+                prodbox_core::Ingress::new(TrustPolicy::accept()).protocol(Protocol::Grpc),
+            ),
             fork_service.clone(),
         )
         .await;
@@ -609,7 +611,9 @@ mod grpc {
                 .shadow("echo"),
         );
         let layers = ServiceBuilder::new()
-            .layer(SandboxLayer::new(TrustPolicy::accept()).protocol(Protocol::Grpc))
+            .layer(SandboxLayer::from_ingress(
+                prodbox_core::Ingress::new(TrustPolicy::accept()).protocol(Protocol::Grpc),
+            ))
             .layer(
                 ShadowLayer::new("echo", directory)
                     .sample(1.0)

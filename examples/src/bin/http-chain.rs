@@ -160,7 +160,10 @@ async fn main() -> std::process::ExitCode {
         format!("http://{orders}"),
         client(&directory, billing_v1),
         // The edge takes sandboxes only from signed tokens and checks the kill switch.
-        SandboxLayer::new(TrustPolicy::signed(keys.clone())).directory(directory.clone()),
+        SandboxLayer::from_ingress(
+            prodbox_core::Ingress::new(TrustPolicy::signed(keys.clone()))
+                .directory(directory.clone()),
+        ),
     ))
     .await;
 

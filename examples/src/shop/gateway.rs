@@ -36,12 +36,12 @@ pub fn router(
         .route("/orders", post(create_order))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(orders)
-        .layer(
-            SandboxLayer::new(TrustPolicy::signed(keys))
+        .layer(SandboxLayer::from_ingress(
+            prodbox_core::Ingress::new(TrustPolicy::signed(keys))
                 .directory(directory)
                 .guardrails(guardrails)
                 .unknown_sandboxes(UnknownSandbox::Refuse),
-        )
+        ))
 }
 
 async fn create_order(

@@ -65,11 +65,11 @@ impl OrdersService {
         directory: impl Directory,
     ) -> Router<tower::layer::util::Stack<SandboxLayer, tower::layer::util::Identity>> {
         tonic::transport::Server::builder()
-            .layer(
-                SandboxLayer::new(TrustPolicy::accept())
+            .layer(SandboxLayer::from_ingress(
+                prodbox_core::Ingress::new(TrustPolicy::accept())
                     .directory(directory)
                     .unknown_sandboxes(UnknownSandbox::Refuse),
-            )
+            ))
             .add_service(OrdersServer::new(self))
     }
 }

@@ -67,11 +67,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use opentelemetry::Context;
 use pin_project::pin_project;
-use prodbox_core::audit::Protocol;
-use prodbox_core::codec::Codec;
-use prodbox_core::directory::Directory;
-use prodbox_core::trust::UnknownSandbox;
-use prodbox_core::{Admission, Guardrails, Ingress, Refusal, Sandbox, SandboxContext, TrustPolicy};
+use prodbox_core::{Admission, Ingress, Refusal, Sandbox, SandboxContext, TrustPolicy};
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
@@ -155,50 +151,12 @@ impl SandboxLayer {
 }
 
 impl<F> SandboxLayer<F> {
-    fn map_ingress(self, f: impl FnOnce(Ingress) -> Ingress) -> Self {
-        Self {
-            ingress: f(self.ingress),
-            flavor: self.flavor,
-        }
-    }
-
     /// Answers refusals (and finds peers) the way `flavor` does.
     pub fn flavor<G: ServerFlavor>(self, flavor: G) -> SandboxLayer<G> {
         SandboxLayer {
             ingress: self.ingress,
             flavor,
         }
-    }
-
-    /// Uses `codec` (limits, aliases, legacy carriers).
-    pub fn codec(self, codec: Codec) -> Self {
-        self.map_ingress(|i| i.codec(codec))
-    }
-
-    /// Refuses sandboxes that `directory` knows as disabled or expired.
-    pub fn directory(self, directory: impl Directory) -> Self {
-        self.map_ingress(|i| i.directory(directory))
-    }
-
-    /// Applies per-sandbox guardrails.
-    pub fn guardrails(self, guardrails: Guardrails) -> Self {
-        self.map_ingress(|i| i.guardrails(guardrails))
-    }
-
-    /// Answers malformed sandbox baggage with a refusal (`true`) or strips it (`false`). The
-    /// default depends on the policy; see [`Ingress::on_malformed`].
-    pub fn strict(self, strict: bool) -> Self {
-        self.map_ingress(|i| i.strict(strict))
-    }
-
-    /// What to do with sandboxes the directory does not know.
-    pub fn unknown_sandboxes(self, unknown: UnknownSandbox) -> Self {
-        self.map_ingress(|i| i.unknown_sandboxes(unknown))
-    }
-
-    /// The protocol named in audit events (default HTTP).
-    pub fn protocol(self, protocol: Protocol) -> Self {
-        self.map_ingress(|i| i.protocol(protocol))
     }
 }
 
