@@ -110,16 +110,7 @@ where
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let call = Call::now(self.require_scope);
-        let serves = self.serves.clone();
-        let conn: &'c mut PgConnection = &mut self.conn;
-        async move {
-            GuardedConnection::<C>::start(call, serves.as_ref())?;
-            conn.fetch_optional(query)
-                .await
-                .map_err(|error| refine(error, serves.as_ref()))
-        }
-        .stayed()
+        self.guarded(move |conn| conn.fetch_optional(query))
     }
 
     fn prepare_with<'e>(
@@ -130,16 +121,7 @@ where
     where
         'c: 'e,
     {
-        let call = Call::now(self.require_scope);
-        let serves = self.serves.clone();
-        let conn: &'c mut PgConnection = &mut self.conn;
-        async move {
-            GuardedConnection::<C>::start(call, serves.as_ref())?;
-            conn.prepare_with(sql, parameters)
-                .await
-                .map_err(|error| refine(error, serves.as_ref()))
-        }
-        .stayed()
+        self.guarded(move |conn| conn.prepare_with(sql, parameters))
     }
 
     fn describe<'e>(
@@ -149,12 +131,29 @@ where
     where
         'c: 'e,
     {
+        self.guarded(move |conn| conn.describe(sql))
+    }
+}
+
+impl<C: DerefMut<Target = PgConnection> + Send> GuardedConnection<C> {
+    /// Runs `run` on the connection at the first poll, once [`start`](Self::start) allows it,
+    /// refining its refusals: every future-returning executor method goes through here, as
+    /// `fetch_many` does through the same steps.
+    fn guarded<'c, 'e, T, Fut>(
+        &'c mut self,
+        run: impl FnOnce(&'c mut PgConnection) -> Fut + Send + 'e,
+    ) -> BoxFuture<'e, Result<T, sqlx::Error>>
+    where
+        'c: 'e,
+        Fut: Future<Output = Result<T, sqlx::Error>> + Send + 'e,
+        T: Send + 'e,
+    {
         let call = Call::now(self.require_scope);
         let serves = self.serves.clone();
         let conn: &'c mut PgConnection = &mut self.conn;
         async move {
-            GuardedConnection::<C>::start(call, serves.as_ref())?;
-            conn.describe(sql)
+            Self::start(call, serves.as_ref())?;
+            run(conn)
                 .await
                 .map_err(|error| refine(error, serves.as_ref()))
         }

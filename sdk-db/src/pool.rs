@@ -697,16 +697,7 @@ impl<'p> Executor<'p> for &SandboxPool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let (call, this) = (Call::now(self.inner.require_scope), self.clone());
-        async move {
-            let sandbox = call.start()?;
-            let pool = this.pool_of(sandbox.as_ref()).await?;
-            (&pool)
-                .fetch_optional(query)
-                .await
-                .map_err(|error| this.refine(error, sandbox.as_ref()))
-        }
-        .stayed()
+        self.guarded(move |pool| async move { (&pool).fetch_optional(query).await })
     }
 
     fn prepare_with<'e>(
@@ -717,16 +708,7 @@ impl<'p> Executor<'p> for &SandboxPool {
     where
         'p: 'e,
     {
-        let (call, this) = (Call::now(self.inner.require_scope), self.clone());
-        async move {
-            let sandbox = call.start()?;
-            let pool = this.pool_of(sandbox.as_ref()).await?;
-            (&pool)
-                .prepare_with(sql, parameters)
-                .await
-                .map_err(|error| this.refine(error, sandbox.as_ref()))
-        }
-        .stayed()
+        self.guarded(move |pool| async move { (&pool).prepare_with(sql, parameters).await })
     }
 
     fn describe<'e>(
@@ -736,12 +718,28 @@ impl<'p> Executor<'p> for &SandboxPool {
     where
         'p: 'e,
     {
+        self.guarded(move |pool| async move { (&pool).describe(sql).await })
+    }
+}
+
+impl SandboxPool {
+    /// Runs `run` on the pool of the context at the first poll, once the context rule allows it
+    /// (the same context at the call and at the first poll), refining its refusals: every
+    /// future-returning executor method goes through here, as `fetch_many` does through the
+    /// same steps.
+    fn guarded<'e, T, Fut>(
+        &self,
+        run: impl FnOnce(PgPool) -> Fut + Send + 'e,
+    ) -> BoxFuture<'e, Result<T, sqlx::Error>>
+    where
+        Fut: Future<Output = Result<T, sqlx::Error>> + Send + 'e,
+        T: Send + 'e,
+    {
         let (call, this) = (Call::now(self.inner.require_scope), self.clone());
         async move {
             let sandbox = call.start()?;
             let pool = this.pool_of(sandbox.as_ref()).await?;
-            (&pool)
-                .describe(sql)
+            run(pool)
                 .await
                 .map_err(|error| this.refine(error, sandbox.as_ref()))
         }

@@ -154,12 +154,7 @@ impl<'p> Executor<'p> for &ProductionPool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let (call, pool) = (Call::now(self.require_scope), self.pool.clone());
-        async move {
-            call.start_serving(None, false)?;
-            (&pool).fetch_optional(query).await
-        }
-        .stayed()
+        self.guarded(move |pool| async move { (&pool).fetch_optional(query).await })
     }
 
     fn prepare_with<'e>(
@@ -170,12 +165,7 @@ impl<'p> Executor<'p> for &ProductionPool {
     where
         'p: 'e,
     {
-        let (call, pool) = (Call::now(self.require_scope), self.pool.clone());
-        async move {
-            call.start_serving(None, false)?;
-            (&pool).prepare_with(sql, parameters).await
-        }
-        .stayed()
+        self.guarded(move |pool| async move { (&pool).prepare_with(sql, parameters).await })
     }
 
     fn describe<'e>(
@@ -185,10 +175,26 @@ impl<'p> Executor<'p> for &ProductionPool {
     where
         'p: 'e,
     {
+        self.guarded(move |pool| async move { (&pool).describe(sql).await })
+    }
+}
+
+impl ProductionPool {
+    /// Runs `run` on the pool at the first poll, once the context rule allows it (no sandbox at
+    /// the call nor at the first poll): every future-returning executor method goes through
+    /// here, as `fetch_many` does through the same check.
+    fn guarded<'e, T, Fut>(
+        &self,
+        run: impl FnOnce(PgPool) -> Fut + Send + 'e,
+    ) -> BoxFuture<'e, Result<T, sqlx::Error>>
+    where
+        Fut: Future<Output = Result<T, sqlx::Error>> + Send + 'e,
+        T: Send + 'e,
+    {
         let (call, pool) = (Call::now(self.require_scope), self.pool.clone());
         async move {
             call.start_serving(None, false)?;
-            (&pool).describe(sql).await
+            run(pool).await
         }
         .stayed()
     }
