@@ -102,37 +102,7 @@ where
         .stayed()
     }
 
-    fn fetch_optional<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
-    where
-        'c: 'e,
-        E: 'q + Execute<'q, Postgres>,
-    {
-        self.guarded(move |conn| conn.fetch_optional(query))
-    }
-
-    fn prepare_with<'e>(
-        self,
-        sql: SqlStr,
-        parameters: &'e [PgTypeInfo],
-    ) -> BoxFuture<'e, Result<PgStatement, sqlx::Error>>
-    where
-        'c: 'e,
-    {
-        self.guarded(move |conn| conn.prepare_with(sql, parameters))
-    }
-
-    fn describe<'e>(
-        self,
-        sql: SqlStr,
-    ) -> BoxFuture<'e, Result<sqlx_core::describe::Describe<Postgres>, sqlx::Error>>
-    where
-        'c: 'e,
-    {
-        self.guarded(move |conn| conn.describe(sql))
-    }
+    crate::context::guarded_executor_methods!('c, conn);
 }
 
 impl<C: DerefMut<Target = PgConnection> + Send> GuardedConnection<C> {

@@ -177,3 +177,55 @@ where
         this.inner.poll_next(cx)
     }
 }
+
+/// The future-returning executor methods (`fetch_optional`, `prepare_with`, `describe`) of a
+/// guarded executor whose lifetime is `$l`: each hands sqlx's own method to the type's
+/// `guarded`, which applies the context rule at the first poll. `pool` types pass `guarded` a
+/// pool to borrow; `conn` types, their connection.
+macro_rules! guarded_executor_methods {
+    ($l:lifetime, $mode:ident) => {
+        fn fetch_optional<'e, 'q: 'e, E>(
+            self,
+            query: E,
+        ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+        where
+            $l: 'e,
+            E: 'q + Execute<'q, Postgres>,
+        {
+            $crate::context::guarded_call!(self, $mode, fetch_optional(query))
+        }
+
+        fn prepare_with<'e>(
+            self,
+            sql: SqlStr,
+            parameters: &'e [PgTypeInfo],
+        ) -> BoxFuture<'e, Result<PgStatement, sqlx::Error>>
+        where
+            $l: 'e,
+        {
+            $crate::context::guarded_call!(self, $mode, prepare_with(sql, parameters))
+        }
+
+        fn describe<'e>(
+            self,
+            sql: SqlStr,
+        ) -> BoxFuture<'e, Result<sqlx_core::describe::Describe<Postgres>, sqlx::Error>>
+        where
+            $l: 'e,
+        {
+            $crate::context::guarded_call!(self, $mode, describe(sql))
+        }
+    };
+}
+pub(crate) use guarded_executor_methods;
+
+/// One call of sqlx's `$method` through `guarded` (see [`guarded_executor_methods`]).
+macro_rules! guarded_call {
+    ($self:ident, pool, $method:ident($($arg:ident),*)) => {
+        $self.guarded(move |pool| async move { (&pool).$method($($arg),*).await })
+    };
+    ($self:ident, conn, $method:ident($($arg:ident),*)) => {
+        $self.guarded(move |conn| conn.$method($($arg),*))
+    };
+}
+pub(crate) use guarded_call;

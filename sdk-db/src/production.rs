@@ -146,37 +146,7 @@ impl<'p> Executor<'p> for &ProductionPool {
         .stayed()
     }
 
-    fn fetch_optional<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
-    where
-        'p: 'e,
-        E: 'q + Execute<'q, Postgres>,
-    {
-        self.guarded(move |pool| async move { (&pool).fetch_optional(query).await })
-    }
-
-    fn prepare_with<'e>(
-        self,
-        sql: SqlStr,
-        parameters: &'e [PgTypeInfo],
-    ) -> BoxFuture<'e, Result<PgStatement, sqlx::Error>>
-    where
-        'p: 'e,
-    {
-        self.guarded(move |pool| async move { (&pool).prepare_with(sql, parameters).await })
-    }
-
-    fn describe<'e>(
-        self,
-        sql: SqlStr,
-    ) -> BoxFuture<'e, Result<sqlx_core::describe::Describe<Postgres>, sqlx::Error>>
-    where
-        'p: 'e,
-    {
-        self.guarded(move |pool| async move { (&pool).describe(sql).await })
-    }
+    crate::context::guarded_executor_methods!('p, pool);
 }
 
 impl ProductionPool {
