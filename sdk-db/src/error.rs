@@ -1,3 +1,6 @@
+//! What a refused or failed database call says: [`SandboxDbError`], its stable audit reasons,
+//! and the one place where PostgreSQL's own refusals of a sandbox's role become typed
+//! prodbox errors (`refine`).
 use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
 use prodbox_core::{Sandbox, SandboxKey};
 

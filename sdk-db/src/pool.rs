@@ -1,3 +1,6 @@
+//! [`SandboxPool`]: which pool serves a call (the sandbox's own, opened and bounded per
+//! process, or production's), and the limits on sandboxes' pools; the context rule it applies
+//! lives in `context`, provisioning in `provision`.
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -1,3 +1,7 @@
+//! How long a request's sandbox context lasts on the server: until its response body ends.
+//! [`ResponseBody`] polls a sandboxed body inside the context (a streaming body keeps it, and
+//! the guardrail slot is held until it ends), a production body inside a production scope, and
+//! carries the text of a refusal.
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
