@@ -13,6 +13,33 @@ use pin_project::pin_project;
 use super::hooks::Observed;
 use super::pending::{DropReason, Pending};
 
+/// The `Body` of a wrapper with fields `inner` and `capture`: every frame forwarded untouched,
+/// and teed into the capture (see [`poll_teed`]).
+macro_rules! teed_body {
+    ($wrapper:ident) => {
+        impl<B: Body<Data = Bytes>> Body for $wrapper<B> {
+            type Data = Bytes;
+            type Error = B::Error;
+
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                task: &mut TaskContext<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+                let this = self.project();
+                poll_teed(this.inner, this.capture, task)
+            }
+
+            fn is_end_stream(&self) -> bool {
+                self.inner.is_end_stream()
+            }
+
+            fn size_hint(&self) -> SizeHint {
+                self.inner.size_hint()
+            }
+        }
+    };
+}
+
 /// The request body the inner service sees: the original body, teed into the shadow copy when
 /// the request was sampled.
 #[pin_project]
@@ -99,26 +126,7 @@ fn concat(mut chunks: Vec<Bytes>, len: usize) -> Bytes {
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for RequestBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        task: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        poll_teed(this.inner, this.capture, task)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+teed_body!(RequestBody);
 
 /// What a body wrapper keeps of the frames it forwards.
 trait Capture {
@@ -273,23 +281,4 @@ impl<B> ResponseBody<B> {
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        task: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        poll_teed(this.inner, this.capture, task)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+teed_body!(ResponseBody);
