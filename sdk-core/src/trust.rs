@@ -499,17 +499,12 @@ impl Ingress {
         reason: &str,
         detail: Option<&dyn fmt::Display>,
     ) {
-        AuditEvent {
-            sandbox: extracted.key().map(SandboxKey::as_str),
-            actor: extracted.actor(),
-            origin: extracted.origin(),
-            protocol: self.protocol,
-            direction: Direction::Inbound,
-            decision,
-            reason,
-            detail,
-        }
-        .emit();
+        let who = [
+            extracted.key().map(SandboxKey::as_str),
+            extracted.actor(),
+            extracted.origin(),
+        ];
+        self.emit(who, decision, reason, detail);
     }
 
     fn refuse(&self, sandbox: Option<&Sandbox>, refusal: Refusal) -> Admission {
@@ -528,10 +523,26 @@ impl Ingress {
         reason: &str,
         detail: Option<&dyn fmt::Display>,
     ) {
+        let who = [
+            sandbox.map(|s| s.key().as_str()),
+            sandbox.and_then(Sandbox::actor),
+            sandbox.and_then(Sandbox::origin),
+        ];
+        self.emit(who, decision, reason, detail);
+    }
+
+    /// Emits the inbound audit event about `[key, actor, origin]`.
+    fn emit(
+        &self,
+        [sandbox, actor, origin]: [Option<&str>; 3],
+        decision: Decision,
+        reason: &str,
+        detail: Option<&dyn fmt::Display>,
+    ) {
         AuditEvent {
-            sandbox: sandbox.map(|s| s.key().as_str()),
-            actor: sandbox.and_then(Sandbox::actor),
-            origin: sandbox.and_then(Sandbox::origin),
+            sandbox,
+            actor,
+            origin,
             protocol: self.protocol,
             direction: Direction::Inbound,
             decision,
