@@ -79,36 +79,30 @@ impl<'c, C> Executor<'c> for &'c mut GuardedConnection<C>
 where
     C: DerefMut<Target = PgConnection> + Send,
 {
-    type Database = Postgres;
-
-    fn fetch_many<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>
-    where
-        'c: 'e,
-        E: 'q + Execute<'q, Postgres>,
-    {
-        let call = Call::now(self.require_scope);
-        let serves = self.serves.clone();
-        let conn: &'c mut PgConnection = &mut self.conn;
-        let refine_for = serves.clone();
-        stream::once(async move {
-            GuardedConnection::<C>::start(call, serves.as_ref())?;
-            Ok::<_, sqlx::Error>(conn.fetch_many(query))
-        })
-        .try_flatten()
-        .map_err(move |error| refine(error, refine_for.as_ref()))
-        .stayed()
-    }
-
     crate::context::guarded_executor_methods!('c, conn);
 }
 
 impl<C: DerefMut<Target = PgConnection> + Send> GuardedConnection<C> {
-    /// Runs `run` on the connection at the first poll, once [`start`](Self::start) allows it,
-    /// refining its refusals: every future-returning executor method goes through here, as
-    /// `fetch_many` does through the same steps.
+    /// At the first poll, once [`start`](Self::start) allows it: `run` on the connection.
+    /// Its errors are left to the caller to refine.
+    fn serve<'c, 'e, T, Fut>(
+        &'c mut self,
+        run: impl FnOnce(&'c mut PgConnection) -> Fut + Send + 'e,
+    ) -> impl Future<Output = Result<T, sqlx::Error>> + Send + 'e
+    where
+        'c: 'e,
+        Fut: Future<Output = Result<T, sqlx::Error>> + Send + 'e,
+    {
+        let call = Call::now(self.require_scope);
+        let serves = self.serves.clone();
+        let conn: &'c mut PgConnection = &mut self.conn;
+        async move {
+            Self::start(call, serves.as_ref())?;
+            run(conn).await
+        }
+    }
+
+    /// The future of one executor call: `run` on the connection, its refusals refined.
     fn guarded<'c, 'e, T, Fut>(
         &'c mut self,
         run: impl FnOnce(&'c mut PgConnection) -> Fut + Send + 'e,
@@ -118,16 +112,26 @@ impl<C: DerefMut<Target = PgConnection> + Send> GuardedConnection<C> {
         Fut: Future<Output = Result<T, sqlx::Error>> + Send + 'e,
         T: Send + 'e,
     {
-        let call = Call::now(self.require_scope);
         let serves = self.serves.clone();
-        let conn: &'c mut PgConnection = &mut self.conn;
-        async move {
-            Self::start(call, serves.as_ref())?;
-            run(conn)
-                .await
-                .map_err(|error| refine(error, serves.as_ref()))
-        }
-        .stayed()
+        self.serve(run)
+            .map_err(move |error| refine(error, serves.as_ref()))
+            .stayed()
+    }
+
+    /// The stream of one executor call: `run` on the connection, its refusals refined.
+    fn guarded_stream<'c, 'e, T>(
+        &'c mut self,
+        run: impl FnOnce(&'c mut PgConnection) -> BoxStream<'e, Result<T, sqlx::Error>> + Send + 'e,
+    ) -> BoxStream<'e, Result<T, sqlx::Error>>
+    where
+        'c: 'e,
+        T: Send + 'e,
+    {
+        let serves = self.serves.clone();
+        stream::once(self.serve(move |conn| async move { Ok(run(conn)) }))
+            .try_flatten()
+            .map_err(move |error| refine(error, serves.as_ref()))
+            .stayed()
     }
 }
 

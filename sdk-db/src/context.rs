@@ -20,8 +20,12 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
 use futures_core::Stream;
+use futures_core::future::BoxFuture;
+use futures_core::stream::BoxStream;
+use futures_util::{TryStreamExt as _, stream};
 use prodbox_core::audit::Decision;
 use prodbox_core::{Sandbox, SandboxKey};
+use sqlx::postgres::PgPool;
 
 use crate::error::SandboxDbError;
 
@@ -178,12 +182,80 @@ where
     }
 }
 
-/// The future-returning executor methods (`fetch_optional`, `prepare_with`, `describe`) of a
-/// guarded executor whose lifetime is `$l`: each hands sqlx's own method to the type's
-/// `guarded`, which applies the context rule at the first poll. `pool` types pass `guarded` a
-/// pool to borrow; `conn` types, their connection.
+/// A pool type whose executor follows the rule (the sandbox pool, the production pool): which
+/// pool serves a call once the rule allows it, and how its errors read.
+pub(crate) trait GuardedPool: Clone + Send + Sync + 'static {
+    /// Whether work outside any scope is refused.
+    fn require_scope(&self) -> bool;
+
+    /// At the first poll of `call`: the pool that serves it and the sandbox it serves
+    /// (`None`: production), or the refusal.
+    fn serve(
+        &self,
+        call: Call,
+    ) -> impl Future<Output = Result<(PgPool, Option<Sandbox>), sqlx::Error>> + Send;
+
+    /// `error`, from a statement run for `sandbox`, as prodbox reports it.
+    fn refine(&self, error: sqlx::Error, sandbox: Option<&Sandbox>) -> sqlx::Error;
+}
+
+/// The future of one executor call on `guard`: `run` on the pool that serves it.
+pub(crate) fn pool_future<'e, G, T, Fut>(
+    guard: &G,
+    run: impl FnOnce(PgPool) -> Fut + Send + 'e,
+) -> BoxFuture<'e, Result<T, sqlx::Error>>
+where
+    G: GuardedPool,
+    Fut: Future<Output = Result<T, sqlx::Error>> + Send + 'e,
+    T: Send + 'e,
+{
+    let (call, guard) = (Call::now(guard.require_scope()), guard.clone());
+    async move {
+        let (pool, sandbox) = guard.serve(call).await?;
+        let result = run(pool).await;
+        result.map_err(|error| guard.refine(error, sandbox.as_ref()))
+    }
+    .stayed()
+}
+
+/// The stream of one executor call on `guard`: `run` on the pool that serves it.
+pub(crate) fn pool_stream<'e, G, T>(
+    guard: &G,
+    run: impl FnOnce(PgPool) -> BoxStream<'e, Result<T, sqlx::Error>> + Send + 'e,
+) -> BoxStream<'e, Result<T, sqlx::Error>>
+where
+    G: GuardedPool,
+    T: Send + 'e,
+{
+    let (call, guard) = (Call::now(guard.require_scope()), guard.clone());
+    stream::once(async move {
+        let (pool, sandbox) = guard.serve(call).await?;
+        let items = run(pool).map_err(move |error| guard.refine(error, sandbox.as_ref()));
+        Ok::<_, sqlx::Error>(items)
+    })
+    .try_flatten()
+    .stayed()
+}
+
+/// Every sqlx executor method of a guarded executor whose lifetime is `$l`, each handing
+/// sqlx's own method to the type's guard, which applies the rule at the first poll: `pool`
+/// types through [`pool_future`] and [`pool_stream`], `conn` types through their own
+/// `guarded` and `guarded_stream`.
 macro_rules! guarded_executor_methods {
     ($l:lifetime, $mode:ident) => {
+        type Database = Postgres;
+
+        fn fetch_many<'e, 'q: 'e, E>(
+            self,
+            query: E,
+        ) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>
+        where
+            $l: 'e,
+            E: 'q + Execute<'q, Postgres>,
+        {
+            $crate::context::guarded_call!(stream, self, $mode, fetch_many(query))
+        }
+
         fn fetch_optional<'e, 'q: 'e, E>(
             self,
             query: E,
@@ -192,7 +264,7 @@ macro_rules! guarded_executor_methods {
             $l: 'e,
             E: 'q + Execute<'q, Postgres>,
         {
-            $crate::context::guarded_call!(self, $mode, fetch_optional(query))
+            $crate::context::guarded_call!(future, self, $mode, fetch_optional(query))
         }
 
         fn prepare_with<'e>(
@@ -203,7 +275,7 @@ macro_rules! guarded_executor_methods {
         where
             $l: 'e,
         {
-            $crate::context::guarded_call!(self, $mode, prepare_with(sql, parameters))
+            $crate::context::guarded_call!(future, self, $mode, prepare_with(sql, parameters))
         }
 
         fn describe<'e>(
@@ -213,18 +285,26 @@ macro_rules! guarded_executor_methods {
         where
             $l: 'e,
         {
-            $crate::context::guarded_call!(self, $mode, describe(sql))
+            $crate::context::guarded_call!(future, self, $mode, describe(sql))
         }
     };
 }
 pub(crate) use guarded_executor_methods;
 
-/// One call of sqlx's `$method` through `guarded` (see [`guarded_executor_methods`]).
+/// One call of sqlx's `$method` through the guard (see [`guarded_executor_methods`]).
 macro_rules! guarded_call {
-    ($self:ident, pool, $method:ident($($arg:ident),*)) => {
-        $self.guarded(move |pool| async move { (&pool).$method($($arg),*).await })
+    (stream, $self:ident, pool, $method:ident($($arg:ident),*)) => {
+        $crate::context::pool_stream($self, move |pool| (&pool).$method($($arg),*))
     };
-    ($self:ident, conn, $method:ident($($arg:ident),*)) => {
+    (future, $self:ident, pool, $method:ident($($arg:ident),*)) => {
+        $crate::context::pool_future($self, move |pool| async move {
+            (&pool).$method($($arg),*).await
+        })
+    };
+    (stream, $self:ident, conn, $method:ident($($arg:ident),*)) => {
+        $self.guarded_stream(move |conn| conn.$method($($arg),*))
+    };
+    (future, $self:ident, conn, $method:ident($($arg:ident),*)) => {
         $self.guarded(move |conn| conn.$method($($arg),*))
     };
 }

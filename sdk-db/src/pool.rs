@@ -10,7 +10,6 @@ use std::future::Future;
 
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
-use futures_util::{TryStreamExt as _, stream};
 use prodbox_core::audit::Decision;
 use prodbox_core::{Sandbox, SandboxKey};
 use sqlx::migrate::Migrator;
@@ -19,7 +18,7 @@ use sqlx::{Either, Execute, Executor, Postgres, SqlStr};
 use tokio::sync::OnceCell;
 
 use crate::connection::{PoolConnection, Transaction};
-use crate::context::{Call, StayExt as _};
+use crate::context::{Call, GuardedPool};
 use crate::error::SandboxDbError;
 use crate::production::ProductionPool;
 use crate::provision::{Provisioner, SchemaRecord};
@@ -621,7 +620,7 @@ impl SandboxPool {
 
     /// `error` from a call made for `sandbox`, typed (see [`crate::error::refine`]); when it
     /// shows that the sandbox's pool is of no further use, the pool is forgotten.
-    fn refine(&self, error: sqlx::Error, sandbox: Option<&Sandbox>) -> sqlx::Error {
+    fn refine_error(&self, error: sqlx::Error, sandbox: Option<&Sandbox>) -> sqlx::Error {
         let Some(sandbox) = sandbox else {
             return error;
         };
@@ -668,55 +667,21 @@ impl Drop for Janitor {
 /// Every method reads the context twice, by the rule of the crate docs ("When the context is read"): where it is called,
 /// and at the first poll of its work, which runs in the sandbox of that poll.
 impl<'p> Executor<'p> for &SandboxPool {
-    type Database = Postgres;
-
-    fn fetch_many<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>
-    where
-        'p: 'e,
-        E: 'q + Execute<'q, Postgres>,
-    {
-        let (call, this) = (Call::now(self.inner.require_scope), self.clone());
-        stream::once(async move {
-            let sandbox = call.start()?;
-            let pool = this.pool_of(sandbox.as_ref()).await?;
-            Ok::<_, sqlx::Error>(
-                (&pool)
-                    .fetch_many(query)
-                    .map_err(move |error| this.refine(error, sandbox.as_ref())),
-            )
-        })
-        .try_flatten()
-        .stayed()
-    }
-
     crate::context::guarded_executor_methods!('p, pool);
 }
 
-impl SandboxPool {
-    /// Runs `run` on the pool of the context at the first poll, once the context rule allows it
-    /// (the same context at the call and at the first poll), refining its refusals: every
-    /// future-returning executor method goes through here, as `fetch_many` does through the
-    /// same steps.
-    fn guarded<'e, T, Fut>(
-        &self,
-        run: impl FnOnce(PgPool) -> Fut + Send + 'e,
-    ) -> BoxFuture<'e, Result<T, sqlx::Error>>
-    where
-        Fut: Future<Output = Result<T, sqlx::Error>> + Send + 'e,
-        T: Send + 'e,
-    {
-        let (call, this) = (Call::now(self.inner.require_scope), self.clone());
-        async move {
-            let sandbox = call.start()?;
-            let pool = this.pool_of(sandbox.as_ref()).await?;
-            run(pool)
-                .await
-                .map_err(|error| this.refine(error, sandbox.as_ref()))
-        }
-        .stayed()
+impl GuardedPool for SandboxPool {
+    fn require_scope(&self) -> bool {
+        self.inner.require_scope
+    }
+
+    async fn serve(&self, call: Call) -> Result<(PgPool, Option<Sandbox>), sqlx::Error> {
+        let sandbox = call.start()?;
+        Ok((self.pool_of(sandbox.as_ref()).await?, sandbox))
+    }
+
+    fn refine(&self, error: sqlx::Error, sandbox: Option<&Sandbox>) -> sqlx::Error {
+        self.refine_error(error, sandbox)
     }
 }
 

@@ -26,12 +26,12 @@ use std::future::Future;
 
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
-use futures_util::{TryStreamExt as _, stream};
+use prodbox_core::Sandbox;
 use sqlx::postgres::{PgPool, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Either, Execute, Executor, Postgres, SqlStr};
 
 use crate::connection::{PoolConnection, Transaction};
-use crate::context::{Call, StayExt as _};
+use crate::context::{Call, GuardedPool};
 
 /// A `PgPool` for production work only: it refuses, with
 /// [`SandboxDbError::WrongContext`](crate::SandboxDbError::WrongContext) and an audit event, any
@@ -127,45 +127,21 @@ impl ProductionPool {
 }
 
 impl<'p> Executor<'p> for &ProductionPool {
-    type Database = Postgres;
-
-    fn fetch_many<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>
-    where
-        'p: 'e,
-        E: 'q + Execute<'q, Postgres>,
-    {
-        let (call, pool) = (Call::now(self.require_scope), self.pool.clone());
-        stream::once(async move {
-            call.start_serving(None, false)?;
-            Ok::<_, sqlx::Error>((&pool).fetch_many(query))
-        })
-        .try_flatten()
-        .stayed()
-    }
-
     crate::context::guarded_executor_methods!('p, pool);
 }
 
-impl ProductionPool {
-    /// Runs `run` on the pool at the first poll, once the context rule allows it (no sandbox at
-    /// the call nor at the first poll): every future-returning executor method goes through
-    /// here, as `fetch_many` does through the same check.
-    fn guarded<'e, T, Fut>(
-        &self,
-        run: impl FnOnce(PgPool) -> Fut + Send + 'e,
-    ) -> BoxFuture<'e, Result<T, sqlx::Error>>
-    where
-        Fut: Future<Output = Result<T, sqlx::Error>> + Send + 'e,
-        T: Send + 'e,
-    {
-        let (call, pool) = (Call::now(self.require_scope), self.pool.clone());
-        async move {
-            call.start_serving(None, false)?;
-            run(pool).await
-        }
-        .stayed()
+impl GuardedPool for ProductionPool {
+    fn require_scope(&self) -> bool {
+        self.require_scope
+    }
+
+    async fn serve(&self, call: Call) -> Result<(PgPool, Option<Sandbox>), sqlx::Error> {
+        call.start_serving(None, false)?;
+        Ok((self.pool.clone(), None))
+    }
+
+    /// Production's errors are sqlx's own: there is no sandbox's role to refuse.
+    fn refine(&self, error: sqlx::Error, _: Option<&Sandbox>) -> sqlx::Error {
+        error
     }
 }
