@@ -382,6 +382,15 @@ async fn rows_prodbox_would_not_write_are_kept_disabled() {
     .execute(db.pool())
     .await
     .expect("insert by hand");
+    // One written before fork addresses lost their user info (it would go out in `Host`).
+    let userinfo = key("userinfo");
+    sqlx::query(
+        "INSERT INTO prodbox.sandboxes (key, forks) VALUES ($1, '{\"billing\": \"http://u@fork:1\"}')",
+    )
+    .bind(userinfo.as_str())
+    .execute(db.pool())
+    .await
+    .expect("insert by hand");
     // The table's own check refuses keys that are not sandbox keys.
     let refused = sqlx::query("INSERT INTO prodbox.sandboxes (key) VALUES ('Robert''); --')")
         .execute(db.pool())
@@ -402,6 +411,8 @@ async fn rows_prodbox_would_not_write_are_kept_disabled() {
         admit(&directory, &bad),
         Admission::Refused(Refusal::Disabled(_))
     ));
+    let kept = directory.get(&userinfo).expect("the invalid row is kept");
+    assert!(kept.disabled && kept.forks.is_empty(), "{kept:?}");
     let stored = store.get(&bad).await.expect("get").expect("present");
     assert!(stored.disabled && stored.forks.is_empty());
     // The kill switch still works on it.

@@ -283,3 +283,24 @@ async fn fork_addresses_without_http_fall_back_audited() {
         "an https fork falls back, audited"
     );
 }
+
+/// Schemes are case-insensitive: `HTTP://` is a plain-http fork, routed like any other (gRPC
+/// used to compare the text and fall back).
+#[tokio::test]
+async fn an_uppercase_scheme_routes_to_the_fork() {
+    let setup = setup("upper").await;
+    let fork = serve_echo(
+        SandboxLayer::new(TrustPolicy::accept()),
+        EchoService::new("fork-upper"),
+    )
+    .await;
+    let address = uri(fork).replacen("http://", "HTTP://", 1);
+    setup.directory.upsert(
+        SandboxEntry::new(key("upper-a")).fork("echo", address.parse().expect("a fork address")),
+    );
+    let (server, sandbox) = who_answers(&setup.client, Some("upper-a")).await;
+    assert_eq!(
+        (server.as_str(), sandbox.as_str()),
+        ("fork-upper", "upper-a")
+    );
+}

@@ -201,6 +201,14 @@ mod tests {
         let error = directory.reload().unwrap_err();
         assert!(error.to_string().contains("127.0.0.1:9001"), "{error}");
         assert!(directory.get(&key).is_some_and(|e| e.disabled));
+        // And one with a scheme no router speaks (HTTP used to put it on the request URI).
+        std::fs::write(
+            &path,
+            "[[sandboxes]]\nkey = \"pr-1\"\nforks = { billing = \"grpc://fork:1\" }\n",
+        )
+        .unwrap();
+        assert!(directory.reload().is_err());
+        assert!(directory.get(&key).is_some_and(|e| e.disabled));
     }
 
     #[test]
