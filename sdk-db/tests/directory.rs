@@ -373,24 +373,17 @@ async fn rows_prodbox_would_not_write_are_kept_disabled() {
         .await
         .expect("sync");
 
-    // A hand-written row with a fork address no router could use.
-    let bad = key("bad");
-    sqlx::query(
-        "INSERT INTO prodbox.sandboxes (key, forks) VALUES ($1, '{\"billing\": \"gopher://x\"}')",
-    )
-    .bind(bad.as_str())
-    .execute(db.pool())
-    .await
-    .expect("insert by hand");
-    // One written before fork addresses lost their user info (it would go out in `Host`).
-    let userinfo = key("userinfo");
-    sqlx::query(
-        "INSERT INTO prodbox.sandboxes (key, forks) VALUES ($1, '{\"billing\": \"http://u@fork:1\"}')",
-    )
-    .bind(userinfo.as_str())
-    .execute(db.pool())
-    .await
-    .expect("insert by hand");
+    // Hand-written rows with a fork address no router could use, and one written before fork
+    // addresses lost their user info (it would go out in `Host`).
+    let (bad, userinfo) = (key("bad"), key("userinfo"));
+    for (key, address) in [(&bad, "gopher://x"), (&userinfo, "http://u@fork:1")] {
+        sqlx::query("INSERT INTO prodbox.sandboxes (key, forks) VALUES ($1, $2::jsonb)")
+            .bind(key.as_str())
+            .bind(format!("{{\"billing\": \"{address}\"}}"))
+            .execute(db.pool())
+            .await
+            .expect("insert by hand");
+    }
     // The table's own check refuses keys that are not sandbox keys.
     let refused = sqlx::query("INSERT INTO prodbox.sandboxes (key) VALUES ('Robert''); --')")
         .execute(db.pool())
