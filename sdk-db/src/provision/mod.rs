@@ -286,21 +286,27 @@ impl Provisioner {
 
     async fn ensure_owned(&self, sandbox: &Sandbox) -> Result<Credentials, SandboxDbError> {
         let key = sandbox.key();
-        let failed = |source| SandboxDbError::Provisioning {
-            sandbox: key.clone(),
-            source,
-        };
-        let mut conn = self.connect().await.map_err(failed)?;
-        let result = async {
-            self.ensure_catalogue(&mut conn).await.map_err(failed)?;
+        self.on_connection(key, async |conn| {
+            self.ensure_catalogue(conn).await.map_err(failed(key))?;
             let lock = SandboxLock::take(&self.options, key, self.lock_timeout)
                 .await
-                .map_err(failed)?;
-            let result = self.ensure_locked(&mut conn, sandbox).await;
+                .map_err(failed(key))?;
+            let result = self.ensure_locked(conn, sandbox).await;
             lock.release().await;
             result
-        }
-        .await;
+        })
+        .await
+    }
+
+    /// Runs `work` on a connection of its own, closed after: a failure to connect is a
+    /// provisioning failure of `key`.
+    async fn on_connection<T>(
+        &self,
+        key: &SandboxKey,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, SandboxDbError>,
+    ) -> Result<T, SandboxDbError> {
+        let mut conn = self.connect().await.map_err(failed(key))?;
+        let result = work(&mut conn).await;
         let _ = conn.close().await;
         result
     }
@@ -311,10 +317,7 @@ impl Provisioner {
         sandbox: &Sandbox,
     ) -> Result<Credentials, SandboxDbError> {
         let key = sandbox.key();
-        let failed = |source| SandboxDbError::Provisioning {
-            sandbox: key.clone(),
-            source,
-        };
+        let failed = failed(key);
         let recorded: Option<(Option<String>, Option<i64>)> = sqlx::query_as(
             "SELECT role_password, incarnation FROM prodbox.sandbox_schemas WHERE key = $1",
         )
@@ -428,10 +431,7 @@ impl Provisioner {
     ) -> Result<(), SandboxDbError> {
         let findings = crate::exposure::findings(conn, role, &schema_name(key))
             .await
-            .map_err(|source| SandboxDbError::Provisioning {
-                sandbox: key.clone(),
-                source,
-            })?;
+            .map_err(failed(key))?;
         if findings.is_empty() {
             Ok(())
         } else {
@@ -469,12 +469,7 @@ impl Provisioner {
     /// runs the exposure check again: a grant to PUBLIC added since refuses the sandbox.
     pub(crate) async fn touch(&self, sandbox: &Sandbox) -> Result<(), SandboxDbError> {
         let key = sandbox.key();
-        let failed = |source| SandboxDbError::Provisioning {
-            sandbox: key.clone(),
-            source,
-        };
-        let mut conn = self.connect().await.map_err(failed)?;
-        let result = async {
+        self.on_connection(key, async |conn| {
             sqlx::query(
                 "UPDATE prodbox.sandbox_schemas
                  SET last_used_at = now(), expires_at = GREATEST(expires_at, to_timestamp($2))
@@ -482,15 +477,13 @@ impl Provisioner {
             )
             .bind(key.as_str())
             .bind(self.expiry(sandbox))
-            .execute(&mut conn)
+            .execute(&mut *conn)
             .await
-            .map_err(failed)?;
-            let role = self.role(&mut conn, key).await.map_err(failed)?;
-            self.check_exposure(&mut conn, key, &role).await
-        }
-        .await;
-        let _ = conn.close().await;
-        result
+            .map_err(failed(key))?;
+            let role = self.role(conn, key).await.map_err(failed(key))?;
+            self.check_exposure(conn, key, &role).await
+        })
+        .await
     }
 
     async fn create(
@@ -500,10 +493,7 @@ impl Provisioner {
         made: &mut Made,
     ) -> Result<Credentials, SandboxDbError> {
         let key = sandbox.key();
-        let failed = |source| SandboxDbError::Provisioning {
-            sandbox: key.clone(),
-            source,
-        };
+        let failed = failed(key);
         let role_name = self.role(conn, key).await.map_err(failed)?;
         let (schema, role) = (quote(&schema_name(key)), quote(&role_name));
         let password = new_password(conn).await.map_err(failed)?;
@@ -660,5 +650,13 @@ impl Provisioner {
             .filter(|r| r.expires_at.is_some_and(|at| at <= now))
             .map(|r| r.key)
             .collect())
+    }
+}
+
+/// How a database error while provisioning `key` is reported.
+fn failed(key: &SandboxKey) -> impl Fn(sqlx::Error) -> SandboxDbError + Copy + '_ {
+    move |source| SandboxDbError::Provisioning {
+        sandbox: key.clone(),
+        source,
     }
 }
