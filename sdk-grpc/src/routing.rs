@@ -62,21 +62,13 @@ const MAX_FORK_CHANNELS: usize = 256;
 
 /// Sends each call over the baseline channel or the current sandbox's fork; see the
 /// [module docs](self).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ForkRouter {
     service: Arc<str>,
     baseline: Channel,
     directory: Arc<dyn Directory>,
     forks: Arc<Mutex<HashMap<ForkAddress, Channel>>>,
     egress: Egress,
-}
-
-impl std::fmt::Debug for ForkRouter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ForkRouter")
-            .field("service", &self.service)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ForkRouter {

@@ -55,18 +55,10 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 /// Applies [`ForkRouting`] to a client. See the [module docs](self).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ForkRoutingLayer {
     directory: Arc<dyn Directory>,
     services: Arc<HashMap<String, String>>,
-}
-
-impl std::fmt::Debug for ForkRoutingLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ForkRoutingLayer")
-            .field("services", &self.services)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ForkRoutingLayer {

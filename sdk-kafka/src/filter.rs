@@ -63,21 +63,13 @@ impl Role {
 /// not changed since (its [`generation`](Directory::generation)) and no expiry the verdict
 /// depended on has passed. Dead letters and skips for expiry are always decided afresh. The
 /// memory is per thread and bounded (64 headers of at most 512 bytes).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Filter {
     role: Role,
     directory: Arc<dyn Directory>,
     codec: Codec,
     /// Keys the decisions this filter remembers (see [`verdict_memory`](crate::verdict_memory)).
     id: FilterId,
-}
-
-impl std::fmt::Debug for Filter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Filter")
-            .field("role", &self.role)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Filter {

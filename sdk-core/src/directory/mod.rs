@@ -94,6 +94,14 @@ pub trait Directory: Send + Sync + 'static {
     }
 }
 
+// A directory holds a whole table of sandboxes: shown by name only, so that the layers and
+// consumers holding a `dyn Directory` can derive `Debug`.
+impl fmt::Debug for dyn Directory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("dyn Directory")
+    }
+}
+
 impl<D: Directory + ?Sized> Directory for Arc<D> {
     fn get(&self, key: &SandboxKey) -> Option<Arc<SandboxEntry>> {
         (**self).get(key)
