@@ -5,10 +5,26 @@ use std::future::Future;
 
 use prodbox_core::SandboxKey;
 use prodbox_core::directory::{CutPlace, DirectoryError, PartitionCuts, Range, cuts};
+use sqlx::Postgres;
 use sqlx::Row;
-use sqlx::postgres::{PgPool, PgRow};
+use sqlx::postgres::{PgArguments, PgPool, PgRow};
+use sqlx::query::Query;
 
 use super::IO_TIMEOUT;
+
+/// Binds the key of one sandbox's row in one partition: `$1` to `$4`.
+trait BindRow<'q>: Sized {
+    fn bind_row(self, place: &'q CutPlace, sandbox: &'q SandboxKey) -> Self;
+}
+
+impl<'q> BindRow<'q> for Query<'q, Postgres, PgArguments> {
+    fn bind_row(self, place: &'q CutPlace, sandbox: &'q SandboxKey) -> Self {
+        self.bind(&place.group)
+            .bind(&place.topic)
+            .bind(place.partition)
+            .bind(sandbox.as_str())
+    }
+}
 
 /// Bounds a cut read or write by [`IO_TIMEOUT`]: the baseline waiting on it holds a partition.
 pub(super) async fn cut_io<T>(
@@ -83,20 +99,14 @@ pub(super) async fn settle_cut(
             "INSERT INTO prodbox.kafka_cuts (grp, topic, part, sandbox) VALUES ($1, $2, $3, $4)
              ON CONFLICT DO NOTHING",
         )
-        .bind(&place.group)
-        .bind(&place.topic)
-        .bind(place.partition)
-        .bind(sandbox.as_str())
+        .bind_row(place, sandbox)
         .execute(&mut *tx)
         .await?;
     }
     let locked = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT incarnations, starts, ends FROM prodbox.kafka_cuts {WHERE} FOR UPDATE"
     )))
-    .bind(&place.group)
-    .bind(&place.topic)
-    .bind(place.partition)
-    .bind(sandbox.as_str())
+    .bind_row(place, sandbox)
     .fetch_optional(&mut *tx)
     .await?;
     let locked = locked
@@ -110,10 +120,7 @@ pub(super) async fn settle_cut(
             "UPDATE prodbox.kafka_cuts SET incarnations = $5, starts = $6, ends = $7,
                     updated_at = now() {WHERE}"
         )))
-        .bind(&place.group)
-        .bind(&place.topic)
-        .bind(place.partition)
-        .bind(sandbox.as_str())
+        .bind_row(place, sandbox)
         .bind(ranges.iter().map(|r| r.incarnation).collect::<Vec<_>>())
         .bind(ranges.iter().map(|r| r.start).collect::<Vec<_>>())
         .bind(ranges.iter().map(|r| r.end).collect::<Vec<_>>())

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use prodbox_core::SandboxKey;
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use tokio::task::JoinHandle;
 
 use super::store::DirectoryStore;
@@ -69,19 +69,30 @@ async fn io<T>(what: &str, call: impl Future<Output = Result<T, sqlx::Error>>) -
     }
 }
 
-/// Reads the whole table into the snapshot.
-async fn full_sync(shared: &Weak<Shared>, pool: &PgPool) -> Result<(), Ended> {
+/// Reads rows of the directory table (`filter`, bound to `keys` when given), counted as one
+/// read.
+async fn read_rows(
+    shared: &Weak<Shared>,
+    pool: &PgPool,
+    filter: &str,
+    keys: Option<&[&str]>,
+) -> Result<Vec<PgRow>, Ended> {
     if let Some(shared) = shared.upgrade() {
         shared.reads.fetch_add(1, Ordering::Relaxed);
     }
-    let rows = io(
-        "reading the directory",
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM prodbox.sandboxes"
-        )))
-        .fetch_all(pool),
-    )
-    .await?;
+    let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM prodbox.sandboxes {filter}"
+    )));
+    let query = match keys {
+        Some(keys) => query.bind(keys),
+        None => query,
+    };
+    io("reading the directory", query.fetch_all(pool)).await
+}
+
+/// Reads the whole table into the snapshot.
+async fn full_sync(shared: &Weak<Shared>, pool: &PgPool) -> Result<(), Ended> {
+    let rows = read_rows(shared, pool, "", None).await?;
     let shared = shared.upgrade().ok_or(Ended::Dropped)?;
     shared.entries.replace_all(entries_of(&rows));
     shared.heard();
@@ -176,18 +187,7 @@ async fn session_on(
             continue;
         }
         let keys: Vec<&str> = gathered.keys.iter().map(SandboxKey::as_str).collect();
-        if let Some(shared) = shared.upgrade() {
-            shared.reads.fetch_add(1, Ordering::Relaxed);
-        }
-        let rows = io(
-            "reading directory entries",
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM prodbox.sandboxes WHERE key = ANY($1)"
-            )))
-            .bind(&keys)
-            .fetch_all(pool),
-        )
-        .await?;
+        let rows = read_rows(shared, pool, "WHERE key = ANY($1)", Some(&keys)).await?;
         let shared = shared.upgrade().ok_or(Ended::Dropped)?;
         let mut found = std::collections::BTreeSet::new();
         for row in &rows {
