@@ -329,25 +329,29 @@ mod empty {
         out
     }
 
+    /// Contexts that are not empty, one of each kind: a value, a span, suppression.
+    pub(super) fn others() -> [Context; 3] {
+        let span = SpanContext::new(
+            TraceId::from(1),
+            SpanId::from(1),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::NONE,
+        );
+        [
+            Context::new().with_value(Probe),
+            Context::new().with_remote_span_context(span),
+            Context::new().with_telemetry_suppressed(),
+        ]
+    }
+
     /// The `Debug` text of an empty context, if it differs from every non-empty one tried.
     fn reference() -> Option<&'static str> {
         static REFERENCE: OnceLock<Option<Box<str>>> = OnceLock::new();
         REFERENCE
             .get_or_init(|| {
                 let empty = debug(&Context::new());
-                let span = SpanContext::new(
-                    TraceId::from(1),
-                    SpanId::from(1),
-                    TraceFlags::SAMPLED,
-                    true,
-                    TraceState::NONE,
-                );
-                let others = [
-                    Context::new().with_value(Probe),
-                    Context::new().with_remote_span_context(span),
-                    Context::new().with_telemetry_suppressed(),
-                ];
-                others
+                others()
                     .iter()
                     .all(|cx| debug(cx) != empty)
                     .then(|| empty.into_boxed_str())
@@ -665,27 +669,15 @@ mod tests {
 
     #[test]
     fn only_an_empty_context_counts_as_empty() {
-        use opentelemetry::trace::{
-            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-        };
         struct Other;
-        let span = SpanContext::new(
-            TraceId::from(7),
-            SpanId::from(7),
-            TraceFlags::SAMPLED,
-            true,
-            TraceState::NONE,
-        );
         // Fails if OpenTelemetry's `Debug` stops telling contexts apart: sharing is then off.
         assert!(empty::is_empty(&Context::new()));
         assert!(empty::is_empty(&Context::current()));
-        for cx in [
+        for cx in empty::others().into_iter().chain([
             Context::new().with_value(Other),
-            Context::new().with_remote_span_context(span),
-            Context::new().with_telemetry_suppressed(),
             Context::new().with_baggage([opentelemetry::KeyValue::new("k", "v")]),
             SandboxContext::baseline(ForeignMembers::default()).attach_to(&Context::new()),
-        ] {
+        ]) {
             assert!(!empty::is_empty(&cx), "{cx:?}");
         }
     }

@@ -501,6 +501,13 @@ impl Drop for CallGuard {
 mod tests {
     use super::*;
 
+    /// Guardrails with only a circuit breaker.
+    fn breaker(failures: u32, open_for: Duration) -> Guardrails {
+        Guardrails::builder()
+            .circuit_breaker(failures, open_for)
+            .build()
+    }
+
     fn key(s: &str) -> SandboxKey {
         s.parse().unwrap()
     }
@@ -519,9 +526,7 @@ mod tests {
 
     #[test]
     fn breaker_opens_after_failures_and_half_opens() {
-        let g = Guardrails::builder()
-            .circuit_breaker(2, Duration::from_millis(0))
-            .build();
+        let g = breaker(2, Duration::from_millis(0));
         let k = key("a");
         g.outbound(&k, "billing").unwrap().failure();
         g.outbound(&k, "billing").unwrap().failure();
@@ -533,9 +538,7 @@ mod tests {
         assert!(g.outbound(&k, "billing").is_ok());
         assert!(g.outbound(&k, "orders").is_ok(), "per destination");
 
-        let g = Guardrails::builder()
-            .circuit_breaker(1, Duration::from_secs(3600))
-            .build();
+        let g = breaker(1, Duration::from_secs(3600));
         g.outbound(&k, "billing").unwrap().failure();
         let err = g.outbound(&k, "billing").unwrap_err();
         assert!(err.retry_after > Duration::from_secs(3000));
@@ -544,9 +547,7 @@ mod tests {
 
     #[test]
     fn a_success_from_before_the_breaker_opened_does_not_close_it() {
-        let g = Guardrails::builder()
-            .circuit_breaker(1, Duration::from_secs(3600))
-            .build();
+        let g = breaker(1, Duration::from_secs(3600));
         let k = key("a");
         let slow = g.outbound(&k, "billing").unwrap();
         g.outbound(&k, "billing").unwrap().failure();
