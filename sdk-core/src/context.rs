@@ -329,15 +329,15 @@ mod empty {
         out
     }
 
+    /// A sampled remote span context, `n` for its ids.
+    pub(super) fn span(n: u64) -> SpanContext {
+        let (trace, span) = (TraceId::from(u128::from(n)), SpanId::from(n));
+        SpanContext::new(trace, span, TraceFlags::SAMPLED, true, TraceState::NONE)
+    }
+
     /// Contexts that are not empty, one of each kind: a value, a span, suppression.
     pub(super) fn others() -> [Context; 3] {
-        let span = SpanContext::new(
-            TraceId::from(1),
-            SpanId::from(1),
-            TraceFlags::SAMPLED,
-            true,
-            TraceState::NONE,
-        );
+        let span = span(1);
         [
             Context::new().with_value(Probe),
             Context::new().with_remote_span_context(span),
@@ -684,9 +684,7 @@ mod tests {
 
     #[test]
     fn attaching_to_an_empty_context_shares_the_mirror_and_to_any_other_keeps_it_whole() {
-        use opentelemetry::trace::{
-            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-        };
+        use opentelemetry::trace::TraceContextExt;
         #[derive(Debug, PartialEq)]
         struct Other(u8);
         let sandbox = || {
@@ -725,13 +723,7 @@ mod tests {
         ));
 
         // A parent with a value, a span or suppression keeps them, with a mirror of its own.
-        let span = SpanContext::new(
-            TraceId::from(9),
-            SpanId::from(9),
-            TraceFlags::SAMPLED,
-            true,
-            TraceState::NONE,
-        );
+        let span = empty::span(9);
         let parent = Context::new()
             .with_value(Other(1))
             .with_remote_span_context(span.clone())
