@@ -349,16 +349,7 @@ impl Provisioner {
                 .map_err(failed)?;
             return self.provision(conn, sandbox).await;
         }
-        sqlx::query(
-            "UPDATE prodbox.sandbox_schemas
-             SET last_used_at = now(), expires_at = GREATEST(expires_at, to_timestamp($2))
-             WHERE key = $1",
-        )
-        .bind(key.as_str())
-        .bind(self.expiry(sandbox))
-        .execute(&mut *conn)
-        .await
-        .map_err(failed)?;
+        self.record_use(conn, sandbox).await.map_err(failed)?;
         // Recorded (by this process or another): the role is made what a sandbox role must be
         // again, whatever the sandbox changed about it, and the check is run again, as grants
         // to PUBLIC may have been added since.
@@ -465,21 +456,30 @@ impl Provisioner {
         }
     }
 
+    /// Records that `sandbox` is in use now, extending an expiry that was derived from use.
+    async fn record_use(
+        &self,
+        conn: &mut PgConnection,
+        sandbox: &Sandbox,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE prodbox.sandbox_schemas
+             SET last_used_at = now(), expires_at = GREATEST(expires_at, to_timestamp($2))
+             WHERE key = $1",
+        )
+        .bind(sandbox.key().as_str())
+        .bind(self.expiry(sandbox))
+        .execute(conn)
+        .await
+        .map(drop)
+    }
+
     /// Records that `sandbox` is in use and extends an expiry that was derived from use, and
     /// runs the exposure check again: a grant to PUBLIC added since refuses the sandbox.
     pub(crate) async fn touch(&self, sandbox: &Sandbox) -> Result<(), SandboxDbError> {
         let key = sandbox.key();
         self.on_connection(key, async |conn| {
-            sqlx::query(
-                "UPDATE prodbox.sandbox_schemas
-                 SET last_used_at = now(), expires_at = GREATEST(expires_at, to_timestamp($2))
-                 WHERE key = $1",
-            )
-            .bind(key.as_str())
-            .bind(self.expiry(sandbox))
-            .execute(&mut *conn)
-            .await
-            .map_err(failed(key))?;
+            self.record_use(conn, sandbox).await.map_err(failed(key))?;
             let role = self.role(conn, key).await.map_err(failed(key))?;
             self.check_exposure(conn, key, &role).await
         })
