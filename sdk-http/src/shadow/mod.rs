@@ -193,34 +193,6 @@ struct Settings {
     compare: Option<Arc<dyn Compare>>,
 }
 
-/// A client that can send shadow copies ([`ShadowLayer::client`]): any cloneable Tower service
-/// from a `Full<Bytes>` request to a response, whose errors convert to a [`BoxError`].
-pub trait CopyClient<B>:
-    Service<
-        Request<Full<Bytes>>,
-        Response = Response<B>,
-        Error: Into<BoxError>,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<C, B> CopyClient<B> for C where
-    C: Service<
-            Request<Full<Bytes>>,
-            Response = Response<B>,
-            Error: Into<BoxError>,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
-
 /// What every clone of the layer and its services share: the sampling counter, the queue.
 #[derive(Default)]
 struct State {
@@ -344,8 +316,11 @@ impl ShadowLayer {
     /// Sends copies with `client` instead of hyper-util's legacy client.
     pub fn client<C, B>(self, client: C) -> Self
     where
-        C: CopyClient<B>,
-        B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+        C: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        C::Error: Into<BoxError>,
+        C::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
     {
         let client = Sender::from_service(client);
         self.with(|s| s.client = client)

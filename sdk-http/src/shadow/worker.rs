@@ -20,6 +20,7 @@ use prodbox_core::egress::Egress;
 use prodbox_core::plumbing::metrics::ShadowOutcome;
 use prodbox_core::{FutureExt, SandboxContext};
 use tokio::sync::{Semaphore, mpsc};
+use tower_service::Service;
 
 use super::hooks::{Compare, Observed, Scrub};
 use super::pending::{Copy, DropReason, dropped, record};
@@ -37,8 +38,11 @@ pub(crate) struct Sender(Arc<dyn Fn(Request<Full<Bytes>>) -> SendFuture + Send +
 impl Sender {
     pub(crate) fn from_service<C, B>(client: C) -> Self
     where
-        C: super::CopyClient<B>,
-        B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+        C: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        C::Error: Into<BoxError>,
+        C::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
     {
         Self(Arc::new(move |req| {
             let mut client = client.clone();
