@@ -95,6 +95,17 @@ SELECT finding FROM (
     FROM role, prodbox.sandbox_dependencies_v1(
              (SELECT oid FROM pg_namespace WHERE nspname = role.own)) d
     UNION ALL
+    -- Its objects that production's own work evaluates, calling its code: ANALYZE and
+    -- autovacuum would run it in production's sessions, past every bound, and restoring a dump
+    -- as the superuser.
+    SELECT d || ' (production''s ANALYZE, VACUUM or a restore of a dump would run it: drop it)'
+    FROM role, prodbox.sandbox_code_v1(
+             (SELECT oid FROM pg_namespace WHERE nspname = role.own)) d
+    UNION ALL
+    -- Its grants and policies naming production's roles.
+    SELECT d || ' (REVOKE it, or drop the object)'
+    FROM role, prodbox.foreign_grants_v1(role.name) d
+    UNION ALL
     -- Foreign servers: foreign tables made by the sandbox reach whatever the server does.
     SELECT format('foreign server %I: USAGE (REVOKE USAGE ON FOREIGN SERVER %I FROM PUBLIC)',
                   s.srvname, s.srvname)
@@ -176,48 +187,147 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
                                          WHERE d.refclassid = 'pg_type'::regclass
                                            AND t.oid = d.refobjid)))
 $f$;
+CREATE OR REPLACE FUNCTION prodbox.sandbox_objects_v1(space oid)
+RETURNS TABLE (classid oid, objid oid)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+    SELECT 'pg_class'::regclass::oid, oid FROM pg_class WHERE relnamespace = space
+    UNION ALL SELECT 'pg_proc'::regclass, oid FROM pg_proc WHERE pronamespace = space
+    UNION ALL SELECT 'pg_type'::regclass, oid FROM pg_type WHERE typnamespace = space
+    UNION ALL SELECT 'pg_constraint'::regclass, oid FROM pg_constraint
+              WHERE connamespace = space
+    UNION ALL SELECT 'pg_operator'::regclass, oid FROM pg_operator WHERE oprnamespace = space
+    UNION ALL SELECT 'pg_statistic_ext'::regclass, oid FROM pg_statistic_ext
+              WHERE stxnamespace = space
+    UNION ALL SELECT 'pg_opclass'::regclass, oid FROM pg_opclass WHERE opcnamespace = space
+    UNION ALL SELECT 'pg_opfamily'::regclass, oid FROM pg_opfamily WHERE opfnamespace = space
+    UNION ALL SELECT 'pg_collation'::regclass, oid FROM pg_collation
+              WHERE collnamespace = space
+    UNION ALL SELECT 'pg_conversion'::regclass, oid FROM pg_conversion
+              WHERE connamespace = space
+    UNION ALL SELECT 'pg_ts_config'::regclass, oid FROM pg_ts_config
+              WHERE cfgnamespace = space
+    UNION ALL SELECT 'pg_ts_dict'::regclass, oid FROM pg_ts_dict WHERE dictnamespace = space
+    -- Casts and transforms belong to no schema: those of the schema's types are its.
+    UNION ALL SELECT 'pg_cast'::regclass, c.oid FROM pg_cast c
+              JOIN pg_type t ON t.oid IN (c.castsource, c.casttarget)
+              WHERE t.typnamespace = space
+    UNION ALL SELECT 'pg_transform'::regclass, x.oid FROM pg_transform x
+              JOIN pg_type t ON t.oid = x.trftype WHERE t.typnamespace = space
+$f$;
+CREATE OR REPLACE FUNCTION prodbox.production_runs_v1(classids oid[], objids oid[])
+RETURNS SETOF text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+    WITH roots (classid, objid) AS (SELECT * FROM unnest(classids, objids)),
+    rels AS (SELECT objid AS oid FROM roots WHERE classid = 'pg_class'::regclass),
+    types AS (SELECT objid AS oid FROM roots WHERE classid = 'pg_type'::regclass),
+    -- What production's own work evaluates: ANALYZE, VACUUM, REINDEX and CLUSTER evaluate
+    -- index expressions and predicates, statistics expressions, partition keys and the
+    -- functions of range types; restoring a dump evaluates constraints, domains and
+    -- generated columns as whoever restores it.
+    evaluated (classid, objid) AS (
+        SELECT r.classid, r.objid FROM roots r
+        WHERE r.classid IN ('pg_type'::regclass, 'pg_constraint'::regclass,
+                            'pg_attrdef'::regclass, 'pg_statistic_ext'::regclass,
+                            'pg_opclass'::regclass, 'pg_opfamily'::regclass)
+           OR (r.classid = 'pg_class'::regclass
+               AND (SELECT relkind FROM pg_class WHERE oid = r.objid) IN ('r', 'p', 'm', 'i', 'I'))
+        UNION ALL SELECT 'pg_class'::regclass, indexrelid FROM pg_index
+                  WHERE indrelid IN (SELECT oid FROM rels)
+        UNION ALL SELECT 'pg_constraint'::regclass, oid FROM pg_constraint
+                  WHERE conrelid IN (SELECT oid FROM rels) OR contypid IN (SELECT oid FROM types)
+        UNION ALL SELECT 'pg_attrdef'::regclass, oid FROM pg_attrdef
+                  WHERE adrelid IN (SELECT oid FROM rels)
+        UNION ALL SELECT 'pg_statistic_ext'::regclass, oid FROM pg_statistic_ext
+                  WHERE stxrelid IN (SELECT oid FROM rels)
+    ),
+    deps (classid, objid, refclassid, refobjid) AS (
+        SELECT d.classid, d.objid, d.refclassid, d.refobjid
+        FROM evaluated e JOIN pg_depend d ON d.classid = e.classid AND d.objid = e.objid
+        WHERE d.deptype IN ('n', 'a')
+        -- An operator class or family runs its support functions and operators.
+        UNION ALL SELECT e.classid, e.objid, 'pg_proc'::regclass, ap.amproc::oid
+        FROM evaluated e JOIN pg_amproc ap
+             ON (e.classid = 'pg_opfamily'::regclass AND ap.amprocfamily = e.objid)
+             OR (e.classid = 'pg_opclass'::regclass
+                 AND ap.amprocfamily = (SELECT opcfamily FROM pg_opclass WHERE oid = e.objid))
+        UNION ALL SELECT e.classid, e.objid, 'pg_operator'::regclass, ao.amopopr
+        FROM evaluated e JOIN pg_amop ao
+             ON (e.classid = 'pg_opfamily'::regclass AND ao.amopfamily = e.objid)
+             OR (e.classid = 'pg_opclass'::regclass
+                 AND ao.amopfamily = (SELECT opcfamily FROM pg_opclass WHERE oid = e.objid))
+    ),
+    -- The function each dependency runs.
+    called (classid, objid, proc) AS (
+        SELECT classid, objid, refobjid FROM deps WHERE refclassid = 'pg_proc'::regclass
+        UNION ALL SELECT d.classid, d.objid, o.oprcode::oid FROM deps d
+                  JOIN pg_operator o ON o.oid = d.refobjid
+                  WHERE d.refclassid = 'pg_operator'::regclass
+        UNION ALL SELECT d.classid, d.objid, c.castfunc FROM deps d
+                  JOIN pg_cast c ON c.oid = d.refobjid
+                  WHERE d.refclassid = 'pg_cast'::regclass AND c.castfunc <> 0
+        UNION ALL SELECT d.classid, d.objid, ap.amproc::oid FROM deps d
+                  JOIN pg_opclass oc ON oc.oid = d.refobjid
+                  JOIN pg_amproc ap ON ap.amprocfamily = oc.opcfamily
+                  WHERE d.refclassid = 'pg_opclass'::regclass
+    )
+    SELECT DISTINCT format('%s runs %s, which is neither the system''s nor an extension''s',
+                           pg_describe_object(c.classid, c.objid, 0), p.oid::regprocedure)
+    FROM called c JOIN pg_proc p ON p.oid = c.proc
+    WHERE p.pronamespace <> 'pg_catalog'::regnamespace
+      AND NOT EXISTS (SELECT 1 FROM pg_depend x
+                      WHERE x.classid = 'pg_proc'::regclass AND x.objid = p.oid
+                        AND x.deptype = 'e')
+$f$;
+CREATE OR REPLACE FUNCTION prodbox.foreign_grants_v1(owner text) RETURNS SETOF text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+    SELECT DISTINCT format('%s grants to role %I, whose DROP ROLE then fails',
+                           pg_describe_object(a.classid, a.objid, 0), r.rolname)
+    FROM pg_shdepend o
+    JOIN pg_shdepend a ON a.dbid = o.dbid AND a.classid = o.classid AND a.objid = o.objid
+    JOIN pg_roles r ON r.oid = a.refobjid
+    WHERE o.deptype = 'o' AND a.deptype IN ('a', 'r')
+      AND o.refobjid = (SELECT oid FROM pg_roles WHERE rolname = owner)
+      AND o.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND a.refclassid = 'pg_authid'::regclass AND r.rolname <> owner
+      AND r.rolname NOT LIKE 'sbxr\_%'
+    UNION
+    -- Policies have no owner of their own: those on its tables are its.
+    SELECT format('%s names role %I, whose DROP ROLE then fails',
+                  pg_describe_object('pg_policy'::regclass, p.oid, 0), r.rolname)
+    FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+    JOIN pg_roles o ON o.oid = c.relowner
+    JOIN pg_roles r ON r.oid = ANY (p.polroles)
+    WHERE o.rolname = owner AND r.rolname <> owner AND r.rolname NOT LIKE 'sbxr\_%'
+$f$;
 CREATE OR REPLACE FUNCTION prodbox.sandbox_dependencies_v1(space oid) RETURNS SETOF text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
-    WITH objects (classid, objid) AS (
-        SELECT 'pg_class'::regclass::oid, oid FROM pg_class WHERE relnamespace = space
-        UNION ALL SELECT 'pg_proc'::regclass, oid FROM pg_proc WHERE pronamespace = space
-        UNION ALL SELECT 'pg_type'::regclass, oid FROM pg_type WHERE typnamespace = space
-        UNION ALL SELECT 'pg_constraint'::regclass, oid FROM pg_constraint
-                  WHERE connamespace = space
-        UNION ALL SELECT 'pg_operator'::regclass, oid FROM pg_operator WHERE oprnamespace = space
-        UNION ALL SELECT 'pg_statistic_ext'::regclass, oid FROM pg_statistic_ext
-                  WHERE stxnamespace = space
-        UNION ALL SELECT 'pg_opclass'::regclass, oid FROM pg_opclass WHERE opcnamespace = space
-        UNION ALL SELECT 'pg_opfamily'::regclass, oid FROM pg_opfamily WHERE opfnamespace = space
-        UNION ALL SELECT 'pg_collation'::regclass, oid FROM pg_collation
-                  WHERE collnamespace = space
-        UNION ALL SELECT 'pg_conversion'::regclass, oid FROM pg_conversion
-                  WHERE connamespace = space
-        UNION ALL SELECT 'pg_ts_config'::regclass, oid FROM pg_ts_config
-                  WHERE cfgnamespace = space
-        UNION ALL SELECT 'pg_ts_dict'::regclass, oid FROM pg_ts_dict WHERE dictnamespace = space
-        -- Casts and transforms belong to no schema: those of the schema's types are its.
-        UNION ALL SELECT 'pg_cast'::regclass, c.oid FROM pg_cast c
-                  JOIN pg_type t ON t.oid IN (c.castsource, c.casttarget)
-                  WHERE t.typnamespace = space
-        UNION ALL SELECT 'pg_transform'::regclass, x.oid FROM pg_transform x
-                  JOIN pg_type t ON t.oid = x.trftype WHERE t.typnamespace = space)
+    WITH objects AS (SELECT * FROM prodbox.sandbox_objects_v1(space))
     SELECT prodbox.foreign_dependencies_v1(
         ARRAY(SELECT classid FROM objects ORDER BY classid, objid),
         ARRAY(SELECT objid FROM objects ORDER BY classid, objid),
         ARRAY[space])
 $f$;
+CREATE OR REPLACE FUNCTION prodbox.sandbox_code_v1(space oid) RETURNS SETOF text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+    WITH objects AS (SELECT * FROM prodbox.sandbox_objects_v1(space))
+    SELECT prodbox.production_runs_v1(ARRAY(SELECT classid FROM objects),
+                                      ARRAY(SELECT objid FROM objects))
+$f$;
 REVOKE EXECUTE ON FUNCTION prodbox.is_sandbox_schema_v1(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION prodbox.foreign_dependencies_v1(oid[], oid[], oid[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION prodbox.sandbox_dependencies_v1(oid) FROM PUBLIC;
-COMMENT ON FUNCTION prodbox.sandbox_dependencies_v1(oid) IS 'prodbox dependencies 2';
+REVOKE EXECUTE ON FUNCTION prodbox.sandbox_objects_v1(oid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION prodbox.production_runs_v1(oid[], oid[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION prodbox.foreign_grants_v1(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION prodbox.sandbox_code_v1(oid) FROM PUBLIC;
+COMMENT ON FUNCTION prodbox.sandbox_dependencies_v1(oid) IS 'prodbox dependencies 3';
 "#;
 
 /// Whether [`DEPENDENCIES`] is in place as this version writes it (the comment names the
 /// version, so that a database set up by an older one gets the functions again).
 pub(crate) const DEPENDENCIES_READY: &str = "
 coalesce(obj_description(to_regprocedure('prodbox.sandbox_dependencies_v1(oid)'), 'pg_proc'), '')
-    = 'prodbox dependencies 2'";
+    = 'prodbox dependencies 3'";
 
 /// The event trigger that refuses a sandbox's DDL command when the objects it made or changed
 /// depend on production's (anything outside the sandbox's schema and its temporary one).
@@ -243,12 +353,25 @@ BEGIN
         RAISE EXCEPTION 'prodbox: % (a sandbox''s objects may not depend on production''s)', found
             USING ERRCODE = '42501';
     END IF;
+    SELECT d INTO found FROM prodbox.production_runs_v1(
+        ARRAY(SELECT classid FROM pg_event_trigger_ddl_commands()),
+        ARRAY(SELECT objid FROM pg_event_trigger_ddl_commands())) d
+    LIMIT 1;
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION 'prodbox: % (production''s ANALYZE, VACUUM or a restore of a dump would run a sandbox''s code)', found
+            USING ERRCODE = '42501';
+    END IF;
+    SELECT d INTO found FROM prodbox.foreign_grants_v1(session_user::text) d LIMIT 1;
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION 'prodbox: % (a sandbox may grant only to PUBLIC and sandboxes)', found
+            USING ERRCODE = '42501';
+    END IF;
 END $f$;
 REVOKE EXECUTE ON FUNCTION prodbox.sandbox_ddl_guard_v1() FROM PUBLIC;
 DROP EVENT TRIGGER IF EXISTS prodbox_sandbox_ddl_v1;
 CREATE EVENT TRIGGER prodbox_sandbox_ddl_v1 ON ddl_command_end
     EXECUTE FUNCTION prodbox.sandbox_ddl_guard_v1();
-COMMENT ON FUNCTION prodbox.sandbox_ddl_guard_v1() IS 'prodbox guard 2';
+COMMENT ON FUNCTION prodbox.sandbox_ddl_guard_v1() IS 'prodbox guard 3';
 "#;
 
 /// Whether [`GUARD`] is in place as this version writes it, or cannot be (the provisioning
@@ -256,7 +379,7 @@ COMMENT ON FUNCTION prodbox.sandbox_ddl_guard_v1() IS 'prodbox guard 2';
 pub(crate) const GUARD_READY: &str = "
 SELECT (EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'prodbox_sandbox_ddl_v1')
         AND coalesce(obj_description(to_regprocedure('prodbox.sandbox_ddl_guard_v1()'),
-                                     'pg_proc'), '') = 'prodbox guard 2')
+                                     'pg_proc'), '') = 'prodbox guard 3')
     OR NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)";
 
 /// At most this many findings are reported (enough to act on; `prodbox doctor` lists all).

@@ -13,9 +13,26 @@ use std::time::{Duration, Instant};
 
 use common::{migrator, parse_key, role_of, sandbox};
 use prodbox_core::FutureExt;
-use prodbox_db::SandboxPool;
+use prodbox_db::{SandboxDbError, SandboxPool};
 use prodbox_testkit::pg::{TestDatabase, quote, require_postgres, schema_exists, unique_key};
 use sqlx::{AssertSqlSafe, Executor};
+
+/// A sandbox's DDL that production's own work would run the code of: refused as it runs (the
+/// event trigger, typed and audited), or made (then what follows must still hold).
+/// Returns whether it was made.
+fn refused_or_made(made: Result<(), sqlx::Error>, what: &str) -> bool {
+    let Err(error) = made else {
+        return true;
+    };
+    assert!(
+        matches!(
+            SandboxDbError::of(&error),
+            Some(SandboxDbError::ProductionAccessRefused { .. })
+        ),
+        "{what}: {error}"
+    );
+    false
+}
 
 async fn production() -> TestDatabase {
     require_postgres().await;
@@ -80,7 +97,7 @@ async fn production_analyze_never_runs_a_sandboxs_code_in_productions_session() 
         .statement_bound(Duration::from_secs(2))
         .build();
     let key = unique_key("r9an");
-    in_sandbox(
+    let made = in_sandbox(
         &pool,
         &key,
         "CREATE TABLE ran (who text, timeout text, pid int);
@@ -105,8 +122,8 @@ async fn production_analyze_never_runs_a_sandboxs_code_in_productions_session() 
          CREATE INDEX bait_trap ON bait (trap(n));
          DELETE FROM ran;",
     )
-    .await
-    .expect("the sandbox indexes its own table on its own function");
+    .await;
+    let made = refused_or_made(made, "an index on the sandbox's own function");
 
     // Production's routine maintenance (what autovacuum and `vacuumdb --analyze` run), on a
     // connection of its own that goes on serving production afterwards.
@@ -127,13 +144,18 @@ async fn production_analyze_never_runs_a_sandboxs_code_in_productions_session() 
     .fetch_one(db.pool())
     .await
     .unwrap();
-    let runs: Vec<(String, String, i32)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT who, timeout, pid FROM {}.ran",
-        quote(&common::schema_of(&key))
-    )))
-    .fetch_all(db.pool())
-    .await
-    .unwrap();
+    // Refused as one statement batch, nothing of it was made: nothing could run.
+    let runs: Vec<(String, String, i32)> = if made {
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT who, timeout, pid FROM {}.ran",
+            quote(&common::schema_of(&key))
+        )))
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+    } else {
+        Vec::new()
+    };
     let role = role_of(&db, &key);
     let outside: Vec<&(String, String, i32)> =
         runs.iter().filter(|(who, _, _)| *who != role).collect();
@@ -231,7 +253,7 @@ async fn restoring_a_dump_of_production_never_runs_a_sandboxs_code_as_the_superu
     let db = production().await;
     let pool = sandbox_pool(&db).await;
     let key = unique_key("r9dump");
-    in_sandbox(
+    let made = in_sandbox(
         &pool,
         &key,
         "CREATE FUNCTION fine(int) RETURNS boolean LANGUAGE plpgsql AS $$
@@ -245,8 +267,8 @@ async fn restoring_a_dump_of_production_never_runs_a_sandboxs_code_as_the_superu
          CREATE TABLE guarded (n int CHECK (fine(n)));
          INSERT INTO guarded VALUES (1);",
     )
-    .await
-    .expect("the sandbox makes a checked table of its own");
+    .await;
+    let _ = refused_or_made(made, "a CHECK calling the sandbox's own function");
     let copy = TestDatabase::create_with(2).await;
     let dump = std::process::Command::new("pg_dump")
         .arg(db.url())
@@ -344,4 +366,68 @@ async fn a_sandbox_cannot_keep_production_from_dropping_its_roles() {
         .await;
     eprintln!("sandbox's grant: {granted:?}; production's DROP ROLE: {dropped:?}");
     dropped.expect("production's DROP ROLE failed because of a sandbox's grant");
+}
+
+/// Where provisioning is no superuser (no event trigger), the exposure check finds what the
+/// trigger refuses: an index on the sandbox's own function and a grant to a production role
+/// refuse the sandbox from the next pool a process opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_event_trigger_the_check_finds_code_production_would_run_and_foreign_grants() {
+    let db = production().await;
+    let pool = sandbox_pool(&db).await;
+    let production_role = format!("r9_audit_{}", std::process::id());
+    db.pool()
+        .execute(AssertSqlSafe(format!(
+            "CREATE ROLE {}",
+            quote(&production_role)
+        )))
+        .await
+        .unwrap();
+    let mut found = Vec::new();
+    for (what, sql) in [
+        (
+            "an index on its own function",
+            "CREATE FUNCTION f(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1';
+             CREATE TABLE t (n int); CREATE INDEX ON t (f(n))"
+                .to_owned(),
+        ),
+        (
+            "a grant to a production role",
+            format!("GRANT SELECT ON orders TO {}", quote(&production_role)),
+        ),
+    ] {
+        let key = unique_key("r9nt");
+        in_sandbox(&pool, &key, "SELECT 1")
+            .await
+            .expect("provision");
+        db.pool()
+            .execute("DROP EVENT TRIGGER prodbox_sandbox_ddl_v1")
+            .await
+            .unwrap();
+        in_sandbox(&pool, &key, &sql)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: made without a trigger: {e}"));
+        // Another process opens the sandbox's pool: the check runs there.
+        let opened = in_sandbox(&sandbox_pool(&db).await, &key, "SELECT 1").await;
+        let _ = pool.drop_sandbox(&parse_key(&key)).await;
+        found.push((what, opened));
+    }
+    db.cleanup().await;
+    let mut admin = prodbox_testkit::pg::admin_connection().await;
+    let _ = admin
+        .execute(AssertSqlSafe(format!(
+            "DROP ROLE IF EXISTS {}",
+            quote(&production_role)
+        )))
+        .await;
+    for (what, opened) in found {
+        let error = opened.expect_err(what);
+        assert!(
+            matches!(
+                SandboxDbError::of(&error),
+                Some(SandboxDbError::ProductionExposed { .. })
+            ),
+            "{what}: {error}"
+        );
+    }
 }

@@ -12,7 +12,9 @@ use crate::names::{quote, schema_name};
 
 /// The next statements that drop some of the objects in schema `$1` (at most 100 relations,
 /// 200 routines or 200 types, partitions before their parents): none once only what `DROP
-/// SCHEMA` takes few locks for is left.
+/// SCHEMA` takes few locks for is left. An object another one requires (an identity column's
+/// sequence, a range type's constructors: an internal dependency) cannot be dropped on its
+/// own, even with `CASCADE`; it goes with its owner.
 const DROP_BATCH: &str = "
 WITH space AS (SELECT oid FROM pg_namespace WHERE nspname = $1),
 rels AS (
@@ -21,13 +23,19 @@ rels AS (
                                  WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END AS kind
     FROM pg_class c, space
     WHERE c.relnamespace = space.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c')
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                                  AND d.objid = c.oid AND d.deptype = 'i')
     ORDER BY c.relispartition DESC, c.oid LIMIT 100),
 routines AS (
-    SELECT p.oid FROM pg_proc p, space WHERE p.pronamespace = space.oid LIMIT 200),
+    SELECT p.oid FROM pg_proc p, space WHERE p.pronamespace = space.oid
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                                  AND d.objid = p.oid AND d.deptype = 'i') LIMIT 200),
 types AS (
     SELECT t.oid, CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END AS kind
     FROM pg_type t, space
-    WHERE t.typnamespace = space.oid AND t.typtype IN ('d', 'e', 'r') LIMIT 200)
+    WHERE t.typnamespace = space.oid AND t.typtype IN ('d', 'e', 'r')
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass
+                                  AND d.objid = t.oid AND d.deptype = 'i') LIMIT 200)
 SELECT format('DROP %s IF EXISTS %s CASCADE', kind, string_agg(oid::regclass::text, ', '))
 FROM rels GROUP BY kind
 UNION ALL
