@@ -8,28 +8,12 @@
 
 mod common;
 
-use common::{migrator, orders_in, sandbox};
+use common::{migrator, orders_in, production, sandbox};
 use prodbox_core::FutureExt;
 use prodbox_db::{SandboxDbError, SandboxPool};
 use prodbox_testkit::AuditLog;
-use prodbox_testkit::pg::{TestDatabase, require_postgres, schema_exists, unique_key};
+use prodbox_testkit::pg::{TestDatabase, schema_exists, unique_key};
 use sqlx::{AssertSqlSafe, Executor};
-
-/// Production `orders` with three rows, and a large object.
-async fn production() -> TestDatabase {
-    require_postgres().await;
-    let db = TestDatabase::create_with(5).await;
-    migrator("orders")
-        .await
-        .run(db.pool())
-        .await
-        .expect("migrate production");
-    db.pool()
-        .execute("INSERT INTO orders (item, amount) VALUES ('p1', 10), ('p2', 20), ('p3', 30)")
-        .await
-        .expect("seed production");
-    db
-}
 
 /// What production looks like: its rows, its sequence, its schemas and functions.
 async fn state(db: &TestDatabase) -> (Vec<(i64, String)>, i64, Vec<i32>, Vec<String>) {
@@ -123,7 +107,7 @@ async fn a_grant_that_exposes_production_refuses_the_sandbox() {
     let mut table =
         String::from("| grant on production | the sandbox's attack | outcome |\n|---|---|---|\n");
     for exposure in EXPOSURES {
-        let db = production().await;
+        let db = production(3).await;
         db.pool().execute(exposure.grant).await.unwrap();
         let before = state(&db).await;
         let pool = SandboxPool::builder(db.pool().clone())
@@ -189,7 +173,7 @@ async fn a_grant_that_exposes_production_refuses_the_sandbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_added_while_the_sandbox_lives_refuses_it_from_the_next_pool_on() {
-    let db = production().await;
+    let db = production(3).await;
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("orders").await)
         .build();

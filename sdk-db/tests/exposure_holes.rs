@@ -8,49 +8,13 @@
 
 mod common;
 
-use common::{migrator, orders_in, parse_key, sandbox, schema_of};
+use common::{
+    admin, in_sandbox, orders_in, parse_key, production, sandbox, sandbox_pool, schema_of,
+};
 use prodbox_core::FutureExt;
-use prodbox_db::{SandboxDbError, SandboxPool};
-use prodbox_testkit::pg::{TestDatabase, quote, require_postgres, unique_key};
-use sqlx::{AssertSqlSafe, Executor};
-
-/// Production `orders` with two rows, as in the other tests.
-async fn production() -> TestDatabase {
-    require_postgres().await;
-    let db = TestDatabase::create_with(5).await;
-    migrator("orders")
-        .await
-        .run(db.pool())
-        .await
-        .expect("migrate production");
-    db.pool()
-        .execute("INSERT INTO orders (item, amount) VALUES ('p1', 10), ('p2', 20)")
-        .await
-        .expect("seed production");
-    db
-}
-
-async fn sandbox_pool(db: &TestDatabase) -> SandboxPool {
-    SandboxPool::builder(db.pool().clone())
-        .migrations(migrator("orders").await)
-        .build()
-}
-
-async fn admin(db: &TestDatabase, sql: &str) {
-    db.pool()
-        .execute(AssertSqlSafe(sql.to_owned()))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-/// Runs `sql` in sandbox `key` of `pool` (one simple-query round trip, one connection).
-async fn in_sandbox(pool: &SandboxPool, key: &str, sql: &str) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .in_sandbox(sandbox(key))
-        .await
-        .map(drop)
-}
+use prodbox_db::SandboxDbError;
+use prodbox_testkit::pg::{TestDatabase, quote, unique_key};
+use sqlx::Executor;
 
 async fn amounts(db: &TestDatabase) -> Vec<i32> {
     sqlx::query_scalar("SELECT amount FROM public.orders ORDER BY id")
@@ -69,7 +33,7 @@ async fn amounts(db: &TestDatabase) -> Vec<i32> {
 /// it) then runs the sandbox's code as superuser: it reads and writes production.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_temp_view_shadowing_the_catalogue_never_runs_sandbox_code_as_the_triggers_superuser() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = sandbox_pool(&db).await;
     let key = unique_key("r5su");
     in_sandbox(&pool, &key, "SELECT 1")
@@ -121,7 +85,7 @@ async fn a_temp_view_shadowing_the_catalogue_never_runs_sandbox_code_as_the_trig
 /// until the sandbox is dropped (the exposure check refuses it later, but does not free them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_trigger_refuses_domain_checks_and_composite_types_on_production() {
-    let db = production().await;
+    let db = production(2).await;
     admin(
         &db,
         "CREATE FUNCTION public.positive(int) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT $1 > 0'",
@@ -177,7 +141,7 @@ async fn the_event_trigger_refuses_domain_checks_and_composite_types_on_producti
 /// and production's `DROP TABLE` / `DROP FUNCTION` fail for as long as the sandbox lives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_event_trigger_the_check_finds_casts_operators_and_statistics_on_production() {
-    let db = production().await;
+    let db = production(2).await;
     admin(
         &db,
         "CREATE FUNCTION public.plus(int, int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 + $2'",
@@ -236,7 +200,7 @@ async fn without_the_event_trigger_the_check_finds_casts_operators_and_statistic
 /// sandbox of the database (`db_production_exposed`) until it is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sandbox_granting_create_on_its_schema_to_public_refuses_no_other_sandbox() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = sandbox_pool(&db).await;
     let (a, b) = (unique_key("r5a"), unique_key("r5b"));
     in_sandbox(&pool, &b, "SELECT 1")
@@ -267,7 +231,7 @@ async fn one_sandbox_granting_create_on_its_schema_to_public_refuses_no_other_sa
 /// database is refused until it is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sandbox_granting_its_own_large_object_to_public_refuses_no_other_sandbox() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = sandbox_pool(&db).await;
     let (a, b) = (unique_key("r5la"), unique_key("r5lb"));
     in_sandbox(&pool, &b, "SELECT 1")
@@ -299,7 +263,7 @@ async fn one_sandbox_granting_its_own_large_object_to_public_refuses_no_other_sa
 /// non-privileged role is statistics of others' statements with their text hidden.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_stat_statements_in_production_refuses_no_sandbox() {
-    let db = production().await;
+    let db = production(2).await;
     admin(&db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await;
     let pool = sandbox_pool(&db).await;
     let key = unique_key("r5pss");
@@ -316,7 +280,7 @@ async fn pg_stat_statements_in_production_refuses_no_sandbox() {
 /// it names, over a connection no watchdog sees: a sandbox is refused while PUBLIC has it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_on_a_foreign_data_wrapper_refuses_the_sandbox() {
-    let db = production().await;
+    let db = production(2).await;
     admin(
         &db,
         "CREATE FOREIGN DATA WRAPPER prodbox_test_fdw; \
@@ -342,7 +306,7 @@ async fn usage_on_a_foreign_data_wrapper_refuses_the_sandbox() {
 /// that the tests above fail for their own reason and not the harness's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_read_of_production_is_still_refused() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = sandbox_pool(&db).await;
     let key = unique_key("r5ctl");
     let read = in_sandbox(&pool, &key, "CREATE TABLE s AS SELECT * FROM public.orders").await;

@@ -7,48 +7,11 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{migrator, role_of, sandbox, schema_of};
+use common::{admin, in_sandbox, migrator, production, role_of, sandbox, sandbox_pool, schema_of};
 use prodbox_core::{FutureExt, Sandbox};
 use prodbox_db::{SandboxDbError, SandboxPool};
-use prodbox_testkit::pg::{TestDatabase, quote, require_postgres, schema_exists, unique_key};
+use prodbox_testkit::pg::{quote, schema_exists, unique_key};
 use sqlx::{AssertSqlSafe, Executor};
-
-async fn production() -> TestDatabase {
-    require_postgres().await;
-    let db = TestDatabase::create_with(5).await;
-    migrator("orders")
-        .await
-        .run(db.pool())
-        .await
-        .expect("migrate production");
-    db.pool()
-        .execute("INSERT INTO orders (item) VALUES ('p1'), ('p2')")
-        .await
-        .expect("seed production");
-    db
-}
-
-async fn sandbox_pool(db: &TestDatabase) -> SandboxPool {
-    SandboxPool::builder(db.pool().clone())
-        .migrations(migrator("orders").await)
-        .build()
-}
-
-async fn admin(db: &TestDatabase, sql: &str) {
-    db.pool()
-        .execute(AssertSqlSafe(sql.to_owned()))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-/// Runs `sql` in sandbox `key` of `pool`.
-async fn in_sandbox(pool: &SandboxPool, key: &str, sql: &str) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .in_sandbox(sandbox(key))
-        .await
-        .map(drop)
-}
 
 /// Objects that depend on production's tables and types (a view, a function whose body is
 /// parsed at creation, a table of production's row type, a materialized view) would make
@@ -56,7 +19,7 @@ async fn in_sandbox(pool: &SandboxPool, key: &str, sql: &str) -> Result<(), sqlx
 /// drop table orders because other objects depend on it`). A sandbox may not make them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_cannot_make_objects_production_depends_on() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = sandbox_pool(&db).await;
     let key = unique_key("dep");
     in_sandbox(&pool, &key, "SELECT 1")
@@ -98,7 +61,7 @@ async fn a_sandbox_cannot_make_objects_production_depends_on() {
 /// naming it; dropping the sandbox frees production's DDL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_event_trigger_a_dependency_on_production_refuses_the_sandbox() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("orders").await)
         // A use is recorded, and the check run, every 2 s.
@@ -153,7 +116,7 @@ async fn without_the_event_trigger_a_dependency_on_production_refuses_the_sandbo
 /// ended once it has held it past the bound, as an idle one is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_session_holding_an_advisory_lock_is_ended_past_the_bound() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("orders").await)
         .statement_bound(Duration::from_secs(1))
@@ -214,7 +177,7 @@ async fn a_busy_session_holding_an_advisory_lock_is_ended_past_the_bound() {
 /// migration lock stalls nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_works_without_advisory_locks() {
-    let db = production().await;
+    let db = production(2).await;
     admin(
         &db,
         "REVOKE EXECUTE ON FUNCTION pg_advisory_lock(bigint), pg_advisory_unlock(bigint),
@@ -233,7 +196,7 @@ async fn provisioning_works_without_advisory_locks() {
 /// SET`, which outranks the role's own settings) do not reach its later sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_a_sandbox_gives_its_role_do_not_reach_its_sessions() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = sandbox_pool(&db).await;
     let key = unique_key("sets");
     in_sandbox(
@@ -278,7 +241,7 @@ async fn settings_a_sandbox_gives_its_role_do_not_reach_its_sessions() {
 /// let it `SET ROLE` to it: the grant is taken back, and until then the sandbox is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_granted_to_a_sandbox_role_are_taken_back() {
-    let db = production().await;
+    let db = production(2).await;
     let reader = format!("prod_reader_{}", prodbox_testkit::pg::run_id());
     admin(&db, &format!("DROP ROLE IF EXISTS {reader}")).await;
     admin(&db, &format!("CREATE ROLE {reader} NOLOGIN")).await;
@@ -323,7 +286,7 @@ async fn roles_granted_to_a_sandbox_role_are_taken_back() {
 /// function) is no production exposure of the others: they are not refused for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_sandboxs_grants_do_not_refuse_a_sandbox() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = sandbox_pool(&db).await;
     let (noisy, quiet) = (unique_key("noisy"), unique_key("quiet"));
     in_sandbox(
@@ -348,7 +311,7 @@ async fn another_sandboxs_grants_do_not_refuse_a_sandbox() {
 /// refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_incarnation_never_drops_a_newer_one() {
-    let db = production().await;
+    let db = production(2).await;
     let key = unique_key("older");
     let created = SystemTime::now();
     let older = Sandbox::builder(&key).unwrap().created_at(created).build();
@@ -388,7 +351,7 @@ async fn an_older_incarnation_never_drops_a_newer_one() {
 /// cannot be dropped does not keep the janitor from the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_janitor_drops_a_huge_sandbox_and_goes_on_past_a_failure() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("orders").await)
         .default_ttl(Duration::from_secs(3600))

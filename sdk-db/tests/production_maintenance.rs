@@ -11,10 +11,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{migrator, parse_key, role_of, sandbox};
-use prodbox_core::FutureExt;
+use common::{in_sandbox, migrator, parse_key, production, role_of, sandbox_pool};
 use prodbox_db::{SandboxDbError, SandboxPool};
-use prodbox_testkit::pg::{TestDatabase, quote, require_postgres, schema_exists, unique_key};
+use prodbox_testkit::pg::{TestDatabase, quote, schema_exists, unique_key};
 use sqlx::{AssertSqlSafe, Executor};
 
 /// A sandbox's DDL that production's own work would run the code of: refused as it runs (the
@@ -32,36 +31,6 @@ fn refused_or_made(made: Result<(), sqlx::Error>, what: &str) -> bool {
         "{what}: {error}"
     );
     false
-}
-
-async fn production() -> TestDatabase {
-    require_postgres().await;
-    let db = TestDatabase::create_with(5).await;
-    migrator("orders")
-        .await
-        .run(db.pool())
-        .await
-        .expect("migrate production");
-    db.pool()
-        .execute("INSERT INTO orders (item) VALUES ('p1'), ('p2')")
-        .await
-        .expect("seed production");
-    db
-}
-
-async fn sandbox_pool(db: &TestDatabase) -> SandboxPool {
-    SandboxPool::builder(db.pool().clone())
-        .migrations(migrator("orders").await)
-        .build()
-}
-
-/// Runs `sql` in sandbox `key` of `pool`.
-async fn in_sandbox(pool: &SandboxPool, key: &str, sql: &str) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .in_sandbox(sandbox(key))
-        .await
-        .map(drop)
 }
 
 /// HIGH (shared server state, unbounded; production's sessions). A sandbox may index its own
@@ -91,7 +60,7 @@ async fn in_sandbox(pool: &SandboxPool, key: &str, sql: &str) -> Result<(), sqlx
 /// maintenance otherwise runs sandbox code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_analyze_never_runs_a_sandboxs_code_in_productions_session() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("orders").await)
         .statement_bound(Duration::from_secs(2))
@@ -195,7 +164,7 @@ async fn production_analyze_never_runs_a_sandboxs_code_in_productions_session() 
 /// its owner; or drop relations and types before routines and sequences; and test every kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_cannot_make_itself_undroppable() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = sandbox_pool(&db).await;
     let cases = [
         (
@@ -250,7 +219,7 @@ async fn a_sandbox_cannot_make_itself_undroppable() {
 /// --exclude-schema 'sbx_*'`) or be restored by no superuser.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restoring_a_dump_of_production_never_runs_a_sandboxs_code_as_the_superuser() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = sandbox_pool(&db).await;
     let key = unique_key("r9dump");
     let made = in_sandbox(
@@ -330,7 +299,7 @@ async fn restoring_a_dump_of_production_never_runs_a_sandboxs_code_as_the_superu
 /// default privileges naming any role but its own, `PUBLIC` and other sandboxes' roles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_cannot_keep_production_from_dropping_its_roles() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = sandbox_pool(&db).await;
     let key = unique_key("r9role");
     let production_role = format!("r9_reporting_{}", key.replace('-', "_"));
@@ -373,7 +342,7 @@ async fn a_sandbox_cannot_keep_production_from_dropping_its_roles() {
 /// refuse the sandbox from the next pool a process opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_event_trigger_the_check_finds_code_production_would_run_and_foreign_grants() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = sandbox_pool(&db).await;
     let production_role = format!("r9_audit_{}", std::process::id());
     db.pool()

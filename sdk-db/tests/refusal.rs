@@ -6,30 +6,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{catalogue_rows, migrator, orders_in, prodbox_error, role_of, sandbox, schema_of};
+use common::{
+    catalogue_rows, migrator, orders_in, prodbox_error, production, role_of, sandbox, schema_of,
+};
 use prodbox_core::FutureExt;
 use prodbox_db::{SandboxDbError, SandboxPool};
 use prodbox_testkit::AuditLog;
-use prodbox_testkit::pg::{
-    TestDatabase, count_rows, require_postgres, role_exists, schema_exists, unique_key,
-};
+use prodbox_testkit::pg::{TestDatabase, count_rows, role_exists, schema_exists, unique_key};
 use sqlx::Executor;
-
-/// Production `orders` with three rows; returns the database.
-async fn production() -> TestDatabase {
-    require_postgres().await;
-    let db = TestDatabase::create_with(5).await;
-    migrator("orders")
-        .await
-        .run(db.pool())
-        .await
-        .expect("migrate production");
-    db.pool()
-        .execute("INSERT INTO orders (item) VALUES ('p1'), ('p2'), ('p3')")
-        .await
-        .expect("seed production");
-    db
-}
 
 async fn production_sequence(db: &TestDatabase) -> i64 {
     sqlx::query_scalar("SELECT last_value FROM public.orders_id_seq")
@@ -41,7 +25,7 @@ async fn production_sequence(db: &TestDatabase) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_qualified_access_to_production_is_refused_and_audited() {
     let audit = AuditLog::global();
-    let db = production().await;
+    let db = production(3).await;
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("orders").await)
         .build();
@@ -139,7 +123,7 @@ async fn schema_qualified_access_to_production_is_refused_and_audited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_access_from_a_sandboxed_transaction_is_refused() {
-    let db = production().await;
+    let db = production(3).await;
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("orders").await)
         .build();
@@ -186,7 +170,7 @@ async fn production_access_from_a_sandboxed_transaction_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_access_from_a_sandboxed_transaction_is_a_typed_refusal() {
     let audit = AuditLog::global();
-    let db = production().await;
+    let db = production(3).await;
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("orders").await)
         .build();
@@ -217,7 +201,7 @@ async fn production_access_from_a_sandboxed_transaction_is_a_typed_refusal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_cannot_leave_its_role() {
-    let db = production().await;
+    let db = production(3).await;
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("orders").await)
         .connections_per_sandbox(1)
@@ -250,7 +234,7 @@ async fn a_sandbox_cannot_leave_its_role() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_that_could_write_production_is_refused_until_the_grant_goes() {
     let audit = AuditLog::global();
-    let db = production().await;
+    let db = production(3).await;
     db.pool()
         .execute("CREATE TABLE public.leaky (id int); GRANT INSERT ON public.leaky TO PUBLIC")
         .await
@@ -341,7 +325,7 @@ async fn a_sandbox_that_could_write_production_is_refused_until_the_grant_goes()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_migration_fails_the_call_and_leaves_production_untouched() {
-    let db = production().await;
+    let db = production(3).await;
     let before = orders_in(db.pool(), "public").await;
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("broken").await)
@@ -387,7 +371,7 @@ async fn a_failed_migration_fails_the_call_and_leaves_production_untouched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_provisioning_is_retried_by_the_next_call() {
-    let db = production().await;
+    let db = production(3).await;
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("gated").await)
         .acquire_timeout(Duration::from_secs(30))
@@ -433,7 +417,7 @@ async fn a_failed_provisioning_is_retried_by_the_next_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_cannot_read_production_tables_granted_to_public() {
-    let db = production().await;
+    let db = production(3).await;
     db.pool()
         .execute("GRANT SELECT ON public.orders TO PUBLIC")
         .await

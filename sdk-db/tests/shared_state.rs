@@ -6,33 +6,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{migrator, orders_in, role_of, sandbox};
+use common::{migrator, orders_in, production, role_of, sandbox};
 use prodbox_core::FutureExt;
 use prodbox_db::SandboxPool;
-use prodbox_testkit::pg::{TestDatabase, require_postgres, unique_key};
-use sqlx::Executor;
+use prodbox_testkit::pg::unique_key;
 
 /// The advisory-lock class prodbox used for provisioning (`"prod"`).
 const PRODBOX_LOCK_CLASS: i32 = 0x7072_6f64;
 
-async fn production() -> TestDatabase {
-    require_postgres().await;
-    let db = TestDatabase::create_with(5).await;
-    migrator("orders")
-        .await
-        .run(db.pool())
-        .await
-        .expect("migrate production");
-    db.pool()
-        .execute("INSERT INTO orders (item) VALUES ('p1'), ('p2')")
-        .await
-        .expect("seed production");
-    db
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_and_seed_sql_cannot_leave_the_sandbox_role() {
-    let db = production().await;
+    let db = production(2).await;
     let before = orders_in(db.pool(), "public").await;
 
     let escaping = SandboxPool::builder(db.pool().clone())
@@ -62,7 +46,7 @@ async fn migrations_and_seed_sql_cannot_leave_the_sandbox_role() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_holding_prodbox_advisory_locks_does_not_stall_provisioning() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("orders").await)
         .connections_per_sandbox(1)
@@ -99,7 +83,7 @@ async fn a_sandbox_holding_prodbox_advisory_locks_does_not_stall_provisioning() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_role_has_a_connection_limit() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("orders").await)
         .build();
@@ -125,7 +109,7 @@ async fn a_flood_of_directory_notifications_costs_a_bounded_number_of_reads() {
     use prodbox_core::directory::SandboxEntry;
     use prodbox_db::directory::{DirectoryStore, PgDirectory};
 
-    let db = production().await;
+    let db = production(2).await;
     let directory = PgDirectory::builder(db.pool()).start();
     directory.synced(Duration::from_secs(10)).await.unwrap();
     let pool = SandboxPool::builder(db.pool().clone())
@@ -180,7 +164,7 @@ async fn a_flood_of_directory_notifications_costs_a_bounded_number_of_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_cannot_set_away_its_statement_bound() {
-    let db = production().await;
+    let db = production(2).await;
     let pool = SandboxPool::builder(db.pool().clone())
         .migrations(migrator("orders").await)
         .statement_bound(Duration::from_secs(1))

@@ -82,3 +82,59 @@ pub(crate) async fn catalogue_rows(admin: &PgPool, key: &str) -> i64 {
 pub(crate) fn prodbox_error(error: &sqlx::Error) -> &SandboxDbError {
     SandboxDbError::of(error).unwrap_or_else(|| panic!("expected a prodbox error, got {error:?}"))
 }
+
+/// A production database with `orders` migrated and `rows` orders in it (`p1` for 10, `p2`
+/// for 20, ...).
+pub(crate) async fn production(rows: usize) -> prodbox_testkit::pg::TestDatabase {
+    use sqlx::Executor as _;
+    prodbox_testkit::pg::require_postgres().await;
+    let db = prodbox_testkit::pg::TestDatabase::create_with(5).await;
+    migrator("orders")
+        .await
+        .run(db.pool())
+        .await
+        .expect("migrate production");
+    let values: Vec<String> = (1..=rows)
+        .map(|n| format!("('p{n}', {})", n * 10))
+        .collect();
+    db.pool()
+        .execute(AssertSqlSafe(format!(
+            "INSERT INTO orders (item, amount) VALUES {}",
+            values.join(", ")
+        )))
+        .await
+        .expect("seed production");
+    db
+}
+
+/// A sandbox pool on `db` whose sandboxes get the `orders` migrations.
+pub(crate) async fn sandbox_pool(
+    db: &prodbox_testkit::pg::TestDatabase,
+) -> prodbox_db::SandboxPool {
+    prodbox_db::SandboxPool::builder(db.pool().clone())
+        .migrations(migrator("orders").await)
+        .build()
+}
+
+/// Runs `sql` on `db` as its owner (production).
+pub(crate) async fn admin(db: &prodbox_testkit::pg::TestDatabase, sql: &str) {
+    use sqlx::Executor as _;
+    db.pool()
+        .execute(AssertSqlSafe(sql.to_owned()))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Runs `sql` (one simple-query round trip, one connection) in sandbox `key` of `pool`.
+pub(crate) async fn in_sandbox(
+    pool: &prodbox_db::SandboxPool,
+    key: &str,
+    sql: &str,
+) -> Result<(), sqlx::Error> {
+    use prodbox_core::FutureExt as _;
+    sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+        .execute(pool)
+        .in_sandbox(sandbox(key))
+        .await
+        .map(drop)
+}
