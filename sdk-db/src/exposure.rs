@@ -223,8 +223,6 @@ CREATE OR REPLACE FUNCTION prodbox.production_runs_v1(classids oid[], objids oid
 RETURNS SETOF text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
-    -- plpgsql keeps the plan for the session (an SQL function is planned at every call,
-    -- and the event trigger calls it for every DDL command).
     RETURN QUERY
     WITH roots (classid, objid) AS (SELECT * FROM unnest(classids, objids)),
     rels AS (SELECT objid AS oid FROM roots WHERE classid = 'pg_class'::regclass),

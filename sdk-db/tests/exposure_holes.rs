@@ -200,29 +200,12 @@ async fn without_the_event_trigger_the_check_finds_casts_operators_and_statistic
 /// sandbox of the database (`db_production_exposed`) until it is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sandbox_granting_create_on_its_schema_to_public_refuses_no_other_sandbox() {
-    let db = production(2).await;
-    let pool = sandbox_pool(&db).await;
-    let (a, b) = (unique_key("r5a"), unique_key("r5b"));
-    in_sandbox(&pool, &b, "SELECT 1")
-        .await
-        .expect("provision B");
-    in_sandbox(
-        &pool,
-        &a,
+    let b = after_another_sandbox_granted(
+        "r5a",
         "DO $$ BEGIN EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO PUBLIC', current_schema()); END $$",
     )
-    .await
-    .expect("A grants its own schema");
-    // B, opened by another process (or at its next recorded use in this one).
-    let other = sandbox_pool(&db).await;
-    let b_again = in_sandbox(&other, &b, "SELECT 1").await;
-    let _ = pool.drop_sandbox(&parse_key(&a)).await;
-    let _ = pool.drop_sandbox(&parse_key(&b)).await;
-    db.cleanup().await;
-    if let Err(error) = &b_again {
-        eprintln!("B: {:?}", SandboxDbError::of(error));
-    }
-    b_again.expect("sandbox B was refused because of what sandbox A granted of its own");
+    .await;
+    b.expect("sandbox B was refused because of what sandbox A granted of its own");
 }
 
 /// MEDIUM (cross-sandbox denial of service), the same through large objects: the check flags
@@ -231,29 +214,35 @@ async fn one_sandbox_granting_create_on_its_schema_to_public_refuses_no_other_sa
 /// database is refused until it is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sandbox_granting_its_own_large_object_to_public_refuses_no_other_sandbox() {
-    let db = production(2).await;
-    let pool = sandbox_pool(&db).await;
-    let (a, b) = (unique_key("r5la"), unique_key("r5lb"));
-    in_sandbox(&pool, &b, "SELECT 1")
-        .await
-        .expect("provision B");
-    in_sandbox(
-        &pool,
-        &a,
+    let b = after_another_sandbox_granted(
+        "r5la",
         "DO $$ DECLARE o oid := lo_create(0);
          BEGIN EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO PUBLIC', o); END $$",
     )
-    .await
-    .expect("A grants its own large object");
-    let other = sandbox_pool(&db).await;
-    let b_again = in_sandbox(&other, &b, "SELECT 1").await;
+    .await;
+    b.expect("sandbox B was refused because of a large object sandbox A owns");
+}
+
+/// Opens sandbox B, has sandbox A run `grant` (sharing something of its own), then opens B in
+/// another pool (another process): what B gets.
+async fn after_another_sandbox_granted(prefix: &str, grant: &str) -> Result<(), sqlx::Error> {
+    let db = production(2).await;
+    let pool = sandbox_pool(&db).await;
+    let (a, b) = (unique_key(prefix), unique_key(&format!("{prefix}b")));
+    in_sandbox(&pool, &b, "SELECT 1")
+        .await
+        .expect("provision B");
+    in_sandbox(&pool, &a, grant)
+        .await
+        .expect("A shares its own");
+    let b_again = in_sandbox(&sandbox_pool(&db).await, &b, "SELECT 1").await;
     let _ = pool.drop_sandbox(&parse_key(&a)).await;
     let _ = pool.drop_sandbox(&parse_key(&b)).await;
     db.cleanup().await;
     if let Err(error) = &b_again {
         eprintln!("B: {:?}", SandboxDbError::of(error));
     }
-    b_again.expect("sandbox B was refused because of a large object sandbox A owns");
+    b_again
 }
 
 /// LOW (false positive). `CREATE EXTENSION pg_stat_statements`, in most production databases,

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{in_sandbox, migrator, parse_key, production, role_of, sandbox_pool};
+use common::{admin, in_sandbox, migrator, parse_key, production, role_of, sandbox_pool};
 use prodbox_db::{SandboxDbError, SandboxPool};
 use prodbox_testkit::pg::{TestDatabase, quote, schema_exists, unique_key};
 use sqlx::{AssertSqlSafe, Executor};
@@ -303,13 +303,7 @@ async fn a_sandbox_cannot_keep_production_from_dropping_its_roles() {
     let pool = sandbox_pool(&db).await;
     let key = unique_key("r9role");
     let production_role = format!("r9_reporting_{}", key.replace('-', "_"));
-    db.pool()
-        .execute(AssertSqlSafe(format!(
-            "CREATE ROLE {}",
-            quote(&production_role)
-        )))
-        .await
-        .unwrap();
+    admin(&db, &format!("CREATE ROLE {}", quote(&production_role))).await;
     let granted = in_sandbox(
         &pool,
         &key,
@@ -326,13 +320,7 @@ async fn a_sandbox_cannot_keep_production_from_dropping_its_roles() {
         .map(drop);
     let _ = pool.drop_sandbox(&parse_key(&key)).await;
     db.cleanup().await;
-    let mut admin = prodbox_testkit::pg::admin_connection().await;
-    let _ = admin
-        .execute(AssertSqlSafe(format!(
-            "DROP ROLE IF EXISTS {}",
-            quote(&production_role)
-        )))
-        .await;
+    drop_role(&production_role).await;
     eprintln!("sandbox's grant: {granted:?}; production's DROP ROLE: {dropped:?}");
     dropped.expect("production's DROP ROLE failed because of a sandbox's grant");
 }
@@ -345,13 +333,7 @@ async fn without_the_event_trigger_the_check_finds_code_production_would_run_and
     let db = production(2).await;
     let pool = sandbox_pool(&db).await;
     let production_role = format!("r9_audit_{}", std::process::id());
-    db.pool()
-        .execute(AssertSqlSafe(format!(
-            "CREATE ROLE {}",
-            quote(&production_role)
-        )))
-        .await
-        .unwrap();
+    admin(&db, &format!("CREATE ROLE {}", quote(&production_role))).await;
     let mut found = Vec::new();
     for (what, sql) in [
         (
@@ -382,13 +364,7 @@ async fn without_the_event_trigger_the_check_finds_code_production_would_run_and
         found.push((what, opened));
     }
     db.cleanup().await;
-    let mut admin = prodbox_testkit::pg::admin_connection().await;
-    let _ = admin
-        .execute(AssertSqlSafe(format!(
-            "DROP ROLE IF EXISTS {}",
-            quote(&production_role)
-        )))
-        .await;
+    drop_role(&production_role).await;
     for (what, opened) in found {
         let error = opened.expect_err(what);
         assert!(
@@ -399,4 +375,15 @@ async fn without_the_event_trigger_the_check_finds_code_production_would_run_and
             "{what}: {error}"
         );
     }
+}
+
+/// Drops the cluster-wide role `name`, once its database is gone.
+async fn drop_role(name: &str) {
+    let mut admin = prodbox_testkit::pg::admin_connection().await;
+    let _ = admin
+        .execute(AssertSqlSafe(format!(
+            "DROP ROLE IF EXISTS {}",
+            quote(name)
+        )))
+        .await;
 }
