@@ -9,7 +9,8 @@
 mod common;
 
 use common::{
-    admin, in_sandbox, orders_in, parse_key, production, sandbox, sandbox_pool, schema_of,
+    admin, assert_exposed, in_sandbox, orders_in, parse_key, production, sandbox, sandbox_pool,
+    schema_of,
 };
 use prodbox_core::FutureExt;
 use prodbox_db::SandboxDbError;
@@ -282,13 +283,7 @@ async fn usage_on_a_foreign_data_wrapper_refuses_the_sandbox() {
     let _ = pool.drop_sandbox(&parse_key(&key)).await;
     db.cleanup().await;
     let error = opened.expect_err("a sandbox could make foreign servers");
-    assert!(
-        matches!(
-            SandboxDbError::of(&error),
-            Some(SandboxDbError::ProductionExposed { .. })
-        ),
-        "{error}"
-    );
+    assert_exposed(&error, "USAGE on a foreign-data wrapper");
 }
 
 /// A control that the usual production-read attack is still refused, so

@@ -11,8 +11,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{admin, in_sandbox, migrator, parse_key, production, role_of, sandbox_pool};
-use prodbox_db::{SandboxDbError, SandboxPool};
+use common::{
+    admin, assert_access_refused, assert_exposed, in_sandbox, migrator, parse_key, production,
+    role_of, sandbox_pool,
+};
+use prodbox_db::SandboxPool;
 use prodbox_testkit::pg::{TestDatabase, quote, schema_exists, unique_key};
 use sqlx::{AssertSqlSafe, Executor};
 
@@ -23,13 +26,7 @@ fn refused_or_made(made: Result<(), sqlx::Error>, what: &str) -> bool {
     let Err(error) = made else {
         return true;
     };
-    assert!(
-        matches!(
-            SandboxDbError::of(&error),
-            Some(SandboxDbError::ProductionAccessRefused { .. })
-        ),
-        "{what}: {error}"
-    );
+    assert_access_refused(&error, what);
     false
 }
 
@@ -367,13 +364,7 @@ async fn without_the_event_trigger_the_check_finds_code_production_would_run_and
     drop_role(&production_role).await;
     for (what, opened) in found {
         let error = opened.expect_err(what);
-        assert!(
-            matches!(
-                SandboxDbError::of(&error),
-                Some(SandboxDbError::ProductionExposed { .. })
-            ),
-            "{what}: {error}"
-        );
+        assert_exposed(&error, what);
     }
 }
 
@@ -386,4 +377,55 @@ async fn drop_role(name: &str) {
             quote(name)
         )))
         .await;
+}
+
+/// Every way to hang the sandbox's own code on what production's work evaluates is refused as
+/// it is made (the event trigger), not only `CREATE INDEX` and `CREATE TABLE .. CHECK`: each
+/// statement is tried in a sandbox that has a function of its own and a table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_to_attach_a_sandboxs_code_to_what_production_evaluates_is_refused() {
+    let db = production(2).await;
+    let pool = sandbox_pool(&db).await;
+    let key = unique_key("r9all");
+    in_sandbox(
+        &pool,
+        &key,
+        "CREATE FUNCTION f(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1';
+         CREATE FUNCTION ok(int) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+         CREATE FUNCTION diff(float8, float8) RETURNS float8 LANGUAGE sql IMMUTABLE
+             AS 'SELECT $1 - $2';
+         CREATE TABLE t (n int);
+         CREATE DOMAIN d AS int;",
+    )
+    .await
+    .expect("a function and a table of its own");
+    let attempts = [
+        "CREATE INDEX ON t (f(n))",
+        "CREATE INDEX ON t (n) WHERE ok(n)",
+        "ALTER TABLE t ADD CONSTRAINT c CHECK (ok(n))",
+        "ALTER TABLE t ADD CONSTRAINT c CHECK (ok(n)) NOT VALID",
+        "ALTER TABLE t ALTER COLUMN n SET DEFAULT f(1)",
+        "ALTER TABLE t ADD COLUMN g int GENERATED ALWAYS AS (f(n)) STORED",
+        "ALTER DOMAIN d ADD CONSTRAINT c CHECK (ok(VALUE))",
+        "CREATE DOMAIN d2 AS int CHECK (ok(VALUE))",
+        "CREATE STATISTICS s ON (f(n)), n FROM t",
+        "CREATE TABLE p (n int) PARTITION BY RANGE (f(n))",
+        "CREATE TYPE r AS RANGE (subtype = float8, subtype_diff = diff)",
+        "CREATE TABLE x (n int, EXCLUDE USING btree (f(n) WITH =))",
+        "CREATE MATERIALIZED VIEW m AS SELECT n FROM t; CREATE INDEX ON m (f(n))",
+    ];
+    let mut made = Vec::new();
+    for sql in attempts {
+        match in_sandbox(&pool, &key, sql).await {
+            Ok(()) => made.push(sql),
+            Err(error) => assert_access_refused(&error, sql),
+        }
+    }
+    // `CREATE INDEX CONCURRENTLY` runs outside a transaction block, statement by statement.
+    let concurrently = in_sandbox(&pool, &key, "CREATE INDEX CONCURRENTLY ci ON t (f(n))").await;
+    let _ = pool.drop_sandbox(&parse_key(&key)).await;
+    db.cleanup().await;
+    assert!(made.is_empty(), "made: {made:?}");
+    let error = concurrently.expect_err("CREATE INDEX CONCURRENTLY on its own function was made");
+    assert_access_refused(&error, "CREATE INDEX CONCURRENTLY");
 }

@@ -83,6 +83,29 @@ pub(crate) fn prodbox_error(error: &sqlx::Error) -> &SandboxDbError {
     SandboxDbError::of(error).unwrap_or_else(|| panic!("expected a prodbox error, got {error:?}"))
 }
 
+/// Asserts that `error` is prodbox's typed refusal of a statement that reached production
+/// (`ProductionAccessRefused`); `what` says what was tried.
+pub(crate) fn assert_access_refused(error: &sqlx::Error, what: &str) {
+    assert!(
+        matches!(
+            prodbox_error(error),
+            SandboxDbError::ProductionAccessRefused { .. }
+        ),
+        "{what}: {error}"
+    );
+}
+
+/// Asserts that `error` is prodbox's refusal of an exposed sandbox (`ProductionExposed`).
+pub(crate) fn assert_exposed(error: &sqlx::Error, what: &str) {
+    assert!(
+        matches!(
+            prodbox_error(error),
+            SandboxDbError::ProductionExposed { .. }
+        ),
+        "{what}: {error}"
+    );
+}
+
 /// A production database with `orders` migrated and `rows` orders in it (`p1` for 10, `p2`
 /// for 20, ...).
 pub(crate) async fn production(rows: usize) -> prodbox_testkit::pg::TestDatabase {
