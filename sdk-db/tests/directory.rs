@@ -606,6 +606,31 @@ async fn recovers_from_a_half_open_partition() {
     db.cleanup().await;
 }
 
+/// A database whose directory has one sandbox (`prefix`) forking `billing`.
+async fn forked_sandbox(prefix: &str) -> (TestDatabase, DirectoryStore, SandboxKey) {
+    require_postgres().await;
+    let db = TestDatabase::create().await;
+    let store = DirectoryStore::new(db.pool().clone());
+    let k = key(prefix);
+    store
+        .create(
+            &SandboxEntry::new(k.clone())
+                .fork("billing", "http://fork".parse().expect("a fork address")),
+        )
+        .await
+        .expect("create");
+    (db, store, k)
+}
+
+/// Partition `partition` of `orders` for the `orders-billing` group.
+fn place(partition: i32) -> CutPlace {
+    CutPlace {
+        group: "orders-billing".to_owned(),
+        topic: "orders".to_owned(),
+        partition,
+    }
+}
+
 /// The Kafka cuts, kept in the database: two baseline processes racing to record the cut of
 /// one partition agree (the first to commit wins, the other is handed its ranges); decisions
 /// behind the frontier change nothing; a fork reads them with `SELECT` alone and cannot write;
@@ -614,25 +639,10 @@ async fn recovers_from_a_half_open_partition() {
 async fn kafka_cuts_are_recorded_once_and_read_without_write_rights() {
     use prodbox_core::directory::{DirectoryError, Range};
 
-    require_postgres().await;
-    let db = TestDatabase::create().await;
-    let store = DirectoryStore::new(db.pool().clone());
-    let k = key("cuts");
-    store
-        .create(
-            &SandboxEntry::new(k.clone())
-                .fork("billing", "http://fork".parse().expect("a fork address")),
-        )
-        .await
-        .expect("create");
+    let (db, store, k) = forked_sandbox("cuts").await;
     let (a, b) = (fast(&db), fast(&db));
     a.synced(Duration::from_secs(10)).await.expect("sync");
     b.synced(Duration::from_secs(10)).await.expect("sync");
-    let place = |partition| CutPlace {
-        group: "orders-billing".to_owned(),
-        topic: "orders".to_owned(),
-        partition,
-    };
     let other = key("cuts-other");
     let of = |cuts: prodbox_core::directory::PartitionCuts, sandbox: &SandboxKey| {
         cuts.get(sandbox).cloned().unwrap_or_default()
@@ -753,24 +763,10 @@ async fn kafka_cuts_are_recorded_once_and_read_without_write_rights() {
 /// (Found by a review: the purge went by the cuts' last change.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gone_sandboxs_cuts_stay_a_retention_after_its_deletion() {
-    require_postgres().await;
-    let db = TestDatabase::create().await;
-    let store = DirectoryStore::new(db.pool().clone());
-    let k = key("cutsgone");
-    store
-        .create(
-            &SandboxEntry::new(k.clone())
-                .fork("billing", "http://fork".parse().expect("a fork address")),
-        )
-        .await
-        .expect("create");
+    let (db, store, k) = forked_sandbox("cutsgone").await;
     let d = PgDirectory::builder(db.pool()).start();
     d.synced(Duration::from_secs(10)).await.expect("sync");
-    let place = CutPlace {
-        group: "orders-billing".to_owned(),
-        topic: "orders".to_owned(),
-        partition: 0,
-    };
+    let place = place(0);
     let opened = d.settle_cut(&place, &k, Some(7), 10).await.expect("open");
     assert_eq!(opened.len(), 1);
     // The sandbox lives on (longer than the retention, scaled down to 1 s here).
