@@ -64,23 +64,16 @@ impl Egress {
         }
     }
 
-    /// Uses `codec` (limits).
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = codec;
-        self
-    }
+    crate::plumbing::setters! {
+        /// Uses `codec` (limits).
+        codec(codec: Codec) => codec = codec;
 
-    /// Names `protocol` in audit events (a layer speaking another protocol sets it).
-    pub fn protocol(mut self, protocol: Protocol) -> Self {
-        self.protocol = protocol;
-        self
-    }
+        /// Names `protocol` in audit events (a layer speaking another protocol sets it).
+        protocol(protocol: Protocol) => protocol = protocol;
 
-    /// Also forwards the signed token the sandbox arrived with (off by default: tokens are
-    /// bearer credentials, and internal hops trust `prodbox.sandbox` under `Accept`).
-    pub fn forward_token(mut self, forward: bool) -> Self {
-        self.forward_token = forward;
-        self
+        /// Also forwards the signed token the sandbox arrived with (off by default: tokens are
+        /// bearer credentials, and internal hops trust `prodbox.sandbox` under `Accept`).
+        forward_token(forward: bool) => forward_token = forward;
     }
 
     /// Writes the current context into `carrier`; returns the sandbox, if the message is

@@ -71,3 +71,22 @@ macro_rules! __prodbox_inner_service_accessors {
 }
 
 pub use crate::__prodbox_inner_service_accessors as inner_service_accessors;
+
+/// Builder setters that only store their argument, each written as
+/// `name(arg: Type) => field = value;` under its docs, inside the builder's `impl` block:
+/// one `pub fn name(mut self, arg: Type) -> Self` each.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __prodbox_setters {
+    ($($(#[$attr:meta])* $name:ident($arg:ident: $ty:ty) => $field:ident = $value:expr;)*) => {
+        $(
+            $(#[$attr])*
+            pub fn $name(mut self, $arg: $ty) -> Self {
+                self.$field = $value;
+                self
+            }
+        )*
+    };
+}
+
+pub use crate::__prodbox_setters as setters;

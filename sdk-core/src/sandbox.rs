@@ -370,16 +370,12 @@ impl SandboxBuilder {
         Ok(self)
     }
 
-    /// When the sandbox expires.
-    pub fn expires_at(mut self, at: SystemTime) -> Self {
-        self.expires_at = Some(at);
-        self
-    }
+    crate::plumbing::setters! {
+        /// When the sandbox expires.
+        expires_at(at: SystemTime) => expires_at = Some(at);
 
-    /// When this incarnation of the sandbox was created (its directory entry's creation time).
-    pub fn created_at(mut self, at: SystemTime) -> Self {
-        self.created_at = Some(at);
-        self
+        /// When this incarnation of the sandbox was created (its directory entry's creation time).
+        created_at(at: SystemTime) => created_at = Some(at);
     }
 
     /// Finishes the sandbox.

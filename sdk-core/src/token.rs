@@ -206,17 +206,13 @@ impl TokenKeys {
         self
     }
 
-    /// Clock skew tolerated on expiry and issue time (default 30 s).
-    pub fn leeway(mut self, leeway: Duration) -> Self {
-        self.leeway = Some(leeway);
-        self
-    }
+    crate::plumbing::setters! {
+        /// Clock skew tolerated on expiry and issue time (default 30 s).
+        leeway(leeway: Duration) => leeway = Some(leeway);
 
-    /// The longest lifetime (expiry minus issue time) a token may have: longer ones are neither
-    /// minted nor accepted (default [`DEFAULT_MAX_TOKEN_LIFETIME`], 24 hours).
-    pub fn max_lifetime(mut self, max: Duration) -> Self {
-        self.max_lifetime = Some(max);
-        self
+        /// The longest lifetime (expiry minus issue time) a token may have: longer ones are neither
+        /// minted nor accepted (default [`DEFAULT_MAX_TOKEN_LIFETIME`], 24 hours).
+        max_lifetime(max: Duration) => max_lifetime = Some(max);
     }
 
     fn max_lifetime_secs(&self) -> u64 {

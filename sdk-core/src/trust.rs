@@ -227,33 +227,23 @@ impl Ingress {
         }
     }
 
-    /// Uses `codec` (limits, aliases, legacy carriers).
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = codec;
-        self
-    }
+    crate::plumbing::setters! {
+        /// Uses `codec` (limits, aliases, legacy carriers).
+        codec(codec: Codec) => codec = codec;
 
-    /// Checks sandboxes against `directory`.
-    pub fn directory(mut self, directory: impl Directory) -> Self {
-        self.directory = Some(Arc::new(directory));
-        self
-    }
+        /// Checks sandboxes against `directory`.
+        directory(directory: impl Directory) => directory = Some(Arc::new(directory));
 
-    /// Applies `guardrails` to sandboxed requests.
-    pub fn guardrails(mut self, guardrails: Guardrails) -> Self {
-        self.guardrails = Some(guardrails);
-        self
-    }
+        /// Applies `guardrails` to sandboxed requests.
+        guardrails(guardrails: Guardrails) => guardrails = Some(guardrails);
 
-    /// What to do with malformed or ambiguous sandbox baggage.
-    ///
-    /// The default depends on the policy. At an `Accept` hop the message comes from a service of
-    /// ours, and a malformed context there is most likely a sandboxed request gone wrong:
-    /// running it as production could write production data, so it is **rejected**. At a
-    /// `Strip` or `Signed` edge nothing from outside is trusted anyway, so it is **stripped**.
-    pub fn on_malformed(mut self, action: OnInvalid) -> Self {
-        self.on_malformed = Some(action);
-        self
+        /// What to do with malformed or ambiguous sandbox baggage.
+        ///
+        /// The default depends on the policy. At an `Accept` hop the message comes from a service
+        /// of ours, and a malformed context there is most likely a sandboxed request gone wrong:
+        /// running it as production could write production data, so it is **rejected**. At a
+        /// `Strip` or `Signed` edge nothing from outside is trusted anyway, so it is **stripped**.
+        on_malformed(action: OnInvalid) => on_malformed = Some(action);
     }
 
     /// Shorthand for `on_malformed(OnInvalid::Reject)` when `strict`, else `Strip`.
@@ -265,16 +255,12 @@ impl Ingress {
         })
     }
 
-    /// What to do with valid sandboxes the directory does not know (default: allow).
-    pub fn unknown_sandboxes(mut self, unknown: UnknownSandbox) -> Self {
-        self.unknown = unknown;
-        self
-    }
+    crate::plumbing::setters! {
+        /// What to do with valid sandboxes the directory does not know (default: allow).
+        unknown_sandboxes(unknown: UnknownSandbox) => unknown = unknown;
 
-    /// The protocol named in audit events (default HTTP).
-    pub fn protocol(mut self, protocol: Protocol) -> Self {
-        self.protocol = protocol;
-        self
+        /// The protocol named in audit events (default HTTP).
+        protocol(protocol: Protocol) => protocol = protocol;
     }
 
     /// The codec in use.

@@ -69,72 +69,45 @@ impl SandboxPoolBuilder {
         self
     }
 
-    /// SQL run in each new sandbox schema after the migrations (seed data).
-    pub fn seed(mut self, sql: &str) -> Self {
-        self.seed = Some(Arc::from(sql));
-        self
-    }
+    prodbox_core::plumbing::setters! {
+        /// SQL run in each new sandbox schema after the migrations (seed data).
+        seed(sql: &str) => seed = Some(Arc::from(sql));
 
-    /// Connections each active sandbox may hold (default 2).
-    pub fn connections_per_sandbox(mut self, connections: u32) -> Self {
-        self.connections_per_sandbox = connections.max(1);
-        self
-    }
+        /// Connections each active sandbox may hold (default 2).
+        connections_per_sandbox(connections: u32) => connections_per_sandbox = connections.max(1);
 
-    /// Sandboxes with a pool at once (default 16). With `connections_per_sandbox`, this bounds
-    /// the connections sandboxes can take: past it, a sandbox waits for an idle one's slot up
-    /// to the acquire timeout, then fails with [`SandboxDbError::Capacity`].
-    pub fn max_active_sandboxes(mut self, sandboxes: usize) -> Self {
-        self.max_active_sandboxes = sandboxes.max(1);
-        self
-    }
+        /// Sandboxes with a pool at once (default 16). With `connections_per_sandbox`, this bounds
+        /// the connections sandboxes can take: past it, a sandbox waits for an idle one's slot up
+        /// to the acquire timeout, then fails with [`SandboxDbError::Capacity`].
+        max_active_sandboxes(sandboxes: usize) => max_active_sandboxes = sandboxes.max(1);
 
-    /// Closes a sandbox's idle connections after this long (default 60 s).
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout;
-        self
-    }
+        /// Closes a sandbox's idle connections after this long (default 60 s).
+        idle_timeout(timeout: Duration) => idle_timeout = timeout;
 
-    /// How long a sandboxed call waits for a slot or a connection (default 30 s).
-    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
-        self.acquire_timeout = timeout;
-        self
-    }
+        /// How long a sandboxed call waits for a slot or a connection (default 30 s).
+        acquire_timeout(timeout: Duration) => acquire_timeout = timeout;
 
-    /// Expiry recorded for sandboxes that carry none (default 24 h after last use).
-    pub fn default_ttl(mut self, ttl: Duration) -> Self {
-        self.default_ttl = ttl;
-        self
-    }
+        /// Expiry recorded for sandboxes that carry none (default 24 h after last use).
+        default_ttl(ttl: Duration) => default_ttl = ttl;
 
-    /// `CONNECTION LIMIT` of each sandbox's role (default 16): the connections all processes
-    /// together may hold for one sandbox. Each process holds at most
-    /// `connections_per_sandbox`.
-    pub fn role_connection_limit(mut self, connections: u32) -> Self {
-        self.role_connection_limit = connections.max(1);
-        self
-    }
+        /// `CONNECTION LIMIT` of each sandbox's role (default 16): the connections all processes
+        /// together may hold for one sandbox. Each process holds at most `connections_per_sandbox`.
+        role_connection_limit(connections: u32) => role_connection_limit = connections.max(1);
 
-    /// Refuses database work that runs in no scope prodbox attached
-    /// (`SandboxDbError::NoScope`, audited), on this pool, its production pool and their
-    /// connections. Off by default. With it on, work that lost its request's context
-    /// (`tokio::spawn`, a thread, a library's worker) fails instead of running as production,
-    /// whatever it was doing for a sandbox; prodbox's server layers and Kafka consumer give
-    /// every request and message a scope, and the service runs its own background work with
-    /// `prodbox_core::FutureExt::in_production`.
-    pub fn require_scope(mut self, require: bool) -> Self {
-        self.require_scope = require;
-        self
-    }
+        /// Refuses database work that runs in no scope prodbox attached (`SandboxDbError::NoScope`,
+        /// audited), on this pool, its production pool and their connections. Off by default. With
+        /// it on, work that lost its request's context (`tokio::spawn`, a thread, a library's
+        /// worker) fails instead of running as production, whatever it was doing for a sandbox;
+        /// prodbox's server layers and Kafka consumer give every request and message a scope, and
+        /// the service runs its own background work with `prodbox_core::FutureExt::in_production`.
+        require_scope(require: bool) => require_scope = require;
 
-    /// How long a sandbox's statement may run, or its transaction stay open (default 30 s).
-    /// The sandbox's role has it as its `statement_timeout` and
-    /// `idle_in_transaction_session_timeout`, and since a session may change those, a watchdog
-    /// in each process ends any of its sandbox backends that runs past it, or that sits idle
-    /// holding an advisory lock (audited, `db_statement_bound`).
-    pub fn statement_bound(mut self, bound: Duration) -> Self {
-        self.statement_bound = bound.max(Duration::from_millis(1));
-        self
+        /// How long a sandbox's statement may run, or its transaction stay open (default 30 s). The
+        /// sandbox's role has it as its `statement_timeout` and
+        /// `idle_in_transaction_session_timeout`, and since a session may change those, a watchdog
+        /// in each process ends any of its sandbox backends that runs past it, or that sits idle
+        /// holding an advisory lock (audited, `db_statement_bound`).
+        statement_bound(bound: Duration) => statement_bound = bound.max(Duration::from_millis(1));
     }
 
     /// Finishes the pool.

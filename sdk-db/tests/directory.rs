@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use prodbox_core::directory::{CutPlace, Directory, SandboxEntry};
+use prodbox_core::directory::{CutFuture, CutPlace, Directory, Range, SandboxEntry, Sighting};
 use prodbox_core::trust::UnknownSandbox;
 use prodbox_core::{Admission, Ingress, Refusal, SandboxKey, TrustPolicy};
 use prodbox_db::directory::{DirectoryStore, PgDirectory, StoreError, validate_fork};
@@ -631,13 +631,29 @@ fn place(partition: i32) -> CutPlace {
     }
 }
 
+/// `d.settle_cut` of what a baseline saw at `offset` of `place`.
+fn settle<'a>(
+    d: &'a PgDirectory,
+    place: &'a CutPlace,
+    sandbox: &'a SandboxKey,
+    forking: Option<i64>,
+    offset: i64,
+) -> CutFuture<'a, Vec<Range>> {
+    d.settle_cut(Sighting {
+        place,
+        sandbox,
+        forking,
+        offset,
+    })
+}
+
 /// The Kafka cuts, kept in the database: two baseline processes racing to record the cut of
 /// one partition agree (the first to commit wins, the other is handed its ranges); decisions
 /// behind the frontier change nothing; a fork reads them with `SELECT` alone and cannot write;
 /// a gone sandbox's cuts go a retention after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_cuts_are_recorded_once_and_read_without_write_rights() {
-    use prodbox_core::directory::{DirectoryError, Range};
+    use prodbox_core::directory::DirectoryError;
 
     let (db, store, k) = forked_sandbox("cuts").await;
     let (a, b) = (fast(&db), fast(&db));
@@ -650,7 +666,7 @@ async fn kafka_cuts_are_recorded_once_and_read_without_write_rights() {
 
     // Nothing forks yet: nothing is written.
     assert_eq!(
-        a.settle_cut(&place(0), &k, None, 3).await.expect("settle"),
+        settle(&a, &place(0), &k, None, 3).await.expect("settle"),
         []
     );
     assert!(a.cut_ranges(&place(0)).await.expect("read").is_empty());
@@ -659,8 +675,8 @@ async fn kafka_cuts_are_recorded_once_and_read_without_write_rights() {
     for partition in 0..20 {
         let p = place(partition);
         let (x, y) = tokio::join!(
-            a.settle_cut(&p, &k, Some(7), 10),
-            b.settle_cut(&p, &k, Some(7), 12)
+            settle(&a, &p, &k, Some(7), 10),
+            settle(&b, &p, &k, Some(7), 12)
         );
         let (x, y) = (x.expect("a"), y.expect("b"));
         assert_eq!(x, y, "partition {partition}: both see the winner's ranges");
@@ -669,8 +685,7 @@ async fn kafka_cuts_are_recorded_once_and_read_without_write_rights() {
         assert_eq!(of(b.cut_ranges(&p).await.expect("read"), &k), x);
     }
     // Another sandbox's cuts in the same partition are its own; one read returns both.
-    let theirs = a
-        .settle_cut(&place(0), &other, Some(3), 11)
+    let theirs = settle(&a, &place(0), &other, Some(3), 11)
         .await
         .expect("other");
     let both = b.cut_ranges(&place(0)).await.expect("read");
@@ -679,8 +694,8 @@ async fn kafka_cuts_are_recorded_once_and_read_without_write_rights() {
 
     // Closed where the fork stopped; a decision behind that changes nothing; made again.
     let p = place(0);
-    let opened = a.settle_cut(&p, &k, Some(7), 10).await.expect("open");
-    let closed = a.settle_cut(&p, &k, None, 20).await.expect("close");
+    let opened = settle(&a, &p, &k, Some(7), 10).await.expect("open");
+    let closed = settle(&a, &p, &k, None, 20).await.expect("close");
     assert_eq!(
         closed,
         [Range {
@@ -689,11 +704,8 @@ async fn kafka_cuts_are_recorded_once_and_read_without_write_rights() {
             end: Some(20)
         }]
     );
-    assert_eq!(
-        b.settle_cut(&p, &k, Some(7), 15).await.expect("late"),
-        closed
-    );
-    let again = b.settle_cut(&p, &k, Some(9), 30).await.expect("again");
+    assert_eq!(settle(&b, &p, &k, Some(7), 15).await.expect("late"), closed);
+    let again = settle(&b, &p, &k, Some(9), 30).await.expect("again");
     assert_eq!(again.len(), 2);
     assert_eq!(
         again[1],
@@ -725,7 +737,7 @@ async fn kafka_cuts_are_recorded_once_and_read_without_write_rights() {
     let fork = PgDirectory::builder(&fork_pool).start();
     fork.synced(Duration::from_secs(10)).await.expect("sync");
     assert_eq!(of(fork.cut_ranges(&p).await.expect("read"), &k), again);
-    let refused = fork.settle_cut(&p, &k, None, 40).await;
+    let refused = settle(&fork, &p, &k, None, 40).await;
     assert!(
         matches!(&refused, Err(DirectoryError::Cuts(m)) if m.contains("permission denied")),
         "{refused:?}"
@@ -767,7 +779,7 @@ async fn a_gone_sandboxs_cuts_stay_a_retention_after_its_deletion() {
     let d = PgDirectory::builder(db.pool()).start();
     d.synced(Duration::from_secs(10)).await.expect("sync");
     let place = place(0);
-    let opened = d.settle_cut(&place, &k, Some(7), 10).await.expect("open");
+    let opened = settle(&d, &place, &k, Some(7), 10).await.expect("open");
     assert_eq!(opened.len(), 1);
     // The sandbox lives on (longer than the retention, scaled down to 1 s here).
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -135,8 +135,7 @@ pub struct SandboxConsumerBuilder {
     directory: Arc<dyn Directory>,
     dead_letter_topic: Option<String>,
     guardrails: Option<Guardrails>,
-    backoff: (Duration, Duration),
-    max_attempts: Option<u32>,
+    retry: Retry,
 }
 
 impl std::fmt::Debug for SandboxConsumerBuilder {
@@ -149,35 +148,29 @@ impl std::fmt::Debug for SandboxConsumerBuilder {
 }
 
 impl SandboxConsumerBuilder {
-    /// Decides by `directory` (which forks which service; disabled and expired sandboxes).
-    pub fn directory(mut self, directory: impl Directory) -> Self {
-        self.directory = Arc::new(directory);
-        self
-    }
+    prodbox_core::plumbing::setters! {
+        /// Decides by `directory` (which forks which service; disabled and expired sandboxes).
+        directory(directory: impl Directory) => directory = Arc::new(directory);
 
-    /// Where malformed messages go, with the reason (default `<group>.dead-letter`).
-    pub fn dead_letter_topic(mut self, topic: &str) -> Self {
-        self.dead_letter_topic = Some(topic.to_owned());
-        self
-    }
+        /// Where malformed messages go, with the reason (default `<group>.dead-letter`).
+        dead_letter_topic(topic: &str) => dead_letter_topic = Some(topic.to_owned());
 
-    /// Throttles each sandbox's messages with `guardrails`' rate limit.
-    pub fn guardrails(mut self, guardrails: Guardrails) -> Self {
-        self.guardrails = Some(guardrails);
-        self
+        /// Throttles each sandbox's messages with `guardrails`' rate limit.
+        guardrails(guardrails: Guardrails) => guardrails = Some(guardrails);
     }
 
     /// Backoff between handler retries: from `first`, doubling, up to `max` (default 100 ms
     /// to 10 s).
     pub fn retry_backoff(mut self, first: Duration, max: Duration) -> Self {
-        self.backoff = (first, max.max(first));
+        self.retry.first = first;
+        self.retry.max = max.max(first);
         self
     }
 
     /// Dead-letters a message after this many failed handler attempts (default: retry
     /// forever, never committing past a failing message).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = Some(attempts.max(1));
+        self.retry.attempts = Some(attempts.max(1));
         self
     }
 
@@ -250,8 +243,7 @@ impl SandboxConsumerBuilder {
             producer,
             held_at_shutdown: std::sync::Mutex::new(None),
             guardrails: self.guardrails,
-            backoff: self.backoff,
-            max_attempts: self.max_attempts,
+            retry: self.retry,
         })
     }
 }
@@ -268,8 +260,7 @@ pub struct SandboxConsumer {
     /// Where an earlier `run` stopped holding a message it had not handled.
     held_at_shutdown: std::sync::Mutex<Option<String>>,
     guardrails: Option<Guardrails>,
-    backoff: (Duration, Duration),
-    max_attempts: Option<u32>,
+    retry: Retry,
 }
 
 impl std::fmt::Debug for SandboxConsumer {
@@ -292,8 +283,7 @@ impl SandboxConsumer {
             directory: Arc::new(MemoryDirectory::new()),
             dead_letter_topic: None,
             guardrails: None,
-            backoff: (Duration::from_millis(100), Duration::from_secs(10)),
-            max_attempts: None,
+            retry: Retry::default(),
         }
     }
 
@@ -551,7 +541,7 @@ impl SandboxConsumer {
             // Production work, in a scope prodbox recognises.
             None => prodbox_core::context::production(),
         };
-        let mut wait = self.backoff.0;
+        let mut wait = self.retry.first;
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -574,7 +564,7 @@ impl SandboxConsumer {
                         %error,
                         "handler failed; retrying"
                     );
-                    if self.max_attempts.is_some_and(|max| attempts >= max) {
+                    if self.retry.attempts.is_some_and(|max| attempts >= max) {
                         let reason = format!("handler failed {attempts} times: {error}");
                         let sent = self.dead_letter(message, &reason, shutdown).await?;
                         if sent == Done::Completed {
@@ -591,7 +581,7 @@ impl SandboxConsumer {
                     if !pause(wait, shutdown).await {
                         return Ok(Done::Interrupted);
                     }
-                    wait = wait.saturating_mul(2).min(self.backoff.1);
+                    wait = self.retry.after(wait);
                 }
             }
         }
@@ -626,7 +616,7 @@ impl SandboxConsumer {
                 key: DEAD_LETTER_SOURCE,
                 value: Some(&source),
             });
-        let mut wait = self.backoff.0;
+        let mut wait = self.retry.first;
         loop {
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&self.dead_letter_topic).headers(headers.clone());
@@ -639,10 +629,37 @@ impl SandboxConsumer {
                     if !pause(wait, shutdown).await {
                         return Ok(Done::Interrupted);
                     }
-                    wait = wait.saturating_mul(2).min(self.backoff.1);
+                    wait = self.retry.after(wait);
                 }
             }
         }
+    }
+}
+
+/// How a failed handler, or a dead letter the broker refused, is tried again.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    /// The first wait, doubling up to `max`.
+    first: Duration,
+    max: Duration,
+    /// Handler attempts before the message is dead-lettered (`None`: retried forever).
+    attempts: Option<u32>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            attempts: None,
+        }
+    }
+}
+
+impl Retry {
+    /// The wait after one of `wait`.
+    fn after(&self, wait: Duration) -> Duration {
+        wait.saturating_mul(2).min(self.max)
     }
 }
 

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use prodbox_core::SandboxKey;
 use prodbox_core::directory::cuts::{changes, owner};
-use prodbox_core::directory::{CutPlace, Directory, DirectoryError, PartitionCuts, Range};
+use prodbox_core::directory::{
+    CutPlace, Directory, DirectoryError, PartitionCuts, Range, Sighting,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -251,10 +253,13 @@ impl Cuts {
                     return Ok(Self::baseline_by(&ranges, offset));
                 }
                 let place = self.place(topic, partition);
-                let ranges = self
-                    .directory
-                    .settle_cut(&place, sandbox, forking, offset)
-                    .await?;
+                let seen = Sighting {
+                    place: &place,
+                    sandbox,
+                    forking,
+                    offset,
+                };
+                let ranges = self.directory.settle_cut(seen).await?;
                 let cut = Self::baseline_by(&ranges, offset);
                 self.note(here, sandbox, ranges);
                 Ok::<_, DirectoryError>(cut)

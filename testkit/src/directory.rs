@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use prodbox_core::SandboxKey;
 use prodbox_core::directory::{
     CutFuture, CutPlace, Directory, DirectoryError, MemoryDirectory, PartitionCuts, Range,
-    SandboxEntry,
+    SandboxEntry, Sighting,
 };
 
 /// A [`MemoryDirectory`] that says it is stale while the test wants it to (a directory that
@@ -72,14 +72,8 @@ impl Directory for Switchable {
         self.cuts_away()
             .unwrap_or_else(|| self.entries.cut_ranges(place))
     }
-    fn settle_cut<'a>(
-        &'a self,
-        place: &'a CutPlace,
-        sandbox: &'a SandboxKey,
-        forking: Option<i64>,
-        offset: i64,
-    ) -> CutFuture<'a, Vec<Range>> {
+    fn settle_cut<'a>(&'a self, seen: Sighting<'a>) -> CutFuture<'a, Vec<Range>> {
         self.cuts_away()
-            .unwrap_or_else(|| self.entries.settle_cut(place, sandbox, forking, offset))
+            .unwrap_or_else(|| self.entries.settle_cut(seen))
     }
 }

@@ -34,6 +34,22 @@ pub struct CutPlace {
     pub partition: i32,
 }
 
+/// What a baseline consumer saw deciding one record, for [`Directory::settle_cut`]: at `offset`
+/// of `place`, incarnation `forking` of `sandbox` forks the service (`None`: none does).
+///
+/// [`Directory::settle_cut`]: super::Directory::settle_cut
+#[derive(Debug, Clone, Copy)]
+pub struct Sighting<'a> {
+    /// The partition.
+    pub place: &'a CutPlace,
+    /// The record's sandbox.
+    pub sandbox: &'a SandboxKey,
+    /// The incarnation of the sandbox that forks the service, if any.
+    pub forking: Option<i64>,
+    /// The record's offset.
+    pub offset: i64,
+}
+
 /// The ranges recorded in one partition, by sandbox (sandboxes without any are absent).
 pub type PartitionCuts = HashMap<SandboxKey, Vec<Range>>;
 
@@ -126,22 +142,16 @@ impl MemoryCuts {
         self.lock().get(place).cloned().unwrap_or_default()
     }
 
-    pub(crate) fn settle(
-        &self,
-        place: &CutPlace,
-        sandbox: &SandboxKey,
-        forking: Option<i64>,
-        offset: i64,
-    ) -> Vec<Range> {
+    pub(crate) fn settle(&self, seen: Sighting<'_>) -> Vec<Range> {
         let mut all = self.lock();
-        let partition = all.entry(place.clone()).or_default();
+        let partition = all.entry(seen.place.clone()).or_default();
         let ranges = settled(
-            partition.get(sandbox).map_or(&[][..], Vec::as_slice),
-            forking,
-            offset,
+            partition.get(seen.sandbox).map_or(&[][..], Vec::as_slice),
+            seen.forking,
+            seen.offset,
         );
         if !ranges.is_empty() {
-            partition.insert(sandbox.clone(), ranges.clone());
+            partition.insert(seen.sandbox.clone(), ranges.clone());
         }
         ranges
     }

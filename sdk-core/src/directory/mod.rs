@@ -25,7 +25,7 @@ mod file;
 mod fork;
 mod standing;
 
-pub use cuts::{CutFuture, CutPlace, PartitionCuts, Range};
+pub use cuts::{CutFuture, CutPlace, PartitionCuts, Range, Sighting};
 pub use file::FileDirectory;
 pub use fork::{Fallback, ForkAddress, ForkRoute, InvalidForkAddress, fork_route};
 pub use standing::Standing;
@@ -78,18 +78,10 @@ pub trait Directory: Send + Sync + 'static {
         Box::pin(async { Err(DirectoryError::CutsUnsupported) })
     }
 
-    /// Records what the baseline consumer saw deciding the record of `sandbox` at `offset` of
-    /// `place`: incarnation `forking` of the sandbox forks the service (`None`: none does).
-    /// Returns the sandbox's ranges as they are then; see [`cuts::settled`]. Only baseline
-    /// consumers call it.
-    fn settle_cut<'a>(
-        &'a self,
-        place: &'a CutPlace,
-        sandbox: &'a SandboxKey,
-        forking: Option<i64>,
-        offset: i64,
-    ) -> CutFuture<'a, Vec<Range>> {
-        let _ = (place, sandbox, forking, offset);
+    /// Records what the baseline consumer saw deciding one record. Returns the sandbox's
+    /// ranges as they are then; see [`cuts::settled`]. Only baseline consumers call it.
+    fn settle_cut<'a>(&'a self, seen: Sighting<'a>) -> CutFuture<'a, Vec<Range>> {
+        let _ = seen;
         Box::pin(async { Err(DirectoryError::CutsUnsupported) })
     }
 }
@@ -121,14 +113,8 @@ impl<D: Directory + ?Sized> Directory for Arc<D> {
     fn cut_ranges<'a>(&'a self, place: &'a CutPlace) -> CutFuture<'a, PartitionCuts> {
         (**self).cut_ranges(place)
     }
-    fn settle_cut<'a>(
-        &'a self,
-        place: &'a CutPlace,
-        sandbox: &'a SandboxKey,
-        forking: Option<i64>,
-        offset: i64,
-    ) -> CutFuture<'a, Vec<Range>> {
-        (**self).settle_cut(place, sandbox, forking, offset)
+    fn settle_cut<'a>(&'a self, seen: Sighting<'a>) -> CutFuture<'a, Vec<Range>> {
+        (**self).settle_cut(seen)
     }
 }
 
@@ -482,14 +468,8 @@ impl Directory for MemoryDirectory {
         Box::pin(async move { Ok(ranges) })
     }
 
-    fn settle_cut<'a>(
-        &'a self,
-        place: &'a CutPlace,
-        sandbox: &'a SandboxKey,
-        forking: Option<i64>,
-        offset: i64,
-    ) -> CutFuture<'a, Vec<Range>> {
-        let ranges = self.cuts.settle(place, sandbox, forking, offset);
+    fn settle_cut<'a>(&'a self, seen: Sighting<'a>) -> CutFuture<'a, Vec<Range>> {
+        let ranges = self.cuts.settle(seen);
         Box::pin(async move { Ok(ranges) })
     }
 }

@@ -4,7 +4,7 @@
 use std::future::Future;
 
 use prodbox_core::SandboxKey;
-use prodbox_core::directory::{CutPlace, DirectoryError, PartitionCuts, Range, cuts};
+use prodbox_core::directory::{CutPlace, DirectoryError, PartitionCuts, Range, Sighting, cuts};
 use sqlx::Postgres;
 use sqlx::Row;
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
@@ -86,11 +86,14 @@ pub(super) async fn read_cuts(
 /// its ranges. Nothing is written when nothing changes.
 pub(super) async fn settle_cut(
     pool: &PgPool,
-    place: &CutPlace,
-    sandbox: &SandboxKey,
-    forking: Option<i64>,
-    offset: i64,
+    seen: Sighting<'_>,
 ) -> Result<Vec<Range>, sqlx::Error> {
+    let Sighting {
+        place,
+        sandbox,
+        forking,
+        offset,
+    } = seen;
     const WHERE: &str = "WHERE grp = $1 AND topic = $2 AND part = $3 AND sandbox = $4";
     let mut tx = pool.begin().await?;
     if forking.is_some() {

@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 
 use prodbox_core::SandboxKey;
 use prodbox_core::directory::{
-    CutFuture, CutPlace, Directory, MemoryDirectory, PartitionCuts, Range, SandboxEntry,
+    CutFuture, CutPlace, Directory, MemoryDirectory, PartitionCuts, Range, SandboxEntry, Sighting,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::task::JoinHandle;
@@ -114,25 +114,18 @@ pub struct PgDirectoryBuilder {
 }
 
 impl PgDirectoryBuilder {
-    /// How often the directory proves its connection alive (default 2 s). A connection silent
-    /// for three heartbeats is dropped and reopened.
-    pub fn heartbeat(mut self, interval: Duration) -> Self {
-        self.heartbeat = interval.max(Duration::from_millis(10));
-        self
-    }
+    prodbox_core::plumbing::setters! {
+        /// How often the directory proves its connection alive (default 2 s). A connection silent
+        /// for three heartbeats is dropped and reopened.
+        heartbeat(interval: Duration) => heartbeat = interval.max(Duration::from_millis(10));
 
-    /// How long the directory may go without hearing from the database before it reports
-    /// itself stale (default 10 s).
-    pub fn staleness_bound(mut self, bound: Duration) -> Self {
-        self.staleness_bound = bound;
-        self
-    }
+        /// How long the directory may go without hearing from the database before it reports itself
+        /// stale (default 10 s).
+        staleness_bound(bound: Duration) => staleness_bound = bound;
 
-    /// How long after expiry a row is kept (default 1 hour), so a late request is refused as
-    /// expired rather than treated as unknown.
-    pub fn retention(mut self, retention: Duration) -> Self {
-        self.retention = retention;
-        self
+        /// How long after expiry a row is kept (default 1 hour), so a late request is refused as
+        /// expired rather than treated as unknown.
+        retention(retention: Duration) => retention = retention;
     }
 
     /// Starts watching on the current Tokio runtime and returns at once; the first sync
@@ -298,19 +291,7 @@ impl Directory for PgDirectory {
         Box::pin(cut_io(read_cuts(&self.shared.cuts, place)))
     }
 
-    fn settle_cut<'a>(
-        &'a self,
-        place: &'a CutPlace,
-        sandbox: &'a SandboxKey,
-        forking: Option<i64>,
-        offset: i64,
-    ) -> CutFuture<'a, Vec<Range>> {
-        Box::pin(cut_io(settle_cut(
-            &self.shared.cuts,
-            place,
-            sandbox,
-            forking,
-            offset,
-        )))
+    fn settle_cut<'a>(&'a self, seen: Sighting<'a>) -> CutFuture<'a, Vec<Range>> {
+        Box::pin(cut_io(settle_cut(&self.shared.cuts, seen)))
     }
 }

@@ -138,6 +138,7 @@ mod worker;
 
 pub use body::{RequestBody, ResponseBody};
 pub use hooks::{Compare, DefaultCompare, DefaultScrub, Observed, Scrub, ScrubError};
+pub use worker::ShadowClient;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -149,7 +150,6 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body::Body;
-use http_body_util::Full;
 use pin_project::pin_project;
 use prodbox_core::directory::{Directory, ForkRoute};
 use prodbox_core::{Sandbox, SandboxKey};
@@ -157,7 +157,6 @@ use tokio::sync::mpsc;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::client::BoxError;
 use body::ResponseCapture;
 use pending::{Copy, DropReason, Pending, Target, dropped};
 use worker::{Sender, Worker};
@@ -314,14 +313,7 @@ impl ShadowLayer {
     }
 
     /// Sends copies with `client` instead of hyper-util's legacy client.
-    pub fn client<C, B>(self, client: C) -> Self
-    where
-        C: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        C::Error: Into<BoxError>,
-        C::Future: Send + 'static,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    pub fn client(self, client: impl ShadowClient) -> Self {
         let client = Sender::from_service(client);
         self.with(|s| s.client = client)
     }

@@ -35,15 +35,39 @@ type SendFuture = Pin<Box<dyn Future<Output = Result<ForkResponse, BoxError>> + 
 #[derive(Clone)]
 pub(crate) struct Sender(Arc<dyn Fn(Request<Full<Bytes>>) -> SendFuture + Send + Sync>);
 
+/// A Tower client that can send shadow copies: implemented for every service that takes a
+/// `Request<Full<Bytes>>` and answers with a body of `Bytes` (hyper-util's client, a
+/// `tower::ServiceBuilder` stack over it, and so on). See [`ShadowLayer::client`].
+///
+/// [`ShadowLayer::client`]: super::ShadowLayer::client
+pub trait ShadowClient:
+    Service<
+        Request<Full<Bytes>>,
+        Response = Response<Self::Body>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    /// The response body.
+    type Body: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<C, B> ShadowClient for C
+where
+    C: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Body = B;
+}
+
 impl Sender {
-    pub(crate) fn from_service<C, B>(client: C) -> Self
-    where
-        C: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        C::Error: Into<BoxError>,
-        C::Future: Send + 'static,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    pub(crate) fn from_service(client: impl ShadowClient) -> Self {
         Self(Arc::new(move |req| {
             let mut client = client.clone();
             Box::pin(async move {
