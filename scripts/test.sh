@@ -54,6 +54,27 @@ ensure_tansu() {
     fi
 }
 
+ensure_redis() {
+    # prodbox-redis's tests talk to the machine's Redis 7 on 127.0.0.1:6379 (they make and
+    # delete ACL users `prodbox-sbx-*` and keys `sbx:{...}:*` only).
+    if redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+        return 0
+    fi
+    if ! command -v redis-server >/dev/null 2>&1; then
+        step "installing Redis (Debian's redis-server)"
+        apt-get install -y -q redis-server >/dev/null
+    fi
+    step "starting Redis on 127.0.0.1:6379 (nothing kept on disk)"
+    redis-server --bind 127.0.0.1 --port 6379 --save '' --appendonly no --daemonize yes \
+        --logfile "${TMPDIR:-/tmp}/prodbox-redis.log"
+    for _ in $(seq 1 30); do
+        redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG && return 0
+        sleep 1
+    done
+    echo "Redis did not come up on 127.0.0.1:6379; see ${TMPDIR:-/tmp}/prodbox-redis.log" >&2
+    return 1
+}
+
 ensure_interop_python() {
     # sdk-http's interop tests run a Python service instrumented with the OpenTelemetry Python
     # SDK (sdk-http/tests/interop). It gets a virtual environment of its own with the pinned
@@ -100,6 +121,7 @@ check_lint_config() {
 
 ensure_rust_components
 ensure_postgres
+ensure_redis
 ensure_tansu
 ensure_interop_python
 

@@ -36,7 +36,7 @@ Typical session:
 const EXIT_CODES: &str = "\
 Exit codes: 0 done; 1 refused (no such sandbox, already exists);
 2 bad usage or input (invalid key, TTL, fork or label, missing secret);
-3 database unreachable or failing.
+3 database or Redis unreachable or failing.
 Add --json to any command for machine-readable output on stdout; errors go to stderr.";
 
 #[derive(Parser)]
@@ -45,6 +45,11 @@ struct Cli {
     /// PostgreSQL URL of the database holding the directory and the sandbox schemas.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+
+    /// Redis URL of the server holding sandbox keys (prodbox-redis), for `sandbox delete` and
+    /// `redis`; its user needs `ACL DELUSER`, `ACL USERS`, and `SCAN`/`UNLINK` on `sbx:*`.
+    #[arg(long, env = "PRODBOX_REDIS_URL", global = true, hide_env_values = true)]
+    redis_url: Option<String>,
 
     /// Print JSON on stdout (for scripts) instead of text.
     #[arg(long, global = true)]
@@ -65,6 +70,9 @@ enum Command {
     /// List and drop sandbox database schemas (prodbox-db).
     #[command(subcommand)]
     Db(DbCommand),
+    /// List and delete sandboxes' Redis keys and ACL users (prodbox-redis).
+    #[command(subcommand)]
+    Redis(RedisCommand),
 }
 
 #[derive(Subcommand)]
@@ -139,6 +147,10 @@ enum SandboxCommand {
         /// Keep the database schema (drop it later with `prodbox db drop`).
         #[arg(long)]
         keep_schema: bool,
+        /// Keep the sandbox's Redis keys and user (deleted otherwise when --redis-url or
+        /// PRODBOX_REDIS_URL is given; later with `prodbox redis drop`).
+        #[arg(long)]
+        keep_redis: bool,
     },
 }
 
@@ -185,22 +197,40 @@ at least 32 bytes. The edge must know the same secret under the same key id. Tok
     },
 }
 
+/// The one sandbox a command is about.
+#[derive(clap::Args)]
+struct Target {
+    /// The sandbox key.
+    #[arg(value_parser = parse_key)]
+    key: SandboxKey,
+}
+
 #[derive(Subcommand)]
 enum DbCommand {
     /// List sandbox schemas.
     List,
     /// Drop one sandbox's schema and role.
-    Drop {
-        /// The sandbox key.
-        #[arg(value_parser = parse_key)]
-        key: SandboxKey,
-    },
+    Drop(Target),
     /// Drop the schemas of expired sandboxes (by the schema catalogue or the directory).
     Gc {
         /// Also drop schemas whose sandbox is not in the directory at all.
         #[arg(long)]
         orphans: bool,
         /// Only print what would be dropped.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RedisCommand {
+    /// List the sandboxes with a Redis ACL user or keys.
+    List,
+    /// Delete one sandbox's ACL user, then its keys (SCAN and UNLINK, never blocking Redis).
+    Drop(Target),
+    /// Delete the Redis objects of every sandbox the directory no longer has, or has expired.
+    Gc {
+        /// Only print what would be deleted.
         #[arg(long)]
         dry_run: bool,
     },
@@ -363,7 +393,27 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
         }
         Command::Sandbox(command) => {
             let pool = connect(cli.database_url.as_deref()).await?;
-            cmd::sandbox::run(command, pool).await
+            let redis = match (&command, cli.redis_url.as_deref()) {
+                (
+                    SandboxCommand::Delete {
+                        keep_redis: false, ..
+                    },
+                    Some(url),
+                ) => Some(cmd::redis::connect(url).await?),
+                _ => None,
+            };
+            cmd::sandbox::run(command, pool, redis).await
+        }
+        Command::Redis(command) => {
+            let url = cli.redis_url.as_deref().ok_or_else(|| {
+                Failure::Usage("no Redis: pass --redis-url or set PRODBOX_REDIS_URL".to_owned())
+            })?;
+            let redis = cmd::redis::connect(url).await?;
+            let pool = match command {
+                RedisCommand::Gc { .. } => Some(connect(cli.database_url.as_deref()).await?),
+                _ => None,
+            };
+            cmd::redis::run(command, redis, pool).await
         }
         Command::Db(command) => {
             let pool = connect(cli.database_url.as_deref()).await?;

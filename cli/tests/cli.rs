@@ -70,6 +70,7 @@ async fn prodbox_env(url: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> 
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_prodbox"));
     command
         .env_remove("DATABASE_URL")
+        .env_remove("PRODBOX_REDIS_URL")
         .env_remove("PRODBOX_TOKEN_SECRET")
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -1155,4 +1156,139 @@ async fn db_drop_of_a_sandbox_also_provisioned_in_another_database() {
         b_works.is_ok(),
         "the other database's sandbox broke: {b_works:?}"
     );
+}
+
+const REDIS: &str = "redis://127.0.0.1:6379/";
+
+/// A sandbox's Redis objects as prodbox-redis leaves them: its ACL user and `keys` keys.
+async fn redis_objects(redis: &mut redis::aio::MultiplexedConnection, k: &SandboxKey, keys: usize) {
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(prodbox_redis::names::user(k))
+        .arg("on")
+        .query_async(redis)
+        .await
+        .expect("ACL SETUSER");
+    for i in 0..keys {
+        let () = redis::cmd("SET")
+            .arg(format!("{}k{i}", prodbox_redis::names::prefix(k)))
+            .arg(i)
+            .query_async(redis)
+            .await
+            .expect("SET");
+    }
+}
+
+/// `sandbox delete` with a Redis URL deletes the sandbox's Redis user and keys; `redis gc`
+/// deletes those of sandboxes the directory no longer has, and only those; `redis drop` one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_objects_go_with_their_sandbox() {
+    let db = setup().await;
+    let mut redis = redis::Client::open(REDIS)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis 7 on 127.0.0.1:6379");
+    let (deleted, live, gone) = (
+        key(&unique_key("cli-redis-del")),
+        key(&unique_key("cli-redis-live")),
+        key(&unique_key("cli-redis-gone")),
+    );
+    for k in [&deleted, &live] {
+        prodbox(&db, &["sandbox", "create", k.as_str()]).await.ok();
+    }
+    for k in [&deleted, &live, &gone] {
+        redis_objects(&mut redis, k, 3).await;
+    }
+    let listed = prodbox_env(
+        None,
+        &["--redis-url", REDIS, "--json", "redis", "list"],
+        &[],
+    )
+    .await
+    .ok()
+    .json();
+    for k in [&deleted, &live, &gone] {
+        assert!(
+            listed
+                .as_array()
+                .expect("array")
+                .contains(&Value::from(k.as_str())),
+            "{listed}"
+        );
+    }
+
+    let out = prodbox_env(
+        Some(db.url()),
+        &["--json", "sandbox", "delete", deleted.as_str()],
+        &[("PRODBOX_REDIS_URL", REDIS)],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(out["redis_keys_deleted"], 3, "{out}");
+    assert_eq!(out["redis_user_deleted"], true, "{out}");
+
+    let dry = prodbox_env(
+        Some(db.url()),
+        &["--redis-url", REDIS, "--json", "redis", "gc", "--dry-run"],
+        &[],
+    )
+    .await
+    .ok()
+    .json();
+    let named = |v: &Value, k: &SandboxKey| {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .any(|t| t["key"] == k.as_str())
+    };
+    assert!(named(&dry, &gone) && !named(&dry, &live), "{dry}");
+    assert!(
+        prodbox_redis::sandboxes(&mut redis)
+            .await
+            .expect("list")
+            .contains(&gone),
+        "a dry run deletes nothing"
+    );
+
+    let gc = prodbox_env(
+        Some(db.url()),
+        &["--redis-url", REDIS, "--json", "redis", "gc"],
+        &[],
+    )
+    .await
+    .ok()
+    .json();
+    assert!(named(&gc, &gone) && !named(&gc, &live), "{gc}");
+    let left = prodbox_redis::sandboxes(&mut redis).await.expect("list");
+    assert!(
+        left.contains(&live) && !left.contains(&gone) && !left.contains(&deleted),
+        "{left:?}"
+    );
+
+    prodbox_env(
+        None,
+        &["--redis-url", REDIS, "redis", "drop", live.as_str()],
+        &[],
+    )
+    .await
+    .ok();
+    prodbox_env(
+        None,
+        &["--redis-url", REDIS, "redis", "drop", live.as_str()],
+        &[],
+    )
+    .await
+    .fails(1, "has no Redis keys or user");
+    prodbox_env(None, &["redis", "list"], &[])
+        .await
+        .fails(2, "no Redis");
+    prodbox_env(
+        None,
+        &["--redis-url", "redis://127.0.0.1:1/", "redis", "list"],
+        &[],
+    )
+    .await
+    .fails(3, "cannot connect to Redis");
 }

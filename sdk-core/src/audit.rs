@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `sandbox` | the sandbox key, or `-` when none could be read |
 //! | `actor`, `origin` | who started the sandbox and for what, or `-` |
-//! | `protocol` | `http`, `grpc`, `kafka`, `db` |
+//! | `protocol` | `http`, `grpc`, `kafka`, `db`, `redis` |
 //! | `direction` | `inbound` or `outbound` |
 //! | `decision` | `accepted`, `stripped`, `rejected`, `throttled`, `routed`, `fallback`, `skipped`, `dead_lettered`, `shadowed` |
 //! | `reason` | a short stable name such as `untrusted_ingress`, `token_expired`, `rate_limited` |
@@ -18,6 +18,8 @@
 //! `EnvFilter` directive such as `prodbox::audit=info`.
 
 use std::fmt;
+
+use crate::sandbox::{Sandbox, SandboxKey};
 
 /// The protocol a decision was made on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,6 +33,8 @@ pub enum Protocol {
     Kafka,
     /// Database.
     Db,
+    /// Redis.
+    Redis,
 }
 
 impl Protocol {
@@ -41,6 +45,7 @@ impl Protocol {
             Protocol::Grpc => "grpc",
             Protocol::Kafka => "kafka",
             Protocol::Db => "db",
+            Protocol::Redis => "redis",
         }
     }
 }
@@ -128,7 +133,40 @@ pub struct AuditEvent<'a> {
     pub detail: Option<&'a dyn fmt::Display>,
 }
 
-impl AuditEvent<'_> {
+impl<'a> AuditEvent<'a> {
+    /// An event about `sandbox` (its key, actor and origin; `None` for none), without detail.
+    pub fn about(
+        sandbox: Option<&'a Sandbox>,
+        protocol: Protocol,
+        direction: Direction,
+        decision: Decision,
+        reason: &'a str,
+    ) -> Self {
+        Self {
+            sandbox: sandbox.map(|s| s.key().as_str()),
+            actor: sandbox.and_then(Sandbox::actor),
+            origin: sandbox.and_then(Sandbox::origin),
+            protocol,
+            direction,
+            decision,
+            reason,
+            detail: None,
+        }
+    }
+
+    /// With `detail`.
+    pub fn detail(mut self, detail: &'a dyn fmt::Display) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// Names sandbox `key` when the event names none (the sandbox an error names, when the
+    /// task had none).
+    pub fn or_key(mut self, key: Option<&'a SandboxKey>) -> Self {
+        self.sandbox = self.sandbox.or(key.map(SandboxKey::as_str));
+        self
+    }
+
     /// Writes the event on target `prodbox::audit`.
     pub fn emit(&self) {
         let labels = [

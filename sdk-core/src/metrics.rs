@@ -8,6 +8,7 @@
 //! | `prodbox.kafka.messages` | counter, `{message}` | `messaging.system` (`kafka`), `messaging.destination.name`, `prodbox.kafka.role` (`baseline`, `sandbox`), `prodbox.kafka.outcome` (`processed`, `skipped`, `dead_lettered`) |
 //! | `prodbox.db.schemas` | counter, `{schema}` | `db.system.name` (`postgresql`), `prodbox.db.operation` (`provisioned`, `dropped`) |
 //! | `prodbox.db.provisioning.duration` | histogram, `s` | `db.system.name` |
+//! | `prodbox.redis.cleanup` | counter, `{item}` | `db.system.name` (`redis`), `prodbox.redis.item` (`key`, `user`) |
 //! | `prodbox.shadow.copies` | counter, `{copy}` | `prodbox.shadow.outcome` (`sent`, `differing`, `dropped`), `prodbox.shadow.reason` (drops only: `queue_full`, `fork_slow`, `body_too_large`, `fork_error`, ...), `prodbox.sandbox` |
 //!
 //! `prodbox.sandbox.decisions` counts every audit event (the `audit` module calls it): sandbox contexts
@@ -47,6 +48,7 @@ struct Instruments {
     schemas: Counter<u64>,
     provisioning: Histogram<f64>,
     shadow_copies: Counter<u64>,
+    redis_cleanup: Counter<u64>,
 }
 
 fn instruments() -> &'static Instruments {
@@ -86,6 +88,11 @@ fn instruments() -> &'static Instruments {
                 .with_description(
                     "Sampled copies of baseline requests sent to a shadow fork, or dropped",
                 )
+                .build(),
+            redis_cleanup: meter
+                .u64_counter("prodbox.redis.cleanup")
+                .with_unit("{item}")
+                .with_description("Sandbox keys and ACL users deleted from Redis")
                 .build(),
         }
     })
@@ -325,6 +332,17 @@ pub(crate) mod record {
             &[
                 KeyValue::new("db.system.name", "postgresql"),
                 KeyValue::new("prodbox.db.operation", "dropped"),
+            ],
+        );
+    }
+
+    /// Counts `n` sandbox keys (`item` `key`) or ACL users (`user`) deleted from Redis.
+    pub fn redis_deleted(item: &'static str, n: u64) {
+        instruments().redis_cleanup.add(
+            n,
+            &[
+                KeyValue::new("db.system.name", "redis"),
+                KeyValue::new("prodbox.redis.item", item),
             ],
         );
     }

@@ -11,7 +11,7 @@ pub mod scope {
 /// The recorders of prodbox's own instruments (see [`crate::metrics`]).
 pub mod metrics {
     pub use crate::metrics::record::{
-        KafkaOutcome, ShadowOutcome, kafka_message, sandbox_label, schema_dropped,
+        KafkaOutcome, ShadowOutcome, kafka_message, redis_deleted, sandbox_label, schema_dropped,
         schema_provisioned, shadow_copy,
     };
 }

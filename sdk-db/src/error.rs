@@ -156,19 +156,15 @@ impl SandboxDbError {
     /// Audits this error as `decision` about `sandbox` (or, without one, the sandbox the error
     /// names).
     pub(crate) fn audit(&self, sandbox: Option<&Sandbox>, decision: Decision) {
-        AuditEvent {
-            sandbox: sandbox
-                .map(Sandbox::key)
-                .or(self.key())
-                .map(SandboxKey::as_str),
-            actor: sandbox.and_then(Sandbox::actor),
-            origin: sandbox.and_then(Sandbox::origin),
-            protocol: Protocol::Db,
-            direction: Direction::Outbound,
+        AuditEvent::about(
+            sandbox,
+            Protocol::Db,
+            Direction::Outbound,
             decision,
-            reason: self.reason(),
-            detail: Some(self),
-        }
+            self.reason(),
+        )
+        .or_key(self.key())
+        .detail(self)
         .emit();
     }
 
@@ -202,16 +198,14 @@ pub(crate) fn refine(error: sqlx::Error, sandbox: Option<&Sandbox>) -> sqlx::Err
 /// Audits that a guarded pool or connection was given up, unguarded, in `context` (which it
 /// does not serve), for the reason `why`.
 pub(crate) fn audit_unguarded(context: Option<&Sandbox>, why: &'static str) {
-    AuditEvent {
-        sandbox: context.map(|s| s.key().as_str()),
-        actor: context.and_then(Sandbox::actor),
-        origin: context.and_then(Sandbox::origin),
-        protocol: Protocol::Db,
-        direction: Direction::Outbound,
-        decision: Decision::Stripped,
-        reason: "db_unguarded",
-        detail: Some(&why),
-    }
+    AuditEvent::about(
+        context,
+        Protocol::Db,
+        Direction::Outbound,
+        Decision::Stripped,
+        "db_unguarded",
+    )
+    .detail(&why)
     .emit();
 }
 

@@ -53,7 +53,7 @@ pub(crate) async fn run(command: DbCommand, pool: PgPool) -> Result<Output, Fail
                 json: Value::Array(json),
             })
         }
-        DbCommand::Drop { key } => {
+        DbCommand::Drop(crate::Target { key }) => {
             if !schemas.drop_sandbox(&key).await? {
                 return Err(Failure::Refused(format!("sandbox {key} has no schema")));
             }

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use prodbox_core::directory::SandboxEntry;
 use prodbox_db::SandboxPool;
 use prodbox_db::directory::{DirectoryStore, StoreError};
+use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 use sqlx::postgres::PgPool;
 
@@ -61,7 +62,11 @@ fn describe(entry: &SandboxEntry, now: SystemTime) -> String {
     )
 }
 
-pub(crate) async fn run(command: SandboxCommand, pool: PgPool) -> Result<Output, Failure> {
+pub(crate) async fn run(
+    command: SandboxCommand,
+    pool: PgPool,
+    mut redis: Option<MultiplexedConnection>,
+) -> Result<Output, Failure> {
     let store = DirectoryStore::new(pool.clone());
     let now = SystemTime::now();
     let shown = |verb: &str, entry: SandboxEntry| Output {
@@ -153,7 +158,9 @@ pub(crate) async fn run(command: SandboxCommand, pool: PgPool) -> Result<Output,
         SandboxCommand::Enable { key } => {
             Ok(shown("enabled ", store.set_disabled(&key, false).await?))
         }
-        SandboxCommand::Delete { key, keep_schema } => {
+        SandboxCommand::Delete {
+            key, keep_schema, ..
+        } => {
             // Kill switch first, and a moment for every service to see it (the directory's
             // propagation bound is a second): while the schema goes, the sandbox is refused,
             // not unknown, so nothing provisions it again.
@@ -167,8 +174,13 @@ pub(crate) async fn run(command: SandboxCommand, pool: PgPool) -> Result<Output,
                 }
                 SandboxPool::new(pool).drop_sandbox(&key).await?
             };
+            // Redis after the kill switch too; its user goes first, closing its connections.
+            let redis_deleted = match redis.as_mut() {
+                Some(redis) => Some(super::redis::drop(redis, &key).await?),
+                None => None,
+            };
             let deleted = store.delete(&key).await?;
-            if !deleted && !schema_dropped {
+            if !deleted && !schema_dropped && redis_deleted.is_none_or(|t| t.keys == 0 && !t.user) {
                 return Err(StoreError::NotFound(key).into());
             }
             let mut text = if deleted {
@@ -184,10 +196,18 @@ pub(crate) async fn run(command: SandboxCommand, pool: PgPool) -> Result<Output,
             } else if !keep_schema {
                 text.push_str("; it had no schema");
             }
-            Ok(Output {
-                text,
-                json: json!({"key": key.as_str(), "deleted": deleted, "schema_dropped": schema_dropped}),
-            })
+            let mut json =
+                json!({"key": key.as_str(), "deleted": deleted, "schema_dropped": schema_dropped});
+            if let Some(torn) = redis_deleted {
+                text.push_str(&format!(
+                    "; deleted {} Redis keys{}",
+                    torn.keys,
+                    if torn.user { " and its Redis user" } else { "" }
+                ));
+                json["redis_keys_deleted"] = json!(torn.keys);
+                json["redis_user_deleted"] = json!(torn.user);
+            }
+            Ok(Output { text, json })
         }
     }
 }

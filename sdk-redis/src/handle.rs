@@ -1,0 +1,538 @@
+//! The handle the application holds: a `redis::aio::ConnectionLike` that sends production's
+//! commands untouched over the service's own connection and a sandbox's commands, rewritten,
+//! over that sandbox's own connection, logged in as its ACL user.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use prodbox_core::{Sandbox, SandboxKey};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use tokio::sync::OnceCell;
+
+use crate::acl;
+use crate::commands::CommandTable;
+use crate::error::SandboxRedisError;
+use crate::rewrite::{self, Namespace, Plan};
+
+/// Sandboxes with a connection at once, by default.
+pub const DEFAULT_MAX_ACTIVE_SANDBOXES: usize = 64;
+/// How long opening a sandbox's connection (its ACL user included) may take, by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The shortest secret [`SandboxRedis::builder`] takes, in bytes.
+pub const MIN_SECRET_LEN: usize = 32;
+/// How many keys one `SCAN` step asks for when prodbox walks a namespace.
+pub(crate) const SCAN_COUNT: usize = 1000;
+
+/// A Redis connection that keeps each sandbox's keys and channels in its own namespace,
+/// enforced by a Redis ACL user per sandbox; see the [crate docs](crate).
+///
+/// Production's commands go over `C`, the service's own connection: a `MultiplexedConnection`
+/// from [`build`](SandboxRedisBuilder::build), or any other (a `ConnectionManager`, say) from
+/// [`build_over`](SandboxRedisBuilder::build_over). Cloning is cheap and shares the
+/// connections.
+#[derive(Clone)]
+pub struct SandboxRedis<C = MultiplexedConnection> {
+    baseline: C,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl<C> std::fmt::Debug for SandboxRedis<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxRedis")
+            .field("active_sandboxes", &self.shared.lock().len())
+            .field("max_active_sandboxes", &self.shared.max_active)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`SandboxRedis`].
+#[derive(Debug)]
+pub struct SandboxRedisBuilder {
+    client: redis::Client,
+    manager: Option<redis::Client>,
+    secret: Vec<u8>,
+    max_active: usize,
+    connect_timeout: Duration,
+}
+
+impl SandboxRedisBuilder {
+    prodbox_core::plumbing::setters! {
+        /// Manages sandbox users and deletes sandbox keys through `client` (default: the
+        /// service's own). Its user needs `ACL SETUSER`, `ACL DELUSER`, `ACL USERS`, `COMMAND`,
+        /// and `SCAN` and `UNLINK` on `sbx:*` (see the crate docs).
+        manager(client: redis::Client) => manager = Some(client);
+
+        /// Sandboxes with an open connection at once (default
+        /// [`DEFAULT_MAX_ACTIVE_SANDBOXES`]); past it, the least recently used one's
+        /// connection is closed (calls in flight on it finish first).
+        max_active_sandboxes(sandboxes: usize) => max_active = sandboxes.max(1);
+
+        /// How long opening a sandbox's connection may take (default
+        /// [`DEFAULT_CONNECT_TIMEOUT`]).
+        connect_timeout(timeout: Duration) => connect_timeout = timeout;
+    }
+
+    /// Connects, reads the server's command table and returns the handle, production's
+    /// commands going over a new `MultiplexedConnection`. Refuses a secret shorter than
+    /// [`MIN_SECRET_LEN`] bytes.
+    pub async fn build(self) -> RedisResult<SandboxRedis> {
+        let baseline = self.client.get_multiplexed_async_connection().await?;
+        self.build_over(baseline).await
+    }
+
+    /// As [`build`](Self::build), production's commands going over `baseline`, the service's
+    /// own connection to the same server (a `ConnectionManager`, with its reconnects).
+    pub async fn build_over<C: ConnectionLike>(self, baseline: C) -> RedisResult<SandboxRedis<C>> {
+        if self.secret.len() < MIN_SECRET_LEN {
+            return Err(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "the secret that derives sandbox users' passwords is too short",
+                format!(
+                    "{} bytes; at least {MIN_SECRET_LEN} random bytes, the same on every replica",
+                    self.secret.len()
+                ),
+            )));
+        }
+        let manager_client = self.manager.unwrap_or_else(|| self.client.clone());
+        let mut manager = manager_client.get_multiplexed_async_connection().await?;
+        let reply: Value = redis::cmd("COMMAND").query_async(&mut manager).await?;
+        let table = CommandTable::from_reply(&reply).map_err(|why| {
+            RedisError::from((
+                redis::ErrorKind::Client,
+                "cannot read the server's command table",
+                why.to_owned(),
+            ))
+        })?;
+        let allowed = acl::allowed_commands(&table);
+        warn_if_default_user_is_open(&mut manager).await;
+        Ok(SandboxRedis {
+            baseline,
+            shared: Arc::new(Shared {
+                db: self.client.get_connection_info().redis_settings().db(),
+                client: self.client,
+                manager,
+                table,
+                allowed,
+                secret: self.secret,
+                max_active: self.max_active,
+                connect_timeout: self.connect_timeout,
+                slots: Mutex::new(Slots::default()),
+            }),
+        })
+    }
+}
+
+impl SandboxRedis {
+    /// Starts configuring a handle over `client` (the service's own Redis, whose user makes
+    /// the sandbox users unless [`manager`](SandboxRedisBuilder::manager) says otherwise).
+    /// `secret` derives every sandbox user's password: give every replica of the service the
+    /// same one (at least [`MIN_SECRET_LEN`] random bytes), so that any replica can log in as
+    /// a user another one made. Every service that shares the Redis server needs the same
+    /// secret too: a sandbox's user is one per server, and making it again with another
+    /// secret's password locks the first service's new connections out.
+    pub fn builder(client: redis::Client, secret: impl Into<Vec<u8>>) -> SandboxRedisBuilder {
+        SandboxRedisBuilder {
+            client,
+            manager: None,
+            secret: secret.into(),
+            max_active: DEFAULT_MAX_ACTIVE_SANDBOXES,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+impl<C> SandboxRedis<C> {
+    /// How many sandboxes have an open connection.
+    pub fn active_sandboxes(&self) -> usize {
+        self.shared.lock().len()
+    }
+}
+
+/// Redis lets any connection run `AUTH`, `HELLO` and `RESET` whatever its ACL user, so a
+/// connection that sent one (prodbox refuses them to sandboxes) would become the default user:
+/// say so when that user logs in without a password.
+async fn warn_if_default_user_is_open(manager: &mut MultiplexedConnection) {
+    let described: RedisResult<Value> = redis::cmd("ACL")
+        .arg("GETUSER")
+        .arg("default")
+        .query_async(manager)
+        .await;
+    let open = described.is_ok_and(|user| {
+        let text = format!("{user:?}");
+        text.contains("nopass") && !text.contains("\"off\"")
+    });
+    if open {
+        tracing::warn!(
+            target: "prodbox::redis",
+            "Redis's default user logs in without a password: prodbox refuses AUTH, HELLO and \
+             RESET to sandboxes, but only a password on the default user (or turning it off) \
+             makes Redis refuse them too; see docs/SECURITY.md"
+        );
+    }
+}
+
+/// Reads the sandbox again (at a future's first poll, or when a subscription is used): work
+/// created in one context and run in another is refused rather than sent to either namespace.
+pub(crate) fn same_at_poll(at_call: Option<&Sandbox>) -> Result<(), RedisError> {
+    let at_call_key = at_call.map(Sandbox::key);
+    if prodbox_core::with_current(|now| now.map(Sandbox::key) == at_call_key) {
+        return Ok(());
+    }
+    let at_poll = prodbox_core::current();
+    Err(SandboxRedisError::ContextChanged {
+        at_call: at_call_key.cloned(),
+        at_poll: at_poll.as_ref().map(|s| s.key().clone()),
+    }
+    .refuse(at_call.or(at_poll.as_ref())))
+}
+
+impl<C: ConnectionLike + Send> ConnectionLike for SandboxRedis<C> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match prodbox_core::current() {
+            None => {
+                let sent = self.baseline.req_packed_command(cmd);
+                Box::pin(async move {
+                    same_at_poll(None)?;
+                    sent.await
+                })
+            }
+            Some(sandbox) => Box::pin(async move {
+                same_at_poll(Some(&sandbox))?;
+                self.shared.command(&sandbox, cmd).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match prodbox_core::current() {
+            None => {
+                let sent = self.baseline.req_packed_commands(pipeline, offset, count);
+                Box::pin(async move {
+                    same_at_poll(None)?;
+                    sent.await
+                })
+            }
+            Some(sandbox) => Box::pin(async move {
+                same_at_poll(Some(&sandbox))?;
+                self.shared
+                    .pipeline(&sandbox, pipeline, offset, count)
+                    .await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        self.baseline.get_db()
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) client: redis::Client,
+    pub(crate) manager: MultiplexedConnection,
+    pub(crate) table: CommandTable,
+    allowed: Vec<String>,
+    secret: Vec<u8>,
+    pub(crate) db: i64,
+    max_active: usize,
+    connect_timeout: Duration,
+    slots: Mutex<Slots>,
+}
+
+type Slot = Arc<OnceCell<MultiplexedConnection>>;
+
+/// The sandboxes' connections, least recently used first out.
+#[derive(Default)]
+struct Slots {
+    slots: HashMap<SandboxKey, (Slot, u64)>,
+    tick: u64,
+}
+
+impl Slots {
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Plans, sends and answers one command of `sandbox`.
+    async fn command(&self, sandbox: &Sandbox, cmd: &Cmd) -> RedisResult<Value> {
+        let ns = Namespace::new(sandbox.key());
+        let plan = rewrite::unpack(&cmd.get_packed_command())
+            .ok_or_else(|| malformed(&ns))
+            .and_then(|args| rewrite::plan(&self.table, &ns, args))
+            .map_err(|refused| refused.refuse(Some(sandbox)))?;
+        let mut connection = self.connection(sandbox).await?;
+        let result = match plan {
+            Plan::Send {
+                cmd: mut sent,
+                reply,
+            } => {
+                sent.set_no_response(cmd.is_no_response());
+                connection.req_packed_command(&sent).await.map(|mut value| {
+                    rewrite::fix_reply(&ns, reply, &mut value);
+                    value
+                })
+            }
+            Plan::ScanAll {
+                pattern,
+                count_only,
+            } => scan_all(&mut connection, &pattern, count_only, &ns).await,
+        };
+        self.checked(sandbox, command_name(cmd), result)
+    }
+
+    /// Plans every command of `pipeline` (refusing all of it if one is refused), sends them as
+    /// one pipeline and answers.
+    async fn pipeline(
+        &self,
+        sandbox: &Sandbox,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        let ns = Namespace::new(sandbox.key());
+        let mut sent = redis::pipe();
+        if pipeline.is_transaction() {
+            sent.atomic();
+        }
+        let mut replies = Vec::new();
+        for cmd in pipeline.cmd_iter() {
+            let planned = rewrite::unpack(&cmd.get_packed_command())
+                .ok_or_else(|| malformed(&ns))
+                .and_then(|args| rewrite::plan(&self.table, &ns, args));
+            match planned {
+                Ok(Plan::Send { cmd, reply }) => {
+                    sent.add_command(cmd);
+                    replies.push(reply);
+                }
+                Ok(Plan::ScanAll { .. }) => {
+                    return Err(SandboxRedisError::Refused {
+                        sandbox: ns.key.clone(),
+                        command: command_name(cmd),
+                        why: "is answered by SCAN over the sandbox, which a pipeline cannot hold: send it alone",
+                    }
+                    .refuse(Some(sandbox)));
+                }
+                Err(refused) => return Err(refused.refuse(Some(sandbox))),
+            }
+        }
+        let mut connection = self.connection(sandbox).await?;
+        let result = connection
+            .req_packed_commands(&sent, offset, count)
+            .await
+            .map(|mut values| {
+                if pipeline.is_transaction() {
+                    if let Some(Value::Array(items)) = values.last_mut() {
+                        for (item, reply) in items.iter_mut().zip(&replies) {
+                            rewrite::fix_reply(&ns, *reply, item);
+                        }
+                    }
+                } else {
+                    for (item, reply) in values.iter_mut().zip(replies.iter().skip(offset)) {
+                        rewrite::fix_reply(&ns, *reply, item);
+                    }
+                }
+                values
+            });
+        self.checked(sandbox, "pipeline".to_owned(), result)
+    }
+
+    /// Turns Redis's `NOPERM` into a typed, audited refusal, and forgets a connection that
+    /// failed (the next call opens a new one, remaking the user after a Redis restart).
+    /// Replies (a pipeline's included) that hold one are refused as a whole.
+    fn checked<T: Replies>(
+        &self,
+        sandbox: &Sandbox,
+        command: String,
+        result: RedisResult<T>,
+    ) -> RedisResult<T> {
+        let refusal = match &result {
+            Ok(value) => value.refusal(),
+            Err(error) if crate::error::is_acl_refusal(error) => Some(error.to_string()),
+            Err(_) => None,
+        };
+        if let Some(detail) = refusal {
+            return Err(SandboxRedisError::ServerRefused {
+                sandbox: sandbox.key().clone(),
+                command,
+                detail,
+            }
+            .refuse(Some(sandbox)));
+        }
+        let error = match result {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        if error.is_unrecoverable_error() || error.is_connection_dropped() {
+            self.forget(sandbox.key());
+        }
+        Err(error)
+    }
+
+    /// The sandbox's connection, opened (its user made) on first use.
+    async fn connection(&self, sandbox: &Sandbox) -> RedisResult<MultiplexedConnection> {
+        let key = sandbox.key();
+        let slot = self.slot(key);
+        let opened = slot
+            .get_or_try_init(|| async {
+                tokio::time::timeout(self.connect_timeout, self.open(key))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(RedisError::from((
+                            redis::ErrorKind::Io,
+                            "timed out opening the sandbox's connection",
+                        )))
+                    })
+            })
+            .await;
+        match opened {
+            Ok(connection) => Ok(connection.clone()),
+            Err(source) => {
+                self.forget(key);
+                Err(SandboxRedisError::Connect {
+                    sandbox: key.clone(),
+                    source,
+                }
+                .refuse(Some(sandbox)))
+            }
+        }
+    }
+
+    fn slot(&self, key: &SandboxKey) -> Slot {
+        let mut slots = self.lock();
+        slots.tick += 1;
+        let tick = slots.tick;
+        if let Some((slot, used)) = slots.slots.get_mut(key) {
+            *used = tick;
+            return Arc::clone(slot);
+        }
+        if slots.slots.len() >= self.max_active
+            && let Some(oldest) = slots
+                .slots
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+        {
+            slots.slots.remove(&oldest);
+        }
+        let slot = Slot::default();
+        slots.slots.insert(key.clone(), (Arc::clone(&slot), tick));
+        slot
+    }
+
+    pub(crate) fn forget(&self, key: &SandboxKey) {
+        self.lock().slots.remove(key);
+    }
+
+    /// Opens a connection as the sandbox's user.
+    async fn open(&self, key: &SandboxKey) -> RedisResult<MultiplexedConnection> {
+        self.login(key)
+            .await?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    /// Makes the sandbox's user (idempotent: every replica writes the same rules) and returns a
+    /// client that logs in as it.
+    pub(crate) async fn login(&self, key: &SandboxKey) -> RedisResult<redis::Client> {
+        let password = acl::password(&self.secret, key);
+        let mut setuser = redis::cmd("ACL");
+        for arg in acl::setuser(key, &password, &self.allowed, self.db) {
+            setuser.arg(arg);
+        }
+        let mut manager = self.manager.clone();
+        let () = setuser.query_async(&mut manager).await?;
+        let info = self.client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_username(crate::names::user(key))
+            .set_password(password);
+        redis::Client::open(info.set_redis_settings(settings))
+    }
+}
+
+/// A reply, or a pipeline's replies, that may hold an ACL refusal.
+trait Replies {
+    fn refusal(&self) -> Option<String>;
+}
+
+impl Replies for Value {
+    fn refusal(&self) -> Option<String> {
+        crate::error::acl_refusal_in(self)
+    }
+}
+
+impl Replies for Vec<Value> {
+    fn refusal(&self) -> Option<String> {
+        self.iter().find_map(crate::error::acl_refusal_in)
+    }
+}
+
+fn malformed(ns: &Namespace) -> SandboxRedisError {
+    SandboxRedisError::Refused {
+        sandbox: ns.key.clone(),
+        command: String::new(),
+        why: "could not be read back from its packed form",
+    }
+}
+
+fn command_name(cmd: &Cmd) -> String {
+    cmd.args_iter()
+        .next()
+        .map(|arg| match arg {
+            redis::Arg::Simple(name) => String::from_utf8_lossy(name).to_ascii_lowercase(),
+            _ => String::new(),
+        })
+        .unwrap_or_default()
+}
+
+/// `KEYS` and `DBSIZE` over the namespace: `SCAN ... MATCH pattern` to the end.
+async fn scan_all(
+    connection: &mut MultiplexedConnection,
+    pattern: &[u8],
+    count_only: bool,
+    ns: &Namespace,
+) -> RedisResult<Value> {
+    let mut cursor = 0u64;
+    let mut names = Vec::new();
+    let mut count = 0i64;
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query_async(connection)
+            .await?;
+        count += batch.len() as i64;
+        if !count_only {
+            names.extend(batch.into_iter().map(|name| {
+                let mut value = Value::BulkString(name);
+                ns.strip(&mut value);
+                value
+            }));
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    Ok(if count_only {
+        Value::Int(count)
+    } else {
+        Value::Array(names)
+    })
+}
