@@ -6,6 +6,8 @@
 //! * [`PropagateSandboxLayer`]: the client side, for any Tower HTTP client (hyper-util's
 //!   `Client`): writes the current context into outbound requests.
 //! * [`ForkRoutingLayer`]: sends sandboxed calls to the sandbox's fork of a service.
+//! * [`EgressPolicyLayer`]: lets a sandboxed call out only to destinations the egress policy
+//!   declares (third parties without the context, stubbed ones answered by their stub).
 //! * [`ShadowLayer`] (feature `shadow`): copies a sample of baseline requests to a sandbox's
 //!   shadow fork, for dark launches with real traffic.
 //! * `reqwest::SandboxMiddleware` (feature `reqwest`): the client side for
@@ -43,6 +45,7 @@
 #![deny(unreachable_pub)]
 
 pub mod client;
+pub mod egress;
 pub mod routing;
 pub mod server;
 
@@ -54,6 +57,7 @@ pub mod shadow;
 pub use client::{
     ClientFlavor, HttpClientFlavor, InjectError, PropagateSandbox, PropagateSandboxLayer,
 };
+pub use egress::{EgressPolicyLayer, EgressPolicyService};
 pub use routing::{ForkRouting, ForkRoutingLayer};
 pub use server::{HttpFlavor, PeerAddr, SandboxLayer, SandboxService, ServerFlavor};
 #[cfg(feature = "shadow")]

@@ -50,7 +50,7 @@ use std::time::SystemTime;
 use http::uri::Parts;
 use http::{HeaderValue, Request, Uri, header};
 use prodbox_core::audit::Decision;
-use prodbox_core::directory::{Directory, ForkRoute, fork_route};
+use prodbox_core::directory::{Directory, ForkAddress, ForkRoute, fork_route};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -139,10 +139,10 @@ impl ForkRoutingLayer {
     }
 
     fn route<B>(&self, sandbox: &prodbox_core::Sandbox, req: &mut Request<B>) {
-        let Some(service) = self.service_of(req.uri()) else {
+        let Some(service) = self.service_of(req.uri()).map(str::to_owned) else {
             return;
         };
-        let fork = match fork_route(&*self.directory, sandbox.key(), service, SystemTime::now()) {
+        let fork = match fork_route(&*self.directory, sandbox.key(), &service, SystemTime::now()) {
             ForkRoute::Baseline => return,
             ForkRoute::Fork(fork) => fork,
             ForkRoute::Fallback(why) => {
@@ -154,26 +154,34 @@ impl ForkRoutingLayer {
                 );
             }
         };
-        let mut parts = Parts::default();
-        parts.scheme = Some(fork.scheme().clone());
-        parts.authority = Some(fork.authority().clone());
-        parts.path_and_query = req.uri().path_and_query().cloned();
-        let Ok(uri) = Uri::from_parts(parts) else {
-            return;
-        };
-        crate::client::egress().audit(
-            sandbox,
-            Decision::Routed,
-            "fork",
-            &format_args!("{service} routed to {uri}"),
-        );
-        *req.uri_mut() = uri;
-        if req.headers().contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(fork.authority().as_str())
-        {
-            req.headers_mut().insert(header::HOST, host);
+        if point_at(req, &fork) {
+            crate::client::egress().audit(
+                sandbox,
+                Decision::Routed,
+                "fork",
+                &format_args!("{service} routed to {}", req.uri()),
+            );
         }
     }
+}
+
+/// Points `req` at `address` (a fork, a stub service): its scheme and authority replace the
+/// URI's, path and query stay, and a `Host` header follows. Returns whether it could.
+pub(crate) fn point_at<B>(req: &mut Request<B>, address: &ForkAddress) -> bool {
+    let mut parts = Parts::default();
+    parts.scheme = Some(address.scheme().clone());
+    parts.authority = Some(address.authority().clone());
+    parts.path_and_query = req.uri().path_and_query().cloned();
+    let Ok(uri) = Uri::from_parts(parts) else {
+        return false;
+    };
+    *req.uri_mut() = uri;
+    if req.headers().contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(address.authority().as_str())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    true
 }
 
 #[cfg(test)]

@@ -166,6 +166,11 @@ pub struct SandboxEntry {
     /// sample of that service's baseline traffic as copies in this sandbox (a dark launch).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub shadows: BTreeSet<String>,
+    /// The sandbox's own stubs of third parties the egress policy declares, by destination
+    /// name: its calls to them go to the stub service at that address instead
+    /// ([`crate::egress::EgressPolicy`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stubs: BTreeMap<String, ForkAddress>,
     /// When it was created (RFC 3339 or Unix seconds in files).
     #[serde(default, with = "time_serde", skip_serializing_if = "Option::is_none")]
     pub created_at: Option<SystemTime>,
@@ -186,10 +191,18 @@ impl SandboxEntry {
             origin: None,
             forks: BTreeMap::new(),
             shadows: BTreeSet::new(),
+            stubs: BTreeMap::new(),
             created_at: None,
             expires_at: None,
             disabled: false,
         }
+    }
+
+    /// Stubs the egress policy's destination `name` with the service at `address`, for this
+    /// sandbox's calls.
+    pub fn stub(mut self, name: &str, address: ForkAddress) -> Self {
+        self.stubs.insert(name.to_owned(), address);
+        self
     }
 
     /// Registers a fork of `service` listening at `address`.

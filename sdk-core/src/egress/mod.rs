@@ -26,6 +26,10 @@
 //! # Ok(()) }
 //! ```
 
+mod policy;
+
+pub use policy::{EgressPolicy, EgressRefused, EgressVerdict, Stub};
+
 use std::fmt;
 
 use opentelemetry::Context;

@@ -1,0 +1,347 @@
+//! Egress policy middleware: a sandboxed call leaves only for a destination the
+//! [`EgressPolicy`] declares; a third party gets it without prodbox's baggage, a stubbed one
+//! is answered by its stub, and an undeclared one is refused ([`EgressRefused`], audited).
+//! Production's calls pass untouched.
+//!
+//! Put it *inside* [`PropagateSandboxLayer`](crate::PropagateSandboxLayer) (nearer the
+//! transport), so it sees the request as it would leave.
+//!
+//! # Example
+//!
+//! ```
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use prodbox_core::egress::{EgressPolicy, Stub};
+//! use prodbox_core::{FutureExt, Sandbox};
+//! use prodbox_http::{EgressPolicyLayer, PropagateSandboxLayer};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower::BoxError> {
+//! let policy = EgressPolicy::new()
+//!     .internal("billing")
+//!     .stub("payments", "api.payments.example", Stub::respond(200, "text/plain", "stubbed"));
+//! // Stands in for hyper-util's client: answers with where the request went.
+//! let transport = service_fn(|req: Request<Full<bytes::Bytes>>| async move {
+//!     Ok::<_, std::convert::Infallible>(Response::new(Full::from(req.uri().to_string())))
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(PropagateSandboxLayer::new())
+//!     .layer(EgressPolicyLayer::new(policy))
+//!     .service(transport);
+//! let call = |uri: &str| client.clone().oneshot(Request::get(uri).body(Full::default()).unwrap());
+//! let sandbox = Sandbox::new("pr-42".parse()?);
+//!
+//! let charged = call("https://api.payments.example/charges").in_sandbox(sandbox.clone()).await?;
+//! assert_eq!(charged.into_body().collect().await?.to_bytes(), "stubbed");
+//! let refused = call("https://evil.example/").in_sandbox(sandbox).await;
+//! assert!(refused.is_err());
+//! // Production's calls are not looked at.
+//! assert!(call("https://evil.example/").await.is_ok());
+//! # Ok(()) }
+//! ```
+//!
+//! # What it covers
+//!
+//! Every request that passes through this layer, or through
+//! [`reqwest::SandboxMiddleware`](crate::reqwest) with a policy. Clients it does not wrap (a
+//! third-party SDK's own) are covered by the guarded connector and redirect policy where they
+//! take one; clients on other stacks and raw sockets are not (docs/SECURITY.md).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use http_body::{Body, Frame, SizeHint};
+use opentelemetry::Context;
+use opentelemetry::context::{FutureExt as _, WithContext};
+use pin_project::pin_project;
+use prodbox_core::Sandbox;
+use prodbox_core::audit::{Decision, Protocol};
+use prodbox_core::codec::Codec;
+use prodbox_core::context::SandboxContext;
+use prodbox_core::directory::Directory;
+use prodbox_core::egress::{Egress, EgressPolicy, EgressRefused, EgressVerdict, Stub};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::client::BoxError;
+
+/// Applies [`EgressPolicyService`] to a client. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct EgressPolicyLayer {
+    policy: EgressPolicy,
+    directory: Option<Arc<dyn Directory>>,
+    codec: Codec,
+    egress: Egress,
+}
+
+impl EgressPolicyLayer {
+    /// Enforces `policy`.
+    pub fn new(policy: EgressPolicy) -> Self {
+        Self {
+            policy,
+            directory: None,
+            codec: Codec::default(),
+            egress: Egress::new(Protocol::Http),
+        }
+    }
+
+    /// Takes each sandbox's own stubs from `directory` (`prodbox sandbox create --stub`).
+    pub fn directory(mut self, directory: impl Directory) -> Self {
+        self.directory = Some(Arc::new(directory));
+        self
+    }
+
+    /// Strips prodbox's members for third parties as `codec` reads them (its aliases).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Where `uri` goes for the current task.
+    fn decide(&self, uri: &Uri) -> (Option<Sandbox>, EgressVerdict) {
+        let sandbox = prodbox_core::current();
+        let host = uri.host().unwrap_or_default();
+        let port = uri.port_u16().or(match uri.scheme_str() {
+            Some("https") => Some(443),
+            Some("http") => Some(80),
+            _ => None,
+        });
+        let verdict = self
+            .policy
+            .decide(sandbox.as_ref(), self.directory.as_deref(), host, port);
+        (sandbox, verdict)
+    }
+}
+
+impl<S> Layer<S> for EgressPolicyLayer {
+    type Service = EgressPolicyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        EgressPolicyService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Middleware that enforces an [`EgressPolicy`] on sandboxed calls.
+#[derive(Debug, Clone)]
+pub struct EgressPolicyService<S> {
+    inner: S,
+    layer: EgressPolicyLayer,
+}
+
+impl<S> EgressPolicyService<S> {
+    prodbox_core::plumbing::inner_service_accessors!();
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for EgressPolicyService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<EgressBody<ResBody>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let (sandbox, verdict) = self.layer.decide(req.uri());
+        let Some(sandbox) = sandbox else {
+            return ResponseFuture::inner(self.inner.call(req));
+        };
+        let audit = |decision, reason: &str, detail: &dyn std::fmt::Display| {
+            self.layer.egress.audit(&sandbox, decision, reason, detail);
+        };
+        let kind = match verdict {
+            EgressVerdict::Baseline | EgressVerdict::Internal => {
+                return ResponseFuture::inner(self.inner.call(req));
+            }
+            EgressVerdict::External { name } => {
+                // Without prodbox's members, sent from a context without the sandbox, so that
+                // nothing below (a propagator, a connector) adds them back.
+                self.layer.codec.strip(req.headers_mut());
+                audit(Decision::Routed, "egress_external", &name);
+                let foreign = SandboxContext::outbound_foreign(&Context::current()).into_owned();
+                let cx = SandboxContext::baseline(foreign).attach_to(&Context::current());
+                // Layers below write headers in `call`, before any poll: call in it too.
+                let future = {
+                    let _outside = cx.clone().attach();
+                    self.inner.call(req)
+                };
+                Kind::Outside {
+                    future: future.with_context(cx),
+                }
+            }
+            EgressVerdict::Stubbed { name, stub } => {
+                audit(Decision::Routed, "egress_stubbed", &name);
+                match stub {
+                    Stub::Respond {
+                        status,
+                        content_type,
+                        body,
+                    } => Kind::Ready {
+                        result: Some(Ok(stub_response(status, &content_type, body))),
+                    },
+                    Stub::Forward(address) => {
+                        if !crate::routing::point_at(&mut req, &address) {
+                            // Never sent to the real destination instead.
+                            let refused = EgressRefused {
+                                sandbox: sandbox.key().clone(),
+                                destination: address.to_uri().to_string(),
+                                why: "its stub's address makes no URI with the request's path",
+                            };
+                            audit(Decision::Rejected, refused.reason(), &refused);
+                            return ResponseFuture::refused(refused);
+                        }
+                        return ResponseFuture::inner(self.inner.call(req));
+                    }
+                }
+            }
+            EgressVerdict::Undeclared => {
+                let refused = EgressRefused {
+                    sandbox: sandbox.key().clone(),
+                    destination: req
+                        .uri()
+                        .authority()
+                        .map_or_else(|| "(no host)".to_owned(), |a| a.to_string()),
+                    why: "the egress policy does not declare it",
+                };
+                audit(Decision::Rejected, refused.reason(), &refused);
+                return ResponseFuture::refused(refused);
+            }
+        };
+        ResponseFuture { kind }
+    }
+}
+
+fn stub_response<B>(status: u16, content_type: &str, body: Bytes) -> Response<EgressBody<B>> {
+    let mut response = Response::new(EgressBody::Stub { body: Some(body) });
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// Response future of [`EgressPolicyService`].
+#[pin_project]
+#[derive(Debug)]
+pub struct ResponseFuture<F, B> {
+    #[pin]
+    kind: Kind<F, B>,
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    fn inner(future: F) -> Self {
+        Self {
+            kind: Kind::Inner { future },
+        }
+    }
+
+    fn refused(refused: EgressRefused) -> Self {
+        Self {
+            kind: Kind::Ready {
+                result: Some(Err(Box::new(refused))),
+            },
+        }
+    }
+}
+
+#[pin_project(project = KindProj)]
+#[derive(Debug)]
+enum Kind<F, B> {
+    Inner {
+        #[pin]
+        future: F,
+    },
+    Outside {
+        #[pin]
+        future: WithContext<F>,
+    },
+    Ready {
+        result: Option<Result<Response<EgressBody<B>>, BoxError>>,
+    },
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<EgressBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let inner = |result: Result<Response<B>, E>| {
+            result
+                .map(|r| r.map(|body| EgressBody::Inner { body }))
+                .map_err(Into::into)
+        };
+        match self.project().kind.project() {
+            KindProj::Inner { future } => future.poll(task).map(inner),
+            KindProj::Outside { future } => future.poll(task).map(inner),
+            KindProj::Ready { result } => match result.take() {
+                Some(result) => Poll::Ready(result),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// The body of a response through [`EgressPolicyService`]: the destination's, or a stub's.
+#[pin_project(project = EgressBodyProj)]
+#[derive(Debug)]
+pub enum EgressBody<B> {
+    /// The destination's (or the stub service's) body.
+    Inner {
+        /// The body.
+        #[pin]
+        body: B,
+    },
+    /// A configured stub response's body.
+    Stub {
+        /// Not yet read.
+        body: Option<Bytes>,
+    },
+}
+
+impl<B> Body for EgressBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project() {
+            EgressBodyProj::Inner { body } => body.poll_frame(cx),
+            EgressBodyProj::Stub { body } => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Inner { body } => body.is_end_stream(),
+            Self::Stub { body } => body.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Inner { body } => body.size_hint(),
+            Self::Stub { body } => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
