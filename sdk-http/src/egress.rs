@@ -42,10 +42,9 @@
 //!
 //! # What it covers
 //!
-//! Every request that passes through this layer, or through
-//! [`reqwest::SandboxMiddleware`](crate::reqwest) with a policy. Clients it does not wrap (a
-//! third-party SDK's own) are covered by the guarded connector and redirect policy where they
-//! take one; clients on other stacks and raw sockets are not (docs/SECURITY.md).
+//! Every request that passes through this layer. Clients it does not wrap (a third-party
+//! SDK's own, reqwest's redirects) it does not see; clients on other stacks and raw sockets
+//! neither.
 
 use std::future::Future;
 use std::pin::Pin;

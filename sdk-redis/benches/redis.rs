@@ -63,7 +63,11 @@ async fn connections() -> (MultiplexedConnection, SandboxRedis, Sandbox) {
     let client = redis::Client::open(URL).unwrap();
     let raw = client.get_multiplexed_async_connection().await.unwrap();
     let handle = SandboxRedis::builder(client, SECRET).build().await.unwrap();
-    let sandbox = Sandbox::new("bench-redis".parse().unwrap());
+    // A new incarnation each run: the last run's teardown left a tombstone for the old one.
+    let sandbox = Sandbox::builder("bench-redis")
+        .unwrap()
+        .created_at(std::time::SystemTime::now())
+        .build();
     let mut warm = handle.clone();
     async {
         let () = warm.set("bench:key", "value").await.unwrap();

@@ -6,7 +6,7 @@ use hmac::{KeyInit, Mac};
 use prodbox_core::SandboxKey;
 use sha2::{Digest, Sha256};
 
-use crate::commands::{CommandTable, Special, Treatment};
+use crate::commands::{CommandTable, Treatment};
 use crate::names;
 
 /// The password of sandbox `key`'s user: HMAC-SHA-256 of its name under `secret`, in hex.
@@ -29,16 +29,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The commands the sandbox users may run: what prodbox sends for them (keyed and harmless
-/// commands, the special ones it rewrites), never `KEYS` or `DBSIZE` (prodbox answers those
-/// through `SCAN`) nor anything refused.
+/// The commands the sandbox users may run: the keyed and harmless commands and the ones only
+/// prodbox sends (transactions, subscriptions); never anything refused, nor what the handle
+/// runs over the manager's connection (`SCAN`, `KEYS`, `DBSIZE`, `COPY`, `PUBSUB
+/// CHANNELS`/`NUMSUB`), whose confinement Redis does not enforce.
 pub(crate) fn allowed_commands(table: &CommandTable) -> Vec<String> {
     let mut allowed: Vec<String> = table
         .iter()
         .filter(|(_, command)| match command.treatment {
             Treatment::Keys | Treatment::Harmless => true,
-            Treatment::Special(Special::Keys | Special::Dbsize) => false,
-            Treatment::Special(_) => true,
+            // Confined by prodbox's rewrite alone: run over the manager's connection, never
+            // allowed to the user (a script runs as it).
+            Treatment::Special(special) => !special.via_manager(),
             Treatment::Refused(_) => false,
         })
         .map(|(name, _)| format!("+{name}"))

@@ -44,6 +44,11 @@ pub(crate) enum Special {
     PubsubChannels,
     /// `PUBSUB NUMSUB`/`SHARDNUMSUB channel...`: namespaced, names stripped.
     PubsubNumsub,
+    /// `MULTI`, `EXEC`, `DISCARD`: refused as commands of their own (a transaction left open
+    /// on the sandbox's shared connection would swallow other requests' commands), and
+    /// allowed to the sandbox's user for atomic pipelines (`redis::pipe().atomic()`), which
+    /// redis-rs sends whole.
+    Transaction,
     /// `SUBSCRIBE` and its kin: refused through the handle (whose connection is shared), and
     /// allowed to the sandbox's user for [`SandboxRedis::pubsub`](crate::SandboxRedis::pubsub),
     /// which namespaces them.
@@ -84,9 +89,7 @@ const KEYED: &[&str] = &[
     "geodist",
     "geohash",
     "geopos",
-    "georadius",
     "georadius_ro",
-    "georadiusbymember",
     "georadiusbymember_ro",
     "geosearch",
     "geosearchstore",
@@ -148,7 +151,6 @@ const KEYED: &[&str] = &[
     "pttl",
     "rename",
     "renamenx",
-    "restore",
     "rpop",
     "rpoplpush",
     "rpush",
@@ -182,7 +184,6 @@ const KEYED: &[&str] = &[
     "ttl",
     "type",
     "unlink",
-    "watch",
     "xack",
     "xadd",
     "xautoclaim",
@@ -260,24 +261,19 @@ const HARMLESS: &[&str] = &[
     "command|info",
     "command|list",
     "config|help",
-    "discard",
     "echo",
-    "exec",
     "function|help",
     "latency|help",
     "lolwut",
     "memory|help",
     "module|help",
-    "multi",
     "object|help",
     "ping",
     "pubsub|help",
-    "script|exists",
     "script|help",
     "script|load",
     "slowlog|help",
     "time",
-    "unwatch",
     "wait",
     "xgroup|help",
     "xinfo|help",
@@ -337,6 +333,30 @@ const REFUSED: &[(&str, &str)] = &[
     ("readwrite", "is for cluster replicas only"),
     ("quit", "would close the sandbox's shared connection"),
     ("pubsub|numpat", "reveals server-wide subscriptions"),
+    (
+        "georadius",
+        "stores into the last STORE while its key specs name the first (a deprecated command: use GEOSEARCHSTORE)",
+    ),
+    (
+        "georadiusbymember",
+        "stores into the last STORE while its key specs name the first (a deprecated command: use GEOSEARCHSTORE)",
+    ),
+    (
+        "restore",
+        "loads a serialized payload Redis may not check (sanitize-dump-payload)",
+    ),
+    (
+        "watch",
+        "watches on a connection every request of the sandbox shares",
+    ),
+    (
+        "unwatch",
+        "watches on a connection every request of the sandbox shares",
+    ),
+    (
+        "script|exists",
+        "reveals which scripts production has loaded",
+    ),
 ];
 
 /// Commands rewritten by prodbox's own rules.
@@ -352,6 +372,9 @@ const SPECIAL: &[(&str, Special)] = &[
     ("pubsub|shardchannels", Special::PubsubChannels),
     ("pubsub|numsub", Special::PubsubNumsub),
     ("pubsub|shardnumsub", Special::PubsubNumsub),
+    ("multi", Special::Transaction),
+    ("exec", Special::Transaction),
+    ("discard", Special::Transaction),
     ("subscribe", Special::Subscribe),
     ("psubscribe", Special::Subscribe),
     ("ssubscribe", Special::Subscribe),
@@ -377,6 +400,24 @@ pub(crate) fn treatment(name: &str) -> Option<Treatment> {
         .iter()
         .find(|(n, _)| *n == name || *n == container)
         .map(|(_, why)| Treatment::Refused(why))
+}
+
+impl Special {
+    /// Whether the handle sends it over the manager's connection rather than the sandbox's:
+    /// commands whose confinement is prodbox's rewrite alone (Redis does not confine `SCAN`
+    /// or `PUBSUB CHANNELS` to a user's patterns, nor `COPY` to a database), so that the
+    /// sandbox's user, which a script runs as, may not run them at all.
+    pub(crate) fn via_manager(self) -> bool {
+        matches!(
+            self,
+            Self::Scan
+                | Self::Keys
+                | Self::Dbsize
+                | Self::Copy
+                | Self::PubsubChannels
+                | Self::PubsubNumsub
+        )
+    }
 }
 
 /// How prodbox treats command `name` (lowercase, `container|sub`): `"keys"` (namespaced by
@@ -477,6 +518,19 @@ impl KeySpec {
                         .rev()
                         .find(|&i| args[i as usize].eq_ignore_ascii_case(keyword))
                 };
+                // A keyword given twice: which one the command obeys is the command's own
+                // business (GEORADIUS stores into the last STORE while its spec names the
+                // first), so no reading of it is trusted.
+                let times = args
+                    .iter()
+                    .skip(1)
+                    .filter(|a| a.eq_ignore_ascii_case(keyword))
+                    .count();
+                if times > 1 {
+                    return Err(KeysError::Malformed(
+                        "a key-introducing keyword given twice",
+                    ));
+                }
                 Ok(found.map(|i| i as usize + 1))
             }
             Begin::Unknown => Err(KeysError::Incomplete),
@@ -495,7 +549,10 @@ impl KeySpec {
         match self.find {
             Find::Range { last, step, limit } => {
                 let last = if last >= 0 {
-                    first + last as usize
+                    usize::try_from(last)
+                        .ok()
+                        .and_then(|last| first.checked_add(last))
+                        .ok_or(KeysError::Malformed("range past the last argument"))?
                 } else if limit <= 1 {
                     argc.checked_add_signed(last as isize)
                         .ok_or(KeysError::Malformed("range before the command"))?
@@ -516,17 +573,28 @@ impl KeySpec {
                 first: at,
                 step,
             } => {
-                let count_at = first + count;
+                let past = KeysError::Malformed("a key past the last argument");
+                let count_at = first.checked_add(count).ok_or(past.clone())?;
                 let n: usize = args
                     .get(count_at)
                     .and_then(|n| std::str::from_utf8(n).ok())
                     .and_then(|n| n.parse().ok())
                     .ok_or(KeysError::Malformed("the number of keys is not a number"))?;
-                let start = first + at;
+                // More keys than arguments cannot be; checked before any arithmetic with it.
+                if n > argc {
+                    return Err(past);
+                }
+                let start = first.checked_add(at).ok_or(past.clone())?;
                 let step = step.max(1);
-                let end = n.checked_sub(1).map(|k| start + k * step).unwrap_or(start);
+                let end = match n.checked_sub(1) {
+                    None => start,
+                    Some(k) => k
+                        .checked_mul(step)
+                        .and_then(|span| start.checked_add(span))
+                        .ok_or(past.clone())?,
+                };
                 if n > 0 && end >= argc {
-                    return Err(KeysError::Malformed("a key past the last argument"));
+                    return Err(past);
                 }
                 keys.extend((0..n).map(|k| start + k * step));
                 Ok(())
@@ -610,6 +678,15 @@ impl CommandTable {
         let full = format!("{name}|{sub}");
         let command = self.commands.get(full.as_str())?;
         Some((full, command))
+    }
+
+    /// Refuses `names` to sandboxes, for `why`.
+    pub(crate) fn refuse(&mut self, names: &[&str], why: &'static str) {
+        for name in names {
+            if let Some(command) = self.commands.get_mut(*name) {
+                command.treatment = Treatment::Refused(why);
+            }
+        }
     }
 
     /// Every command's name and treatment, for the ACL and the tests.

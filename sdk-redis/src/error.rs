@@ -59,6 +59,17 @@ pub enum SandboxRedisError {
         /// The sandbox at the first poll.
         at_poll: Option<SandboxKey>,
     },
+    /// The sandbox was torn down since its incarnation began: its objects are not made again
+    /// (until a newer incarnation, or a day has passed).
+    #[error("sandbox {sandbox} was torn down: its Redis objects are not made again")]
+    TornDown {
+        /// The sandbox.
+        sandbox: SandboxKey,
+    },
+    /// The command ran in no scope prodbox attached (work that lost its request's context),
+    /// on a handle that requires one.
+    #[error("a Redis command ran in no prodbox scope (work that lost its request's context)")]
+    NoScope,
     /// The sandbox's ACL user could not be made, or its connection opened.
     #[error("sandbox {sandbox}: cannot open its Redis connection: {source}")]
     Connect {
@@ -87,6 +98,8 @@ impl SandboxRedisError {
             Self::Unmapped { sandbox, .. } => ("redis_keys_unknown", Some(sandbox)),
             Self::ServerRefused { sandbox, .. } => ("redis_noperm", Some(sandbox)),
             Self::Connect { sandbox, .. } => ("redis_connect_failed", Some(sandbox)),
+            Self::TornDown { sandbox } => ("redis_sandbox_torn_down", Some(sandbox)),
+            Self::NoScope => ("no_scope", None),
             Self::ContextChanged { at_call, at_poll } => {
                 ("context_changed", at_call.as_ref().or(at_poll.as_ref()))
             }

@@ -55,7 +55,22 @@ pub struct SandboxRedisBuilder {
     secret: Vec<u8>,
     max_active: usize,
     connect_timeout: Duration,
+    require_scope: bool,
+    scripts: bool,
 }
+
+/// The commands that run a script, which [`allow_scripts(false)`] refuses.
+///
+/// [`allow_scripts(false)`]: SandboxRedisBuilder::allow_scripts
+const SCRIPTS: &[&str] = &[
+    "eval",
+    "eval_ro",
+    "evalsha",
+    "evalsha_ro",
+    "fcall",
+    "fcall_ro",
+    "script|load",
+];
 
 impl SandboxRedisBuilder {
     prodbox_core::plumbing::setters! {
@@ -72,6 +87,21 @@ impl SandboxRedisBuilder {
         /// How long opening a sandbox's connection may take (default
         /// [`DEFAULT_CONNECT_TIMEOUT`]).
         connect_timeout(timeout: Duration) => connect_timeout = timeout;
+
+        /// Refuses commands that run in no scope prodbox attached
+        /// ([`SandboxRedisError::NoScope`], audited), production's and sandboxes' alike. Off
+        /// by default. With it on, work that lost its request's context (`tokio::spawn`, a
+        /// thread, a future made in a request and awaited elsewhere) fails instead of running
+        /// as production; prodbox's server layers and Kafka consumer give every request and
+        /// message a scope, and the service runs its own background work with
+        /// `prodbox_core::FutureExt::in_production`.
+        require_scope(require: bool) => require_scope = require;
+
+        /// Whether sandboxes may run scripts and functions (`EVAL`, `EVALSHA`, `FCALL` and
+        /// their `_RO` forms, `SCRIPT LOAD`; default yes). A script runs as the sandbox's user,
+        /// so it touches only the sandbox's keys, but it runs to its end with the whole server
+        /// waiting: refuse them where sandboxes may not risk production's latency.
+        allow_scripts(allow: bool) => scripts = allow;
     }
 
     /// Connects, reads the server's command table and returns the handle, production's
@@ -98,13 +128,19 @@ impl SandboxRedisBuilder {
         let manager_client = self.manager.unwrap_or_else(|| self.client.clone());
         let mut manager = manager_client.get_multiplexed_async_connection().await?;
         let reply: Value = redis::cmd("COMMAND").query_async(&mut manager).await?;
-        let table = CommandTable::from_reply(&reply).map_err(|why| {
+        let mut table = CommandTable::from_reply(&reply).map_err(|why| {
             RedisError::from((
                 redis::ErrorKind::Client,
                 "cannot read the server's command table",
                 why.to_owned(),
             ))
         })?;
+        if !self.scripts {
+            table.refuse(
+                SCRIPTS,
+                "runs a script, which this service does not allow sandboxes",
+            );
+        }
         let allowed = acl::allowed_commands(&table);
         warn_if_default_user_is_open(&mut manager).await;
         Ok(SandboxRedis {
@@ -118,6 +154,7 @@ impl SandboxRedisBuilder {
                 secret: self.secret,
                 max_active: self.max_active,
                 connect_timeout: self.connect_timeout,
+                require_scope: self.require_scope,
                 slots: Mutex::new(Slots::default()),
             }),
         })
@@ -139,6 +176,8 @@ impl SandboxRedis {
             secret: secret.into(),
             max_active: DEFAULT_MAX_ACTIVE_SANDBOXES,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            require_scope: false,
+            scripts: true,
         }
     }
 }
@@ -148,6 +187,14 @@ impl<C> SandboxRedis<C> {
     pub fn active_sandboxes(&self) -> usize {
         self.shared.lock().len()
     }
+}
+
+/// Refuses work outside any prodbox scope, when the handle requires one.
+fn in_scope_if(required: bool, sandbox: Option<&Sandbox>) -> Result<(), RedisError> {
+    if !required || prodbox_core::in_scope() {
+        return Ok(());
+    }
+    Err(SandboxRedisError::NoScope.refuse(sandbox))
 }
 
 /// Redis lets any connection run `AUTH`, `HELLO` and `RESET` whatever its ACL user, so a
@@ -193,13 +240,16 @@ impl<C: ConnectionLike + Send> ConnectionLike for SandboxRedis<C> {
         match prodbox_core::current() {
             None => {
                 let sent = self.baseline.req_packed_command(cmd);
+                let scope = self.shared.require_scope;
                 Box::pin(async move {
                     same_at_poll(None)?;
+                    in_scope_if(scope, None)?;
                     sent.await
                 })
             }
             Some(sandbox) => Box::pin(async move {
                 same_at_poll(Some(&sandbox))?;
+                in_scope_if(self.shared.require_scope, Some(&sandbox))?;
                 self.shared.command(&sandbox, cmd).await
             }),
         }
@@ -214,13 +264,16 @@ impl<C: ConnectionLike + Send> ConnectionLike for SandboxRedis<C> {
         match prodbox_core::current() {
             None => {
                 let sent = self.baseline.req_packed_commands(pipeline, offset, count);
+                let scope = self.shared.require_scope;
                 Box::pin(async move {
                     same_at_poll(None)?;
+                    in_scope_if(scope, None)?;
                     sent.await
                 })
             }
             Some(sandbox) => Box::pin(async move {
                 same_at_poll(Some(&sandbox))?;
+                in_scope_if(self.shared.require_scope, Some(&sandbox))?;
                 self.shared
                     .pipeline(&sandbox, pipeline, offset, count)
                     .await
@@ -242,6 +295,7 @@ pub(crate) struct Shared {
     pub(crate) db: i64,
     max_active: usize,
     connect_timeout: Duration,
+    require_scope: bool,
     slots: Mutex<Slots>,
 }
 
@@ -272,14 +326,22 @@ impl Shared {
             .ok_or_else(|| malformed(&ns))
             .and_then(|args| rewrite::plan(&self.table, &ns, args))
             .map_err(|refused| refused.refuse(Some(sandbox)))?;
-        let mut connection = self.connection(sandbox).await?;
         let result = match plan {
             Plan::Send {
                 cmd: mut sent,
                 reply,
+                via_manager,
             } => {
                 sent.set_no_response(cmd.is_no_response());
-                connection.req_packed_command(&sent).await.map(|mut value| {
+                let sent_over = if via_manager {
+                    self.manager.clone().req_packed_command(&sent).await
+                } else {
+                    self.connection(sandbox)
+                        .await?
+                        .req_packed_command(&sent)
+                        .await
+                };
+                sent_over.map(|mut value| {
                     rewrite::fix_reply(&ns, reply, &mut value);
                     value
                 })
@@ -287,7 +349,7 @@ impl Shared {
             Plan::ScanAll {
                 pattern,
                 count_only,
-            } => scan_all(&mut connection, &pattern, count_only, &ns).await,
+            } => scan_all(&mut self.manager.clone(), &pattern, count_only, &ns).await,
         };
         self.checked(sandbox, command_name(cmd), result)
     }
@@ -312,15 +374,19 @@ impl Shared {
                 .ok_or_else(|| malformed(&ns))
                 .and_then(|args| rewrite::plan(&self.table, &ns, args));
             match planned {
-                Ok(Plan::Send { cmd, reply }) => {
+                Ok(Plan::Send {
+                    cmd,
+                    reply,
+                    via_manager: false,
+                }) => {
                     sent.add_command(cmd);
                     replies.push(reply);
                 }
-                Ok(Plan::ScanAll { .. }) => {
+                Ok(Plan::Send { .. } | Plan::ScanAll { .. }) => {
                     return Err(SandboxRedisError::Refused {
                         sandbox: ns.key.clone(),
                         command: command_name(cmd),
-                        why: "is answered by SCAN over the sandbox, which a pipeline cannot hold: send it alone",
+                        why: "is run by prodbox over its own connection, which a pipeline cannot hold: send it alone",
                     }
                     .refuse(Some(sandbox)));
                 }
@@ -386,25 +452,31 @@ impl Shared {
         let slot = self.slot(key);
         let opened = slot
             .get_or_try_init(|| async {
-                tokio::time::timeout(self.connect_timeout, self.open(key))
+                let opening = async {
+                    let client = self.login(sandbox).await?;
+                    client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .map_err(|source| connect_failed(key, source))
+                };
+                tokio::time::timeout(self.connect_timeout, opening)
                     .await
                     .unwrap_or_else(|_| {
-                        Err(RedisError::from((
-                            redis::ErrorKind::Io,
-                            "timed out opening the sandbox's connection",
-                        )))
+                        Err(connect_failed(
+                            key,
+                            RedisError::from((
+                                redis::ErrorKind::Io,
+                                "timed out opening the sandbox's connection",
+                            )),
+                        ))
                     })
             })
             .await;
         match opened {
             Ok(connection) => Ok(connection.clone()),
-            Err(source) => {
+            Err(refused) => {
                 self.forget(key);
-                Err(SandboxRedisError::Connect {
-                    sandbox: key.clone(),
-                    source,
-                }
-                .refuse(Some(sandbox)))
+                Err(refused.refuse(Some(sandbox)))
             }
         }
     }
@@ -435,24 +507,37 @@ impl Shared {
         self.lock().slots.remove(key);
     }
 
-    /// Opens a connection as the sandbox's user.
-    async fn open(&self, key: &SandboxKey) -> RedisResult<MultiplexedConnection> {
-        self.login(key)
-            .await?
-            .get_multiplexed_async_connection()
-            .await
-    }
-
     /// Makes the sandbox's user (idempotent: every replica writes the same rules) and returns a
-    /// client that logs in as it.
-    pub(crate) async fn login(&self, key: &SandboxKey) -> RedisResult<redis::Client> {
+    /// client that logs in as it; refuses a sandbox torn down since its incarnation began (a
+    /// replica still serving it would make it again).
+    pub(crate) async fn login(
+        &self,
+        sandbox: &Sandbox,
+    ) -> Result<redis::Client, SandboxRedisError> {
+        let key = sandbox.key();
+        let mut manager = self.manager.clone();
+        let torn: Option<i64> = redis::cmd("GET")
+            .arg(crate::names::tombstone(key))
+            .query_async(&mut manager)
+            .await
+            .map_err(|source| connect_failed(key, source))?;
+        if let Some(torn) = torn {
+            let began = sandbox.created_at().map(crate::teardown::micros);
+            if began.is_none_or(|began| began <= torn) {
+                return Err(SandboxRedisError::TornDown {
+                    sandbox: key.clone(),
+                });
+            }
+        }
         let password = acl::password(&self.secret, key);
         let mut setuser = redis::cmd("ACL");
         for arg in acl::setuser(key, &password, &self.allowed, self.db) {
             setuser.arg(arg);
         }
-        let mut manager = self.manager.clone();
-        let () = setuser.query_async(&mut manager).await?;
+        let () = setuser
+            .query_async(&mut manager)
+            .await
+            .map_err(|source| connect_failed(key, source))?;
         let info = self.client.get_connection_info().clone();
         let settings = info
             .redis_settings()
@@ -460,6 +545,7 @@ impl Shared {
             .set_username(crate::names::user(key))
             .set_password(password);
         redis::Client::open(info.set_redis_settings(settings))
+            .map_err(|source| connect_failed(key, source))
     }
 }
 
@@ -477,6 +563,13 @@ impl Replies for Value {
 impl Replies for Vec<Value> {
     fn refusal(&self) -> Option<String> {
         self.iter().find_map(crate::error::acl_refusal_in)
+    }
+}
+
+fn connect_failed(key: &SandboxKey, source: RedisError) -> SandboxRedisError {
+    SandboxRedisError::Connect {
+        sandbox: key.clone(),
+        source,
     }
 }
 

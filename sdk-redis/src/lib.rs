@@ -24,19 +24,30 @@
 //!   gets the prefix `sbx:{<sandbox>}:` ([`names::prefix`]). Replies that carry key names
 //!   (`SCAN`, blocking pops, `LMPOP`/`ZMPOP`, `XREAD`) come back without it.
 //! - **The keyspace.** `SCAN` always matches the sandbox's prefix (before the caller's own
-//!   pattern); `KEYS` and `DBSIZE` are answered by such a `SCAN` (the sandbox's user may not
-//!   run them); `RANDOMKEY` is refused.
+//!   pattern); `KEYS` and `DBSIZE` are answered by such a `SCAN`; `RANDOMKEY` is refused.
+//!   Redis does not confine these to a user's key patterns, so the handle runs them (and
+//!   `COPY`, `PUBSUB CHANNELS`/`NUMSUB`) over the manager's connection, and the sandbox's user
+//!   may not run them at all.
 //! - **Channels.** `PUBLISH`, `SPUBLISH` and `PUBSUB CHANNELS`/`NUMSUB` are namespaced;
 //!   subscriptions go through [`SandboxRedis::pubsub`], which also namespaces keyspace
 //!   notification channels (`__keyspace@0__:user:42`).
+//! - **Transactions** go through an atomic pipeline (`redis::pipe().atomic()`); `MULTI`,
+//!   `EXEC`, `DISCARD` and `WATCH` sent alone are refused (the sandbox's connection is shared
+//!   by all its requests).
 //! - **Refused** (typed [`SandboxRedisError::Refused`], audited): every command that reaches
 //!   beyond the sandbox's keys whatever its arguments (`FLUSHALL`, `CONFIG`, `SELECT`, `MOVE`,
-//!   `MIGRATE`, `CLIENT KILL`, `AUTH`, `RESET`, `INFO`, `SCRIPT FLUSH`, ...), `SORT` with
-//!   `BY`/`GET` patterns, `COPY ... DB`, and any command this version of prodbox has not
+//!   `MIGRATE`, `CLIENT KILL`, `AUTH`, `RESET`, `INFO`, `SCRIPT FLUSH`, `RESTORE`, ...),
+//!   `SORT` with `BY`/`GET` patterns, `COPY ... DB`, `GEORADIUS ... STORE` (its key specs name
+//!   the first `STORE`, it stores into the last: use `GEOSEARCHSTORE`), any command with a
+//!   key-introducing keyword given twice, and any command this version of prodbox has not
 //!   reviewed (a newer server's), so they fail closed.
-//! - **Scripts.** `EVAL`/`FCALL` keys are namespaced; a script that builds key names itself
-//!   is refused by Redis when it touches them (`NOPERM`, surfaced as
-//!   [`SandboxRedisError::ServerRefused`]).
+//! - **Scripts.** `EVAL`/`FCALL` keys are namespaced; a script runs as the sandbox's user, so
+//!   one that names other keys is refused by Redis (`NOPERM`, surfaced as
+//!   [`SandboxRedisError::ServerRefused`]) and it may run only what the user may. A script
+//!   sees the namespaced names (`KEYS[1]` is `sbx:{pr-42}:user:42`, and comes back so if
+//!   returned), and it runs to its end with the whole server waiting:
+//!   [`allow_scripts(false)`](SandboxRedisBuilder::allow_scripts) refuses scripts to
+//!   sandboxes.
 //!
 //! Outside a sandbox nothing is rewritten: commands go, untouched, over the service's own
 //! connection.
@@ -59,24 +70,34 @@
 //!   restart (users are not persisted unless the server has an ACL file) the first failed
 //!   command drops the connection and the next one makes the user again.
 //! - **The service's own user** ([`manager`](SandboxRedisBuilder::manager), by default the
-//!   service's connection) needs `ACL SETUSER`, `ACL DELUSER`, `ACL USERS` and `COMMAND`,
-//!   plus `SCAN` and `UNLINK` on `~sbx:*` for teardown: for example
-//!   `ACL SETUSER svc-manager on >... ~sbx:* +acl|setuser +acl|deluser +acl|users +command +scan +unlink`.
-//!   `ACL SETUSER` can grant anything, so keep that user's password as you keep an admin's.
+//!   service's connection) makes the users and runs what the handle runs for sandboxes: it
+//!   needs `ACL SETUSER`, `ACL DELUSER`, `ACL USERS`, `COMMAND`, `SCAN`, `PUBSUB`, and `COPY`,
+//!   `UNLINK`, `GET` and `SET` on `~sbx:*` and `~prodbox:redis:*` (teardown's tombstones): for
+//!   example `ACL SETUSER svc-manager on >... ~sbx:* ~prodbox:redis:* &sbx:* +acl|setuser
+//!   +acl|deluser +acl|users +command +scan +pubsub +copy +unlink +get +set`. `ACL SETUSER`
+//!   can grant anything, so keep that user's password as you keep an admin's.
+//! - **Names.** Production's own keys must not start with `sbx:{`: teardown and garbage
+//!   collection take every such key for a sandbox's.
 //!
 //! # Lifecycle
 //!
-//! [`teardown`] deletes a sandbox's user (closing its connections) and then its keys, by `SCAN`
-//! and `UNLINK` in batches; [`collect_garbage`] tears down every sandbox whose directory entry
-//! is gone or expired (`prodbox redis gc` runs it). Both count what they delete in
-//! `prodbox.redis.cleanup`.
+//! [`teardown`] leaves a tombstone (`prodbox:redis:torn:<sandbox>`, a day), then deletes the
+//! sandbox's user (closing its connections) and its keys, by `SCAN` and `UNLINK` in batches;
+//! while the tombstone lasts, no replica makes the user again for that incarnation
+//! ([`SandboxRedisError::TornDown`]; a sandbox created after the teardown is a new one).
+//! [`collect_garbage`] tears down every sandbox whose directory entry is gone or expired
+//! (`prodbox redis gc` runs it). Both count what they delete in `prodbox.redis.cleanup`.
 //!
 //! # Context
 //!
-//! The sandbox is read when a command is sent and again at its future's first poll; if they
-//! differ (a future made in one context and awaited in another) the command is refused
-//! ([`SandboxRedisError::ContextChanged`]). Work spawned without its context runs as
-//! production: use `prodbox_core::spawn`.
+//! A command runs in the context of the task that first polls its future: redis-rs's own
+//! futures (`AsyncCommands`, `query_async`) call the handle only then. A future made in a
+//! sandboxed request and awaited by other work, or work spawned without its context
+//! (`tokio::spawn`), runs as whatever that work is, production included, unless the handle
+//! [requires a scope](SandboxRedisBuilder::require_scope): then work in no prodbox scope is
+//! refused ([`SandboxRedisError::NoScope`]). Carry the context with `prodbox_core::spawn`.
+//! A `req_packed_command` future called in one context and first polled in another is
+//! refused ([`SandboxRedisError::ContextChanged`]).
 
 mod acl;
 mod commands;

@@ -20,6 +20,16 @@ pub fn user(key: &SandboxKey) -> String {
     format!("{USER_PREFIX}{key}")
 }
 
+/// The key that marks sandbox `key` torn down (for [`TOMBSTONE_SECONDS`]), kept in the
+/// manager's keyspace: `prodbox:redis:torn:pr-42`.
+pub fn tombstone(key: &SandboxKey) -> String {
+    format!("prodbox:redis:torn:{key}")
+}
+
+/// How long a torn-down sandbox's tombstone lasts: a replica that still serves it within
+/// that time does not make its objects again.
+pub const TOMBSTONE_SECONDS: u64 = 24 * 60 * 60;
+
 /// What every prodbox sandbox user's name starts with.
 pub const USER_PREFIX: &str = "prodbox-sbx-";
 

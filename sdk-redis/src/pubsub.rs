@@ -157,17 +157,16 @@ impl<C> SandboxRedis<C> {
             }),
             Some(sandbox) => {
                 let ns = Namespace::new(sandbox.key());
-                let inner = match self.shared.login(sandbox.key()).await {
-                    Ok(client) => client.get_async_pubsub().await,
-                    Err(error) => Err(error),
-                }
-                .map_err(|source| {
-                    SandboxRedisError::Connect {
-                        sandbox: sandbox.key().clone(),
-                        source,
-                    }
-                    .refuse(Some(&sandbox))
-                })?;
+                let opened = match self.shared.login(&sandbox).await {
+                    Ok(client) => client.get_async_pubsub().await.map_err(|source| {
+                        SandboxRedisError::Connect {
+                            sandbox: sandbox.key().clone(),
+                            source,
+                        }
+                    }),
+                    Err(refused) => Err(refused),
+                };
+                let inner = opened.map_err(|refused| refused.refuse(Some(&sandbox)))?;
                 Ok(SandboxPubSub {
                     inner,
                     sandbox: Some((sandbox, ns)),

@@ -45,8 +45,13 @@ impl Namespace {
 /// What to do with a sandbox's command.
 #[derive(Debug)]
 pub(crate) enum Plan {
-    /// Send `cmd`, then fix its reply by `reply`.
-    Send { cmd: Cmd, reply: Reply },
+    /// Send `cmd` (over the manager's connection when `via_manager`, else the sandbox's),
+    /// then fix its reply by `reply`.
+    Send {
+        cmd: Cmd,
+        reply: Reply,
+        via_manager: bool,
+    },
     /// Answer from `SCAN ... MATCH pattern` over the namespace: the key names (`KEYS`) or
     /// their number (`DBSIZE`).
     ScanAll { pattern: Vec<u8>, count_only: bool },
@@ -135,6 +140,7 @@ pub(crate) fn plan(
     Ok(Plan::Send {
         cmd: command_of(args),
         reply,
+        via_manager: false,
     })
 }
 
@@ -250,6 +256,13 @@ fn special_plan(
                 "subscribes on the handle's shared connection: use SandboxRedis::pubsub",
             ));
         }
+        Special::Transaction => {
+            return Err(refused(
+                ns,
+                name,
+                "would leave a transaction open on the sandbox's shared connection: use an atomic pipeline (redis::pipe().atomic())",
+            ));
+        }
         Special::PubsubNumsub => {
             for channel in args.iter_mut().skip(2) {
                 *channel = ns.add(channel);
@@ -260,6 +273,7 @@ fn special_plan(
     Ok(Plan::Send {
         cmd: command_of(args),
         reply,
+        via_manager: special.via_manager(),
     })
 }
 

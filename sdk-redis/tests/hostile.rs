@@ -239,6 +239,13 @@ async fn the_sandbox_user_itself_cannot_reach_production() {
         line(&["MONITOR"]),
         line(&["SHUTDOWN", "NOSAVE"]),
         line(&["SORT", &prod_key]),
+        line(&["SCAN", "0"]),
+        line(&["PUBSUB", "CHANNELS"]),
+        line(&["COPY", &prod_key, "x", "DB", "1"]),
+        line(&["GEORADIUS", "x", "0", "0", "1", "m", "STORE", &prod_key]),
+        line(&["RESTORE", &prod_key, "0", "x"]),
+        line(&["SCRIPT", "EXISTS", "x"]),
+        line(&["WATCH", &prod_key]),
     ];
     for args in cases {
         let mut cmd = redis::cmd(&args[0]);
