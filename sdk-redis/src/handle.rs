@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 use crate::acl;
 use crate::commands::CommandTable;
 use crate::error::SandboxRedisError;
-use crate::rewrite::{self, Namespace, Plan};
+use crate::rewrite::{self, Namespace, Plan, SCAN_COUNT};
 
 /// Sandboxes with a connection at once, by default.
 pub const DEFAULT_MAX_ACTIVE_SANDBOXES: usize = 64;
@@ -22,8 +22,6 @@ pub const DEFAULT_MAX_ACTIVE_SANDBOXES: usize = 64;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The shortest secret [`SandboxRedis::builder`] takes, in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
-/// How many keys one `SCAN` step asks for when prodbox walks a namespace.
-pub(crate) const SCAN_COUNT: usize = 1000;
 
 /// A Redis connection that keeps each sandbox's keys and channels in its own namespace,
 /// enforced by a Redis ACL user per sandbox; see the [crate docs](crate).
@@ -126,6 +124,19 @@ impl SandboxRedisBuilder {
             )));
         }
         let manager_client = self.manager.unwrap_or_else(|| self.client.clone());
+        let (db, manager_db) = (
+            self.client.get_connection_info().redis_settings().db(),
+            manager_client.get_connection_info().redis_settings().db(),
+        );
+        if db != manager_db {
+            // The manager lists, copies and deletes the sandboxes' keys: in another database
+            // it would miss them all.
+            return Err(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "the manager's connection must use the service's database",
+                format!("the service uses database {db}, the manager {manager_db}"),
+            )));
+        }
         let mut manager = manager_client.get_multiplexed_async_connection().await?;
         let reply: Value = redis::cmd("COMMAND").query_async(&mut manager).await?;
         let mut table = CommandTable::from_reply(&reply).map_err(|why| {
@@ -146,7 +157,7 @@ impl SandboxRedisBuilder {
         Ok(SandboxRedis {
             baseline,
             shared: Arc::new(Shared {
-                db: self.client.get_connection_info().redis_settings().db(),
+                db,
                 client: self.client,
                 manager,
                 table,
@@ -507,6 +518,21 @@ impl Shared {
         self.lock().slots.remove(key);
     }
 
+    /// Whether this incarnation of `sandbox` was torn down (its tombstone is newer).
+    async fn torn_down(
+        &self,
+        manager: &mut MultiplexedConnection,
+        sandbox: &Sandbox,
+    ) -> Result<bool, SandboxRedisError> {
+        let torn: Option<i64> = redis::cmd("GET")
+            .arg(crate::names::tombstone(sandbox.key()))
+            .query_async(manager)
+            .await
+            .map_err(|source| connect_failed(sandbox.key(), source))?;
+        let began = sandbox.created_at().map(crate::teardown::micros);
+        Ok(torn.is_some_and(|torn| began.is_none_or(|began| began <= torn)))
+    }
+
     /// Makes the sandbox's user (idempotent: every replica writes the same rules) and returns a
     /// client that logs in as it; refuses a sandbox torn down since its incarnation began (a
     /// replica still serving it would make it again).
@@ -516,18 +542,10 @@ impl Shared {
     ) -> Result<redis::Client, SandboxRedisError> {
         let key = sandbox.key();
         let mut manager = self.manager.clone();
-        let torn: Option<i64> = redis::cmd("GET")
-            .arg(crate::names::tombstone(key))
-            .query_async(&mut manager)
-            .await
-            .map_err(|source| connect_failed(key, source))?;
-        if let Some(torn) = torn {
-            let began = sandbox.created_at().map(crate::teardown::micros);
-            if began.is_none_or(|began| began <= torn) {
-                return Err(SandboxRedisError::TornDown {
-                    sandbox: key.clone(),
-                });
-            }
+        if self.torn_down(&mut manager, sandbox).await? {
+            return Err(SandboxRedisError::TornDown {
+                sandbox: key.clone(),
+            });
         }
         let password = acl::password(&self.secret, key);
         let mut setuser = redis::cmd("ACL");
@@ -538,6 +556,18 @@ impl Shared {
             .query_async(&mut manager)
             .await
             .map_err(|source| connect_failed(key, source))?;
+        // A teardown may have set its tombstone and deleted the user between the read above
+        // and the SETUSER: read it again, and take back what this login made.
+        if self.torn_down(&mut manager, sandbox).await? {
+            let _: RedisResult<i64> = redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(crate::names::user(key))
+                .query_async(&mut manager)
+                .await;
+            return Err(SandboxRedisError::TornDown {
+                sandbox: key.clone(),
+            });
+        }
         let info = self.client.get_connection_info().clone();
         let settings = info
             .redis_settings()

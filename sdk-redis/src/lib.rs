@@ -114,6 +114,7 @@ pub use handle::{
     SandboxRedisBuilder,
 };
 pub use pubsub::SandboxPubSub;
+pub use rewrite::MAX_PATTERN_LEN;
 pub use teardown::{Teardown, collect_garbage, collectable, sandboxes, teardown};
 
 #[doc(hidden)]

@@ -61,6 +61,10 @@ impl SandboxPubSub {
     /// allows a sandbox).
     pub async fn psubscribe(&mut self, pattern: impl AsRef<[u8]>) -> RedisResult<()> {
         self.same_context()?;
+        if let Some((sandbox, ns)) = &self.sandbox {
+            crate::rewrite::checked_pattern(ns, "psubscribe", pattern.as_ref())
+                .map_err(|refused| refused.refuse(Some(sandbox)))?;
+        }
         let named = self.named(pattern.as_ref());
         let result = self.inner.psubscribe(named).await;
         self.checked("psubscribe", result)

@@ -103,6 +103,30 @@ pub(crate) fn unpack(packed: &[u8]) -> Option<Vec<Vec<u8>>> {
     (at == packed.len()).then_some(args)
 }
 
+/// The most keys one `SCAN` step of a sandbox's may walk (the handle's own steps included).
+pub(crate) const SCAN_COUNT: usize = 1000;
+
+/// The longest glob pattern a sandbox may send (`KEYS`, `SCAN`/`HSCAN`/`SSCAN`/`ZSCAN
+/// MATCH`, `PUBSUB CHANNELS`, `PSUBSCRIBE`): Redis before 7.2.6 matches patterns recursively,
+/// and a long one (`a*a*...`) overflows its stack (CVE-2024-31228).
+pub const MAX_PATTERN_LEN: usize = 256;
+
+/// Refuses a glob pattern longer than [`MAX_PATTERN_LEN`].
+pub(crate) fn checked_pattern<'p>(
+    ns: &Namespace,
+    name: &str,
+    pattern: &'p [u8],
+) -> Result<&'p [u8], SandboxRedisError> {
+    if pattern.len() > MAX_PATTERN_LEN {
+        return Err(refused(
+            ns,
+            name,
+            "has a glob pattern longer than prodbox allows (Redis before 7.2.6 can crash on one)",
+        ));
+    }
+    Ok(pattern)
+}
+
 /// The plan for `args` of sandbox `ns`, or why it is refused. `name` is filled with the
 /// command's name, for errors and audit.
 pub(crate) fn plan(
@@ -127,6 +151,18 @@ pub(crate) fn plan(
                 .map_err(|why| SandboxRedisError::unmapped(&ns.key, &name, why))?;
             for at in positions {
                 args[at] = ns.add(&args[at]);
+            }
+            if matches!(name.as_str(), "hscan" | "sscan" | "zscan") {
+                // Their MATCH patterns name fields and members, not keys: only their length.
+                let mut options = args.iter().skip(3);
+                while let Some(option) = options.next() {
+                    let value = options.next();
+                    if option.eq_ignore_ascii_case(b"match")
+                        && let Some(pattern) = value
+                    {
+                        checked_pattern(ns, &name, pattern)?;
+                    }
+                }
             }
             match name.as_str() {
                 "blpop" | "brpop" | "bzpopmin" | "bzpopmax" | "blmpop" | "bzmpop" | "lmpop"
@@ -164,10 +200,20 @@ fn special_plan(
                 };
                 if option.eq_ignore_ascii_case(b"match") {
                     pattern = value;
+                } else if option.eq_ignore_ascii_case(b"count") {
+                    // The manager walks production's keyspace for it: one step at most
+                    // SCAN_COUNT keys, whatever the caller asks.
+                    let count: u64 = std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|n| n.parse().ok())
+                        .ok_or_else(|| refused(ns, name, "has a COUNT that is not a number"))?;
+                    let count = count.clamp(1, SCAN_COUNT as u64);
+                    kept.extend([option, count.to_string().into_bytes()]);
                 } else {
                     kept.extend([option, value]);
                 }
             }
+            checked_pattern(ns, name, &pattern)?;
             args.extend([b"MATCH".to_vec(), ns.add(&pattern)]);
             args.extend(kept);
             Reply::Scan
@@ -180,6 +226,7 @@ fn special_plan(
                     .ok_or_else(|| refused(ns, name, "has no pattern"))?,
                 _ => b"*".to_vec(),
             };
+            checked_pattern(ns, name, &pattern)?;
             return Ok(Plan::ScanAll {
                 pattern: ns.add(&pattern),
                 count_only: special == Special::Dbsize,
@@ -245,6 +292,7 @@ fn special_plan(
         }
         Special::PubsubChannels => {
             let pattern = args.get(2).cloned().unwrap_or_else(|| b"*".to_vec());
+            checked_pattern(ns, name, &pattern)?;
             args.truncate(2);
             args.push(ns.add(&pattern));
             Reply::Names

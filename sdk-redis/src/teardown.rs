@@ -11,8 +11,9 @@ use prodbox_core::plumbing::metrics::redis_deleted;
 use redis::aio::ConnectionLike;
 use redis::{RedisError, RedisResult};
 
-use crate::handle::{SCAN_COUNT, SandboxRedis};
+use crate::handle::SandboxRedis;
 use crate::names;
+use crate::rewrite::SCAN_COUNT;
 
 /// What deleting one sandbox's Redis objects removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

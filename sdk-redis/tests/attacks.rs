@@ -400,3 +400,111 @@ async fn script_exists_and_restore_are_refused() {
     assert_eq!(outcome(&restored), "refused");
     redis.teardown(s.key()).await.expect("teardown");
 }
+
+// Found by a second review.
+
+/// A manager on another database would list, copy and tear down in the wrong one: refused.
+#[tokio::test]
+async fn a_manager_on_another_database_is_refused() {
+    let error = SandboxRedis::builder(
+        redis::Client::open("redis://127.0.0.1:6379/9").expect("url"),
+        common::SECRET,
+    )
+    .manager(client())
+    .build()
+    .await
+    .expect_err("refused");
+    assert_eq!(
+        error.kind(),
+        redis::ErrorKind::InvalidClientConfig,
+        "{error}"
+    );
+}
+
+/// SCAN's COUNT is the manager's work over production's keyspace: clamped to one step of
+/// 1000, so a sandbox's SCAN never walks everything in one call.
+#[tokio::test]
+async fn a_sandboxs_scan_walks_at_most_a_thousand_keys_per_call() {
+    let redis = handle().await;
+    let s = rev_sandbox("count");
+    let mut r = redis.clone();
+    in_sandbox(&s, async {
+        let mut pipe = redis::pipe();
+        for i in 0..1500 {
+            pipe.set(format!("k{i}"), i).ignore();
+        }
+        pipe.query_async::<()>(&mut r).await
+    })
+    .await
+    .expect("seed");
+    let reply = q(&redis, &s, &["SCAN", "0", "COUNT", "1000000000"])
+        .await
+        .expect("SCAN");
+    let redis::Value::Array(parts) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_ne!(
+        parts[0],
+        redis::Value::BulkString(b"0".to_vec()),
+        "walked the whole keyspace in one call"
+    );
+    assert_eq!(
+        outcome(&q(&redis, &s, &["SCAN", "0", "COUNT", "many"]).await),
+        "refused"
+    );
+    redis.teardown(s.key()).await.expect("teardown");
+}
+
+/// Long glob patterns crash Redis before 7.2.6 (CVE-2024-31228): refused wherever a sandbox
+/// can send one.
+#[tokio::test]
+async fn long_glob_patterns_are_refused() {
+    let redis = handle().await;
+    let s = rev_sandbox("glob");
+    let pattern = "a*".repeat(200) + "b";
+    for args in [
+        vec!["KEYS", pattern.as_str()],
+        vec!["SCAN", "0", "MATCH", &pattern],
+        vec!["HSCAN", "h", "0", "MATCH", &pattern],
+        vec!["SSCAN", "s", "0", "match", &pattern],
+        vec!["ZSCAN", "z", "0", "MATCH", &pattern],
+        vec!["PUBSUB", "CHANNELS", &pattern],
+    ] {
+        assert_eq!(
+            outcome(&q(&redis, &s, &args).await),
+            "refused",
+            "{}",
+            args[0]
+        );
+    }
+    let error = in_sandbox(&s, async {
+        let mut sub = redis.pubsub().await.expect("pubsub");
+        sub.psubscribe(&pattern).await
+    })
+    .await
+    .expect_err("refused");
+    assert!(
+        matches!(
+            SandboxRedisError::of(&error),
+            Some(SandboxRedisError::Refused { .. })
+        ),
+        "{error}"
+    );
+    // A short pattern still works.
+    assert_eq!(outcome(&q(&redis, &s, &["KEYS", "a*"]).await), "ok");
+    redis.teardown(s.key()).await.expect("teardown");
+}
+
+/// A first command racing the sandbox's teardown on another replica never leaves the user
+/// made again under the tombstone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_racing_a_teardown_does_not_remake_the_sandbox() {
+    let (a, b) = (handle().await, handle().await);
+    for _ in 0..60 {
+        let s = rev_sandbox("race");
+        let _ = tokio::join!(q(&a, &s, &["SET", "k", "v"]), b.teardown(s.key()));
+        assert!(!user_exists(s.key()).await, "{} was made again", s.key());
+        // Whatever the first command left is gone with a second teardown.
+        b.teardown(s.key()).await.expect("teardown");
+    }
+}
