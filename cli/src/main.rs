@@ -98,6 +98,11 @@ enum SandboxCommand {
         /// (shadowing); each must also be in --forks. Repeat or separate with commas.
         #[arg(long, value_name = "SERVICE", value_delimiter = ',')]
         shadows: Vec<String>,
+        /// Third parties whose calls from this sandbox a stub service of its own answers, as
+        /// DESTINATION=URL (the destination's name in the services' egress policy); repeat or
+        /// separate with commas.
+        #[arg(long = "stubs", alias = "stub", value_name = "DESTINATION=URL", value_delimiter = ',', value_parser = parse_fork)]
+        stubs: Vec<(String, ForkAddress)>,
         /// Lifetime, such as 30m, 2h or 1day.
         #[arg(long, default_value = "24h", value_parser = parse_ttl)]
         ttl: Duration,

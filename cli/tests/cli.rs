@@ -1292,3 +1292,66 @@ async fn redis_objects_go_with_their_sandbox() {
     .await
     .fails(3, "cannot connect to Redis");
 }
+
+/// `--stub DESTINATION=URL` records the sandbox's own stub of a third party in the directory,
+/// where the services' egress policy reads it; a bad address or a name twice is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stubs_given_at_creation_reach_the_directory() {
+    let db = setup().await;
+    let k = unique_key("cli-stubs");
+    let out = prodbox(
+        &db,
+        &[
+            "--json",
+            "sandbox",
+            "create",
+            &k,
+            "--stub",
+            "payments=http://127.0.0.1:9999",
+            "--stub",
+            "email=https://mail-stub:8443",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(out["stubs"]["payments"], "http://127.0.0.1:9999", "{out}");
+    let entry = DirectoryStore::new(db.pool().clone())
+        .get(&key(&k))
+        .await
+        .expect("read")
+        .expect("entry");
+    assert_eq!(entry.stubs.len(), 2);
+    assert_eq!(entry.stubs["email"].to_string(), "https://mail-stub:8443");
+    let shown = prodbox(&db, &["sandbox", "show", &k]).await.ok();
+    assert!(
+        shown
+            .stdout
+            .contains("stubs:   email=https://mail-stub:8443, payments=http://127.0.0.1:9999"),
+        "{shown:?}"
+    );
+    prodbox(
+        &db,
+        &[
+            "sandbox",
+            "create",
+            &unique_key("cli-stubs"),
+            "--stub",
+            "payments=ftp://x",
+        ],
+    )
+    .await
+    .fails(2, "payments");
+    prodbox(
+        &db,
+        &[
+            "sandbox",
+            "create",
+            &unique_key("cli-stubs"),
+            "--stub",
+            "p=http://a:1,p=http://b:1",
+        ],
+    )
+    .await
+    .fails(2, "--stubs names one twice");
+}

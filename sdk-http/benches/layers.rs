@@ -122,5 +122,63 @@ fn request_with_headers() -> Request<()> {
     req
 }
 
-criterion_group!(benches, layers, inject);
+/// The egress policy layer's cost beside the client layer alone, for production's calls and a
+/// sandbox's call to an internal service (the policy's third of five rules), alternating.
+fn egress_policy(c: &mut Criterion) {
+    use prodbox_core::FutureExt;
+    use prodbox_core::egress::{EgressPolicy, Stub};
+    use prodbox_http::EgressPolicyLayer;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let policy = EgressPolicy::new()
+        .internal("*.svc.cluster.local")
+        .internal("billing")
+        .internal("orders")
+        .external("maps", "maps.example.com")
+        .stub(
+            "payments",
+            "api.payments.example",
+            Stub::respond(200, "text/plain", "ok"),
+        );
+    let client_only = ServiceBuilder::new()
+        .layer(PropagateSandboxLayer::new())
+        .service(bare());
+    let with_policy = ServiceBuilder::new()
+        .layer(PropagateSandboxLayer::new())
+        .layer(EgressPolicyLayer::new(policy))
+        .service(bare());
+    let request = || Request::get("http://orders:8080/x").body(()).unwrap();
+    let mut group = c.benchmark_group("egress_policy");
+    for round in 0..2 {
+        group.bench_function(format!("baseline/client_layer/{round}"), |b| {
+            b.to_async(&rt)
+                .iter(|| client_only.clone().oneshot(black_box(request())))
+        });
+        group.bench_function(format!("baseline/client_and_policy/{round}"), |b| {
+            b.to_async(&rt)
+                .iter(|| with_policy.clone().oneshot(black_box(request())))
+        });
+        group.bench_function(format!("sandboxed/client_layer/{round}"), |b| {
+            b.to_async(&rt).iter(|| {
+                client_only
+                    .clone()
+                    .oneshot(black_box(request()))
+                    .in_sandbox(sandbox())
+            })
+        });
+        group.bench_function(format!("sandboxed/client_and_policy/{round}"), |b| {
+            b.to_async(&rt).iter(|| {
+                with_policy
+                    .clone()
+                    .oneshot(black_box(request()))
+                    .in_sandbox(sandbox())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, layers, inject, egress_policy);
 criterion_main!(benches);

@@ -99,21 +99,6 @@ impl EgressPolicyLayer {
         self.codec = codec;
         self
     }
-
-    /// Where `uri` goes for the current task.
-    fn decide(&self, uri: &Uri) -> (Option<Sandbox>, EgressVerdict) {
-        let sandbox = prodbox_core::current();
-        let host = uri.host().unwrap_or_default();
-        let port = uri.port_u16().or(match uri.scheme_str() {
-            Some("https") => Some(443),
-            Some("http") => Some(80),
-            _ => None,
-        });
-        let verdict = self
-            .policy
-            .decide(sandbox.as_ref(), self.directory.as_deref(), host, port);
-        (sandbox, verdict)
-    }
 }
 
 impl<S> Layer<S> for EgressPolicyLayer {
@@ -122,7 +107,7 @@ impl<S> Layer<S> for EgressPolicyLayer {
     fn layer(&self, inner: S) -> Self::Service {
         EgressPolicyService {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -131,7 +116,8 @@ impl<S> Layer<S> for EgressPolicyLayer {
 #[derive(Debug, Clone)]
 pub struct EgressPolicyService<S> {
     inner: S,
-    layer: EgressPolicyLayer,
+    // Shared: clients are cloned per request, and the codecs are not small.
+    layer: Arc<EgressPolicyLayer>,
 }
 
 impl<S> EgressPolicyService<S> {
@@ -152,8 +138,26 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let (sandbox, verdict) = self.layer.decide(req.uri());
-        let Some(sandbox) = sandbox else {
+        // One context read, without cloning the sandbox: production's calls and internal ones
+        // (the common case) go on at once.
+        let layer = &self.layer;
+        let verdict = prodbox_core::with_current(|sandbox| {
+            let uri = req.uri();
+            sandbox.map(|sandbox| {
+                let host = uri.host().unwrap_or_default();
+                let port = layer.policy.names_ports().then(|| port_of(uri)).flatten();
+                let directory = layer.directory.as_deref();
+                layer.policy.decide(Some(sandbox), directory, host, port)
+            })
+        });
+        let verdict = match verdict {
+            None | Some(EgressVerdict::Baseline | EgressVerdict::Internal) => {
+                return ResponseFuture::inner(self.inner.call(req));
+            }
+            Some(verdict) => verdict,
+        };
+        // The rarer ways (third parties, stubs, refusals) audit, so they take the sandbox.
+        let Some(sandbox) = prodbox_core::current() else {
             return ResponseFuture::inner(self.inner.call(req));
         };
         let audit = |decision, reason: &str, detail: &dyn std::fmt::Display| {
@@ -192,29 +196,26 @@ where
                     Stub::Forward(address) => {
                         if !crate::routing::point_at(&mut req, &address) {
                             // Never sent to the real destination instead.
-                            let refused = EgressRefused {
-                                sandbox: sandbox.key().clone(),
-                                destination: address.to_uri().to_string(),
-                                why: "its stub's address makes no URI with the request's path",
-                            };
-                            audit(Decision::Rejected, refused.reason(), &refused);
-                            return ResponseFuture::refused(refused);
+                            return ResponseFuture::refused(refuse(
+                                &sandbox,
+                                address.to_uri().to_string(),
+                                "its stub's address makes no URI with the request's path",
+                            ));
                         }
                         return ResponseFuture::inner(self.inner.call(req));
                     }
                 }
             }
             EgressVerdict::Undeclared => {
-                let refused = EgressRefused {
-                    sandbox: sandbox.key().clone(),
-                    destination: req
-                        .uri()
-                        .authority()
-                        .map_or_else(|| "(no host)".to_owned(), |a| a.to_string()),
-                    why: "the egress policy does not declare it",
-                };
-                audit(Decision::Rejected, refused.reason(), &refused);
-                return ResponseFuture::refused(refused);
+                let destination = req
+                    .uri()
+                    .authority()
+                    .map_or_else(|| "(no host)".to_owned(), |a| a.to_string());
+                return ResponseFuture::refused(refuse(
+                    &sandbox,
+                    destination,
+                    "the egress policy does not declare it",
+                ));
             }
         };
         ResponseFuture { kind }
@@ -344,3 +345,198 @@ where
         }
     }
 }
+
+/// The decision for a call to `host`/`port` in the current task, with its sandbox: what the
+/// layer, the reqwest middleware, the redirect policy and the connectors all ask.
+pub(crate) fn decide(
+    policy: &EgressPolicy,
+    directory: Option<&dyn Directory>,
+    host: &str,
+    port: Option<u16>,
+) -> (Option<Sandbox>, EgressVerdict) {
+    let sandbox = prodbox_core::current();
+    let verdict = policy.decide(sandbox.as_ref(), directory, host, port);
+    (sandbox, verdict)
+}
+
+/// Refuses `sandbox`'s call to `destination` (audited) with `why`.
+pub(crate) fn refuse(sandbox: &Sandbox, destination: String, why: &'static str) -> EgressRefused {
+    let refused = EgressRefused {
+        sandbox: sandbox.key().clone(),
+        destination,
+        why,
+    };
+    Egress::new(Protocol::Http).audit(sandbox, Decision::Rejected, refused.reason(), &refused);
+    refused
+}
+
+/// `uri`'s port, or its scheme's.
+pub(crate) fn port_of(uri: &Uri) -> Option<u16> {
+    uri.port_u16().or(match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    })
+}
+
+/// A connector (for hyper-util's legacy client, or any client that connects by `Uri`) that
+/// opens no connection for a sandboxed call to a destination the policy does not let
+/// sandboxes reach directly: give it to a third-party SDK's client, which prodbox's layers do
+/// not wrap.
+///
+/// A connection production opens to such a destination is used for that one request only:
+/// pooled, a sandboxed call to the same destination would reuse it without asking the
+/// connector. Connections to internal and external destinations are pooled as usual.
+///
+/// ```
+/// use hyper_util::client::legacy::{Client, connect::HttpConnector};
+/// use hyper_util::rt::TokioExecutor;
+/// use prodbox_core::egress::EgressPolicy;
+/// use prodbox_http::egress::GuardedConnector;
+///
+/// let policy = EgressPolicy::new().external("maps", "maps.example.com");
+/// let connector = GuardedConnector::new(HttpConnector::new(), policy);
+/// let sdk_client: Client<_, String> = Client::builder(TokioExecutor::new()).build(connector);
+/// # let _ = sdk_client;
+/// ```
+#[cfg(feature = "connector")]
+#[derive(Debug, Clone)]
+pub struct GuardedConnector<C> {
+    inner: C,
+    policy: EgressPolicy,
+    directory: Option<Arc<dyn Directory>>,
+}
+
+#[cfg(feature = "connector")]
+impl<C> GuardedConnector<C> {
+    /// Guards `inner` with `policy`.
+    pub fn new(inner: C, policy: EgressPolicy) -> Self {
+        Self {
+            inner,
+            policy,
+            directory: None,
+        }
+    }
+
+    /// Reads each sandbox's own stubs from `directory` (a stubbed destination is never
+    /// connected to for that sandbox).
+    pub fn directory(mut self, directory: impl Directory) -> Self {
+        self.directory = Some(Arc::new(directory));
+        self
+    }
+}
+
+#[cfg(feature = "connector")]
+impl<C> Service<Uri> for GuardedConnector<C>
+where
+    C: Service<Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+    C::Response: Send + 'static,
+{
+    type Response = connector::Guarded<C::Response>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let host = uri.host().unwrap_or_default().to_owned();
+        let port = port_of(&uri);
+        let (sandbox, verdict) = decide(&self.policy, self.directory.as_deref(), &host, port);
+        let single_use = match (&sandbox, verdict) {
+            (_, EgressVerdict::Internal | EgressVerdict::External { .. }) => false,
+            (Some(sandbox), _) => {
+                let destination = uri.authority().map_or(host, |a| a.to_string());
+                let refused = refuse(
+                    sandbox,
+                    destination,
+                    "the egress policy does not let sandboxes connect to it",
+                );
+                return Box::pin(std::future::ready(Err(Box::new(refused) as BoxError)));
+            }
+            // Production's: kept out of the pool when sandboxes may not go there.
+            (None, _) => !self.policy.allows_sandboxes(&host, port),
+        };
+        let connecting = self.inner.call(uri);
+        Box::pin(async move {
+            let io = connecting.await.map_err(Into::into)?;
+            Ok(connector::Guarded { io, single_use })
+        })
+    }
+}
+
+#[cfg(feature = "connector")]
+mod connector {
+    //! The connection a [`GuardedConnector`](super::GuardedConnector) hands out.
+
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use hyper::rt::{Read, ReadBufCursor, Write};
+    use hyper_util::client::legacy::connect::{Connected, Connection};
+
+    /// A connection, kept out of the pool when `single_use`.
+    #[pin_project::pin_project]
+    #[derive(Debug)]
+    pub struct Guarded<T> {
+        #[pin]
+        pub(super) io: T,
+        pub(super) single_use: bool,
+    }
+
+    impl<T: Connection> Connection for Guarded<T> {
+        fn connected(&self) -> Connected {
+            let connected = self.io.connected();
+            if self.single_use {
+                connected.poison();
+            }
+            connected
+        }
+    }
+
+    impl<T: Read> Read for Guarded<T> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: ReadBufCursor<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.project().io.poll_read(cx, buf)
+        }
+    }
+
+    impl<T: Write> Write for Guarded<T> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.project().io.poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.project().io.poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.project().io.poll_shutdown(cx)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.io.is_write_vectored()
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            self.project().io.poll_write_vectored(cx, bufs)
+        }
+    }
+}
+
+#[cfg(feature = "connector")]
+pub use connector::Guarded;

@@ -269,3 +269,158 @@ async fn a_third_party_gets_no_context_whatever_the_layer_order() {
     assert_eq!(response.status(), 200);
     assert_eq!(provider.last(), "tenant=acme");
 }
+
+/// A service of ours that redirects every request to `to`.
+async fn redirector(to: String) -> SocketAddr {
+    serve(Router::new().route(
+        "/{*path}",
+        any(move || {
+            let to = to.clone();
+            async move { axum::response::Redirect::temporary(&to) }
+        }),
+    ))
+    .await
+}
+
+/// Whether `error`'s chain holds an [`EgressRefused`].
+fn refused_in(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<EgressRefused>().is_some() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// reqwest follows redirects below any middleware: an internal service that redirects a
+/// sandboxed request to a third party (undeclared, or declared and so never meant to see the
+/// context) ends the request; production's requests follow.
+#[tokio::test]
+async fn a_redirect_to_a_third_party_ends_a_sandboxed_request() {
+    let provider = Recorder::default();
+    let at = provider.start().await;
+    let internal = redirector(format!("http://{at}/charges")).await;
+    for policy in [
+        EgressPolicy::new().internal(&internal.to_string()),
+        EgressPolicy::new()
+            .internal(&internal.to_string())
+            .external("payments", &at.to_string()),
+    ] {
+        let client = prodbox_http::reqwest::guard(reqwest::Client::builder(), policy)
+            .build()
+            .expect("client");
+        let s = sandbox("egress-redirect");
+        let error = client
+            .get(format!("http://{internal}/pay"))
+            .send()
+            .in_sandbox(s)
+            .await
+            .expect_err("refused");
+        assert!(refused_in(&error), "{error:?}");
+        assert_eq!(provider.calls(), 0, "the provider was reached");
+    }
+    let client = prodbox_http::reqwest::guard(
+        reqwest::Client::builder(),
+        EgressPolicy::new().internal(&internal.to_string()),
+    )
+    .build()
+    .expect("client");
+    let response = client
+        .get(format!("http://{internal}/pay"))
+        .send()
+        .await
+        .expect("followed");
+    assert_eq!(response.status(), 200);
+    assert_eq!(provider.calls(), 1);
+}
+
+/// A third-party SDK's own hyper client, built on the guarded connector: a sandboxed call to a
+/// destination sandboxes may not reach opens no connection, even right after production opened
+/// one to it (that connection is not pooled); declared third parties work.
+#[tokio::test]
+async fn an_sdk_client_on_the_guarded_connector_refuses_sandboxed_calls() {
+    let (provider, maps) = (Recorder::default(), Recorder::default());
+    let (at, maps_at) = (provider.start().await, maps.start().await);
+    let policy = EgressPolicy::new().external("maps", &maps_at.to_string());
+    let connector = prodbox_http::egress::GuardedConnector::new(HttpConnector::new(), policy);
+    let sdk: Client<_, Body> = Client::builder(TokioExecutor::new()).build(connector);
+    let get = |uri: String| sdk.request(Request::get(uri).body(Body::empty()).expect("request"));
+    let s = sandbox("egress-sdk");
+
+    // Production first: its connection to the provider must not serve the sandbox after it.
+    assert_eq!(
+        get(format!("http://{at}/charges"))
+            .await
+            .expect("baseline")
+            .status(),
+        200
+    );
+    let error = get(format!("http://{at}/charges"))
+        .in_sandbox(s.clone())
+        .await
+        .expect_err("refused");
+    assert!(refused_in(&error), "{error:?}");
+    assert_eq!(provider.calls(), 1);
+    // Again, production after production: each opens its own connection, and both work.
+    assert_eq!(
+        get(format!("http://{at}/charges"))
+            .await
+            .expect("baseline")
+            .status(),
+        200
+    );
+    assert_eq!(provider.calls(), 2);
+
+    // A declared third party: sandboxed calls connect (and may reuse production's).
+    assert_eq!(
+        get(format!("http://{maps_at}/route"))
+            .await
+            .expect("baseline")
+            .status(),
+        200
+    );
+    let ok = get(format!("http://{maps_at}/route"))
+        .in_sandbox(s)
+        .await
+        .expect("allowed");
+    assert_eq!(ok.status(), 200);
+    assert_eq!(maps.calls(), 2);
+}
+
+/// The same SDK on reqwest, guarded: no connection for a sandboxed call, and none kept idle for
+/// one to reuse.
+#[tokio::test]
+async fn an_sdk_reqwest_client_guarded_refuses_sandboxed_calls() {
+    let (provider, maps) = (Recorder::default(), Recorder::default());
+    let (at, maps_at) = (provider.start().await, maps.start().await);
+    let policy = EgressPolicy::new().external("maps", &maps_at.to_string());
+    let sdk = prodbox_http::reqwest::guard(reqwest::Client::builder(), policy)
+        .build()
+        .expect("client");
+    let s = sandbox("egress-sdk-reqwest");
+    assert_eq!(
+        sdk.get(format!("http://{at}/charges"))
+            .send()
+            .await
+            .expect("baseline")
+            .status(),
+        200
+    );
+    let error = sdk
+        .get(format!("http://{at}/charges"))
+        .send()
+        .in_sandbox(s.clone())
+        .await
+        .expect_err("refused");
+    assert!(refused_in(&error), "{error:?}");
+    assert_eq!(provider.calls(), 1);
+    let ok = sdk
+        .get(format!("http://{maps_at}/route"))
+        .send()
+        .in_sandbox(s)
+        .await
+        .expect("allowed");
+    assert_eq!(ok.status(), 200);
+}

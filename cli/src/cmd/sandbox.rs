@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use prodbox_core::directory::SandboxEntry;
+use prodbox_core::directory::{ForkAddress, SandboxEntry};
 use prodbox_db::SandboxPool;
 use prodbox_db::directory::{DirectoryStore, StoreError};
 use redis::aio::MultiplexedConnection;
@@ -32,24 +32,41 @@ fn status(entry: &SandboxEntry, now: SystemTime) -> &'static str {
     }
 }
 
+fn addresses(map: &BTreeMap<String, ForkAddress>) -> String {
+    if map.is_empty() {
+        return "none".to_owned();
+    }
+    map.iter()
+        .map(|(s, a)| format!("{s}={a}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `pairs` by name, refused when a name comes twice.
+fn one_each(
+    flag: &str,
+    pairs: Vec<(String, ForkAddress)>,
+) -> Result<BTreeMap<String, ForkAddress>, Failure> {
+    let count = pairs.len();
+    let map: BTreeMap<_, _> = pairs.into_iter().collect();
+    if map.len() != count {
+        return Err(Failure::Usage(format!(
+            "{flag} names one twice; give each one address"
+        )));
+    }
+    Ok(map)
+}
+
 fn describe(entry: &SandboxEntry, now: SystemTime) -> String {
-    let forks = if entry.forks.is_empty() {
-        "none".to_owned()
-    } else {
-        entry
-            .forks
-            .iter()
-            .map(|(s, a)| format!("{s}={a}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let forks = addresses(&entry.forks);
+    let stubs = addresses(&entry.stubs);
     let shadows = if entry.shadows.is_empty() {
         "none".to_owned()
     } else {
         entry.shadows.iter().cloned().collect::<Vec<_>>().join(", ")
     };
     format!(
-        "sandbox {key}: {status}\n  actor:   {actor}\n  origin:  {origin}\n  forks:   {forks}\n  shadows: {shadows}\n  created: {created}\n  expires: {expires}\n",
+        "sandbox {key}: {status}\n  actor:   {actor}\n  origin:  {origin}\n  forks:   {forks}\n  shadows: {shadows}\n  stubs:   {stubs}\n  created: {created}\n  expires: {expires}\n",
         key = entry.key,
         status = status(entry, now),
         actor = entry.actor.as_deref().unwrap_or("-"),
@@ -80,20 +97,16 @@ pub(crate) async fn run(
             origin,
             forks,
             shadows,
+            stubs,
             ttl,
             disabled,
         } => {
             let mut entry = SandboxEntry::new(key);
             entry.actor = actor;
             entry.origin = origin;
-            let count = forks.len();
-            entry.forks = forks.into_iter().collect::<BTreeMap<_, _>>();
-            if entry.forks.len() != count {
-                return Err(Failure::Usage(
-                    "--forks names a service twice; give each service one address".to_owned(),
-                ));
-            }
+            entry.forks = one_each("--forks", forks)?;
             entry.shadows = shadows.into_iter().collect();
+            entry.stubs = one_each("--stubs", stubs)?;
             entry.expires_at = Some(now + ttl);
             entry.disabled = disabled;
             let created = store.create(&entry).await.map_err(|e| match e {

@@ -259,6 +259,22 @@ impl EgressPolicy {
         }
     }
 
+    /// Whether sandboxes may reach `host`/`port` directly (it is declared internal or
+    /// external; a sandbox's own stub from the directory aside).
+    pub fn allows_sandboxes(&self, host: &str, port: Option<u16>) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.rules
+            .iter()
+            .find(|r| r.pattern.matches(&host, port))
+            .is_some_and(|r| matches!(r.kind, Kind::Internal | Kind::External))
+    }
+
+    /// Whether any declared pattern names a port: if none does, callers need not work out a
+    /// call's port (it costs more than the rest of the decision).
+    pub fn names_ports(&self) -> bool {
+        self.rules.iter().any(|r| r.pattern.port.is_some())
+    }
+
     /// Whether nothing is declared.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()

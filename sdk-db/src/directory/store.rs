@@ -47,12 +47,15 @@ impl DirectoryStore {
         };
         let forks = json(serde_json::to_string(&entry.forks))?;
         let shadows = json(serde_json::to_string(&entry.shadows))?;
+        let stubs = json(serde_json::to_string(&entry.stubs))?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO prodbox.sandboxes (key, actor, origin, forks, expires_at, disabled, shadows)
-             VALUES ($1, $2, $3, $4::jsonb, to_timestamp($5), $6, $7::jsonb)
+            "INSERT INTO prodbox.sandboxes
+                 (key, actor, origin, forks, expires_at, disabled, shadows, stubs)
+             VALUES ($1, $2, $3, $4::jsonb, to_timestamp($5), $6, $7::jsonb, $8::jsonb)
              ON CONFLICT (key) DO UPDATE SET
                  actor = EXCLUDED.actor, origin = EXCLUDED.origin, forks = EXCLUDED.forks,
-                 shadows = EXCLUDED.shadows, created_at = now(), expires_at = EXCLUDED.expires_at,
+                 shadows = EXCLUDED.shadows, stubs = EXCLUDED.stubs, created_at = now(),
+                 expires_at = EXCLUDED.expires_at,
                  disabled = EXCLUDED.disabled, updated_at = now()
              WHERE sandboxes.expires_at <= now()
              RETURNING {COLUMNS}"
@@ -64,6 +67,7 @@ impl DirectoryStore {
         .bind(entry.expires_at.map(secs))
         .bind(entry.disabled)
         .bind(shadows)
+        .bind(stubs)
         .fetch_optional(&self.pool)
         .await?;
         match row {

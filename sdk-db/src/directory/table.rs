@@ -24,6 +24,9 @@ SELECT EXISTS (SELECT 1 FROM pg_trigger
    AND EXISTS (SELECT 1 FROM information_schema.columns
                WHERE table_schema = 'prodbox' AND table_name = 'sandboxes'
                  AND column_name = 'shadows')
+   AND EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = 'prodbox' AND table_name = 'sandboxes'
+                 AND column_name = 'stubs')
    AND to_regclass('prodbox.kafka_cuts') IS NOT NULL
    AND EXISTS (SELECT 1 FROM pg_trigger
                WHERE tgname = 'sandboxes_cuts_gone' AND tgrelid = to_regclass('prodbox.sandboxes'))";
@@ -42,6 +45,8 @@ CREATE TABLE IF NOT EXISTS prodbox.sandboxes (
 );
 ALTER TABLE prodbox.sandboxes ADD COLUMN IF NOT EXISTS
     shadows jsonb NOT NULL DEFAULT '[]'::jsonb CHECK (jsonb_typeof(shadows) = 'array');
+ALTER TABLE prodbox.sandboxes ADD COLUMN IF NOT EXISTS
+    stubs jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(stubs) = 'object');
 CREATE OR REPLACE FUNCTION prodbox.sandboxes_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP <> 'INSERT' THEN
@@ -98,7 +103,7 @@ CREATE OR REPLACE TRIGGER sandboxes_cuts_all_gone
 "#;
 
 pub(super) const COLUMNS: &str =
-    "key, actor, origin, forks::text AS forks, shadows::text AS shadows,
+    "key, actor, origin, forks::text AS forks, shadows::text AS shadows, stubs::text AS stubs,
     extract(epoch FROM created_at)::float8 AS created,
     extract(epoch FROM expires_at)::float8 AS expires,
     disabled";
@@ -126,7 +131,7 @@ pub(super) fn validate(entry: &SandboxEntry) -> Result<(), StoreError> {
             .map_err(|e| StoreError::Invalid(format!("origin: {e}")))?;
     }
     drop(builder);
-    for service in entry.forks.keys() {
+    for service in entry.forks.keys().chain(entry.stubs.keys()) {
         validate_service(service)?;
     }
     if let Some(service) = entry.shadows.iter().find(|s| !entry.forks.contains_key(*s)) {
@@ -171,11 +176,17 @@ pub(super) fn entry_of(row: &PgRow) -> Result<SandboxEntry, String> {
     };
     let forks = json("forks");
     let shadows = json("shadows");
+    let stubs = json("stubs");
     let mut entry = SandboxEntry::new(key);
-    match forks.map(|f| serde_json::from_str::<BTreeMap<String, ForkAddress>>(&f)) {
-        Some(Ok(forks)) => entry.forks = forks,
-        Some(Err(e)) => problems.push(format!("forks: {e}")),
-        None => {}
+    for (column, text, into) in [
+        ("forks", forks, &mut entry.forks),
+        ("stubs", stubs, &mut entry.stubs),
+    ] {
+        match text.map(|f| serde_json::from_str::<BTreeMap<String, ForkAddress>>(&f)) {
+            Some(Ok(addresses)) => *into = addresses,
+            Some(Err(e)) => problems.push(format!("{column}: {e}")),
+            None => {}
+        }
     }
     match shadows.map(|s| serde_json::from_str::<BTreeSet<String>>(&s)) {
         Some(Ok(shadows)) => entry.shadows = shadows,
@@ -214,6 +225,7 @@ pub(super) fn entry_of(row: &PgRow) -> Result<SandboxEntry, String> {
         entry.disabled = true;
         entry.forks.clear();
         entry.shadows.clear();
+        entry.stubs.clear();
         entry.actor = None;
         entry.origin = None;
     }
