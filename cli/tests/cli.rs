@@ -1330,28 +1330,13 @@ async fn stubs_given_at_creation_reach_the_directory() {
             .contains("stubs:   email=https://mail-stub:8443, payments=http://127.0.0.1:9999"),
         "{shown:?}"
     );
-    prodbox(
-        &db,
-        &[
-            "sandbox",
-            "create",
-            &unique_key("cli-stubs"),
-            "--stub",
-            "payments=ftp://x",
-        ],
-    )
-    .await
-    .fails(2, "payments");
-    prodbox(
-        &db,
-        &[
-            "sandbox",
-            "create",
-            &unique_key("cli-stubs"),
-            "--stub",
-            "p=http://a:1,p=http://b:1",
-        ],
-    )
-    .await
-    .fails(2, "--stubs names one twice");
+    for (stubs, says) in [
+        ("payments=ftp://x", "payments"),
+        ("p=http://a:1,p=http://b:1", "--stubs names one twice"),
+    ] {
+        let fresh = unique_key("cli-stubs");
+        prodbox(&db, &["sandbox", "create", &fresh, "--stub", stubs])
+            .await
+            .fails(2, says);
+    }
 }

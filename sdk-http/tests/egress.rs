@@ -336,14 +336,20 @@ async fn a_redirect_to_a_third_party_ends_a_sandboxed_request() {
     assert_eq!(provider.calls(), 1);
 }
 
+/// A provider sandboxes may not reach, a declared third party ("maps"), and the policy.
+async fn provider_and_maps() -> (Recorder, SocketAddr, Recorder, SocketAddr, EgressPolicy) {
+    let (provider, maps) = (Recorder::default(), Recorder::default());
+    let (at, maps_at) = (provider.start().await, maps.start().await);
+    let policy = EgressPolicy::new().external("maps", &maps_at.to_string());
+    (provider, at, maps, maps_at, policy)
+}
+
 /// A third-party SDK's own hyper client, built on the guarded connector: a sandboxed call to a
 /// destination sandboxes may not reach opens no connection, even right after production opened
 /// one to it (that connection is not pooled); declared third parties work.
 #[tokio::test]
 async fn an_sdk_client_on_the_guarded_connector_refuses_sandboxed_calls() {
-    let (provider, maps) = (Recorder::default(), Recorder::default());
-    let (at, maps_at) = (provider.start().await, maps.start().await);
-    let policy = EgressPolicy::new().external("maps", &maps_at.to_string());
+    let (provider, at, maps, maps_at, policy) = provider_and_maps().await;
     let connector = prodbox_http::egress::GuardedConnector::new(HttpConnector::new(), policy);
     let sdk: Client<_, Body> = Client::builder(TokioExecutor::new()).build(connector);
     let get = |uri: String| sdk.request(Request::get(uri).body(Body::empty()).expect("request"));
@@ -393,9 +399,7 @@ async fn an_sdk_client_on_the_guarded_connector_refuses_sandboxed_calls() {
 /// one to reuse.
 #[tokio::test]
 async fn an_sdk_reqwest_client_guarded_refuses_sandboxed_calls() {
-    let (provider, maps) = (Recorder::default(), Recorder::default());
-    let (at, maps_at) = (provider.start().await, maps.start().await);
-    let policy = EgressPolicy::new().external("maps", &maps_at.to_string());
+    let (provider, at, maps, maps_at, policy) = provider_and_maps().await;
     let sdk = prodbox_http::reqwest::guard(reqwest::Client::builder(), policy)
         .build()
         .expect("client");
@@ -423,4 +427,5 @@ async fn an_sdk_reqwest_client_guarded_refuses_sandboxed_calls() {
         .await
         .expect("allowed");
     assert_eq!(ok.status(), 200);
+    assert_eq!(maps.calls(), 1);
 }
