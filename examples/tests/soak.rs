@@ -26,6 +26,7 @@ use prodbox_db::SandboxPool;
 use prodbox_db::directory::{DirectoryStore, PgDirectory};
 use prodbox_db::names::schema_name;
 use prodbox_examples::shop::billing::{self, Stats, Version};
+use prodbox_examples::shop::payments::{Payments, Provider};
 use prodbox_examples::shop::{self, gateway, orders};
 use prodbox_testkit::AuditLog;
 use prodbox_testkit::kafka::{
@@ -215,6 +216,7 @@ struct Billing {
 }
 
 impl Billing {
+    #[allow(clippy::too_many_arguments)]
     async fn start(
         kafka: &ClientConfig,
         group: &str,
@@ -222,6 +224,7 @@ impl Billing {
         directory: &PgDirectory,
         version: Version,
         pool: SandboxPool,
+        payments: Payments,
         stats: &Arc<Stats>,
     ) -> Billing {
         let consumer = billing::start(kafka, group, topic, directory.clone(), &version)
@@ -231,7 +234,7 @@ impl Billing {
         let (stop, stopped) = oneshot::channel::<()>();
         let stats = Arc::clone(stats);
         let task = tokio::spawn(async move {
-            billing::run(consumer, pool, version, stats, async move {
+            billing::run(consumer, pool, Some(payments), version, stats, async move {
                 let _ = stopped.await;
             })
             .await
@@ -267,6 +270,7 @@ struct BillingSetup {
     topic: String,
     directory: PgDirectory,
     pool: SandboxPool,
+    payments: Payments,
 }
 
 impl BillingSetup {
@@ -278,6 +282,7 @@ impl BillingSetup {
             &self.directory,
             Version::Baseline,
             self.pool.clone(),
+            self.payments.clone(),
             stats,
         )
         .await
@@ -510,8 +515,15 @@ async fn shop_keeps_sandboxes_isolated_under_faults() {
     .await;
     let url = format!("http://{gateway_addr}/orders");
 
+    // The payment provider billing charges every invoice at: a sandbox's charge must never
+    // reach it (the egress policy stubs it), whatever the faults.
+    let provider = Provider::default();
+    let provider_addr = provider.serve().await.unwrap();
+    let payments = Payments::new(provider_addr, billing_directory.clone());
+
     // billing: the baseline, and one fork per forking sandbox (a process of its own each).
     let billing = BillingSetup {
+        payments: payments.clone(),
         kafka: consumer_kafka.clone(),
         group: group.clone(),
         topic: topic.clone(),
@@ -539,6 +551,7 @@ async fn shop_keeps_sandboxes_isolated_under_faults() {
                 &billing_directory,
                 version,
                 pool,
+                payments.clone(),
                 &stats,
             )
             .await,
@@ -775,8 +788,23 @@ async fn shop_keeps_sandboxes_isolated_under_faults() {
             .name()
         })
         .collect();
+    let charges = provider.charges();
+    for (id, charge) in &charges {
+        let sandboxed = expected
+            .get(id)
+            .is_none_or(|s| s.order.kind.sandbox().is_some());
+        if sandboxed || charge.sandbox().is_some() {
+            problems.add(
+                "a sandbox's charge reached the real payment provider",
+                format!("{id}: {charge:?}"),
+            );
+        }
+    }
     for (id, s) in &expected {
         let sandbox = s.order.kind.sandbox();
+        if sandbox.is_none() && !charges.contains_key(id) {
+            problems.add("production order never charged", id.clone());
+        }
         let schema = sandbox.map_or_else(|| "public".to_owned(), |n| schema_name(&keys[n]));
         let (billed_by, tax_percent) = match sandbox {
             Some(n) if n < FORKS => (fork_names[n].clone(), FORK_TAX_PERCENT),
@@ -1039,6 +1067,11 @@ async fn shop_keeps_sandboxes_isolated_under_faults() {
         *by_version.entry(invoice.billed_by.as_str()).or_default() += 1;
     }
     println!("invoices by billing version: {by_version:?}");
+    println!(
+        "payment provider: {} real charges, {} of them for a sandbox",
+        charges.len(),
+        charges.values().filter(|c| c.sandbox().is_some()).count()
+    );
     for (which, stats) in [("killed", &first_stats), ("restarted", &restarted_stats)] {
         println!(
             "billing v1 ({which} consumer): {} invoices written, {} handler retries",

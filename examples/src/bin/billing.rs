@@ -35,6 +35,10 @@ struct Args {
     /// The fork's tax rule, in percent.
     #[arg(long, default_value_t = 25, requires = "sandbox")]
     tax_percent: i64,
+    /// The payment provider charged for each invoice (sandboxes' charges are stubbed by the
+    /// egress policy, or go to their own stub service from the directory).
+    #[arg(long)]
+    payments: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -51,6 +55,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (pg, metrics) = (started.pg, started.metrics);
     let mut kafka = args.kafka.config();
     kafka.set("auto.commit.interval.ms", "200");
+    let payments = args
+        .payments
+        .map(|address| shop::payments::Payments::new(address, started.directory.clone()));
     let consumer = billing::start(
         &kafka,
         &args.group,
@@ -86,7 +93,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = axum::serve(listener, health).await;
     });
     let pool = shop::sandbox_pool(pg).await?;
-    billing::run(consumer, pool, version, stats, async {
+    billing::run(consumer, pool, payments, version, stats, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;

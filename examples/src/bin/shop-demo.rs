@@ -21,6 +21,7 @@ use prodbox_core::{Sandbox, SandboxKey};
 use prodbox_db::SandboxPool;
 use prodbox_db::directory::DirectoryStore;
 use prodbox_db::names::schema_name;
+use prodbox_examples::shop::payments::Provider;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -193,12 +194,21 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         )
         .await?;
 
+    // The payment provider every invoice is charged at (a third party: its charges are real
+    // money), and pr-42's own stub of it.
+    let provider = Provider::default();
+    let provider_addr = provider.serve().await?;
+    let pr42_stub = Provider::default();
+    let pr42_stub_addr = pr42_stub.serve().await?;
+
     // The sandboxes, as `prodbox sandbox create` would register them.
     let store = DirectoryStore::new(pg.clone());
     let fork_port = free_port()?;
     let fork_address = format!("http://127.0.0.1:{fork_port}");
     let hour = SystemTime::now() + Duration::from_secs(3600);
-    let mut pr42 = SandboxEntry::new("pr-42".parse()?).fork("billing", fork_address.parse()?);
+    let mut pr42 = SandboxEntry::new("pr-42".parse()?)
+        .fork("billing", fork_address.parse()?)
+        .stub("payments", format!("http://{pr42_stub_addr}").parse()?);
     pr42.actor = Some("alice".to_owned());
     pr42.origin = Some("pr-42".to_owned());
     pr42.expires_at = Some(hour);
@@ -214,8 +224,10 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         registered.insert(created.key.as_str().to_owned(), created);
     }
     println!(
-        "directory: pr-42 forks billing at {fork_address}; pr-7 forks nothing; pr-9 is disabled"
+        "directory: pr-42 forks billing at {fork_address} and stubs payments at {pr42_stub_addr}; pr-7 forks nothing; pr-9 is disabled"
     );
+    println!("payment provider (real charges) at {provider_addr}");
+    let payments = provider_addr.to_string();
 
     // The services, each a process of its own.
     let audit_dir = std::env::temp_dir().join(format!("prodbox-shop-{run_id}"));
@@ -265,6 +277,8 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             &topic,
             "--group",
             &group,
+            "--payments",
+            &payments,
             "--audit-log",
             &audit("billing-v1"),
         ]),
@@ -287,6 +301,8 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             "pr-42",
             "--tax-percent",
             "25",
+            "--payments",
+            &payments,
             "--audit-log",
             &audit("billing-v2"),
         ]),
@@ -449,6 +465,67 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
                 format!("WRONG: expected {expected_place}, {expected_billing}")
             }
         );
+    }
+
+    // Payments: only production's orders may have reached the provider.
+    let real = provider.charges();
+    let stubbed = pr42_stub.charges();
+    println!("\npayments:");
+    let billed_production: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| s.status == 201 && s.expect.is_none())
+        .collect();
+    println!(
+        "  real charges at the provider: {} (production orders billed: {})",
+        real.len(),
+        billed_production.len()
+    );
+    for s in &billed_production {
+        if !real.contains_key(&s.id) {
+            failures.push(format!("production order {} was not charged", s.id));
+        }
+    }
+    for (id, charge) in &real {
+        let order = sent.iter().find(|s| &s.id == id);
+        let sandboxed = order.is_some_and(|s| s.expect.is_some()) || charge.sandbox().is_some();
+        if sandboxed {
+            failures.push(format!(
+                "order {id} of a sandbox reached the real payment provider (baggage {:?})",
+                charge.baggage
+            ));
+        }
+    }
+    for key in ["pr-42", "pr-7"] {
+        let orders: Vec<&Sent> = sent
+            .iter()
+            .filter(|s| s.status == 201 && s.expect.as_deref() == Some(key))
+            .collect();
+        let at_stub = orders
+            .iter()
+            .filter(|s| stubbed.contains_key(&s.id))
+            .count();
+        let at_provider = orders.iter().filter(|s| real.contains_key(&s.id)).count();
+        let by_policy = orders
+            .iter()
+            .filter(|s| !stubbed.contains_key(&s.id) && !real.contains_key(&s.id))
+            .count();
+        println!(
+            "  {key}: {} orders; charged at its own stub service {at_stub}, answered by the policy's stub {by_policy}, at the real provider {at_provider}",
+            orders.len()
+        );
+        let expected = if key == "pr-42" {
+            (orders.len(), 0)
+        } else {
+            (0, orders.len())
+        };
+        if (at_stub, by_policy) != expected {
+            failures.push(format!(
+                "{key}'s charges: {at_stub} at its stub service and {by_policy} by the policy, expected {expected:?}"
+            ));
+        }
+    }
+    if stubbed.values().any(|c| c.sandbox() != Some("pr-42")) {
+        failures.push("pr-42's stub service was charged for another sandbox".to_owned());
     }
 
     println!("\nrows per schema:");

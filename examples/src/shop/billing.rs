@@ -16,6 +16,7 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Message, OwnedMessage};
 
 use super::Order;
+use super::payments::Payments;
 
 /// Which billing code runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,10 +85,12 @@ pub async fn start(
         .await
 }
 
-/// Bills every order `consumer` hands over until `shutdown` completes.
+/// Bills every order `consumer` hands over until `shutdown` completes, charging each through
+/// `payments` when given (see [`super::payments`]).
 pub async fn run(
     consumer: SandboxConsumer,
     pool: SandboxPool,
+    payments: Option<Payments>,
     version: Version,
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
@@ -98,10 +101,12 @@ pub async fn run(
         .run(
             move |message: OwnedMessage| {
                 let pool = pool.clone();
+                let payments = payments.clone();
                 let billed_by = Arc::clone(&billed_by);
                 let stats = Arc::clone(&stats);
                 async move {
-                    let result = invoice(&pool, &message, &billed_by, tax_percent).await;
+                    let result =
+                        invoice(&pool, payments.as_ref(), &message, &billed_by, tax_percent).await;
                     match &result {
                         Ok(true) => {
                             stats.invoiced.fetch_add(1, Ordering::Relaxed);
@@ -119,10 +124,12 @@ pub async fn run(
         .await
 }
 
-/// Writes the invoice of one order message, once: returns whether it was new. Runs inside the
-/// message's sandbox context (the consumer attaches it), so the pool picks the schema.
+/// Charges for one order message and writes its invoice, once: returns whether it was new.
+/// Runs inside the message's sandbox context (the consumer attaches it), so the pool picks the
+/// schema and the egress policy keeps a sandbox's charge away from the real provider.
 async fn invoice(
     pool: &SandboxPool,
+    payments: Option<&Payments>,
     message: &OwnedMessage,
     billed_by: &str,
     tax_percent: i64,
@@ -131,6 +138,11 @@ async fn invoice(
         .map_err(|e| format!("invalid order payload: {e}"))?;
     order.validate()?;
     let tax = order.amount_cents * tax_percent / 100;
+    // Charged first (the provider charges an order once): an invoice is never written for
+    // money that did not move.
+    if let Some(payments) = payments {
+        payments.charge(&order.id, order.amount_cents + tax).await?;
+    }
     let done = sqlx::query(
         "INSERT INTO invoices (order_id, amount_cents, tax_cents, billed_by)
          VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",

@@ -16,6 +16,7 @@
 pub mod billing;
 pub mod gateway;
 pub mod orders;
+pub mod payments;
 pub mod service;
 pub mod telemetry;
 
