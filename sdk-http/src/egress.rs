@@ -53,7 +53,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
-use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
 use opentelemetry::Context;
 use opentelemetry::context::{FutureExt as _, WithContext};
 use pin_project::pin_project;
@@ -105,10 +105,7 @@ impl<S> Layer<S> for EgressPolicyLayer {
     type Service = EgressPolicyService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        EgressPolicyService {
-            inner,
-            layer: Arc::new(self.clone()),
-        }
+        EgressPolicyService::new(inner, self.clone())
     }
 }
 
@@ -121,6 +118,14 @@ pub struct EgressPolicyService<S> {
 }
 
 impl<S> EgressPolicyService<S> {
+    /// Wraps `inner` with `layer`'s policy.
+    pub fn new(inner: S, layer: EgressPolicyLayer) -> Self {
+        Self {
+            inner,
+            layer: Arc::new(layer),
+        }
+    }
+
     prodbox_core::plumbing::inner_service_accessors!();
 }
 
@@ -223,7 +228,7 @@ where
 }
 
 fn stub_response<B>(status: u16, content_type: &str, body: Bytes) -> Response<EgressBody<B>> {
-    let mut response = Response::new(EgressBody::Stub { body: Some(body) });
+    let mut response = Response::new(Either::Right(Full::new(body)));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     if let Ok(value) = HeaderValue::from_str(content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, value);
@@ -280,9 +285,7 @@ where
 
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let inner = |result: Result<Response<B>, E>| {
-            result
-                .map(|r| r.map(|body| EgressBody::Inner { body }))
-                .map_err(Into::into)
+            result.map(|r| r.map(Either::Left)).map_err(Into::into)
         };
         match self.project().kind.project() {
             KindProj::Inner { future } => future.poll(task).map(inner),
@@ -295,56 +298,9 @@ where
     }
 }
 
-/// The body of a response through [`EgressPolicyService`]: the destination's, or a stub's.
-#[pin_project(project = EgressBodyProj)]
-#[derive(Debug)]
-pub enum EgressBody<B> {
-    /// The destination's (or the stub service's) body.
-    Inner {
-        /// The body.
-        #[pin]
-        body: B,
-    },
-    /// A configured stub response's body.
-    Stub {
-        /// Not yet read.
-        body: Option<Bytes>,
-    },
-}
-
-impl<B> Body for EgressBody<B>
-where
-    B: Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.project() {
-            EgressBodyProj::Inner { body } => body.poll_frame(cx),
-            EgressBodyProj::Stub { body } => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Inner { body } => body.is_end_stream(),
-            Self::Stub { body } => body.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Inner { body } => body.size_hint(),
-            Self::Stub { body } => {
-                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
-            }
-        }
-    }
-}
+/// The body of a response through [`EgressPolicyService`]: the destination's (`Left`), or a
+/// configured stub answer's (`Right`).
+pub type EgressBody<B> = Either<B, Full<Bytes>>;
 
 /// The decision for a call to `host`/`port` in the current task, with its sandbox: what the
 /// layer, the reqwest middleware, the redirect policy and the connectors all ask.

@@ -200,6 +200,24 @@ impl<C> SandboxRedis<C> {
     }
 }
 
+/// Production's command `sent`, sent at its first poll if that is production's too.
+fn production<'a, T: Send + 'a>(
+    sent: RedisFuture<'a, T>,
+    require_scope: bool,
+) -> RedisFuture<'a, T> {
+    Box::pin(async move {
+        admitted(None, require_scope)?;
+        sent.await
+    })
+}
+
+/// Whether work of `sandbox` may go on at its first poll: still in its context, and in a
+/// scope when the handle requires one.
+fn admitted(sandbox: Option<&Sandbox>, require_scope: bool) -> Result<(), RedisError> {
+    same_at_poll(sandbox)?;
+    in_scope_if(require_scope, sandbox)
+}
+
 /// Refuses work outside any prodbox scope, when the handle requires one.
 fn in_scope_if(required: bool, sandbox: Option<&Sandbox>) -> Result<(), RedisError> {
     if !required || prodbox_core::in_scope() {
@@ -248,19 +266,11 @@ pub(crate) fn same_at_poll(at_call: Option<&Sandbox>) -> Result<(), RedisError> 
 
 impl<C: ConnectionLike + Send> ConnectionLike for SandboxRedis<C> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let scope = self.shared.require_scope;
         match prodbox_core::current() {
-            None => {
-                let sent = self.baseline.req_packed_command(cmd);
-                let scope = self.shared.require_scope;
-                Box::pin(async move {
-                    same_at_poll(None)?;
-                    in_scope_if(scope, None)?;
-                    sent.await
-                })
-            }
+            None => production(self.baseline.req_packed_command(cmd), scope),
             Some(sandbox) => Box::pin(async move {
-                same_at_poll(Some(&sandbox))?;
-                in_scope_if(self.shared.require_scope, Some(&sandbox))?;
+                admitted(Some(&sandbox), scope)?;
                 self.shared.command(&sandbox, cmd).await
             }),
         }
@@ -272,22 +282,16 @@ impl<C: ConnectionLike + Send> ConnectionLike for SandboxRedis<C> {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
+        let scope = self.shared.require_scope;
         match prodbox_core::current() {
-            None => {
-                let sent = self.baseline.req_packed_commands(pipeline, offset, count);
-                let scope = self.shared.require_scope;
-                Box::pin(async move {
-                    same_at_poll(None)?;
-                    in_scope_if(scope, None)?;
-                    sent.await
-                })
-            }
+            None => production(
+                self.baseline.req_packed_commands(pipeline, offset, count),
+                scope,
+            ),
             Some(sandbox) => Box::pin(async move {
-                same_at_poll(Some(&sandbox))?;
-                in_scope_if(self.shared.require_scope, Some(&sandbox))?;
-                self.shared
-                    .pipeline(&sandbox, pipeline, offset, count)
-                    .await
+                admitted(Some(&sandbox), scope)?;
+                let shared = &self.shared;
+                shared.pipeline(&sandbox, pipeline, offset, count).await
             }),
         }
     }
