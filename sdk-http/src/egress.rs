@@ -75,6 +75,7 @@ pub struct EgressPolicyLayer {
     directory: Option<Arc<dyn Directory>>,
     codec: Codec,
     egress: Egress,
+    require_scope: bool,
 }
 
 impl EgressPolicyLayer {
@@ -85,6 +86,7 @@ impl EgressPolicyLayer {
             directory: None,
             codec: Codec::default(),
             egress: Egress::new(Protocol::Http),
+            require_scope: false,
         }
     }
 
@@ -97,6 +99,16 @@ impl EgressPolicyLayer {
     /// Strips prodbox's members for third parties as `codec` reads them (its aliases).
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
+        self
+    }
+
+    /// Refuses calls made in no prodbox scope ([`OutOfScope`], audited): work that lost its
+    /// request's context (`tokio::spawn` without `prodbox_core::spawn`), which would otherwise
+    /// call out as production's. Off by default; prodbox's server layers and Kafka consumer
+    /// give every request a scope, and the service runs its own background work with
+    /// `prodbox_core::FutureExt::in_production`.
+    pub fn require_scope(mut self, require: bool) -> Self {
+        self.require_scope = require;
         self
     }
 }
@@ -156,9 +168,16 @@ where
             })
         });
         let verdict = match verdict {
-            None | Some(EgressVerdict::Baseline | EgressVerdict::Internal) => {
+            None if layer.require_scope && !prodbox_core::in_scope() => {
+                return ResponseFuture::failed(Box::new(OutOfScope::refused()));
+            }
+            None | Some(EgressVerdict::Baseline) => {
                 return ResponseFuture::inner(self.inner.call(req));
             }
+            Some(EgressVerdict::Internal) if host_agrees(&req) => {
+                return ResponseFuture::inner(self.inner.call(req));
+            }
+            Some(EgressVerdict::Internal) => EgressVerdict::Undeclared,
             Some(verdict) => verdict,
         };
         // The rarer ways (third parties, stubs, refusals) audit, so they take the sandbox.
@@ -199,6 +218,7 @@ where
                         result: Some(Ok(stub_response(status, &content_type, body))),
                     },
                     Stub::Forward(address) => {
+                        strip_credentials(req.headers_mut());
                         if !crate::routing::point_at(&mut req, &address) {
                             // Never sent to the real destination instead.
                             return ResponseFuture::refused(refuse(
@@ -227,6 +247,33 @@ where
     }
 }
 
+/// Whether `req`'s `Host` header, if any, names the URI's authority: a gateway that routes by
+/// `Host` would otherwise take the call elsewhere than the policy looked at.
+fn host_agrees<B>(req: &Request<B>) -> bool {
+    match (req.headers().get(header::HOST), req.uri().authority()) {
+        (None, _) => true,
+        (Some(host), Some(authority)) => host
+            .to_str()
+            .is_ok_and(|host| host.eq_ignore_ascii_case(authority.as_str())),
+        (Some(_), None) => false,
+    }
+}
+
+/// A call made in no prodbox scope, on a layer that requires one
+/// ([`EgressPolicyLayer::require_scope`]): work that lost its request's context.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "prodbox refused an outbound call made in no prodbox scope (work that lost its request's context)"
+)]
+pub struct OutOfScope;
+
+impl OutOfScope {
+    fn refused() -> Self {
+        Egress::new(Protocol::Http).audit_unscoped(Decision::Rejected, "no_scope", &OutOfScope);
+        OutOfScope
+    }
+}
+
 fn stub_response<B>(status: u16, content_type: &str, body: Bytes) -> Response<EgressBody<B>> {
     let mut response = Response::new(Either::Right(Full::new(body)));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -252,9 +299,13 @@ impl<F, B> ResponseFuture<F, B> {
     }
 
     fn refused(refused: EgressRefused) -> Self {
+        Self::failed(Box::new(refused))
+    }
+
+    fn failed(error: BoxError) -> Self {
         Self {
             kind: Kind::Ready {
-                result: Some(Err(Box::new(refused))),
+                result: Some(Err(error)),
             },
         }
     }
@@ -324,6 +375,39 @@ pub(crate) fn refuse(sandbox: &Sandbox, destination: String, why: &'static str) 
     };
     Egress::new(Protocol::Http).audit(sandbox, Decision::Rejected, refused.reason(), &refused);
     refused
+}
+
+/// Why a guarded SDK client refuses a sandbox's connection.
+pub(crate) const GUARDED_CLIENTS_REACH_THIRD_PARTIES: &str =
+    "a guarded client reaches only third parties declared external for sandboxes";
+
+/// Whether a guarded client may pool its connections to `host`/`port`: only to a third party
+/// declared external, and only when no sandbox can have a stub of its own for it (no
+/// directory): any other connection, production's included, could carry a sandboxed call past
+/// the connector, so it serves one request.
+pub(crate) fn pooled(
+    policy: &EgressPolicy,
+    directory: bool,
+    host: &str,
+    port: Option<u16>,
+) -> bool {
+    !directory && policy.is_external(host, port)
+}
+
+/// Headers that carry a caller's credentials: never sent to a stub service, whose address is
+/// whatever the sandbox's creator named.
+pub(crate) const CREDENTIALS: [header::HeaderName; 3] = [
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+];
+
+/// Removes the credentials (and any `x-api-key`) from `headers`.
+pub(crate) fn strip_credentials(headers: &mut http::HeaderMap) {
+    for name in CREDENTIALS {
+        headers.remove(name);
+    }
+    headers.remove("x-api-key");
 }
 
 /// `uri`'s port, or its scheme's.
@@ -402,20 +486,16 @@ where
         let host = uri.host().unwrap_or_default().to_owned();
         let port = port_of(&uri);
         let (sandbox, verdict) = decide(&self.policy, self.directory.as_deref(), &host, port);
-        let single_use = match (&sandbox, verdict) {
-            (_, EgressVerdict::Internal | EgressVerdict::External { .. }) => false,
-            (Some(sandbox), _) => {
-                let destination = uri.authority().map_or(host, |a| a.to_string());
-                let refused = refuse(
-                    sandbox,
-                    destination,
-                    "the egress policy does not let sandboxes connect to it",
-                );
-                return Box::pin(std::future::ready(Err(Box::new(refused) as BoxError)));
-            }
-            // Production's: kept out of the pool when sandboxes may not go there.
-            (None, _) => !self.policy.allows_sandboxes(&host, port),
-        };
+        if let Some(sandbox) = &sandbox
+            && !matches!(verdict, EgressVerdict::External { .. })
+        {
+            // Internal services too: an SDK's client carries no context, so the service would
+            // run the sandbox's call as production's.
+            let destination = uri.authority().map_or(host, |a| a.to_string());
+            let refused = refuse(sandbox, destination, GUARDED_CLIENTS_REACH_THIRD_PARTIES);
+            return Box::pin(std::future::ready(Err(Box::new(refused) as BoxError)));
+        }
+        let single_use = !pooled(&self.policy, self.directory.is_some(), &host, port);
         let connecting = self.inner.call(uri);
         Box::pin(async move {
             let io = connecting.await.map_err(Into::into)?;

@@ -19,8 +19,13 @@ use reqwest_middleware::{Middleware, Next, Result};
 
 use std::sync::Arc;
 
+use opentelemetry::Context;
+use opentelemetry::context::FutureExt as _;
+use prodbox_core::Sandbox;
+use prodbox_core::audit::Decision;
+use prodbox_core::context::SandboxContext;
 use prodbox_core::directory::Directory;
-use prodbox_core::egress::{Egress, EgressPolicy, EgressVerdict};
+use prodbox_core::egress::{Egress, EgressPolicy, EgressRefused, EgressVerdict, Stub};
 
 use crate::client::{close_call, egress, open_call};
 
@@ -28,6 +33,7 @@ use crate::client::{close_call, egress, open_call};
 #[derive(Debug, Clone)]
 pub struct SandboxMiddleware {
     egress: Egress,
+    policy: Option<(EgressPolicy, Option<Arc<dyn Directory>>)>,
     guardrails: Option<Guardrails>,
 }
 
@@ -35,6 +41,7 @@ impl Default for SandboxMiddleware {
     fn default() -> Self {
         Self {
             egress: egress(),
+            policy: None,
             guardrails: None,
         }
     }
@@ -50,6 +57,7 @@ impl SandboxMiddleware {
     pub fn from_egress(egress: Egress) -> Self {
         Self {
             egress: egress.protocol(Protocol::Http),
+            policy: None,
             guardrails: None,
         }
     }
@@ -59,6 +67,31 @@ impl SandboxMiddleware {
     pub fn guardrails(mut self, guardrails: Guardrails) -> Self {
         self.guardrails = Some(guardrails);
         self
+    }
+
+    /// Enforces `policy` on sandboxed calls as [`EgressPolicyLayer`](crate::EgressPolicyLayer)
+    /// does (each sandbox's own stubs from `directory`): give the client
+    /// [`redirect_policy`] too, as reqwest follows redirects below any middleware.
+    pub fn egress_policy(
+        mut self,
+        policy: EgressPolicy,
+        directory: Option<Arc<dyn Directory>>,
+    ) -> Self {
+        self.policy = Some((policy, directory));
+        self
+    }
+
+    /// The policy's verdict for `req`, for a sandboxed call under a policy.
+    fn verdict(&self, req: &reqwest::Request) -> Option<(Sandbox, EgressVerdict)> {
+        let (policy, directory) = self.policy.as_ref()?;
+        let url = req.url();
+        let (sandbox, verdict) = crate::egress::decide(
+            policy,
+            directory.as_deref(),
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default(),
+        );
+        Some((sandbox?, verdict))
     }
 }
 
@@ -70,6 +103,61 @@ impl Middleware for SandboxMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> Result<reqwest::Response> {
+        let refused = |e: EgressRefused| reqwest_middleware::Error::Middleware(e.into());
+        match self.verdict(&req) {
+            None | Some((_, EgressVerdict::Baseline | EgressVerdict::Internal)) => {}
+            Some((sandbox, EgressVerdict::External { name })) => {
+                // Without prodbox's members, from a context without the sandbox.
+                self.egress.strip(req.headers_mut());
+                self.egress
+                    .audit(&sandbox, Decision::Routed, "egress_external", &name);
+                let cx = Context::current();
+                let foreign = SandboxContext::outbound_foreign(&cx).into_owned();
+                let outside = SandboxContext::baseline(foreign).attach_to(&cx);
+                return next.run(req, extensions).with_context(outside).await;
+            }
+            Some((sandbox, EgressVerdict::Stubbed { name, stub })) => {
+                self.egress
+                    .audit(&sandbox, Decision::Routed, "egress_stubbed", &name);
+                match stub {
+                    Stub::Respond {
+                        status,
+                        content_type,
+                        body,
+                    } => {
+                        let response = http::Response::builder()
+                            .status(status)
+                            .header(http::header::CONTENT_TYPE, &*content_type)
+                            .body(body)
+                            .map_err(|e| reqwest_middleware::Error::Middleware(e.into()))?;
+                        return Ok(response.into());
+                    }
+                    Stub::Forward(address) => {
+                        crate::egress::strip_credentials(req.headers_mut());
+                        let url = req.url_mut();
+                        let moved = url.set_scheme(address.scheme().as_str()).is_ok()
+                            && url.set_host(Some(address.authority().host())).is_ok()
+                            && url.set_port(address.authority().port_u16()).is_ok();
+                        if !moved {
+                            return Err(refused(crate::egress::refuse(
+                                &sandbox,
+                                address.to_uri().to_string(),
+                                "its stub's address makes no URL with the request's path",
+                            )));
+                        }
+                    }
+                }
+            }
+            Some((sandbox, EgressVerdict::Undeclared)) => {
+                let destination =
+                    req.url()[url::Position::BeforeHost..url::Position::AfterPort].to_owned();
+                return Err(refused(crate::egress::refuse(
+                    &sandbox,
+                    destination,
+                    "the egress policy does not declare it",
+                )));
+            }
+        }
         let sandbox = self
             .egress
             .inject(req.headers_mut())
@@ -125,8 +213,16 @@ pub fn redirect_policy(
                 .iter()
                 .all(|url| matches!(verdict_of(url).1, EgressVerdict::External { .. }))
         };
+        let any_external = || {
+            attempt
+                .previous()
+                .iter()
+                .any(|url| matches!(verdict_of(url).1, EgressVerdict::External { .. }))
+        };
         match verdict {
-            EgressVerdict::Internal => attempt.follow(),
+            // Back from a third party, a request left without its context: it may not come
+            // in again, where a service would run it as production's.
+            EgressVerdict::Internal if !any_external() => attempt.follow(),
             EgressVerdict::External { .. } if all_external() => attempt.follow(),
             _ => {
                 let destination =
@@ -134,7 +230,7 @@ pub fn redirect_policy(
                 let refused = crate::egress::refuse(
                     &sandbox,
                     destination,
-                    "a redirect of a sandboxed request may lead only to an internal service, or from a third party to a third party",
+                    "a redirect of a sandboxed request may lead only from our services to our services, or from a third party to a third party",
                 );
                 attempt.error(refused)
             }
@@ -144,24 +240,31 @@ pub fn redirect_policy(
 
 /// Guards a reqwest client a third-party SDK uses, which prodbox's middleware does not wrap:
 /// its redirects follow [`redirect_policy`], and it opens no connection for a sandboxed call
-/// to a destination the policy does not let sandboxes reach ([`ConnectGuardLayer`]). It keeps
-/// no idle connections (`pool_max_idle_per_host(0)`): a pooled connection would carry a
+/// except to a third party the policy declares external ([`ConnectGuardLayer`]: the client
+/// carries no context, so even our own services would take the call for production's). It
+/// keeps no idle connections (`pool_max_idle_per_host(0)`): a pooled connection would carry a
 /// sandboxed call past the connector, and reqwest gives a connector no way to keep one
-/// connection out of the pool.
+/// connection out of its pool. Call it last on the builder: a later `redirect` or
+/// `pool_max_idle_per_host` undoes it. With a `directory`, a sandbox whose entry names its
+/// own stub of a destination is refused that destination too.
 ///
 /// ```no_run
 /// use prodbox_core::egress::EgressPolicy;
 ///
 /// let policy = EgressPolicy::new().external("maps", "maps.example.com");
-/// let sdk_client = prodbox_http::reqwest::guard(reqwest::Client::builder(), policy)
+/// let sdk_client = prodbox_http::reqwest::guard(reqwest::Client::builder(), policy, None)
 ///     .build()
 ///     .expect("client");
 /// # let _ = sdk_client;
 /// ```
-pub fn guard(builder: reqwest::ClientBuilder, policy: EgressPolicy) -> reqwest::ClientBuilder {
+pub fn guard(
+    builder: reqwest::ClientBuilder,
+    policy: EgressPolicy,
+    directory: Option<Arc<dyn Directory>>,
+) -> reqwest::ClientBuilder {
     builder
-        .redirect(redirect_policy(policy.clone(), None))
-        .connector_layer(ConnectGuardLayer { policy })
+        .redirect(redirect_policy(policy.clone(), directory.clone()))
+        .connector_layer(ConnectGuardLayer { policy, directory })
         .pool_max_idle_per_host(0)
 }
 
@@ -170,6 +273,7 @@ pub fn guard(builder: reqwest::ClientBuilder, policy: EgressPolicy) -> reqwest::
 #[derive(Debug, Clone)]
 pub struct ConnectGuardLayer {
     policy: EgressPolicy,
+    directory: Option<Arc<dyn Directory>>,
 }
 
 impl<S> tower_layer::Layer<S> for ConnectGuardLayer {
@@ -179,6 +283,7 @@ impl<S> tower_layer::Layer<S> for ConnectGuardLayer {
         ConnectGuard {
             inner,
             policy: self.policy.clone(),
+            directory: self.directory.clone(),
         }
     }
 }
@@ -188,6 +293,7 @@ impl<S> tower_layer::Layer<S> for ConnectGuardLayer {
 pub struct ConnectGuard<S> {
     inner: S,
     policy: EgressPolicy,
+    directory: Option<Arc<dyn Directory>>,
 }
 
 impl<S, R> tower_service::Service<R> for ConnectGuard<S>
@@ -218,14 +324,11 @@ where
             let allowed = uri.as_ref().is_some_and(|uri| {
                 let (_, verdict) = crate::egress::decide(
                     &self.policy,
-                    None,
+                    self.directory.as_deref(),
                     uri.host().unwrap_or_default(),
                     crate::egress::port_of(uri),
                 );
-                matches!(
-                    verdict,
-                    EgressVerdict::Internal | EgressVerdict::External { .. }
-                )
+                matches!(verdict, EgressVerdict::External { .. })
             });
             if !allowed {
                 let destination = uri
@@ -234,7 +337,7 @@ where
                 let refused = crate::egress::refuse(
                     &sandbox,
                     destination,
-                    "the egress policy does not let sandboxes connect to it",
+                    crate::egress::GUARDED_CLIENTS_REACH_THIRD_PARTIES,
                 );
                 return Box::pin(std::future::ready(Err(Box::new(refused) as _)));
             }

@@ -6,14 +6,8 @@
 //! Audit records are process-global: every test uses sandbox keys of its own.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::routing::any;
 use http::Request;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
@@ -24,50 +18,12 @@ use prodbox_core::egress::{EgressPolicy, EgressRefused, Stub};
 use prodbox_core::{FutureExt, Sandbox};
 use prodbox_http::client::BoxError;
 use prodbox_http::{EgressPolicyLayer, PropagateSandboxLayer};
-use prodbox_testkit::{AuditLog, serve};
+use prodbox_testkit::AuditLog;
 use tower::{ServiceBuilder, ServiceExt};
 
-/// A service that counts its calls and answers with the `baggage` it was sent.
-#[derive(Clone, Default)]
-struct Recorder {
-    calls: Arc<AtomicUsize>,
-    seen: Arc<std::sync::Mutex<Vec<String>>>,
-}
+mod common;
 
-impl Recorder {
-    async fn start(&self) -> SocketAddr {
-        async fn record(State(r): State<Recorder>, headers: HeaderMap) -> String {
-            r.calls.fetch_add(1, Ordering::SeqCst);
-            let baggage = headers
-                .get_all("baggage")
-                .iter()
-                .map(|v| v.to_str().unwrap_or("?").to_owned())
-                .collect::<Vec<_>>()
-                .join(";");
-            r.seen.lock().expect("lock").push(baggage.clone());
-            baggage
-        }
-        serve(
-            Router::new()
-                .route("/{*path}", any(record))
-                .with_state(self.clone()),
-        )
-        .await
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn last(&self) -> String {
-        self.seen
-            .lock()
-            .expect("lock")
-            .last()
-            .cloned()
-            .unwrap_or_default()
-    }
-}
+use common::{Recorder, redirector, refused_in, sandbox};
 
 type Transport = Client<HttpConnector, Body>;
 
@@ -109,10 +65,6 @@ where
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn sandbox(key: &str) -> Sandbox {
-    Sandbox::new(key.parse().expect("key"))
 }
 
 #[tokio::test]
@@ -270,30 +222,6 @@ async fn a_third_party_gets_no_context_whatever_the_layer_order() {
     assert_eq!(provider.last(), "tenant=acme");
 }
 
-/// A service of ours that redirects every request to `to`.
-async fn redirector(to: String) -> SocketAddr {
-    serve(Router::new().route(
-        "/{*path}",
-        any(move || {
-            let to = to.clone();
-            async move { axum::response::Redirect::temporary(&to) }
-        }),
-    ))
-    .await
-}
-
-/// Whether `error`'s chain holds an [`EgressRefused`].
-fn refused_in(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        if e.downcast_ref::<EgressRefused>().is_some() {
-            return true;
-        }
-        next = e.source();
-    }
-    false
-}
-
 /// reqwest follows redirects below any middleware: an internal service that redirects a
 /// sandboxed request to a third party (undeclared, or declared and so never meant to see the
 /// context) ends the request; production's requests follow.
@@ -308,7 +236,7 @@ async fn a_redirect_to_a_third_party_ends_a_sandboxed_request() {
             .internal(&internal.to_string())
             .external("payments", &at.to_string()),
     ] {
-        let client = prodbox_http::reqwest::guard(reqwest::Client::builder(), policy)
+        let client = prodbox_http::reqwest::guard(reqwest::Client::builder(), policy, None)
             .build()
             .expect("client");
         let s = sandbox("egress-redirect");
@@ -324,6 +252,7 @@ async fn a_redirect_to_a_third_party_ends_a_sandboxed_request() {
     let client = prodbox_http::reqwest::guard(
         reqwest::Client::builder(),
         EgressPolicy::new().internal(&internal.to_string()),
+        None,
     )
     .build()
     .expect("client");
@@ -400,7 +329,7 @@ async fn an_sdk_client_on_the_guarded_connector_refuses_sandboxed_calls() {
 #[tokio::test]
 async fn an_sdk_reqwest_client_guarded_refuses_sandboxed_calls() {
     let (provider, at, maps, maps_at, policy) = provider_and_maps().await;
-    let sdk = prodbox_http::reqwest::guard(reqwest::Client::builder(), policy)
+    let sdk = prodbox_http::reqwest::guard(reqwest::Client::builder(), policy, None)
         .build()
         .expect("client");
     let s = sandbox("egress-sdk-reqwest");

@@ -80,6 +80,12 @@ impl Egress {
         forward_token(forward: bool) => forward_token = forward;
     }
 
+    /// Removes every prodbox member and carrier from `carrier`, as this egress's codec reads
+    /// them (for a message to a third party).
+    pub fn strip<C: CarrierMut + ?Sized>(&self, carrier: &mut C) -> bool {
+        self.codec.strip(carrier)
+    }
+
     /// Writes the current context into `carrier`; returns the sandbox, if the message is
     /// sandboxed. See the [module docs](self) for the rules.
     pub fn inject<C: CarrierMut + ?Sized>(
@@ -104,7 +110,7 @@ impl Egress {
                 stripped |= self.codec.strip_parsable(carrier);
             }
             if stripped {
-                self.audit_baseline(
+                self.audit_unscoped(
                     Decision::Stripped,
                     "baseline_egress",
                     &"the message is baseline; sandbox members the application set were removed",
@@ -129,14 +135,16 @@ impl Egress {
                 }
                 // A baseline message only loses the other members; it is not at risk.
                 None => {
-                    self.audit_baseline(Decision::Stripped, source.reason(), &source);
+                    self.audit_unscoped(Decision::Stripped, source.reason(), &source);
                     Ok(None)
                 }
             },
         }
     }
 
-    fn audit_baseline(&self, decision: Decision, reason: &str, detail: &dyn fmt::Display) {
+    /// Audits an outbound decision about a message of no sandbox (a baseline message, or work
+    /// that lost its context).
+    pub fn audit_unscoped(&self, decision: Decision, reason: &str, detail: &dyn fmt::Display) {
         self.emit(None, decision, reason, detail);
     }
 

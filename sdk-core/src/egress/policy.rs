@@ -1,7 +1,10 @@
 //! Where a sandboxed call may go: the egress policy, one decision for every client (prodbox's
 //! HTTP layer and reqwest middleware, the guarded connector, the redirect policy).
 //!
-//! Each destination a service calls is declared once, by host:
+//! Each destination a service calls is declared once, by host (`billing`, `billing:8080`,
+//! `*.svc.cluster.local`; a pattern without a port matches every port, `*.x` matches the
+//! subdomains of `x` but not `x` itself, and hosts are compared as ASCII text: an IP address
+//! spelled otherwise, or a Unicode name, matches nothing, and is refused):
 //!
 //! * **internal**: one of our services; the sandbox context goes along and fork routing
 //!   applies;
@@ -259,14 +262,14 @@ impl EgressPolicy {
         }
     }
 
-    /// Whether sandboxes may reach `host`/`port` directly (it is declared internal or
-    /// external; a sandbox's own stub from the directory aside).
-    pub fn allows_sandboxes(&self, host: &str, port: Option<u16>) -> bool {
+    /// Whether `host`/`port` is declared a third party sandboxes may call (its first matching
+    /// rule is `external`; a sandbox's own stub from the directory aside).
+    pub fn is_external(&self, host: &str, port: Option<u16>) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         self.rules
             .iter()
             .find(|r| r.pattern.matches(&host, port))
-            .is_some_and(|r| matches!(r.kind, Kind::Internal | Kind::External))
+            .is_some_and(|r| r.kind == Kind::External)
     }
 
     /// Whether any declared pattern names a port: if none does, callers need not work out a
