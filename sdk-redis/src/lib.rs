@@ -86,7 +86,8 @@
 //! while the tombstone lasts, no replica makes the user again for that incarnation
 //! ([`SandboxRedisError::TornDown`]; a sandbox created after the teardown is a new one).
 //! [`collect_garbage`] tears down every sandbox whose directory entry is gone or expired
-//! (`prodbox redis gc` runs it). Both count what they delete in `prodbox.redis.cleanup`.
+//! (`prodbox redis gc` runs it; [`SandboxRedis::start_janitor`] runs it in the service on a
+//! schedule). Both count what they delete in `prodbox.redis.cleanup`.
 //!
 //! # Context
 //!
@@ -115,7 +116,7 @@ pub use handle::{
 };
 pub use pubsub::SandboxPubSub;
 pub use rewrite::MAX_PATTERN_LEN;
-pub use teardown::{Teardown, collect_garbage, collectable, sandboxes, teardown};
+pub use teardown::{Janitor, Teardown, collect_garbage, collectable, sandboxes, teardown};
 
 #[doc(hidden)]
 pub mod plumbing {

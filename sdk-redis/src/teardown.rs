@@ -3,7 +3,8 @@
 //! never blocks; and finding the sandboxes whose objects outlived their directory entry.
 
 use std::collections::BTreeSet;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use prodbox_core::SandboxKey;
 use prodbox_core::directory::Directory;
@@ -14,6 +15,18 @@ use redis::{RedisError, RedisResult};
 use crate::handle::SandboxRedis;
 use crate::names;
 use crate::rewrite::SCAN_COUNT;
+
+/// Runs [`collect_garbage`] on a schedule until dropped; see [`SandboxRedis::start_janitor`].
+#[derive(Debug)]
+pub struct Janitor {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Janitor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 /// What deleting one sandbox's Redis objects removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -154,6 +167,42 @@ impl<C> SandboxRedis<C> {
     pub async fn teardown(&self, key: &SandboxKey) -> RedisResult<Teardown> {
         self.shared.forget(key);
         teardown(&mut self.shared.manager.clone(), key).await
+    }
+
+    /// Starts a janitor on the current Tokio runtime that runs [`collect_garbage`] with
+    /// `directory` every `interval` (skipping a round while the directory is not synced),
+    /// until the returned handle is dropped: a sandbox deleted from the directory, or expired,
+    /// loses its Redis objects within an interval.
+    pub fn start_janitor(&self, directory: impl Directory, interval: Duration) -> Janitor
+    where
+        C: Send + Sync + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if !directory.is_synced() || directory.is_stale() {
+                    continue;
+                }
+                let mut manager = shared.manager.clone();
+                match collect_garbage(&mut manager, &directory, SystemTime::now()).await {
+                    Ok(torn) if !torn.is_empty() => {
+                        for (key, _) in &torn {
+                            shared.forget(key);
+                        }
+                        let deleted: Vec<_> = torn.iter().map(|(key, _)| key.as_str()).collect();
+                        tracing::info!(target: "prodbox::redis", ?deleted, "janitor deleted the Redis objects of gone sandboxes");
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(target: "prodbox::redis", %error, "janitor could not collect sandboxes' Redis objects");
+                    }
+                }
+            }
+        });
+        Janitor { task }
     }
 
     /// [`collect_garbage`] over this handle's manager connection, now.

@@ -76,5 +76,31 @@ async fn garbage_collection_deletes_only_sandboxes_the_directory_no_longer_has()
             .len(),
         1
     );
+
+    // The janitor does the same on a schedule: a sandbox deleted from the directory loses its
+    // objects within an interval; the live one keeps them.
+    let _janitor = redis.start_janitor(directory.clone(), Duration::from_millis(100));
+    let late = sandbox("gc-late");
+    directory.upsert(SandboxEntry::new(late.key().clone()));
+    in_sandbox(&late, async {
+        let () = redis.clone().set("k", 1).await.expect("SET");
+    })
+    .await;
+    directory.remove(late.key());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while user_exists(late.key()).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the janitor left {}",
+            late.key()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        keys_under(&prodbox_redis::names::prefix(late.key()))
+            .await
+            .is_empty()
+    );
+    assert!(user_exists(live.key()).await);
     redis.teardown(live.key()).await.expect("teardown");
 }
