@@ -533,7 +533,7 @@ impl Shared {
             .query_async(manager)
             .await
             .map_err(|source| connect_failed(sandbox.key(), source))?;
-        let began = sandbox.created_at().map(crate::teardown::micros);
+        let began = sandbox.created_at().map(crate::names::micros);
         Ok(torn.is_some_and(|torn| began.is_none_or(|began| began <= torn)))
     }
 

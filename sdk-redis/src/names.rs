@@ -26,6 +26,13 @@ pub fn tombstone(key: &SandboxKey) -> String {
     format!("prodbox:redis:torn:{key}")
 }
 
+/// `at` in Unix microseconds, as sandbox incarnations are counted: a tombstone holds its
+/// teardown's time so.
+pub(crate) fn micros(at: std::time::SystemTime) -> i64 {
+    at.duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
 /// How long a torn-down sandbox's tombstone lasts: a replica that still serves it within
 /// that time does not make its objects again.
 pub const TOMBSTONE_SECONDS: u64 = 24 * 60 * 60;

@@ -47,7 +47,7 @@ pub async fn teardown<C: ConnectionLike + Send>(
     // First the tombstone: from now on no replica makes the user again for this incarnation.
     let () = redis::cmd("SET")
         .arg(names::tombstone(key))
-        .arg(micros(SystemTime::now()))
+        .arg(names::micros(SystemTime::now()))
         .arg("EX")
         .arg(names::TOMBSTONE_SECONDS)
         .query_async(manager)
@@ -87,12 +87,6 @@ pub async fn teardown<C: ConnectionLike + Send>(
         keys,
         user: deleted > 0,
     })
-}
-
-/// `at` in Unix microseconds, as sandbox incarnations are counted.
-pub(crate) fn micros(at: SystemTime) -> i64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Every sandbox with an ACL user or a key in this Redis.
