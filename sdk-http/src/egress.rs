@@ -215,7 +215,7 @@ where
                         content_type,
                         body,
                     } => Kind::Ready {
-                        result: Some(Ok(stub_response(status, &content_type, body))),
+                        result: Some(Box::new(Ok(stub_response(status, &content_type, body)))),
                     },
                     Stub::Forward(address) => {
                         strip_credentials(req.headers_mut());
@@ -305,7 +305,7 @@ impl<F, B> ResponseFuture<F, B> {
     fn failed(error: BoxError) -> Self {
         Self {
             kind: Kind::Ready {
-                result: Some(Err(error)),
+                result: Some(Box::new(Err(error))),
             },
         }
     }
@@ -323,7 +323,8 @@ enum Kind<F, B> {
         future: WithContext<F>,
     },
     Ready {
-        result: Option<Result<Response<EgressBody<B>>, BoxError>>,
+        // Boxed: the rare way keeps every call's future small (it is moved on each poll's way).
+        result: Option<Box<Result<Response<EgressBody<B>>, BoxError>>>,
     },
 }
 
@@ -342,7 +343,7 @@ where
             KindProj::Inner { future } => future.poll(task).map(inner),
             KindProj::Outside { future } => future.poll(task).map(inner),
             KindProj::Ready { result } => match result.take() {
-                Some(result) => Poll::Ready(result),
+                Some(result) => Poll::Ready(*result),
                 None => Poll::Pending,
             },
         }
@@ -418,12 +419,17 @@ pub(crate) fn host_of(uri: &Uri) -> &str {
         return "";
     };
     let authority = authority.as_str();
-    // Byte loops: `str::rsplit_once` sets up a searcher that costs more than these names.
-    let start = authority
-        .bytes()
-        .rposition(|b| b == b'@')
-        .map_or(0, |at| at + 1);
-    let host = &authority[start..];
+    // Byte searches (`Authority::host` and `str::rsplit_once` cost several times more, on
+    // every sandboxed call); userinfo is rare, and `contains` on bytes is a memchr.
+    let host = if authority.as_bytes().contains(&b'@') {
+        let at = authority
+            .bytes()
+            .rposition(|b| b == b'@')
+            .map_or(0, |at| at + 1);
+        &authority[at..]
+    } else {
+        authority
+    };
     if host.starts_with('[') {
         return host
             .bytes()

@@ -141,6 +141,8 @@ struct Rule {
 pub struct EgressPolicy {
     /// First match wins, in the order declared.
     rules: Arc<Vec<Rule>>,
+    /// Whether any rule names a port (kept: asked on every call).
+    names_ports: bool,
 }
 
 /// Where one sandboxed call goes, by the policy.
@@ -194,9 +196,11 @@ impl EgressPolicy {
     }
 
     fn with(mut self, name: &str, pattern: &str, kind: Kind) -> Self {
+        let pattern = Pattern::parse(pattern);
+        self.names_ports |= pattern.port.is_some();
         Arc::make_mut(&mut self.rules).push(Rule {
             name: Arc::from(name),
-            pattern: Pattern::parse(pattern),
+            pattern,
             kind,
         });
         self
@@ -230,10 +234,11 @@ impl EgressPolicy {
         let Some(sandbox) = sandbox else {
             return EgressVerdict::Baseline;
         };
-        let host = host.trim_end_matches('.');
+        // One pass over the name decides whether it needs normalising (the common case:
+        // already lowercase, no trailing dot), as this runs on every sandboxed call.
         let lowered;
-        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            lowered = host.to_ascii_lowercase();
+        let host = if host.ends_with('.') || host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.trim_end_matches('.').to_ascii_lowercase();
             lowered.as_str()
         } else {
             host
@@ -275,7 +280,7 @@ impl EgressPolicy {
     /// Whether any declared pattern names a port: if none does, callers need not work out a
     /// call's port (it costs more than the rest of the decision).
     pub fn names_ports(&self) -> bool {
-        self.rules.iter().any(|r| r.pattern.port.is_some())
+        self.names_ports
     }
 
     /// Whether nothing is declared.
