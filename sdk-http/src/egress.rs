@@ -57,12 +57,12 @@ use http_body_util::{Either, Full};
 use opentelemetry::Context;
 use opentelemetry::context::{FutureExt as _, WithContext};
 use pin_project::pin_project;
-use prodbox_core::Sandbox;
 use prodbox_core::audit::{Decision, Protocol};
 use prodbox_core::codec::Codec;
 use prodbox_core::context::SandboxContext;
 use prodbox_core::directory::Directory;
 use prodbox_core::egress::{Egress, EgressPolicy, EgressRefused, EgressVerdict, Stub};
+use prodbox_core::{ContextExt, Sandbox};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -158,7 +158,7 @@ where
         // One context read, without cloning the sandbox: production's calls and internal ones
         // (the common case) go on at once.
         let layer = &self.layer;
-        let verdict = prodbox_core::with_current(|sandbox| {
+        let verdict = with_egress_sandbox(|sandbox| {
             let uri = req.uri();
             sandbox.map(|sandbox| {
                 let host = host_of(uri);
@@ -174,16 +174,19 @@ where
             None | Some(EgressVerdict::Baseline) => {
                 return ResponseFuture::inner(self.inner.call(req));
             }
-            Some(EgressVerdict::Internal) if host_agrees(&req) => {
+            Some(EgressVerdict::Internal) if host_agrees(req.headers(), authority(req.uri())) => {
                 return ResponseFuture::inner(self.inner.call(req));
             }
-            Some(EgressVerdict::Internal) => EgressVerdict::Undeclared,
             Some(verdict) => verdict,
         };
         // The rarer ways (third parties, stubs, refusals) audit, so they take the sandbox.
-        let Some(sandbox) = prodbox_core::current() else {
+        let Some(sandbox) = egress_sandbox() else {
             return ResponseFuture::inner(self.inner.call(req));
         };
+        let destination = || authority(req.uri()).unwrap_or("(no host)").to_owned();
+        if !host_agrees(req.headers(), authority(req.uri())) {
+            return ResponseFuture::refused(refuse(&sandbox, destination(), HOST_MISMATCH));
+        }
         let audit = |decision, reason: &str, detail: &dyn std::fmt::Display| {
             self.layer.egress.audit(&sandbox, decision, reason, detail);
         };
@@ -193,11 +196,11 @@ where
             }
             EgressVerdict::External { name } => {
                 // Without prodbox's members, sent from a context without the sandbox, so that
-                // nothing below (a propagator, a connector) adds them back.
+                // nothing below (a propagator) adds them back; what still decides for the
+                // sandbox below (a redirect policy, a guarded connector) finds it as `Outside`.
                 self.layer.codec.strip(req.headers_mut());
                 audit(Decision::Routed, "egress_external", &name);
-                let foreign = SandboxContext::outbound_foreign(&Context::current()).into_owned();
-                let cx = SandboxContext::baseline(foreign).attach_to(&Context::current());
+                let cx = outside(&sandbox);
                 // Layers below write headers in `call`, before any poll: call in it too.
                 let future = {
                     let _outside = cx.clone().attach();
@@ -218,45 +221,72 @@ where
                         result: Some(Box::new(Ok(stub_response(status, &content_type, body)))),
                     },
                     Stub::Forward(address) => {
-                        strip_credentials(req.headers_mut());
+                        keep_stub_headers(req.headers_mut());
                         if !crate::routing::point_at(&mut req, &address) {
                             // Never sent to the real destination instead.
-                            return ResponseFuture::refused(refuse(
-                                &sandbox,
-                                address.to_uri().to_string(),
-                                "its stub's address makes no URI with the request's path",
-                            ));
+                            let to = address.to_uri().to_string();
+                            return ResponseFuture::refused(refuse(&sandbox, to, STUB_URI));
                         }
                         return ResponseFuture::inner(self.inner.call(req));
                     }
                 }
             }
+            EgressVerdict::UnlistedStub { .. } => {
+                return ResponseFuture::refused(refuse(&sandbox, destination(), STUB_ADDRESS));
+            }
             EgressVerdict::Undeclared => {
-                let destination = req
-                    .uri()
-                    .authority()
-                    .map_or_else(|| "(no host)".to_owned(), |a| a.to_string());
-                return ResponseFuture::refused(refuse(
-                    &sandbox,
-                    destination,
-                    "the egress policy does not declare it",
-                ));
+                return ResponseFuture::refused(refuse(&sandbox, destination(), UNDECLARED));
             }
         };
         ResponseFuture { kind }
     }
 }
 
-/// Whether `req`'s `Host` header, if any, names the URI's authority: a gateway that routes by
-/// `Host` would otherwise take the call elsewhere than the policy looked at.
-fn host_agrees<B>(req: &Request<B>) -> bool {
-    match (req.headers().get(header::HOST), req.uri().authority()) {
+/// Whether `headers` hold at most one `Host`, naming `authority`: a gateway that routes by
+/// `Host` (by the first, or the last) would otherwise take the call elsewhere than the policy
+/// looked at.
+pub(crate) fn host_agrees(headers: &http::HeaderMap, authority: Option<&str>) -> bool {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
         (None, _) => true,
-        (Some(host), Some(authority)) => host
-            .to_str()
-            .is_ok_and(|host| host.eq_ignore_ascii_case(authority.as_str())),
-        (Some(_), None) => false,
+        (Some(_), Some(_)) => false,
+        (Some(host), None) => {
+            authority.is_some_and(|a| host.to_str().is_ok_and(|host| host.eq_ignore_ascii_case(a)))
+        }
     }
+}
+
+fn authority(uri: &Uri) -> Option<&str> {
+    uri.authority().map(http::uri::Authority::as_str)
+}
+
+/// The sandbox a call is made for, kept beside a context that no longer carries it (a call to
+/// a third party goes out without the sandbox, but a redirect policy or a connector below must
+/// still decide for it). No propagator writes it.
+#[derive(Debug, Clone)]
+struct Outside(Sandbox);
+
+/// The current context without `sandbox` (its foreign members kept), marked `Outside`.
+pub(crate) fn outside(sandbox: &Sandbox) -> Context {
+    let cx = Context::current();
+    let foreign = SandboxContext::outbound_foreign(&cx).into_owned();
+    SandboxContext::baseline(foreign)
+        .attach_to(&cx)
+        .with_value(Outside(sandbox.clone()))
+}
+
+/// Calls `f` with the sandbox the current call is made for: the context's, or the one a call
+/// to a third party set aside (`Outside`).
+fn with_egress_sandbox<R>(f: impl FnOnce(Option<&Sandbox>) -> R) -> R {
+    Context::map_current(|cx| {
+        f(cx.sandbox()
+            .or_else(|| cx.get::<Outside>().map(|outside| &outside.0)))
+    })
+}
+
+/// The sandbox the current call is made for (see [`with_egress_sandbox`]).
+pub(crate) fn egress_sandbox() -> Option<Sandbox> {
+    with_egress_sandbox(|sandbox| sandbox.cloned())
 }
 
 /// A call made in no prodbox scope, on a layer that requires one
@@ -362,25 +392,49 @@ pub(crate) fn decide(
     host: &str,
     port: Option<u16>,
 ) -> (Option<Sandbox>, EgressVerdict) {
-    let sandbox = prodbox_core::current();
+    let sandbox = egress_sandbox();
     let verdict = policy.decide(sandbox.as_ref(), directory, host, port);
     (sandbox, verdict)
 }
 
-/// Refuses `sandbox`'s call to `destination` (audited) with `why`.
-pub(crate) fn refuse(sandbox: &Sandbox, destination: String, why: &'static str) -> EgressRefused {
+/// Why a call was refused: its audit reason and a sentence.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Why(&'static str, &'static str);
+
+pub(crate) const UNDECLARED: Why =
+    Why("egress_undeclared", "the egress policy does not declare it");
+pub(crate) const HOST_MISMATCH: Why = Why(
+    "egress_host_mismatch",
+    "its Host header does not name the URI's authority (or there are several)",
+);
+pub(crate) const STUB_ADDRESS: Why = Why(
+    "egress_stub_address",
+    "the sandbox's own stub is at an address the egress policy does not list as a stub service",
+);
+pub(crate) const STUB_URI: Why = Why(
+    "egress_stub_address",
+    "its stub's address makes no URI with the request's path",
+);
+pub(crate) const GUARDED_CLIENT: Why = Why(
+    "egress_guarded_client",
+    "a guarded client reaches only third parties declared external for sandboxes",
+);
+pub(crate) const REDIRECT: Why = Why(
+    "egress_redirect",
+    "a redirect of a sandboxed request may lead only from our services to our services, or from a third party to a third party",
+);
+
+/// Refuses `sandbox`'s call to `destination` (audited) for `why`.
+pub(crate) fn refuse(sandbox: &Sandbox, destination: String, why: Why) -> EgressRefused {
     let refused = EgressRefused {
         sandbox: sandbox.key().clone(),
         destination,
-        why,
+        reason: why.0,
+        why: why.1,
     };
     Egress::new(Protocol::Http).audit(sandbox, Decision::Rejected, refused.reason(), &refused);
     refused
 }
-
-/// Why a guarded SDK client refuses a sandbox's connection.
-pub(crate) const GUARDED_CLIENTS_REACH_THIRD_PARTIES: &str =
-    "a guarded client reaches only third parties declared external for sandboxes";
 
 /// Whether a guarded client may pool its connections to `host`/`port`: only to a third party
 /// declared external, and only when no sandbox can have a stub of its own for it (no
@@ -395,20 +449,34 @@ pub(crate) fn pooled(
     !directory && policy.is_external(host, port)
 }
 
-/// Headers that carry a caller's credentials: never sent to a stub service, whose address is
-/// whatever the sandbox's creator named.
-pub(crate) const CREDENTIALS: [header::HeaderName; 3] = [
-    header::AUTHORIZATION,
-    header::PROXY_AUTHORIZATION,
-    header::COOKIE,
+/// The only headers a stub service gets: what describes the request's body and the caller,
+/// and the context. Anything else (credentials in whatever header a provider reads them
+/// from) stays behind.
+const STUB_HEADERS: [header::HeaderName; 12] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::TRANSFER_ENCODING,
+    header::ACCEPT,
+    header::ACCEPT_ENCODING,
+    header::ACCEPT_LANGUAGE,
+    header::USER_AGENT,
+    header::HOST,
+    header::HeaderName::from_static("baggage"),
+    header::HeaderName::from_static("traceparent"),
+    header::HeaderName::from_static("tracestate"),
 ];
 
-/// Removes the credentials (and any `x-api-key`) from `headers`.
-pub(crate) fn strip_credentials(headers: &mut http::HeaderMap) {
-    for name in CREDENTIALS {
+/// Keeps only [`STUB_HEADERS`] in `headers`.
+pub(crate) fn keep_stub_headers(headers: &mut http::HeaderMap) {
+    let dropped: Vec<header::HeaderName> = headers
+        .keys()
+        .filter(|name| !STUB_HEADERS.contains(name))
+        .cloned()
+        .collect();
+    for name in dropped {
         headers.remove(name);
     }
-    headers.remove("x-api-key");
 }
 
 /// `uri`'s host, as `Uri::host` gives it (an IPv6 literal with its brackets), in a few
@@ -523,7 +591,7 @@ where
             // Internal services too: an SDK's client carries no context, so the service would
             // run the sandbox's call as production's.
             let destination = uri.authority().map_or(host, |a| a.to_string());
-            let refused = refuse(sandbox, destination, GUARDED_CLIENTS_REACH_THIRD_PARTIES);
+            let refused = refuse(sandbox, destination, GUARDED_CLIENT);
             return Box::pin(std::future::ready(Err(Box::new(refused) as BoxError)));
         }
         let single_use = !pooled(&self.policy, self.directory.is_some(), &host, port);

@@ -19,15 +19,14 @@ use reqwest_middleware::{Middleware, Next, Result};
 
 use std::sync::Arc;
 
-use opentelemetry::Context;
 use opentelemetry::context::FutureExt as _;
 use prodbox_core::Sandbox;
 use prodbox_core::audit::Decision;
-use prodbox_core::context::SandboxContext;
 use prodbox_core::directory::Directory;
 use prodbox_core::egress::{Egress, EgressPolicy, EgressRefused, EgressVerdict, Stub};
 
 use crate::client::{close_call, egress, open_call};
+use crate::egress::{GUARDED_CLIENT, HOST_MISMATCH, REDIRECT, STUB_ADDRESS, STUB_URI, UNDECLARED};
 
 /// Writes the current sandbox context into each request; see the [module docs](self).
 #[derive(Debug, Clone)]
@@ -104,71 +103,73 @@ impl Middleware for SandboxMiddleware {
         next: Next<'_>,
     ) -> Result<reqwest::Response> {
         let refused = |e: EgressRefused| reqwest_middleware::Error::Middleware(e.into());
-        match self.verdict(&req) {
-            None | Some((_, EgressVerdict::Baseline | EgressVerdict::Internal)) => {}
-            Some((sandbox, EgressVerdict::External { name })) => {
-                // Without prodbox's members, from a context without the sandbox.
-                self.egress.strip(req.headers_mut());
-                self.egress
-                    .audit(&sandbox, Decision::Routed, "egress_external", &name);
-                let cx = Context::current();
-                let foreign = SandboxContext::outbound_foreign(&cx).into_owned();
-                let outside = SandboxContext::baseline(foreign).attach_to(&cx);
-                return next.run(req, extensions).with_context(outside).await;
+        let destination = |req: &reqwest::Request| {
+            req.url()[url::Position::BeforeHost..url::Position::AfterPort].to_owned()
+        };
+        if let Some((sandbox, verdict)) = self.verdict(&req) {
+            if !crate::egress::host_agrees(req.headers(), Some(&destination(&req))) {
+                let to = destination(&req);
+                return Err(refused(crate::egress::refuse(&sandbox, to, HOST_MISMATCH)));
             }
-            Some((sandbox, EgressVerdict::Stubbed { name, stub })) => {
-                self.egress
-                    .audit(&sandbox, Decision::Routed, "egress_stubbed", &name);
-                match stub {
-                    Stub::Respond {
-                        status,
-                        content_type,
-                        body,
-                    } => {
-                        let response = http::Response::builder()
-                            .status(status)
-                            .header(http::header::CONTENT_TYPE, &*content_type)
-                            .body(body)
-                            .map_err(|e| reqwest_middleware::Error::Middleware(e.into()))?;
-                        return Ok(response.into());
-                    }
-                    Stub::Forward(address) => {
-                        crate::egress::strip_credentials(req.headers_mut());
-                        let url = req.url_mut();
-                        let moved = url.set_scheme(address.scheme().as_str()).is_ok()
-                            && url.set_host(Some(address.authority().host())).is_ok()
-                            && url.set_port(address.authority().port_u16()).is_ok();
-                        if !moved {
-                            return Err(refused(crate::egress::refuse(
-                                &sandbox,
-                                address.to_uri().to_string(),
-                                "its stub's address makes no URL with the request's path",
-                            )));
+            match verdict {
+                EgressVerdict::Baseline | EgressVerdict::Internal => {}
+                EgressVerdict::External { name } => {
+                    // Without prodbox's members, from a context without the sandbox (set
+                    // aside for the redirect policy and connector guard below).
+                    self.egress.strip(req.headers_mut());
+                    self.egress
+                        .audit(&sandbox, Decision::Routed, "egress_external", &name);
+                    let outside = crate::egress::outside(&sandbox);
+                    return next.run(req, extensions).with_context(outside).await;
+                }
+                EgressVerdict::Stubbed { name, stub } => {
+                    self.egress
+                        .audit(&sandbox, Decision::Routed, "egress_stubbed", &name);
+                    match stub {
+                        Stub::Respond {
+                            status,
+                            content_type,
+                            body,
+                        } => {
+                            let response = http::Response::builder()
+                                .status(status)
+                                .header(http::header::CONTENT_TYPE, &*content_type)
+                                .body(body)
+                                .map_err(|e| reqwest_middleware::Error::Middleware(e.into()))?;
+                            return Ok(response.into());
+                        }
+                        Stub::Forward(address) => {
+                            crate::egress::keep_stub_headers(req.headers_mut());
+                            let url = req.url_mut();
+                            let moved = url.set_scheme(address.scheme().as_str()).is_ok()
+                                && url.set_host(Some(address.authority().host())).is_ok()
+                                && url.set_port(address.authority().port_u16()).is_ok();
+                            if !moved {
+                                let to = address.to_uri().to_string();
+                                return Err(refused(crate::egress::refuse(&sandbox, to, STUB_URI)));
+                            }
                         }
                     }
                 }
-            }
-            Some((sandbox, EgressVerdict::Undeclared)) => {
-                let destination =
-                    req.url()[url::Position::BeforeHost..url::Position::AfterPort].to_owned();
-                return Err(refused(crate::egress::refuse(
-                    &sandbox,
-                    destination,
-                    "the egress policy does not declare it",
-                )));
+                EgressVerdict::UnlistedStub { .. } => {
+                    let to = destination(&req);
+                    return Err(refused(crate::egress::refuse(&sandbox, to, STUB_ADDRESS)));
+                }
+                EgressVerdict::Undeclared => {
+                    let to = destination(&req);
+                    return Err(refused(crate::egress::refuse(&sandbox, to, UNDECLARED)));
+                }
             }
         }
         let sandbox = self
             .egress
             .inject(req.headers_mut())
             .map_err(|e| reqwest_middleware::Error::Middleware(e.into()))?;
-        let destination =
-            || req.url()[url::Position::BeforeHost..url::Position::AfterPort].to_owned();
         let breaker = open_call(
             &self.egress,
             self.guardrails.as_ref(),
             sandbox.as_ref(),
-            destination,
+            || destination(&req),
         )
         .map_err(|throttled| reqwest_middleware::Error::Middleware(throttled.into()))?;
         let result = next.run(req, extensions).await;
@@ -227,11 +228,7 @@ pub fn redirect_policy(
             _ => {
                 let destination =
                     attempt.url()[url::Position::BeforeHost..url::Position::AfterPort].to_owned();
-                let refused = crate::egress::refuse(
-                    &sandbox,
-                    destination,
-                    "a redirect of a sandboxed request may lead only from our services to our services, or from a third party to a third party",
-                );
+                let refused = crate::egress::refuse(&sandbox, destination, REDIRECT);
                 attempt.error(refused)
             }
         }
@@ -317,7 +314,7 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        if let Some(sandbox) = prodbox_core::current() {
+        if let Some(sandbox) = crate::egress::egress_sandbox() {
             // reqwest names the destination only in its connect request's `Debug` form
             // (`Unnameable(http://host:port/)`); when it cannot be read, nothing is opened.
             let uri = destination_of(&format!("{request:?}"));
@@ -334,11 +331,7 @@ where
                 let destination = uri
                     .and_then(|uri| uri.authority().map(ToString::to_string))
                     .unwrap_or_else(|| "(unreadable)".to_owned());
-                let refused = crate::egress::refuse(
-                    &sandbox,
-                    destination,
-                    crate::egress::GUARDED_CLIENTS_REACH_THIRD_PARTIES,
-                );
+                let refused = crate::egress::refuse(&sandbox, destination, GUARDED_CLIENT);
                 return Box::pin(std::future::ready(Err(Box::new(refused) as _)));
             }
         }

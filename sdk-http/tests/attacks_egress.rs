@@ -13,7 +13,6 @@ use hyper_util::rt::TokioExecutor;
 use prodbox_core::FutureExt;
 use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
 use prodbox_core::egress::{EgressPolicy, EgressVerdict};
-use prodbox_http::client::BoxError;
 use prodbox_http::egress::GuardedConnector;
 use prodbox_http::reqwest::SandboxMiddleware;
 use prodbox_http::{EgressPolicyLayer, PropagateSandboxLayer};
@@ -21,28 +20,10 @@ use tower::{ServiceBuilder, ServiceExt};
 
 mod common;
 
-use common::{Recorder, redirector, refused_in, sandbox};
+use common::{Recorder, Transport, redirector, refused_in, sandbox, tower_client};
 
 fn policy_for_maps(maps_at: SocketAddr) -> EgressPolicy {
     EgressPolicy::new().external("maps", &maps_at.to_string())
-}
-
-type Transport = Client<HttpConnector, Body>;
-
-fn tower_client(
-    layer: EgressPolicyLayer,
-) -> impl tower::Service<
-    Request<Body>,
-    Response = http::Response<prodbox_http::egress::EgressBody<hyper::body::Incoming>>,
-    Error = BoxError,
-> + Clone
-+ Send
-+ 'static {
-    let transport: Transport = Client::builder(TokioExecutor::new()).build_http();
-    ServiceBuilder::new()
-        .layer(PropagateSandboxLayer::new())
-        .layer(layer)
-        .service(transport)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -159,7 +140,7 @@ async fn a3_reqwest_guard_ignores_a_sandboxs_own_stub() {
             &at.ip().to_string(),
             Some(at.port())
         ),
-        EgressVerdict::Stubbed { .. }
+        EgressVerdict::UnlistedStub { .. }
     ));
     let sdk = prodbox_http::reqwest::guard(
         reqwest::Client::builder(),
@@ -193,8 +174,12 @@ async fn a4_a_sandboxs_own_stub_receives_the_providers_credentials() {
         format!("http://{stub_at}").parse().expect("address"),
     ));
     let client = tower_client(
-        EgressPolicyLayer::new(EgressPolicy::new().external("payments", &at.to_string()))
-            .directory(directory),
+        EgressPolicyLayer::new(
+            EgressPolicy::new()
+                .external("payments", &at.to_string())
+                .stub_services("127.0.0.1"),
+        )
+        .directory(directory),
     );
     let req = Request::post(format!("http://{at}/v1/charges"))
         .header("authorization", "Bearer sk_live_SECRET")

@@ -23,23 +23,7 @@ use tower::{ServiceBuilder, ServiceExt};
 
 mod common;
 
-use common::{Recorder, redirector, refused_in, sandbox};
-
-type Transport = Client<HttpConnector, Body>;
-
-fn client(
-    layer: EgressPolicyLayer,
-) -> impl tower::Service<
-    Request<Body>,
-    Response = http::Response<prodbox_http::egress::EgressBody<hyper::body::Incoming>>,
-    Error = BoxError,
-> + Clone {
-    let transport: Transport = Client::builder(TokioExecutor::new()).build_http();
-    ServiceBuilder::new()
-        .layer(PropagateSandboxLayer::new())
-        .layer(layer)
-        .service(transport)
-}
+use common::{Recorder, Transport, redirector, refused_in, sandbox, tower_client};
 
 async fn call<C>(
     client: &C,
@@ -72,7 +56,7 @@ async fn an_undeclared_destination_is_refused_for_sandboxes_only() {
     let audit = AuditLog::global();
     let provider = Recorder::default();
     let at = provider.start().await;
-    let client = client(EgressPolicyLayer::new(
+    let client = tower_client(EgressPolicyLayer::new(
         EgressPolicy::new().internal("billing"),
     ));
     let s = sandbox("egress-undeclared");
@@ -104,7 +88,7 @@ async fn an_undeclared_destination_is_refused_for_sandboxes_only() {
 async fn a_third_party_never_sees_prodbox_baggage() {
     let provider = Recorder::default();
     let at = provider.start().await;
-    let client = client(EgressPolicyLayer::new(
+    let client = tower_client(EgressPolicyLayer::new(
         EgressPolicy::new().external("maps", &at.to_string()),
     ));
     let s = Sandbox::builder("egress-external")
@@ -127,7 +111,7 @@ async fn a_third_party_never_sees_prodbox_baggage() {
 async fn internal_services_get_the_context() {
     let internal = Recorder::default();
     let at = internal.start().await;
-    let client = client(EgressPolicyLayer::new(
+    let client = tower_client(EgressPolicyLayer::new(
         EgressPolicy::new().internal(&at.to_string()),
     ));
     let s = sandbox("egress-internal");
@@ -144,7 +128,7 @@ async fn internal_services_get_the_context() {
 async fn a_stub_answers_instead_of_the_provider() {
     let provider = Recorder::default();
     let at = provider.start().await;
-    let client = client(EgressPolicyLayer::new(EgressPolicy::new().stub(
+    let client = tower_client(EgressPolicyLayer::new(EgressPolicy::new().stub(
         "payments",
         &at.to_string(),
         Stub::respond(201, "application/json", r#"{"charge":"stubbed"}"#),
@@ -176,9 +160,13 @@ async fn a_sandboxs_own_stub_service_gets_its_calls() {
             format!("http://{stub_at}").parse().expect("address"),
         ),
     );
-    let client = client(
-        EgressPolicyLayer::new(EgressPolicy::new().external("payments", &at.to_string()))
-            .directory(directory),
+    let client = tower_client(
+        EgressPolicyLayer::new(
+            EgressPolicy::new()
+                .external("payments", &at.to_string())
+                .stub_services("127.0.0.1"),
+        )
+        .directory(directory),
     );
     let own = sandbox("egress-own-stub");
     call(&client, format!("http://{at}/charges?id=7"), Some(&own))

@@ -121,11 +121,14 @@ impl Payments {
     /// Charges through the provider at `address`, declared stubbed for sandboxes; each
     /// sandbox's own stub service comes from `directory`.
     pub fn new(address: SocketAddr, directory: impl Directory) -> Self {
-        let policy = EgressPolicy::new().stub(
-            "payments",
-            &address.to_string(),
-            Stub::respond(200, "application/json", STUB_ANSWER),
-        );
+        let policy = EgressPolicy::new()
+            .stub(
+                "payments",
+                &address.to_string(),
+                Stub::respond(200, "application/json", STUB_ANSWER),
+            )
+            // The demo's stub services run on this machine.
+            .stub_services("127.0.0.1");
         let transport: Transport = Client::builder(TokioExecutor::new()).build_http();
         let client = ServiceBuilder::new()
             .layer(PropagateSandboxLayer::new())

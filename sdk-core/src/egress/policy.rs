@@ -143,6 +143,8 @@ pub struct EgressPolicy {
     rules: Arc<Vec<Rule>>,
     /// Whether any rule names a port (kept: asked on every call).
     names_ports: bool,
+    /// Where sandboxes' own stubs (from the directory) may be.
+    stub_services: Arc<Vec<Pattern>>,
 }
 
 /// Where one sandboxed call goes, by the policy.
@@ -166,6 +168,13 @@ pub enum EgressVerdict {
     },
     /// Not declared: refused.
     Undeclared,
+    /// The sandbox's own stub of destination `name` is at an address the policy does not list
+    /// as a stub service ([`EgressPolicy::stub_services`]): refused, as the address is
+    /// whatever the sandbox's creator named.
+    UnlistedStub {
+        /// The destination's declared name.
+        name: Arc<str>,
+    },
 }
 
 /// A sandboxed call to a destination the egress policy does not declare (or may not be
@@ -177,14 +186,17 @@ pub struct EgressRefused {
     pub sandbox: SandboxKey,
     /// The destination, `host[:port]`.
     pub destination: String,
-    /// Why.
+    /// The audit reason: `egress_undeclared`, `egress_guarded_client`, `egress_redirect`,
+    /// `egress_stub_address` or `egress_host_mismatch`.
+    pub reason: &'static str,
+    /// Why, as a sentence.
     pub why: &'static str,
 }
 
 impl EgressRefused {
     /// The audit reason.
     pub fn reason(&self) -> &'static str {
-        "egress_undeclared"
+        self.reason
     }
 }
 
@@ -203,6 +215,15 @@ impl EgressPolicy {
             pattern,
             kind,
         });
+        self
+    }
+
+    /// Lets sandboxes' own stubs (`prodbox sandbox create --stub NAME=URL`) be at hosts
+    /// matching `pattern` (our stub services). A sandbox's stub anywhere else is refused: its
+    /// address is whatever the sandbox's creator named, and it would receive what the
+    /// application meant for the third party. None is listed by default.
+    pub fn stub_services(mut self, pattern: &str) -> Self {
+        Arc::make_mut(&mut self.stub_services).push(Pattern::parse(pattern));
         self
     }
 
@@ -253,6 +274,11 @@ impl EgressPolicy {
             .and_then(|d| d.get(sandbox.key()))
             .and_then(|entry| entry.stubs.get(&*rule.name).cloned());
         match (own_stub, &rule.kind) {
+            (Some(address), _) if !self.lists_stub_service(&address) => {
+                EgressVerdict::UnlistedStub {
+                    name: Arc::clone(&rule.name),
+                }
+            }
             (Some(address), _) => EgressVerdict::Stubbed {
                 name: Arc::clone(&rule.name),
                 stub: Stub::Forward(address),
@@ -275,6 +301,17 @@ impl EgressPolicy {
             .iter()
             .find(|r| r.pattern.matches(&host, port))
             .is_some_and(|r| r.kind == Kind::External)
+    }
+
+    fn lists_stub_service(&self, address: &ForkAddress) -> bool {
+        let authority = address.authority();
+        let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
+        let port = authority.port_u16().or(if address.is_https() {
+            Some(443)
+        } else {
+            Some(80)
+        });
+        self.stub_services.iter().any(|p| p.matches(&host, port))
     }
 
     /// Whether any declared pattern names a port: if none does, callers need not work out a
@@ -361,7 +398,8 @@ mod tests {
     fn a_sandboxs_own_stub_replaces_the_declared_answer() {
         let policy = EgressPolicy::new()
             .external("payments", "pay.example")
-            .internal("billing");
+            .internal("billing")
+            .stub_services("127.0.0.1");
         let directory = MemoryDirectory::new();
         let address: ForkAddress = "http://127.0.0.1:9999".parse().expect("address");
         directory.upsert(
@@ -382,6 +420,12 @@ mod tests {
             policy.decide(Some(&s), Some(&directory), "billing", None),
             EgressVerdict::Internal
         );
+        // A sandbox's stub at an address the policy does not list: refused.
+        let unlisted = EgressPolicy::new().external("payments", "pay.example");
+        assert!(matches!(
+            unlisted.decide(Some(&s), Some(&directory), "pay.example", None),
+            EgressVerdict::UnlistedStub { .. }
+        ));
         // Another sandbox keeps the declared answer.
         let other = Sandbox::new("pr-7".parse().expect("key"));
         assert!(matches!(

@@ -7,11 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::any;
 use prodbox_core::Sandbox;
 use prodbox_core::egress::EgressRefused;
+use prodbox_http::client::BoxError;
+use prodbox_http::{EgressPolicyLayer, PropagateSandboxLayer};
 use prodbox_testkit::serve;
 
 /// A service that counts its calls, keeps every request's headers, and answers with the
@@ -99,4 +102,27 @@ pub fn refused_in(error: &(dyn std::error::Error + 'static)) -> bool {
 
 pub fn sandbox(key: &str) -> Sandbox {
     Sandbox::new(key.parse().expect("key"))
+}
+
+/// hyper-util's client.
+pub type Transport =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+/// hyper-util's client under prodbox's client layer and `layer`, in that order.
+pub fn tower_client(
+    layer: EgressPolicyLayer,
+) -> impl tower::Service<
+    http::Request<Body>,
+    Response = http::Response<prodbox_http::egress::EgressBody<hyper::body::Incoming>>,
+    Error = BoxError,
+> + Clone
++ Send
++ 'static {
+    let transport: Transport =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    tower::ServiceBuilder::new()
+        .layer(PropagateSandboxLayer::new())
+        .layer(layer)
+        .service(transport)
 }
