@@ -207,7 +207,7 @@ where
                     self.inner.call(req)
                 };
                 Kind::Outside {
-                    future: future.with_context(cx),
+                    future: Box::pin(future.with_context(cx)),
                 }
             }
             EgressVerdict::Stubbed { name, stub } => {
@@ -348,12 +348,11 @@ enum Kind<F, B> {
         #[pin]
         future: F,
     },
+    // Boxed, as the refusals and stub answers: the rare ways keep every call's future small.
     Outside {
-        #[pin]
-        future: WithContext<F>,
+        future: Pin<Box<WithContext<F>>>,
     },
     Ready {
-        // Boxed: the rare way keeps every call's future small (it is moved on each poll's way).
         result: Option<Box<Result<Response<EgressBody<B>>, BoxError>>>,
     },
 }
@@ -371,7 +370,7 @@ where
         };
         match self.project().kind.project() {
             KindProj::Inner { future } => future.poll(task).map(inner),
-            KindProj::Outside { future } => future.poll(task).map(inner),
+            KindProj::Outside { future } => future.as_mut().poll(task).map(inner),
             KindProj::Ready { result } => match result.take() {
                 Some(result) => Poll::Ready(*result),
                 None => Poll::Pending,
