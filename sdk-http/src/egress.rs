@@ -4,7 +4,10 @@
 //! Production's calls pass untouched.
 //!
 //! Put it *inside* [`PropagateSandboxLayer`](crate::PropagateSandboxLayer) (nearer the
-//! transport), so it sees the request as it would leave.
+//! transport), so it sees the request as it would leave, and *outside*
+//! [`ForkRoutingLayer`](crate::ForkRoutingLayer) when both are used: it then decides on the
+//! service's own address (`billing`), before a sandbox's call is pointed at the fork's
+//! (otherwise declare the forks' addresses internal).
 //!
 //! # Example
 //!
