@@ -1,39 +1,7 @@
 //! Where a sandboxed call may go: the egress policy, one decision for every client (prodbox's
 //! HTTP layer and reqwest middleware, the guarded connector, the redirect policy).
 //!
-//! Each destination a service calls is declared once, by host (`billing`, `billing:8080`,
-//! `*.svc.cluster.local`; a pattern without a port matches every port, `*.x` matches the
-//! subdomains of `x` but not `x` itself, and hosts are compared as ASCII text: an IP address
-//! spelled otherwise, or a Unicode name, matches nothing, and is refused):
-//!
-//! * **internal**: one of our services; the sandbox context goes along and fork routing
-//!   applies;
-//! * **external**, allowed for sandboxes: a third party a test may really call (a sandbox
-//!   provider's API); the call goes out without any prodbox baggage or token;
-//! * **stubbed**: a sandboxed call is answered by a stub instead, a configured response or a
-//!   stub service's address, and never reaches the destination; the sandbox's directory entry
-//!   may name its own stub for a destination (`prodbox sandbox create --stub payments=URL`).
-//!
-//! For a sandboxed call, a destination not declared is refused ([`EgressRefused`], audited):
-//! fail closed. Production calls are never looked at.
-//!
-//! ```
-//! use prodbox_core::egress::{EgressPolicy, EgressVerdict, Stub};
-//! use prodbox_core::Sandbox;
-//!
-//! let policy = EgressPolicy::new()
-//!     .internal("*.svc.cluster.local")
-//!     .internal("billing")
-//!     .external("maps", "maps.example.com")
-//!     .stub("payments", "api.payments.example", Stub::respond(200, "application/json", r#"{"id":"stub"}"#));
-//! let sandbox = Sandbox::new("pr-42".parse().unwrap());
-//!
-//! assert!(matches!(policy.decide(Some(&sandbox), None, "billing", Some(8080)), EgressVerdict::Internal));
-//! assert!(matches!(policy.decide(Some(&sandbox), None, "api.payments.example", None), EgressVerdict::Stubbed { .. }));
-//! assert!(matches!(policy.decide(Some(&sandbox), None, "evil.example", None), EgressVerdict::Undeclared));
-//! // Production's calls go wherever they go.
-//! assert!(matches!(policy.decide(None, None, "evil.example", None), EgressVerdict::Baseline));
-//! ```
+//! See [`EgressPolicy`] for the rules.
 
 use std::sync::Arc;
 
@@ -135,8 +103,41 @@ struct Rule {
     kind: Kind,
 }
 
-/// The egress policy: which destinations sandboxed calls may reach, and how. See the
-/// [module docs](self). Cheap to clone.
+/// The egress policy: which destinations sandboxed calls may reach, and how. Cheap to clone.
+///
+/// Each destination a service calls is declared once, by host (`billing`, `billing:8080`,
+/// `*.svc.cluster.local`; a pattern without a port matches every port, `*.x` matches the
+/// subdomains of `x` but not `x` itself, and hosts are compared as ASCII text: an IP address
+/// spelled otherwise, or a Unicode name, matches nothing, and is refused):
+///
+/// * **internal**: one of our services; the sandbox context goes along and fork routing
+///   applies;
+/// * **external**, allowed for sandboxes: a third party a test may really call (a sandbox
+///   provider's API); the call goes out without any prodbox baggage or token;
+/// * **stubbed**: a sandboxed call is answered by a stub instead, a configured response or a
+///   stub service's address, and never reaches the destination; the sandbox's directory entry
+///   may name its own stub for a destination (`prodbox sandbox create --stub payments=URL`).
+///
+/// For a sandboxed call, a destination not declared is refused ([`EgressRefused`], audited):
+/// fail closed. Production calls are never looked at.
+///
+/// ```
+/// use prodbox_core::egress::{EgressPolicy, EgressVerdict, Stub};
+/// use prodbox_core::Sandbox;
+///
+/// let policy = EgressPolicy::new()
+///     .internal("*.svc.cluster.local")
+///     .internal("billing")
+///     .external("maps", "maps.example.com")
+///     .stub("payments", "api.payments.example", Stub::respond(200, "application/json", r#"{"id":"stub"}"#));
+/// let sandbox = Sandbox::new("pr-42".parse().unwrap());
+///
+/// assert!(matches!(policy.decide(Some(&sandbox), None, "billing", Some(8080)), EgressVerdict::Internal));
+/// assert!(matches!(policy.decide(Some(&sandbox), None, "api.payments.example", None), EgressVerdict::Stubbed { .. }));
+/// assert!(matches!(policy.decide(Some(&sandbox), None, "evil.example", None), EgressVerdict::Undeclared));
+/// // Production's calls go wherever they go.
+/// assert!(matches!(policy.decide(None, None, "evil.example", None), EgressVerdict::Baseline));
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct EgressPolicy {
     /// First match wins, in the order declared.
