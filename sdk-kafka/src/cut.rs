@@ -15,7 +15,7 @@ use prodbox_core::directory::cuts::{changes, owner};
 use prodbox_core::directory::{
     CutPlace, Directory, DirectoryError, PartitionCuts, Range, Sighting,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::error::ConsumerError;
@@ -63,20 +63,15 @@ struct Known {
     behind: i64,
 }
 
-/// The rdkafka context of a [`SandboxConsumer`](crate::SandboxConsumer): at every rebalance it
-/// forgets the cuts read so far. A baseline consumer holding a partition is the only one that
-/// records cuts there, so what it read and recorded since the partition was assigned to it
-/// stays true until it loses the partition: it decides from memory, without asking the
-/// directory, until then.
-pub struct Rebalances {
-    cache: Cache,
-}
+/// Forgets a consumer's cuts, at every rebalance ([`Rebalances`](crate::Rebalances)). A
+/// baseline consumer holding a partition is the only one that records cuts there, so what it
+/// read and recorded since the partition was assigned to it stays true until it loses the
+/// partition: it decides from memory, without asking the directory, until then.
+pub(crate) struct Forget(Cache);
 
-impl rdkafka::ClientContext for Rebalances {}
-
-impl rdkafka::consumer::ConsumerContext for Rebalances {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &rdkafka::consumer::Rebalance<'_>) {
-        lock(&self.cache).clear();
+impl Forget {
+    pub(crate) fn all(&self) {
+        lock(&self.0).clear();
     }
 }
 
@@ -118,11 +113,9 @@ impl Cuts {
         }
     }
 
-    /// The rdkafka context that forgets these cuts at every rebalance.
-    pub(crate) fn context(&self) -> Rebalances {
-        Rebalances {
-            cache: Arc::clone(&self.cache),
-        }
+    /// What forgets these cuts at every rebalance.
+    pub(crate) fn forget(&self) -> Forget {
+        Forget(Arc::clone(&self.cache))
     }
 
     pub(crate) fn fork(
@@ -399,9 +392,9 @@ impl Cuts {
     /// recorded after it starts past it), or the start of this incarnation's earliest range
     /// (recorded while the fork was not running yet) when that is earlier, or the partition's
     /// beginning.
-    pub(crate) async fn start_fork(
+    pub(crate) async fn start_fork<X: ConsumerContext>(
         &self,
-        consumer: &impl Consumer<Rebalances>,
+        consumer: &impl Consumer<X>,
         topics: &[&str],
     ) -> Result<(), ConsumerError> {
         let Side::Fork {

@@ -22,6 +22,14 @@ pub enum ConsumerError {
         "this consumer stopped holding an unhandled message at {0}; start a new consumer of the group"
     )]
     StoppedHoldingMessage(String),
+    /// The directory had not synced once within the builder's
+    /// [`sync_timeout`](crate::SandboxConsumerBuilder::sync_timeout): a consumer that cannot
+    /// tell which messages are a sandbox's does not start.
+    #[error("the directory did not sync within {waited:?}: is its database reachable?")]
+    DirectoryNotSynced {
+        /// How long `start` waited.
+        waited: std::time::Duration,
+    },
     /// A sandbox consumer's directory keeps no cuts (a file directory): nothing could tell it
     /// which of its sandbox's records are its own.
     #[error("sandbox consumer: {0}")]

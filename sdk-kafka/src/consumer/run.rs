@@ -1,0 +1,157 @@
+//! prodbox's own loop: each message to handle goes to the service's handler, in its context,
+//! and is retried until it succeeds (or dead-lettered after `max_attempts`).
+
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::Pin;
+
+use opentelemetry::Context;
+use prodbox_core::audit::Decision;
+use prodbox_core::plumbing::metrics::KafkaOutcome;
+use prodbox_core::{FutureExt, SandboxContext};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+
+use super::step::{Next, Ready};
+use super::{ConsumerError, Done, SandboxConsumer, Source, audit};
+use crate::shutdown::pause;
+
+impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
+    /// Handles messages with `handler` until `shutdown` completes, then commits what is done.
+    ///
+    /// Fails when the final commit fails, or when an earlier loop of this consumer stopped
+    /// while holding a message it had not handled and could not rewind to it
+    /// ([`StoppedHoldingMessage`](ConsumerError::StoppedHoldingMessage)). A message held at
+    /// shutdown otherwise comes first in the next `run`.
+    pub async fn run<F, Fut, E>(
+        &self,
+        handler: F,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ConsumerError>
+    where
+        F: FnMut(OwnedMessage) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: Display,
+    {
+        self.may_consume()?;
+        let consumed = self.consume(handler, shutdown).await;
+        let committed = match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(())
+            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(error) => Err(error.into()),
+        };
+        consumed.and(committed)
+    }
+
+    /// The loop of [`run`](Self::run), without its final commit.
+    async fn consume<F, Fut, E>(
+        &self,
+        mut handler: F,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ConsumerError>
+    where
+        F: FnMut(OwnedMessage) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: Display,
+    {
+        let mut shutdown = std::pin::pin!(shutdown);
+        // One stream for the whole run: `recv` registers a waker slot, and removes it, per
+        // message (a lock each time).
+        let mut messages = self.consumer.stream();
+        loop {
+            match self.next(&mut messages, &mut shutdown).await {
+                Next::Ready(ready) => {
+                    if self.handle(ready, &mut handler, &mut shutdown).await == Done::Interrupted {
+                        break;
+                    }
+                }
+                // rdkafka recovers from these by itself (a rejoin after a long handler, a
+                // topic not created yet, a broker away): keep polling; uncommitted messages
+                // come again, as at-least-once allows.
+                Next::Error(error) => {
+                    tracing::warn!(target: "prodbox::kafka", %error, "consumer error; polling on");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                // rdkafka's streams never end; should one, there is nothing more to handle.
+                Next::Stopped | Next::Ended => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `handler` on a message to process, in its context, until it succeeds (or, with
+    /// `max_attempts`, the message is dead-lettered). Shutdown ends the waits between
+    /// attempts (never an attempt under way): the message is then left unhandled.
+    async fn handle<F, Fut, E, S>(
+        &self,
+        ready: Ready<'_, C>,
+        handler: &mut F,
+        shutdown: &mut Pin<&mut S>,
+    ) -> Done
+    where
+        F: FnMut(OwnedMessage) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: Display,
+        S: Future<Output = ()>,
+    {
+        let Ready {
+            held,
+            context,
+            permit: _permit,
+        } = ready;
+        let message = held.message();
+        let cx = match &context {
+            Some(context) => context.attach_to(&Context::new()),
+            // Production work, in a scope prodbox recognises.
+            None => prodbox_core::context::production(),
+        };
+        let mut wait = self.retry.first;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            // The closure itself runs in the message's context too: a handler that builds its
+            // follow-up records before its `async` block must tag them with the sandbox.
+            let future = {
+                let _attached = cx.clone().attach();
+                handler(message.detach())
+            };
+            match future.in_context(cx.clone()).await {
+                Ok(()) => {
+                    self.count(message, KafkaOutcome::Processed);
+                    held.finish();
+                    return Done::Completed;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        target: "prodbox::kafka",
+                        source = %Source(message),
+                        attempts,
+                        %error,
+                        "handler failed; retrying"
+                    );
+                    if self.retry.attempts.is_some_and(|max| attempts >= max) {
+                        let reason = format!("handler failed {attempts} times: {error}");
+                        if self.dead_letter(message, &reason, shutdown).await == Done::Interrupted {
+                            return Done::Interrupted;
+                        }
+                        let sandbox = context.as_ref().and_then(SandboxContext::sandbox);
+                        audit(
+                            sandbox.map(|s| s.key()),
+                            Decision::DeadLettered,
+                            "handler_failed",
+                            &reason,
+                        );
+                        self.count(message, KafkaOutcome::DeadLettered);
+                        held.finish();
+                        return Done::Completed;
+                    }
+                    if !pause(wait, shutdown).await {
+                        return Done::Interrupted;
+                    }
+                    wait = self.retry.after(wait);
+                }
+            }
+        }
+    }
+}

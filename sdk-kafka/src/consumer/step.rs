@@ -1,0 +1,310 @@
+//! The one path from the stream to a message to handle, shared by both loops: everything this
+//! consumer does not handle (skipped, dead-lettered, given to the other role by the cuts) is
+//! done with here, and a message to handle waits here for a fresh directory and for its
+//! sandbox's throttle.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use prodbox_core::audit::Decision;
+use prodbox_core::guardrails::Permit;
+use prodbox_core::plumbing::metrics::KafkaOutcome;
+use prodbox_core::{SandboxContext, SandboxKey};
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::stream_consumer::MessageStream;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+
+use super::{
+    DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, Done, Rebalances, SandboxConsumer, Source, audit,
+};
+use crate::cut::Cut;
+use crate::filter::Role;
+use crate::in_flight::Ticket;
+use crate::shutdown::pause;
+use crate::verdict::Verdict;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the step found.
+pub(super) enum Next<'a, C: ConsumerContext + 'static> {
+    /// A message this consumer handles.
+    Ready(Ready<'a, C>),
+    /// rdkafka reported an error (it recovers from most by itself).
+    Error(KafkaError),
+    /// Shutdown came first; a message held is left unhandled, and comes again.
+    Stopped,
+    /// The stream ended.
+    Ended,
+}
+
+/// A message to handle, in flight until it is finished.
+pub(super) struct Ready<'a, C: ConsumerContext + 'static> {
+    pub(super) held: Held<'a, C>,
+    /// Its context (`None`: production's).
+    pub(super) context: Option<SandboxContext>,
+    /// Its sandbox's slot, while it is handled.
+    pub(super) permit: Option<Permit>,
+}
+
+/// A message taken from the stream and not finished: dropped unfinished, it puts the consumer
+/// back on the message, which comes again.
+pub(super) struct Held<'a, C: ConsumerContext + 'static> {
+    consumer: &'a SandboxConsumer<C>,
+    message: Option<BorrowedMessage<'a>>,
+    ticket: Ticket,
+}
+
+impl<'a, C: ConsumerContext + 'static> Held<'a, C> {
+    pub(super) fn message(&self) -> &BorrowedMessage<'a> {
+        // Only `finish` and `into_parts` take it, consuming `self`.
+        self.message.as_ref().unwrap_or_else(|| unreachable!())
+    }
+
+    /// Done with: its offset may be committed.
+    pub(super) fn finish(mut self) {
+        if let Some(message) = self.message.take() {
+            self.consumer.finish(&message, self.ticket);
+        }
+    }
+
+    /// The message and its ticket, no longer put back when dropped.
+    pub(super) fn into_parts(mut self) -> Option<(BorrowedMessage<'a>, Ticket)> {
+        self.message.take().map(|message| (message, self.ticket))
+    }
+}
+
+impl<C: ConsumerContext + 'static> Drop for Held<'_, C> {
+    fn drop(&mut self) {
+        if let Some(message) = &self.message {
+            self.consumer.rewind_to(message);
+        }
+    }
+}
+
+impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
+    /// Takes messages from `messages` until one this consumer handles, doing with every other
+    /// one what its verdict says.
+    pub(super) async fn next<'a, S: Future<Output = ()>>(
+        &'a self,
+        messages: &mut MessageStream<'a, Rebalances<C>>,
+        shutdown: &mut Pin<&mut S>,
+    ) -> Next<'a, C> {
+        loop {
+            let message = tokio::select! {
+                biased;
+                () = shutdown.as_mut() => return Next::Stopped,
+                message = messages.next() => message,
+            };
+            let message = match message {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => return Next::Error(error),
+                None => return Next::Ended,
+            };
+            let (ticket, back) =
+                self.in_flight
+                    .take(message.topic(), message.partition(), message.offset());
+            if let Some(position) = back
+                && let Err(error) =
+                    self.store_position(message.topic(), message.partition(), position)
+            {
+                tracing::warn!(target: "prodbox::kafka", %error, source = %Source(&message), "stored offset not put back");
+            }
+            let held = Held {
+                consumer: self,
+                message: Some(message),
+                ticket,
+            };
+            match self.step(held, shutdown).await {
+                Some(Ok(ready)) => return Next::Ready(ready),
+                Some(Err(Done::Interrupted)) => return Next::Stopped,
+                Some(Err(Done::Completed)) | None => {}
+            }
+        }
+    }
+
+    /// Decides one message: `None` when it is done with here, `Some(Ok)` when this consumer
+    /// handles it, `Some(Err(Interrupted))` when shutdown came first (`held` puts it back).
+    async fn step<'a, S: Future<Output = ()>>(
+        &'a self,
+        held: Held<'a, C>,
+        shutdown: &mut Pin<&mut S>,
+    ) -> Option<Result<Ready<'a, C>, Done>> {
+        let message = held.message();
+        // A stale directory may not know a fork created meanwhile: hold a sandbox's message
+        // (its offset unstored) until the directory is fresh again. Untagged messages do
+        // not depend on the directory and go on.
+        if self.filter.directory().is_stale() && self.filter.concerns_a_sandbox(message.headers()) {
+            tracing::warn!(target: "prodbox::kafka", source = %Source(message), "directory is stale; pausing until it is fresh");
+            let fresh = async {
+                while self.filter.directory().is_stale() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.as_mut() => return Some(Err(Done::Interrupted)),
+                () = fresh => {}
+            }
+        }
+        let context = match self.filter.decide(message.headers(), SystemTime::now()) {
+            // Skips, half of a baseline's messages or more, are decided and done with here.
+            Verdict::Skip { reason, sandbox } => {
+                audit(
+                    sandbox.as_ref(),
+                    Decision::Skipped,
+                    reason,
+                    &Source(message),
+                );
+                self.count(message, KafkaOutcome::Skipped);
+                held.finish();
+                return None;
+            }
+            Verdict::DeadLetter(error) => {
+                if self
+                    .dead_letter(message, &error.to_string(), shutdown)
+                    .await
+                    == Done::Interrupted
+                {
+                    return Some(Err(Done::Interrupted));
+                }
+                // Audited and counted once it is in the dead-letter topic: an interrupted
+                // send is tried again, and reported then.
+                let detail = format!("{}: {error}", Source(message));
+                audit(None, Decision::DeadLettered, error.reason(), &detail);
+                self.count(message, KafkaOutcome::DeadLettered);
+                held.finish();
+                return None;
+            }
+            Verdict::Process(context) => context,
+            Verdict::Cut { context, forking } => {
+                let Some(sandbox) = context.sandbox().map(|s| s.key().clone()) else {
+                    held.finish();
+                    return None;
+                };
+                let at = (message.topic(), message.partition(), message.offset());
+                match self.cuts.decide(&sandbox, forking, at, shutdown).await {
+                    Cut::Handle => Some(context),
+                    Cut::Skip => {
+                        let reason = match self.filter.role() {
+                            Role::Baseline { .. } => "forked",
+                            Role::Sandbox { .. } => "baseline_handles",
+                        };
+                        audit(Some(&sandbox), Decision::Skipped, reason, &Source(message));
+                        self.count(message, KafkaOutcome::Skipped);
+                        held.finish();
+                        return None;
+                    }
+                    Cut::Unavailable(reason) => {
+                        if self.dead_letter(message, &reason, shutdown).await == Done::Interrupted {
+                            return Some(Err(Done::Interrupted));
+                        }
+                        let detail = format!("{}: {reason}", Source(message));
+                        audit(
+                            Some(&sandbox),
+                            Decision::DeadLettered,
+                            "cut_unavailable",
+                            &detail,
+                        );
+                        self.count(message, KafkaOutcome::DeadLettered);
+                        held.finish();
+                        return None;
+                    }
+                    Cut::Interrupted => return Some(Err(Done::Interrupted)),
+                }
+            }
+        };
+        let sandbox = context.as_ref().and_then(SandboxContext::sandbox);
+        let permit = match sandbox {
+            Some(sandbox) => match self.admit(sandbox.key(), shutdown).await {
+                Some(permit) => permit,
+                None => return Some(Err(Done::Interrupted)),
+            },
+            None => None,
+        };
+        Some(Ok(Ready {
+            held,
+            context,
+            permit,
+        }))
+    }
+
+    /// Takes `sandbox`'s slot (waiting while it is throttled: its messages are delayed, never
+    /// dropped); `None` when shutdown came first.
+    async fn admit<S: Future<Output = ()>>(
+        &self,
+        sandbox: &SandboxKey,
+        shutdown: &mut Pin<&mut S>,
+    ) -> Option<Option<Permit>> {
+        let Some(guardrails) = &self.guardrails else {
+            return Some(None);
+        };
+        loop {
+            match guardrails.admit(sandbox) {
+                Ok(permit) => return Some(Some(permit)),
+                Err(throttled) => {
+                    audit(
+                        Some(sandbox),
+                        Decision::Throttled,
+                        throttled.reason.as_str(),
+                        &throttled,
+                    );
+                    if !pause(throttled.retry_after, shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `message` to the dead-letter topic with `reason`; retries until the broker has it,
+    /// or shutdown comes between two tries.
+    pub(super) async fn dead_letter<S: Future<Output = ()>>(
+        &self,
+        message: &BorrowedMessage<'_>,
+        reason: &str,
+        shutdown: &mut Pin<&mut S>,
+    ) -> Done {
+        let source = Source(message).to_string();
+        // The original headers, when rdkafka can read them (see `filter::readable`).
+        let original = message.headers().and_then(|original| {
+            crate::filter::readable(|| {
+                original
+                    .iter()
+                    .fold(OwnedHeaders::new(), |headers, header| {
+                        headers.insert(header)
+                    })
+            })
+        });
+        let headers = original
+            .unwrap_or_default()
+            .insert(Header {
+                key: DEAD_LETTER_REASON,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: DEAD_LETTER_SOURCE,
+                value: Some(&source),
+            });
+        let mut wait = self.retry.first;
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&self.dead_letter_topic).headers(headers.clone());
+            record.key = message.key();
+            record.payload = message.payload();
+            match self.producer.send(record, METADATA_TIMEOUT).await {
+                Ok(_) => return Done::Completed,
+                Err((error, _)) => {
+                    tracing::warn!(target: "prodbox::kafka", %error, %source, "dead-letter send failed; retrying");
+                    if !pause(wait, shutdown).await {
+                        return Done::Interrupted;
+                    }
+                    wait = self.retry.after(wait);
+                }
+            }
+        }
+    }
+}
