@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
-    Log, Out, Running, assert_zero_lag, consumer_config, ends, eventually, produce, read_topic,
+    Log, Loop, Out, Running, assert_zero_lag, consumer_config, ends, eventually, produce,
+    read_topic,
 };
 use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
 use prodbox_core::{Sandbox, SandboxKey};
@@ -115,7 +116,11 @@ impl Roles {
         let consumer = Arc::new(consumer);
         self.runs.push((
             name,
-            Running::spawn(Arc::clone(&consumer), common::recorder(&self.log, name)),
+            Running::spawn_in(
+                LOOP.try_with(|kind| *kind).unwrap_or(Loop::Run),
+                Arc::clone(&consumer),
+                common::recorder(&self.log, name),
+            ),
         ));
         consumer
     }
@@ -191,13 +196,24 @@ impl Roles {
     }
 }
 
-/// Runs `scenario` twice, with the baseline started first and with the fork started first.
+tokio::task_local! {
+    /// The loop `Roles` runs its consumers in.
+    static LOOP: Loop;
+}
+
+/// Runs `scenario` four times: with the baseline started first and with the fork started
+/// first, in prodbox's loop and in a service's own.
 macro_rules! both_orders {
     ($name:ident, $scenario:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            $scenario(true).await;
-            $scenario(false).await;
+            for kind in [Loop::Run, Loop::Own] {
+                LOOP.scope(kind, async {
+                    $scenario(true).await;
+                    $scenario(false).await;
+                })
+                .await;
+            }
         }
     };
 }

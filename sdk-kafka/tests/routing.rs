@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use common::{
-    Log, Out, Running, assert_zero_lag, consumer_config, ends, eventually, produce, recorder,
+    Log, Loop, Out, Running, assert_zero_lag, consumer_config, ends, eventually, produce, recorder,
 };
 use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
 use prodbox_core::{Sandbox, SandboxKey};
@@ -54,6 +54,17 @@ fn handlers_of(i: u32) -> &'static [&'static str] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_reaches_exactly_its_consumers_and_lag_ends_at_zero() {
+    routing(Loop::Run).await;
+}
+
+/// The same table through the service's own loop: deliveries from `stream`, eight handled at
+/// once and finishing out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_reaches_exactly_its_consumers_in_the_services_own_loop() {
+    routing(Loop::Own).await;
+}
+
+async fn routing(kind: Loop) {
     let audit = AuditLog::global();
     let topic = unique_topic("routing");
     create_topic(&topic, PARTITIONS).await;
@@ -114,7 +125,7 @@ async fn every_message_reaches_exactly_its_consumers_and_lag_ends_at_zero() {
             .await
             .unwrap();
         groups.push(consumer.group().to_owned());
-        runs.push(Running::spawn(consumer, recorder(&log, name)));
+        runs.push(Running::spawn_in(kind, consumer, recorder(&log, name)));
     }
     landed.extend(produce(&producer, &topic, &records[half..]).await);
     let ends = ends(&landed);

@@ -146,7 +146,87 @@ pub(crate) struct Running {
     task: JoinHandle<()>,
 }
 
+/// Which loop consumes: prodbox's [`SandboxConsumer::run`], or a service's own loop over
+/// [`SandboxConsumer::stream`] handling up to 8 deliveries at once (so they finish out of
+/// order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Loop {
+    Run,
+    Own,
+}
+
 impl Running {
+    /// Runs `consumer` in `kind` of loop with `handler`.
+    pub(crate) fn spawn_in<F, Fut, E>(
+        kind: Loop,
+        consumer: impl Into<Arc<SandboxConsumer>>,
+        handler: F,
+    ) -> Self
+    where
+        F: FnMut(OwnedMessage) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        match kind {
+            Loop::Run => Self::spawn(consumer, handler),
+            Loop::Own => Self::spawn_own_loop(consumer, handler),
+        }
+    }
+
+    /// A service's own loop: deliveries from `stream`, up to 8 handled at once, each in its
+    /// context, done once its handler succeeded (a failed one is left undone: it holds its
+    /// partition's commits); on stop, a final commit.
+    pub(crate) fn spawn_own_loop<F, Fut, E>(
+        consumer: impl Into<Arc<SandboxConsumer>>,
+        mut handler: F,
+    ) -> Self
+    where
+        F: FnMut(OwnedMessage) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        use futures_util::StreamExt;
+        use rdkafka::consumer::{CommitMode, Consumer};
+
+        let consumer = consumer.into();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            consumer
+                .stream()
+                .take_until(stopped)
+                .for_each_concurrent(8, |delivery| {
+                    let work = delivery.as_ref().ok().map(|d| handler(d.detach()));
+                    async move {
+                        let delivery = match delivery {
+                            Ok(delivery) => delivery,
+                            Err(error) => {
+                                eprintln!("recv: {error}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                return;
+                            }
+                        };
+                        let Some(work) = work else { return };
+                        match delivery.in_context(work).await {
+                            Ok(()) => delivery.done(),
+                            Err(error) => eprintln!("handler failed: {error}; left undone"),
+                        }
+                    }
+                })
+                .await;
+            match consumer.consumer().commit_consumer_state(CommitMode::Sync) {
+                Ok(())
+                | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                    rdkafka::types::RDKafkaErrorCode::NoOffset,
+                )) => {}
+                Err(error) => panic!("final commit failed: {error}"),
+            }
+        });
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+
     /// Runs `consumer` (owned, or shared to run it again later) with `handler`.
     pub(crate) fn spawn<F, Fut, E>(consumer: impl Into<Arc<SandboxConsumer>>, handler: F) -> Self
     where
