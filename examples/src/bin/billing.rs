@@ -58,6 +58,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let payments = args
         .payments
         .map(|address| shop::payments::Payments::new(address, started.directory.clone()));
+    args.kafka
+        .ensure_topics(&[
+            &args.kafka.topic,
+            &format!("{}.dead-letter", args.kafka.topic),
+        ])
+        .await?;
     let consumer = billing::start(
         &kafka,
         &args.group,

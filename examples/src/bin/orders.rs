@@ -41,6 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(async move {
         let _ = axum::serve(admin_listener, admin).await;
     });
+    args.kafka.ensure_topics(&[&args.kafka.topic]).await?;
     let service = orders::OrdersService::new(
         shop::sandbox_pool(started.pg).await?,
         orders::producer(&args.kafka.config())?,

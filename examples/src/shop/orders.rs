@@ -10,7 +10,7 @@ use prodbox_core::directory::Directory;
 use prodbox_core::trust::UnknownSandbox;
 use prodbox_db::{SandboxDbError, SandboxPool};
 use prodbox_grpc::SandboxLayer;
-use prodbox_kafka::SandboxRecordExt;
+use prodbox_kafka::SandboxProducer;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tonic::transport::server::Router;
@@ -24,7 +24,7 @@ use super::proto::{CreateOrderReply, CreateOrderRequest};
 #[derive(Clone)]
 pub struct OrdersService {
     pool: SandboxPool,
-    producer: FutureProducer,
+    producer: SandboxProducer<FutureProducer>,
     topic: Arc<str>,
 }
 
@@ -36,20 +36,24 @@ impl std::fmt::Debug for OrdersService {
     }
 }
 
-/// A producer for the order events. Every record goes in a batch of its own: tansu 0.6, the
+/// A producer for the order events: every record it sends carries the current sandbox
+/// context (no send site can forget it). Every record goes in a batch of its own: tansu 0.6, the
 /// broker of the demo and tests, skips the rest of a batch for a consumer that resumes inside
 /// it (see DEVELOPERS.md). With a real Kafka, drop `batch.num.messages`.
-pub fn producer(kafka: &ClientConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    kafka
+pub fn producer(
+    kafka: &ClientConfig,
+) -> Result<SandboxProducer<FutureProducer>, rdkafka::error::KafkaError> {
+    let producer = kafka
         .clone()
         .set("batch.num.messages", "1")
         .set("message.timeout.ms", "10000")
-        .create()
+        .create()?;
+    Ok(SandboxProducer::new(producer))
 }
 
 impl OrdersService {
     /// Stores orders with `pool` and announces them on `topic`.
-    pub fn new(pool: SandboxPool, producer: FutureProducer, topic: &str) -> Self {
+    pub fn new(pool: SandboxPool, producer: SandboxProducer<FutureProducer>, topic: &str) -> Self {
         Self {
             pool,
             producer,
@@ -124,9 +128,7 @@ impl Orders for OrdersService {
         let payload = serde_json::to_string(&order).map_err(|e| Status::internal(e.to_string()))?;
         let record = FutureRecord::to(&self.topic)
             .key(&order.id)
-            .payload(&payload)
-            .with_sandbox_context()
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            .payload(&payload);
         self.producer
             .send(record, Duration::from_secs(10))
             .await

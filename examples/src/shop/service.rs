@@ -30,6 +30,9 @@ pub struct Kafka {
     /// Topic orders are announced on.
     #[arg(long, default_value = super::ORDER_CREATED)]
     pub topic: String,
+    /// Partitions of the topic, when the service creates it.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
 }
 
 impl Kafka {
@@ -38,6 +41,40 @@ impl Kafka {
         let mut config = rdkafka::ClientConfig::new();
         config.set("bootstrap.servers", &self.kafka);
         config
+    }
+
+    /// Makes sure `topics` exist before the service uses them, creating those that do not
+    /// (with `--partitions` partitions; a dead-letter topic with one), and says which it made.
+    /// Brokers that create topics on first use need none of this; tansu, the demo's, does not.
+    pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), rdkafka::error::KafkaError> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        use rdkafka::types::RDKafkaErrorCode;
+
+        let admin: AdminClient<DefaultClientContext> = self.config().create()?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|topic| {
+                let partitions = if topic.ends_with(".dead-letter") {
+                    1
+                } else {
+                    self.partitions
+                };
+                NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
+            })
+            .collect();
+        let options =
+            AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+        for result in admin.create_topics(&new, &options).await? {
+            match result {
+                Ok(topic) => println!("topic {topic}: created"),
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    println!("topic {topic}: exists");
+                }
+                Err((_, code)) => return Err(rdkafka::error::KafkaError::AdminOp(code)),
+            }
+        }
+        Ok(())
     }
 }
 
