@@ -300,6 +300,11 @@ pub(crate) mod record {
 
     /// Counts one Kafka message of `topic` handled by a consumer in `role` (`baseline` or `sandbox`).
     pub fn kafka_message(topic: &str, role: &'static str, outcome: KafkaOutcome) {
+        kafka_messages(topic, role, outcome, 1);
+    }
+
+    /// Counts `n` Kafka messages at once (a consumer that tallies its own counts).
+    pub fn kafka_messages(topic: &str, role: &'static str, outcome: KafkaOutcome, n: u64) {
         // All `&'static str`, as in `decision`: counted per message, so no allocation and no drop.
         let attributes = std::mem::ManuallyDrop::new([
             KeyValue::new("messaging.system", "kafka"),
@@ -307,7 +312,7 @@ pub(crate) mod record {
             KeyValue::new("prodbox.kafka.role", role),
             KeyValue::new("prodbox.kafka.outcome", outcome.as_str()),
         ]);
-        instruments().kafka_messages.add(1, &*attributes);
+        instruments().kafka_messages.add(n, &*attributes);
     }
 
     /// Counts a sandbox schema provisioned, with how long it took.

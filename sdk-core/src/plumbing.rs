@@ -11,8 +11,8 @@ pub mod scope {
 /// The recorders of prodbox's own instruments (see [`crate::metrics`]).
 pub mod metrics {
     pub use crate::metrics::record::{
-        KafkaOutcome, ShadowOutcome, kafka_message, redis_deleted, sandbox_label, schema_dropped,
-        schema_provisioned, shadow_copy,
+        KafkaOutcome, ShadowOutcome, kafka_message, kafka_messages, redis_deleted, sandbox_label,
+        schema_dropped, schema_provisioned, shadow_copy,
     };
 }
 

@@ -13,7 +13,8 @@ use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group};
+use futures_util::StreamExt;
 use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
 use prodbox_core::{FutureExt, Sandbox};
 use prodbox_kafka::{Filter, Role, SandboxConsumer, SandboxRecordExt};
@@ -252,6 +253,153 @@ impl Progress {
     }
 }
 
+/// How a throughput iteration consumes the topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A raw `StreamConsumer`: `store` each offset after handling (what an at-least-once
+    /// service must do, with the settings `SandboxConsumer` uses), `baggage` read from every
+    /// message's headers (the floor any consumer that decides by a header pays: librdkafka
+    /// parses a message's headers on first access).
+    Raw { store: bool, baggage: bool },
+    /// A baseline `SandboxConsumer` in prodbox's loop (`run`).
+    Runner,
+    /// The same in a service's own loop (`stream`, `in_context`, `done`).
+    OwnLoop,
+}
+
+impl Kind {
+    const ALL: [(&'static str, Kind); 6] = [
+        (
+            "raw_stream_consumer",
+            Kind::Raw {
+                store: false,
+                baggage: false,
+            },
+        ),
+        (
+            "raw_stream_consumer_storing_offsets",
+            Kind::Raw {
+                store: true,
+                baggage: false,
+            },
+        ),
+        (
+            "raw_stream_consumer_reading_baggage",
+            Kind::Raw {
+                store: false,
+                baggage: true,
+            },
+        ),
+        (
+            "raw_stream_consumer_reading_baggage_storing_offsets",
+            Kind::Raw {
+                store: true,
+                baggage: true,
+            },
+        ),
+        ("sandbox_consumer_baseline_50pct_skipped", Kind::Runner),
+        ("sandbox_consumer_own_loop_50pct_skipped", Kind::OwnLoop),
+    ];
+}
+
+/// A new consumer group of `kind` reads all of `topic`; returns the time from the first
+/// message it was given to the last (the group join is not timed).
+async fn consume(
+    kind: Kind,
+    topic: &str,
+    group: &str,
+    directory: &MemoryDirectory,
+    shape: Shape,
+) -> Duration {
+    let progress = Arc::new(Progress::new(shape));
+    match kind {
+        Kind::Raw { store, baggage } => {
+            let mut config = client_config();
+            config
+                .set("group.id", group)
+                .set("auto.offset.reset", "earliest");
+            if store {
+                config
+                    .set("enable.auto.commit", "true")
+                    .set("enable.auto.offset.store", "false");
+            }
+            let consumer: StreamConsumer = config.create().unwrap();
+            consumer.subscribe(&[topic]).unwrap();
+            loop {
+                let message = consumer.recv().await.unwrap();
+                if baggage {
+                    black_box(message.headers().and_then(|headers| {
+                        headers
+                            .iter()
+                            .find(|header| header.key == "baggage")
+                            .and_then(|header| header.value)
+                    }));
+                }
+                let done = progress.saw(black_box(message.payload().unwrap_or_default()));
+                if store {
+                    consumer.store_offset_from_message(&message).unwrap();
+                }
+                if done {
+                    break;
+                }
+            }
+        }
+        Kind::Runner => {
+            let consumer =
+                SandboxConsumer::builder(client_config(), group, Role::baseline("billing"))
+                    .directory(directory.clone())
+                    .start(&[topic])
+                    .await
+                    .unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let run = tokio::spawn({
+                let progress = Arc::clone(&progress);
+                async move {
+                    consumer
+                        .run(
+                            move |message| {
+                                if progress.saw(black_box(message.payload().unwrap_or_default())) {
+                                    progress.done.notify_one();
+                                }
+                                std::future::ready(Ok::<_, std::convert::Infallible>(()))
+                            },
+                            async move {
+                                let _ = stopped.await;
+                            },
+                        )
+                        .await
+                        .unwrap();
+                }
+            });
+            progress.done.notified().await;
+            let _ = stop.send(());
+            run.await.unwrap();
+        }
+        Kind::OwnLoop => {
+            let consumer =
+                SandboxConsumer::builder(client_config(), group, Role::baseline("billing"))
+                    .directory(directory.clone())
+                    .start(&[topic])
+                    .await
+                    .unwrap();
+            let mut messages = consumer.stream();
+            while let Some(delivery) = messages.next().await {
+                let delivery = delivery.unwrap();
+                let done = delivery
+                    .in_context(async {
+                        progress.saw(black_box(delivery.payload().unwrap_or_default()))
+                    })
+                    .await;
+                delivery.done();
+                if done {
+                    break;
+                }
+            }
+        }
+    }
+    progress.elapsed()
+}
+
 /// Each iteration: a new consumer group reads the whole topic; timed from the first message
 /// either consumer is given to the last (the group join is not timed).
 fn throughput(c: &mut Criterion) {
@@ -260,7 +408,12 @@ fn throughput(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    // `PRODBOX_KAFKA_BENCH_CPU_ONLY=1`: the prefetched topic only.
+    let cpu_only = std::env::var_os("PRODBOX_KAFKA_BENCH_CPU_ONLY").is_some();
     for shape in [PREFETCHED, FETCHED] {
+        if cpu_only && shape.payload > 0 {
+            continue;
+        }
         throughput_of(c, &rt, shape);
     }
 }
@@ -280,112 +433,65 @@ fn throughput_of(c: &mut Criterion, rt: &tokio::runtime::Runtime, shape: Shape) 
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .throughput(Throughput::Elements(shape.messages as u64));
-
     let next_group = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let group_id = {
-        let topic = topic.clone();
-        move || {
-            let n = next_group.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            format!("{topic}-g{n}")
-        }
-    };
-
-    // The second: what an at-least-once service must do with a raw consumer, store each
-    // offset once the message is handled, for rdkafka to commit (the settings
-    // `SandboxConsumer` uses).
-    for (name, store_offsets) in [
-        ("raw_stream_consumer", false),
-        ("raw_stream_consumer_storing_offsets", true),
-    ] {
+    for (name, kind) in Kind::ALL {
         group.bench_function(name, |b| {
             b.to_async(rt).iter_custom(|iters| {
-                let topic = topic.clone();
-                let group_id = group_id.clone();
+                let (topic, directory, next_group) = (&topic, &directory, &next_group);
                 async move {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        let mut config = client_config();
-                        config
-                            .set("group.id", group_id())
-                            .set("auto.offset.reset", "earliest");
-                        if store_offsets {
-                            config
-                                .set("enable.auto.commit", "true")
-                                .set("enable.auto.offset.store", "false");
-                        }
-                        let consumer: StreamConsumer = config.create().unwrap();
-                        consumer.subscribe(&[&topic]).unwrap();
-                        let progress = Progress::new(shape);
-                        loop {
-                            let message = consumer.recv().await.unwrap();
-                            let done =
-                                progress.saw(black_box(message.payload().unwrap_or_default()));
-                            if store_offsets {
-                                consumer.store_offset_from_message(&message).unwrap();
-                            }
-                            if done {
-                                break;
-                            }
-                        }
-                        total += progress.elapsed();
+                        let n = next_group.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        total +=
+                            consume(kind, topic, &format!("{topic}-g{n}"), directory, shape).await;
                     }
                     total
                 }
             })
         });
     }
-
-    group.bench_function("sandbox_consumer_baseline_50pct_skipped", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let topic = topic.clone();
-            let group_id = group_id.clone();
-            let directory = directory.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let consumer = SandboxConsumer::builder(
-                        client_config(),
-                        &group_id(),
-                        Role::baseline("billing"),
-                    )
-                    .directory(directory.clone())
-                    .start(&[&topic])
-                    .await
-                    .unwrap();
-                    let progress = Arc::new(Progress::new(shape));
-                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                    let run = tokio::spawn({
-                        let progress = Arc::clone(&progress);
-                        async move {
-                            consumer
-                                .run(
-                                    move |message| {
-                                        if progress
-                                            .saw(black_box(message.payload().unwrap_or_default()))
-                                        {
-                                            progress.done.notify_one();
-                                        }
-                                        std::future::ready(Ok::<_, std::convert::Infallible>(()))
-                                    },
-                                    async move {
-                                        let _ = stopped.await;
-                                    },
-                                )
-                                .await
-                                .unwrap();
-                        }
-                    });
-                    progress.done.notified().await;
-                    total += progress.elapsed();
-                    let _ = stop.send(());
-                    run.await.unwrap();
-                }
-                total
-            }
-        })
-    });
     group.finish();
 }
 
+/// `PRODBOX_KAFKA_COUNT=<name>` (a name of [`Kind::ALL`], or `none`): produces the prefetched
+/// topic and reads it once with that consumer, for instruction counts with callgrind:
+/// `PRODBOX_KAFKA_COUNT=<name> valgrind --tool=callgrind <bench binary>`; a consumer's
+/// instructions per message are its total less `none`'s, over 20,000.
+fn count(name: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let topic = unique_topic("bench-count");
+    rt.block_on(async {
+        create_topic(&topic, PREFETCHED.partitions).await;
+        produce_topic(&topic, PREFETCHED).await;
+        if let Some((_, kind)) = Kind::ALL.iter().find(|(n, _)| *n == name) {
+            consume(
+                *kind,
+                &topic,
+                &format!("{topic}-g"),
+                &directory(),
+                PREFETCHED,
+            )
+            .await;
+        } else {
+            assert_eq!(
+                name, "none",
+                "PRODBOX_KAFKA_COUNT names a consumer of Kind::ALL, or none"
+            );
+        }
+    });
+}
+
 criterion_group!(benches, decision, throughput);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(name) = std::env::var("PRODBOX_KAFKA_COUNT") {
+        count(&name);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -54,11 +54,14 @@ pub(crate) struct Cuts {
     cache: Cache,
 }
 
-type Cache = Arc<Mutex<HashMap<String, HashMap<i32, Known>>>>;
+/// Looked up for every record of a forked sandbox: hashed with foldhash, not SipHash.
+type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+type Cache = Arc<Mutex<Fast<String, Fast<i32, Known>>>>;
 
 /// A partition's cuts as read at one moment.
 struct Known {
-    cuts: PartitionCuts,
+    cuts: Fast<SandboxKey, Vec<Range>>,
     /// The baseline's committed offset, read just before them (a fork trusts them below it).
     behind: i64,
 }
@@ -75,7 +78,7 @@ impl Forget {
     }
 }
 
-fn lock(cache: &Cache) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i32, Known>>> {
+fn lock(cache: &Cache) -> std::sync::MutexGuard<'_, Fast<String, Fast<i32, Known>>> {
     cache
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -162,10 +165,13 @@ impl Cuts {
         if cache.values().map(HashMap::len).sum::<usize>() >= 16_384 {
             cache.clear();
         }
-        cache
-            .entry(topic.to_owned())
-            .or_default()
-            .insert(partition, Known { cuts, behind });
+        cache.entry(topic.to_owned()).or_default().insert(
+            partition,
+            Known {
+                cuts: cuts.into_iter().collect(),
+                behind,
+            },
+        );
     }
 
     /// Notes a sandbox's ranges as just recorded, keeping the rest of the partition's cuts.
@@ -176,6 +182,43 @@ impl Cuts {
         {
             known.cuts.insert(sandbox.clone(), ranges);
         }
+    }
+
+    /// What the cuts read so far say of the record at `offset` of `sandbox`'s, when they say
+    /// it with nothing to read or record: nearly every record, decided under one lock, without
+    /// a future.
+    pub(crate) fn decided(
+        &self,
+        sandbox: &SandboxKey,
+        forking: Option<i64>,
+        (topic, partition, offset): (&str, i32, i64),
+    ) -> Option<Cut> {
+        match &self.role {
+            Side::Baseline { .. } => self.with_cached((topic, partition), |known| {
+                let ranges = known.of(sandbox);
+                (!changes(ranges, forking, offset)).then(|| Self::baseline_by(ranges, offset))
+            }),
+            Side::Fork { incarnation, .. } => {
+                self.fork_cached(sandbox, *incarnation, (topic, partition, offset))
+            }
+        }
+    }
+
+    fn fork_cached(
+        &self,
+        sandbox: &SandboxKey,
+        incarnation: i64,
+        (topic, partition, offset): (&str, i32, i64),
+    ) -> Option<Cut> {
+        self.with_cached((topic, partition), |known| {
+            (offset < known.behind).then(|| {
+                if owner(known.of(sandbox), offset) == Some(incarnation) {
+                    Cut::Handle
+                } else {
+                    Cut::Skip
+                }
+            })
+        })
     }
 
     /// Whether this consumer handles the record at `offset` of `sandbox`'s, whose incarnation
@@ -211,11 +254,7 @@ impl Cuts {
         let here = (topic, partition);
         // What this consumer read and recorded since the partition was assigned to it says
         // it already, with nothing to record: nearly every record, decided under one lock.
-        let decided = self.with_cached(here, |known| {
-            let ranges = known.of(sandbox);
-            (!changes(ranges, forking, offset)).then(|| Self::baseline_by(ranges, offset))
-        });
-        if let Some(cut) = decided {
+        if let Some(cut) = self.decided(sandbox, forking, (topic, partition, offset)) {
             return cut;
         }
         let unavailable = |error: &dyn std::fmt::Display| {
@@ -318,16 +357,7 @@ impl Cuts {
         shutdown: &mut Pin<&mut S>,
     ) -> Cut {
         loop {
-            let decided = self.with_cached((topic, partition), |known| {
-                (offset < known.behind).then(|| {
-                    if owner(known.of(sandbox), offset) == Some(incarnation) {
-                        Cut::Handle
-                    } else {
-                        Cut::Skip
-                    }
-                })
-            });
-            if let Some(cut) = decided {
+            if let Some(cut) = self.fork_cached(sandbox, incarnation, (topic, partition, offset)) {
                 return cut;
             }
             // The baseline's committed offset first, then the ranges: any cut at or before a

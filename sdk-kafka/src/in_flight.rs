@@ -2,23 +2,30 @@
 //! stream is in flight until it is handled, skipped or dead-lettered, and a partition's stored
 //! offset never passes a message still in flight, whatever order messages finish in.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use rdkafka::TopicPartitionList;
 
-/// The consumer's messages in flight, by partition.
+/// The consumer's messages in flight, by partition: a short list, searched in order (a
+/// consumer holds a few partitions; hashing a topic name per message cost more than this).
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
-    parts: Mutex<HashMap<Box<str>, HashMap<i32, Part>>>,
+    parts: Mutex<Parts>,
+}
+
+#[derive(Debug, Default)]
+struct Parts {
+    list: Vec<Part>,
     /// Numbers each partition's tenure: a message taken before the partition was revoked is
     /// never stored by this consumer afterwards, even if the partition comes back.
-    tenures: AtomicU64,
+    tenures: u64,
 }
 
 #[derive(Debug)]
 struct Part {
+    topic: Box<str>,
+    partition: i32,
     tenure: u64,
     /// Offsets taken and not finished, ascending.
     pending: VecDeque<i64>,
@@ -26,6 +33,14 @@ struct Part {
     finished: Option<i64>,
     /// The position stored for commit (the next offset to read).
     stored: Option<i64>,
+}
+
+impl Parts {
+    fn find(&mut self, topic: &str, partition: i32) -> Option<&mut Part> {
+        self.list
+            .iter_mut()
+            .find(|part| part.partition == partition && *part.topic == *topic)
+    }
 }
 
 /// A message taken: the partition tenure it was taken in.
@@ -44,7 +59,7 @@ pub(crate) enum Store {
 }
 
 impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, HashMap<i32, Part>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Parts> {
         self.parts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -56,18 +71,31 @@ impl InFlight {
     /// the other order): the position is put back on it.
     pub(crate) fn take(&self, topic: &str, partition: i32, offset: i64) -> (Ticket, Option<i64>) {
         let mut parts = self.lock();
-        let partitions = match parts.get_mut(topic) {
-            Some(partitions) => partitions,
-            None => parts.entry(topic.into()).or_default(),
+        let part = match parts.find(topic, partition) {
+            Some(part) => part,
+            None => {
+                parts.tenures += 1;
+                let tenure = parts.tenures;
+                parts.list.push(Part {
+                    topic: topic.into(),
+                    partition,
+                    tenure,
+                    pending: VecDeque::new(),
+                    finished: None,
+                    stored: None,
+                });
+                let last = parts.list.len() - 1;
+                &mut parts.list[last]
+            }
         };
-        let part = partitions.entry(partition).or_insert_with(|| Part {
-            tenure: self.tenures.fetch_add(1, Ordering::Relaxed),
-            pending: VecDeque::new(),
-            finished: None,
-            stored: None,
-        });
-        if let Err(at) = part.pending.binary_search(&offset) {
-            part.pending.insert(at, offset);
+        // Offsets come in order but after a rewind: the usual case is a push at the back.
+        match part.pending.back() {
+            Some(&last) if last >= offset => {
+                if let Err(at) = part.pending.binary_search(&offset) {
+                    part.pending.insert(at, offset);
+                }
+            }
+            _ => part.pending.push_back(offset),
         }
         let back = part
             .stored
@@ -83,13 +111,14 @@ impl InFlight {
     pub(crate) fn finish(&self, topic: &str, partition: i32, offset: i64, ticket: Ticket) -> Store {
         let mut parts = self.lock();
         let Some(part) = parts
-            .get_mut(topic)
-            .and_then(|partitions| partitions.get_mut(&partition))
+            .find(topic, partition)
             .filter(|part| part.tenure == ticket.0)
         else {
             return Store::Nothing;
         };
-        if let Ok(at) = part.pending.binary_search(&offset) {
+        if part.pending.front() == Some(&offset) {
+            part.pending.pop_front();
+        } else if let Ok(at) = part.pending.binary_search(&offset) {
             part.pending.remove(at);
         }
         let finished = part
@@ -114,9 +143,10 @@ impl InFlight {
     pub(crate) fn revoke(&self, partitions: &TopicPartitionList) {
         let mut parts = self.lock();
         for element in partitions.elements() {
-            if let Some(of_topic) = parts.get_mut(element.topic()) {
-                of_topic.remove(&element.partition());
-            }
+            let (topic, partition) = (element.topic(), element.partition());
+            parts
+                .list
+                .retain(|part| !(part.partition == partition && *part.topic == *topic));
         }
     }
 
@@ -124,8 +154,7 @@ impl InFlight {
     #[cfg(test)]
     fn any(&self, topic: &str, partition: i32) -> bool {
         self.lock()
-            .get(topic)
-            .and_then(|partitions| partitions.get(&partition))
+            .find(topic, partition)
             .is_some_and(|part| !part.pending.is_empty())
     }
 }

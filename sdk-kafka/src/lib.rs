@@ -22,6 +22,7 @@ mod headers;
 mod in_flight;
 pub mod producer;
 mod shutdown;
+mod tally;
 mod verdict;
 mod verdict_memory;
 

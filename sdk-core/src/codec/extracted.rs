@@ -14,6 +14,16 @@ pub struct Extracted {
 }
 
 impl Extracted {
+    /// What a carrier with neither `baggage` nor a legacy carrier holds.
+    pub(super) fn nothing() -> Self {
+        Self {
+            claimed: false,
+            sandbox: None,
+            token: None,
+            foreign: ForeignMembers::default(),
+        }
+    }
+
     /// Whether any member or carrier of ours was present, valid or not yet verified.
     pub fn claims_anything(&self) -> bool {
         self.claimed

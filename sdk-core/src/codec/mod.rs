@@ -185,6 +185,10 @@ impl Codec {
         let has_legacy = memo_key.is_none()
             && cfg.legacy_carriers
             && carrier.names().any(|n| legacy_key(n).is_some());
+        // The other common message: nothing to read at all.
+        if memo_key.is_none() && !has_legacy && carrier.get_all(BAGGAGE).next().is_none() {
+            return Ok(Extracted::nothing());
+        }
         let extracted = self.parse(carrier.get_all(BAGGAGE), carrier, has_legacy)?;
         if let (Some(miss), Some(header)) = (miss, memo_key) {
             memo::put(miss, cfg.id, header, &extracted);

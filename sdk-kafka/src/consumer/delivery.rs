@@ -93,11 +93,7 @@ impl<'a, C: ConsumerContext + 'static> Delivery<'a, C> {
             context,
             permit,
         } = ready;
-        let cx = match &context {
-            Some(context) => context.attach_to(&Context::new()),
-            // Production work, in a scope prodbox recognises.
-            None => prodbox_core::context::production(),
-        };
+        let cx = consumer.context_for(context.as_ref());
         Self {
             consumer,
             message: held.into_parts(),

@@ -153,7 +153,7 @@ use std::time::Duration;
 
 use prodbox_core::audit::{AuditEvent, Decision, Direction, Protocol};
 use prodbox_core::directory::{Directory, MemoryDirectory};
-use prodbox_core::plumbing::metrics::{self, KafkaOutcome};
+use prodbox_core::plumbing::metrics::KafkaOutcome;
 use prodbox_core::{Guardrails, SandboxKey};
 use rdkafka::consumer::{
     Consumer, ConsumerContext, DefaultConsumerContext, Rebalance, StreamConsumer,
@@ -168,6 +168,7 @@ use crate::cut::Cuts;
 pub use crate::error::ConsumerError;
 use crate::filter::{Filter, Role};
 use crate::in_flight::{InFlight, Store, Ticket};
+use crate::tally::Tally;
 pub use delivery::Delivery;
 
 mod delivery;
@@ -308,6 +309,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumerBuilder<C> {
         if config.get("topic.metadata.refresh.interval.ms").is_none() {
             config.set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS);
         }
+        let role = self.role.clone();
         let cuts = match &self.role {
             Role::Baseline { .. } => Cuts::baseline(Arc::clone(&self.directory), &self.group),
             Role::Sandbox { key } => {
@@ -348,7 +350,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumerBuilder<C> {
             consumer,
             group,
             cuts,
-            filter: Filter::with_shared_directory(self.role, self.directory),
+            filter: Filter::with_shared_directory(role.clone(), self.directory),
             dead_letter_topic: self
                 .dead_letter_topic
                 .unwrap_or_else(|| format!("{}.dead-letter", self.group)),
@@ -357,6 +359,24 @@ impl<C: ConsumerContext + 'static> SandboxConsumerBuilder<C> {
             guardrails: self.guardrails,
             retry: self.retry,
             in_flight,
+            tally: Tally::new(
+                match topics {
+                    [topic] if !topic.starts_with('^') => Some(topic),
+                    _ => None,
+                },
+                role_name(&role),
+            ),
+            // One topic named (no pattern): every message is of it, and asking rdkafka for a
+            // message's topic (a `strlen` and a UTF-8 check) is saved.
+            only_topic: match topics {
+                [topic] if !topic.starts_with('^') => Some((*topic).into()),
+                _ => None,
+            },
+            production: {
+                // Messages are handled in contexts of their own, not the consumer task's.
+                let _empty = opentelemetry::Context::new().attach();
+                prodbox_core::context::production()
+            },
         })
     }
 }
@@ -377,6 +397,11 @@ pub struct SandboxConsumer<C: ConsumerContext + 'static = DefaultConsumerContext
     guardrails: Option<Guardrails>,
     retry: Retry,
     in_flight: Arc<InFlight>,
+    /// The topic of every message, when the consumer subscribed to one by name.
+    only_topic: Option<Box<str>>,
+    /// The context production's messages are handled in.
+    production: opentelemetry::Context,
+    tally: Tally,
 }
 
 impl<C: ConsumerContext + 'static> std::fmt::Debug for SandboxConsumer<C> {
@@ -425,6 +450,25 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         &self.group
     }
 
+    /// `message`'s topic.
+    fn topic<'m>(&'m self, message: &'m BorrowedMessage<'_>) -> &'m str {
+        match &self.only_topic {
+            Some(topic) => topic,
+            None => message.topic(),
+        }
+    }
+
+    /// The context a message is handled in: its sandbox's, or production's.
+    fn context_for(
+        &self,
+        context: Option<&prodbox_core::SandboxContext>,
+    ) -> opentelemetry::Context {
+        match context {
+            Some(context) => context.attach_to(&opentelemetry::Context::new()),
+            None => self.production.clone(),
+        }
+    }
+
     /// Fails when an earlier loop stopped holding a message it could not rewind to.
     fn may_consume(&self) -> Result<(), ConsumerError> {
         match self.stopped_holding.get() {
@@ -436,7 +480,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// Marks `message`, taken with `ticket`, done with: stores the offset its partition may
     /// now be committed to.
     fn finish(&self, message: &BorrowedMessage<'_>, ticket: Ticket) {
-        let (topic, partition) = (message.topic(), message.partition());
+        let (topic, partition) = (self.topic(message), message.partition());
         let stored = match self
             .in_flight
             .finish(topic, partition, message.offset(), ticket)
@@ -480,11 +524,15 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     }
 
     fn count(&self, message: &BorrowedMessage<'_>, outcome: KafkaOutcome) {
-        let role = match self.filter.role() {
-            Role::Baseline { .. } => "baseline",
-            Role::Sandbox { .. } => "sandbox",
-        };
-        metrics::kafka_message(message.topic(), role, outcome);
+        self.tally.count(outcome, || self.topic(message));
+    }
+}
+
+/// The role's name in metrics.
+fn role_name(role: &Role) -> &'static str {
+    match role {
+        Role::Baseline { .. } => "baseline",
+        Role::Sandbox { .. } => "sandbox",
     }
 }
 

@@ -5,7 +5,6 @@ use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
 
-use opentelemetry::Context;
 use prodbox_core::audit::Decision;
 use prodbox_core::plumbing::metrics::KafkaOutcome;
 use prodbox_core::{FutureExt, SandboxContext};
@@ -101,11 +100,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             permit: _permit,
         } = ready;
         let message = held.message();
-        let cx = match &context {
-            Some(context) => context.attach_to(&Context::new()),
-            // Production work, in a scope prodbox recognises.
-            None => prodbox_core::context::production(),
-        };
+        let cx = self.context_for(context.as_ref());
         let mut wait = self.retry.first;
         let mut attempts = 0u32;
         loop {
@@ -132,7 +127,9 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                     );
                     if self.retry.attempts.is_some_and(|max| attempts >= max) {
                         let reason = format!("handler failed {attempts} times: {error}");
-                        if self.dead_letter(message, &reason, shutdown).await == Done::Interrupted {
+                        if Box::pin(self.dead_letter(message, &reason, shutdown)).await
+                            == Done::Interrupted
+                        {
                             return Done::Interrupted;
                         }
                         let sandbox = context.as_ref().and_then(SandboxContext::sandbox);

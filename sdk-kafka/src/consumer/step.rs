@@ -104,12 +104,12 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                 Some(Err(error)) => return Next::Error(error),
                 None => return Next::Ended,
             };
-            let (ticket, back) =
-                self.in_flight
-                    .take(message.topic(), message.partition(), message.offset());
+            let topic = self.topic(&message);
+            let (ticket, back) = self
+                .in_flight
+                .take(topic, message.partition(), message.offset());
             if let Some(position) = back
-                && let Err(error) =
-                    self.store_position(message.topic(), message.partition(), position)
+                && let Err(error) = self.store_position(topic, message.partition(), position)
             {
                 tracing::warn!(target: "prodbox::kafka", %error, source = %Source(&message), "stored offset not put back");
             }
@@ -137,18 +137,12 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         // A stale directory may not know a fork created meanwhile: hold a sandbox's message
         // (its offset unstored) until the directory is fresh again. Untagged messages do
         // not depend on the directory and go on.
-        if self.filter.directory().is_stale() && self.filter.concerns_a_sandbox(message.headers()) {
-            tracing::warn!(target: "prodbox::kafka", source = %Source(message), "directory is stale; pausing until it is fresh");
-            let fresh = async {
-                while self.filter.directory().is_stale() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            };
-            tokio::select! {
-                biased;
-                () = shutdown.as_mut() => return Some(Err(Done::Interrupted)),
-                () = fresh => {}
-            }
+        // (The rare waits are boxed: the future of every message stays small.)
+        if self.filter.directory().is_stale()
+            && self.filter.concerns_a_sandbox(message.headers())
+            && !Box::pin(self.until_fresh(message, shutdown)).await
+        {
+            return Some(Err(Done::Interrupted));
         }
         let context = match self.filter.decide(message.headers(), SystemTime::now()) {
             // Skips, half of a baseline's messages or more, are decided and done with here.
@@ -164,9 +158,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                 return None;
             }
             Verdict::DeadLetter(error) => {
-                if self
-                    .dead_letter(message, &error.to_string(), shutdown)
-                    .await
+                if Box::pin(self.dead_letter(message, &error.to_string(), shutdown)).await
                     == Done::Interrupted
                 {
                     return Some(Err(Done::Interrupted));
@@ -185,8 +177,12 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                     held.finish();
                     return None;
                 };
-                let at = (message.topic(), message.partition(), message.offset());
-                match self.cuts.decide(&sandbox, forking, at, shutdown).await {
+                let at = (self.topic(message), message.partition(), message.offset());
+                let cut = match self.cuts.decided(&sandbox, forking, at) {
+                    Some(cut) => cut,
+                    None => Box::pin(self.cuts.decide(&sandbox, forking, at, shutdown)).await,
+                };
+                match cut {
                     Cut::Handle => Some(context),
                     Cut::Skip => {
                         let reason = match self.filter.role() {
@@ -199,7 +195,9 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                         return None;
                     }
                     Cut::Unavailable(reason) => {
-                        if self.dead_letter(message, &reason, shutdown).await == Done::Interrupted {
+                        if Box::pin(self.dead_letter(message, &reason, shutdown)).await
+                            == Done::Interrupted
+                        {
                             return Some(Err(Done::Interrupted));
                         }
                         let detail = format!("{}: {reason}", Source(message));
@@ -218,18 +216,40 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             }
         };
         let sandbox = context.as_ref().and_then(SandboxContext::sandbox);
-        let permit = match sandbox {
-            Some(sandbox) => match self.admit(sandbox.key(), shutdown).await {
-                Some(permit) => permit,
-                None => return Some(Err(Done::Interrupted)),
+        let permit = match (&self.guardrails, sandbox) {
+            (Some(guardrails), Some(sandbox)) => match guardrails.admit(sandbox.key()) {
+                Ok(permit) => Some(permit),
+                Err(_) => match Box::pin(self.admit(sandbox.key(), shutdown)).await {
+                    Some(permit) => permit,
+                    None => return Some(Err(Done::Interrupted)),
+                },
             },
-            None => None,
+            _ => None,
         };
         Some(Ok(Ready {
             held,
             context,
             permit,
         }))
+    }
+
+    /// Waits until the directory is fresh: `false` when shutdown came first.
+    async fn until_fresh<S: Future<Output = ()>>(
+        &self,
+        message: &BorrowedMessage<'_>,
+        shutdown: &mut Pin<&mut S>,
+    ) -> bool {
+        tracing::warn!(target: "prodbox::kafka", source = %Source(message), "directory is stale; pausing until it is fresh");
+        let fresh = async {
+            while self.filter.directory().is_stale() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.as_mut() => false,
+            () = fresh => true,
+        }
     }
 
     /// Takes `sandbox`'s slot (waiting while it is throttled: its messages are delayed, never
