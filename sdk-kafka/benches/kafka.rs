@@ -302,6 +302,15 @@ impl Kind {
     ];
 }
 
+/// A baseline `SandboxConsumer` of `topic` in consumer group `group`.
+async fn baseline(topic: &str, group: &str, directory: &MemoryDirectory) -> SandboxConsumer {
+    SandboxConsumer::builder(client_config(), group, Role::baseline("billing"))
+        .directory(directory.clone())
+        .start(&[topic])
+        .await
+        .unwrap()
+}
+
 /// A new consumer group of `kind` reads all of `topic`; returns the time from the first
 /// message it was given to the last (the group join is not timed).
 async fn consume(
@@ -345,12 +354,7 @@ async fn consume(
             }
         }
         Kind::Runner => {
-            let consumer =
-                SandboxConsumer::builder(client_config(), group, Role::baseline("billing"))
-                    .directory(directory.clone())
-                    .start(&[topic])
-                    .await
-                    .unwrap();
+            let consumer = baseline(topic, group, directory).await;
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let run = tokio::spawn({
                 let progress = Arc::clone(&progress);
@@ -376,12 +380,7 @@ async fn consume(
             run.await.unwrap();
         }
         Kind::OwnLoop => {
-            let consumer =
-                SandboxConsumer::builder(client_config(), group, Role::baseline("billing"))
-                    .directory(directory.clone())
-                    .start(&[topic])
-                    .await
-                    .unwrap();
+            let consumer = baseline(topic, group, directory).await;
             let mut messages = consumer.stream();
             while let Some(delivery) = messages.next().await {
                 let delivery = delivery.unwrap();

@@ -168,53 +168,38 @@ impl<C: ClientContext + 'static, R: AsyncRuntime> SandboxProducer<FutureProducer
     }
 }
 
-impl<C: ProducerContext<Part>, Part: Partitioner> SandboxProducer<BaseProducer<C, Part>> {
-    /// [`BaseProducer::send`], with the current context.
-    #[allow(clippy::result_large_err)]
-    pub fn send<'a, K, P>(
-        &self,
-        mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
-    ) -> BaseSent<'a, K, P, C::DeliveryOpaque>
-    where
-        K: ToBytes + ?Sized,
-        P: ToBytes + ?Sized,
-    {
-        if let Err(error) = self.tag(&mut record.headers) {
-            return Err((error, record));
-        }
-        self.inner.send(record)
-    }
+/// `send` and `poll` of the producers that take a `BaseRecord`, which have the same signatures.
+macro_rules! base_record_producer {
+    ($producer:ident, $($bound:tt)*) => {
+        impl<C: ProducerContext<Part> $($bound)*, Part: Partitioner>
+            SandboxProducer<$producer<C, Part>>
+        {
+            #[doc = concat!("[`", stringify!($producer), "::send`], with the current context.")]
+            #[allow(clippy::result_large_err)]
+            pub fn send<'a, K, P>(
+                &self,
+                mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+            ) -> BaseSent<'a, K, P, C::DeliveryOpaque>
+            where
+                K: ToBytes + ?Sized,
+                P: ToBytes + ?Sized,
+            {
+                if let Err(error) = self.tag(&mut record.headers) {
+                    return Err((error, record));
+                }
+                self.inner.send(record)
+            }
 
-    /// [`BaseProducer::poll`].
-    pub fn poll<T: Into<Timeout>>(&self, timeout: T) {
-        self.inner.poll(timeout);
-    }
+            #[doc = concat!("[`", stringify!($producer), "::poll`].")]
+            pub fn poll<T: Into<Timeout>>(&self, timeout: T) {
+                self.inner.poll(timeout);
+            }
+        }
+    };
 }
 
-impl<C: ProducerContext<Part> + 'static, Part: Partitioner>
-    SandboxProducer<ThreadedProducer<C, Part>>
-{
-    /// [`ThreadedProducer::send`], with the current context.
-    #[allow(clippy::result_large_err)]
-    pub fn send<'a, K, P>(
-        &self,
-        mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
-    ) -> BaseSent<'a, K, P, C::DeliveryOpaque>
-    where
-        K: ToBytes + ?Sized,
-        P: ToBytes + ?Sized,
-    {
-        if let Err(error) = self.tag(&mut record.headers) {
-            return Err((error, record));
-        }
-        self.inner.send(record)
-    }
-
-    /// [`ThreadedProducer::poll`].
-    pub fn poll<T: Into<Timeout>>(&self, timeout: T) {
-        self.inner.poll(timeout);
-    }
-}
+base_record_producer!(BaseProducer,);
+base_record_producer!(ThreadedProducer, + 'static);
 
 /// What `BaseProducer::send` and `ThreadedProducer::send` return: an unsent record comes back.
 type BaseSent<'a, K, P, D> = Result<(), (KafkaError, BaseRecord<'a, K, P, D>)>;

@@ -41,6 +41,19 @@ async fn committed_at(group: &str, topic: &str) -> Option<i64> {
     committed(group, topic, 1).await.get(&0).copied()
 }
 
+/// The committed offset of partition 0 once it is `end`, or the last one seen within 10 s.
+async fn committed_once_at(group: &str, topic: &str, end: i64) -> Option<i64> {
+    let mut reached = None;
+    for _ in 0..50 {
+        reached = committed_at(group, topic).await;
+        if reached == Some(end) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    reached
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_commit_passes_a_delivery_not_done_whatever_finishes_first() {
     let topic = unique_topic("own-order");
@@ -86,14 +99,7 @@ async fn no_commit_passes_a_delivery_not_done_whatever_finishes_first() {
         landed[0].1
     );
     m0.done();
-    let mut reached = None;
-    for _ in 0..50 {
-        reached = committed_at(&group, &topic).await;
-        if reached == Some(end) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let reached = committed_once_at(&group, &topic, end).await;
     assert_eq!(reached, Some(end), "everything done: committed to the end");
 }
 
@@ -234,14 +240,7 @@ async fn a_delivery_given_up_is_dead_lettered_and_committed_past() {
         .await
     );
     let end = landed[0].1 + 1;
-    let mut reached = None;
-    for _ in 0..50 {
-        reached = committed_at(&group, &topic).await;
-        if reached == Some(end) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let reached = committed_once_at(&group, &topic, end).await;
     assert_eq!(reached, Some(end));
 }
 
@@ -252,23 +251,20 @@ async fn a_delivery_given_up_is_dead_lettered_and_committed_past() {
 async fn a_topic_created_after_start_is_read_within_seconds() {
     let topic = unique_topic("own-late");
     let log: Log = Arc::default();
-    let runner = SandboxConsumer::builder(
-        consumer_config(),
-        &format!("{topic}-run"),
-        Role::baseline("billing"),
-    )
-    .start(&[&topic])
-    .await
-    .unwrap();
-    let running = Running::spawn(runner, common::recorder(&log, "run"));
-    let own = SandboxConsumer::builder(
-        consumer_config(),
-        &format!("{topic}-own"),
-        Role::baseline("billing"),
-    )
-    .start(&[&topic])
-    .await
-    .unwrap();
+    let baseline = |group: String| {
+        let topic = topic.clone();
+        async move {
+            SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))
+                .start(&[&topic])
+                .await
+                .unwrap()
+        }
+    };
+    let running = Running::spawn(
+        baseline(format!("{topic}-run")).await,
+        common::recorder(&log, "run"),
+    );
+    let own = baseline(format!("{topic}-own")).await;
     let seen_by_own: Arc<Mutex<Option<Instant>>> = Arc::default();
     let own_loop = tokio::spawn({
         let seen = Arc::clone(&seen_by_own);

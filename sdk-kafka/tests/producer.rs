@@ -173,30 +173,12 @@ async fn with_a_scope_required_work_that_lost_its_context_cannot_send() {
             .any(|r| r.get("reason").map(String::as_str) == Some("kafka_no_scope"))
     );
     // In a scope, sandboxed or production, sends go.
-    async {
-        producer
-            .send(
-                FutureRecord::<str, str>::to(&topic).payload("in-sandbox"),
-                TIMEOUT,
-            )
-            .await
-            .map_err(|(error, _)| error)
-            .unwrap();
-    }
-    .in_sandbox(sandbox())
-    .await;
-    async {
-        producer
-            .send(
-                FutureRecord::<str, str>::to(&topic).payload("in-production"),
-                TIMEOUT,
-            )
-            .await
-            .map_err(|(error, _)| error)
-            .unwrap();
-    }
-    .in_production()
-    .await;
+    send_an_order(&producer, &topic, "in-sandbox")
+        .in_sandbox(sandbox())
+        .await;
+    send_an_order(&producer, &topic, "in-production")
+        .in_production()
+        .await;
     let records = read_topic(&topic, 1, 2, Duration::from_secs(10)).await;
     assert_eq!(records.len(), 2);
 }
