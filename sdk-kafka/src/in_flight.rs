@@ -1,11 +1,19 @@
 //! Which offset of each partition may be committed: every message taken from the consumer's
 //! stream is in flight until it is handled, skipped or dead-lettered, and a partition's stored
 //! offset never passes a message still in flight, whatever order messages finish in.
+//!
+//! Positions are given to rdkafka in batches ([`InFlight::due`]): every
+//! [`STORE_EVERY`] messages finished, whenever the consumer has no message ready, and before
+//! a rebalance. Storing each one (a lock on librdkafka's partition, shared with its fetcher)
+//! cost more than deciding the message; a crash redelivers at most that many more.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Messages finished between two batches of stored positions, at most.
+pub(crate) const STORE_EVERY: u64 = 64;
 
 /// The consumer's messages in flight, by partition: a short list, searched in order (a
 /// consumer holds a few partitions; hashing a topic name per message cost more than this).
@@ -20,6 +28,8 @@ struct Parts {
     /// Numbers each partition's tenure: a message taken before the partition was revoked is
     /// never stored by this consumer afterwards, even if the partition comes back.
     tenures: u64,
+    /// Messages finished.
+    finished: u64,
 }
 
 #[derive(Debug)]
@@ -31,8 +41,10 @@ struct Part {
     pending: VecDeque<i64>,
     /// The highest offset finished.
     finished: Option<i64>,
-    /// The position stored for commit (the next offset to read).
-    stored: Option<i64>,
+    /// The position (the next offset to read) the partition may be committed to.
+    decided: Option<i64>,
+    /// The position last given to rdkafka.
+    given: Option<i64>,
 }
 
 impl Parts {
@@ -47,17 +59,6 @@ impl Parts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ticket(u64);
 
-/// What finishing a message lets the consumer store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Store {
-    /// Nothing new: an earlier message is still in flight, or the partition was revoked.
-    Nothing,
-    /// The finished message's own offset (rdkafka stores the position after it).
-    Message,
-    /// This position (the next offset to read), when it is not the message's own.
-    Position(i64),
-}
-
 impl InFlight {
     fn lock(&self) -> std::sync::MutexGuard<'_, Parts> {
         self.parts
@@ -66,8 +67,8 @@ impl InFlight {
     }
 
     /// Takes the message at `offset`. A message taken again (the consumer was put back on
-    /// it) stays in flight once. Returns, besides the ticket, a position to store when one
-    /// already stored is past this message (two tasks took messages of the partition in
+    /// it) stays in flight once. Returns, besides the ticket, a position to store now when one
+    /// already decided is past this message (two tasks took messages of the partition in
     /// the other order): the position is put back on it.
     pub(crate) fn take(&self, topic: &str, partition: i32, offset: i64) -> (Ticket, Option<i64>) {
         let mut parts = self.lock();
@@ -82,7 +83,8 @@ impl InFlight {
                     tenure,
                     pending: VecDeque::new(),
                     finished: None,
-                    stored: None,
+                    decided: None,
+                    given: None,
                 });
                 let last = parts.list.len() - 1;
                 &mut parts.list[last]
@@ -98,23 +100,27 @@ impl InFlight {
             _ => part.pending.push_back(offset),
         }
         let back = part
-            .stored
-            .filter(|&stored| stored > offset)
+            .decided
+            .filter(|&decided| decided > offset)
             .map(|_| offset);
         if back.is_some() {
-            part.stored = Some(offset);
+            part.decided = back;
+            part.given = back;
         }
         (Ticket(part.tenure), back)
     }
 
-    /// Finishes the message at `offset`, taken with `ticket`.
-    pub(crate) fn finish(&self, topic: &str, partition: i32, offset: i64, ticket: Ticket) -> Store {
+    /// Finishes the message at `offset`, taken with `ticket`. Returns whether a batch of
+    /// positions is due ([`due`](Self::due)).
+    pub(crate) fn finish(&self, topic: &str, partition: i32, offset: i64, ticket: Ticket) -> bool {
         let mut parts = self.lock();
+        parts.finished += 1;
+        let due = parts.finished.is_multiple_of(STORE_EVERY);
         let Some(part) = parts
             .find(topic, partition)
             .filter(|part| part.tenure == ticket.0)
         else {
-            return Store::Nothing;
+            return due;
         };
         if part.pending.front() == Some(&offset) {
             part.pending.pop_front();
@@ -127,15 +133,29 @@ impl InFlight {
         part.finished = Some(finished);
         let position = part.pending.front().copied().unwrap_or(finished + 1);
         // A position at or below the message: an earlier one is still in flight.
-        if position <= offset || part.stored.is_some_and(|stored| stored >= position) {
-            return Store::Nothing;
+        if position > offset && part.decided.is_none_or(|decided| decided < position) {
+            part.decided = Some(position);
         }
-        part.stored = Some(position);
-        if position == offset + 1 {
-            Store::Message
-        } else {
-            Store::Position(position)
+        due
+    }
+
+    /// The positions decided since they were last given to rdkafka, marked given.
+    pub(crate) fn due(&self) -> Option<TopicPartitionList> {
+        let mut parts = self.lock();
+        let mut list: Option<TopicPartitionList> = None;
+        for part in &mut parts.list {
+            let Some(decided) = part.decided.filter(|&d| part.given != Some(d)) else {
+                continue;
+            };
+            let list = list.get_or_insert_with(TopicPartitionList::new);
+            if list
+                .add_partition_offset(&part.topic, part.partition, Offset::Offset(decided))
+                .is_ok()
+            {
+                part.given = Some(decided);
+            }
         }
+        list
     }
 
     /// Forgets `partitions`, revoked from this consumer: their messages still in flight are
@@ -163,14 +183,29 @@ impl InFlight {
 mod tests {
     use super::*;
 
+    /// The positions `due` gives, as `(partition, position)`.
+    fn due(in_flight: &InFlight) -> Vec<(i32, i64)> {
+        in_flight.due().map_or_else(Vec::new, |list| {
+            list.elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(position) => (e.partition(), position),
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        })
+    }
+
     #[test]
-    fn in_order_each_message_stores_itself() {
+    fn in_order_the_last_message_finished_decides() {
         let in_flight = InFlight::default();
         for offset in 0..3 {
             let (ticket, back) = in_flight.take("t", 0, offset);
             assert_eq!(back, None);
-            assert_eq!(in_flight.finish("t", 0, offset, ticket), Store::Message);
+            in_flight.finish("t", 0, offset, ticket);
         }
+        assert_eq!(due(&in_flight), [(0, 3)]);
+        assert_eq!(due(&in_flight), [], "given once");
         assert!(!in_flight.any("t", 0));
     }
 
@@ -180,12 +215,15 @@ mod tests {
         let (five, _) = in_flight.take("t", 0, 5);
         let (six, _) = in_flight.take("t", 0, 6);
         let (seven, _) = in_flight.take("t", 0, 7);
-        assert_eq!(in_flight.finish("t", 0, 6, six), Store::Nothing);
-        assert_eq!(in_flight.finish("t", 0, 5, five), Store::Position(7));
-        assert_eq!(in_flight.finish("t", 0, 7, seven), Store::Message);
+        in_flight.finish("t", 0, 6, six);
+        assert_eq!(due(&in_flight), []);
+        in_flight.finish("t", 0, 5, five);
+        assert_eq!(due(&in_flight), [(0, 7)]);
+        in_flight.finish("t", 0, 7, seven);
         // Other partitions are their own.
         let (other, _) = in_flight.take("t", 1, 9);
-        assert_eq!(in_flight.finish("t", 1, 9, other), Store::Message);
+        in_flight.finish("t", 1, 9, other);
+        assert_eq!(due(&in_flight), [(0, 8), (1, 10)]);
     }
 
     #[test]
@@ -194,18 +232,21 @@ mod tests {
         let (first, _) = in_flight.take("t", 0, 3);
         let (again, _) = in_flight.take("t", 0, 3);
         assert_eq!(first, again);
-        assert_eq!(in_flight.finish("t", 0, 3, again), Store::Message);
+        in_flight.finish("t", 0, 3, again);
+        assert_eq!(due(&in_flight), [(0, 4)]);
         assert!(!in_flight.any("t", 0));
     }
 
     #[test]
-    fn a_message_taken_below_the_stored_position_puts_it_back() {
+    fn a_message_taken_below_the_decided_position_puts_it_back() {
         let in_flight = InFlight::default();
         let (six, _) = in_flight.take("t", 0, 6);
-        assert_eq!(in_flight.finish("t", 0, 6, six), Store::Message);
+        in_flight.finish("t", 0, 6, six);
         let (five, back) = in_flight.take("t", 0, 5);
-        assert_eq!(back, Some(5));
-        assert_eq!(in_flight.finish("t", 0, 5, five), Store::Position(7));
+        assert_eq!(back, Some(5), "stored at once");
+        assert_eq!(due(&in_flight), []);
+        in_flight.finish("t", 0, 5, five);
+        assert_eq!(due(&in_flight), [(0, 7)]);
     }
 
     #[test]
@@ -218,7 +259,21 @@ mod tests {
         // The partition comes back, from the committed offset.
         let (new, _) = in_flight.take("t", 0, 5);
         assert_ne!(old, new);
-        assert_eq!(in_flight.finish("t", 0, 5, old), Store::Nothing);
-        assert_eq!(in_flight.finish("t", 0, 5, new), Store::Message);
+        in_flight.finish("t", 0, 5, old);
+        assert_eq!(due(&in_flight), []);
+        in_flight.finish("t", 0, 5, new);
+        assert_eq!(due(&in_flight), [(0, 6)]);
+    }
+
+    #[test]
+    fn a_batch_is_due_every_few_messages() {
+        let in_flight = InFlight::default();
+        let dues = (0..STORE_EVERY as i64 * 2)
+            .filter(|&offset| {
+                let (ticket, _) = in_flight.take("t", 0, offset);
+                in_flight.finish("t", 0, offset, ticket)
+            })
+            .count();
+        assert_eq!(dues, 2);
     }
 }

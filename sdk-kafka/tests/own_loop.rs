@@ -24,7 +24,7 @@ use prodbox_testkit::directory::Switchable;
 use prodbox_testkit::kafka::{create_topic, read_topic, unique_topic};
 use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{ConsumerContext, Rebalance};
+use rdkafka::consumer::{CommitMode, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 
@@ -99,6 +99,9 @@ async fn no_commit_passes_a_delivery_not_done_whatever_finishes_first() {
         landed[0].1
     );
     m0.done();
+    // The loop goes on (and waits, with nothing left to read): what is done reaches rdkafka.
+    let idle = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await;
+    assert!(idle.is_err(), "nothing more to read");
     let reached = committed_once_at(&group, &topic, end).await;
     assert_eq!(reached, Some(end), "everything done: committed to the end");
 }
@@ -239,6 +242,8 @@ async fn a_delivery_given_up_is_dead_lettered_and_committed_past() {
         })
         .await
     );
+    // The loop stops: it commits what is done.
+    consumer.commit(CommitMode::Sync).unwrap();
     let end = landed[0].1 + 1;
     let reached = committed_once_at(&group, &topic, end).await;
     assert_eq!(reached, Some(end));

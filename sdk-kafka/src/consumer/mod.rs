@@ -148,6 +148,7 @@
 //! makes the consumer leave its group and rejoin: the held message comes again.
 
 use std::fmt::Display;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -156,8 +157,9 @@ use prodbox_core::directory::{Directory, MemoryDirectory};
 use prodbox_core::plumbing::metrics::KafkaOutcome;
 use prodbox_core::{Guardrails, SandboxKey};
 use rdkafka::consumer::{
-    Consumer, ConsumerContext, DefaultConsumerContext, Rebalance, StreamConsumer,
+    CommitMode, Consumer, ConsumerContext, DefaultConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -167,7 +169,7 @@ pub use crate::context::Rebalances;
 use crate::cut::Cuts;
 pub use crate::error::ConsumerError;
 use crate::filter::{Filter, Role};
-use crate::in_flight::{InFlight, Store, Ticket};
+use crate::in_flight::{InFlight, Ticket};
 use crate::tally::Tally;
 pub use delivery::Delivery;
 
@@ -372,6 +374,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumerBuilder<C> {
                 [topic] if !topic.starts_with('^') => Some((*topic).into()),
                 _ => None,
             },
+            waiting: AtomicUsize::new(0),
             production: {
                 // Messages are handled in contexts of their own, not the consumer task's.
                 let _empty = opentelemetry::Context::new().attach();
@@ -402,6 +405,15 @@ pub struct SandboxConsumer<C: ConsumerContext + 'static = DefaultConsumerContext
     /// The context production's messages are handled in.
     production: opentelemetry::Context,
     tally: Tally,
+    /// Loops waiting for a message now (see `finish`).
+    waiting: AtomicUsize,
+}
+
+/// What is done with reaches rdkafka before the consumer closes (and commits).
+impl<C: ConsumerContext + 'static> Drop for SandboxConsumer<C> {
+    fn drop(&mut self) {
+        self.store_due();
+    }
 }
 
 impl<C: ConsumerContext + 'static> std::fmt::Debug for SandboxConsumer<C> {
@@ -477,21 +489,38 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         }
     }
 
-    /// Marks `message`, taken with `ticket`, done with: stores the offset its partition may
-    /// now be committed to.
+    /// Marks `message`, taken with `ticket`, done with: its partition may be committed past it
+    /// once every earlier message is done with too.
     fn finish(&self, message: &BorrowedMessage<'_>, ticket: Ticket) {
         let (topic, partition) = (self.topic(message), message.partition());
-        let stored = match self
+        let due = self
             .in_flight
-            .finish(topic, partition, message.offset(), ticket)
+            .finish(topic, partition, message.offset(), ticket);
+        // While a loop waits for messages, nothing else would give this one to rdkafka.
+        if due || self.waiting.load(Ordering::SeqCst) > 0 {
+            self.store_due();
+        }
+    }
+
+    /// Gives rdkafka the positions decided since the last time, for its next commit.
+    fn store_due(&self) {
+        if let Some(list) = self.in_flight.due()
+            && let Err(error) = self.consumer.store_offsets(&list)
         {
-            Store::Nothing => Ok(()),
-            Store::Message => self.consumer.store_offset_from_message(message),
-            Store::Position(position) => self.store_position(topic, partition, position),
-        };
-        if let Err(error) = stored {
-            // The partition moved to another member meanwhile: it re-delivers the message.
-            tracing::warn!(target: "prodbox::kafka", %error, source = %Source(message), "offset not stored");
+            // A partition moved to another member meanwhile: it re-delivers its messages.
+            tracing::warn!(target: "prodbox::kafka", %error, "offsets not stored");
+        }
+    }
+
+    /// Commits every message done with (and every one skipped or dead-lettered), in `mode`.
+    /// Call it when a loop of your own stops; rdkafka commits in the background meanwhile
+    /// (`auto.commit.interval.ms`), and once more when the consumer is dropped.
+    pub fn commit(&self, mode: CommitMode) -> Result<(), ConsumerError> {
+        self.store_due();
+        match self.consumer.commit_consumer_state(mode) {
+            Ok(())
+            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(error) => Err(error.into()),
         }
     }
 

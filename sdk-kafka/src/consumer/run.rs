@@ -8,8 +8,7 @@ use std::pin::Pin;
 use prodbox_core::audit::Decision;
 use prodbox_core::plumbing::metrics::KafkaOutcome;
 use prodbox_core::{FutureExt, SandboxContext};
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{CommitMode, ConsumerContext};
 use rdkafka::message::OwnedMessage;
 
 use super::step::{Next, Ready};
@@ -35,12 +34,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     {
         self.may_consume()?;
         let consumed = self.consume(handler, shutdown).await;
-        let committed = match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(())
-            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
-            Err(error) => Err(error.into()),
-        };
-        consumed.and(committed)
+        consumed.and(self.commit(CommitMode::Sync))
     }
 
     /// The loop of [`run`](Self::run), without its final commit.
@@ -143,6 +137,8 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                         held.finish();
                         return Done::Completed;
                     }
+                    // Before the wait, what is done with goes to rdkafka (see `in_flight`).
+                    self.store_due();
                     if !pause(wait, shutdown).await {
                         return Done::Interrupted;
                     }

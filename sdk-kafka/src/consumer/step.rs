@@ -5,9 +5,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use prodbox_core::audit::Decision;
 use prodbox_core::guardrails::Permit;
 use prodbox_core::plumbing::metrics::KafkaOutcome;
@@ -85,6 +86,22 @@ impl<C: ConsumerContext + 'static> Drop for Held<'_, C> {
     }
 }
 
+/// A loop waiting for messages, counted while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Self(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// Takes messages from `messages` until one this consumer handles, doing with every other
     /// one what its verdict says.
@@ -94,10 +111,23 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         shutdown: &mut Pin<&mut S>,
     ) -> Next<'a, C> {
         loop {
-            let message = tokio::select! {
-                biased;
-                () = shutdown.as_mut() => return Next::Stopped,
-                message = messages.next() => message,
+            // A message ready is taken without a wait; before waiting, what is done with is
+            // given to rdkafka (see `in_flight`).
+            if shutdown.as_mut().now_or_never().is_some() {
+                return Next::Stopped;
+            }
+            let message = match messages.next().now_or_never() {
+                Some(message) => message,
+                None => {
+                    // Counted first: a message finished from now on is stored by `finish`.
+                    let _waiting = Waiting::enter(&self.waiting);
+                    self.store_due();
+                    tokio::select! {
+                        biased;
+                        () = shutdown.as_mut() => return Next::Stopped,
+                        message = messages.next() => message,
+                    }
+                }
             };
             let message = match message {
                 Some(Ok(message)) => message,
@@ -180,7 +210,10 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                 let at = (self.topic(message), message.partition(), message.offset());
                 let cut = match self.cuts.decided(&sandbox, forking, at) {
                     Some(cut) => cut,
-                    None => Box::pin(self.cuts.decide(&sandbox, forking, at, shutdown)).await,
+                    None => {
+                        self.store_due();
+                        Box::pin(self.cuts.decide(&sandbox, forking, at, shutdown)).await
+                    }
                 };
                 match cut {
                     Cut::Handle => Some(context),
@@ -240,6 +273,8 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         shutdown: &mut Pin<&mut S>,
     ) -> bool {
         tracing::warn!(target: "prodbox::kafka", source = %Source(message), "directory is stale; pausing until it is fresh");
+        // Before any wait, what is done with goes to rdkafka (see `in_flight`).
+        self.store_due();
         let fresh = async {
             while self.filter.directory().is_stale() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -262,6 +297,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         let Some(guardrails) = &self.guardrails else {
             return Some(None);
         };
+        self.store_due();
         loop {
             match guardrails.admit(sandbox) {
                 Ok(permit) => return Some(Some(permit)),
@@ -288,6 +324,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         reason: &str,
         shutdown: &mut Pin<&mut S>,
     ) -> Done {
+        self.store_due();
         let source = Source(message).to_string();
         // The original headers, when rdkafka can read them (see `filter::readable`).
         let original = message.headers().and_then(|original| {

@@ -186,7 +186,7 @@ impl Running {
         E: std::fmt::Display + Send + 'static,
     {
         use futures_util::StreamExt;
-        use rdkafka::consumer::{CommitMode, Consumer};
+        use rdkafka::consumer::CommitMode;
 
         let consumer = consumer.into();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -213,13 +213,7 @@ impl Running {
                     }
                 })
                 .await;
-            match consumer.consumer().commit_consumer_state(CommitMode::Sync) {
-                Ok(())
-                | Err(rdkafka::error::KafkaError::ConsumerCommit(
-                    rdkafka::types::RDKafkaErrorCode::NoOffset,
-                )) => {}
-                Err(error) => panic!("final commit failed: {error}"),
-            }
+            consumer.commit(CommitMode::Sync).expect("final commit");
         });
         Self {
             stop: Some(stop),
