@@ -387,7 +387,8 @@ where
 pub type EgressBody<B> = Either<B, Full<Bytes>>;
 
 /// The decision for a call to `host`/`port` in the current task, with its sandbox: what the
-/// layer, the reqwest middleware, the redirect policy and the connectors all ask.
+/// reqwest middleware, the redirect policy and the connectors all ask.
+#[cfg(any(feature = "reqwest", feature = "connector"))]
 pub(crate) fn decide(
     policy: &EgressPolicy,
     directory: Option<&dyn Directory>,
@@ -417,10 +418,12 @@ pub(crate) const STUB_URI: Why = Why(
     "egress_stub_address",
     "its stub's address makes no URI with the request's path",
 );
+#[cfg(any(feature = "reqwest", feature = "connector"))]
 pub(crate) const GUARDED_CLIENT: Why = Why(
     "egress_guarded_client",
     "a guarded client reaches only third parties declared external for sandboxes",
 );
+#[cfg(feature = "reqwest")]
 pub(crate) const REDIRECT: Why = Why(
     "egress_redirect",
     "a redirect of a sandboxed request may lead only from our services to our services, or from a third party to a third party",
@@ -442,6 +445,7 @@ pub(crate) fn refuse(sandbox: &Sandbox, destination: String, why: Why) -> Egress
 /// declared external, and only when no sandbox can have a stub of its own for it (no
 /// directory): any other connection, production's included, could carry a sandboxed call past
 /// the connector, so it serves one request.
+#[cfg(feature = "connector")]
 pub(crate) fn pooled(
     policy: &EgressPolicy,
     directory: bool,
