@@ -18,12 +18,19 @@ pub mod metrics {
 
 /// The codec's scans that prodbox's Kafka filter and egress need beside extraction.
 pub mod codec {
+    pub use crate::codec::Reads;
     use crate::codec::{Carrier, CarrierMut, Codec, ForeignMembers};
 
     /// The bytes that alone decide what `codec` extracts from `carrier`, when it remembers
     /// headers: the only `baggage` header, with no legacy carrier beside it.
     pub fn memo_key<'c, C: Carrier + ?Sized>(codec: &Codec, carrier: &'c C) -> Option<&'c [u8]> {
         codec.memo_key(carrier)
+    }
+
+    /// What `codec` has to read in `carrier` (nothing, only a header it can remember, or
+    /// more), found in one pass.
+    pub fn reads<'c, C: Carrier + ?Sized>(codec: &Codec, carrier: &'c C) -> Reads<'c> {
+        codec.reads(carrier)
     }
 
     /// Whether any carrier mentions something of ours, parseable or not.

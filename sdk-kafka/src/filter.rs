@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use prodbox_core::codec::{BaggageError, Codec};
 use prodbox_core::directory::{Directory, Standing};
-use prodbox_core::plumbing::codec;
+use prodbox_core::plumbing::codec::{self, Reads};
 use prodbox_core::{SandboxContext, SandboxKey};
 use rdkafka::message::Headers;
 
@@ -138,9 +138,20 @@ impl Filter {
                 Role::Sandbox { .. } => skip("malformed_left_to_baseline", None),
             };
         }
+        let header = match codec::reads(&self.codec, &snapshot) {
+            // No context of anybody's: decided without the codec or the memory.
+            Reads::Nothing => {
+                return match &self.role {
+                    Role::Baseline { .. } => Verdict::Process(None),
+                    Role::Sandbox { .. } => skip("untagged", None),
+                };
+            }
+            Reads::Remembered(header) => Some(header),
+            Reads::Other { .. } => None,
+        };
         // Read before the lookups it covers: a change in between only makes the remembered
         // decision unusable, never wrong.
-        let remembering = codec::memo_key(&self.codec, &snapshot).zip(self.directory.generation());
+        let remembering = header.zip(self.directory.generation());
         let miss = match remembering {
             Some((header, generation)) => {
                 match verdict_memory::recall(self.id, generation, header, now) {

@@ -53,6 +53,27 @@ pub(crate) mod interned;
 mod member;
 mod memo;
 mod names;
+/// What [`Codec::extract`] has to read in a carrier (plumbing for prodbox's Kafka filter:
+/// `prodbox_core::plumbing::codec::reads`).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads<'c> {
+    /// No `baggage` header and no legacy carrier: nothing of anybody's context.
+    Nothing,
+    /// Only this `baggage` header, short enough for the codec's memory of headers (when the
+    /// codec remembers headers): the bytes that alone decide what `extract` makes of the
+    /// carrier. A caller that remembers something derived from a successful extraction keys
+    /// it by them (and by this codec's configuration); they do not cover
+    /// [`Codec::mentions_ours`], which reads every header name.
+    Remembered(&'c [u8]),
+    /// Anything else: several `baggage` headers, a long one, a legacy carrier (`legacy`), or
+    /// a codec that remembers nothing.
+    Other {
+        /// Whether a legacy carrier is present.
+        legacy: bool,
+    },
+}
+
 #[cfg(test)]
 mod reference;
 mod scan;
@@ -175,25 +196,45 @@ impl Codec {
     /// Reads the sandbox context from every carrier of one message.
     pub fn extract<C: Carrier + ?Sized>(&self, carrier: &C) -> Result<Extracted, BaggageError> {
         let cfg = &*self.config;
+        let (memo_key, has_legacy) = match self.reads(carrier) {
+            // The other common message: nothing to read at all.
+            Reads::Nothing => return Ok(Extracted::nothing()),
+            Reads::Remembered(header) => (Some(header), false),
+            Reads::Other { legacy } => (None, legacy),
+        };
         // The common message: one `baggage` header, often the same as the last one.
-        let memo_key = self.memo_key(carrier);
         let miss = match memo_key.map(|header| memo::get(cfg.id, header)) {
             Some(Ok(hit)) => return Ok(hit),
             Some(Err(miss)) => Some(miss),
             None => None,
         };
-        let has_legacy = memo_key.is_none()
-            && cfg.legacy_carriers
-            && carrier.names().any(|n| legacy_key(n).is_some());
-        // The other common message: nothing to read at all.
-        if memo_key.is_none() && !has_legacy && carrier.get_all(BAGGAGE).next().is_none() {
-            return Ok(Extracted::nothing());
-        }
         let extracted = self.parse(carrier.get_all(BAGGAGE), carrier, has_legacy)?;
         if let (Some(miss), Some(header)) = (miss, memo_key) {
             memo::put(miss, cfg.id, header, &extracted);
         }
         Ok(extracted)
+    }
+
+    /// What [`extract`](Self::extract) has to read in `carrier`, found in one pass over its
+    /// `baggage` values and one over its names.
+    pub(crate) fn reads<'c, C: Carrier + ?Sized>(&self, carrier: &'c C) -> Reads<'c> {
+        let cfg = &*self.config;
+        let mut values = carrier.get_all(BAGGAGE);
+        let first = values.next();
+        let more = first.is_some() && values.next().is_some();
+        let legacy = cfg.legacy_carriers && carrier.names().any(|n| legacy_key(n).is_some());
+        match first {
+            None if !legacy => Reads::Nothing,
+            Some(header)
+                if !legacy
+                    && !more
+                    && cfg.remember_headers
+                    && header.len() <= memo::MAX_HEADER_BYTES =>
+            {
+                Reads::Remembered(header)
+            }
+            _ => Reads::Other { legacy },
+        }
     }
 
     /// The bytes that alone decide what [`extract`](Self::extract) makes of `carrier`, when this
@@ -203,19 +244,10 @@ impl Codec {
     /// configuration); they do not cover [`mentions_ours`](Self::mentions_ours), which reads
     /// every header name.
     pub(crate) fn memo_key<'c, C: Carrier + ?Sized>(&self, carrier: &'c C) -> Option<&'c [u8]> {
-        let cfg = &*self.config;
-        if !cfg.remember_headers {
-            return None;
+        match self.reads(carrier) {
+            Reads::Remembered(header) => Some(header),
+            Reads::Nothing | Reads::Other { .. } => None,
         }
-        let mut values = carrier.get_all(BAGGAGE);
-        let header = values.next()?;
-        if values.next().is_some()
-            || header.len() > memo::MAX_HEADER_BYTES
-            || (cfg.legacy_carriers && carrier.names().any(|n| legacy_key(n).is_some()))
-        {
-            return None;
-        }
-        Some(header)
     }
 
     /// Whether `key` names one of our members or aliases (stripped at an untrusted edge).
