@@ -91,11 +91,11 @@ impl<C: ConsumerContext> ConsumerContext for Rebalances<C> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.forget.all();
         // What is done with reaches rdkafka before it commits for the revoked partitions.
-        if let Some(list) = self.in_flight.due()
-            && let Err(error) = consumer.store_offsets(&list)
-        {
-            tracing::warn!(target: "prodbox::kafka", %error, "offsets not stored before a rebalance");
-        }
+        self.in_flight.store_due(|list| {
+            if let Err(error) = consumer.store_offsets(list) {
+                tracing::warn!(target: "prodbox::kafka", %error, "offsets not stored before a rebalance");
+            }
+        });
         if let Rebalance::Revoke(partitions) = rebalance {
             self.in_flight.revoke(partitions);
         }

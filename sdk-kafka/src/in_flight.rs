@@ -2,7 +2,7 @@
 //! stream is in flight until it is handled, skipped or dead-lettered, and a partition's stored
 //! offset never passes a message still in flight, whatever order messages finish in.
 //!
-//! Positions are given to rdkafka in batches ([`InFlight::due`]): every
+//! Positions are given to rdkafka in batches ([`InFlight::store_due`]): every
 //! [`STORE_EVERY`] messages finished, whenever the consumer has no message ready, and before
 //! a rebalance. Storing each one (a lock on librdkafka's partition, shared with its fetcher)
 //! cost more than deciding the message; a crash redelivers at most that many more.
@@ -67,10 +67,16 @@ impl InFlight {
     }
 
     /// Takes the message at `offset`. A message taken again (the consumer was put back on
-    /// it) stays in flight once. Returns, besides the ticket, a position to store now when one
-    /// already decided is past this message (two tasks took messages of the partition in
-    /// the other order): the position is put back on it.
-    pub(crate) fn take(&self, topic: &str, partition: i32, offset: i64) -> (Ticket, Option<i64>) {
+    /// it) stays in flight once. When a position already decided is past this message (two
+    /// tasks took messages of the partition in the other order), the position is put back on
+    /// it at once, through `store`, under the lock that orders every store.
+    pub(crate) fn take(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        store: impl FnOnce(&TopicPartitionList),
+    ) -> Ticket {
         let mut parts = self.lock();
         let part = match parts.find(topic, partition) {
             Some(part) => part,
@@ -99,19 +105,23 @@ impl InFlight {
             }
             _ => part.pending.push_back(offset),
         }
-        let back = part
-            .decided
-            .filter(|&decided| decided > offset)
-            .map(|_| offset);
-        if back.is_some() {
-            part.decided = back;
-            part.given = back;
+        let ticket = Ticket(part.tenure);
+        if part.decided.is_some_and(|decided| decided > offset) {
+            part.decided = Some(offset);
+            part.given = Some(offset);
+            let mut list = TopicPartitionList::new();
+            if list
+                .add_partition_offset(topic, partition, Offset::Offset(offset))
+                .is_ok()
+            {
+                store(&list);
+            }
         }
-        (Ticket(part.tenure), back)
+        ticket
     }
 
     /// Finishes the message at `offset`, taken with `ticket`. Returns whether a batch of
-    /// positions is due ([`due`](Self::due)).
+    /// positions is due ([`store_due`](Self::store_due)).
     pub(crate) fn finish(&self, topic: &str, partition: i32, offset: i64, ticket: Ticket) -> bool {
         let mut parts = self.lock();
         parts.finished += 1;
@@ -131,7 +141,12 @@ impl InFlight {
             .finished
             .map_or(offset, |finished| finished.max(offset));
         part.finished = Some(finished);
-        let position = part.pending.front().copied().unwrap_or(finished + 1);
+        // (No broker gives the offset `i64::MAX`; should one, nothing past it is stored.)
+        let position = part
+            .pending
+            .front()
+            .copied()
+            .unwrap_or(finished.saturating_add(1));
         // A position at or below the message: an earlier one is still in flight.
         if position > offset && part.decided.is_none_or(|decided| decided < position) {
             part.decided = Some(position);
@@ -139,8 +154,9 @@ impl InFlight {
         due
     }
 
-    /// The positions decided since they were last given to rdkafka, marked given.
-    pub(crate) fn due(&self) -> Option<TopicPartitionList> {
+    /// Gives `store` the positions decided since they were last given, marked given. It runs
+    /// under the lock, so that stores reach rdkafka in the order they were decided.
+    pub(crate) fn store_due(&self, store: impl FnOnce(&TopicPartitionList)) {
         let mut parts = self.lock();
         let mut list: Option<TopicPartitionList> = None;
         for part in &mut parts.list {
@@ -155,7 +171,17 @@ impl InFlight {
                 part.given = Some(decided);
             }
         }
-        list
+        if let Some(list) = &list {
+            store(list);
+        }
+    }
+
+    /// Whether `topic`/`partition` is still held in the tenure `ticket` was taken in (not
+    /// revoked since).
+    pub(crate) fn holds(&self, topic: &str, partition: i32, ticket: Ticket) -> bool {
+        self.lock()
+            .find(topic, partition)
+            .is_some_and(|part| part.tenure == ticket.0)
     }
 
     /// Forgets `partitions`, revoked from this consumer: their messages still in flight are
@@ -183,24 +209,38 @@ impl InFlight {
 mod tests {
     use super::*;
 
-    /// The positions `due` gives, as `(partition, position)`.
+    /// A list's positions, as `(partition, position)`.
+    fn positions(list: &TopicPartitionList) -> Vec<(i32, i64)> {
+        list.elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(position) => (e.partition(), position),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// The positions `store_due` gives.
     fn due(in_flight: &InFlight) -> Vec<(i32, i64)> {
-        in_flight.due().map_or_else(Vec::new, |list| {
-            list.elements()
-                .iter()
-                .map(|e| match e.offset() {
-                    Offset::Offset(position) => (e.partition(), position),
-                    other => panic!("{other:?}"),
-                })
-                .collect()
-        })
+        let mut due = Vec::new();
+        in_flight.store_due(|list| due = positions(list));
+        due
+    }
+
+    /// Takes a message of `t`; returns the position stored at once, if any.
+    fn take(in_flight: &InFlight, partition: i32, offset: i64) -> (Ticket, Option<i64>) {
+        let mut back = None;
+        let ticket = in_flight.take("t", partition, offset, |list| {
+            back = positions(list).first().map(|(_, position)| *position);
+        });
+        (ticket, back)
     }
 
     #[test]
     fn in_order_the_last_message_finished_decides() {
         let in_flight = InFlight::default();
         for offset in 0..3 {
-            let (ticket, back) = in_flight.take("t", 0, offset);
+            let (ticket, back) = take(&in_flight, 0, offset);
             assert_eq!(back, None);
             in_flight.finish("t", 0, offset, ticket);
         }
@@ -212,16 +252,16 @@ mod tests {
     #[test]
     fn a_later_message_finished_first_is_not_committed_past_an_earlier_one() {
         let in_flight = InFlight::default();
-        let (five, _) = in_flight.take("t", 0, 5);
-        let (six, _) = in_flight.take("t", 0, 6);
-        let (seven, _) = in_flight.take("t", 0, 7);
+        let (five, _) = take(&in_flight, 0, 5);
+        let (six, _) = take(&in_flight, 0, 6);
+        let (seven, _) = take(&in_flight, 0, 7);
         in_flight.finish("t", 0, 6, six);
         assert_eq!(due(&in_flight), []);
         in_flight.finish("t", 0, 5, five);
         assert_eq!(due(&in_flight), [(0, 7)]);
         in_flight.finish("t", 0, 7, seven);
         // Other partitions are their own.
-        let (other, _) = in_flight.take("t", 1, 9);
+        let (other, _) = take(&in_flight, 1, 9);
         in_flight.finish("t", 1, 9, other);
         assert_eq!(due(&in_flight), [(0, 8), (1, 10)]);
     }
@@ -229,8 +269,8 @@ mod tests {
     #[test]
     fn a_message_taken_again_is_in_flight_once() {
         let in_flight = InFlight::default();
-        let (first, _) = in_flight.take("t", 0, 3);
-        let (again, _) = in_flight.take("t", 0, 3);
+        let (first, _) = take(&in_flight, 0, 3);
+        let (again, _) = take(&in_flight, 0, 3);
         assert_eq!(first, again);
         in_flight.finish("t", 0, 3, again);
         assert_eq!(due(&in_flight), [(0, 4)]);
@@ -240,9 +280,9 @@ mod tests {
     #[test]
     fn a_message_taken_below_the_decided_position_puts_it_back() {
         let in_flight = InFlight::default();
-        let (six, _) = in_flight.take("t", 0, 6);
+        let (six, _) = take(&in_flight, 0, 6);
         in_flight.finish("t", 0, 6, six);
-        let (five, back) = in_flight.take("t", 0, 5);
+        let (five, back) = take(&in_flight, 0, 5);
         assert_eq!(back, Some(5), "stored at once");
         assert_eq!(due(&in_flight), []);
         in_flight.finish("t", 0, 5, five);
@@ -252,12 +292,12 @@ mod tests {
     #[test]
     fn nothing_taken_before_a_revocation_is_stored_after_it() {
         let in_flight = InFlight::default();
-        let (old, _) = in_flight.take("t", 0, 5);
+        let (old, _) = take(&in_flight, 0, 5);
         let mut revoked = TopicPartitionList::new();
         revoked.add_partition("t", 0);
         in_flight.revoke(&revoked);
         // The partition comes back, from the committed offset.
-        let (new, _) = in_flight.take("t", 0, 5);
+        let (new, _) = take(&in_flight, 0, 5);
         assert_ne!(old, new);
         in_flight.finish("t", 0, 5, old);
         assert_eq!(due(&in_flight), []);
@@ -266,11 +306,19 @@ mod tests {
     }
 
     #[test]
+    fn the_last_offset_there_is_does_not_overflow() {
+        let in_flight = InFlight::default();
+        let (ticket, _) = take(&in_flight, 0, i64::MAX);
+        in_flight.finish("t", 0, i64::MAX, ticket);
+        assert_eq!(due(&in_flight), [], "nothing past it is stored");
+    }
+
+    #[test]
     fn a_batch_is_due_every_few_messages() {
         let in_flight = InFlight::default();
         let dues = (0..STORE_EVERY as i64 * 2)
             .filter(|&offset| {
-                let (ticket, _) = in_flight.take("t", 0, offset);
+                let (ticket, _) = take(&in_flight, 0, offset);
                 in_flight.finish("t", 0, offset, ticket)
             })
             .count();

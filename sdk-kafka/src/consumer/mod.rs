@@ -504,12 +504,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
 
     /// Gives rdkafka the positions decided since the last time, for its next commit.
     fn store_due(&self) {
-        if let Some(list) = self.in_flight.due()
-            && let Err(error) = self.consumer.store_offsets(&list)
-        {
-            // A partition moved to another member meanwhile: it re-delivers its messages.
-            tracing::warn!(target: "prodbox::kafka", %error, "offsets not stored");
-        }
+        self.in_flight.store_due(|list| self.store(list));
     }
 
     /// Commits every message done with (and every one skipped or dead-lettered), in `mode`.
@@ -524,23 +519,21 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         }
     }
 
-    /// Stores `position` (the next offset to read) for `topic`/`partition`.
-    fn store_position(
-        &self,
-        topic: &str,
-        partition: i32,
-        position: i64,
-    ) -> rdkafka::error::KafkaResult<()> {
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(topic, partition, Offset::Offset(position))?;
-        self.consumer.store_offsets(&list)
+    /// Gives rdkafka `list`'s positions (the next offsets to read).
+    fn store(&self, list: &TopicPartitionList) {
+        if let Err(error) = self.consumer.store_offsets(list) {
+            // A partition moved to another member meanwhile: it re-delivers its messages.
+            tracing::warn!(target: "prodbox::kafka", %error, "offsets not stored");
+        }
     }
 
-    /// Puts this consumer's position on `message`'s partition back to `message`, which it
-    /// leaves unhandled (and in flight, so never committed past): it comes again. Should
-    /// rdkafka refuse, this consumer refuses to consume again instead, as its position is
-    /// past the message.
-    fn rewind_to(&self, message: &BorrowedMessage<'_>) {
+    /// Puts this consumer's position on `message`'s partition back to `message`, taken with
+    /// `ticket`, which it leaves unhandled (and in flight, so never committed past): it comes
+    /// again. Should rdkafka refuse while the partition is still this consumer's, this
+    /// consumer refuses to consume again instead, as its position is past the message. A
+    /// partition revoked since needs no rewind: its next owner starts from the committed
+    /// offset, which is not past the message.
+    fn rewind_to(&self, message: &BorrowedMessage<'_>, ticket: Ticket) {
         let offset = Offset::Offset(message.offset());
         let Err(error) =
             self.consumer
@@ -548,6 +541,13 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         else {
             return;
         };
+        if !self
+            .in_flight
+            .holds(self.topic(message), message.partition(), ticket)
+        {
+            tracing::debug!(target: "prodbox::kafka", %error, source = %Source(message), "no rewind: the partition was revoked meanwhile");
+            return;
+        }
         tracing::warn!(target: "prodbox::kafka", %error, source = %Source(message), "could not rewind to an unhandled message; this consumer will not consume again");
         let _ = self.stopped_holding.set(Source(message).to_string());
     }

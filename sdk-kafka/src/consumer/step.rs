@@ -81,7 +81,7 @@ impl<'a, C: ConsumerContext + 'static> Held<'a, C> {
 impl<C: ConsumerContext + 'static> Drop for Held<'_, C> {
     fn drop(&mut self) {
         if let Some(message) = &self.message {
-            self.consumer.rewind_to(message);
+            self.consumer.rewind_to(message, self.ticket);
         }
     }
 }
@@ -134,15 +134,12 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                 Some(Err(error)) => return Next::Error(error),
                 None => return Next::Ended,
             };
-            let topic = self.topic(&message);
-            let (ticket, back) = self
-                .in_flight
-                .take(topic, message.partition(), message.offset());
-            if let Some(position) = back
-                && let Err(error) = self.store_position(topic, message.partition(), position)
-            {
-                tracing::warn!(target: "prodbox::kafka", %error, source = %Source(&message), "stored offset not put back");
-            }
+            let ticket = self.in_flight.take(
+                self.topic(&message),
+                message.partition(),
+                message.offset(),
+                |list| self.store(list),
+            );
             let held = Held {
                 consumer: self,
                 message: Some(message),

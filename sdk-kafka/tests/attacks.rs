@@ -1,0 +1,424 @@
+//! Attacks from a hostile review of the own loop, in-flight tracking, rebalances and the
+//! producer, kept as tests: each was tried and refused.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use common::{Out, committed, consumer_config, produce, unbatched_producer};
+use prodbox_core::directory::MemoryDirectory;
+use prodbox_core::{FutureExt, Sandbox, SandboxKey};
+use prodbox_kafka::{Filter, Role, SandboxConsumer, Verdict, inject_headers};
+use prodbox_testkit::kafka::{create_topic, unique_topic};
+use rdkafka::consumer::{ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+fn key(s: &str) -> SandboxKey {
+    s.parse().unwrap()
+}
+
+/// Records every offset rdkafka commits for partition 0.
+#[derive(Clone, Default)]
+struct Commits(Arc<Mutex<Vec<i64>>>);
+impl ClientContext for Commits {}
+impl ConsumerContext for Commits {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if result.is_ok() {
+            for e in offsets.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    self.0.lock().unwrap().push(o);
+                }
+            }
+        }
+    }
+}
+
+/// Attack 1: two tasks call `recv` concurrently; offset 0 is held undone for the whole test;
+/// a second group member joins, and during A's revoke the *other* task keeps taking messages.
+/// Those are taken after `in_flight.revoke` forgot offset 0, into a fresh tenure, so their
+/// `done` stores offsets past 0, which librdkafka commits on unassign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoke_window_commits_past_an_undone_delivery() {
+    let topic = unique_topic("atk-revoke");
+    create_topic(&topic, 1).await;
+    let group = format!("{topic}-g");
+    let records: Vec<Out> = (0..400).map(|i| Out::new(format!("m{i}"))).collect();
+    produce(&unbatched_producer(), &topic, &records).await;
+
+    let commits = Commits::default();
+    let revoking = Arc::new(AtomicBool::new(false));
+    let taken_while_revoking = Arc::new(AtomicUsize::new(0));
+    let mut config = consumer_config();
+    config
+        .set("max.partition.fetch.bytes", "2000")
+        .set("queued.min.messages", "5");
+    let a = Arc::new(
+        SandboxConsumer::builder(config.clone(), &group, Role::baseline("billing"))
+            .context(commits.clone())
+            .on_rebalance({
+                let revoking = Arc::clone(&revoking);
+                move |r| {
+                    eprintln!("A rebalance: {r:?}");
+                    if matches!(r, Rebalance::Revoke(_)) {
+                        revoking.store(true, Ordering::SeqCst);
+                        // A service's callback that takes a moment (logging, metrics flush).
+                        std::thread::sleep(Duration::from_millis(1500));
+                        revoking.store(false, Ordering::SeqCst);
+                    }
+                }
+            })
+            .start(&[&topic])
+            .await
+            .unwrap(),
+    );
+    let held_offset = Arc::new(AtomicI64::new(-1));
+    let mut tasks = Vec::new();
+    for t in 0..2 {
+        let a = Arc::clone(&a);
+        let held_offset = Arc::clone(&held_offset);
+        let revoking = Arc::clone(&revoking);
+        let taken = Arc::clone(&taken_while_revoking);
+        tasks.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok(d) = a.recv().await else { continue };
+                if revoking.load(Ordering::SeqCst) {
+                    taken.fetch_add(1, Ordering::SeqCst);
+                }
+                if d.offset() == 0 {
+                    eprintln!("task {t} got offset 0 (sandbox {:?})", d.sandbox());
+                }
+                if d.offset() == 0 {
+                    held_offset.store(0, Ordering::SeqCst);
+                    held.push(d); // never done
+                    continue;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                d.done();
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A second member joins: A's partition is revoked (eager protocol).
+    let b = SandboxConsumer::builder(config, &group, Role::baseline("billing"))
+        .start(&[&topic])
+        .await
+        .unwrap();
+    let b_task = tokio::spawn(async move {
+        let mut keep = Vec::new();
+        for _ in 0..1000 {
+            if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(200), b.recv()).await {
+                eprintln!("B got {}", d.offset());
+                keep.push(d); // never done: B stores nothing
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let group_committed = committed(&group, &topic, 1).await;
+    let seen = commits.0.lock().unwrap().clone();
+    eprintln!(
+        "held offset {}, taken during revoke {}, A committed {:?}, group committed {:?}",
+        held_offset.load(Ordering::SeqCst),
+        taken_while_revoking.load(Ordering::SeqCst),
+        seen,
+        group_committed
+    );
+    for t in tasks {
+        t.abort();
+    }
+    b_task.abort();
+    assert_eq!(
+        held_offset.load(Ordering::SeqCst),
+        0,
+        "offset 0 held undone"
+    );
+    assert!(
+        seen.iter().all(|&o| o <= 0) && group_committed[&0] <= 0,
+        "a commit passed offset 0, never done: A committed {seen:?}, group at {group_committed:?}"
+    );
+}
+
+fn hdrs(list: &[(&str, Option<&[u8]>)]) -> OwnedHeaders {
+    list.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+        h.insert(Header { key: k, value: *v })
+    })
+}
+
+fn show(h: &OwnedHeaders) -> Vec<(String, Option<String>)> {
+    h.iter()
+        .map(|h| {
+            (
+                h.key.to_owned(),
+                h.value.map(|v| String::from_utf8_lossy(v).into_owned()),
+            )
+        })
+        .collect()
+}
+
+/// What a baseline consumer would do with `h`: the sandbox it runs it in (`Some("")`: production),
+/// or `None` when it does not run it (dead letter/skip).
+fn baseline_runs_as(h: &OwnedHeaders) -> Option<String> {
+    let directory = MemoryDirectory::new();
+    let mut evil = prodbox_core::directory::SandboxEntry::new(key("evil"));
+    evil.created_at = Some(SystemTime::now() - Duration::from_secs(60));
+    directory.upsert(evil);
+    let mut good = prodbox_core::directory::SandboxEntry::new(key("good"));
+    good.created_at = Some(SystemTime::now() - Duration::from_secs(60));
+    directory.upsert(good);
+    let filter = Filter::new(Role::baseline("billing"), directory);
+    match filter.decide(Some(h), SystemTime::now()) {
+        Verdict::Process(cx) => Some(
+            cx.and_then(|c| c.sandbox().map(|s| s.key().to_string()))
+                .unwrap_or_default(),
+        ),
+        Verdict::Cut { context, .. } => context.sandbox().map(|s| s.key().to_string()),
+        Verdict::Skip { .. } | Verdict::DeadLetter(_) => None,
+    }
+}
+
+/// One header: name and value.
+type Raw = (&'static str, Option<&'static [u8]>);
+
+const HOSTILE: &[&[Raw]] = &[
+    &[("baggage", Some(b"prodbox.sandbox=evil"))],
+    &[("Baggage", Some(b"prodbox.sandbox=evil"))],
+    &[
+        ("BAGGAGE", Some(b"a=1")),
+        ("baggage", Some(b"prodbox.sandbox=evil")),
+    ],
+    &[
+        ("baggage", None),
+        ("baggage", Some(b"prodbox.sandbox=evil")),
+    ],
+    &[
+        ("baggage", Some(b"")),
+        ("baggage", Some(b"prodbox.sandbox=evil")),
+    ],
+    &[("ot-baggage-prodbox.sandbox", Some(b"evil"))],
+    &[("OT-Baggage-Prodbox.Sandbox", Some(b"evil"))],
+    &[("uberctx-prodbox.sandbox", Some(b"evil"))],
+    &[
+        ("baggage", Some(b"x=1")),
+        ("uberctx-prodbox.sandbox", Some(b"evil")),
+    ],
+    &[("baggage", Some(b" prodbox.sandbox = evil ;p=1, other=2"))],
+    &[("baggage", Some(b"prodbox.sandbox=evil,=broken"))],
+    &[("baggage", Some(b"prodbox.sandbox=evil\xff"))],
+    &[
+        ("baggage", Some(b"prodbox.sandbox=evil")),
+        ("baggage", Some(b"prodbox.sandbox=evil")),
+    ],
+    &[("baggage", Some(b"prodbox.sandbox=%65vil"))],
+    &[(
+        "baggage",
+        Some(b"prodbox.actor=mallory,prodbox.sandbox=evil"),
+    )],
+];
+
+/// Attack 3a: a production send (no sandbox context) whose own headers claim sandbox `evil`.
+#[test]
+fn production_send_with_hostile_headers_never_runs_as_a_sandbox() {
+    let mut failures = Vec::new();
+    for (i, case) in HOSTILE.iter().enumerate() {
+        let input = hdrs(case);
+        let out = match std::panic::catch_unwind(|| inject_headers(Some(&input))) {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => {
+                eprintln!("case {i}: refused {e}");
+                continue;
+            }
+            Err(_) => {
+                failures.push(format!("case {i}: inject panicked"));
+                continue;
+            }
+        };
+        let runs = baseline_runs_as(&out);
+        eprintln!(
+            "case {i}: {:?} -> {:?} -> consumer runs as {runs:?}",
+            show(&input),
+            show(&out)
+        );
+        if runs.as_deref().is_some_and(|s| !s.is_empty()) {
+            failures.push(format!(
+                "case {i}: production send runs as sandbox {runs:?}: {:?}",
+                show(&out)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Attack 3b: a send inside sandbox `good` whose own headers claim `evil`: must run as `good`.
+#[tokio::test]
+async fn sandbox_send_with_hostile_headers_runs_as_its_own_sandbox() {
+    let mut failures = Vec::new();
+    for (i, case) in HOSTILE.iter().enumerate() {
+        let input = hdrs(case);
+        let out = async { inject_headers(Some(&input)) }
+            .in_sandbox(Sandbox::new(key("good")))
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("case {i}: refused {e}");
+                continue;
+            }
+        };
+        let runs = baseline_runs_as(&out);
+        eprintln!(
+            "case {i}: {:?} -> {:?} -> {runs:?}",
+            show(&input),
+            show(&out)
+        );
+        if runs.as_deref() != Some("good") {
+            failures.push(format!(
+                "case {i}: sandboxed send runs as {runs:?}: {:?}",
+                show(&out)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Attack 1b: four tasks `recv` concurrently and finish in random order; one delivery in the
+/// middle is held undone; no committed offset may pass it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_recv_random_finish_never_commits_past_the_held_one() {
+    let topic = unique_topic("atk-conc");
+    create_topic(&topic, 1).await;
+    let group = format!("{topic}-g");
+    let records: Vec<Out> = (0..300).map(|i| Out::new(format!("m{i}"))).collect();
+    let landed = produce(&common::producer(), &topic, &records).await;
+    let hold = landed[137].1;
+    let commits = Commits::default();
+    let a = Arc::new(
+        SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))
+            .context(commits.clone())
+            .start(&[&topic])
+            .await
+            .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let a = Arc::clone(&a);
+        tasks.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            let mut n = t;
+            loop {
+                let Ok(d) = a.recv().await else { continue };
+                if d.offset() == hold {
+                    held.push(d);
+                    continue;
+                }
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                tokio::time::sleep(Duration::from_micros(n >> 54)).await;
+                d.done();
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let seen = commits.0.lock().unwrap().clone();
+    for t in tasks {
+        t.abort();
+    }
+    eprintln!("held {hold}, commits {seen:?}");
+    assert!(
+        seen.iter().all(|&o| o <= hold),
+        "commit passed held {hold}: {seen:?}"
+    );
+    assert!(
+        seen.contains(&hold),
+        "commits reached the held offset: {seen:?}"
+    );
+}
+
+/// Attack 1c: a `recv` holding a sandbox message (stale directory) is dropped after another
+/// task's poll served a revoke of that partition: the rewind `seek`s a partition no longer
+/// assigned. Does the consumer refuse to consume for ever (StoppedHoldingMessage)?
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recv_dropped_after_its_partition_was_revoked_does_not_brick_the_consumer() {
+    use prodbox_testkit::directory::Switchable;
+    let topic = unique_topic("atk-brick");
+    create_topic(&topic, 1).await;
+    let group = format!("{topic}-g");
+    produce(
+        &common::producer(),
+        &topic,
+        &[Out::new("s0").sandbox(Some(Sandbox::new(key("atk-brick"))))],
+    )
+    .await;
+    let directory = Switchable::default();
+    let revoked = Arc::new(AtomicBool::new(false));
+    let a = Arc::new(
+        SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))
+            .directory(directory.clone())
+            .on_rebalance({
+                let revoked = Arc::clone(&revoked);
+                move |r| {
+                    eprintln!("A rebalance {r:?}");
+                    if matches!(r, Rebalance::Revoke(_)) {
+                        revoked.store(true, Ordering::SeqCst);
+                    }
+                }
+            })
+            .start(&[&topic])
+            .await
+            .unwrap(),
+    );
+    directory.set_stale(true);
+    let holder = {
+        let a = Arc::clone(&a);
+        tokio::spawn(async move {
+            let r = tokio::time::timeout(Duration::from_secs(8), a.recv()).await;
+            eprintln!("holder timed out: {}", r.is_err());
+        })
+    };
+    let poller = {
+        let a = Arc::clone(&a);
+        tokio::spawn(async move {
+            loop {
+                let _ = tokio::time::timeout(Duration::from_millis(300), a.recv()).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b = SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))
+        .start(&[&topic])
+        .await
+        .unwrap();
+    let b_task = tokio::spawn(async move {
+        let mut keep = Vec::new();
+        loop {
+            if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(200), b.recv()).await {
+                keep.push(d);
+            }
+        }
+    });
+    holder.await.unwrap();
+    poller.abort();
+    eprintln!(
+        "revoked before the drop: {}",
+        revoked.load(Ordering::SeqCst)
+    );
+    directory.set_stale(false);
+    let after = tokio::time::timeout(Duration::from_secs(3), a.recv()).await;
+    b_task.abort();
+    let failed = matches!(
+        after,
+        Ok(Err(prodbox_kafka::ConsumerError::StoppedHoldingMessage(_)))
+    );
+    assert!(
+        !failed,
+        "consumer bricked: {:?}",
+        after
+            .as_ref()
+            .map(|r| r.as_ref().err().map(ToString::to_string))
+    );
+}
