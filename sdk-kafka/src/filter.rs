@@ -12,7 +12,7 @@ use rdkafka::message::Headers;
 
 use crate::headers::HeaderSnapshot;
 use crate::verdict::Verdict;
-use crate::verdict_memory::{self, Basis, FilterId};
+use crate::verdict_memory::{self, Basis, Clock, FilterId};
 
 /// What a consumer is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +121,15 @@ impl Filter {
 
     /// Decides what happens to a message with `headers` at `now`.
     pub fn decide<H: Headers + ?Sized>(&self, headers: Option<&H>, now: SystemTime) -> Verdict {
+        self.decide_by(headers, &mut Clock(Some(now)))
+    }
+
+    /// [`decide`](Self::decide) by `clock`: read only when the verdict depends on the time.
+    pub(crate) fn decide_by<H: Headers + ?Sized>(
+        &self,
+        headers: Option<&H>,
+        clock: &mut Clock,
+    ) -> Verdict {
         let Some(headers) = headers else {
             return match &self.role {
                 Role::Baseline { .. } => Verdict::Process(None),
@@ -154,7 +163,7 @@ impl Filter {
         let remembering = header.zip(self.directory.generation());
         let miss = match remembering {
             Some((header, generation)) => {
-                match verdict_memory::recall(self.id, generation, header, now) {
+                match verdict_memory::recall(self.id, generation, header, clock) {
                     Ok(verdict) => return verdict,
                     Err(miss) => miss,
                 }
@@ -162,7 +171,7 @@ impl Filter {
             None => None,
         };
         let mut validity = Validity::default();
-        let verdict = self.decide_afresh(&snapshot, now, &mut validity);
+        let verdict = self.decide_afresh(&snapshot, clock.now(), &mut validity);
         if let (Some(miss), Some((header, generation)), Some(valid_until)) =
             (miss, remembering, validity.until())
         {

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::{FutureExt as _, StreamExt};
 use prodbox_core::audit::Decision;
@@ -27,6 +27,7 @@ use crate::filter::Role;
 use crate::in_flight::Ticket;
 use crate::shutdown::pause;
 use crate::verdict::Verdict;
+use crate::verdict_memory::Clock;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -171,7 +172,10 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         {
             return Some(Err(Done::Interrupted));
         }
-        let context = match self.filter.decide(message.headers(), SystemTime::now()) {
+        let context = match self
+            .filter
+            .decide_by(message.headers(), &mut Clock::default())
+        {
             // Skips, half of a baseline's messages or more, are decided and done with here.
             Verdict::Skip { reason, sandbox } => {
                 audit(
