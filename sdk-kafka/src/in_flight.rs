@@ -3,8 +3,8 @@
 //! offset never passes a message still in flight, whatever order messages finish in.
 //!
 //! Positions are given to rdkafka in batches ([`InFlight::store_due`]): every
-//! [`STORE_EVERY`] messages finished, whenever the consumer has no message ready, and before
-//! a rebalance. Storing each one (a lock on librdkafka's partition, shared with its fetcher)
+//! [`STORE_EVERY`] messages finished, whenever the consumer has no message ready, once a
+//! second (the consumer's keeper), and before a rebalance. Storing each one (a lock on librdkafka's partition, shared with its fetcher)
 //! cost more than deciding the message; a crash redelivers at most that many more.
 
 use std::collections::VecDeque;
@@ -45,6 +45,9 @@ struct Part {
     decided: Option<i64>,
     /// The position last given to rdkafka.
     given: Option<i64>,
+    /// Offsets taken and then left unhandled (the consumer was put back on them), until they
+    /// are taken again.
+    abandoned: Vec<i64>,
 }
 
 impl Parts {
@@ -67,16 +70,9 @@ impl InFlight {
     }
 
     /// Takes the message at `offset`. A message taken again (the consumer was put back on
-    /// it) stays in flight once. When a position already decided is past this message (two
-    /// tasks took messages of the partition in the other order), the position is put back on
-    /// it at once, through `store`, under the lock that orders every store.
-    pub(crate) fn take(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        store: impl FnOnce(&TopicPartitionList),
-    ) -> Ticket {
+    /// it) stays in flight once. Messages of a partition must be taken in the order the
+    /// consumer pulls them (the consumer takes them under its pull lock).
+    pub(crate) fn take(&self, topic: &str, partition: i32, offset: i64) -> Ticket {
         let mut parts = self.lock();
         let part = match parts.find(topic, partition) {
             Some(part) => part,
@@ -91,6 +87,7 @@ impl InFlight {
                     finished: None,
                     decided: None,
                     given: None,
+                    abandoned: Vec::new(),
                 });
                 let last = parts.list.len() - 1;
                 &mut parts.list[last]
@@ -105,19 +102,32 @@ impl InFlight {
             }
             _ => part.pending.push_back(offset),
         }
-        let ticket = Ticket(part.tenure);
-        if part.decided.is_some_and(|decided| decided > offset) {
-            part.decided = Some(offset);
-            part.given = Some(offset);
-            let mut list = TopicPartitionList::new();
-            if list
-                .add_partition_offset(topic, partition, Offset::Offset(offset))
-                .is_ok()
-            {
-                store(&list);
-            }
+        if !part.abandoned.is_empty() {
+            part.abandoned.retain(|&a| a != offset);
         }
-        ticket
+        Ticket(part.tenure)
+    }
+
+    /// Leaves the message at `offset`, taken with `ticket`, unhandled: it stays in flight (so
+    /// nothing is committed past it) and must come again. Returns where to put the
+    /// consumer's position back: the earliest offset left unhandled in the partition, so that
+    /// two messages left in either order both come again. `None` when the partition was
+    /// revoked since (its next owner starts from the committed offset, not past the message).
+    pub(crate) fn abandon(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        ticket: Ticket,
+    ) -> Option<i64> {
+        let mut parts = self.lock();
+        let part = parts
+            .find(topic, partition)
+            .filter(|part| part.tenure == ticket.0)?;
+        if !part.abandoned.contains(&offset) {
+            part.abandoned.push(offset);
+        }
+        part.abandoned.iter().copied().min()
     }
 
     /// Finishes the message at `offset`, taken with `ticket`. Returns whether a batch of
@@ -227,21 +237,16 @@ mod tests {
         due
     }
 
-    /// Takes a message of `t`; returns the position stored at once, if any.
-    fn take(in_flight: &InFlight, partition: i32, offset: i64) -> (Ticket, Option<i64>) {
-        let mut back = None;
-        let ticket = in_flight.take("t", partition, offset, |list| {
-            back = positions(list).first().map(|(_, position)| *position);
-        });
-        (ticket, back)
+    /// Takes a message of `t`.
+    fn take(in_flight: &InFlight, partition: i32, offset: i64) -> Ticket {
+        in_flight.take("t", partition, offset)
     }
 
     #[test]
     fn in_order_the_last_message_finished_decides() {
         let in_flight = InFlight::default();
         for offset in 0..3 {
-            let (ticket, back) = take(&in_flight, 0, offset);
-            assert_eq!(back, None);
+            let ticket = take(&in_flight, 0, offset);
             in_flight.finish("t", 0, offset, ticket);
         }
         assert_eq!(due(&in_flight), [(0, 3)]);
@@ -252,16 +257,16 @@ mod tests {
     #[test]
     fn a_later_message_finished_first_is_not_committed_past_an_earlier_one() {
         let in_flight = InFlight::default();
-        let (five, _) = take(&in_flight, 0, 5);
-        let (six, _) = take(&in_flight, 0, 6);
-        let (seven, _) = take(&in_flight, 0, 7);
+        let five = take(&in_flight, 0, 5);
+        let six = take(&in_flight, 0, 6);
+        let seven = take(&in_flight, 0, 7);
         in_flight.finish("t", 0, 6, six);
         assert_eq!(due(&in_flight), []);
         in_flight.finish("t", 0, 5, five);
         assert_eq!(due(&in_flight), [(0, 7)]);
         in_flight.finish("t", 0, 7, seven);
         // Other partitions are their own.
-        let (other, _) = take(&in_flight, 1, 9);
+        let other = take(&in_flight, 1, 9);
         in_flight.finish("t", 1, 9, other);
         assert_eq!(due(&in_flight), [(0, 8), (1, 10)]);
     }
@@ -269,8 +274,8 @@ mod tests {
     #[test]
     fn a_message_taken_again_is_in_flight_once() {
         let in_flight = InFlight::default();
-        let (first, _) = take(&in_flight, 0, 3);
-        let (again, _) = take(&in_flight, 0, 3);
+        let first = take(&in_flight, 0, 3);
+        let again = take(&in_flight, 0, 3);
         assert_eq!(first, again);
         in_flight.finish("t", 0, 3, again);
         assert_eq!(due(&in_flight), [(0, 4)]);
@@ -278,26 +283,37 @@ mod tests {
     }
 
     #[test]
-    fn a_message_taken_below_the_decided_position_puts_it_back() {
+    fn messages_left_in_either_order_are_all_put_back() {
         let in_flight = InFlight::default();
-        let (six, _) = take(&in_flight, 0, 6);
-        in_flight.finish("t", 0, 6, six);
-        let (five, back) = take(&in_flight, 0, 5);
-        assert_eq!(back, Some(5), "stored at once");
-        assert_eq!(due(&in_flight), []);
-        in_flight.finish("t", 0, 5, five);
-        assert_eq!(due(&in_flight), [(0, 7)]);
+        let five = take(&in_flight, 0, 5);
+        let nine = take(&in_flight, 0, 9);
+        assert_eq!(in_flight.abandon("t", 0, 5, five), Some(5));
+        // Left second, the later one puts the position back to the earlier one still.
+        assert_eq!(in_flight.abandon("t", 0, 9, nine), Some(5));
+        // Taken again, 5 is no longer left; 9 is, until taken again too.
+        let five = take(&in_flight, 0, 5);
+        assert_eq!(in_flight.abandon("t", 0, 5, five), Some(5));
+        take(&in_flight, 0, 5);
+        take(&in_flight, 0, 9);
+        let mut revoked = TopicPartitionList::new();
+        revoked.add_partition("t", 0);
+        in_flight.revoke(&revoked);
+        assert_eq!(
+            in_flight.abandon("t", 0, 9, nine),
+            None,
+            "revoked: nothing to put back"
+        );
     }
 
     #[test]
     fn nothing_taken_before_a_revocation_is_stored_after_it() {
         let in_flight = InFlight::default();
-        let (old, _) = take(&in_flight, 0, 5);
+        let old = take(&in_flight, 0, 5);
         let mut revoked = TopicPartitionList::new();
         revoked.add_partition("t", 0);
         in_flight.revoke(&revoked);
         // The partition comes back, from the committed offset.
-        let (new, _) = take(&in_flight, 0, 5);
+        let new = take(&in_flight, 0, 5);
         assert_ne!(old, new);
         in_flight.finish("t", 0, 5, old);
         assert_eq!(due(&in_flight), []);
@@ -308,7 +324,7 @@ mod tests {
     #[test]
     fn the_last_offset_there_is_does_not_overflow() {
         let in_flight = InFlight::default();
-        let (ticket, _) = take(&in_flight, 0, i64::MAX);
+        let ticket = take(&in_flight, 0, i64::MAX);
         in_flight.finish("t", 0, i64::MAX, ticket);
         assert_eq!(due(&in_flight), [], "nothing past it is stored");
     }
@@ -318,7 +334,7 @@ mod tests {
         let in_flight = InFlight::default();
         let dues = (0..STORE_EVERY as i64 * 2)
             .filter(|&offset| {
-                let (ticket, _) = take(&in_flight, 0, offset);
+                let ticket = take(&in_flight, 0, offset);
                 in_flight.finish("t", 0, offset, ticket)
             })
             .count();

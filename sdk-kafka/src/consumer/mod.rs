@@ -342,14 +342,18 @@ impl<C: ConsumerContext + 'static> SandboxConsumerBuilder<C> {
             Arc::clone(&in_flight),
             self.on_rebalance,
         );
-        let consumer: StreamConsumer<Rebalances<C>> = config.create_with_context(context)?;
-        cuts.start_fork(&consumer, topics).await?;
+        let consumer: Arc<StreamConsumer<Rebalances<C>>> =
+            Arc::new(config.create_with_context(context)?);
+        cuts.start_fork(&*consumer, topics).await?;
         consumer.subscribe(topics)?;
         // Created now, not on the first dead letter: settings rdkafka refuses fail here, at
         // start, rather than mid-stream, where the message could not be dead-lettered.
         let producer: FutureProducer = self.config.create()?;
+        let keeper = keep(Arc::downgrade(&consumer), Arc::clone(&in_flight));
         Ok(SandboxConsumer {
             consumer,
+            pulling: tokio::sync::Mutex::new(()),
+            keeper,
             group,
             cuts,
             filter: Filter::with_shared_directory(role.clone(), self.directory),
@@ -387,7 +391,14 @@ impl<C: ConsumerContext + 'static> SandboxConsumerBuilder<C> {
 /// The consumer; see the [module docs](self). `C` is the service's rdkafka
 /// [`ConsumerContext`].
 pub struct SandboxConsumer<C: ConsumerContext + 'static = DefaultConsumerContext> {
-    consumer: StreamConsumer<Rebalances<C>>,
+    consumer: Arc<StreamConsumer<Rebalances<C>>>,
+    /// Held while a loop pulls a message from rdkafka and takes it in flight: with several
+    /// loops (`recv` from several tasks), messages are taken in the order rdkafka gives them,
+    /// so no position is decided past a message pulled but not yet taken.
+    pulling: tokio::sync::Mutex<()>,
+    /// Gives rdkafka what is done with once a second, whatever the loops do (a handler that
+    /// runs long, a loop of the service's own that is not in `recv`).
+    keeper: tokio::task::JoinHandle<()>,
     /// Its consumer group.
     group: String,
     cuts: Cuts,
@@ -412,8 +423,34 @@ pub struct SandboxConsumer<C: ConsumerContext + 'static = DefaultConsumerContext
 /// What is done with reaches rdkafka before the consumer closes (and commits).
 impl<C: ConsumerContext + 'static> Drop for SandboxConsumer<C> {
     fn drop(&mut self) {
+        self.keeper.abort();
         self.store_due();
     }
+}
+
+/// How often the keeper gives rdkafka what is done with.
+const KEEP: Duration = Duration::from_secs(1);
+
+/// Starts the keeper of `consumer` (see `SandboxConsumer::keeper`).
+fn keep<C: ConsumerContext + 'static>(
+    consumer: std::sync::Weak<StreamConsumer<Rebalances<C>>>,
+    in_flight: Arc<InFlight>,
+) -> tokio::task::JoinHandle<()> {
+    prodbox_core::spawn(async move {
+        let mut every = tokio::time::interval(KEEP);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(consumer) = consumer.upgrade() else {
+                return;
+            };
+            in_flight.store_due(|list| {
+                if let Err(error) = consumer.store_offsets(list) {
+                    tracing::warn!(target: "prodbox::kafka", %error, "offsets not stored");
+                }
+            });
+        }
+    })
 }
 
 impl<C: ConsumerContext + 'static> std::fmt::Debug for SandboxConsumer<C> {
@@ -527,24 +564,27 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         }
     }
 
-    /// Puts this consumer's position on `message`'s partition back to `message`, taken with
-    /// `ticket`, which it leaves unhandled (and in flight, so never committed past): it comes
-    /// again. Should rdkafka refuse while the partition is still this consumer's, this
-    /// consumer refuses to consume again instead, as its position is past the message. A
-    /// partition revoked since needs no rewind: its next owner starts from the committed
-    /// offset, which is not past the message.
+    /// Leaves `message`, taken with `ticket`, unhandled: it stays in flight (never committed
+    /// past) and the consumer's position on its partition goes back to it, or to an earlier
+    /// message left the same way, so that it comes again. Should rdkafka refuse while the
+    /// partition is still this consumer's, this consumer refuses to consume again instead, as
+    /// its position is past the message. A partition revoked since needs nothing: its next
+    /// owner starts from the committed offset, which is not past the message.
     fn rewind_to(&self, message: &BorrowedMessage<'_>, ticket: Ticket) {
-        let offset = Offset::Offset(message.offset());
-        let Err(error) =
-            self.consumer
-                .seek(message.topic(), message.partition(), offset, SEEK_TIMEOUT)
+        let (topic, partition) = (self.topic(message), message.partition());
+        let Some(back_to) = self
+            .in_flight
+            .abandon(topic, partition, message.offset(), ticket)
         else {
             return;
         };
-        if !self
-            .in_flight
-            .holds(self.topic(message), message.partition(), ticket)
-        {
+        let Err(error) =
+            self.consumer
+                .seek(topic, partition, Offset::Offset(back_to), SEEK_TIMEOUT)
+        else {
+            return;
+        };
+        if !self.in_flight.holds(topic, partition, ticket) {
             tracing::debug!(target: "prodbox::kafka", %error, source = %Source(message), "no rewind: the partition was revoked meanwhile");
             return;
         }

@@ -117,16 +117,28 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             if shutdown.as_mut().now_or_never().is_some() {
                 return Next::Stopped;
             }
-            let message = match messages.next().now_or_never() {
-                Some(message) => message,
+            // Pulled and taken under the pull lock (see `SandboxConsumer::pulling`).
+            let ready = match self.pulling.try_lock() {
+                Ok(pulling) => messages
+                    .next()
+                    .now_or_never()
+                    .map(|message| (message, pulling)),
+                Err(_) => None,
+            };
+            let (message, pulling) = match ready {
+                Some(ready) => ready,
                 None => {
                     // Counted first: a message finished from now on is stored by `finish`.
                     let _waiting = Waiting::enter(&self.waiting);
                     self.store_due();
+                    let pulled = async {
+                        let pulling = self.pulling.lock().await;
+                        (messages.next().await, pulling)
+                    };
                     tokio::select! {
                         biased;
                         () = shutdown.as_mut() => return Next::Stopped,
-                        message = messages.next() => message,
+                        pulled = pulled => pulled,
                     }
                 }
             };
@@ -135,12 +147,10 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                 Some(Err(error)) => return Next::Error(error),
                 None => return Next::Ended,
             };
-            let ticket = self.in_flight.take(
-                self.topic(&message),
-                message.partition(),
-                message.offset(),
-                |list| self.store(list),
-            );
+            let ticket =
+                self.in_flight
+                    .take(self.topic(&message), message.partition(), message.offset());
+            drop(pulling);
             let held = Held {
                 consumer: self,
                 message: Some(message),
