@@ -6,9 +6,7 @@ use std::sync::Arc;
 use rdkafka::TopicPartitionList;
 use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{
-    BaseConsumer, Consumer, ConsumerContext, DefaultConsumerContext, Rebalance,
-};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, DefaultConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
@@ -91,11 +89,7 @@ impl<C: ConsumerContext> ConsumerContext for Rebalances<C> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.forget.all();
         // What is done with reaches rdkafka before it commits for the revoked partitions.
-        self.in_flight.store_due(|list| {
-            if let Err(error) = consumer.store_offsets(list) {
-                tracing::warn!(target: "prodbox::kafka", %error, "offsets not stored before a rebalance");
-            }
-        });
+        self.in_flight.store_due(consumer);
         if let Rebalance::Revoke(partitions) = rebalance {
             self.in_flight.revoke(partitions);
         }

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// Messages finished between two batches of stored positions, at most.
@@ -55,6 +56,24 @@ impl Parts {
         self.list
             .iter_mut()
             .find(|part| part.partition == partition && *part.topic == *topic)
+    }
+
+    /// The positions decided since they were last given, marked given.
+    fn due(&mut self) -> Option<TopicPartitionList> {
+        let mut list: Option<TopicPartitionList> = None;
+        for part in &mut self.list {
+            let Some(decided) = part.decided.filter(|&d| part.given != Some(d)) else {
+                continue;
+            };
+            let list = list.get_or_insert_with(TopicPartitionList::new);
+            if list
+                .add_partition_offset(&part.topic, part.partition, Offset::Offset(decided))
+                .is_ok()
+            {
+                part.given = Some(decided);
+            }
+        }
+        list
     }
 }
 
@@ -164,25 +183,15 @@ impl InFlight {
         due
     }
 
-    /// Gives `store` the positions decided since they were last given, marked given. It runs
-    /// under the lock, so that stores reach rdkafka in the order they were decided.
-    pub(crate) fn store_due(&self, store: impl FnOnce(&TopicPartitionList)) {
+    /// Gives `consumer` the positions decided since they were last given, marked given, under
+    /// the lock, so that stores reach rdkafka in the order they were decided.
+    pub(crate) fn store_due<X: ConsumerContext>(&self, consumer: &impl Consumer<X>) {
         let mut parts = self.lock();
-        let mut list: Option<TopicPartitionList> = None;
-        for part in &mut parts.list {
-            let Some(decided) = part.decided.filter(|&d| part.given != Some(d)) else {
-                continue;
-            };
-            let list = list.get_or_insert_with(TopicPartitionList::new);
-            if list
-                .add_partition_offset(&part.topic, part.partition, Offset::Offset(decided))
-                .is_ok()
-            {
-                part.given = Some(decided);
-            }
-        }
-        if let Some(list) = &list {
-            store(list);
+        if let Some(list) = parts.due()
+            && let Err(error) = consumer.store_offsets(&list)
+        {
+            // A partition moved to another member meanwhile: it re-delivers its messages.
+            tracing::warn!(target: "prodbox::kafka", %error, "offsets not stored");
         }
     }
 
@@ -232,9 +241,11 @@ mod tests {
 
     /// The positions `store_due` gives.
     fn due(in_flight: &InFlight) -> Vec<(i32, i64)> {
-        let mut due = Vec::new();
-        in_flight.store_due(|list| due = positions(list));
-        due
+        in_flight
+            .lock()
+            .due()
+            .as_ref()
+            .map_or_else(Vec::new, positions)
     }
 
     /// Takes a message of `t`.

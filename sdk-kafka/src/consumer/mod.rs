@@ -71,11 +71,13 @@
 //! malformed ones dead-lettered, before them; a throttled sandbox's message waits there. Run
 //! the handling in the message's context with [`Delivery::in_context`], then call
 //! [`Delivery::done`] (or [`Delivery::dead_letter`] to give up on it). Deliveries may be
-//! handled concurrently and finish in any order: a partition's committed offset never passes
-//! a delivery that is not done. A delivery dropped without either holds its partition's
-//! commits at its offset (and is delivered again when the partition is next assigned); it is
-//! logged. Dropping the future of `recv` part way puts the consumer back on the message it
-//! held, which comes again.
+//! handled concurrently and finish in any order, and several tasks may call `recv`: a
+//! partition's committed offset never passes a delivery that is not done. A delivery dropped
+//! without either holds its partition's commits at its offset (and is delivered again when
+//! the partition is next assigned); it is logged. Dropping the future of `recv` part way puts
+//! the consumer back on the message it held, which comes again. What is done reaches rdkafka
+//! (which commits in the background) within a second; call [`SandboxConsumer::commit`] when
+//! the loop stops.
 //!
 //! # Delivery
 //!
@@ -162,7 +164,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset};
 
 use crate::context::OnRebalance;
 pub use crate::context::Rebalances;
@@ -444,11 +446,7 @@ fn keep<C: ConsumerContext + 'static>(
             let Some(consumer) = consumer.upgrade() else {
                 return;
             };
-            in_flight.store_due(|list| {
-                if let Err(error) = consumer.store_offsets(list) {
-                    tracing::warn!(target: "prodbox::kafka", %error, "offsets not stored");
-                }
-            });
+            in_flight.store_due(&*consumer);
         }
     })
 }
@@ -541,7 +539,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
 
     /// Gives rdkafka the positions decided since the last time, for its next commit.
     fn store_due(&self) {
-        self.in_flight.store_due(|list| self.store(list));
+        self.in_flight.store_due(&*self.consumer);
     }
 
     /// Commits every message done with (and every one skipped or dead-lettered), in `mode`.
@@ -553,14 +551,6 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             Ok(())
             | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(error) => Err(error.into()),
-        }
-    }
-
-    /// Gives rdkafka `list`'s positions (the next offsets to read).
-    fn store(&self, list: &TopicPartitionList) {
-        if let Err(error) = self.consumer.store_offsets(list) {
-            // A partition moved to another member meanwhile: it re-delivers its messages.
-            tracing::warn!(target: "prodbox::kafka", %error, "offsets not stored");
         }
     }
 

@@ -12,7 +12,7 @@ use futures_util::{FutureExt as _, StreamExt};
 use prodbox_core::audit::Decision;
 use prodbox_core::guardrails::Permit;
 use prodbox_core::plumbing::metrics::KafkaOutcome;
-use prodbox_core::{SandboxContext, SandboxKey};
+use prodbox_core::{Guardrails, SandboxContext, SandboxKey};
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::consumer::stream_consumer::MessageStream;
 use rdkafka::error::KafkaError;
@@ -263,8 +263,8 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         let permit = match (&self.guardrails, sandbox) {
             (Some(guardrails), Some(sandbox)) => match guardrails.admit(sandbox.key()) {
                 Ok(permit) => Some(permit),
-                Err(_) => match Box::pin(self.admit(sandbox.key(), shutdown)).await {
-                    Some(permit) => permit,
+                Err(_) => match Box::pin(self.admit(guardrails, sandbox.key(), shutdown)).await {
+                    Some(permit) => Some(permit),
                     None => return Some(Err(Done::Interrupted)),
                 },
             },
@@ -298,20 +298,18 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         }
     }
 
-    /// Takes `sandbox`'s slot (waiting while it is throttled: its messages are delayed, never
-    /// dropped); `None` when shutdown came first.
+    /// Takes `sandbox`'s slot of `guardrails`, waiting while it is throttled (its messages are
+    /// delayed, never dropped); `None` when shutdown came first.
     async fn admit<S: Future<Output = ()>>(
         &self,
+        guardrails: &Guardrails,
         sandbox: &SandboxKey,
         shutdown: &mut Pin<&mut S>,
-    ) -> Option<Option<Permit>> {
-        let Some(guardrails) = &self.guardrails else {
-            return Some(None);
-        };
+    ) -> Option<Permit> {
         self.store_due();
         loop {
             match guardrails.admit(sandbox) {
-                Ok(permit) => return Some(Some(permit)),
+                Ok(permit) => return Some(permit),
                 Err(throttled) => {
                     audit(
                         Some(sandbox),
