@@ -55,9 +55,27 @@ impl ConsumerContext for Watch {
     }
 }
 
-/// B: concurrent `recv` callers: a task that got offset o from rdkafka may be preempted before
-/// `take`; another finishes o+1 and stores o+2, which is committed; the lowered store of o
-/// never reaches the broker (see A).
+/// Three threads spinning until `stop`: CPU pressure, so that tasks are preempted between
+/// pulling a message and taking it.
+fn hogs(stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<u64>> {
+    (0..3)
+        .map(|_| {
+            let stop = Arc::clone(stop);
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = x.wrapping_mul(31).wrapping_add(1);
+                }
+                x
+            })
+        })
+        .collect()
+}
+
+/// B: concurrent `recv` callers: a task that got offset o from rdkafka could be preempted
+/// before taking it, while another finished o+1 and stored o+2, which was committed
+/// (librdkafka never commits a stored offset lower than one it committed, so lowering it
+/// afterwards did not help). Pulling and taking now happen under one lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 12)]
 async fn concurrent_recv_commit_never_passes_a_message_not_yet_delivered() {
     const N: usize = 15000;
@@ -90,18 +108,7 @@ async fn concurrent_recv_commit_never_passes_a_message_not_yet_delivered() {
     ));
     let stop = Arc::new(AtomicBool::new(false));
     // CPU pressure: preemption between rdkafka's poll and `take`.
-    let hogs: Vec<_> = (0..3)
-        .map(|_| {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = x.wrapping_mul(31).wrapping_add(1);
-                }
-                x
-            })
-        })
-        .collect();
+    let hogs = hogs(&stop);
     let count = Arc::new(AtomicUsize::new(0));
     let dups = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -444,18 +451,7 @@ async fn concurrent_recv_race_loses_a_message() {
             .unwrap(),
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let hogs: Vec<_> = (0..3)
-        .map(|_| {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = x.wrapping_mul(31).wrapping_add(1);
-                }
-                x
-            })
-        })
-        .collect();
+    let hogs = hogs(&stop);
     let victims: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
     let count = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
