@@ -167,14 +167,26 @@ impl<'a> AuditEvent<'a> {
         self
     }
 
-    /// Writes the event on target `prodbox::audit`.
+    /// Writes the event on target `prodbox::audit`, and counts it in
+    /// `prodbox.sandbox.decisions`.
     pub fn emit(&self) {
+        self.count(1);
+        self.log();
+    }
+
+    /// Adds `n` such events to `prodbox.sandbox.decisions` (a busy consumer's skips are
+    /// counted once a second).
+    pub(crate) fn count(&self, n: u64) {
         let labels = [
             self.protocol.as_str(),
             self.direction.as_str(),
             self.decision.as_str(),
         ];
-        crate::metrics::decision(labels, self.reason, self.sandbox);
+        crate::metrics::decisions(labels, self.reason, self.sandbox, n);
+    }
+
+    /// Writes the event, uncounted.
+    pub(crate) fn log(&self) {
         let detail = self.detail.map(tracing::field::display);
         macro_rules! event {
             ($level:expr) => {

@@ -241,10 +241,11 @@ fn topic_value(topic: &str) -> &'static str {
     label(&LAST_TOPIC, &TOPICS, topic, MAX_TOPIC_LABELS, "_other")
 }
 
-pub(crate) fn decision(
+pub(crate) fn decisions(
     [protocol, direction, decision]: [&'static str; 3],
     reason: &str,
     sandbox: Option<&str>,
+    n: u64,
 ) {
     let sandbox = sandbox_value(sandbox);
     let reason = reason_value(reason);
@@ -257,7 +258,7 @@ pub(crate) fn decision(
         KeyValue::new("prodbox.reason", reason),
         KeyValue::new("prodbox.sandbox", sandbox),
     ]);
-    instruments().decisions.add(1, &*attributes);
+    instruments().decisions.add(n, &*attributes);
 }
 
 /// What prodbox's own crates record (Kafka messages, schemas, shadow copies), reached through

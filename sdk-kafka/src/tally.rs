@@ -1,15 +1,25 @@
-//! The consumer's message counts (`prodbox.kafka.messages`): tallied with one atomic add per
-//! message and handed to the OpenTelemetry counter once a second, and when the consumer is
-//! dropped. Per message, the counter's attributes cost more than the rest of a skip.
+//! The consumer's message counts (`prodbox.kafka.messages`) and its skips' audit counts
+//! (`prodbox.sandbox.decisions`): tallied per message (an atomic add; a short list for skips)
+//! and handed to the OpenTelemetry counters once a second, and when the consumer is dropped.
+//! Per message, a counter's attributes cost more than the rest of a skip.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use prodbox_core::SandboxKey;
+use prodbox_core::audit::Decision;
+use prodbox_core::plumbing::audit;
 use prodbox_core::plumbing::metrics::{self, KafkaOutcome};
+
+use crate::consumer::event;
 
 /// How often tallies reach the counter.
 const FLUSH: Duration = Duration::from_secs(1);
+
+/// Distinct skips (reason and sandbox) tallied between two flushes; others are counted as
+/// they come.
+const SKIP_KINDS: usize = 32;
 
 const OUTCOMES: [KafkaOutcome; 3] = [
     KafkaOutcome::Processed,
@@ -27,6 +37,14 @@ struct Counts {
     topic: Option<Box<str>>,
     role: &'static str,
     by_outcome: [AtomicU64; 3],
+    skips: Mutex<Vec<Skips>>,
+}
+
+/// Skips of one reason and sandbox since the last flush.
+struct Skips {
+    reason: &'static str,
+    sandbox: Option<SandboxKey>,
+    n: u64,
 }
 
 impl Counts {
@@ -38,6 +56,17 @@ impl Counts {
                 metrics::kafka_messages(topic, self.role, outcome, n);
             }
         }
+        let skips = std::mem::take(&mut *self.skips());
+        for skip in &skips {
+            audit::count(
+                &event(skip.sandbox.as_ref(), Decision::Skipped, skip.reason, None),
+                skip.n,
+            );
+        }
+    }
+
+    fn skips(&self) -> std::sync::MutexGuard<'_, Vec<Skips>> {
+        self.skips.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -48,6 +77,7 @@ impl Tally {
             topic: topic.map(Into::into),
             role,
             by_outcome: Default::default(),
+            skips: Mutex::default(),
         });
         let flusher = counts.topic.is_some().then(|| {
             let counts = Arc::clone(&counts);
@@ -75,6 +105,39 @@ impl Tally {
             _ => 0,
         };
         self.counts.by_outcome[at].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Tally {
+    /// Audits a skip of a message (`detail` names it) for `reason`, of `sandbox`'s: logged
+    /// now, counted with the rest.
+    pub(crate) fn skip(
+        &self,
+        reason: &'static str,
+        sandbox: Option<&SandboxKey>,
+        detail: &dyn std::fmt::Display,
+    ) {
+        let event = event(sandbox, Decision::Skipped, reason, Some(detail));
+        audit::log(&event);
+        if self.counts.topic.is_some() {
+            let mut skips = self.counts.skips();
+            let same = |skip: &&mut Skips| {
+                std::ptr::eq(skip.reason, reason) && skip.sandbox.as_ref() == sandbox
+            };
+            if let Some(skip) = skips.iter_mut().find(same) {
+                skip.n += 1;
+                return;
+            }
+            if skips.len() < SKIP_KINDS {
+                skips.push(Skips {
+                    reason,
+                    sandbox: sandbox.cloned(),
+                    n: 1,
+                });
+                return;
+            }
+        }
+        audit::count(&event, 1);
     }
 }
 

@@ -63,15 +63,29 @@ async fn consumer_outcomes_are_counted_per_role() {
             ],
         )
     };
+    // Each skip is an audit decision too, tallied by the consumer and counted once a second.
+    let skips = || {
+        metrics.sum(
+            "prodbox.sandbox.decisions",
+            &[
+                ("prodbox.protocol", "kafka"),
+                ("prodbox.decision", "skipped"),
+                ("prodbox.reason", "forked"),
+                ("prodbox.sandbox", "mk-fork"),
+            ],
+        )
+    };
     assert!(
         eventually(Duration::from_secs(30), || count("processed") == 6
             && count("skipped") == 3
-            && count("dead_lettered") == 1)
+            && count("dead_lettered") == 1
+            && skips() == 3)
         .await,
-        "processed {}, skipped {}, dead-lettered {}",
+        "processed {}, skipped {}, dead-lettered {}, skip decisions {}",
         count("processed"),
         count("skipped"),
-        count("dead_lettered")
+        count("dead_lettered"),
+        skips()
     );
     running.stop().await;
     assert_eq!(log.lock().unwrap().len(), 6);

@@ -176,6 +176,7 @@ use crate::tally::Tally;
 pub use delivery::Delivery;
 
 mod delivery;
+mod pull;
 mod run;
 mod step;
 
@@ -337,7 +338,16 @@ impl<C: ConsumerContext + 'static> SandboxConsumerBuilder<C> {
                 )
             }
         };
-        let in_flight = Arc::new(InFlight::default());
+        // One topic named (no pattern): every message is of it, and asking rdkafka for a
+        // message's topic (a `strlen` and a UTF-8 check) is saved.
+        let only_topic = match topics {
+            [topic] if !topic.starts_with('^') => Some(*topic),
+            _ => None,
+        };
+        let in_flight = Arc::new(match only_topic {
+            Some(_) => InFlight::of_one_topic(),
+            None => InFlight::default(),
+        });
         let context = Rebalances::new(
             self.context,
             cuts.forget(),
@@ -354,7 +364,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumerBuilder<C> {
         let keeper = keep(Arc::downgrade(&consumer), Arc::clone(&in_flight));
         Ok(SandboxConsumer {
             consumer,
-            pulling: tokio::sync::Mutex::new(()),
+            pulling: pull::PullLock::default(),
             keeper,
             group,
             cuts,
@@ -367,19 +377,8 @@ impl<C: ConsumerContext + 'static> SandboxConsumerBuilder<C> {
             guardrails: self.guardrails,
             retry: self.retry,
             in_flight,
-            tally: Tally::new(
-                match topics {
-                    [topic] if !topic.starts_with('^') => Some(topic),
-                    _ => None,
-                },
-                role_name(&role),
-            ),
-            // One topic named (no pattern): every message is of it, and asking rdkafka for a
-            // message's topic (a `strlen` and a UTF-8 check) is saved.
-            only_topic: match topics {
-                [topic] if !topic.starts_with('^') => Some((*topic).into()),
-                _ => None,
-            },
+            tally: Tally::new(only_topic, role_name(&role)),
+            only_topic: only_topic.map(Into::into),
             waiting: AtomicUsize::new(0),
             production: {
                 // Messages are handled in contexts of their own, not the consumer task's.
@@ -397,7 +396,7 @@ pub struct SandboxConsumer<C: ConsumerContext + 'static = DefaultConsumerContext
     /// Held while a loop pulls a message from rdkafka and takes it in flight: with several
     /// loops (`recv` from several tasks), messages are taken in the order rdkafka gives them,
     /// so no position is decided past a message pulled but not yet taken.
-    pulling: tokio::sync::Mutex<()>,
+    pulling: pull::PullLock,
     /// Gives rdkafka what is done with once a second, whatever the loops do (a handler that
     /// runs long, a loop of the service's own that is not in `recv`).
     keeper: tokio::task::JoinHandle<()>,
@@ -585,6 +584,17 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     fn count(&self, message: &BorrowedMessage<'_>, outcome: KafkaOutcome) {
         self.tally.count(outcome, || self.topic(message));
     }
+
+    /// Audits and counts `message`, skipped for `reason`, of `sandbox`'s.
+    fn skipped(
+        &self,
+        message: &BorrowedMessage<'_>,
+        reason: &'static str,
+        sandbox: Option<&SandboxKey>,
+    ) {
+        self.tally.skip(reason, sandbox, &Source(message));
+        self.count(message, KafkaOutcome::Skipped);
+    }
 }
 
 /// The role's name in metrics.
@@ -648,6 +658,16 @@ impl Display for Source<'_, '_> {
 }
 
 fn audit(sandbox: Option<&SandboxKey>, decision: Decision, reason: &str, detail: &dyn Display) {
+    event(sandbox, decision, reason, Some(detail)).emit();
+}
+
+/// The audit event of a consumer's decision about a message of `sandbox`'s.
+pub(crate) fn event<'a>(
+    sandbox: Option<&'a SandboxKey>,
+    decision: Decision,
+    reason: &'a str,
+    detail: Option<&'a dyn Display>,
+) -> AuditEvent<'a> {
     AuditEvent {
         sandbox: sandbox.map(SandboxKey::as_str),
         actor: None,
@@ -656,9 +676,8 @@ fn audit(sandbox: Option<&SandboxKey>, decision: Decision, reason: &str, detail:
         direction: Direction::Inbound,
         decision,
         reason,
-        detail: Some(detail),
+        detail,
     }
-    .emit();
 }
 
 #[cfg(test)]

@@ -118,13 +118,12 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                 return Next::Stopped;
             }
             // Pulled and taken under the pull lock (see `SandboxConsumer::pulling`).
-            let ready = match self.pulling.try_lock() {
-                Ok(pulling) => messages
+            let ready = self.pulling.try_lock().and_then(|pulling| {
+                messages
                     .next()
                     .now_or_never()
-                    .map(|message| (message, pulling)),
-                Err(_) => None,
-            };
+                    .map(|message| (message, pulling))
+            });
             let (message, pulling) = match ready {
                 Some(ready) => ready,
                 None => {
@@ -188,13 +187,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         {
             // Skips, half of a baseline's messages or more, are decided and done with here.
             Verdict::Skip { reason, sandbox } => {
-                audit(
-                    sandbox.as_ref(),
-                    Decision::Skipped,
-                    reason,
-                    &Source(message),
-                );
-                self.count(message, KafkaOutcome::Skipped);
+                self.skipped(message, reason, sandbox.as_ref());
                 held.finish();
                 return None;
             }
@@ -233,8 +226,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                             Role::Baseline { .. } => "forked",
                             Role::Sandbox { .. } => "baseline_handles",
                         };
-                        audit(Some(&sandbox), Decision::Skipped, reason, &Source(message));
-                        self.count(message, KafkaOutcome::Skipped);
+                        self.skipped(message, reason, Some(&sandbox));
                         held.finish();
                         return None;
                     }
