@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use prodbox_core::directory::ForkAddress;
 use prodbox_core::{Sandbox, SandboxKey};
 use prodbox_db::directory::{DirectoryStore, StoreError, validate_fork};
@@ -25,25 +25,34 @@ second: which sandboxes exist, which services each one forks (and where the fork
 when each expires, and whether it is disabled (the kill switch).
 
 Typical session:
-  export DATABASE_URL=postgres://prodbox@db.internal/shop
+  export PRODBOX_DATABASE_URL=postgres://prodbox@db.internal/shop   # or DATABASE_URL
   prodbox sandbox create pr-42 --actor alice --origin pr-42 \\
       --forks billing=http://10.0.0.5:8080 --ttl 2h
   export PRODBOX_TOKEN_SECRET=...            # the secret your edge verifies with
-  prodbox token mint pr-42 --key-id 2026-11 --ttl 30m   # for this incarnation of pr-42
-  curl -H \"baggage: prodbox.token=<token>\" https://shop.example.com/orders
+  TOKEN=$(prodbox token mint pr-42 --key-id 2026-11 --ttl 30m)   # this incarnation of pr-42
+  curl -H \"baggage: prodbox.token=$TOKEN\" https://shop.example.com/orders
+  prodbox sandbox update pr-42 --forks billing=http://10.0.0.7:8080 --ttl 4h
   prodbox sandbox delete pr-42               # also drops its database schema";
 
 const EXIT_CODES: &str = "\
 Exit codes: 0 done; 1 refused (no such sandbox, already exists);
 2 bad usage or input (invalid key, TTL, fork or label, missing secret);
 3 database or Redis unreachable or failing.
-Add --json to any command for machine-readable output on stdout; errors go to stderr.";
+Add --json to any command for machine-readable output on stdout; errors go to stderr, as
+{\"error\": {\"kind\": ..., \"message\": ..., \"exit_code\": ...}} under --json.
+Shell completions: prodbox completions bash|zsh|fish|elvish|powershell.";
 
 #[derive(Parser)]
 #[command(name = "prodbox", version, about = ABOUT, long_about = LONG_ABOUT, after_help = EXIT_CODES)]
 struct Cli {
-    /// PostgreSQL URL of the database holding the directory and the sandbox schemas.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    /// PostgreSQL URL of the database holding the directory and the sandbox schemas; when
+    /// neither this nor PRODBOX_DATABASE_URL is given, DATABASE_URL.
+    #[arg(
+        long,
+        env = "PRODBOX_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
     database_url: Option<String>,
 
     /// Redis URL of the server holding sandbox keys (prodbox-redis), for `sandbox delete` and
@@ -51,7 +60,7 @@ struct Cli {
     #[arg(long, env = "PRODBOX_REDIS_URL", global = true, hide_env_values = true)]
     redis_url: Option<String>,
 
-    /// Print JSON on stdout (for scripts) instead of text.
+    /// Print JSON on stdout (for scripts) instead of text, and errors as JSON on stderr.
     #[arg(long, global = true)]
     json: bool,
 
@@ -73,6 +82,12 @@ enum Command {
     /// List and delete sandboxes' Redis keys and ACL users (prodbox-redis).
     #[command(subcommand)]
     Redis(RedisCommand),
+    /// Print a completion script for `shell`, such as
+    /// `prodbox completions bash > /etc/bash_completion.d/prodbox`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +137,42 @@ enum SandboxCommand {
         #[arg(value_parser = parse_key)]
         key: SandboxKey,
     },
+    /// Change what a sandbox forks, shadows or stubs, or its lifetime; what is not given stays.
+    #[command(
+        after_help = "Example:\n  prodbox sandbox update pr-42 --forks billing=http://10.0.0.7:8080 --ttl 4h\n\nServices see the new routes within a second. A Kafka baseline that stops seeing a fork\nkeeps the sandbox's records from there on (the cut closes where the fork stopped)."
+    )]
+    Update {
+        /// The sandbox key.
+        #[arg(value_parser = parse_key)]
+        key: SandboxKey,
+        /// The services it forks from now on, as SERVICE=URL (replacing the list); repeat or
+        /// separate with commas.
+        #[arg(long = "forks", alias = "fork", value_name = "SERVICE=URL", value_delimiter = ',', value_parser = parse_fork, conflicts_with = "no_forks")]
+        forks: Option<Vec<(String, ForkAddress)>>,
+        /// Fork nothing any more (and shadow nothing).
+        #[arg(long)]
+        no_forks: bool,
+        /// The services it shadows from now on (each must be forked).
+        #[arg(
+            long,
+            value_name = "SERVICE",
+            value_delimiter = ',',
+            conflicts_with = "no_shadows"
+        )]
+        shadows: Option<Vec<String>>,
+        /// Shadow nothing any more.
+        #[arg(long)]
+        no_shadows: bool,
+        /// Its stub services from now on, as DESTINATION=URL (replacing the list).
+        #[arg(long = "stubs", alias = "stub", value_name = "DESTINATION=URL", value_delimiter = ',', value_parser = parse_fork, conflicts_with = "no_stubs")]
+        stubs: Option<Vec<(String, ForkAddress)>>,
+        /// Stub nothing any more.
+        #[arg(long)]
+        no_stubs: bool,
+        /// New lifetime from now, such as 2h.
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+    },
     /// Give a sandbox a new lifetime, counted from now.
     Extend {
         /// The sandbox key.
@@ -161,7 +212,8 @@ enum SandboxCommand {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Print a signed token for a sandbox. Send it as `baggage: prodbox.token=<token>`.
+    /// Print a signed token for a sandbox (only the token; --details for more). Send it as
+    /// `baggage: prodbox.token=<token>`.
     #[command(
         after_help = "The sandbox is read from the directory: the token admits only this \
 incarnation of it (not one deleted and made again under the same key), never outlives it, and \
@@ -193,13 +245,38 @@ at least 32 bytes. The edge must know the same secret under the same key id. Tok
         /// Mint without reading the directory (the token names no incarnation).
         #[arg(long)]
         no_directory: bool,
-        /// Environment variable holding the secret.
-        #[arg(long, default_value = "PRODBOX_TOKEN_SECRET")]
-        secret_env: String,
-        /// File holding the secret (a trailing newline is ignored).
-        #[arg(long, conflicts_with = "secret_env")]
-        secret_file: Option<PathBuf>,
+        #[command(flatten)]
+        secret: SecretSource,
+        /// Also print the sandbox, key id, expiry and the header to send.
+        #[arg(long)]
+        details: bool,
     },
+    /// Check a token as an edge with `Signed` trust would: signature, expiry, claims, and
+    /// (unless --no-directory) that the directory has its sandbox, in the incarnation it
+    /// names, enabled and unexpired. Exit 1, with the audit reason, when an edge would refuse it.
+    Verify {
+        /// The token (`-`: read it from stdin).
+        token: String,
+        /// Key id the secret is known under at the edge.
+        #[arg(long)]
+        key_id: String,
+        /// Check the token alone, not the directory.
+        #[arg(long)]
+        no_directory: bool,
+        #[command(flatten)]
+        secret: SecretSource,
+    },
+}
+
+/// Where a token secret comes from: never the command line.
+#[derive(clap::Args)]
+struct SecretSource {
+    /// Environment variable holding the secret.
+    #[arg(long, default_value = "PRODBOX_TOKEN_SECRET")]
+    secret_env: String,
+    /// File holding the secret (a trailing newline is ignored).
+    #[arg(long, conflicts_with = "secret_env")]
+    secret_file: Option<PathBuf>,
 }
 
 /// The one sandbox a command is about.
@@ -286,6 +363,27 @@ impl Failure {
             Self::Refused(m) | Self::Usage(m) | Self::Database(m) => m,
         }
     }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Refused(_) => "refused",
+            Self::Usage(_) => "usage",
+            Self::Database(_) => "unavailable",
+        }
+    }
+
+    /// Writes the failure on stderr (as JSON under `--json`) and gives its exit code.
+    fn report(&self, json: bool) -> ExitCode {
+        if json {
+            let error = serde_json::json!({
+                "error": {"kind": self.kind(), "message": self.message(), "exit_code": self.code()}
+            });
+            eprintln!("{error}");
+        } else {
+            eprintln!("error: {}", self.message());
+        }
+        ExitCode::from(self.code())
+    }
 }
 
 impl From<StoreError> for Failure {
@@ -304,32 +402,56 @@ impl From<sqlx::Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
     let json = cli.json;
+    // clap reads one variable per flag: the generic name is the fallback.
+    if cli.database_url.is_none() {
+        cli.database_url = std::env::var("DATABASE_URL").ok();
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return Failure::Refused(format!("cannot start: {e}")).report(json),
     };
     match runtime.block_on(run(cli)) {
         Ok(output) => {
-            if json {
-                println!("{}", output.json);
+            use std::io::Write as _;
+            let text = if json {
+                output.json.to_string()
             } else {
-                println!("{}", output.text.trim_end());
-            }
+                output.text.trim_end().to_owned()
+            };
+            // A reader that stops early (`| head`) is no failure of ours.
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
             ExitCode::SUCCESS
         }
-        Err(failure) => {
-            eprintln!("error: {}", failure.message());
-            ExitCode::from(failure.code())
-        }
+        Err(failure) => failure.report(json),
     }
+}
+
+/// What clap refused: its own text, or under `--json` (which clap could not parse yet) the
+/// same JSON as every other failure. Help and version go to stdout as usual.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let informational = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if informational || !std::env::args_os().any(|arg| arg == "--json") {
+        let _ = error.print();
+        return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
+    }
+    // clap's first line says what is wrong; the rest is usage text for people.
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    Failure::Usage(first.trim_start_matches("error: ").to_owned()).report(true)
 }
 
 struct Output {
@@ -339,7 +461,10 @@ struct Output {
 
 async fn connect(url: Option<&str>) -> Result<PgPool, Failure> {
     let url = url.ok_or_else(|| {
-        Failure::Usage("no database: pass --database-url or set DATABASE_URL".to_owned())
+        Failure::Usage(
+            "no database: pass --database-url or set PRODBOX_DATABASE_URL (or DATABASE_URL)"
+                .to_owned(),
+        )
     })?;
     let options = url
         .parse::<sqlx::postgres::PgConnectOptions>()
@@ -377,8 +502,8 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
             origin,
             ttl,
             no_directory,
-            secret_env,
-            secret_file,
+            secret,
+            details,
         }) => {
             let sandbox = if no_directory {
                 Sandbox::new(key)
@@ -386,15 +511,37 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
                 let pool = connect(cli.database_url.as_deref()).await?;
                 cmd::token::registered(&DirectoryStore::new(pool), &key).await?
             };
-            cmd::token::mint(
-                sandbox,
-                &key_id,
-                actor,
-                origin,
-                ttl,
-                &secret_env,
-                secret_file,
-            )
+            cmd::token::mint(sandbox, &key_id, actor, origin, ttl, secret, details)
+        }
+        Command::Token(TokenCommand::Verify {
+            token,
+            key_id,
+            no_directory,
+            secret,
+        }) => {
+            let token = if token == "-" {
+                std::io::read_to_string(std::io::stdin())
+                    .map_err(|e| Failure::Usage(format!("cannot read the token from stdin: {e}")))?
+            } else {
+                token
+            };
+            let store = if no_directory {
+                None
+            } else {
+                Some(DirectoryStore::new(
+                    connect(cli.database_url.as_deref()).await?,
+                ))
+            };
+            cmd::token::verify(&token, &key_id, secret, store.as_ref()).await
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "prodbox", &mut script);
+            let script = String::from_utf8_lossy(&script).into_owned();
+            Ok(Output {
+                json: serde_json::json!({ "shell": shell.to_string(), "script": script }),
+                text: script,
+            })
         }
         Command::Sandbox(command) => {
             let pool = connect(cli.database_url.as_deref()).await?;

@@ -70,6 +70,7 @@ async fn prodbox_env(url: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> 
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_prodbox"));
     command
         .env_remove("DATABASE_URL")
+        .env_remove("PRODBOX_DATABASE_URL")
         .env_remove("PRODBOX_REDIS_URL")
         .env_remove("PRODBOX_TOKEN_SECRET")
         .stdin(Stdio::null())
@@ -134,11 +135,8 @@ fn rfc3339(value: &Value) -> SystemTime {
     humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
 }
 
-const HOUR: Duration = Duration::from_secs(3600);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_made_with_the_cli_reach_a_live_directory_within_a_second() {
-    let db = setup().await;
+/// A directory on `db`, synced, as a service's would be.
+async fn live_directory(db: &TestDatabase) -> PgDirectory {
     let directory = PgDirectory::builder(db.pool())
         .heartbeat(Duration::from_millis(200))
         .start();
@@ -146,6 +144,15 @@ async fn changes_made_with_the_cli_reach_a_live_directory_within_a_second() {
         .synced(Duration::from_secs(10))
         .await
         .expect("the directory syncs");
+    directory
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_with_the_cli_reach_a_live_directory_within_a_second() {
+    let db = setup().await;
+    let directory = live_directory(&db).await;
     let k = unique_key("cli");
     let sk = key(&k);
     assert!(directory.get(&sk).is_none());
@@ -571,7 +578,10 @@ async fn bad_input_changes_nothing_and_exits_with_the_documented_code() {
 
     // No database at all, and one nothing listens on.
     let out = prodbox_env(None, &["sandbox", "create", &fresh], &[]).await;
-    out.fails(2, "no database: pass --database-url or set DATABASE_URL");
+    out.fails(
+        2,
+        "no database: pass --database-url or set PRODBOX_DATABASE_URL",
+    );
     let out = prodbox_env(Some("not a url"), &["sandbox", "list"], &[]).await;
     out.fails(2, "invalid --database-url");
     for args in [
@@ -630,8 +640,15 @@ async fn token_mint_signs_tokens_the_edge_verifies() {
         "--no-directory",
     ];
 
+    // Only the token by default (`TOKEN=$(prodbox token mint ...)`), more with --details.
+    let plain = prodbox_env(None, &args, &[("PRODBOX_TOKEN_SECRET", SECRET)])
+        .await
+        .ok();
+    assert_eq!(plain.stdout.lines().count(), 1, "{plain:#?}");
+    assert!(plain.stdout.starts_with("v1.k1."), "{plain:#?}");
     let before = SystemTime::now();
-    let out = prodbox_env(None, &args, &[("PRODBOX_TOKEN_SECRET", SECRET)])
+    let detailed: Vec<&str> = args.iter().copied().chain(["--details"]).collect();
+    let out = prodbox_env(None, &detailed, &[("PRODBOX_TOKEN_SECRET", SECRET)])
         .await
         .ok();
     let after = SystemTime::now();
@@ -1339,4 +1356,296 @@ async fn stubs_given_at_creation_reach_the_directory() {
             .await
             .fails(2, says);
     }
+}
+
+/// Stderr parsed as the JSON error every failure prints under `--json`.
+#[track_caller]
+fn json_error(out: &Out, code: i32, kind: &str) -> String {
+    assert_eq!(out.code, Some(code), "wrong exit code: {out:#?}");
+    assert!(
+        out.stdout.is_empty(),
+        "stdout not empty on failure: {out:#?}"
+    );
+    let error: Value = serde_json::from_str(out.stderr.trim())
+        .unwrap_or_else(|e| panic!("stderr is not JSON ({e}): {out:#?}"));
+    assert_eq!(error["error"]["kind"], kind, "{out:#?}");
+    assert_eq!(error["error"]["exit_code"], code, "{out:#?}");
+    error["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message: {out:#?}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_update_changes_routes_and_lifetime_live() {
+    let db = setup().await;
+    let directory = live_directory(&db).await;
+    let k = unique_key("upd");
+    let sk = key(&k);
+    let create = format!(
+        "sandbox create {k} --actor alice --shadows billing --ttl 1h \
+         --forks billing=http://127.0.0.1:9001,orders=http://127.0.0.1:9002 \
+         --stubs payments=http://127.0.0.1:9100"
+    );
+    prodbox(&db, &create.split_whitespace().collect::<Vec<_>>())
+        .await
+        .ok();
+    let created = DirectoryStore::new(db.pool().clone())
+        .get(&sk)
+        .await
+        .unwrap()
+        .unwrap();
+    let addr = |a: &str| a.parse().expect("a fork address");
+
+    // New forks replace the old ones; shadows and stubs not named stay.
+    let out = prodbox(
+        &db,
+        &[
+            "--json",
+            "sandbox",
+            "update",
+            &k,
+            "--forks",
+            "billing=http://127.0.0.1:9011",
+        ],
+    )
+    .await
+    .ok();
+    assert_eq!(out.json()["forks"]["billing"], "http://127.0.0.1:9011");
+    within_a_second_of(out.exited, "the new forks", || {
+        directory.get(&sk).is_some_and(|e| {
+            e.forks == BTreeMap::from([("billing".to_owned(), addr("http://127.0.0.1:9011"))])
+        })
+    })
+    .await;
+    let entry = directory.get(&sk).unwrap();
+    assert!(entry.shadows.contains("billing"), "{entry:?}");
+    assert_eq!(entry.stubs.len(), 1, "{entry:?}");
+    assert_eq!(entry.actor.as_deref(), Some("alice"));
+    assert_eq!(entry.created_at, created.created_at, "the same incarnation");
+    assert_eq!(
+        entry.expires_at, created.expires_at,
+        "the lifetime untouched"
+    );
+
+    // A new lifetime and no stubs, in one command.
+    let before = SystemTime::now();
+    let out = prodbox(&db, &["sandbox", "update", &k, "--ttl", "3h", "--no-stubs"])
+        .await
+        .ok();
+    let after = SystemTime::now();
+    assert!(
+        out.stdout.starts_with(&format!("updated sandbox {k}")),
+        "{out:#?}"
+    );
+    within_a_second_of(out.exited, "no stubs", || {
+        directory.get(&sk).is_some_and(|e| e.stubs.is_empty())
+    })
+    .await;
+    let entry = directory.get(&sk).unwrap();
+    assert!(
+        about(entry.expires_at.unwrap(), before, after, 3 * HOUR),
+        "{entry:?}"
+    );
+
+    // Refused, changing nothing: shadowing what is not forked, a bad address, nothing to do,
+    // an unknown sandbox.
+    prodbox(&db, &["sandbox", "update", &k, "--shadows", "orders"])
+        .await
+        .fails(2, "no fork of it");
+    prodbox(
+        &db,
+        &["sandbox", "update", &k, "--forks", "billing=ftp://x"],
+    )
+    .await
+    .fails(2, "billing=ftp://x");
+    prodbox(&db, &["sandbox", "update", &k])
+        .await
+        .fails(2, "nothing to change");
+    prodbox(&db, &["sandbox", "update", "upd-nobody", "--ttl", "1h"])
+        .await
+        .fails(1, "upd-nobody");
+    let store = DirectoryStore::new(db.pool().clone());
+    let unchanged = store.get(&sk).await.unwrap().unwrap();
+    assert_eq!(unchanged.forks, entry.forks);
+    assert_eq!(unchanged.shadows, entry.shadows);
+
+    // No forks: no shadows either.
+    let out = prodbox(&db, &["sandbox", "update", &k, "--no-forks"])
+        .await
+        .ok();
+    within_a_second_of(out.exited, "no forks", || {
+        directory.get(&sk).is_some_and(|e| e.forks.is_empty())
+    })
+    .await;
+    assert!(directory.get(&sk).unwrap().shadows.is_empty());
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_verify_says_what_an_edge_would() {
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-verify";
+    const OTHER: &str = "fedcba9876543210fedcba9876543210-verify";
+    let db = setup().await;
+    let env = [("PRODBOX_TOKEN_SECRET", SECRET)];
+    let mint = |k: &'static str| {
+        let url = db.url().to_owned();
+        async move {
+            let out = prodbox_env(Some(&url), &["token", "mint", k, "--key-id", "k1"], &env)
+                .await
+                .ok();
+            out.stdout.trim().to_owned()
+        }
+    };
+    let verify = |token: String, extra: &'static [&'static str], secret: &'static str| {
+        let url = db.url().to_owned();
+        async move {
+            let mut args = vec!["--json", "token", "verify", &token, "--key-id", "k1"];
+            args.extend(extra);
+            prodbox_env(Some(&url), &args, &[("PRODBOX_TOKEN_SECRET", secret)]).await
+        }
+    };
+    prodbox(
+        &db,
+        &[
+            "sandbox", "create", "tv-1", "--actor", "alice", "--ttl", "30m",
+        ],
+    )
+    .await
+    .ok();
+    let token = mint("tv-1").await;
+
+    let valid = verify(token.clone(), &[], SECRET).await.ok().json();
+    assert_eq!(valid["valid"], true);
+    assert_eq!(valid["key"], "tv-1");
+    assert_eq!(valid["actor"], "alice");
+    assert_eq!(valid["directory_checked"], true);
+    assert!(valid["incarnation"].is_string(), "{valid}");
+
+    // What an edge refuses, with the edge's audit reason.
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let message = json_error(&verify(forged, &[], SECRET).await, 1, "refused");
+    assert!(
+        message.starts_with("token_bad_signature") || message.starts_with("token_malformed"),
+        "{message}"
+    );
+    let message = json_error(&verify(token.clone(), &[], OTHER).await, 1, "refused");
+    assert!(message.starts_with("token_bad_signature"), "{message}");
+    let other_kid = prodbox_env(
+        Some(db.url()),
+        &["--json", "token", "verify", &token, "--key-id", "k2"],
+        &env,
+    )
+    .await;
+    assert!(json_error(&other_kid, 1, "refused").starts_with("token_unknown_key"));
+
+    // Deleted and made again: the old token names the old incarnation. Without the directory
+    // it still verifies (as an edge with no directory would take it).
+    prodbox(&db, &["sandbox", "delete", "tv-1"]).await.ok();
+    prodbox(&db, &["sandbox", "create", "tv-1", "--ttl", "30m"])
+        .await
+        .ok();
+    let message = json_error(&verify(token.clone(), &[], SECRET).await, 1, "refused");
+    assert!(message.starts_with("token_other_incarnation"), "{message}");
+    let alone = verify(token.clone(), &["--no-directory"], SECRET)
+        .await
+        .ok()
+        .json();
+    assert_eq!(alone["directory_checked"], false);
+
+    // Disabled: refused, with the kill switch's reason.
+    let fresh = mint("tv-1").await;
+    prodbox(&db, &["sandbox", "disable", "tv-1"]).await.ok();
+    let message = json_error(&verify(fresh.clone(), &[], SECRET).await, 1, "refused");
+    assert!(message.starts_with("sandbox_disabled"), "{message}");
+
+    // From stdin, in text.
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_prodbox"));
+    command
+        .args(["token", "verify", "-", "--key-id", "k1", "--no-directory"])
+        .env_remove("DATABASE_URL")
+        .env_remove("PRODBOX_DATABASE_URL")
+        .env("PRODBOX_TOKEN_SECRET", SECRET)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, format!("{fresh}\n").as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().await.unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.starts_with("valid: sandbox tv-1"), "{text}");
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_json_under_json_and_the_database_url_has_a_fallback() {
+    let db = setup().await;
+    // Each kind of failure, as JSON on stderr.
+    let out = prodbox(&db, &["--json", "sandbox", "show", "je-nobody"]).await;
+    assert!(json_error(&out, 1, "refused").contains("je-nobody"));
+    let out = prodbox(&db, &["--json", "sandbox", "bogus"]).await;
+    assert!(json_error(&out, 2, "usage").contains("bogus"));
+    let out = prodbox(&db, &["--json", "sandbox", "create", "NOT A KEY"]).await;
+    json_error(&out, 2, "usage");
+    let out = prodbox_env(Some(UNREACHABLE), &["--json", "sandbox", "list"], &[]).await;
+    assert!(json_error(&out, 3, "unavailable").contains("cannot connect"));
+    // Help is still help.
+    let help = prodbox_env(None, &["--json", "--help"], &[]).await.ok();
+    assert!(help.stdout.contains("Usage:"), "{help:#?}");
+
+    // PRODBOX_DATABASE_URL first, then DATABASE_URL.
+    let list = ["--json", "sandbox", "list"];
+    prodbox_env(
+        None,
+        &list,
+        &[
+            ("PRODBOX_DATABASE_URL", db.url()),
+            ("DATABASE_URL", UNREACHABLE),
+        ],
+    )
+    .await
+    .ok();
+    prodbox_env(None, &list, &[("DATABASE_URL", db.url())])
+        .await
+        .ok();
+    let out = prodbox_env(
+        None,
+        &list,
+        &[
+            ("PRODBOX_DATABASE_URL", UNREACHABLE),
+            ("DATABASE_URL", db.url()),
+        ],
+    )
+    .await;
+    json_error(&out, 3, "unavailable");
+    let out = prodbox_env(None, &list, &[]).await;
+    assert!(json_error(&out, 2, "usage").contains("PRODBOX_DATABASE_URL"));
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn shell_completions_name_every_command() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = prodbox_env(None, &["completions", shell], &[]).await.ok();
+        for word in [
+            "sandbox",
+            "update",
+            "token",
+            "verify",
+            "completions",
+            "json",
+        ] {
+            assert!(out.stdout.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    prodbox_env(None, &["completions", "tcsh"], &[])
+        .await
+        .fails(2, "tcsh");
 }

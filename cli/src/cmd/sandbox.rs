@@ -1,5 +1,5 @@
-//! `prodbox sandbox`: the directory entries an operator creates, lists, extends, disables and
-//! deletes (dropping the sandbox's schema on the way out).
+//! `prodbox sandbox`: the directory entries an operator creates, lists, updates, extends,
+//! disables and deletes (dropping the sandbox's schema on the way out).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -57,6 +57,14 @@ fn one_each(
     Ok(map)
 }
 
+/// A store error, where invalid input is the caller's (exit 2).
+fn invalid_is_usage(error: StoreError) -> Failure {
+    match error {
+        StoreError::Invalid(m) => Failure::Usage(m),
+        other => other.into(),
+    }
+}
+
 fn describe(entry: &SandboxEntry, now: SystemTime) -> String {
     let forks = addresses(&entry.forks);
     let stubs = addresses(&entry.stubs);
@@ -109,10 +117,7 @@ pub(crate) async fn run(
             entry.stubs = one_each("--stubs", stubs)?;
             entry.expires_at = Some(now + ttl);
             entry.disabled = disabled;
-            let created = store.create(&entry).await.map_err(|e| match e {
-                StoreError::Invalid(m) => Failure::Usage(m),
-                other => other.into(),
-            })?;
+            let created = store.create(&entry).await.map_err(invalid_is_usage)?;
             Ok(shown("created ", created))
         }
         SandboxCommand::List { all } => {
@@ -161,6 +166,64 @@ pub(crate) async fn run(
             Some(entry) => Ok(shown("", entry)),
             None => Err(StoreError::NotFound(key).into()),
         },
+        SandboxCommand::Update {
+            key,
+            forks,
+            no_forks,
+            shadows,
+            no_shadows,
+            stubs,
+            no_stubs,
+            ttl,
+        } => {
+            let routes_change = forks.is_some()
+                || no_forks
+                || shadows.is_some()
+                || no_shadows
+                || stubs.is_some()
+                || no_stubs;
+            if !routes_change && ttl.is_none() {
+                return Err(Failure::Usage(
+                    "nothing to change: give --forks, --shadows, --stubs (or their --no- forms) or --ttl"
+                        .to_owned(),
+                ));
+            }
+            let mut entry = store
+                .get(&key)
+                .await?
+                .ok_or_else(|| Failure::from(StoreError::NotFound(key.clone())))?;
+            if routes_change {
+                if let Some(forks) = forks {
+                    entry.forks = one_each("--forks", forks)?;
+                }
+                if no_forks {
+                    entry.forks.clear();
+                    // Nothing forked is shadowed either, unless --shadows says otherwise (and
+                    // is then refused below).
+                    entry.shadows.clear();
+                }
+                if let Some(shadows) = shadows {
+                    entry.shadows = shadows.into_iter().collect();
+                }
+                if no_shadows {
+                    entry.shadows.clear();
+                }
+                if let Some(stubs) = stubs {
+                    entry.stubs = one_each("--stubs", stubs)?;
+                }
+                if no_stubs {
+                    entry.stubs.clear();
+                }
+                entry = store
+                    .set_routes(&key, &entry.forks, &entry.shadows, &entry.stubs)
+                    .await
+                    .map_err(invalid_is_usage)?;
+            }
+            if let Some(ttl) = ttl {
+                entry = store.set_expiry(&key, Some(now + ttl)).await?;
+            }
+            Ok(shown("updated ", entry))
+        }
         SandboxCommand::Extend { key, ttl } => Ok(shown(
             "extended ",
             store.set_expiry(&key, Some(now + ttl)).await?,

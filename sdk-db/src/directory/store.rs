@@ -1,11 +1,12 @@
 //! [`DirectoryStore`]: the writes (and one-off reads) of the directory table that the
 //! `prodbox` tool and test harnesses make; the table's trigger announces each one.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prodbox_core::SandboxKey;
-use prodbox_core::directory::SandboxEntry;
+use prodbox_core::directory::{ForkAddress, SandboxEntry};
 use sqlx::postgres::PgPool;
 
 use super::StoreError;
@@ -42,12 +43,11 @@ impl DirectoryStore {
     pub async fn create(&self, entry: &SandboxEntry) -> Result<SandboxEntry, StoreError> {
         validate(entry)?;
         self.ready().await?;
-        let json = |v: Result<String, serde_json::Error>| {
-            v.map_err(|e| StoreError::Invalid(e.to_string()))
-        };
-        let forks = json(serde_json::to_string(&entry.forks))?;
-        let shadows = json(serde_json::to_string(&entry.shadows))?;
-        let stubs = json(serde_json::to_string(&entry.stubs))?;
+        let (forks, shadows, stubs) = (
+            jsonb(serde_json::to_string(&entry.forks))?,
+            jsonb(serde_json::to_string(&entry.shadows))?,
+            jsonb(serde_json::to_string(&entry.stubs))?,
+        );
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO prodbox.sandboxes
                  (key, actor, origin, forks, expires_at, disabled, shadows, stubs)
@@ -109,6 +109,33 @@ impl DirectoryStore {
         self.update(key, "expires_at = to_timestamp($2)", |q| {
             q.bind(expires_at.map(secs))
         })
+        .await
+    }
+
+    /// Replaces what `key` forks, shadows and stubs (checked as [`create`](Self::create)
+    /// checks them), in one change: services see the old routes or the new ones, never a mix.
+    pub async fn set_routes(
+        &self,
+        key: &SandboxKey,
+        forks: &BTreeMap<String, ForkAddress>,
+        shadows: &BTreeSet<String>,
+        stubs: &BTreeMap<String, ForkAddress>,
+    ) -> Result<SandboxEntry, StoreError> {
+        let mut routes = SandboxEntry::new(key.clone());
+        routes.forks = forks.clone();
+        routes.shadows = shadows.clone();
+        routes.stubs = stubs.clone();
+        validate(&routes)?;
+        let (forks, shadows, stubs) = (
+            jsonb(serde_json::to_string(forks))?,
+            jsonb(serde_json::to_string(shadows))?,
+            jsonb(serde_json::to_string(stubs))?,
+        );
+        self.update(
+            key,
+            "forks = $2::jsonb, shadows = $3::jsonb, stubs = $4::jsonb",
+            |q| q.bind(forks).bind(shadows).bind(stubs),
+        )
         .await
     }
 
@@ -174,4 +201,9 @@ impl DirectoryStore {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// A column's JSON text, from `serde_json::to_string`.
+fn jsonb(text: Result<String, serde_json::Error>) -> Result<String, StoreError> {
+    text.map_err(|e| StoreError::Invalid(e.to_string()))
 }
