@@ -75,6 +75,16 @@ ensure_redis() {
     return 1
 }
 
+ensure_pgbouncer() {
+    # `prodbox doctor`'s tests (cli/tests/doctor.rs) start PgBouncers of their own, in both
+    # pooling modes, in front of the machine's PostgreSQL.
+    if [[ -x /usr/sbin/pgbouncer || -x /usr/bin/pgbouncer ]]; then
+        return 0
+    fi
+    step "installing PgBouncer (Debian's pgbouncer)"
+    apt-get install -y -q --no-install-recommends pgbouncer >/dev/null
+}
+
 ensure_interop_python() {
     # sdk-http's interop tests run a Python service instrumented with the OpenTelemetry Python
     # SDK (sdk-http/tests/interop). It gets a virtual environment of its own with the pinned
@@ -122,6 +132,7 @@ check_lint_config() {
 ensure_rust_components
 ensure_postgres
 ensure_redis
+ensure_pgbouncer
 ensure_tansu
 ensure_interop_python
 

@@ -82,6 +82,16 @@ enum Command {
     /// List and delete sandboxes' Redis keys and ACL users (prodbox-redis).
     #[command(subcommand)]
     Redis(RedisCommand),
+    /// Check a production database (and Redis, with --redis-url) for what would make
+    /// sandboxes unsafe or unusable; each finding names the statement that fixes it.
+    #[command(
+        after_help = "Run it as the login the services' SandboxPool uses. It makes one throwaway role \
+(sbxr_doctor_..., dropped again) to see what a sandbox's role could reach and whether it can log \
+in, and changes nothing else.\n\nExit codes: 0 healthy (warnings and notes only); 1 findings that \
+make sandboxes unsafe or unusable (the report is on stdout); 2 bad usage; 3 database or Redis \
+unreachable."
+    )]
+    Doctor,
     /// Print a completion script for `shell`, such as
     /// `prodbox completions bash > /etc/bash_completion.d/prodbox`.
     Completions {
@@ -342,17 +352,18 @@ fn parse_fork(text: &str) -> Result<(String, ForkAddress), String> {
 }
 
 /// What went wrong, and the exit code it gets.
-#[derive(Debug)]
 enum Failure {
     Refused(String),
     Usage(String),
     Database(String),
+    /// A report of what is wrong (`doctor`): printed as output, with exit code 1.
+    Unhealthy(Output),
 }
 
 impl Failure {
     fn code(&self) -> u8 {
         match self {
-            Self::Refused(_) => 1,
+            Self::Refused(_) | Self::Unhealthy(_) => 1,
             Self::Usage(_) => 2,
             Self::Database(_) => 3,
         }
@@ -361,12 +372,13 @@ impl Failure {
     fn message(&self) -> &str {
         match self {
             Self::Refused(m) | Self::Usage(m) | Self::Database(m) => m,
+            Self::Unhealthy(_) => "findings",
         }
     }
 
     fn kind(&self) -> &'static str {
         match self {
-            Self::Refused(_) => "refused",
+            Self::Refused(_) | Self::Unhealthy(_) => "refused",
             Self::Usage(_) => "usage",
             Self::Database(_) => "unavailable",
         }
@@ -374,6 +386,10 @@ impl Failure {
 
     /// Writes the failure on stderr (as JSON under `--json`) and gives its exit code.
     fn report(&self, json: bool) -> ExitCode {
+        if let Self::Unhealthy(output) = self {
+            output.print(json);
+            return ExitCode::from(self.code());
+        }
         if json {
             let error = serde_json::json!({
                 "error": {"kind": self.kind(), "message": self.message(), "exit_code": self.code()}
@@ -420,14 +436,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(output) => {
-            use std::io::Write as _;
-            let text = if json {
-                output.json.to_string()
-            } else {
-                output.text.trim_end().to_owned()
-            };
-            // A reader that stops early (`| head`) is no failure of ours.
-            let _ = writeln!(std::io::stdout().lock(), "{text}");
+            output.print(json);
             ExitCode::SUCCESS
         }
         Err(failure) => failure.report(json),
@@ -459,17 +468,36 @@ struct Output {
     json: Value,
 }
 
-async fn connect(url: Option<&str>) -> Result<PgPool, Failure> {
+impl Output {
+    /// On stdout, as JSON under `--json`.
+    fn print(&self, json: bool) {
+        use std::io::Write as _;
+        let text = if json {
+            self.json.to_string()
+        } else {
+            self.text.trim_end().to_owned()
+        };
+        // A reader that stops early (`| head`) is no failure of ours.
+        let _ = writeln!(std::io::stdout().lock(), "{text}");
+    }
+}
+
+/// How to connect to the database `url` names.
+fn connect_options(url: Option<&str>) -> Result<sqlx::postgres::PgConnectOptions, Failure> {
     let url = url.ok_or_else(|| {
         Failure::Usage(
             "no database: pass --database-url or set PRODBOX_DATABASE_URL (or DATABASE_URL)"
                 .to_owned(),
         )
     })?;
-    let options = url
+    Ok(url
         .parse::<sqlx::postgres::PgConnectOptions>()
         .map_err(|e| Failure::Usage(format!("invalid --database-url: {e}")))?
-        .application_name("prodbox-cli");
+        .application_name("prodbox-cli"))
+}
+
+async fn connect(url: Option<&str>) -> Result<PgPool, Failure> {
+    let options = connect_options(url)?;
     // One plain connection first: a pool would only report that it timed out, not why.
     let probe = <sqlx::postgres::PgConnection as sqlx::Connection>::connect_with(&options);
     match tokio::time::timeout(Duration::from_secs(10), probe).await {
@@ -533,6 +561,16 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
                 ))
             };
             cmd::token::verify(&token, &key_id, secret, store.as_ref()).await
+        }
+        Command::Doctor => {
+            // Reachable first, with connect's clear errors; then examined.
+            let options = connect_options(cli.database_url.as_deref())?;
+            connect(cli.database_url.as_deref()).await?.close().await;
+            let redis = match cli.redis_url.as_deref() {
+                Some(url) => Some(cmd::redis::connect(url).await?),
+                None => None,
+            };
+            cmd::doctor::run(&options, redis).await
         }
         Command::Completions { shell } => {
             let mut script = Vec::new();

@@ -15,16 +15,23 @@
 //! relation and type names in the session's temporary schema *first*, where a sandbox can put
 //! a view named `pg_depend` that calls its own function.
 
+use std::sync::LazyLock;
+
 use sqlx::postgres::PgConnection;
 
-/// Each kind of exposure, with the privileges that make it one. The statement lists at most
-/// [`LIMIT`] findings, each naming the object, what the role may do, and how to close it.
-const CHECK: &str = "
+/// The roles and schemas the checks are about: `$1` the role, `$2` its own schema (none: `''`).
+/// Sandboxes' schemas are not production (see `prodbox.is_sandbox_schema_v1`).
+const ROLE: &str = "
 WITH role AS (SELECT $1::text AS name, $2::text AS own),
--- Sandboxes' schemas: not production (see prodbox.is_sandbox_schema_v1).
 sandboxes AS (SELECT n.oid FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
-              WHERE n.nspname LIKE 'sbx\\_%' AND r.rolname LIKE 'sbxr\\_%')
-SELECT finding FROM (
+              WHERE n.nspname LIKE 'sbx\\_%' AND r.rolname LIKE 'sbxr\\_%')";
+
+/// What of production the role may reach through privileges: its own, `PUBLIC`'s (every role
+/// is a member) and a role's granted to it. Each finding names the object, what the role may
+/// do, and the statement that closes it. These need nothing of prodbox's catalogue:
+/// `prodbox doctor` runs them on a database prodbox has never touched, for `PUBLIC` or a
+/// throwaway role.
+const REACH: &str = "
     -- Tables, views, materialized views, foreign and partitioned tables: any privilege, on the
     -- table or on one of its columns (reads copy production rows out; REFERENCES and TRIGGER
     -- let a sandbox hook into production's writes).
@@ -90,22 +97,6 @@ SELECT finding FROM (
          JOIN pg_roles r ON r.oid = m.member, role
     WHERE r.rolname = role.name
     UNION ALL
-    -- Its objects that depend on production's: production's DDL on those fails.
-    SELECT d || ': production''s DDL on it fails while it exists (drop it)'
-    FROM role, prodbox.sandbox_dependencies_v1(
-             (SELECT oid FROM pg_namespace WHERE nspname = role.own)) d
-    UNION ALL
-    -- Its objects that production's own work evaluates, calling its code: ANALYZE and
-    -- autovacuum would run it in production's sessions, past every bound, and restoring a dump
-    -- as the superuser.
-    SELECT d || ' (production''s ANALYZE, VACUUM or a restore of a dump would run it: drop it)'
-    FROM role, prodbox.sandbox_code_v1(
-             (SELECT oid FROM pg_namespace WHERE nspname = role.own)) d
-    UNION ALL
-    -- Its grants and policies naming production's roles.
-    SELECT d || ' (REVOKE it, or drop the object)'
-    FROM role, prodbox.foreign_grants_v1(role.name) d
-    UNION ALL
     -- Foreign servers: foreign tables made by the sandbox reach whatever the server does.
     SELECT format('foreign server %I: USAGE (REVOKE USAGE ON FOREIGN SERVER %I FROM PUBLIC)',
                   s.srvname, s.srvname)
@@ -127,10 +118,38 @@ SELECT finding FROM (
                   m.oid, a.privilege_type, m.oid)
     FROM pg_largeobject_metadata m JOIN pg_roles o ON o.oid = m.lomowner,
          aclexplode(m.lomacl) a
-    WHERE a.grantee = 0 AND o.rolname NOT LIKE 'sbxr\\_%'
-) findings
-ORDER BY finding
-LIMIT 20";
+    WHERE a.grantee = 0 AND o.rolname NOT LIKE 'sbxr\\_%'";
+
+/// What objects of the sandbox's own (in `$2`) do to production's: dependencies that make
+/// production's DDL fail, code production's maintenance would run, grants naming production's
+/// roles. Needs the catalogue's functions (see [`DEPENDENCIES`]).
+const OWN: &str = "
+    -- Its objects that depend on production's: production's DDL on those fails.
+    SELECT d || ': production''s DDL on it fails while it exists (drop it)'
+    FROM role, prodbox.sandbox_dependencies_v1(
+             (SELECT oid FROM pg_namespace WHERE nspname = role.own)) d
+    UNION ALL
+    -- Its objects that production's own work evaluates, calling its code: ANALYZE and
+    -- autovacuum would run it in production's sessions, past every bound, and restoring a dump
+    -- as the superuser.
+    SELECT d || ' (production''s ANALYZE, VACUUM or a restore of a dump would run it: drop it)'
+    FROM role, prodbox.sandbox_code_v1(
+             (SELECT oid FROM pg_namespace WHERE nspname = role.own)) d
+    UNION ALL
+    -- Its grants and policies naming production's roles.
+    SELECT d || ' (REVOKE it, or drop the object)'
+    FROM role, prodbox.foreign_grants_v1(role.name) d";
+
+/// Provisioning's check: both, at most [`LIMIT`] findings.
+static CHECK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{ROLE}\nSELECT finding FROM ({REACH}\n    UNION ALL{OWN}\n) findings\nORDER BY finding\nLIMIT {LIMIT}"
+    )
+});
+
+/// The doctor's: every privilege finding, none about a sandbox's own objects.
+static REACH_ALL: LazyLock<String> =
+    LazyLock::new(|| format!("{ROLE}\nSELECT finding FROM ({REACH}\n) findings\nORDER BY finding"));
 
 /// Which schemas are a sandbox's (named `sbx_..`, owned by a role named `sbxr_..`), and the
 /// dependencies of some objects (with their relations' rules, defaults, constraints,
@@ -405,11 +424,19 @@ pub(crate) async fn findings(
     role: &str,
     schema: &str,
 ) -> Result<Vec<String>, sqlx::Error> {
-    let mut findings: Vec<String> = sqlx::query_scalar(CHECK)
+    sqlx::query_scalar(sqlx::AssertSqlSafe(CHECK.as_str()))
         .bind(role)
         .bind(schema)
         .fetch_all(conn)
-        .await?;
-    findings.truncate(LIMIT);
-    Ok(findings)
+        .await
+}
+
+/// Everything of production `role` (a throwaway role, or `public`) may reach through
+/// privileges, as [`findings`] words it, without limit: what `prodbox doctor` reports.
+pub(crate) async fn reach(conn: &mut PgConnection, role: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(REACH_ALL.as_str()))
+        .bind(role)
+        .bind("")
+        .fetch_all(conn)
+        .await
 }

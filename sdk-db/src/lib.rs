@@ -22,6 +22,7 @@
 pub mod connection;
 mod context;
 pub mod directory;
+pub mod doctor;
 mod error;
 mod exposure;
 pub mod names;

@@ -2,6 +2,7 @@
 //! and dispatches here.
 
 pub(crate) mod db;
+pub(crate) mod doctor;
 pub(crate) mod redis;
 pub(crate) mod sandbox;
 pub(crate) mod token;

@@ -50,7 +50,7 @@ struct Made {
 
 /// A login password from the server's random source, checked to be hex before it is ever
 /// written into DDL.
-async fn new_password(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
+pub(crate) async fn new_password(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
     let password: String =
         sqlx::query_scalar("SELECT md5(gen_random_uuid()::text) || md5(gen_random_uuid()::text)")
             .fetch_one(conn)

@@ -1,0 +1,358 @@
+//! What makes sandboxes unsafe or unusable on a database, found before the first sandbox is
+//! made: the checks behind `prodbox doctor`.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), sqlx::Error> {
+//! let options: sqlx::postgres::PgConnectOptions = "postgres://prodbox@db/shop".parse()?;
+//! let report = prodbox_db::doctor::examine(&options).await?;
+//! for finding in &report.findings {
+//!     println!("{}: {} ({})", finding.severity, finding.what, finding.fix);
+//! }
+//! assert!(report.is_healthy(), "sandboxes would be refused or unsafe here");
+//! # Ok(()) }
+//! ```
+//!
+//! It examines the database as the login of `options`, the one the service's `SandboxPool` uses:
+//!
+//! * **the login**: `CREATEROLE` and `CREATE` on the database, which provisioning needs;
+//! * **what a sandbox's role could reach**: the privilege checks provisioning itself runs
+//!   before it makes a sandbox (tables, columns, sequences, schemas, the database,
+//!   `SECURITY DEFINER` functions, foreign servers and wrappers, large objects), for a
+//!   throwaway role made as provisioning makes a sandbox's (`sbxr_doctor_..`, dropped
+//!   again), or for `PUBLIC` when the login may not make roles;
+//! * **whether such a role can log in** (`pg_hba.conf`), by logging in as the throwaway role;
+//! * **a transaction-mode PgBouncer** between the service and PostgreSQL: sessions that do not
+//!   keep their server connection (checked first; nothing else is examined through one);
+//! * **what only a revoke closes**: advisory locks and large objects every role may take or
+//!   make, and `NOTIFY`, which no privilege governs (see the crate's design notes).
+//!
+//! It changes nothing but the throwaway role, and each finding names the statement that closes
+//! it.
+
+use std::fmt;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{Connection, Row};
+
+use crate::exposure;
+use crate::provision::new_password;
+
+/// How much a finding matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Severity {
+    /// A sandbox could reach production: provisioning refuses sandboxes until it is closed.
+    Unsafe,
+    /// Sandboxes cannot be made or used.
+    Unusable,
+    /// Something every session may do, a sandbox's too, that a revoke would close.
+    Warning,
+    /// Worth knowing; nothing closes it.
+    Note,
+}
+
+impl Severity {
+    /// The name in reports: `unsafe`, `unusable`, `warning`, `note`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unsafe => "unsafe",
+            Self::Unusable => "unusable",
+            Self::Warning => "warning",
+            Self::Note => "note",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One thing found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Which check found it: `login`, `reach`, `sandbox_login`, `pgbouncer`,
+    /// `advisory_locks`, `large_objects`, `notify`.
+    pub check: &'static str,
+    /// How much it matters.
+    pub severity: Severity,
+    /// What was found.
+    pub what: String,
+    /// The statement or setting that closes it.
+    pub fix: String,
+}
+
+/// Everything [`examine`] found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Findings, the most severe first.
+    pub findings: Vec<Finding>,
+    /// The role a sandbox's reach was checked for: the throwaway role's name, or `public`;
+    /// `None` when it was not (behind a transaction-mode pooler).
+    pub checked_as: Option<String>,
+}
+
+impl Report {
+    /// Whether sandboxes can be made here, and safely: no finding is
+    /// [`Unsafe`](Severity::Unsafe) or [`Unusable`](Severity::Unusable).
+    pub fn is_healthy(&self) -> bool {
+        self.findings
+            .iter()
+            .all(|f| f.severity > Severity::Unusable)
+    }
+}
+
+/// Examines the database `options` connect to, as their login.
+pub async fn examine(options: &PgConnectOptions) -> Result<Report, sqlx::Error> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    let mut findings = Vec::new();
+    // First, and in the simple protocol: behind a transaction-mode pooler, prepared statements
+    // fail at random, and nothing else can be examined reliably.
+    if pooled_per_transaction(&mut conn, options).await? {
+        findings.push(Finding {
+            check: "pgbouncer",
+            severity: Severity::Unsafe,
+            what: "connections do not keep their server session (a transaction-mode pooler such \
+                   as PgBouncer's pool_mode = transaction): a sandbox's role and search path, \
+                   set once per session, would reach other clients' transactions; nothing else \
+                   was examined through it"
+                .to_owned(),
+            fix: "point sandbox pools at PostgreSQL, or at a PgBouncer with pool_mode = session \
+                  (then run prodbox doctor again)"
+                .to_owned(),
+        });
+        let _ = conn.close().await;
+        return Ok(Report {
+            findings,
+            checked_as: None,
+        });
+    }
+    let may_create_roles = login(&mut conn, &mut findings).await?;
+    let checked_as = if may_create_roles {
+        throwaway_role(&mut conn, options, &mut findings).await?
+    } else {
+        reach(&mut conn, "public", &mut findings).await?;
+        "public".to_owned()
+    };
+    shared_state(&mut conn, &mut findings).await?;
+    let _ = conn.close().await;
+    findings.sort_by_key(|f| f.severity);
+    Ok(Report {
+        findings,
+        checked_as: Some(checked_as),
+    })
+}
+
+/// The login's own rights; whether it may make roles.
+async fn login(conn: &mut PgConnection, findings: &mut Vec<Finding>) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT current_user::text AS login, current_database()::text AS db,
+                r.rolsuper OR r.rolcreaterole AS roles,
+                has_database_privilege(current_user, current_database(), 'CREATE') AS create
+         FROM pg_roles r WHERE r.rolname = current_user",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let (login, db): (String, String) = (row.try_get("login")?, row.try_get("db")?);
+    let roles: bool = row.try_get("roles")?;
+    if !roles {
+        findings.push(Finding {
+            check: "login",
+            severity: Severity::Unusable,
+            what: format!("login {login} may not create roles: each sandbox is a role of its own"),
+            fix: format!("ALTER ROLE {} CREATEROLE", quote(&login)),
+        });
+    }
+    if !row.try_get::<bool, _>("create")? {
+        findings.push(Finding {
+            check: "login",
+            severity: Severity::Unusable,
+            what: format!(
+                "login {login} may not create schemas in database {db}: each sandbox is a schema of its own"
+            ),
+            fix: format!("GRANT CREATE ON DATABASE {} TO {}", quote(&db), quote(&login)),
+        });
+    }
+    Ok(roles)
+}
+
+/// Makes a role as provisioning makes a sandbox's, checks what it could reach and that it can
+/// log in, and drops it again, whatever happened in between. Returns its name.
+async fn throwaway_role(
+    conn: &mut PgConnection,
+    options: &PgConnectOptions,
+    findings: &mut Vec<Finding>,
+) -> Result<String, sqlx::Error> {
+    let password = new_password(conn).await?;
+    // Hex from the server's random source (checked by `new_password`): safe in DDL.
+    let name = format!("sbxr_doctor_{}", &password[..16]);
+    // A role left behind by a crash cannot log in for long. (The server's own timestamp text.)
+    let until: String = sqlx::query_scalar("SELECT (now() + interval '1 hour')::text")
+        .fetch_one(&mut *conn)
+        .await?;
+    if until.contains('\'') {
+        return Err(sqlx::Error::Protocol(
+            "unexpected timestamp format".to_owned(),
+        ));
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {name} LOGIN PASSWORD '{password}' NOINHERIT CONNECTION LIMIT 2 \
+         VALID UNTIL '{until}'"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    let checked = async {
+        reach(conn, &name, findings).await?;
+        let login = options.clone().username(&name).password(&password);
+        let attempt =
+            tokio::time::timeout(Duration::from_secs(10), PgConnection::connect_with(&login)).await;
+        let refused = match attempt {
+            Ok(Ok(session)) => {
+                let _ = session.close().await;
+                None
+            }
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some("no answer within 10 s".to_owned()),
+        };
+        if let Some(error) = refused {
+            findings.push(Finding {
+                check: "sandbox_login",
+                severity: Severity::Unusable,
+                what: format!("a sandbox's role cannot log in: {error}"),
+                fix: "pg_hba.conf: let roles sbxr_* log in with a password (scram-sha-256) from \
+                      the services' hosts, to this database"
+                    .to_owned(),
+            });
+        }
+        Ok::<_, sqlx::Error>(())
+    }
+    .await;
+    let dropped = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {name}")))
+        .execute(&mut *conn)
+        .await;
+    checked?;
+    dropped?;
+    Ok(name)
+}
+
+/// Provisioning's privilege checks for `role`.
+async fn reach(
+    conn: &mut PgConnection,
+    role: &str,
+    findings: &mut Vec<Finding>,
+) -> Result<(), sqlx::Error> {
+    for found in exposure::reach(conn, role).await? {
+        // Each reads `what (fix)`.
+        let (what, fix) = match found.rsplit_once(" (") {
+            Some((what, fix)) => (what.to_owned(), fix.trim_end_matches(')').to_owned()),
+            None => (found, String::new()),
+        };
+        findings.push(Finding {
+            check: "reach",
+            severity: Severity::Unsafe,
+            what: format!("a sandbox's role may reach {what}"),
+            fix,
+        });
+    }
+    Ok(())
+}
+
+/// Whether a pooler between the login and PostgreSQL hands out server sessions per
+/// transaction: the session this connection used before is then free for another client's
+/// transaction. Directly, or through a session-mode pooler, a connection keeps its server
+/// session: another connection never gets it, and this one's stays the same.
+async fn pooled_per_transaction(
+    conn: &mut PgConnection,
+    options: &PgConnectOptions,
+) -> Result<bool, sqlx::Error> {
+    async fn pid(conn: &mut PgConnection) -> Result<i32, sqlx::Error> {
+        sqlx::raw_sql("SELECT pg_backend_pid()")
+            .fetch_one(conn)
+            .await?
+            .try_get(0)
+    }
+    let first = pid(conn).await?;
+    let mut other = PgConnection::connect_with(options).await?;
+    sqlx::raw_sql("BEGIN").execute(&mut other).await?;
+    let theirs = pid(&mut other).await?;
+    let again = pid(conn).await?;
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await?;
+    let _ = other.close().await;
+    Ok(theirs == first || again != first)
+}
+
+/// What every session may do whatever its role's privileges, unless revoked from `PUBLIC`.
+async fn shared_state(
+    conn: &mut PgConnection,
+    findings: &mut Vec<Finding>,
+) -> Result<(), sqlx::Error> {
+    let executable = |pattern: &'static str| {
+        sqlx::query_scalar::<_, String>(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p
+             WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.proname LIKE $1
+               AND has_function_privilege('public', p.oid, 'EXECUTE')
+             ORDER BY 1",
+        )
+        .bind(pattern)
+    };
+    let locks: Vec<String> = executable("pg%advisory%lock%")
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .filter(|f| !f.contains("unlock"))
+        .collect();
+    if !locks.is_empty() {
+        findings.push(Finding {
+            check: "advisory_locks",
+            severity: Severity::Warning,
+            what: format!(
+                "every role, a sandbox's too, may take any advisory lock, production's included \
+                 (a migration's, a job queue's): {} lock functions are PUBLIC's",
+                locks.len()
+            ),
+            fix: format!(
+                "REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC (and GRANT it back to production's login)",
+                locks.join(", ")
+            ),
+        });
+    }
+    let made: Vec<String> = executable("lo\\_%creat%")
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .chain(
+            executable("lo\\_from\\_bytea")
+                .fetch_all(&mut *conn)
+                .await?,
+        )
+        .collect();
+    if !made.is_empty() {
+        findings.push(Finding {
+            check: "large_objects",
+            severity: Severity::Warning,
+            what: format!(
+                "every role, a sandbox's too, may create large objects, which no schema holds: {}",
+                made.join(", ")
+            ),
+            fix: format!("REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC", made.join(", ")),
+        });
+    }
+    findings.push(Finding {
+        check: "notify",
+        severity: Severity::Note,
+        what: "every session, a sandbox's too, may NOTIFY and LISTEN on any channel, production's \
+               included; no privilege governs either"
+            .to_owned(),
+        fix: "treat notifications as hints and read the truth from a table, as prodbox's \
+              directory does"
+            .to_owned(),
+    });
+    Ok(())
+}
+
+/// `name` as an SQL identifier.
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
