@@ -41,8 +41,14 @@ impl Verdict {
 }
 
 async fn doctor(url: &str) -> Verdict {
+    doctor_with(url, &[]).await
+}
+
+async fn doctor_with(url: &str, args: &[&str]) -> Verdict {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_prodbox"))
-        .args(["--json", "--database-url", url, "doctor"])
+        .args(["--json", "--database-url", url])
+        .args(args)
+        .arg("doctor")
         .env_remove("DATABASE_URL")
         .env_remove("PRODBOX_DATABASE_URL")
         .env_remove("PRODBOX_REDIS_URL")
@@ -344,5 +350,65 @@ async fn a_transaction_mode_pgbouncer_is_unsafe_and_a_session_mode_one_is_not() 
     }
     drop(session);
     // Dropped `WITH (FORCE)`: PgBouncer's server sessions end with it.
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn redis_acls_the_default_user_and_the_managers_rights_are_checked() {
+    require_postgres().await;
+    let db = TestDatabase::create().await;
+    let client = redis::Client::open("redis://127.0.0.1:6379/").expect("a Redis URL");
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the machine's Redis (scripts/test.sh starts it)");
+    let default_needs_no_password = {
+        let user: Vec<redis::Value> = redis::cmd("ACL")
+            .arg("GETUSER")
+            .arg("default")
+            .query_async(&mut redis)
+            .await
+            .expect("ACL GETUSER");
+        format!("{user:?}").contains("nopass")
+    };
+    // A manager that may do everything but make users.
+    let manager = unique_key("doc-mgr");
+    let password = "doctor-test-password-0123456789";
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&manager)
+        .arg(["on", "~*", "&*", "+@all"].as_slice())
+        .arg(format!(">{password}"))
+        .arg("-acl|setuser")
+        .query_async(&mut redis)
+        .await
+        .expect("a manager user");
+
+    let full = doctor_with(db.url(), &["--redis-url", "redis://127.0.0.1:6379/"]).await;
+    assert!(full.of("redis_manager").is_empty(), "{:#}", full.report);
+    assert!(full.of("redis_acl").is_empty(), "{:#}", full.report);
+    assert_eq!(
+        full.of("redis_default_user").len(),
+        usize::from(default_needs_no_password),
+        "{:#}",
+        full.report
+    );
+
+    let url = format!("redis://{manager}:{password}@127.0.0.1:6379/");
+    let limited = doctor_with(db.url(), &["--redis-url", &url]).await;
+    assert_eq!(limited.code, Some(1), "{:#}", limited.report);
+    let finding = limited.naming("redis_manager", "ACL SETUSER");
+    assert_eq!(finding["severity"], "unusable");
+    assert!(
+        finding["fix"].as_str().unwrap().contains("+acl|setuser"),
+        "{finding:#}"
+    );
+
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&manager)
+        .query_async(&mut redis)
+        .await
+        .expect("the manager deleted");
     db.cleanup().await;
 }

@@ -150,8 +150,9 @@ async fn redis_findings(redis: &mut MultiplexedConnection) -> Result<Vec<Finding
                     "ACL SETUSER {manager} +acl|setuser +acl|deluser +acl|users +scan +unlink ~sbx:*"
                 ),
             }),
-            // Before Redis 7 there is no DRYRUN: the manager's rights show on first use.
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+            // Before Redis 7 there is no DRYRUN (and the manager may not be allowed it): its
+            // rights show on first use.
+            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
                 findings.push(Finding {
                     check: "redis_manager",
                     severity: Severity::Note,
