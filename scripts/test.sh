@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: format check, clippy with -D warnings, then
+# Runs every test of the workspace: format check, clippy with -D warnings, each library
+# feature alone (cargo hack), the publishable crates packaged and built, then
 # `cargo test --workspace` (unit, integration and doc tests). It first installs or starts
 # whatever the tests need that is missing; each step says what it does.
 set -euo pipefail
@@ -85,6 +86,15 @@ ensure_pgbouncer() {
     apt-get install -y -q --no-install-recommends pgbouncer >/dev/null
 }
 
+ensure_cargo_hack() {
+    # Every feature of the library crates is checked on its own (`cargo hack --each-feature`).
+    if command -v cargo-hack >/dev/null 2>&1; then
+        return 0
+    fi
+    step "installing cargo-hack"
+    cargo install cargo-hack --locked --quiet
+}
+
 ensure_interop_python() {
     # sdk-http's interop tests run a Python service instrumented with the OpenTelemetry Python
     # SDK (sdk-http/tests/interop). It gets a virtual environment of its own with the pinned
@@ -133,6 +143,7 @@ ensure_rust_components
 ensure_postgres
 ensure_redis
 ensure_pgbouncer
+ensure_cargo_hack
 ensure_tansu
 ensure_interop_python
 
@@ -144,6 +155,19 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "clippy with docs/clippy.toml on scripts/lint-fixture: every call that loses the sandbox context is flagged"
 check_lint_config
+
+step "cargo hack --each-feature check: each feature of the library crates builds alone, without warnings"
+libraries=(-p prodbox-core -p prodbox-http -p prodbox-grpc -p prodbox-kafka -p prodbox-db -p prodbox-redis)
+hack_log="$(cargo hack --each-feature check "${libraries[@]}" 2>&1)" || { printf '%s\n' "$hack_log" >&2; exit 1; }
+if grep -q '^warning' <<<"$hack_log"; then
+    printf '%s\n' "$hack_log" >&2
+    echo "a feature combination builds with warnings" >&2
+    exit 1
+fi
+grep -c '^info: running' <<<"$hack_log" | sed 's/$/ feature combinations checked/'
+
+step "cargo package --workspace: the publishable crates, each built from its own .crate file"
+cargo package --workspace --exclude prodbox-examples --exclude prodbox-testkit --allow-dirty --quiet
 
 step "cargo test --workspace (unit, integration and doc tests)"
 log="$(mktemp)"

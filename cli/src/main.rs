@@ -338,7 +338,7 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
         return Err("must be longer than zero".to_owned());
     }
     if ttl > Duration::from_secs(366 * 24 * 3600) {
-        return Err("must be at most a year".to_owned());
+        return Err("must be at most 366 days".to_owned());
     }
     Ok(ttl)
 }

@@ -507,7 +507,7 @@ async fn bad_input_changes_nothing_and_exits_with_the_documented_code() {
         (
             vec!["sandbox", "create", &fresh, "--ttl", "400days"],
             2,
-            "at most a year".to_owned(),
+            "at most 366 days".to_owned(),
         ),
         (
             vec!["sandbox", "extend", &there, "--ttl", "0s"],

@@ -30,6 +30,7 @@
 //! assert_eq!(seen.unwrap().key().as_str(), "pr-42");
 //! # }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod audit;
 mod cache;

@@ -17,6 +17,7 @@
 //!     .await?;
 //! # Ok(()) }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc = include_str!("../DESIGN.md")]
 
 pub mod connection;

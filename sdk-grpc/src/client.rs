@@ -11,22 +11,23 @@
 //!
 //! ```no_run
 //! use prodbox_grpc::{PropagateSandboxLayer, SandboxInterceptor};
-//! use prodbox_testkit::echo::echo_client::EchoClient;
+//! use tonic::service::interceptor::InterceptedService;
 //! use tower::ServiceBuilder;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
 //!
-//! // The simple case: an interceptor.
-//! let client = EchoClient::with_interceptor(channel.clone(), SandboxInterceptor::new());
+//! // The simple case: an interceptor (a generated client's `with_interceptor` does the same).
+//! let intercepted = InterceptedService::new(channel.clone(), SandboxInterceptor::new());
+//! let client = tonic::client::Grpc::new(intercepted);
 //!
 //! // The layer wraps the channel from outside: a channel's internals run on a background task,
-//! // where the caller's context is not.
+//! // where the caller's context is not. Give the result to a generated client's `new`.
 //! let channel = ServiceBuilder::new()
 //!     .layer(PropagateSandboxLayer::new())
 //!     .service(channel);
-//! let client = EchoClient::new(channel);
-//! # let _ = client;
+//! let layered = tonic::client::Grpc::new(channel);
+//! # let _ = (client, layered);
 //! # Ok(()) }
 //! ```
 

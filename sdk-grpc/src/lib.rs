@@ -9,7 +9,7 @@
 //!
 //! The context is W3C `baggage` metadata written by the one core codec, so services in other
 //! languages that propagate OpenTelemetry baggage carry it too.
-
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unreachable_pub)]
 
 pub mod client;

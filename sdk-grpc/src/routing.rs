@@ -21,7 +21,6 @@
 //! ```no_run
 //! use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
 //! use prodbox_grpc::{ForkRouter, PropagateSandboxLayer};
-//! use prodbox_testkit::echo::echo_client::EchoClient;
 //! use tower::ServiceBuilder;
 //!
 //! # fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,7 +31,8 @@
 //! let channel = ServiceBuilder::new()
 //!     .layer(PropagateSandboxLayer::new())
 //!     .service(ForkRouter::new("billing", baseline, directory));
-//! let client = EchoClient::new(channel);
+//! // A generated client's `new(channel)` takes it as this does.
+//! let client = tonic::client::Grpc::new(channel);
 //! # let _ = client;
 //! # Ok(()) }
 //! ```

@@ -6,21 +6,13 @@
 //! ```no_run
 //! use prodbox_core::TrustPolicy;
 //! use prodbox_grpc::SandboxLayer;
-//! # use prodbox_testkit::echo::{echo_server::{Echo, EchoServer}, Ping, Seen};
-//! # #[derive(Default)] struct MyEcho;
-//! # #[tonic::async_trait] impl Echo for MyEcho {
-//! #   async fn unary(&self, _: tonic::Request<Ping>) -> Result<tonic::Response<Seen>, tonic::Status> { unimplemented!() }
-//! #   type ServerStreamStream = tokio_stream::Empty<Result<Seen, tonic::Status>>;
-//! #   async fn server_stream(&self, _: tonic::Request<Ping>) -> Result<tonic::Response<Self::ServerStreamStream>, tonic::Status> { unimplemented!() }
-//! #   async fn client_stream(&self, _: tonic::Request<tonic::Streaming<Ping>>) -> Result<tonic::Response<Seen>, tonic::Status> { unimplemented!() }
-//! #   type BidiStream = tokio_stream::Empty<Result<Seen, tonic::Status>>;
-//! #   async fn bidi(&self, _: tonic::Request<tonic::Streaming<Ping>>) -> Result<tonic::Response<Self::BidiStream>, tonic::Status> { unimplemented!() }
-//! # }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // Your generated services: `Routes::new(GreeterServer::new(greeter)).add_service(..)`.
+//! let services = tonic::service::Routes::default();
 //! tonic::transport::Server::builder()
 //!     .layer(SandboxLayer::new(TrustPolicy::accept()))
-//!     .add_service(EchoServer::new(MyEcho))
+//!     .add_routes(services)
 //!     .serve("127.0.0.1:50051".parse()?)
 //!     .await?;
 //! # Ok(()) }

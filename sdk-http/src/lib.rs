@@ -41,7 +41,7 @@
 //!     .service(client);
 //! # let _ = (app, client);
 //! ```
-
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unreachable_pub)]
 
 pub mod client;

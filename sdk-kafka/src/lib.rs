@@ -10,7 +10,7 @@
 //!   which handles everything else, recorded the cut in the directory (see the
 //!   [consumer docs](consumer)); malformed sandbox headers go to a dead-letter topic;
 //! * [`Filter`]: the decision alone, for consumers of your own.
-
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unreachable_pub)]
 
 pub mod consumer;

@@ -99,6 +99,7 @@
 //! refused ([`SandboxRedisError::NoScope`]). Carry the context with `prodbox_core::spawn`.
 //! A `req_packed_command` future called in one context and first polled in another is
 //! refused ([`SandboxRedisError::ContextChanged`]).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod acl;
 mod commands;
