@@ -112,6 +112,31 @@ impl Decision {
     }
 }
 
+/// One `prodbox::audit` event of `$event` at `$level`, with its fields (and any `$extra`
+/// ones), and `$message` formatted with the decision and the reason.
+macro_rules! audit_event {
+    ($event:expr, $level:expr, $($extra:ident = $value:expr,)* $message:literal) => {{
+        let event = $event;
+        let detail = event.detail.map(tracing::field::display);
+        tracing::event!(
+            target: "prodbox::audit",
+            $level,
+            sandbox = event.sandbox.unwrap_or("-"),
+            actor = event.actor.unwrap_or("-"),
+            origin = event.origin.unwrap_or("-"),
+            protocol = event.protocol.as_str(),
+            direction = event.direction.as_str(),
+            decision = event.decision.as_str(),
+            reason = event.reason,
+            detail,
+            $($extra = $value,)*
+            $message,
+            event.decision.as_str(),
+            event.reason,
+        )
+    }};
+}
+
 /// One audit record; [`emit`](AuditEvent::emit) writes it.
 #[derive(Clone, Copy)]
 pub struct AuditEvent<'a> {
@@ -185,33 +210,32 @@ impl<'a> AuditEvent<'a> {
         crate::metrics::decisions(labels, self.reason, self.sandbox, n);
     }
 
+    /// Writes and counts the event as a decision prodbox would have made but did not act on
+    /// (an observe-only ingress): on target `prodbox::audit` with `observed = true`, at `INFO`
+    /// whatever the decision, and counted in `prodbox.sandbox.observed`, not in
+    /// `prodbox.sandbox.decisions`.
+    pub(crate) fn emit_observed(&self) {
+        let labels = [
+            self.protocol.as_str(),
+            self.direction.as_str(),
+            self.decision.as_str(),
+        ];
+        crate::metrics::observed(labels, self.reason, self.sandbox);
+        audit_event!(
+            self,
+            tracing::Level::INFO,
+            observed = true,
+            "prodbox would have {} ({}); observe-only, nothing changed"
+        );
+    }
+
     /// Writes the event, uncounted.
     pub(crate) fn log(&self) {
-        let detail = self.detail.map(tracing::field::display);
-        macro_rules! event {
-            ($level:expr) => {
-                tracing::event!(
-                    target: "prodbox::audit",
-                    $level,
-                    sandbox = self.sandbox.unwrap_or("-"),
-                    actor = self.actor.unwrap_or("-"),
-                    origin = self.origin.unwrap_or("-"),
-                    protocol = self.protocol.as_str(),
-                    direction = self.direction.as_str(),
-                    decision = self.decision.as_str(),
-                    reason = self.reason,
-                    detail,
-                    "prodbox {} {}",
-                    self.decision.as_str(),
-                    self.reason,
-                )
-            };
-        }
         match self.decision {
             Decision::Accepted | Decision::Routed | Decision::Skipped | Decision::Shadowed => {
-                event!(tracing::Level::INFO)
+                audit_event!(self, tracing::Level::INFO, "prodbox {} {}")
             }
-            _ => event!(tracing::Level::WARN),
+            _ => audit_event!(self, tracing::Level::WARN, "prodbox {} {}"),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! | instrument | kind, unit | attributes |
 //! |---|---|---|
 //! | `prodbox.sandbox.decisions` | counter, `{decision}` | `prodbox.protocol`, `prodbox.direction`, `prodbox.decision`, `prodbox.reason`, `prodbox.sandbox` |
+//! | `prodbox.sandbox.observed` | counter, `{decision}` | the same: decisions an observe-only `Ingress` would have made |
 //! | `prodbox.kafka.messages` | counter, `{message}` | `messaging.system` (`kafka`), `messaging.destination.name`, `prodbox.kafka.role` (`baseline`, `sandbox`), `prodbox.kafka.outcome` (`processed`, `skipped`, `dead_lettered`) |
 //! | `prodbox.db.schemas` | counter, `{schema}` | `db.system.name` (`postgresql`), `prodbox.db.operation` (`provisioned`, `dropped`) |
 //! | `prodbox.db.provisioning.duration` | histogram, `s` | `db.system.name` |
@@ -44,6 +45,7 @@ pub const OTHER_SANDBOXES: &str = "_other";
 
 struct Instruments {
     decisions: Counter<u64>,
+    observed: Counter<u64>,
     kafka_messages: Counter<u64>,
     schemas: Counter<u64>,
     provisioning: Histogram<f64>,
@@ -61,6 +63,13 @@ fn instruments() -> &'static Instruments {
                 .with_unit("{decision}")
                 .with_description(
                     "Decisions prodbox made about sandbox contexts (one per audit event)",
+                )
+                .build(),
+            observed: meter
+                .u64_counter("prodbox.sandbox.observed")
+                .with_unit("{decision}")
+                .with_description(
+                    "Decisions prodbox would have made in observe-only mode, where it changes nothing",
                 )
                 .build(),
             kafka_messages: meter
@@ -241,7 +250,17 @@ fn topic_value(topic: &str) -> &'static str {
     label(&LAST_TOPIC, &TOPICS, topic, MAX_TOPIC_LABELS, "_other")
 }
 
-pub(crate) fn decisions(
+pub(crate) fn decisions(labels: [&'static str; 3], reason: &str, sandbox: Option<&str>, n: u64) {
+    add(&instruments().decisions, labels, reason, sandbox, n);
+}
+
+/// Counts a decision an observe-only ingress would have made (`prodbox.sandbox.observed`).
+pub(crate) fn observed(labels: [&'static str; 3], reason: &str, sandbox: Option<&str>) {
+    add(&instruments().observed, labels, reason, sandbox, 1);
+}
+
+fn add(
+    counter: &Counter<u64>,
     [protocol, direction, decision]: [&'static str; 3],
     reason: &str,
     sandbox: Option<&str>,
@@ -258,7 +277,7 @@ pub(crate) fn decisions(
         KeyValue::new("prodbox.reason", reason),
         KeyValue::new("prodbox.sandbox", sandbox),
     ]);
-    instruments().decisions.add(n, &*attributes);
+    counter.add(n, &*attributes);
 }
 
 /// What prodbox's own crates record (Kafka messages, schemas, shadow copies), reached through

@@ -198,6 +198,8 @@ pub struct Ingress {
     on_malformed: Option<OnInvalid>,
     unknown: UnknownSandbox,
     protocol: Protocol,
+    /// Decide and audit, but change nothing (see [`Ingress::observe_only`]).
+    observe: bool,
 }
 
 impl fmt::Debug for Ingress {
@@ -209,6 +211,7 @@ impl fmt::Debug for Ingress {
             .field("on_malformed", &self.malformed_action())
             .field("unknown", &self.unknown)
             .field("protocol", &self.protocol)
+            .field("observe", &self.observe)
             .finish()
     }
 }
@@ -224,6 +227,7 @@ impl Ingress {
             on_malformed: None,
             unknown: UnknownSandbox::Allow,
             protocol: Protocol::Http,
+            observe: false,
         }
     }
 
@@ -261,6 +265,17 @@ impl Ingress {
 
         /// The protocol named in audit events (default HTTP).
         protocol(protocol: Protocol) => protocol = protocol;
+
+        /// Observe-only rollout (default off): every message is decided as usual (trust
+        /// policy, codec, directory, guardrails) and the decision is audited and counted as
+        /// one that *would* have been made (`observed = true` on target `prodbox::audit`, and
+        /// `prodbox.sandbox.observed` instead of `prodbox.sandbox.decisions`), but nothing is
+        /// acted on: no sandbox is attached, nothing is stripped from the message, nothing is
+        /// refused or throttled. The service behaves as it did before prodbox, so a team can
+        /// switch prodbox on in production and read what it would do before trusting it.
+        /// Guardrails still count what they see (a would-be throttle uses up no more than a
+        /// real one); their concurrency slots are given back at once.
+        observe_only(observe: bool) => observe = observe;
     }
 
     /// The codec in use.
@@ -287,6 +302,23 @@ impl Ingress {
 
     /// [`admit`](Self::admit) as if `now` were the current time.
     pub fn admit_at<C: Carrier + ?Sized>(
+        &self,
+        carrier: &C,
+        peer: Option<IpAddr>,
+        now: SystemTime,
+    ) -> Admission {
+        let admission = self.decide(carrier, peer, now);
+        if self.observe {
+            // Decided and audited as observed (see `emit`); acted on not at all.
+            return Admission::Baseline {
+                context: None,
+                strip: false,
+            };
+        }
+        admission
+    }
+
+    fn decide<C: Carrier + ?Sized>(
         &self,
         carrier: &C,
         peer: Option<IpAddr>,
@@ -525,7 +557,7 @@ impl Ingress {
         reason: &str,
         detail: Option<&dyn fmt::Display>,
     ) {
-        AuditEvent {
+        let event = AuditEvent {
             sandbox,
             actor,
             origin,
@@ -534,8 +566,12 @@ impl Ingress {
             decision,
             reason,
             detail,
+        };
+        if self.observe {
+            event.emit_observed();
+        } else {
+            event.emit();
         }
-        .emit();
     }
 }
 
