@@ -105,7 +105,12 @@ async fn every_grant_to_public_is_found_and_its_fix_closes_it() {
              GRANT UPDATE (email) ON customers TO PUBLIC;
              GRANT USAGE ON SEQUENCE invoice_numbers TO PUBLIC;
              GRANT CREATE ON SCHEMA billing TO PUBLIC;
-             GRANT USAGE ON SCHEMA billing TO PUBLIC;",
+             GRANT USAGE ON SCHEMA billing TO PUBLIC;
+             -- Revoked on the function, yet run through the aggregate as its owner.
+             CREATE FUNCTION billing.leak(acc text, id int) RETURNS text LANGUAGE sql
+                 SECURITY DEFINER AS 'SELECT coalesce(acc, '''') || id';
+             REVOKE EXECUTE ON FUNCTION billing.leak(text, int) FROM PUBLIC;
+             CREATE AGGREGATE billing.totals(int) (sfunc = billing.leak, stype = text);",
         )
         .await
         .expect("the wrong set-up");
@@ -135,6 +140,10 @@ async fn every_grant_to_public_is_found_and_its_fix_closes_it() {
         (
             "billing.refund(integer)",
             "REVOKE EXECUTE ON FUNCTION billing.refund(integer)",
+        ),
+        (
+            "aggregate billing.totals(integer)",
+            "REVOKE EXECUTE ON FUNCTION billing.totals(integer)",
         ),
     ] {
         let finding = wrong.naming("reach", needle);
@@ -410,5 +419,41 @@ async fn redis_acls_the_default_user_and_the_managers_rights_are_checked() {
         .query_async(&mut redis)
         .await
         .expect("the manager deleted");
+    db.cleanup().await;
+}
+
+/// Server settings are cluster-wide: the grant is taken back before anything is asserted, so a
+/// failing test cannot leave it behind for the other tests' sandboxes.
+#[tokio::test]
+async fn server_settings_granted_to_public_are_found() {
+    require_postgres().await;
+    let db = TestDatabase::create().await;
+    let mut admin = admin_connection().await;
+    admin
+        .execute("GRANT ALTER SYSTEM ON PARAMETER archive_command TO PUBLIC")
+        .await
+        .expect("the grant");
+    let granted = doctor(db.url()).await;
+    admin
+        .execute("REVOKE ALTER SYSTEM ON PARAMETER archive_command FROM PUBLIC")
+        .await
+        .expect("the grant taken back");
+    let _ = admin.close().await;
+    let revoked = doctor(db.url()).await;
+
+    assert_eq!(granted.code, Some(1), "{:#}", granted.report);
+    let finding = granted.naming("reach", "parameter archive_command: ALTER SYSTEM");
+    assert_eq!(
+        finding["fix"],
+        "REVOKE ALTER SYSTEM ON PARAMETER archive_command FROM PUBLIC"
+    );
+    assert!(
+        !revoked.findings().iter().any(|f| f["what"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("archive_command")),
+        "{:#}",
+        revoked.report
+    );
     db.cleanup().await;
 }

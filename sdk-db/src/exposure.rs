@@ -118,7 +118,44 @@ const REACH: &str = "
                   m.oid, a.privilege_type, m.oid)
     FROM pg_largeobject_metadata m JOIN pg_roles o ON o.oid = m.lomowner,
          aclexplode(m.lomacl) a
-    WHERE a.grantee = 0 AND o.rolname NOT LIKE 'sbxr\\_%'";
+    WHERE a.grantee = 0 AND o.rolname NOT LIKE 'sbxr\\_%'
+    UNION ALL
+    -- Aggregates whose support functions are SECURITY DEFINER: calling an aggregate checks
+    -- only its own EXECUTE, and its support functions then run as their owner, whatever was
+    -- revoked on them.
+    SELECT format('aggregate %s: runs SECURITY DEFINER function %s (REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC)',
+                  f.oid::regprocedure, s.oid::regprocedure, f.oid::regprocedure)
+    FROM pg_aggregate a JOIN pg_proc f ON f.oid = a.aggfnoid
+         JOIN pg_namespace n ON n.oid = f.pronamespace
+         JOIN pg_proc s ON s.oid IN (a.aggtransfn::oid, a.aggfinalfn::oid, a.aggcombinefn::oid,
+                                     a.aggserialfn::oid, a.aggdeserialfn::oid, a.aggmtransfn::oid,
+                                     a.aggminvtransfn::oid, a.aggmfinalfn::oid), role
+    WHERE s.prosecdef AND n.nspname <> role.own
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.oid NOT IN (SELECT oid FROM sandboxes)
+      AND has_function_privilege(role.name, f.oid, 'EXECUTE')
+    UNION ALL
+    -- Casts through SECURITY DEFINER functions: a cast checks no privilege when it is used.
+    SELECT format('cast (%s AS %s): runs SECURITY DEFINER function %s (DROP CAST (%s AS %s), or make the function SECURITY INVOKER)',
+                  c.castsource::regtype, c.casttarget::regtype, s.oid::regprocedure,
+                  c.castsource::regtype, c.casttarget::regtype)
+    FROM pg_cast c JOIN pg_proc s ON s.oid = c.castfunc
+         JOIN pg_namespace n ON n.oid = s.pronamespace
+    WHERE s.prosecdef AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.oid NOT IN (SELECT oid FROM sandboxes)";
+
+/// Server settings the role may change beyond its own session (PostgreSQL 15 and later keep
+/// these grants in `pg_parameter_acl`): `ALTER SYSTEM` on any setting (`archive_command` runs a
+/// shell command as the server), or `SET` on a superuser-only one.
+const PARAMETERS: &str = "
+SELECT format('parameter %s: %s (REVOKE %s ON PARAMETER %s FROM PUBLIC)',
+              p.parname, priv, priv, p.parname)
+FROM pg_parameter_acl p
+     LEFT JOIN pg_settings s ON s.name = p.parname,
+     unnest(ARRAY['SET', 'ALTER SYSTEM']) priv
+WHERE has_parameter_privilege($1::text, p.parname, priv)
+  AND (priv = 'ALTER SYSTEM' OR coalesce(s.context, 'superuser') = 'superuser')
+ORDER BY 1";
 
 /// What objects of the sandbox's own (in `$2`) do to production's: dependencies that make
 /// production's DDL fail, code production's maintenance would run, grants naming production's
@@ -424,19 +461,39 @@ pub(crate) async fn findings(
     role: &str,
     schema: &str,
 ) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(CHECK.as_str()))
+    let mut findings: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(CHECK.as_str()))
         .bind(role)
         .bind(schema)
-        .fetch_all(conn)
-        .await
+        .fetch_all(&mut *conn)
+        .await?;
+    findings.extend(parameters(conn, role).await?);
+    findings.truncate(LIMIT);
+    Ok(findings)
 }
 
 /// Everything of production `role` (a throwaway role, or `public`) may reach through
 /// privileges, as [`findings`] words it, without limit: what `prodbox doctor` reports.
 pub(crate) async fn reach(conn: &mut PgConnection, role: &str) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(REACH_ALL.as_str()))
+    let mut findings: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(REACH_ALL.as_str()))
         .bind(role)
         .bind("")
+        .fetch_all(&mut *conn)
+        .await?;
+    findings.extend(parameters(conn, role).await?);
+    Ok(findings)
+}
+
+/// [`PARAMETERS`], on servers that have parameter privileges.
+async fn parameters(conn: &mut PgConnection, role: &str) -> Result<Vec<String>, sqlx::Error> {
+    let has_acl: bool =
+        sqlx::query_scalar("SELECT to_regclass('pg_catalog.pg_parameter_acl') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+    if !has_acl {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(PARAMETERS)
+        .bind(role)
         .fetch_all(conn)
         .await
 }
