@@ -1649,3 +1649,112 @@ async fn shell_completions_name_every_command() {
         .await
         .fails(2, "tcsh");
 }
+
+/// Two updates racing on one sandbox both take effect, and one racing a delete and re-create
+/// never writes the old incarnation's routes onto the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_updates_lose_nothing_and_never_cross_incarnations() {
+    use sqlx::Connection;
+    let db = setup().await;
+    let store = DirectoryStore::new(db.pool().clone());
+    for k in ["race-a", "race-b"] {
+        prodbox(
+            &db,
+            &[
+                "sandbox",
+                "create",
+                k,
+                "--forks",
+                "billing=http://10.0.0.1:1",
+            ],
+        )
+        .await
+        .ok();
+    }
+
+    // The row held by another transaction while both updates start: they wait for it.
+    let mut holder = db.admin().await;
+    let mut tx = holder.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM prodbox.sandboxes WHERE key = 'race-a' FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let stubs = prodbox(
+        &db,
+        &[
+            "sandbox",
+            "update",
+            "race-a",
+            "--stubs",
+            "pay=http://10.0.0.50:1",
+        ],
+    );
+    let forks = prodbox(
+        &db,
+        &[
+            "sandbox",
+            "update",
+            "race-a",
+            "--forks",
+            "orders=http://10.0.0.2:2",
+        ],
+    );
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tx.commit().await.unwrap();
+    };
+    let (stubs, forks, ()) = tokio::join!(stubs, forks, release);
+    stubs.ok();
+    forks.ok();
+    let entry = store.get(&key("race-a")).await.unwrap().unwrap();
+    assert_eq!(entry.stubs.keys().collect::<Vec<_>>(), ["pay"], "{entry:?}");
+    assert_eq!(
+        entry.forks.keys().collect::<Vec<_>>(),
+        ["orders"],
+        "{entry:?}"
+    );
+
+    // Deleted and made again while an update waits for the row: the update finds no row it
+    // read, and the new incarnation keeps its own routes.
+    let mut tx = holder.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM prodbox.sandboxes WHERE key = 'race-b' FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let update = prodbox(
+        &db,
+        &[
+            "sandbox",
+            "update",
+            "race-b",
+            "--stubs",
+            "pay=http://10.0.0.50:1",
+        ],
+    );
+    let recreate = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sqlx::query("DELETE FROM prodbox.sandboxes WHERE key = 'race-b'")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO prodbox.sandboxes (key, forks, expires_at)
+             VALUES ('race-b', '{\"orders\": \"http://10.0.0.9:9\"}', now() + interval '1 hour')",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    };
+    let (update, ()) = tokio::join!(update, recreate);
+    update.fails(1, "race-b");
+    let entry = store.get(&key("race-b")).await.unwrap().unwrap();
+    assert!(entry.stubs.is_empty(), "{entry:?}");
+    assert_eq!(
+        entry.forks.keys().collect::<Vec<_>>(),
+        ["orders"],
+        "{entry:?}"
+    );
+    let _ = holder.close().await;
+    db.cleanup().await;
+}

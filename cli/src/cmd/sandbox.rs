@@ -188,40 +188,39 @@ pub(crate) async fn run(
                         .to_owned(),
                 ));
             }
-            let mut entry = store
-                .get(&key)
-                .await?
-                .ok_or_else(|| Failure::from(StoreError::NotFound(key.clone())))?;
-            if routes_change {
-                if let Some(forks) = forks {
-                    entry.forks = one_each("--forks", forks)?;
-                }
-                if no_forks {
-                    entry.forks.clear();
-                    // Nothing forked is shadowed either, unless --shadows says otherwise (and
-                    // is then refused below).
-                    entry.shadows.clear();
-                }
-                if let Some(shadows) = shadows {
-                    entry.shadows = shadows.into_iter().collect();
-                }
-                if no_shadows {
-                    entry.shadows.clear();
-                }
-                if let Some(stubs) = stubs {
-                    entry.stubs = one_each("--stubs", stubs)?;
-                }
-                if no_stubs {
-                    entry.stubs.clear();
-                }
-                entry = store
-                    .set_routes(&key, &entry.forks, &entry.shadows, &entry.stubs)
-                    .await
-                    .map_err(invalid_is_usage)?;
-            }
-            if let Some(ttl) = ttl {
-                entry = store.set_expiry(&key, Some(now + ttl)).await?;
-            }
+            let forks = forks.map(|f| one_each("--forks", f)).transpose()?;
+            let stubs = stubs.map(|s| one_each("--stubs", s)).transpose()?;
+            // One transaction holding the row: what was read is what is changed.
+            let entry = store
+                .modify(&key, |entry| {
+                    if let Some(forks) = forks {
+                        entry.forks = forks;
+                    }
+                    if no_forks {
+                        entry.forks.clear();
+                        // Nothing forked is shadowed either, unless --shadows says otherwise
+                        // (and is then refused).
+                        entry.shadows.clear();
+                    }
+                    if let Some(shadows) = shadows {
+                        entry.shadows = shadows.into_iter().collect();
+                    }
+                    if no_shadows {
+                        entry.shadows.clear();
+                    }
+                    if let Some(stubs) = stubs {
+                        entry.stubs = stubs;
+                    }
+                    if no_stubs {
+                        entry.stubs.clear();
+                    }
+                    if let Some(ttl) = ttl {
+                        entry.expires_at = Some(now + ttl);
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(invalid_is_usage)?;
             Ok(shown("updated ", entry))
         }
         SandboxCommand::Extend { key, ttl } => Ok(shown(

@@ -1,16 +1,15 @@
 //! [`DirectoryStore`]: the writes (and one-off reads) of the directory table that the
 //! `prodbox` tool and test harnesses make; the table's trigger announces each one.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prodbox_core::SandboxKey;
-use prodbox_core::directory::{ForkAddress, SandboxEntry};
+use prodbox_core::directory::SandboxEntry;
 use sqlx::postgres::PgPool;
 
 use super::StoreError;
-use super::table::{COLUMNS, ensure_table, entries_of, entry_of, validate};
+use super::table::{COLUMNS, ensure_table, entries_of, entry_of, parse, validate};
 use crate::provision::secs;
 
 /// Reads and changes the directory table: what the `prodbox` tool and test harnesses use.
@@ -112,31 +111,51 @@ impl DirectoryStore {
         .await
     }
 
-    /// Replaces what `key` forks, shadows and stubs (checked as [`create`](Self::create)
-    /// checks them), in one change: services see the old routes or the new ones, never a mix.
-    pub async fn set_routes(
+    /// Changes `key`'s entry with `change` (its forks, shadows, stubs and expiry; nothing
+    /// else is written), in one transaction holding the row: a concurrent change, or the
+    /// sandbox deleted and made again meanwhile, is never overwritten with what was read
+    /// before it. Refused when the row is not one prodbox would write (edited by hand: the
+    /// directory treats it as disabled), or when `change` makes it invalid (checked as
+    /// [`create`](Self::create) checks).
+    pub async fn modify(
         &self,
         key: &SandboxKey,
-        forks: &BTreeMap<String, ForkAddress>,
-        shadows: &BTreeSet<String>,
-        stubs: &BTreeMap<String, ForkAddress>,
+        change: impl FnOnce(&mut SandboxEntry) -> Result<(), StoreError>,
     ) -> Result<SandboxEntry, StoreError> {
-        let mut routes = SandboxEntry::new(key.clone());
-        routes.forks = forks.clone();
-        routes.shadows = shadows.clone();
-        routes.stubs = stubs.clone();
-        validate(&routes)?;
-        let (forks, shadows, stubs) = (
-            jsonb(serde_json::to_string(forks))?,
-            jsonb(serde_json::to_string(shadows))?,
-            jsonb(serde_json::to_string(stubs))?,
-        );
-        self.update(
-            key,
-            "forks = $2::jsonb, shadows = $3::jsonb, stubs = $4::jsonb",
-            |q| q.bind(forks).bind(shadows).bind(stubs),
-        )
-        .await
+        self.ready().await?;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM prodbox.sandboxes WHERE key = $1 FOR UPDATE"
+        )))
+        .bind(key.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let (mut entry, problems) = parse(&row).map_err(StoreError::Invalid)?;
+        if !problems.is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "the directory row of {key} is invalid ({}); it is treated as disabled: fix \
+                 it by hand, or delete the sandbox and create it again",
+                problems.join("; ")
+            )));
+        }
+        change(&mut entry)?;
+        validate(&entry)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE prodbox.sandboxes
+             SET forks = $2::jsonb, shadows = $3::jsonb, stubs = $4::jsonb,
+                 expires_at = to_timestamp($5), updated_at = now()
+             WHERE key = $1 RETURNING {COLUMNS}"
+        )))
+        .bind(key.as_str())
+        .bind(jsonb(serde_json::to_string(&entry.forks))?)
+        .bind(jsonb(serde_json::to_string(&entry.shadows))?)
+        .bind(jsonb(serde_json::to_string(&entry.stubs))?)
+        .bind(entry.expires_at.map(secs))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        entry_of(&row).map_err(StoreError::Invalid)
     }
 
     /// Flips `key`'s kill switch.

@@ -166,6 +166,30 @@ fn validate_service(service: &str) -> Result<(), StoreError> {
 }
 
 pub(super) fn entry_of(row: &PgRow) -> Result<SandboxEntry, String> {
+    let (mut entry, problems) = parse(row)?;
+    if !problems.is_empty() {
+        // A row edited by hand into something prodbox would not write. Forgetting it could
+        // admit the sandbox as unknown; keeping its bad address could route to it. So it
+        // stays, refused everywhere: disabled, with no forks, shadows or labels.
+        tracing::warn!(
+            target: "prodbox::directory",
+            sandbox = %entry.key,
+            problems = %problems.join("; "),
+            "invalid directory row: the sandbox is treated as disabled until it is fixed"
+        );
+        entry.disabled = true;
+        entry.forks.clear();
+        entry.shadows.clear();
+        entry.stubs.clear();
+        entry.actor = None;
+        entry.origin = None;
+    }
+    Ok(entry)
+}
+
+/// The row as it is, and what is wrong with it (nothing, for a row prodbox wrote); `Err` when
+/// its key is no sandbox key.
+pub(super) fn parse(row: &PgRow) -> Result<(SandboxEntry, Vec<String>), String> {
     let key: String = row.try_get("key").map_err(|e| e.to_string())?;
     let key: SandboxKey = key.parse().map_err(|e| format!("key {key:?}: {e}"))?;
     let mut problems = Vec::new();
@@ -212,24 +236,7 @@ pub(super) fn entry_of(row: &PgRow) -> Result<SandboxEntry, String> {
     if let Err(e) = validate(&entry) {
         problems.push(e.to_string());
     }
-    if !problems.is_empty() {
-        // A row edited by hand into something prodbox would not write. Forgetting it could
-        // admit the sandbox as unknown; keeping its bad address could route to it. So it
-        // stays, refused everywhere: disabled, with no forks, shadows or labels.
-        tracing::warn!(
-            target: "prodbox::directory",
-            sandbox = %entry.key,
-            problems = %problems.join("; "),
-            "invalid directory row: the sandbox is treated as disabled until it is fixed"
-        );
-        entry.disabled = true;
-        entry.forks.clear();
-        entry.shadows.clear();
-        entry.stubs.clear();
-        entry.actor = None;
-        entry.origin = None;
-    }
-    Ok(entry)
+    Ok((entry, problems))
 }
 
 pub(super) fn entries_of(rows: &[PgRow]) -> Vec<SandboxEntry> {
