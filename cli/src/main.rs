@@ -424,8 +424,10 @@ fn main() -> ExitCode {
     };
     let json = cli.json;
     // clap reads one variable per flag: the generic name is the fallback.
-    if cli.database_url.is_none() {
-        cli.database_url = std::env::var("DATABASE_URL").ok();
+    if cli.database_url.as_deref().is_none_or(str::is_empty) {
+        cli.database_url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|url| !url.is_empty());
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1555,6 +1555,28 @@ async fn token_verify_says_what_an_edge_would() {
         .json();
     assert_eq!(alone["directory_checked"], false);
 
+    // A sandbox the directory does not have: valid, and said so (edges refusing unknown
+    // sandboxes refuse it).
+    let unknown = prodbox_env(
+        None,
+        &[
+            "token",
+            "mint",
+            "tv-nobody",
+            "--key-id",
+            "k1",
+            "--no-directory",
+        ],
+        &env,
+    )
+    .await
+    .ok();
+    let unknown = verify(unknown.stdout.trim().to_owned(), &[], SECRET)
+        .await
+        .ok()
+        .json();
+    assert_eq!(unknown["in_directory"], false, "{unknown}");
+
     // Disabled: refused, with the kill switch's reason.
     let fresh = mint("tv-1").await;
     prodbox(&db, &["sandbox", "disable", "tv-1"]).await.ok();
@@ -1609,6 +1631,13 @@ async fn errors_are_json_under_json_and_the_database_url_has_a_fallback() {
             ("PRODBOX_DATABASE_URL", db.url()),
             ("DATABASE_URL", UNREACHABLE),
         ],
+    )
+    .await
+    .ok();
+    prodbox_env(
+        None,
+        &list,
+        &[("PRODBOX_DATABASE_URL", ""), ("DATABASE_URL", db.url())],
     )
     .await
     .ok();

@@ -114,10 +114,10 @@ pub async fn examine(options: &PgConnectOptions) -> Result<Report, sqlx::Error> 
         findings.push(Finding {
             check: "pgbouncer",
             severity: Severity::Unsafe,
-            what: "connections do not keep their server session (a transaction-mode pooler such \
-                   as PgBouncer's pool_mode = transaction): a sandbox's role and search path, \
-                   set once per session, would reach other clients' transactions; nothing else \
-                   was examined through it"
+            what: "connections do not keep their server session (a transaction- or \
+                   statement-mode pooler, such as PgBouncer's pool_mode = transaction): a \
+                   sandbox's role and search path, set once per session, would reach other \
+                   clients' transactions; nothing else was examined through it"
                 .to_owned(),
             fix: "point sandbox pools at PostgreSQL, or at a PgBouncer with pool_mode = session \
                   (then run prodbox doctor again)"
@@ -188,8 +188,23 @@ async fn throwaway_role(
     let password = new_password(conn).await?;
     // Hex from the server's random source (checked by `new_password`): safe in DDL.
     let name = format!("sbxr_doctor_{}", &password[..16]);
-    // A role left behind by a crash cannot log in for long. (The server's own timestamp text.)
-    let until: String = sqlx::query_scalar("SELECT (now() + interval '1 hour')::text")
+    // A role left behind by a crash cannot log in for long, and the next run drops it. (The
+    // server's own timestamp text.)
+    let leftovers: Vec<String> = sqlx::query_scalar(
+        "SELECT rolname::text FROM pg_roles
+         WHERE rolname LIKE 'sbxr\\_doctor\\_%' AND rolvaliduntil < now()",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for role in leftovers {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP ROLE IF EXISTS {}",
+            quote(&role)
+        )))
+        .execute(&mut *conn)
+        .await;
+    }
+    let until: String = sqlx::query_scalar("SELECT (now() + interval '5 minutes')::text")
         .fetch_one(&mut *conn)
         .await?;
     if until.contains('\'') {
@@ -217,13 +232,26 @@ async fn throwaway_role(
             Err(_) => Some("no answer within 10 s".to_owned()),
         };
         if let Some(error) = refused {
+            // PUBLIC's CONNECT taken away is a privilege, not pg_hba.conf.
+            let fix = if error.contains("permission denied for database") {
+                format!(
+                    "GRANT CONNECT ON DATABASE {} TO PUBLIC (sandbox roles connect as PUBLIC's \
+                     members; provisioning grants them nothing on the database)",
+                    options
+                        .get_database()
+                        .map_or("<database>".to_owned(), quote)
+                )
+            } else {
+                "pg_hba.conf (and a pooler's own user list, if one is in the way): let roles \
+                 sbxr_* log in with a password (scram-sha-256) from the services' hosts, to this \
+                 database"
+                    .to_owned()
+            };
             findings.push(Finding {
                 check: "sandbox_login",
                 severity: Severity::Unusable,
                 what: format!("a sandbox's role cannot log in: {error}"),
-                fix: "pg_hba.conf: let roles sbxr_* log in with a password (scram-sha-256) from \
-                      the services' hosts, to this database"
-                    .to_owned(),
+                fix,
             });
         }
         Ok::<_, sqlx::Error>(())
@@ -259,28 +287,66 @@ async fn reach(
     Ok(())
 }
 
+/// Connections held open while looking for a pooler: more than the idle server sessions a
+/// pooler keeps (PgBouncer's `min_pool_size` is 0 by default), fewer than its pool.
+const HOLDERS: usize = 8;
+
 /// Whether a pooler between the login and PostgreSQL hands out server sessions per
-/// transaction: the session this connection used before is then free for another client's
-/// transaction. Directly, or through a session-mode pooler, a connection keeps its server
-/// session: another connection never gets it, and this one's stays the same.
+/// transaction (or per statement). A session setting is left on this connection's server
+/// session; then other connections take server sessions and hold them in transactions. A
+/// pooler hands idle server sessions out before it opens new ones, so one of them gets the
+/// session this connection left (and sees the setting), or this connection comes back on
+/// another (and misses it). Directly, or through a session-mode pooler, a connection keeps its
+/// server session: no other connection ever sees the setting, and this one always does.
 async fn pooled_per_transaction(
     conn: &mut PgConnection,
     options: &PgConnectOptions,
 ) -> Result<bool, sqlx::Error> {
-    async fn pid(conn: &mut PgConnection) -> Result<i32, sqlx::Error> {
-        sqlx::raw_sql("SELECT pg_backend_pid()")
+    async fn marker_on(conn: &mut PgConnection) -> Result<Option<String>, sqlx::Error> {
+        sqlx::raw_sql("SELECT current_setting('prodbox.doctor_marker', true)")
             .fetch_one(conn)
             .await?
             .try_get(0)
     }
-    let first = pid(conn).await?;
-    let mut other = PgConnection::connect_with(options).await?;
-    sqlx::raw_sql("BEGIN").execute(&mut other).await?;
-    let theirs = pid(&mut other).await?;
-    let again = pid(conn).await?;
-    sqlx::raw_sql("ROLLBACK").execute(&mut other).await?;
-    let _ = other.close().await;
-    Ok(theirs == first || again != first)
+    use std::hash::BuildHasher;
+    let marker = format!(
+        "m{:016x}",
+        std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET prodbox.doctor_marker = '{marker}'"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    let mut holders = Vec::with_capacity(HOLDERS);
+    let mut pooled = false;
+    for _ in 0..HOLDERS {
+        let mut holder = PgConnection::connect_with(options).await?;
+        if let Err(error) = sqlx::raw_sql("BEGIN").execute(&mut holder).await {
+            // A statement-mode pooler refuses transactions outright.
+            if error.to_string().contains("transaction blocks not allowed") {
+                pooled = true;
+                break;
+            }
+            return Err(error);
+        }
+        let theirs = marker_on(&mut holder).await?;
+        holders.push(holder);
+        if theirs.as_deref() == Some(marker.as_str())
+            || marker_on(conn).await?.as_deref() != Some(marker.as_str())
+        {
+            pooled = true;
+            break;
+        }
+    }
+    for mut holder in holders {
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut holder).await;
+        let _ = holder.close().await;
+    }
+    let _ = sqlx::raw_sql("RESET prodbox.doctor_marker")
+        .execute(conn)
+        .await;
+    Ok(pooled)
 }
 
 /// What every session may do whatever its role's privileges, unless revoked from `PUBLIC`.

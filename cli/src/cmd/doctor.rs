@@ -76,6 +76,10 @@ pub(crate) async fn run(
     }
 }
 
+/// The rights prodbox-redis's manager user needs (`prodbox_redis`'s docs).
+const MANAGER_RIGHTS: &str = "ACL SETUSER <manager> ~sbx:* ~prodbox:redis:* &sbx:* +acl|setuser \
+     +acl|deluser +acl|users +command +scan +pubsub +copy +unlink +get +set";
+
 /// What prodbox-redis needs of the server: ACLs (Redis 6 and later), a default user that asks
 /// for a password (the handle refuses AUTH, but a script or another client could use it), and
 /// a manager that may make and delete users and walk the keyspace.
@@ -83,12 +87,26 @@ async fn redis_findings(redis: &mut MultiplexedConnection) -> Result<Vec<Finding
     let unavailable = |e: redis::RedisError| Failure::Database(format!("Redis: {e}"));
     let manager: String = match redis::cmd("ACL").arg("WHOAMI").query_async(redis).await {
         Ok(name) => name,
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+        Err(e) if e.to_string().to_lowercase().contains("unknown command") => {
             return Ok(vec![Finding {
                 check: "redis_acl",
                 severity: Severity::Unusable,
                 what: format!("Redis has no ACLs ({e}): a sandbox's user cannot be confined"),
                 fix: "Redis 7 or later".to_owned(),
+            }]);
+        }
+        // Refused (NOPERM): the user's rights cannot be looked at from here.
+        Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+            return Ok(vec![Finding {
+                check: "redis_manager",
+                severity: Severity::Warning,
+                what: format!(
+                    "could not tell which Redis user this is ({e}), so its rights were not checked"
+                ),
+                fix: format!(
+                    "{} (and +acl|whoami +acl|dryrun, to let doctor check them)",
+                    MANAGER_RIGHTS.replace("<manager>", "<this user>")
+                ),
             }]);
         }
         Err(e) => return Err(unavailable(e)),
@@ -124,12 +142,18 @@ async fn redis_findings(redis: &mut MultiplexedConnection) -> Result<Vec<Finding
                 .to_owned(),
         });
     }
+    // What prodbox-redis runs as the manager (the crate docs' list).
     for command in [
         &["ACL", "SETUSER", "prodbox-doctor-probe"][..],
         &["ACL", "DELUSER", "prodbox-doctor-probe"],
         &["ACL", "USERS"],
+        &["COMMAND", "COUNT"],
         &["SCAN", "0"],
+        &["PUBSUB", "CHANNELS"],
+        &["COPY", "sbx:{prodbox-doctor}:a", "sbx:{prodbox-doctor}:b"],
         &["UNLINK", "sbx:{prodbox-doctor}:probe"],
+        &["GET", "prodbox:redis:torn:prodbox-doctor"],
+        &["SET", "prodbox:redis:torn:prodbox-doctor", "1"],
     ] {
         let allowed: redis::RedisResult<String> = redis::cmd("ACL")
             .arg("DRYRUN")
@@ -146,18 +170,19 @@ async fn redis_findings(redis: &mut MultiplexedConnection) -> Result<Vec<Finding
                     "Redis user {manager} may not run {}: {answer}",
                     command.join(" ")
                 ),
-                fix: format!(
-                    "ACL SETUSER {manager} +acl|setuser +acl|deluser +acl|users +scan +unlink ~sbx:*"
-                ),
+                fix: MANAGER_RIGHTS.replace("<manager>", &manager),
             }),
-            // Before Redis 7 there is no DRYRUN (and the manager may not be allowed it): its
-            // rights show on first use.
+            // No DRYRUN before Redis 7, or the manager may not run it: its rights are
+            // unknown, and would show on first use.
             Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
                 findings.push(Finding {
                     check: "redis_manager",
-                    severity: Severity::Note,
+                    severity: Severity::Warning,
                     what: format!("could not check what Redis user {manager} may run: {e}"),
-                    fix: "Redis 7 or later (ACL DRYRUN)".to_owned(),
+                    fix: format!(
+                        "{} (and +acl|dryrun, on Redis 7 or later, to let doctor check them)",
+                        MANAGER_RIGHTS.replace("<manager>", &manager)
+                    ),
                 });
                 break;
             }

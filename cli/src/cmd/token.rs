@@ -138,10 +138,13 @@ pub(crate) async fn verify(
         .verify(token.trim(), now)
         .map_err(|e| refused(e.reason(), &e))?;
     let key = sandbox.key();
+    // `None`: not checked; `Some(false)`: the directory does not have the sandbox.
+    let mut known = None;
     if let Some(store) = store {
         // The edge's rules, in its order (`prodbox_core::trust`): the incarnation first, then
         // the kill switch and the expiry.
         let entry = store.get(key).await?;
+        known = Some(entry.is_some());
         let current = match &entry {
             Some(entry) => entry.is_incarnation_of(&sandbox),
             None => sandbox.created_at().is_none(),
@@ -171,18 +174,21 @@ pub(crate) async fn verify(
     let incarnation = sandbox
         .created_at()
         .map(|t| humantime::format_rfc3339_micros(t).to_string());
+    // An edge that refuses unknown sandboxes (`UnknownSandbox::Refuse`) refuses this one.
+    let directory = match known {
+        None => "not checked",
+        Some(true) => "checked",
+        Some(false) => {
+            "checked: the sandbox is not in it (edges that refuse unknown sandboxes refuse this token)"
+        }
+    };
     Ok(Output {
         text: format!(
-            "valid: sandbox {key}\n  actor:       {}\n  origin:      {}\n  expires:     {}\n  incarnation: {}\n  directory:   {}",
+            "valid: sandbox {key}\n  actor:       {}\n  origin:      {}\n  expires:     {}\n  incarnation: {}\n  directory:   {directory}",
             sandbox.actor().unwrap_or("-"),
             sandbox.origin().unwrap_or("-"),
             expires.as_deref().unwrap_or("-"),
             incarnation.as_deref().unwrap_or("none"),
-            if store.is_some() {
-                "checked"
-            } else {
-                "not checked"
-            },
         ),
         json: json!({
             "valid": true,
@@ -191,7 +197,8 @@ pub(crate) async fn verify(
             "origin": sandbox.origin(),
             "expires_at": expires,
             "incarnation": incarnation,
-            "directory_checked": store.is_some(),
+            "directory_checked": known.is_some(),
+            "in_directory": known,
         }),
     })
 }
