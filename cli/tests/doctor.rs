@@ -110,7 +110,9 @@ async fn every_grant_to_public_is_found_and_its_fix_closes_it() {
              CREATE FUNCTION billing.leak(acc text, id int) RETURNS text LANGUAGE sql
                  SECURITY DEFINER AS 'SELECT coalesce(acc, '''') || id';
              REVOKE EXECUTE ON FUNCTION billing.leak(text, int) FROM PUBLIC;
-             CREATE AGGREGATE billing.totals(int) (sfunc = billing.leak, stype = text);",
+             CREATE AGGREGATE billing.totals(int) (sfunc = billing.leak, stype = text);
+             -- The next migration's tables, handed to PUBLIC as they are made.
+             ALTER DEFAULT PRIVILEGES IN SCHEMA billing GRANT SELECT ON TABLES TO PUBLIC;",
         )
         .await
         .expect("the wrong set-up");
@@ -161,6 +163,18 @@ async fn every_grant_to_public_is_found_and_its_fix_closes_it() {
         "a plain function is no exposure: {:#}",
         wrong.report
     );
+    let defaults = wrong.naming(
+        "default_privileges",
+        "SELECT on every new table in schema billing",
+    );
+    assert_eq!(defaults["severity"], "warning");
+    assert!(
+        defaults["fix"]
+            .as_str()
+            .unwrap()
+            .contains("IN SCHEMA billing REVOKE SELECT ON TABLES FROM PUBLIC"),
+        "{defaults:#}"
+    );
     // What only a revoke closes, on a default database.
     assert_eq!(
         wrong.naming("advisory_locks", "advisory lock")["severity"],
@@ -176,13 +190,23 @@ async fn every_grant_to_public_is_found_and_its_fix_closes_it() {
     assert!(wrong.of("sandbox_login").is_empty(), "{:#}", wrong.report);
 
     // The named statements close every finding.
-    for check in ["reach", "advisory_locks", "large_objects"] {
+    for check in [
+        "reach",
+        "advisory_locks",
+        "large_objects",
+        "default_privileges",
+    ] {
         apply_fixes(&db, &wrong, check).await;
     }
     let fixed = doctor(db.url()).await;
     assert_eq!(fixed.code, Some(0), "{:#}", fixed.report);
     assert_eq!(fixed.report["healthy"], true);
-    for check in ["reach", "advisory_locks", "large_objects"] {
+    for check in [
+        "reach",
+        "advisory_locks",
+        "large_objects",
+        "default_privileges",
+    ] {
         assert!(fixed.of(check).is_empty(), "{check}: {:#}", fixed.report);
     }
     db.cleanup().await;

@@ -24,7 +24,9 @@
 //! * **a transaction-mode PgBouncer** between the service and PostgreSQL: sessions that do not
 //!   keep their server connection (checked first; nothing else is examined through one);
 //! * **what only a revoke closes**: advisory locks and large objects every role may take or
-//!   make, and `NOTIFY`, which no privilege governs (see the crate's design notes).
+//!   make, and `NOTIFY`, which no privilege governs (see the crate's design notes);
+//! * **default privileges** that would give `PUBLIC` the tables, sequences or schemas of the
+//!   next migration.
 //!
 //! It changes nothing but the throwaway role, and each finding names the statement that closes
 //! it.
@@ -403,6 +405,34 @@ async fn shared_state(
                 made.join(", ")
             ),
             fix: format!("REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC", made.join(", ")),
+        });
+    }
+    // Future objects: a migration that makes a table would hand it to PUBLIC as it is made.
+    let defaults: Vec<(String, String)> = sqlx::query_as(
+        "SELECT format('role %I gives PUBLIC %s on every new %s%s', r.rolname, a.privilege_type,
+                       kind.name, coalesce(' in schema ' || quote_ident(n.nspname), '')),
+                format('ALTER DEFAULT PRIVILEGES FOR ROLE %I%s REVOKE %s ON %s FROM PUBLIC',
+                       r.rolname, coalesce(' IN SCHEMA ' || quote_ident(n.nspname), ''),
+                       a.privilege_type, kind.plural)
+         FROM pg_default_acl d JOIN pg_roles r ON r.oid = d.defaclrole
+              LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace,
+              aclexplode(d.defaclacl) a,
+              (VALUES ('r', 'table', 'TABLES'), ('S', 'sequence', 'SEQUENCES'),
+                      ('n', 'schema', 'SCHEMAS')) kind(objtype, name, plural)
+         WHERE a.grantee = 0 AND d.defaclobjtype::text = kind.objtype
+           AND r.rolname NOT LIKE 'sbxr\\_%'
+         ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for (what, fix) in defaults {
+        findings.push(Finding {
+            check: "default_privileges",
+            severity: Severity::Warning,
+            what: format!(
+                "{what}: the next migration exposes it, and provisioning then refuses sandboxes"
+            ),
+            fix,
         });
     }
     findings.push(Finding {
