@@ -73,6 +73,42 @@ where
     tokio::spawn(future.in_current_sandbox())
 }
 
+/// A background task of a prodbox crate that runs a round of work every interval (the
+/// janitors of `prodbox-db` and `prodbox-redis`), until this handle is dropped.
+#[cfg(feature = "tokio")]
+#[derive(Debug)]
+pub struct Janitor {
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[cfg(feature = "tokio")]
+impl Janitor {
+    /// Runs `round` on the current Tokio runtime every `interval`, the first at once. A round
+    /// that runs late delays the next one rather than bunching them up.
+    pub fn every<F, R>(interval: std::time::Duration, mut round: F) -> Self
+    where
+        F: FnMut() -> R + Send + 'static,
+        R: Future<Output = ()> + Send,
+    {
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                round().await;
+            }
+        });
+        Self { task }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Drop for Janitor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Runs `f` on Tokio's blocking thread pool, keeping the current context. Use it wherever you
 /// would use `tokio::task::spawn_blocking`.
 #[cfg(feature = "tokio")]

@@ -11,6 +11,7 @@ use std::future::Future;
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use prodbox_core::audit::Decision;
+pub use prodbox_core::task::Janitor;
 use prodbox_core::{Sandbox, SandboxKey};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
@@ -571,11 +572,9 @@ impl SandboxPool {
     /// `interval`, until the returned handle is dropped.
     pub fn start_janitor(&self, interval: Duration) -> Janitor {
         let pool = self.clone();
-        let task = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
+        Janitor::every(interval, move || {
+            let pool = pool.clone();
+            async move {
                 match pool.drop_expired(SystemTime::now()).await {
                     Ok(report) if !report.dropped.is_empty() => {
                         let dropped = report.dropped;
@@ -587,8 +586,7 @@ impl SandboxPool {
                     }
                 }
             }
-        });
-        Janitor { task }
+        })
     }
 
     /// `error` from a call made for `sandbox`, typed (see [`crate::error::refine`]); when it
@@ -623,18 +621,6 @@ pub struct DropReport {
     pub dropped: Vec<SandboxKey>,
     /// The sandboxes that could not be dropped (tried again next time), with why.
     pub failed: Vec<(SandboxKey, sqlx::Error)>,
-}
-
-/// Runs [`SandboxPool::drop_expired`] on a schedule until dropped.
-#[derive(Debug)]
-pub struct Janitor {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Janitor {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Every method reads the context twice, by the rule of the crate docs ("When the context is read"): where it is called,

@@ -9,24 +9,13 @@ use std::time::{Duration, SystemTime};
 use prodbox_core::SandboxKey;
 use prodbox_core::directory::Directory;
 use prodbox_core::plumbing::metrics::redis_deleted;
+pub use prodbox_core::task::Janitor;
 use redis::aio::ConnectionLike;
 use redis::{RedisError, RedisResult};
 
 use crate::handle::SandboxRedis;
 use crate::names;
 use crate::rewrite::SCAN_COUNT;
-
-/// Runs [`collect_garbage`] on a schedule until dropped; see [`SandboxRedis::start_janitor`].
-#[derive(Debug)]
-pub struct Janitor {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Janitor {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// What deleting one sandbox's Redis objects removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -172,16 +161,15 @@ impl<C> SandboxRedis<C> {
         C: Send + Sync + 'static,
     {
         let shared = Arc::clone(&self.shared);
-        let task = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
+        let directory = Arc::new(directory);
+        Janitor::every(interval, move || {
+            let (shared, directory) = (Arc::clone(&shared), Arc::clone(&directory));
+            async move {
                 if !directory.is_synced() || directory.is_stale() {
-                    continue;
+                    return;
                 }
                 let mut manager = shared.manager.clone();
-                match collect_garbage(&mut manager, &directory, SystemTime::now()).await {
+                match collect_garbage(&mut manager, &*directory, SystemTime::now()).await {
                     Ok(torn) if !torn.is_empty() => {
                         for (key, _) in &torn {
                             shared.forget(key);
@@ -195,8 +183,7 @@ impl<C> SandboxRedis<C> {
                     }
                 }
             }
-        });
-        Janitor { task }
+        })
     }
 
     /// [`collect_garbage`] over this handle's manager connection, now.
