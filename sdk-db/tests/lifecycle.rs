@@ -240,13 +240,13 @@ async fn the_janitor_drops_an_expired_sandbox() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    drop(janitor);
-
-    // Wait for the janitor's drop to finish (role, then catalogue row) before checking.
+    // Wait for the janitor's drop to finish (role, then catalogue row) before stopping it:
+    // stopped mid-drop, it would leave the rest to its next round, which never comes.
     while catalogue_rows(db.pool(), &old).await > 0 {
         assert!(Instant::now() < deadline, "catalogue row of {old} stayed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop(janitor);
     assert!(!role_exists(&role_of(&db, &old)).await);
     assert!(schema_exists(db.pool(), &schema_of(&live)).await);
     assert_eq!(catalogue_rows(db.pool(), &live).await, 1);
