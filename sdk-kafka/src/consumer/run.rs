@@ -24,22 +24,6 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// shutdown otherwise comes first in the next `run`.
     pub async fn run<F, Fut, E>(
         &self,
-        handler: F,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), ConsumerError>
-    where
-        F: FnMut(OwnedMessage) -> Fut,
-        Fut: Future<Output = Result<(), E>>,
-        E: Display,
-    {
-        self.may_consume()?;
-        let consumed = self.consume(handler, shutdown).await;
-        consumed.and(self.commit(CommitMode::Sync))
-    }
-
-    /// The loop of [`run`](Self::run), without its final commit.
-    async fn consume<F, Fut, E>(
-        &self,
         mut handler: F,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ConsumerError>
@@ -48,6 +32,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         Fut: Future<Output = Result<(), E>>,
         E: Display,
     {
+        self.may_consume()?;
         let mut shutdown = std::pin::pin!(shutdown);
         // One stream for the whole run: `recv` registers a waker slot, and removes it, per
         // message (a lock each time).
@@ -70,7 +55,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                 Next::Stopped | Next::Ended => break,
             }
         }
-        Ok(())
+        self.commit(CommitMode::Sync)
     }
 
     /// Runs `handler` on a message to process, in its context, until it succeeds (or, with
