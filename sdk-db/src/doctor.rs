@@ -38,6 +38,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Row};
 
 use crate::exposure;
+use crate::names::quote;
 use crate::provision::new_password;
 
 /// How much a finding matters.
@@ -446,9 +447,4 @@ async fn shared_state(
             .to_owned(),
     });
     Ok(())
-}
-
-/// `name` as an SQL identifier.
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
