@@ -167,11 +167,14 @@ fi
 grep -c '^info: running' <<<"$hack_log" | sed 's/$/ feature combinations checked/'
 
 step "cargo package --workspace: the publishable crates, each built from its own .crate file"
-# A target directory of its own, with prodbox's crates forgotten first: cargo takes a crate from
-# a registry (the local one it packages into) as never changing, and would verify against an
-# earlier run's build of the same version. Dependencies stay built.
+# prodbox's crates forgotten first: cargo takes a crate from a registry (the local one it
+# packages into) as never changing, so it would verify against an earlier run's unpacked
+# sources (under CARGO_HOME, in the local registries' `-<hash>` folders) and builds of the same
+# version. Dependencies stay built, in a target directory of their own.
 package_target=target/package-check
-rm -rf "$package_target"/debug/.fingerprint/prodbox-* "$package_target"/debug/deps/*prodbox_*
+rm -rf "$package_target"/debug/.fingerprint/prodbox-* "$package_target"/debug/deps/*prodbox_* \
+    "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/prodbox-* \
+    "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/-*/prodbox-*
 cargo package --workspace --exclude prodbox-examples --exclude prodbox-testkit --allow-dirty \
     --target-dir "$package_target" --quiet
 
