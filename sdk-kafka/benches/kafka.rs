@@ -20,7 +20,7 @@ use prodbox_core::{FutureExt, Sandbox};
 use prodbox_kafka::{Filter, Role, SandboxConsumer, SandboxRecordExt};
 use prodbox_testkit::kafka::{client_config, create_topic, unique_topic};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Notify;
 
@@ -361,7 +361,7 @@ async fn consume(
                 async move {
                     consumer
                         .run(
-                            move |message| {
+                            move |message: &BorrowedMessage<'_>| {
                                 if progress.saw(black_box(message.payload().unwrap_or_default())) {
                                     progress.done.notify_one();
                                 }

@@ -447,10 +447,10 @@ async fn retries_longer_than_the_poll_interval_do_not_stop_the_consumer() {
     let started = std::time::Instant::now();
     let handler = {
         let log = Arc::clone(&log);
-        move |message| {
+        move |message: &rdkafka::message::BorrowedMessage<'_>| {
             let log = Arc::clone(&log);
+            let payload = payload(message);
             async move {
-                let payload = payload(&message);
                 // Message 1's downstream is down for 9 s.
                 if payload == "1" && started.elapsed() < Duration::from_secs(9) {
                     return Err("downstream unavailable");

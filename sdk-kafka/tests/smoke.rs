@@ -64,12 +64,13 @@ async fn baseline_and_sandbox_consumers_split_a_topic() {
             let deadline = tokio::time::sleep(Duration::from_secs(20));
             consumer
                 .run(
-                    move |message| {
+                    move |message: &rdkafka::message::BorrowedMessage<'_>| {
                         let seen = Arc::clone(&seen);
+                        // Borrowed: read before the `async` block.
+                        let payload =
+                            String::from_utf8_lossy(message.payload().unwrap_or_default())
+                                .into_owned();
                         async move {
-                            let payload =
-                                String::from_utf8_lossy(message.payload().unwrap_or_default())
-                                    .into_owned();
                             seen.lock().unwrap().push((
                                 format!("{name}:{payload}"),
                                 prodbox_core::current().map(|s| s.key().to_string()),

@@ -108,9 +108,10 @@ async fn a_message_held_at_shutdown_comes_first_in_the_next_run() {
     let log: Log = Arc::default();
     let run = |consumer: Arc<SandboxConsumer>, log: Log| {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut record = recorder(&log, "baseline");
         let task = tokio::spawn(async move {
             consumer
-                .run(recorder(&log, "baseline"), async move {
+                .run(move |message| record(message.detach()), async move {
                     let _ = stopped.await;
                 })
                 .await

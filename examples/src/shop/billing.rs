@@ -13,7 +13,7 @@ use prodbox_core::directory::Directory;
 use prodbox_db::SandboxPool;
 use prodbox_kafka::{ConsumerError, Role, SandboxConsumer};
 use rdkafka::ClientConfig;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message};
 
 use super::Order;
 use super::payments::Payments;
@@ -99,14 +99,20 @@ pub async fn run(
     let tax_percent = version.tax_percent();
     consumer
         .run(
-            move |message: OwnedMessage| {
+            move |message: &BorrowedMessage<'_>| {
+                // Decoded before the `async` block: the message is only borrowed.
+                let order = decode(message);
                 let pool = pool.clone();
                 let payments = payments.clone();
                 let billed_by = Arc::clone(&billed_by);
                 let stats = Arc::clone(&stats);
                 async move {
-                    let result =
-                        invoice(&pool, payments.as_ref(), &message, &billed_by, tax_percent).await;
+                    let result = match order {
+                        Ok(order) => {
+                            invoice(&pool, payments.as_ref(), &order, &billed_by, tax_percent).await
+                        }
+                        Err(error) => Err(error),
+                    };
                     match &result {
                         Ok(true) => {
                             stats.invoiced.fetch_add(1, Ordering::Relaxed);
@@ -124,19 +130,24 @@ pub async fn run(
         .await
 }
 
-/// Charges for one order message and writes its invoice, once: returns whether it was new.
-/// Runs inside the message's sandbox context (the consumer attaches it), so the pool picks the
+/// The order an order message carries, validated.
+fn decode(message: &BorrowedMessage<'_>) -> Result<Order, String> {
+    let order: Order = serde_json::from_slice(message.payload().unwrap_or_default())
+        .map_err(|e| format!("invalid order payload: {e}"))?;
+    order.validate()?;
+    Ok(order)
+}
+
+/// Charges for one order and writes its invoice, once: returns whether it was new. Runs
+/// inside the message's sandbox context (the consumer attaches it), so the pool picks the
 /// schema and the egress policy keeps a sandbox's charge away from the real provider.
 async fn invoice(
     pool: &SandboxPool,
     payments: Option<&Payments>,
-    message: &OwnedMessage,
+    order: &Order,
     billed_by: &str,
     tax_percent: i64,
 ) -> Result<bool, String> {
-    let order: Order = serde_json::from_slice(message.payload().unwrap_or_default())
-        .map_err(|e| format!("invalid order payload: {e}"))?;
-    order.validate()?;
     let tax = order.amount_cents * tax_percent / 100;
     // Charged first (the provider charges an order once): an invoice is never written for
     // money that did not move.

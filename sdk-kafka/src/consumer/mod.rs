@@ -37,6 +37,7 @@
 //! # use prodbox_core::directory::MemoryDirectory;
 //! # use prodbox_kafka::{Role, SandboxConsumer};
 //! # use rdkafka::ClientConfig;
+//! # use rdkafka::message::Message;
 //! # async fn run(config: ClientConfig) -> Result<(), Box<dyn std::error::Error>> {
 //! let consumer = SandboxConsumer::builder(config, "billing", Role::baseline("billing"))
 //!     .directory(MemoryDirectory::new())
@@ -44,9 +45,14 @@
 //!     .start(&["order-created"])
 //!     .await?;
 //! consumer
-//!     .run(|message| async move {
-//!         // `prodbox_core::current()` is the message's sandbox here.
-//!         Ok::<_, std::convert::Infallible>(())
+//!     .run(|message| {
+//!         // Borrowed: what the work needs is read before the `async` block.
+//!         let order = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+//!         async move {
+//!             // `prodbox_core::current()` is the message's sandbox here.
+//!             println!("billing {order}");
+//!             Ok::<_, std::convert::Infallible>(())
+//!         }
 //!     }, std::future::pending::<()>())
 //!     .await?;
 //! # Ok(()) }

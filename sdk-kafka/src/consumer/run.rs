@@ -9,7 +9,7 @@ use prodbox_core::audit::Decision;
 use prodbox_core::plumbing::metrics::KafkaOutcome;
 use prodbox_core::{FutureExt, SandboxContext};
 use rdkafka::consumer::{CommitMode, ConsumerContext};
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::BorrowedMessage;
 
 use super::step::{Next, Ready};
 use super::{ConsumerError, Done, SandboxConsumer, Source, audit};
@@ -17,6 +17,12 @@ use crate::shutdown::pause;
 
 impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// Handles messages with `handler` until `shutdown` completes, then commits what is done.
+    ///
+    /// The handler is given each message borrowed, as rdkafka's own streams give it, and
+    /// returns the future that handles it: read what the work needs (the payload decoded, say)
+    /// before the `async` block, or [`detach`](BorrowedMessage::detach) the message to own a
+    /// copy. Both the call and its future run in the message's context. A failed message is
+    /// given to the handler again for each retry.
     ///
     /// Fails when the final commit fails, or when an earlier loop of this consumer stopped
     /// while holding a message it had not handled and could not rewind to it
@@ -28,7 +34,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ConsumerError>
     where
-        F: FnMut(OwnedMessage) -> Fut,
+        F: FnMut(&BorrowedMessage<'_>) -> Fut,
         Fut: Future<Output = Result<(), E>>,
         E: Display,
     {
@@ -68,7 +74,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         shutdown: &mut Pin<&mut S>,
     ) -> Done
     where
-        F: FnMut(OwnedMessage) -> Fut,
+        F: FnMut(&BorrowedMessage<'_>) -> Fut,
         Fut: Future<Output = Result<(), E>>,
         E: Display,
         S: Future<Output = ()>,
@@ -88,7 +94,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             // follow-up records before its `async` block must tag them with the sandbox.
             let future = {
                 let _attached = cx.clone().attach();
-                handler(message.detach())
+                handler(message)
             };
             match future.in_context(cx.clone()).await {
                 Ok(()) => {

@@ -230,9 +230,10 @@ impl Running {
     {
         let consumer = consumer.into();
         let (stop, stopped) = oneshot::channel::<()>();
+        let mut handler = handler;
         let task = tokio::spawn(async move {
             consumer
-                .run(handler, async move {
+                .run(move |message| handler(message.detach()), async move {
                     let _ = stopped.await;
                 })
                 .await
@@ -263,7 +264,7 @@ impl Running {
 }
 
 /// The payload as text.
-pub(crate) fn payload(message: &OwnedMessage) -> String {
+pub(crate) fn payload(message: &impl Message) -> String {
     String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned()
 }
 
