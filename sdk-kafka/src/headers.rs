@@ -69,7 +69,9 @@ impl Carrier for HeaderSnapshot<'_> {
     {
         self.entries()
             .iter()
-            .filter(move |(key, _)| key.eq_ignore_ascii_case(name))
+            // The exact name first: producers nearly always write it as given, and a byte
+            // comparison is a fraction of a case-insensitive one.
+            .filter(move |(key, _)| *key == name || key.eq_ignore_ascii_case(name))
             .filter_map(|(_, value)| *value)
     }
 

@@ -12,7 +12,7 @@ use futures_util::{FutureExt as _, StreamExt};
 use prodbox_core::audit::Decision;
 use prodbox_core::guardrails::Permit;
 use prodbox_core::plumbing::metrics::KafkaOutcome;
-use prodbox_core::{Guardrails, SandboxContext, SandboxKey};
+use prodbox_core::{Guardrails, Sandbox, SandboxContext, SandboxKey};
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::consumer::stream_consumer::MessageStream;
 use rdkafka::error::KafkaError;
@@ -207,16 +207,16 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             }
             Verdict::Process(context) => context,
             Verdict::Cut { context, forking } => {
-                let Some(sandbox) = context.sandbox().map(|s| s.key().clone()) else {
+                let Some(sandbox) = context.sandbox().map(Sandbox::key) else {
                     held.finish();
                     return None;
                 };
                 let at = (self.topic(message), message.partition(), message.offset());
-                let cut = match self.cuts.decided(&sandbox, forking, at) {
+                let cut = match self.cuts.decided(sandbox, forking, at) {
                     Some(cut) => cut,
                     None => {
                         self.store_due();
-                        Box::pin(self.cuts.decide(&sandbox, forking, at, shutdown)).await
+                        Box::pin(self.cuts.decide(sandbox, forking, at, shutdown)).await
                     }
                 };
                 match cut {
@@ -226,7 +226,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                             Role::Baseline { .. } => "forked",
                             Role::Sandbox { .. } => "baseline_handles",
                         };
-                        self.skipped(message, reason, Some(&sandbox));
+                        self.skipped(message, reason, Some(sandbox));
                         held.finish();
                         return None;
                     }
@@ -238,7 +238,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                         }
                         let detail = format!("{}: {reason}", Source(message));
                         audit(
-                            Some(&sandbox),
+                            Some(sandbox),
                             Decision::DeadLettered,
                             "cut_unavailable",
                             &detail,
