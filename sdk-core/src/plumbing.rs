@@ -29,6 +29,12 @@ pub mod audit {
     pub fn count(event: &AuditEvent<'_>, n: u64) {
         event.count(n);
     }
+
+    /// Writes and counts `event` as one that would have been made, by a component that only
+    /// observes (see `Ingress::observe_only`).
+    pub fn observed(event: &AuditEvent<'_>) {
+        event.emit_observed();
+    }
 }
 
 /// The codec's scans that prodbox's Kafka filter and egress need beside extraction.

@@ -30,6 +30,11 @@ pub enum ConsumerError {
         /// How long `start` waited.
         waited: std::time::Duration,
     },
+    /// [`observe_only`](crate::SandboxConsumerBuilder::observe_only) was asked of a sandbox's
+    /// consumer: a fork handles nothing but its sandbox's messages, so it has no production
+    /// behaviour to keep while it observes. Deploy forks once the baseline acts.
+    #[error("a sandbox's consumer cannot observe only: only the baseline's can")]
+    ObserveOnlyFork,
     /// A sandbox consumer's directory keeps no cuts (a file directory): nothing could tell it
     /// which of its sandbox's records are its own.
     #[error("sandbox consumer: {0}")]

@@ -211,6 +211,7 @@ pub struct SandboxConsumerBuilder<C = DefaultConsumerContext> {
     context: C,
     sync_timeout: Duration,
     on_rebalance: Option<Arc<OnRebalance>>,
+    observe: bool,
 }
 
 impl<C> std::fmt::Debug for SandboxConsumerBuilder<C> {
@@ -236,6 +237,15 @@ impl<C> SandboxConsumerBuilder<C> {
         /// How long [`start`](Self::start) waits for the directory's first sync before it
         /// fails with [`DirectoryNotSynced`](ConsumerError::DirectoryNotSynced) (default 30 s).
         sync_timeout(timeout: Duration) => sync_timeout = timeout;
+
+        /// Observe-only rollout, for a baseline consumer: every message is decided and what
+        /// would happen to it is audited (`observed = true` on target `prodbox::audit`,
+        /// counted in `prodbox.sandbox.observed`), and every message is then handled as
+        /// production's, as before prodbox: nothing is skipped, dead-lettered, throttled or
+        /// handled in a sandbox, and no cut is recorded. Untagged messages are not audited.
+        /// A sandbox's consumer refuses it
+        /// ([`ObserveOnlyFork`](ConsumerError::ObserveOnlyFork)).
+        observe_only(observe: bool) => observe = observe;
     }
 
     /// The service's own rdkafka context: every callback of it is called, except the three
@@ -252,6 +262,7 @@ impl<C> SandboxConsumerBuilder<C> {
             context,
             sync_timeout: self.sync_timeout,
             on_rebalance: self.on_rebalance,
+            observe: self.observe,
         }
     }
 
@@ -284,6 +295,9 @@ impl<C: ConsumerContext + 'static> SandboxConsumerBuilder<C> {
     /// Waits for the directory's first sync (at most the
     /// [`sync_timeout`](Self::sync_timeout)), then subscribes to `topics`.
     pub async fn start(self, topics: &[&str]) -> Result<SandboxConsumer<C>, ConsumerError> {
+        if self.observe && matches!(self.role, Role::Sandbox { .. }) {
+            return Err(ConsumerError::ObserveOnlyFork);
+        }
         let waited = std::time::Instant::now();
         while !self.directory.is_synced() {
             if waited.elapsed() >= self.sync_timeout {
@@ -382,6 +396,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumerBuilder<C> {
             stopped_holding: OnceLock::new(),
             guardrails: self.guardrails,
             retry: self.retry,
+            observe: self.observe,
             in_flight,
             tally: Tally::new(only_topic, role_name(&role)),
             only_topic: only_topic.map(Into::into),
@@ -417,6 +432,8 @@ pub struct SandboxConsumer<C: ConsumerContext + 'static = DefaultConsumerContext
     stopped_holding: OnceLock<String>,
     guardrails: Option<Guardrails>,
     retry: Retry,
+    /// Observe-only: decide and audit, then handle every message as production's.
+    observe: bool,
     in_flight: Arc<InFlight>,
     /// The topic of every message, when the consumer subscribed to one by name.
     only_topic: Option<Box<str>>,
@@ -480,6 +497,7 @@ impl SandboxConsumer {
             context: DefaultConsumerContext,
             sync_timeout: SYNC_TIMEOUT,
             on_rebalance: None,
+            observe: false,
         }
     }
 }

@@ -171,6 +171,14 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         shutdown: &mut Pin<&mut S>,
     ) -> Option<Result<Ready<'a, C>, Done>> {
         let message = held.message();
+        if self.observe {
+            self.observe(message);
+            return Some(Ok(Ready {
+                held,
+                context: None,
+                permit: None,
+            }));
+        }
         // A stale directory may not know a fork created meanwhile: hold a sandbox's message
         // (its offset unstored) until the directory is fresh again. Untagged messages do
         // not depend on the directory and go on.
@@ -267,6 +275,47 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             context,
             permit,
         }))
+    }
+
+    /// Audits, as observed, what this consumer would do with `message` (see
+    /// `SandboxConsumerBuilder::observe_only`). The cuts are not consulted, since deciding
+    /// by them records one: a forked sandbox's record is reported as the fork's.
+    fn observe(&self, message: &BorrowedMessage<'_>) {
+        let verdict = self
+            .filter
+            .decide_by(message.headers(), &mut Clock::default());
+        let (context, decision, reason, error) = match &verdict {
+            Verdict::Process(None) => return,
+            Verdict::Process(Some(context))
+            | Verdict::Cut {
+                context,
+                forking: None,
+            } => (
+                Some(context),
+                Decision::Accepted,
+                "handled_in_sandbox",
+                None,
+            ),
+            Verdict::Cut { context, .. } => (Some(context), Decision::Skipped, "forked", None),
+            Verdict::Skip { reason, .. } => (None, Decision::Skipped, *reason, None),
+            Verdict::DeadLetter(error) => {
+                (None, Decision::DeadLettered, error.reason(), Some(error))
+            }
+        };
+        let sandbox = match &verdict {
+            Verdict::Skip { sandbox, .. } => sandbox.as_ref(),
+            _ => context.and_then(SandboxContext::sandbox).map(Sandbox::key),
+        };
+        let detail = match error {
+            Some(error) => format!("{}: {error}", Source(message)),
+            None => Source(message).to_string(),
+        };
+        prodbox_core::plumbing::audit::observed(&super::event(
+            sandbox,
+            decision,
+            reason,
+            Some(&detail),
+        ));
     }
 
     /// Waits until the directory is fresh: `false` when shutdown came first.
