@@ -139,6 +139,63 @@ check_lint_config() {
     echo "$(grep -c '// flagged$' "$fixture/src/main.rs") calls flagged"
 }
 
+adopted_example() {
+    # The example service of examples/adopted, as a team adopts prodbox: its adoption diff
+    # (tests/isolation.rs aside, which is new) stays within 60 lines, and both versions build
+    # against the `.crate` files `cargo package` just made, through the local registry it
+    # left in the target directory (`tmp-registry`), never the workspace's sources. Their
+    # tests run against the real PostgreSQL and broker.
+    local target="$1" registry="$1/package/tmp-registry"
+    if [[ ! -d "$registry/index" ]]; then
+        echo "cargo package left no local registry at $registry" >&2
+        return 1
+    fi
+    local lines
+    lines="$(diff -ru -x isolation.rs examples/adopted/before examples/adopted/after |
+        grep -E '^[-+]' | grep -cvE '^(\+\+\+|---) ' || true)"
+    echo "adoption diff: $lines lines changed"
+    if (( lines > 60 )); then
+        diff -ru -x isolation.rs examples/adopted/before examples/adopted/after >&2 || true
+        echo "the adoption diff of examples/adopted is over 60 lines" >&2
+        return 1
+    fi
+    local work target_dir
+    work="$(mktemp -d)"
+    target_dir="$(realpath "$target")"
+    # Outside the workspace, as a service of its own; the workspace's lock file keeps the
+    # dependencies at the versions (and builds) the workspace already has.
+    cp -r examples/adopted/before examples/adopted/after "$work"/
+    {
+        echo '[registries.prodbox]'
+        echo 'index = "sparse+https://prodbox.invalid/index/"'
+        echo '[source.prodbox-packaged]'
+        echo 'registry = "sparse+https://prodbox.invalid/index/"'
+        echo 'replace-with = "prodbox-local"'
+        echo '[source.prodbox-local]'
+        echo "local-registry = \"$(realpath "$registry")\""
+        # prodbox's crates as crates.io would serve them once published: each one the
+        # service names, at the version packaged.
+        echo '[patch.crates-io]'
+        local file crate
+        for file in "$registry"/prodbox-*.crate; do
+            file="$(basename "$file" .crate)"
+            crate="${file%-*}"
+            if grep -q "^$crate = " examples/adopted/after/Cargo.toml; then
+                echo "$crate = { version = \"${file##*-}\", registry = \"prodbox\" }"
+            fi
+        done
+    } > "$work/config.toml"
+    local side config
+    for side in before after; do
+        cp Cargo.lock "$work/$side/"
+        config=()
+        [[ $side == after ]] && config=(--config "$work/config.toml")
+        (cd "$work/$side" && cargo "${config[@]}" test --quiet --target-dir "$target_dir") ||
+            { rm -rf "$work"; return 1; }
+    done
+    rm -rf "$work"
+}
+
 ensure_rust_components
 ensure_postgres
 ensure_redis
@@ -177,6 +234,9 @@ rm -rf "$package_target"/debug/.fingerprint/prodbox-* "$package_target"/debug/de
     "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/-*/prodbox-*
 cargo package --workspace --exclude prodbox-examples --exclude prodbox-testkit --allow-dirty \
     --target-dir "$package_target" --quiet
+
+step "examples/adopted: a service before and after adopting prodbox, built from the packaged crates"
+adopted_example "$package_target"
 
 step "cargo test --workspace (unit, integration and doc tests)"
 log="$(mktemp)"
