@@ -454,9 +454,19 @@ fn throughput_of(c: &mut Criterion, rt: &tokio::runtime::Runtime, shape: Shape) 
 
 /// `PRODBOX_KAFKA_COUNT=<name>` (a name of [`Kind::ALL`], or `none`): produces the prefetched
 /// topic and reads it once with that consumer, for instruction counts with callgrind:
-/// `PRODBOX_KAFKA_COUNT=<name> valgrind --tool=callgrind <bench binary>`; a consumer's
-/// instructions per message are its total less `none`'s, over 20,000.
+/// `PRODBOX_KAFKA_COUNT=<name> valgrind --tool=callgrind <bench binary>`.
+/// `PRODBOX_KAFKA_COUNT_MESSAGES=<n>` sets the topic's size (default 20,000). A count taken with
+/// `--toggle-collect='kafka::consume::*'` still holds each consumer's fixed costs (creating it,
+/// joining the group): its instructions per message are the difference between two sizes'
+/// counts, divided by the difference in messages.
 fn count(name: &str) {
+    let shape = Shape {
+        messages: std::env::var("PRODBOX_KAFKA_COUNT_MESSAGES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(PREFETCHED.messages),
+        ..PREFETCHED
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -464,15 +474,15 @@ fn count(name: &str) {
         .unwrap();
     let topic = unique_topic("bench-count");
     rt.block_on(async {
-        create_topic(&topic, PREFETCHED.partitions).await;
-        produce_topic(&topic, PREFETCHED).await;
+        create_topic(&topic, shape.partitions).await;
+        produce_topic(&topic, shape).await;
         if let Some((_, kind)) = Kind::ALL.iter().find(|(n, _)| *n == name) {
             consume(
                 *kind,
                 &topic,
                 &format!("{topic}-g"),
                 &directory(),
-                PREFETCHED,
+                shape,
             )
             .await;
         } else {
