@@ -507,6 +507,7 @@ fn check_ingress(config: &Config, headers: &Headers, result: &Result<Extracted, 
                 }
             }
             (Admission::Refused(refusal), _) => assert!(!refusal.reason().is_empty()),
+            (Admission::Observed { .. }, _) => panic!("{name}: observed without observe_only"),
         }
         if name == "accept"
             && let Ok(x) = result

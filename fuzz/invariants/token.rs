@@ -241,6 +241,7 @@ fn check_signed_ingress(token: &str, verified: Option<&Sandbox>) {
             Admission::Refused(refusal) => {
                 assert!(verified.is_none(), "a valid token was refused: {refusal}");
             }
+            Admission::Observed { .. } => panic!("observed without observe_only"),
         }
     }
 }

@@ -37,6 +37,51 @@ pub mod audit {
     }
 }
 
+/// Observe-only rollout beyond the edge: the sandbox an observe-only server would have
+/// attached travels in the context as a marker of its own, which no isolation reads, so that
+/// routing layers can audit where they would have sent its calls.
+pub mod observe {
+    use opentelemetry::Context;
+
+    use crate::Sandbox;
+    use crate::audit::{AuditEvent, Decision, Direction};
+    use crate::egress::Egress;
+
+    #[derive(Debug)]
+    struct Observed(Sandbox);
+
+    /// `cx` with `sandbox` as the observed one.
+    pub fn attach_to(cx: &Context, sandbox: Sandbox) -> Context {
+        cx.with_value(Observed(sandbox))
+    }
+
+    /// The sandbox observed for the current work, if any (never the current sandbox).
+    pub fn current() -> Option<Sandbox> {
+        Context::map_current(|cx| cx.get::<Observed>().map(|observed| observed.0.clone()))
+    }
+
+    /// Audits, as observed, the outbound decision `egress` would have made about `sandbox`.
+    pub fn audit(
+        egress: &Egress,
+        sandbox: &Sandbox,
+        decision: Decision,
+        reason: &str,
+        detail: &dyn std::fmt::Display,
+    ) {
+        AuditEvent {
+            sandbox: Some(sandbox.key().as_str()),
+            actor: sandbox.actor(),
+            origin: sandbox.origin(),
+            protocol: egress.current_protocol(),
+            direction: Direction::Outbound,
+            decision,
+            reason,
+            detail: Some(detail),
+        }
+        .emit_observed();
+    }
+}
+
 /// The codec's scans that prodbox's Kafka filter and egress need beside extraction.
 pub mod codec {
     pub use crate::codec::Reads;

@@ -185,6 +185,14 @@ pub enum Admission {
     },
     /// Refuse the request.
     Refused(Refusal),
+    /// An observe-only ingress ([`Ingress::observe_only`]) decided and audited the message:
+    /// handle it as production, as without prodbox. `sandbox` is the one an acting ingress
+    /// would have attached: never the current sandbox (nothing isolates by it), but prodbox's
+    /// routing layers audit, as observed, where they would have sent its calls.
+    Observed {
+        /// The sandbox that would have been attached.
+        sandbox: Option<Sandbox>,
+    },
 }
 
 /// The admission decision for one ingress: codec, trust policy, directory and guardrails.
@@ -274,7 +282,10 @@ impl Ingress {
         /// refused or throttled. The service behaves as it did before prodbox, so a team can
         /// switch prodbox on in production and read what it would do before trusting it.
         /// Guardrails still count what they see (a would-be throttle uses up no more than a
-        /// real one); their concurrency slots are given back at once.
+        /// real one); their concurrency slots are given back at once. [`admit`](Self::admit)
+        /// answers [`Admission::Observed`] with the sandbox it would have attached; prodbox's
+        /// server layers carry it, apart from the sandbox, to its routing layers, which audit
+        /// as observed where its calls would have gone and send them to the baseline.
         observe_only(observe: bool) => observe = observe;
     }
 
@@ -310,10 +321,11 @@ impl Ingress {
         let admission = self.decide(carrier, peer, now);
         if self.observe {
             // Decided and audited as observed (see `emit`); acted on not at all.
-            return Admission::Baseline {
-                context: None,
-                strip: false,
+            let sandbox = match admission {
+                Admission::Sandboxed { context, .. } => context.sandbox().cloned(),
+                _ => None,
             };
+            return Admission::Observed { sandbox };
         }
         admission
     }

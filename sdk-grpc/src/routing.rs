@@ -49,6 +49,7 @@ use prodbox_core::Sandbox;
 use prodbox_core::audit::{Decision, Protocol};
 use prodbox_core::directory::{Directory, Fallback, ForkAddress, ForkRoute, fork_route};
 use prodbox_core::egress::Egress;
+use prodbox_core::plumbing::observe;
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -84,34 +85,64 @@ impl ForkRouter {
         }
     }
 
-    fn channel_for(&self, sandbox: &Sandbox) -> Option<Channel> {
-        let now = SystemTime::now();
-        let fallback = match fork_route(&*self.directory, sandbox.key(), &self.service, now) {
-            ForkRoute::Baseline => return None,
+    /// Where `sandbox`'s call goes: `Ok(None)` to the baseline, `Ok(Some)` to the fork at that
+    /// address, `Err` back to the baseline for a reason to audit.
+    fn decide(&self, sandbox: &Sandbox) -> Result<Option<ForkAddress>, (Fallback, String)> {
+        match fork_route(
+            &*self.directory,
+            sandbox.key(),
+            &self.service,
+            SystemTime::now(),
+        ) {
+            ForkRoute::Baseline => Ok(None),
             // Plain http only: tonic is built here without TLS.
-            ForkRoute::Fork(address) if address.is_https() => {
-                let why = Fallback::Unreachable;
-                self.egress.audit(
+            ForkRoute::Fork(address) if address.is_https() => Err((
+                Fallback::Unreachable,
+                format!(
+                    "{address} of {}: https, and this build has no TLS",
+                    self.service
+                ),
+            )),
+            ForkRoute::Fork(address) => Ok(Some(address)),
+            ForkRoute::Fallback(why) => {
+                let detail = format!("{why}; {} not routed to its fork", self.service);
+                Err((why, detail))
+            }
+        }
+    }
+
+    fn channel_for(&self, sandbox: &Sandbox) -> Option<Channel> {
+        match self.decide(sandbox) {
+            Ok(fork) => fork.map(|address| self.channel_to(&address)),
+            Err((why, detail)) => {
+                self.egress
+                    .audit(sandbox, Decision::Fallback, why.reason(), &detail);
+                None
+            }
+        }
+    }
+
+    /// Audits, as observed, where `sandbox`'s call would have gone (it goes to the baseline).
+    fn observe(&self, sandbox: &Sandbox) {
+        match self.decide(sandbox) {
+            Ok(None) => {}
+            Ok(Some(address)) => observe::audit(
+                &self.egress,
+                sandbox,
+                Decision::Routed,
+                "fork",
+                &format_args!("{} would be routed to its fork at {address}", self.service),
+            ),
+            Err((why, detail)) => {
+                observe::audit(
+                    &self.egress,
                     sandbox,
                     Decision::Fallback,
                     why.reason(),
-                    &format_args!(
-                        "{address} of {}: https, and this build has no TLS",
-                        self.service
-                    ),
+                    &detail,
                 );
-                return None;
             }
-            ForkRoute::Fork(address) => return Some(self.channel_to(&address)),
-            ForkRoute::Fallback(why) => why,
-        };
-        self.egress.audit(
-            sandbox,
-            Decision::Fallback,
-            fallback.reason(),
-            &format_args!("{fallback}; {} not routed to its fork", self.service),
-        );
-        None
+        }
     }
 
     /// The channel to `address`, opened lazily once per address.
@@ -147,7 +178,13 @@ impl Service<Request<Body>> for ForkRouter {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let fork = prodbox_core::current().and_then(|sandbox| {
+        let current = prodbox_core::current();
+        if current.is_none()
+            && let Some(sandbox) = observe::current()
+        {
+            self.observe(&sandbox);
+        }
+        let fork = current.and_then(|sandbox| {
             let channel = self.channel_for(&sandbox)?;
             self.egress.audit(
                 &sandbox,

@@ -304,3 +304,53 @@ async fn an_uppercase_scheme_routes_to_the_fork() {
         ("fork-upper", "upper-a")
     );
 }
+
+/// Behind an observe-only server, the router audits where a call would have gone, as observed,
+/// and sends it to the baseline.
+#[tokio::test]
+async fn an_observed_sandbox_is_audited_where_it_would_go_and_reaches_the_baseline() {
+    let audit = AuditLog::global();
+    let setup = setup("gobs").await;
+    let observed = |k: &str| {
+        prodbox_core::plumbing::observe::attach_to(
+            &prodbox_core::context::production(),
+            Sandbox::new(key(k)),
+        )
+    };
+    for (sandbox, decision, reason) in [
+        ("gobs-a", "routed", "fork"),
+        ("gobs-off", "fallback", "fallback_fork_inactive"),
+    ] {
+        let mut client = setup.client.clone();
+        let response = async move { client.unary(Ping { id: 1, count: 0 }).await }
+            .in_context(observed(sandbox))
+            .await
+            .unwrap();
+        assert_eq!(server_name(response.metadata()), "baseline", "{sandbox}");
+        assert_eq!(
+            response.into_inner().sandbox,
+            "",
+            "{sandbox}: no sandbox reached"
+        );
+        let records: Vec<_> = audit
+            .matching("sandbox", sandbox)
+            .into_iter()
+            .map(|r| {
+                (
+                    r["decision"].clone(),
+                    r["reason"].clone(),
+                    r.get("observed").cloned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            records,
+            [(
+                decision.to_owned(),
+                reason.to_owned(),
+                Some("true".to_owned())
+            )],
+            "{sandbox}"
+        );
+    }
+}

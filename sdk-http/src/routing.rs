@@ -49,8 +49,10 @@ use std::time::SystemTime;
 
 use http::uri::Parts;
 use http::{HeaderValue, Request, Uri, header};
+use prodbox_core::Sandbox;
 use prodbox_core::audit::Decision;
 use prodbox_core::directory::{Directory, ForkAddress, ForkRoute, fork_route};
+use prodbox_core::plumbing::observe;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -120,6 +122,8 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if let Some(sandbox) = prodbox_core::current() {
             self.layer.route(&sandbox, &mut req);
+        } else if let Some(sandbox) = prodbox_core::plumbing::observe::current() {
+            self.layer.observe(&sandbox, &req);
         }
         self.inner.call(req)
     }
@@ -138,11 +142,41 @@ impl ForkRoutingLayer {
         host.split('.').next()
     }
 
-    fn route<B>(&self, sandbox: &prodbox_core::Sandbox, req: &mut Request<B>) {
-        let Some(service) = self.service_of(req.uri()).map(str::to_owned) else {
+    /// The service `req` calls and where `sandbox`'s call to it goes; `None`: a service the
+    /// layer cannot name.
+    fn decide<B>(&self, sandbox: &Sandbox, req: &Request<B>) -> Option<(String, ForkRoute)> {
+        let service = self.service_of(req.uri())?.to_owned();
+        let route = fork_route(&*self.directory, sandbox.key(), &service, SystemTime::now());
+        Some((service, route))
+    }
+
+    /// Audits, as observed, where `sandbox`'s call would have gone; `req` goes unchanged.
+    fn observe<B>(&self, sandbox: &Sandbox, req: &Request<B>) {
+        let egress = crate::client::egress();
+        match self.decide(sandbox, req) {
+            None | Some((_, ForkRoute::Baseline)) => {}
+            Some((service, ForkRoute::Fork(fork))) => observe::audit(
+                &egress,
+                sandbox,
+                Decision::Routed,
+                "fork",
+                &format_args!("{service} would be routed to {fork}"),
+            ),
+            Some((service, ForkRoute::Fallback(why))) => observe::audit(
+                &egress,
+                sandbox,
+                Decision::Fallback,
+                why.reason(),
+                &format_args!("{why}; {service} would not be routed to its fork"),
+            ),
+        }
+    }
+
+    fn route<B>(&self, sandbox: &Sandbox, req: &mut Request<B>) {
+        let Some((service, route)) = self.decide(sandbox, req) else {
             return;
         };
-        let fork = match fork_route(&*self.directory, sandbox.key(), &service, SystemTime::now()) {
+        let fork = match route {
             ForkRoute::Baseline => return,
             ForkRoute::Fork(fork) => fork,
             ForkRoute::Fallback(why) => {

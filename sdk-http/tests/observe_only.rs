@@ -145,3 +145,84 @@ async fn observe_only_decides_and_audits_everything_and_changes_nothing() {
         decided_before
     );
 }
+
+/// A service that answers with its name.
+async fn named(name: &'static str) -> SocketAddr {
+    serve(Router::new().route("/", get(move || async move { name }))).await
+}
+
+/// A front server, observing or acting, whose handler calls `billing` (baseline at
+/// `baseline`) through a routing client, and answers with the name of the billing that
+/// answered.
+async fn front(observe: bool, directory: MemoryDirectory, baseline: SocketAddr) -> SocketAddr {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use prodbox_http::{ForkRoutingLayer, PropagateSandboxLayer};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let client = ServiceBuilder::new()
+        .layer(
+            ForkRoutingLayer::new(directory.clone()).service_at(&baseline.to_string(), "billing"),
+        )
+        .layer(PropagateSandboxLayer::new())
+        .service(Client::builder(TokioExecutor::new()).build_http::<Body>());
+    let call_billing = move || {
+        let client = client.clone();
+        async move {
+            let request = axum::http::Request::get(format!("http://{baseline}/"))
+                .body(Body::empty())
+                .expect("a request");
+            let response = client.oneshot(request).await.expect("billing answers");
+            let body = response.into_body().collect().await.expect("a body");
+            String::from_utf8_lossy(&body.to_bytes()).into_owned()
+        }
+    };
+    let ingress = Ingress::new(TrustPolicy::accept())
+        .directory(directory)
+        .observe_only(observe);
+    serve(
+        Router::new()
+            .route("/", get(call_billing))
+            .layer(SandboxLayer::from_ingress(ingress)),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_observing_server_audits_where_its_calls_would_be_routed_and_sends_them_to_baseline() {
+    let audit = AuditLog::global();
+    let baseline = named("baseline").await;
+    let fork = named("fork").await;
+    let directory = MemoryDirectory::new();
+    directory.upsert(SandboxEntry::new("obs-route".parse().expect("a key")).fork(
+        "billing",
+        format!("http://{fork}").parse().expect("a fork address"),
+    ));
+    let baggage = "prodbox.sandbox=obs-route";
+
+    // The control: acting, the call goes to the fork.
+    let acting = front(false, directory.clone(), baseline).await;
+    assert_eq!(get_with(acting, baggage).await, (200, "fork".to_owned()));
+
+    let observing = front(true, directory, baseline).await;
+    assert_eq!(
+        get_with(observing, baggage).await,
+        (200, "baseline".to_owned())
+    );
+    let would_route: Vec<_> = audit
+        .matching("observed", "true")
+        .into_iter()
+        .filter(|r| {
+            r.get("sandbox").map(String::as_str) == Some("obs-route")
+                && r.get("direction").map(String::as_str) == Some("outbound")
+        })
+        .map(|r| (r.get("decision").cloned(), r.get("reason").cloned()))
+        .collect();
+    assert_eq!(
+        would_route,
+        [(Some("routed".to_owned()), Some("fork".to_owned()))],
+        "one observed routing, none acted on"
+    );
+}

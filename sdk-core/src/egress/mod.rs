@@ -142,6 +142,10 @@ impl Egress {
         }
     }
 
+    pub(crate) fn current_protocol(&self) -> Protocol {
+        self.protocol
+    }
+
     /// Audits an outbound decision about a message of no sandbox (a baseline message, or work
     /// that lost its context).
     pub fn audit_unscoped(&self, decision: Decision, reason: &str, detail: &dyn fmt::Display) {

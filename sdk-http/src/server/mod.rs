@@ -223,17 +223,8 @@ where
                     }
                 }
                 match context {
-                    // The common case, no baggage at all: production work, in a scope prodbox
-                    // recognises (pools that require one refuse work that lost its context).
-                    None => {
-                        let future = {
-                            let _scope = prodbox_core::plumbing::scope::enter();
-                            self.inner.call(req)
-                        };
-                        ResponseFuture {
-                            kind: Kind::Production { future },
-                        }
-                    }
+                    // The common case, no baggage at all.
+                    None => self.call_as_production(req),
                     Some(context) => {
                         let cx = Context::map_current(|cx| context.attach_to(cx));
                         let scope = Scope {
@@ -261,11 +252,46 @@ where
                     response: Some(self.flavor.refusal(&refusal)),
                 },
             },
+            Admission::Observed { sandbox: None } => self.call_as_production(req),
+            // Production work, as without prodbox; only routing layers read the observed
+            // sandbox, to audit where they would have sent its calls.
+            Admission::Observed {
+                sandbox: Some(sandbox),
+            } => {
+                let cx = prodbox_core::plumbing::observe::attach_to(
+                    &prodbox_core::context::production(),
+                    sandbox,
+                );
+                let scope = Scope {
+                    cx,
+                    span: Span::none(),
+                    permit: None,
+                };
+                self.call_in(scope, req)
+            }
         }
     }
 }
 
 impl<S, F> SandboxService<S, F> {
+    /// Production work, in a scope prodbox recognises (pools that require one refuse work
+    /// that lost its context).
+    fn call_as_production<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        let future = {
+            let _scope = prodbox_core::plumbing::scope::enter();
+            self.inner.call(req)
+        };
+        ResponseFuture {
+            kind: Kind::Production { future },
+        }
+    }
+
     fn call_in<ReqBody, ResBody>(
         &mut self,
         scope: Scope,
