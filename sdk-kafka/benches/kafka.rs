@@ -477,14 +477,7 @@ fn count(name: &str) {
         create_topic(&topic, shape.partitions).await;
         produce_topic(&topic, shape).await;
         if let Some((_, kind)) = Kind::ALL.iter().find(|(n, _)| *n == name) {
-            consume(
-                *kind,
-                &topic,
-                &format!("{topic}-g"),
-                &directory(),
-                shape,
-            )
-            .await;
+            consume(*kind, &topic, &format!("{topic}-g"), &directory(), shape).await;
         } else {
             assert_eq!(
                 name, "none",
