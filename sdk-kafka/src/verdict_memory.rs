@@ -151,3 +151,95 @@ pub(crate) fn remember(miss: Miss, basis: Basis, header: &[u8], verdict: &Verdic
     // Dropped once the memory is free again.
     drop(evicted);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basis(filter: FilterId, generation: u64) -> Basis {
+        Basis {
+            filter,
+            generation,
+            valid_until: None,
+        }
+    }
+
+    fn skip() -> Verdict {
+        Verdict::Skip {
+            reason: "forked",
+            sandbox: None,
+        }
+    }
+
+    /// Misses, then remembers the verdict where it missed; returns whether it missed.
+    fn miss_and_remember(filter: FilterId, generation: u64, header: &[u8]) -> bool {
+        match recall(filter, generation, header, &mut Clock::default()) {
+            Ok(_) => false,
+            Err(miss) => {
+                remember(
+                    miss.expect("a slot"),
+                    basis(filter, generation),
+                    header,
+                    &skip(),
+                );
+                true
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_is_remembered_on_its_second_miss_and_only_for_its_filter_and_generation() {
+        let filter = FilterId::next();
+        let header = b"prodbox.sandbox=pr-memo";
+        assert!(miss_and_remember(filter, 1, header), "first miss");
+        assert!(
+            miss_and_remember(filter, 1, header),
+            "second miss: now kept"
+        );
+        assert!(!miss_and_remember(filter, 1, header), "then recalled");
+        let recalled = recall(filter, 1, header, &mut Clock::default());
+        assert!(matches!(
+            recalled,
+            Ok(Verdict::Skip {
+                reason: "forked",
+                ..
+            })
+        ));
+        // Another generation or filter never sees it.
+        assert!(recall(filter, 2, header, &mut Clock::default()).is_err());
+        assert!(recall(FilterId::next(), 1, header, &mut Clock::default()).is_err());
+    }
+
+    #[test]
+    fn an_expired_decision_and_a_dead_letter_are_never_recalled() {
+        let filter = FilterId::next();
+        let header = b"prodbox.sandbox=pr-expiring";
+        let past = SystemTime::now() - std::time::Duration::from_secs(1);
+        for _ in 0..2 {
+            if let Err(Some(miss)) = recall(filter, 1, header, &mut Clock::default()) {
+                let basis = Basis {
+                    valid_until: Some(past),
+                    ..basis(filter, 1)
+                };
+                remember(miss, basis, header, &skip());
+            }
+        }
+        assert!(recall(filter, 1, header, &mut Clock::default()).is_err());
+
+        let poison = b"prodbox.sandbox=NOT_A_KEY";
+        let error = prodbox_core::codec::BaggageError::InvalidUtf8 {
+            carrier: "baggage".to_owned(),
+        };
+        for _ in 0..3 {
+            if let Err(Some(miss)) = recall(filter, 1, poison, &mut Clock::default()) {
+                remember(
+                    miss,
+                    basis(filter, 1),
+                    poison,
+                    &Verdict::DeadLetter(error.clone()),
+                );
+            }
+        }
+        assert!(recall(filter, 1, poison, &mut Clock::default()).is_err());
+    }
+}

@@ -18,12 +18,13 @@ use std::time::Duration;
 use common::{
     Log, Loop, Out, Running, consumer_config, ends, eventually, produce, producer, recorder,
 };
-use prodbox_core::Sandbox;
 use prodbox_core::directory::{CutPlace, Directory, MemoryDirectory, SandboxEntry};
+use prodbox_core::{Guardrails, Sandbox, SandboxKey};
 use prodbox_kafka::{ConsumerError, Role, SandboxConsumer};
 use prodbox_testkit::AuditLog;
 use prodbox_testkit::kafka::{assert_zero_lag, create_topic, read_all, unique_topic};
 use rdkafka::message::{Header, OwnedHeaders};
+use std::sync::Arc as Shared;
 
 fn directory() -> MemoryDirectory {
     let directory = MemoryDirectory::new();
@@ -55,6 +56,15 @@ async fn observe_in(kind: Loop) {
         Out::new("forked-0").sandbox(sandbox("ob-fork")),
         Out::new("forked-1").sandbox(sandbox("ob-fork")),
         Out::new("inside-0").sandbox(sandbox("ob-inside")),
+        // The guardrails let one a second through: this one would wait.
+        Out::new("inside-1").sandbox(sandbox("ob-inside")),
+        // Baggage of no sandbox (a member of somebody else's): production's, not reported.
+        Out::new("foreign")
+            .headers(OwnedHeaders::new().insert(Header {
+                key: "baggage",
+                value: Some("userId=7"),
+            }))
+            .raw(),
         Out::new("off-0").sandbox(sandbox("ob-off")),
         Out::new("poison")
             .headers(OwnedHeaders::new().insert(Header {
@@ -68,6 +78,7 @@ async fn observe_in(kind: Loop) {
 
     let consumer = SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))
         .directory(directory.clone())
+        .guardrails(Guardrails::builder().rate(0.001, 1).build())
         .observe_only(true)
         .start(&[&topic])
         .await
@@ -129,6 +140,8 @@ async fn observe_in(kind: Loop) {
         would("ob-fork", "skipped", "forked"),
         would("ob-fork", "skipped", "forked"),
         would("ob-inside", "accepted", "handled_in_sandbox"),
+        would("ob-inside", "accepted", "handled_in_sandbox"),
+        would("ob-inside", "throttled", "rate_limited"),
         would("ob-off", "skipped", "sandbox_disabled"),
         would("-", "dead_lettered", "invalid_sandbox_key"),
     ];
@@ -161,5 +174,69 @@ async fn a_fork_cannot_observe_only() {
     assert!(
         matches!(started, Err(ConsumerError::ObserveOnlyFork)),
         "{started:?}"
+    );
+}
+
+/// A directory that keeps no cuts (as a file directory): an acting baseline dead-letters the
+/// records of a sandbox that forks it, and an observing one says it would.
+#[derive(Clone)]
+struct NoCuts(MemoryDirectory);
+
+impl Directory for NoCuts {
+    fn get(&self, key: &SandboxKey) -> Option<Shared<SandboxEntry>> {
+        self.0.get(key)
+    }
+    fn entries(&self) -> Vec<Shared<SandboxEntry>> {
+        self.0.entries()
+    }
+    fn generation(&self) -> Option<u64> {
+        self.0.generation()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_cuts_an_observer_says_a_forked_record_would_be_dead_lettered() {
+    let audit = AuditLog::global();
+    let topic = unique_topic("observe-nocuts");
+    create_topic(&topic, 1).await;
+    let group = format!("{topic}-billing");
+    let records = vec![
+        Out::new("forked-0").sandbox(Some(Sandbox::new("ob-fork".parse().unwrap()))),
+        Out::new("plain-0"),
+    ];
+    produce(&producer(), &topic, &records).await;
+    let consumer = SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))
+        .directory(NoCuts(directory()))
+        .observe_only(true)
+        .start(&[&topic])
+        .await
+        .unwrap();
+    let log: Log = Arc::default();
+    let running = Running::spawn(consumer, recorder(&log, "observer"));
+    assert!(
+        eventually(Duration::from_secs(30), || log.lock().unwrap().len() == 2).await,
+        "both handled: {:?}",
+        log.lock().unwrap()
+    );
+    running.stop().await;
+    let observed: Vec<_> = audit
+        .matching("observed", "true")
+        .into_iter()
+        .filter(|r| r.get("detail").is_some_and(|d| d.contains(&topic)))
+        .map(|r| {
+            (
+                r["sandbox"].clone(),
+                r["decision"].clone(),
+                r["reason"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        observed,
+        [(
+            "ob-fork".to_owned(),
+            "dead_lettered".to_owned(),
+            "cut_unavailable".to_owned()
+        )]
     );
 }

@@ -240,10 +240,16 @@ impl<C> SandboxConsumerBuilder<C> {
 
         /// Observe-only rollout, for a baseline consumer: every message is decided and what
         /// would happen to it is audited (`observed = true` on target `prodbox::audit`,
-        /// counted in `prodbox.sandbox.observed`), and every message is then handled as
-        /// production's, as before prodbox: nothing is skipped, dead-lettered, throttled or
-        /// handled in a sandbox, and no cut is recorded. Untagged messages are not audited.
-        /// A sandbox's consumer refuses it
+        /// counted in `prodbox.sandbox.observed`): skipped for a fork, dead-lettered for its
+        /// sandbox headers, handled in a sandbox, delayed by the guardrails. Every message is
+        /// then handled as production's, as before prodbox: none is skipped, dead-lettered
+        /// for its headers, delayed or handled in a sandbox, and no cut is recorded. Messages
+        /// of no sandbox are not audited. (`run`'s retries and `max_attempts` are the
+        /// service's handling, not a sandbox's: they still apply.)
+        ///
+        /// Deploy a sandbox's fork only once its baseline acts: the fork takes the records
+        /// the baseline's cuts give it, and an observing baseline records none (it handles
+        /// them itself, as production's). A sandbox's consumer refuses observe-only
         /// ([`ObserveOnlyFork`](ConsumerError::ObserveOnlyFork)).
         observe_only(observe: bool) => observe = observe;
     }
@@ -358,6 +364,17 @@ impl<C: ConsumerContext + 'static> SandboxConsumerBuilder<C> {
                 )
             }
         };
+        let observe_cuts = self.observe && {
+            let place = prodbox_core::directory::CutPlace {
+                group: self.group.clone(),
+                topic: topics.first().copied().unwrap_or_default().to_owned(),
+                partition: 0,
+            };
+            !matches!(
+                self.directory.cut_ranges(&place).await,
+                Err(prodbox_core::directory::DirectoryError::CutsUnsupported)
+            )
+        };
         // One topic named (no pattern): every message is of it, and asking rdkafka for a
         // message's topic (a `strlen` and a UTF-8 check) is saved.
         let only_topic = match topics {
@@ -397,6 +414,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumerBuilder<C> {
             guardrails: self.guardrails,
             retry: self.retry,
             observe: self.observe,
+            observe_cuts,
             in_flight,
             tally: Tally::new(only_topic, role_name(&role)),
             only_topic: only_topic.map(Into::into),
@@ -434,6 +452,9 @@ pub struct SandboxConsumer<C: ConsumerContext + 'static = DefaultConsumerContext
     retry: Retry,
     /// Observe-only: decide and audit, then handle every message as production's.
     observe: bool,
+    /// Observe-only: whether the directory keeps cuts (without, the baseline dead-letters
+    /// the records of a sandbox that forks it).
+    observe_cuts: bool,
     in_flight: Arc<InFlight>,
     /// The topic of every message, when the consumer subscribed to one by name.
     only_topic: Option<Box<str>>,

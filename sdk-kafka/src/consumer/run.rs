@@ -18,10 +18,10 @@ use crate::shutdown::pause;
 impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// Handles messages with `handler` until `shutdown` completes, then commits what is done.
     ///
-    /// The handler is given each message borrowed, as rdkafka's own streams give it, and
-    /// returns the future that handles it: read what the work needs (the payload decoded, say)
+    /// The handler is lent each message for the call, and returns the future that handles
+    /// it, which may not hold the loan: read what the work needs (the payload decoded, say)
     /// before the `async` block, or [`detach`](BorrowedMessage::detach) the message to own a
-    /// copy. Both the call and its future run in the message's context. A failed message is
+    /// copy (a copy of every message costs; see docs/BENCHMARKS.md). Both the call and its future run in the message's context. A failed message is
     /// given to the handler again for each retry.
     ///
     /// Fails when the final commit fails, or when an earlier loop of this consumer stopped

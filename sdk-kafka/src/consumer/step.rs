@@ -279,43 +279,76 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
 
     /// Audits, as observed, what this consumer would do with `message` (see
     /// `SandboxConsumerBuilder::observe_only`). The cuts are not consulted, since deciding
-    /// by them records one: a forked sandbox's record is reported as the fork's.
+    /// by them records one: a forked sandbox's record is reported as the fork's, or as a dead
+    /// letter when the directory keeps no cuts.
     fn observe(&self, message: &BorrowedMessage<'_>) {
         let verdict = self
             .filter
             .decide_by(message.headers(), &mut Clock::default());
-        let (context, decision, reason, error) = match &verdict {
-            Verdict::Process(None) => return,
-            Verdict::Process(Some(context))
-            | Verdict::Cut {
-                context,
-                forking: None,
-            } => (
-                Some(context),
-                Decision::Accepted,
-                "handled_in_sandbox",
-                None,
-            ),
-            Verdict::Cut { context, .. } => (Some(context), Decision::Skipped, "forked", None),
-            Verdict::Skip { reason, .. } => (None, Decision::Skipped, *reason, None),
+        let (sandbox, decision, reason, error) = match &verdict {
+            Verdict::Process(context) => {
+                // Production's (untagged, or foreign baggage only): nothing to report.
+                let Some(sandbox) = context.as_ref().and_then(SandboxContext::sandbox) else {
+                    return;
+                };
+                self.observe_admission(message, sandbox.key());
+                (
+                    Some(sandbox.key()),
+                    Decision::Accepted,
+                    "handled_in_sandbox",
+                    None,
+                )
+            }
+            Verdict::Cut { context, forking } => {
+                let Some(sandbox) = context.sandbox().map(Sandbox::key) else {
+                    return;
+                };
+                match forking {
+                    None => {
+                        self.observe_admission(message, sandbox);
+                        (
+                            Some(sandbox),
+                            Decision::Accepted,
+                            "handled_in_sandbox",
+                            None,
+                        )
+                    }
+                    Some(_) if !self.observe_cuts => (
+                        Some(sandbox),
+                        Decision::DeadLettered,
+                        "cut_unavailable",
+                        None,
+                    ),
+                    Some(_) => (Some(sandbox), Decision::Skipped, "forked", None),
+                }
+            }
+            Verdict::Skip { reason, sandbox } => {
+                (sandbox.as_ref(), Decision::Skipped, *reason, None)
+            }
             Verdict::DeadLetter(error) => {
                 (None, Decision::DeadLettered, error.reason(), Some(error))
             }
-        };
-        let sandbox = match &verdict {
-            Verdict::Skip { sandbox, .. } => sandbox.as_ref(),
-            _ => context.and_then(SandboxContext::sandbox).map(Sandbox::key),
         };
         let detail = match error {
             Some(error) => format!("{}: {error}", Source(message)),
             None => Source(message).to_string(),
         };
-        prodbox_core::plumbing::audit::observed(&super::event(
-            sandbox,
-            decision,
-            reason,
-            Some(&detail),
-        ));
+        observed(sandbox, decision, reason, &detail);
+    }
+
+    /// Audits, as observed, that `sandbox`'s message would wait for its guardrails.
+    fn observe_admission(&self, message: &BorrowedMessage<'_>, sandbox: &SandboxKey) {
+        if let Some(guardrails) = &self.guardrails
+            && let Err(throttled) = guardrails.admit(sandbox)
+        {
+            let detail = format!("{}: {throttled}", Source(message));
+            observed(
+                Some(sandbox),
+                Decision::Throttled,
+                throttled.reason.as_str(),
+                &detail,
+            );
+        }
     }
 
     /// Waits until the directory is fresh: `false` when shutdown came first.
@@ -414,4 +447,14 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             }
         }
     }
+}
+
+/// Writes and counts an observed decision of a consumer's.
+fn observed(sandbox: Option<&SandboxKey>, decision: Decision, reason: &str, detail: &str) {
+    prodbox_core::plumbing::audit::observed(&super::event(
+        sandbox,
+        decision,
+        reason,
+        Some(&detail),
+    ));
 }
