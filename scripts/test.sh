@@ -141,58 +141,68 @@ check_lint_config() {
 
 adopted_example() {
     # The example service of examples/adopted, as a team adopts prodbox: its adoption diff
-    # (tests/isolation.rs aside, which is new) stays within 60 lines, and both versions build
-    # against the `.crate` files `cargo package` just made, through the local registry it
-    # left in the target directory (`tmp-registry`), never the workspace's sources. Their
-    # tests run against the real PostgreSQL and broker.
+    # (every line added or removed, new files whole; tests/isolation.rs aside, which is new)
+    # stays within 60 lines, and both versions build against the `.crate` files `cargo package`
+    # just made, through the local registry it left in the target directory (`tmp-registry`),
+    # never the workspace's sources (checked: every prodbox crate of `after` comes from it).
+    # Their tests run against the real PostgreSQL and broker.
     local target="$1" registry="$1/package/tmp-registry"
     if [[ ! -d "$registry/index" ]]; then
         echo "cargo package left no local registry at $registry" >&2
         return 1
     fi
-    local lines
-    lines="$(diff -ru -x isolation.rs examples/adopted/before examples/adopted/after |
-        grep -E '^[-+]' | grep -cvE '^(\+\+\+|---) ' || true)"
-    echo "adoption diff: $lines lines changed"
-    if (( lines > 60 )); then
-        diff -ru -x isolation.rs examples/adopted/before examples/adopted/after >&2 || true
-        echo "the adoption diff of examples/adopted is over 60 lines" >&2
-        return 1
-    fi
-    local work target_dir
+    local work target_dir lines
     work="$(mktemp -d)"
     target_dir="$(realpath "$target")"
     # Outside the workspace, as a service of its own; the workspace's lock file keeps the
     # dependencies at the versions (and builds) the workspace already has.
     cp -r examples/adopted/before examples/adopted/after "$work"/
+    mv "$work/after/tests/isolation.rs" "$work/isolation.rs"
+    lines="$(cd "$work" && { diff -ruN before after || true; } |
+        awk '/^diff /{hunk=0} /^@@/{hunk=1; next} hunk && /^[-+]/{n++} END{print n+0}')"
+    mv "$work/isolation.rs" "$work/after/tests/isolation.rs"
+    echo "adoption diff: $lines lines changed"
+    if (( lines > 60 )); then
+        (cd "$work" && diff -ruN -x isolation.rs before after) >&2 || true
+        echo "the adoption diff of examples/adopted is over 60 lines" >&2
+        rm -rf "$work"
+        return 1
+    fi
+    local packaged="sparse+https://prodbox.invalid/index/"
     {
         echo '[registries.prodbox]'
-        echo 'index = "sparse+https://prodbox.invalid/index/"'
+        echo "index = \"$packaged\""
         echo '[source.prodbox-packaged]'
-        echo 'registry = "sparse+https://prodbox.invalid/index/"'
+        echo "registry = \"$packaged\""
         echo 'replace-with = "prodbox-local"'
         echo '[source.prodbox-local]'
         echo "local-registry = \"$(realpath "$registry")\""
-        # prodbox's crates as crates.io would serve them once published: each one the
-        # service names, at the version packaged.
+        # prodbox's crates as crates.io would serve them once published: every one packaged.
         echo '[patch.crates-io]'
-        local file crate
+        local file
         for file in "$registry"/prodbox-*.crate; do
             file="$(basename "$file" .crate)"
-            crate="${file%-*}"
-            if grep -q "^$crate = " examples/adopted/after/Cargo.toml; then
-                echo "$crate = { version = \"${file##*-}\", registry = \"prodbox\" }"
+            if [[ $file =~ ^(.+)-([0-9]+\.[0-9]+\.[0-9]+.*)$ ]]; then
+                echo "${BASH_REMATCH[1]} = { version = \"=${BASH_REMATCH[2]}\", registry = \"prodbox\" }"
             fi
         done
     } > "$work/config.toml"
-    local side config
-    for side in before after; do
-        cp Cargo.lock "$work/$side/"
-        config=()
-        [[ $side == after ]] && config=(--config "$work/config.toml")
-        (cd "$work/$side" && cargo "${config[@]}" test --quiet --target-dir "$target_dir") ||
-            { rm -rf "$work"; return 1; }
-    done
+    cp Cargo.lock "$work/before/"
+    cp Cargo.lock "$work/after/"
+    (cd "$work/after" && cargo --config "$work/config.toml" metadata --format-version 1 --quiet) |
+        python3 -c '
+import json, sys
+packaged = sys.argv[1]
+crates = [(p["name"], p["source"]) for p in json.load(sys.stdin)["packages"]
+          if p["name"].startswith("prodbox-")]
+if not crates or any(source != packaged for _, source in crates):
+    sys.exit(f"examples/adopted/after: prodbox crates not all from the packaged registry: {crates}")
+print("from the packaged registry:", ", ".join(sorted(name for name, _ in crates)))
+' "$packaged" || { rm -rf "$work"; return 1; }
+    (cd "$work/before" && cargo test --quiet --target-dir "$target_dir") &&
+        (cd "$work/after" &&
+            cargo --config "$work/config.toml" test --quiet --target-dir "$target_dir") ||
+        { rm -rf "$work"; return 1; }
     rm -rf "$work"
 }
 

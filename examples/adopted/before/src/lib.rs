@@ -91,6 +91,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Service, Bo
     let welcomer = tokio::spawn(async move {
         loop {
             let Ok(message) = consumer.recv().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
             let payload = message.payload().unwrap_or_default();

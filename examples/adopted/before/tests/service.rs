@@ -16,5 +16,5 @@ async fn a_signup_is_stored_and_welcomed() {
     })
     .await;
     assert!(welcomed, "the welcome email was sent");
-    started.stop().await;
+    started.stop();
 }

@@ -1,25 +1,32 @@
 //! The service started against the machine's PostgreSQL and Kafka-protocol broker, with a
-//! database and a topic of its own.
+//! database and a topic of its own, both cleaned up when the test ends, failed or not.
 
 #![allow(dead_code)]
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use signups::{Config, Service};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 pub struct Started {
-    pub service: Service,
+    service: Option<Service>,
     pub base: String,
     pub config: Config,
     pub database: String,
     admin_url: String,
+    /// Cluster-wide roles to drop with the database.
+    roles: Mutex<Vec<String>>,
+}
+
+fn admin_url() -> String {
+    std::env::var("ADMIN_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// `ADMIN_DATABASE_URL` (a superuser's) makes the database; `KAFKA_BROKERS` is the broker.
 pub async fn start() -> Started {
-    let admin_url = std::env::var("ADMIN_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin_url = admin_url();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -39,28 +46,29 @@ pub async fn start() -> Started {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let service = signups::start(&config, listener)
-        .await
-        .expect("service started");
-    Started {
-        service,
+    let mut started = Started {
+        service: None,
         base,
         config,
         database,
         admin_url,
-    }
+        roles: Mutex::default(),
+    };
+    started.service = Some(
+        signups::start(&started.config, listener)
+            .await
+            .expect("service started"),
+    );
+    started
 }
 
 impl Started {
-    /// Stops the service and drops its database.
-    pub async fn stop(self) {
-        drop(self.service);
-        let mut admin = PgConnection::connect(&self.admin_url).await.unwrap();
-        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
-        sqlx::raw_sql(AssertSqlSafe(drop))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+    /// Stops the service and drops its database (as dropping it does).
+    pub fn stop(self) {}
+
+    /// Drops `role` too when the test ends.
+    pub fn drop_role_at_end(&self, role: String) {
+        self.roles.lock().unwrap().push(role);
     }
 
     pub async fn get(&self, path: &str, baggage: Option<&str>) -> (u16, String) {
@@ -84,6 +92,46 @@ impl Started {
     }
 }
 
+/// The service stops, then its database and roles go, whether the test passed or panicked
+/// (on a thread of its own: a test's runtime may be unwinding).
+impl Drop for Started {
+    fn drop(&mut self) {
+        drop(self.service.take());
+        let admin_url = self.admin_url.clone();
+        let mut statements = vec![format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.database
+        )];
+        let roles = std::mem::take(&mut *self.roles.lock().unwrap_or_else(|p| p.into_inner()));
+        statements.extend(
+            roles
+                .iter()
+                .map(|role| format!("DROP ROLE IF EXISTS \"{role}\"")),
+        );
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let Ok(mut admin) = PgConnection::connect(&admin_url).await else {
+                    eprintln!("cleanup: PostgreSQL unreachable");
+                    return;
+                };
+                for statement in statements {
+                    if let Err(error) = sqlx::raw_sql(AssertSqlSafe(statement.clone()))
+                        .execute(&mut admin)
+                        .await
+                    {
+                        eprintln!("cleanup: {statement}: {error}");
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
 /// Whether `check` turns true within `limit`.
 pub async fn eventually<F: std::future::Future<Output = bool>>(
     limit: Duration,
@@ -97,16 +145,4 @@ pub async fn eventually<F: std::future::Future<Output = bool>>(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     false
-}
-
-/// Drops `role` from the cluster (roles outlive the databases they were made for).
-pub async fn drop_role(role: &str) {
-    let admin_url = std::env::var("ADMIN_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut admin = PgConnection::connect(&admin_url).await.unwrap();
-    let drop = format!("DROP ROLE IF EXISTS \"{role}\"");
-    sqlx::raw_sql(AssertSqlSafe(drop))
-        .execute(&mut admin)
-        .await
-        .unwrap();
 }
