@@ -77,8 +77,9 @@ async fn apply_fixes(db: &TestDatabase, verdict: &Verdict, check: &str) {
     let mut admin = db.admin().await;
     for finding in verdict.of(check) {
         let fix = finding["fix"].as_str().expect("a fix");
-        // Some fixes say what to grant back in words after the statement.
+        // Some fixes say what to grant back, or what else would do, in words after it.
         let statement = fix.split(" (and ").next().unwrap_or(fix);
+        let statement = statement.split(" (or ").next().unwrap_or(statement);
         admin
             .execute(sqlx::AssertSqlSafe(statement.to_owned()))
             .await
@@ -91,7 +92,28 @@ async fn apply_fixes(db: &TestDatabase, verdict: &Verdict, check: &str) {
 async fn every_grant_to_public_is_found_and_its_fix_closes_it() {
     require_postgres().await;
     let db = TestDatabase::create().await;
+    // A role holding a grant option grants to PUBLIC: only it can take that grant back.
+    let grantor = prodbox_testkit::pg::unique_key("grantor").replace('-', "_");
     let mut admin = db.admin().await;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE {grantor};
+             CREATE TABLE invoices (id int);
+             GRANT SELECT ON invoices TO {grantor} WITH GRANT OPTION;
+             SET ROLE {grantor};
+             GRANT SELECT ON invoices TO PUBLIC;
+             RESET ROLE;
+             -- Names and statements that hold ' (' themselves.
+             CREATE TABLE \"odd (name\" (id int);
+             GRANT SELECT ON \"odd (name\" TO PUBLIC;
+             CREATE TYPE cents AS (v int);
+             CREATE FUNCTION to_cents(int) RETURNS cents LANGUAGE sql SECURITY DEFINER
+                 AS 'SELECT ROW($1)::cents';
+             REVOKE EXECUTE ON FUNCTION to_cents(int) FROM PUBLIC;
+             CREATE CAST (int AS cents) WITH FUNCTION to_cents(int);"
+        )))
+        .await
+        .expect("grants by another grantor");
     admin
         .execute(
             "CREATE TABLE orders (id serial PRIMARY KEY, item text);
@@ -146,6 +168,21 @@ async fn every_grant_to_public_is_found_and_its_fix_closes_it() {
         (
             "aggregate billing.totals(integer)",
             "REVOKE EXECUTE ON FUNCTION billing.totals(integer)",
+        ),
+        (
+            "table public.invoices: SELECT",
+            &format!(
+                "REVOKE ALL ON public.invoices FROM PUBLIC; SET ROLE {grantor}; \
+                 REVOKE ALL ON public.invoices FROM PUBLIC; RESET ROLE"
+            ),
+        ),
+        (
+            "table public.\"odd (name\": SELECT",
+            "REVOKE ALL ON public.\"odd (name\" FROM PUBLIC",
+        ),
+        (
+            "cast (integer AS cents): runs SECURITY DEFINER function to_cents(integer)",
+            "DROP CAST (integer AS cents)",
         ),
     ] {
         let finding = wrong.naming("reach", needle);
@@ -210,6 +247,11 @@ async fn every_grant_to_public_is_found_and_its_fix_closes_it() {
         assert!(fixed.of(check).is_empty(), "{check}: {:#}", fixed.report);
     }
     db.cleanup().await;
+    let mut admin = prodbox_testkit::pg::admin_connection().await;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("DROP ROLE {grantor}")))
+        .await
+        .expect("the grantor dropped");
 }
 
 #[tokio::test]

@@ -275,16 +275,11 @@ async fn reach(
     findings: &mut Vec<Finding>,
 ) -> Result<(), sqlx::Error> {
     for found in exposure::reach(conn, role).await? {
-        // Each reads `what (fix)`.
-        let (what, fix) = match found.rsplit_once(" (") {
-            Some((what, fix)) => (what.to_owned(), fix.trim_end_matches(')').to_owned()),
-            None => (found, String::new()),
-        };
         findings.push(Finding {
             check: "reach",
             severity: Severity::Unsafe,
-            what: format!("a sandbox's role may reach {what}"),
-            fix,
+            what: format!("a sandbox's role may reach {}", found.what),
+            fix: found.fix,
         });
     }
     Ok(())

@@ -26,23 +26,85 @@ WITH role AS (SELECT $1::text AS name, $2::text AS own),
 sandboxes AS (SELECT n.oid FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
               WHERE n.nspname LIKE 'sbx\\_%' AND r.rolname LIKE 'sbxr\\_%')";
 
+/// `revoke` (SQL of a text value: the statement that takes `PUBLIC`'s grant back), and the
+/// same statement run as each role other than the owner that granted to `PUBLIC` (`grantors`:
+/// SQL selecting their oids): a `REVOKE` takes back only its own role's grants.
+fn revoke(revoke: &str, grantors: &str) -> String {
+    format!(
+        "concat_ws('; ', {revoke},
+                   (SELECT string_agg(format('SET ROLE %I; %s; RESET ROLE', g.rolname, {revoke}),
+                                      '; ' ORDER BY g.rolname)
+                    FROM pg_roles g WHERE g.oid IN ({grantors})))"
+    )
+}
+
+/// The roles other than `owner` that granted something to `PUBLIC` in `acl`.
+fn grantors(acl: &str, owner: &str) -> String {
+    format!(
+        "SELECT x.grantor FROM aclexplode({acl}) x WHERE x.grantee = 0 AND x.grantor <> {owner}"
+    )
+}
+
 /// What of production the role may reach through privileges: its own, `PUBLIC`'s (every role
-/// is a member) and a role's granted to it. Each finding names the object, what the role may
-/// do, and the statement that closes it. These need nothing of prodbox's catalogue:
-/// `prodbox doctor` runs them on a database prodbox has never touched, for `PUBLIC` or a
-/// throwaway role.
-const REACH: &str = "
+/// is a member) and a role's granted to it. Each finding names the object and what the role
+/// may do (`what`), and the statements that close it (`fix`). These need nothing of prodbox's
+/// catalogue: `prodbox doctor` runs them on a database prodbox has never touched, for
+/// `PUBLIC` or a throwaway role.
+static REACH: LazyLock<String> = LazyLock::new(|| {
+    let table_grantors = format!(
+        "{} UNION SELECT x.grantor FROM pg_attribute t, aclexplode(t.attacl) x
+                  WHERE t.attrelid = c.oid AND x.grantee = 0 AND x.grantor <> c.relowner",
+        grantors("c.relacl", "c.relowner")
+    );
+    let table = revoke(
+        "format('REVOKE ALL ON %I.%I FROM PUBLIC', n.nspname, c.relname)",
+        &table_grantors,
+    );
+    let sequence = revoke(
+        "format('REVOKE ALL ON SEQUENCE %I.%I FROM PUBLIC', n.nspname, c.relname)",
+        &grantors("c.relacl", "c.relowner"),
+    );
+    let schema = revoke(
+        "format('REVOKE CREATE ON SCHEMA %I FROM PUBLIC', n.nspname)",
+        &grantors("n.nspacl", "n.nspowner"),
+    );
+    let database = revoke(
+        "format('REVOKE CREATE ON DATABASE %I FROM PUBLIC', d.datname)",
+        &grantors("d.datacl", "d.datdba"),
+    );
+    let function = revoke(
+        "format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', p.oid::regprocedure)",
+        &grantors("p.proacl", "p.proowner"),
+    );
+    let server = revoke(
+        "format('REVOKE USAGE ON FOREIGN SERVER %I FROM PUBLIC', s.srvname)",
+        &grantors("s.srvacl", "s.srvowner"),
+    );
+    let wrapper = revoke(
+        "format('REVOKE USAGE ON FOREIGN DATA WRAPPER %I FROM PUBLIC', w.fdwname)",
+        &grantors("w.fdwacl", "w.fdwowner"),
+    );
+    let large_object = revoke(
+        "format('REVOKE ALL ON LARGE OBJECT %s FROM PUBLIC', m.oid)",
+        &grantors("m.lomacl", "m.lomowner"),
+    );
+    let aggregate = revoke(
+        "format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f.oid::regprocedure)",
+        &grantors("f.proacl", "f.proowner"),
+    );
+    format!(
+        "
     -- Tables, views, materialized views, foreign and partitioned tables: any privilege, on the
     -- table or on one of its columns (reads copy production rows out; REFERENCES and TRIGGER
     -- let a sandbox hook into production's writes).
-    SELECT format('table %I.%I: %s (REVOKE ALL ON %I.%I FROM PUBLIC)', n.nspname, c.relname,
+    SELECT format('table %I.%I: %s', n.nspname, c.relname,
                   array_to_string(ARRAY(
                       SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE',
                                                  'TRUNCATE', 'REFERENCES', 'TRIGGER']) p
                       WHERE has_table_privilege(role.name, c.oid, p)
                          OR (p IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
-                             AND has_any_column_privilege(role.name, c.oid, p))), ', '),
-                  n.nspname, c.relname) AS finding
+                             AND has_any_column_privilege(role.name, c.oid, p))), ', ')) AS what,
+           {table} AS fix
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, role
     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
       AND n.nspname <> role.own AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -59,8 +121,7 @@ const REACH: &str = "
                                  AND e.deptype = 'e')))
     UNION ALL
     -- Sequences: nextval and setval move production's ids.
-    SELECT format('sequence %I.%I (REVOKE ALL ON SEQUENCE %I.%I FROM PUBLIC)',
-                  n.nspname, c.relname, n.nspname, c.relname)
+    SELECT format('sequence %I.%I', n.nspname, c.relname), {sequence}
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, role
     WHERE c.relkind = 'S' AND n.nspname <> role.own
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -68,8 +129,7 @@ const REACH: &str = "
       AND has_sequence_privilege(role.name, c.oid, 'USAGE, SELECT, UPDATE')
     UNION ALL
     -- CREATE on another schema: objects planted there run with production's privileges.
-    SELECT format('schema %I: CREATE (REVOKE CREATE ON SCHEMA %I FROM PUBLIC)',
-                  n.nspname, n.nspname)
+    SELECT format('schema %I: CREATE', n.nspname), {schema}
     FROM pg_namespace n, role
     WHERE n.nspname <> role.own AND n.nspname NOT LIKE 'pg\\_temp\\_%'
       AND n.nspname NOT LIKE 'pg\\_toast%'
@@ -78,13 +138,14 @@ const REACH: &str = "
     UNION ALL
     -- CREATE on the database: a schema named after production's login shadows `public` on
     -- production's search path.
-    SELECT format('database %I: CREATE (REVOKE CREATE ON DATABASE %I FROM PUBLIC)',
-                  current_database(), current_database())
-    FROM role WHERE has_database_privilege(role.name, current_database(), 'CREATE')
+    SELECT format('database %I: CREATE', d.datname), {database}
+    FROM pg_database d, role
+    WHERE d.datname = current_database()
+      AND has_database_privilege(role.name, d.oid, 'CREATE')
     UNION ALL
     -- SECURITY DEFINER functions run as their owner, production's role.
-    SELECT format('function %s: EXECUTE of a SECURITY DEFINER function (REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC)',
-                  p.oid::regprocedure, p.oid::regprocedure)
+    SELECT format('function %s: EXECUTE of a SECURITY DEFINER function', p.oid::regprocedure),
+           {function}
     FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace, role
     WHERE p.prosecdef AND n.nspname <> role.own
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -92,30 +153,29 @@ const REACH: &str = "
       AND has_function_privilege(role.name, p.oid, 'EXECUTE')
     UNION ALL
     -- A role granted to it: SET ROLE leaves the sandbox (taken back whenever a pool opens).
-    SELECT format('role %I is granted to it (REVOKE %I FROM %I)', g.rolname, g.rolname, role.name)
+    SELECT format('role %I is granted to it', g.rolname),
+           format('REVOKE %I FROM %I', g.rolname, role.name)
     FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
          JOIN pg_roles r ON r.oid = m.member, role
     WHERE r.rolname = role.name
     UNION ALL
     -- Foreign servers: foreign tables made by the sandbox reach whatever the server does.
-    SELECT format('foreign server %I: USAGE (REVOKE USAGE ON FOREIGN SERVER %I FROM PUBLIC)',
-                  s.srvname, s.srvname)
+    SELECT format('foreign server %I: USAGE', s.srvname), {server}
     FROM pg_foreign_server s, role WHERE has_server_privilege(role.name, s.oid, 'USAGE')
     UNION ALL
     -- Foreign-data wrappers: USAGE lets it make servers of its own (a connection that no
     -- watchdog sees, to wherever it names).
-    SELECT format('foreign-data wrapper %I: USAGE (REVOKE USAGE ON FOREIGN DATA WRAPPER %I FROM PUBLIC)',
-                  w.fdwname, w.fdwname)
+    SELECT format('foreign-data wrapper %I: USAGE', w.fdwname), {wrapper}
     FROM pg_foreign_data_wrapper w, role
     WHERE has_foreign_data_wrapper_privilege(role.name, w.oid, 'USAGE')
     UNION ALL
     -- Large objects: with compatibility privileges on, every role reads and writes all of
     -- them; otherwise, those granted to PUBLIC.
-    SELECT 'large objects: lo_compat_privileges is on (ALTER SYSTEM SET lo_compat_privileges = off)'
+    SELECT 'large objects: lo_compat_privileges is on',
+           'ALTER SYSTEM SET lo_compat_privileges = off'
     WHERE current_setting('lo_compat_privileges') = 'on'
     UNION ALL
-    SELECT format('large object %s: %s (REVOKE ALL ON LARGE OBJECT %s FROM PUBLIC)',
-                  m.oid, a.privilege_type, m.oid)
+    SELECT format('large object %s: %s', m.oid, a.privilege_type), {large_object}
     FROM pg_largeobject_metadata m JOIN pg_roles o ON o.oid = m.lomowner,
          aclexplode(m.lomacl) a
     WHERE a.grantee = 0 AND o.rolname NOT LIKE 'sbxr\\_%'
@@ -123,8 +183,9 @@ const REACH: &str = "
     -- Aggregates whose support functions are SECURITY DEFINER: calling an aggregate checks
     -- only its own EXECUTE, and its support functions then run as their owner, whatever was
     -- revoked on them.
-    SELECT format('aggregate %s: runs SECURITY DEFINER function %s (REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC)',
-                  f.oid::regprocedure, s.oid::regprocedure, f.oid::regprocedure)
+    SELECT format('aggregate %s: runs SECURITY DEFINER function %s',
+                  f.oid::regprocedure, s.oid::regprocedure),
+           {aggregate}
     FROM pg_aggregate a JOIN pg_proc f ON f.oid = a.aggfnoid
          JOIN pg_namespace n ON n.oid = f.pronamespace
          JOIN pg_proc s ON s.oid IN (a.aggtransfn::oid, a.aggfinalfn::oid, a.aggcombinefn::oid,
@@ -136,20 +197,23 @@ const REACH: &str = "
       AND has_function_privilege(role.name, f.oid, 'EXECUTE')
     UNION ALL
     -- Casts through SECURITY DEFINER functions: a cast checks no privilege when it is used.
-    SELECT format('cast (%s AS %s): runs SECURITY DEFINER function %s (DROP CAST (%s AS %s), or make the function SECURITY INVOKER)',
-                  c.castsource::regtype, c.casttarget::regtype, s.oid::regprocedure,
-                  c.castsource::regtype, c.casttarget::regtype)
+    SELECT format('cast (%s AS %s): runs SECURITY DEFINER function %s',
+                  c.castsource::regtype, c.casttarget::regtype, s.oid::regprocedure),
+           format('DROP CAST (%s AS %s) (or make %s SECURITY INVOKER)',
+                  c.castsource::regtype, c.casttarget::regtype, s.oid::regprocedure)
     FROM pg_cast c JOIN pg_proc s ON s.oid = c.castfunc
          JOIN pg_namespace n ON n.oid = s.pronamespace
     WHERE s.prosecdef AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND n.oid NOT IN (SELECT oid FROM sandboxes)";
+      AND n.oid NOT IN (SELECT oid FROM sandboxes)"
+    )
+});
 
 /// Server settings the role may change beyond its own session (PostgreSQL 15 and later keep
 /// these grants in `pg_parameter_acl`): `ALTER SYSTEM` on any setting (`archive_command` runs a
 /// shell command as the server), or `SET` on a superuser-only one.
 const PARAMETERS: &str = "
-SELECT format('parameter %s: %s (REVOKE %s ON PARAMETER %s FROM PUBLIC)',
-              p.parname, priv, priv, p.parname)
+SELECT format('parameter %s: %s', p.parname, priv) AS what,
+       format('REVOKE %s ON PARAMETER %s FROM PUBLIC', priv, p.parname) AS fix
 FROM pg_parameter_acl p
      LEFT JOIN pg_settings s ON s.name = p.parname,
      unnest(ARRAY['SET', 'ALTER SYSTEM']) priv
@@ -162,31 +226,36 @@ ORDER BY 1";
 /// roles. Needs the catalogue's functions (see [`DEPENDENCIES`]).
 const OWN: &str = "
     -- Its objects that depend on production's: production's DDL on those fails.
-    SELECT d || ': production''s DDL on it fails while it exists (drop it)'
+    SELECT d || ': production''s DDL on it fails while it exists', 'drop it'
     FROM role, prodbox.sandbox_dependencies_v1(
              (SELECT oid FROM pg_namespace WHERE nspname = role.own)) d
     UNION ALL
     -- Its objects that production's own work evaluates, calling its code: ANALYZE and
     -- autovacuum would run it in production's sessions, past every bound, and restoring a dump
     -- as the superuser.
-    SELECT d || ' (production''s ANALYZE, VACUUM or a restore of a dump would run it: drop it)'
+    SELECT d || ': production''s ANALYZE, VACUUM or a restore of a dump would run it', 'drop it'
     FROM role, prodbox.sandbox_code_v1(
              (SELECT oid FROM pg_namespace WHERE nspname = role.own)) d
     UNION ALL
     -- Its grants and policies naming production's roles.
-    SELECT d || ' (REVOKE it, or drop the object)'
+    SELECT d, 'REVOKE it, or drop the object'
     FROM role, prodbox.foreign_grants_v1(role.name) d";
 
 /// Provisioning's check: both, at most [`LIMIT`] findings.
 static CHECK: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "{ROLE}\nSELECT finding FROM ({REACH}\n    UNION ALL{OWN}\n) findings\nORDER BY finding\nLIMIT {LIMIT}"
+        "{ROLE}\nSELECT what, fix FROM ({}\n    UNION ALL{OWN}\n) findings\nORDER BY what\nLIMIT {LIMIT}",
+        *REACH
     )
 });
 
 /// The doctor's: every privilege finding, none about a sandbox's own objects.
-static REACH_ALL: LazyLock<String> =
-    LazyLock::new(|| format!("{ROLE}\nSELECT finding FROM ({REACH}\n) findings\nORDER BY finding"));
+static REACH_ALL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{ROLE}\nSELECT what, fix FROM ({}\n) findings\nORDER BY what",
+        *REACH
+    )
+});
 
 /// Which schemas are a sandbox's (named `sbx_..`, owned by a role named `sbxr_..`), and the
 /// dependencies of some objects (with their relations' rules, defaults, constraints,
@@ -454,37 +523,61 @@ SELECT (EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'prodbox_sandbox_
 /// At most this many findings are reported (enough to act on; `prodbox doctor` lists all).
 const LIMIT: usize = 20;
 
-/// What of production `role` (whose own schema is `schema`) could reach, as sentences that
-/// name the object and the statement that closes it; empty when nothing.
+/// One thing of production a role could reach, and the statements that close it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Exposure {
+    pub(crate) what: String,
+    pub(crate) fix: String,
+}
+
+impl From<(String, String)> for Exposure {
+    fn from((what, fix): (String, String)) -> Self {
+        Self { what, fix }
+    }
+}
+
+impl std::fmt::Display for Exposure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.what, self.fix)
+    }
+}
+
+/// What of production `role` (whose own schema is `schema`) could reach, at most [`LIMIT`];
+/// empty when nothing.
 pub(crate) async fn findings(
     conn: &mut PgConnection,
     role: &str,
     schema: &str,
-) -> Result<Vec<String>, sqlx::Error> {
-    let mut findings: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(CHECK.as_str()))
+) -> Result<Vec<Exposure>, sqlx::Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(CHECK.as_str()))
         .bind(role)
         .bind(schema)
         .fetch_all(&mut *conn)
         .await?;
+    let mut findings: Vec<Exposure> = rows.into_iter().map(Into::into).collect();
     findings.extend(parameters(conn, role).await?);
     findings.truncate(LIMIT);
     Ok(findings)
 }
 
 /// Everything of production `role` (a throwaway role, or `public`) may reach through
-/// privileges, as [`findings`] words it, without limit: what `prodbox doctor` reports.
-pub(crate) async fn reach(conn: &mut PgConnection, role: &str) -> Result<Vec<String>, sqlx::Error> {
-    let mut findings: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(REACH_ALL.as_str()))
+/// privileges, without limit: what `prodbox doctor` reports.
+pub(crate) async fn reach(
+    conn: &mut PgConnection,
+    role: &str,
+) -> Result<Vec<Exposure>, sqlx::Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(REACH_ALL.as_str()))
         .bind(role)
         .bind("")
         .fetch_all(&mut *conn)
         .await?;
+    let mut findings: Vec<Exposure> = rows.into_iter().map(Into::into).collect();
     findings.extend(parameters(conn, role).await?);
     Ok(findings)
 }
 
 /// [`PARAMETERS`], on servers that have parameter privileges.
-async fn parameters(conn: &mut PgConnection, role: &str) -> Result<Vec<String>, sqlx::Error> {
+async fn parameters(conn: &mut PgConnection, role: &str) -> Result<Vec<Exposure>, sqlx::Error> {
     let has_acl: bool =
         sqlx::query_scalar("SELECT to_regclass('pg_catalog.pg_parameter_acl') IS NOT NULL")
             .fetch_one(&mut *conn)
@@ -492,8 +585,9 @@ async fn parameters(conn: &mut PgConnection, role: &str) -> Result<Vec<String>, 
     if !has_acl {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar(PARAMETERS)
+    let rows: Vec<(String, String)> = sqlx::query_as(PARAMETERS)
         .bind(role)
         .fetch_all(conn)
-        .await
+        .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
 }

@@ -428,7 +428,7 @@ impl Provisioner {
         } else {
             Err(SandboxDbError::ProductionExposed {
                 sandbox: key.clone(),
-                findings,
+                findings: findings.iter().map(ToString::to_string).collect(),
             })
         }
     }
