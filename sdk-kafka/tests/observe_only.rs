@@ -41,6 +41,23 @@ fn directory() -> MemoryDirectory {
     directory
 }
 
+/// The observed audit records of `topic`'s messages: (sandbox, decision, reason).
+fn observed(audit: &AuditLog, topic: &str) -> Vec<(String, String, String)> {
+    audit
+        .matching("observed", "true")
+        .into_iter()
+        .filter(|r| r.get("detail").is_some_and(|d| d.contains(topic)))
+        .map(|r| {
+            let field = |name: &str| r.get(name).cloned().unwrap_or_default();
+            (field("sandbox"), field("decision"), field("reason"))
+        })
+        .collect()
+}
+
+fn would(sandbox: &str, decision: &str, reason: &str) -> (String, String, String) {
+    (sandbox.to_owned(), decision.to_owned(), reason.to_owned())
+}
+
 async fn observe_in(kind: Loop) {
     let audit = AuditLog::global();
     let topic = unique_topic("observe");
@@ -122,19 +139,7 @@ async fn observe_in(kind: Loop) {
     assert!(cuts.is_empty(), "{kind:?}: {cuts:?}");
 
     // What it would have done, audited as observed.
-    let observed: Vec<(String, String, String)> = audit
-        .matching("observed", "true")
-        .into_iter()
-        .filter(|r| r.get("detail").is_some_and(|d| d.contains(&topic)))
-        .map(|r| {
-            let field = |name: &str| r.get(name).cloned().unwrap_or_default();
-            (field("sandbox"), field("decision"), field("reason"))
-        })
-        .collect();
-    let would = |sandbox: &str, decision: &str, reason: &str| {
-        (sandbox.to_owned(), decision.to_owned(), reason.to_owned())
-    };
-    let mut observed = observed;
+    let mut observed = observed(&audit, &topic);
     observed.sort();
     let mut expected = vec![
         would("ob-fork", "skipped", "forked"),
@@ -219,24 +224,8 @@ async fn without_cuts_an_observer_says_a_forked_record_would_be_dead_lettered() 
         log.lock().unwrap()
     );
     running.stop().await;
-    let observed: Vec<_> = audit
-        .matching("observed", "true")
-        .into_iter()
-        .filter(|r| r.get("detail").is_some_and(|d| d.contains(&topic)))
-        .map(|r| {
-            (
-                r["sandbox"].clone(),
-                r["decision"].clone(),
-                r["reason"].clone(),
-            )
-        })
-        .collect();
     assert_eq!(
-        observed,
-        [(
-            "ob-fork".to_owned(),
-            "dead_lettered".to_owned(),
-            "cut_unavailable".to_owned()
-        )]
+        observed(&audit, &topic),
+        [would("ob-fork", "dead_lettered", "cut_unavailable")]
     );
 }
