@@ -483,7 +483,7 @@ impl ContextExt for Context {
 
     fn without_sandbox(&self) -> Context {
         let foreign = SandboxContext::outbound_foreign(self).into_owned();
-        SandboxContext::baseline(foreign).attach_to(self)
+        crate::plumbing::observe::forget(SandboxContext::baseline(foreign).attach_to(self))
     }
 
     fn sandbox(&self) -> Option<&Sandbox> {
@@ -553,7 +553,7 @@ pub trait FutureExt: Future + Sized {
 pub fn production() -> Context {
     Context::map_current(|cx| {
         if cx.sandbox_context().is_some_and(|c| c.sandbox().is_none()) {
-            return cx.clone();
+            return crate::plumbing::observe::forget(cx.clone());
         }
         if cx.sandbox().is_none() && empty::is_empty(cx) {
             static EMPTY: std::sync::OnceLock<Context> = std::sync::OnceLock::new();

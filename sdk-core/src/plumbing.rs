@@ -47,17 +47,27 @@ pub mod observe {
     use crate::audit::{AuditEvent, Decision, Direction};
     use crate::egress::Egress;
 
+    /// `None` once work is made production's on purpose (see [`forget`]).
     #[derive(Debug)]
-    struct Observed(Sandbox);
+    struct Observed(Option<Sandbox>);
 
     /// `cx` with `sandbox` as the observed one.
     pub fn attach_to(cx: &Context, sandbox: Sandbox) -> Context {
-        cx.with_value(Observed(sandbox))
+        cx.with_value(Observed(Some(sandbox)))
+    }
+
+    /// `cx` without an observed sandbox: work made production's on purpose
+    /// (`in_production`, `without_sandbox`) would not be routed in acting mode either.
+    pub(crate) fn forget(cx: Context) -> Context {
+        match cx.get::<Observed>() {
+            Some(Observed(Some(_))) => cx.with_value(Observed(None)),
+            _ => cx,
+        }
     }
 
     /// The sandbox observed for the current work, if any (never the current sandbox).
     pub fn current() -> Option<Sandbox> {
-        Context::map_current(|cx| cx.get::<Observed>().map(|observed| observed.0.clone()))
+        Context::map_current(|cx| cx.get::<Observed>().and_then(|observed| observed.0.clone()))
     }
 
     /// Audits, as observed, the outbound decision `egress` would have made about `sandbox`.

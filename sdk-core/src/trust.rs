@@ -186,9 +186,9 @@ pub enum Admission {
     /// Refuse the request.
     Refused(Refusal),
     /// An observe-only ingress ([`Ingress::observe_only`]) decided and audited the message:
-    /// handle it as production, as without prodbox. `sandbox` is the one an acting ingress
-    /// would have attached: never the current sandbox (nothing isolates by it), but prodbox's
-    /// routing layers audit, as observed, where they would have sent its calls.
+    /// handle it as without prodbox, in the context as it is. `sandbox` is the one an acting
+    /// ingress would have attached: never the current sandbox (nothing isolates by it), but
+    /// prodbox's routing layers audit, as observed, where they would have sent its calls.
     Observed {
         /// The sandbox that would have been attached.
         sandbox: Option<Sandbox>,

@@ -133,15 +133,13 @@ impl ForkRouter {
                 "fork",
                 &format_args!("{} would be routed to its fork at {address}", self.service),
             ),
-            Err((why, detail)) => {
-                observe::audit(
-                    &self.egress,
-                    sandbox,
-                    Decision::Fallback,
-                    why.reason(),
-                    &detail,
-                );
-            }
+            Err((why, detail)) => observe::audit(
+                &self.egress,
+                sandbox,
+                Decision::Fallback,
+                why.reason(),
+                &format_args!("would be: {detail}"),
+            ),
         }
     }
 

@@ -155,13 +155,18 @@ impl ForkRoutingLayer {
         let egress = crate::client::egress();
         match self.decide(sandbox, req) {
             None | Some((_, ForkRoute::Baseline)) => {}
-            Some((service, ForkRoute::Fork(fork))) => observe::audit(
-                &egress,
-                sandbox,
-                Decision::Routed,
-                "fork",
-                &format_args!("{service} would be routed to {fork}"),
-            ),
+            // As `route` does: audited only when the request can be pointed at the fork.
+            Some((service, ForkRoute::Fork(fork))) => {
+                if let Some(uri) = forked_uri(req.uri(), &fork) {
+                    observe::audit(
+                        &egress,
+                        sandbox,
+                        Decision::Routed,
+                        "fork",
+                        &format_args!("{service} would be routed to {uri}"),
+                    );
+                }
+            }
             Some((service, ForkRoute::Fallback(why))) => observe::audit(
                 &egress,
                 sandbox,
@@ -202,11 +207,7 @@ impl ForkRoutingLayer {
 /// Points `req` at `address` (a fork, a stub service): its scheme and authority replace the
 /// URI's, path and query stay, and a `Host` header follows. Returns whether it could.
 pub(crate) fn point_at<B>(req: &mut Request<B>, address: &ForkAddress) -> bool {
-    let mut parts = Parts::default();
-    parts.scheme = Some(address.scheme().clone());
-    parts.authority = Some(address.authority().clone());
-    parts.path_and_query = req.uri().path_and_query().cloned();
-    let Ok(uri) = Uri::from_parts(parts) else {
+    let Some(uri) = forked_uri(req.uri(), address) else {
         return false;
     };
     *req.uri_mut() = uri;
@@ -216,6 +217,15 @@ pub(crate) fn point_at<B>(req: &mut Request<B>, address: &ForkAddress) -> bool {
         req.headers_mut().insert(header::HOST, host);
     }
     true
+}
+
+/// `uri` pointed at `address`, when it can be.
+fn forked_uri(uri: &Uri, address: &ForkAddress) -> Option<Uri> {
+    let mut parts = Parts::default();
+    parts.scheme = Some(address.scheme().clone());
+    parts.authority = Some(address.authority().clone());
+    parts.path_and_query = uri.path_and_query().cloned();
+    Uri::from_parts(parts).ok()
 }
 
 #[cfg(test)]

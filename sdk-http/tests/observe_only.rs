@@ -179,19 +179,40 @@ async fn front(observe: bool, directory: MemoryDirectory, baseline: SocketAddr) 
             String::from_utf8_lossy(&body.to_bytes()).into_owned()
         }
     };
+    // The same call made production's on purpose: never routed, so never reported.
+    let call_as_production = {
+        let call_billing = call_billing.clone();
+        move || prodbox_core::FutureExt::in_production(call_billing())
+    };
     let ingress = Ingress::new(TrustPolicy::accept())
         .directory(directory)
         .observe_only(observe);
     serve(
         Router::new()
             .route("/", get(call_billing))
+            .route("/production", get(call_as_production))
             .layer(SandboxLayer::from_ingress(ingress)),
     )
     .await
 }
 
+/// `path` on `addr` with `baggage`.
+async fn get_path(addr: SocketAddr, path: &str, baggage: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .header("baggage", baggage)
+        .send()
+        .await
+        .expect("the server answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("a body"))
+}
+
 #[tokio::test]
 async fn an_observing_server_audits_where_its_calls_would_be_routed_and_sends_them_to_baseline() {
+    // Installed before any of prodbox's instruments is made (they bind to the provider of
+    // their first use), as every test of this binary does.
+    let _metrics = Metrics::global();
     let audit = AuditLog::global();
     let baseline = named("baseline").await;
     let fork = named("fork").await;
@@ -224,5 +245,45 @@ async fn an_observing_server_audits_where_its_calls_would_be_routed_and_sends_th
         would_route,
         [(Some("routed".to_owned()), Some("fork".to_owned()))],
         "one observed routing, none acted on"
+    );
+
+    // Made production's on purpose inside the observed request: nothing to report.
+    assert_eq!(
+        get_path(observing, "/production", baggage).await,
+        (200, "baseline".to_owned())
+    );
+    let reported = audit
+        .matching("observed", "true")
+        .into_iter()
+        .filter(|r| {
+            r.get("sandbox").map(String::as_str) == Some("obs-route")
+                && r.get("direction").map(String::as_str) == Some("outbound")
+        })
+        .count();
+    assert_eq!(reported, 1, "no observed routing for in_production work");
+}
+
+/// An observe-only layer inside an acting one (one route observing under a service that
+/// acts) leaves the sandbox the outer layer attached: it changes nothing, not even that.
+#[tokio::test]
+async fn an_observing_layer_inside_an_acting_one_keeps_the_sandbox() {
+    let _metrics = Metrics::global();
+    let directory = MemoryDirectory::new();
+    directory.upsert(SandboxEntry::new("obs-nested".parse().expect("a key")));
+    let observing = Ingress::new(TrustPolicy::accept())
+        .directory(directory.clone())
+        .observe_only(true);
+    let acting = Ingress::new(TrustPolicy::accept()).directory(directory);
+    let addr = serve(
+        Router::new()
+            .route("/", get(report))
+            .layer(SandboxLayer::from_ingress(observing))
+            .layer(SandboxLayer::from_ingress(acting)),
+    )
+    .await;
+    let baggage = "prodbox.sandbox=obs-nested";
+    assert_eq!(
+        get_with(addr, baggage).await,
+        (200, format!("obs-nested|{baggage}"))
     );
 }

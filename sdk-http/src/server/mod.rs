@@ -224,7 +224,7 @@ where
                 }
                 match context {
                     // The common case, no baggage at all.
-                    None => self.call_as_production(req),
+                    None => self.call_as_production(req, None),
                     Some(context) => {
                         let cx = Context::map_current(|cx| context.attach_to(cx));
                         let scope = Scope {
@@ -252,22 +252,14 @@ where
                     response: Some(self.flavor.refusal(&refusal)),
                 },
             },
-            Admission::Observed { sandbox: None } => self.call_as_production(req),
-            // Production work, as without prodbox; only routing layers read the observed
-            // sandbox, to audit where they would have sent its calls.
-            Admission::Observed {
-                sandbox: Some(sandbox),
-            } => {
-                let cx = prodbox_core::plumbing::observe::attach_to(
-                    &prodbox_core::context::production(),
-                    sandbox,
-                );
-                let scope = Scope {
-                    cx,
-                    span: Span::none(),
-                    permit: None,
-                };
-                self.call_in(scope, req)
+            // Production work, exactly as without the layer (the current context kept as it
+            // is); only routing layers read the observed sandbox, to audit where they would
+            // have sent its calls.
+            Admission::Observed { sandbox } => {
+                let observed = sandbox.map(|sandbox| {
+                    prodbox_core::plumbing::observe::attach_to(&Context::current(), sandbox)
+                });
+                self.call_as_production(req, observed)
             }
         }
     }
@@ -275,20 +267,23 @@ where
 
 impl<S, F> SandboxService<S, F> {
     /// Production work, in a scope prodbox recognises (pools that require one refuse work
-    /// that lost its context).
+    /// that lost its context); with `observed`, the current context and an observed sandbox,
+    /// attached too.
     fn call_as_production<ReqBody, ResBody>(
         &mut self,
         req: Request<ReqBody>,
+        observed: Option<Context>,
     ) -> ResponseFuture<S::Future>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     {
         let future = {
             let _scope = prodbox_core::plumbing::scope::enter();
+            let _observed = observed.clone().map(Context::attach);
             self.inner.call(req)
         };
         ResponseFuture {
-            kind: Kind::Production { future },
+            kind: Kind::Production { future, observed },
         }
     }
 
@@ -358,10 +353,12 @@ pub struct ResponseFuture<F> {
 #[pin_project(project = KindProj)]
 #[derive(Debug)]
 enum Kind<F> {
-    /// Production work with nothing of prodbox to attach: polled in a production scope.
+    /// Production work: polled in a production scope, with an observe-only ingress's
+    /// observed sandbox when it has one.
     Production {
         #[pin]
         future: F,
+        observed: Option<Context>,
     },
     Inner {
         #[pin]
@@ -381,8 +378,9 @@ where
 
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Production { future } => {
+            KindProj::Production { future, observed } => {
                 let _scope = prodbox_core::plumbing::scope::enter();
+                let _observed = observed.clone().map(Context::attach);
                 future
                     .poll(task)
                     .map(|r| r.map(|res| res.map(ResponseBody::production)))
