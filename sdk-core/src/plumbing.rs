@@ -44,7 +44,7 @@ pub mod observe {
     use opentelemetry::Context;
 
     use crate::Sandbox;
-    use crate::audit::{AuditEvent, Decision, Direction};
+    use crate::audit::Decision;
     use crate::egress::Egress;
 
     /// `None` once work is made production's on purpose (see [`forget`]).
@@ -78,17 +78,9 @@ pub mod observe {
         reason: &str,
         detail: &dyn std::fmt::Display,
     ) {
-        AuditEvent {
-            sandbox: Some(sandbox.key().as_str()),
-            actor: sandbox.actor(),
-            origin: sandbox.origin(),
-            protocol: egress.current_protocol(),
-            direction: Direction::Outbound,
-            decision,
-            reason,
-            detail: Some(detail),
-        }
-        .emit_observed();
+        egress
+            .event(Some(sandbox), decision, reason, detail)
+            .emit_observed();
     }
 }
 

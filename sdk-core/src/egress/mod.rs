@@ -142,10 +142,6 @@ impl Egress {
         }
     }
 
-    pub(crate) fn current_protocol(&self) -> Protocol {
-        self.protocol
-    }
-
     /// Audits an outbound decision about a message of no sandbox (a baseline message, or work
     /// that lost its context).
     pub fn audit_unscoped(&self, decision: Decision, reason: &str, detail: &dyn fmt::Display) {
@@ -170,6 +166,17 @@ impl Egress {
         reason: &str,
         detail: &dyn fmt::Display,
     ) {
+        self.event(sandbox, decision, reason, detail).emit();
+    }
+
+    /// The outbound audit event of a decision about `sandbox`'s message on this protocol.
+    pub(crate) fn event<'a>(
+        &self,
+        sandbox: Option<&'a Sandbox>,
+        decision: Decision,
+        reason: &'a str,
+        detail: &'a dyn fmt::Display,
+    ) -> AuditEvent<'a> {
         AuditEvent {
             sandbox: sandbox.map(|s| s.key().as_str()),
             actor: sandbox.and_then(Sandbox::actor),
@@ -180,6 +187,5 @@ impl Egress {
             reason,
             detail: Some(detail),
         }
-        .emit();
     }
 }
