@@ -15,7 +15,7 @@
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 /// `N` slots of `T`. Made in a `static` (or a `thread_local!`) with [`Slots::new`].
-pub(crate) struct Slots<T, const N: usize>([Slot<T>; N]);
+pub struct Slots<T, const N: usize>([Slot<T>; N]);
 
 /// One slot per cache line, so that threads working on different keys do not contend.
 #[repr(align(64))]
@@ -29,14 +29,14 @@ struct Held<T> {
 
 /// Where a key that missed would be kept.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Miss {
+pub struct Miss {
     slot: usize,
     hash: u64,
 }
 
 /// When a value that missed is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Keep {
+pub enum Keep {
     /// At once.
     Now,
     /// Only when the same hash missed in its slot just before.
@@ -46,7 +46,7 @@ pub(crate) enum Keep {
 impl<T, const N: usize> Slots<T, N> {
     /// Empty slots.
     #[allow(clippy::new_without_default)] // made in statics, where only a const fn will do
-    pub(crate) const fn new() -> Self {
+    pub const fn new() -> Self {
         Self(
             [const {
                 Slot(RwLock::new(Held {
@@ -59,7 +59,7 @@ impl<T, const N: usize> Slots<T, N> {
 
     /// What `read` makes of the value in `hash`'s slot (`None` when it is not the caller's
     /// key); otherwise where to keep the caller's value.
-    pub(crate) fn get<R>(&self, hash: u64, read: impl FnOnce(&T) -> Option<R>) -> Result<R, Miss> {
+    pub fn get<R>(&self, hash: u64, read: impl FnOnce(&T) -> Option<R>) -> Result<R, Miss> {
         // The high bits are the best mixed.
         let miss = Miss {
             slot: (hash >> 32) as usize % N.max(1),
@@ -71,7 +71,7 @@ impl<T, const N: usize> Slots<T, N> {
     }
 
     /// Keeps `value` where the key missed, as `keep` says; `value` is made only when it is kept.
-    pub(crate) fn put(&self, miss: Miss, keep: Keep, value: impl FnOnce() -> T) {
+    pub fn put(&self, miss: Miss, keep: Keep, value: impl FnOnce() -> T) {
         let Some(mut held) = self.write(miss.slot) else {
             return;
         };

@@ -14,13 +14,13 @@
 //! Dead letters and skips for expiry are never remembered; nor is anything when the directory
 //! has no generation. The memory is per thread, direct-mapped and bounded ([`SLOTS`] headers of
 //! at most 512 bytes per thread), and a header is copied in only after it missed twice in a
-//! row in its slot, so a stream of one-off headers costs no allocation. Being the thread's
-//! own, it takes no lock: a `RefCell`, not the shared caches' `RwLock` slots.
+//! row in its slot, so a stream of one-off headers costs no allocation.
 
-use std::cell::RefCell;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
+
+use prodbox_core::plumbing::{Keep, Miss, Slots};
 
 use crate::verdict::Verdict;
 
@@ -54,27 +54,9 @@ struct Entry {
     verdict: Verdict,
 }
 
-/// Where a header that missed would be remembered.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Miss {
-    slot: usize,
-    hash: u64,
-}
-
-struct Memory {
-    entries: [Option<Entry>; SLOTS],
-    /// Per slot, the hash of the header that missed there last (kept on its second miss).
-    candidates: [u64; SLOTS],
-}
-
 thread_local! {
     // Per thread: a consumer's thread never contends for it with another's.
-    static MEMORY: RefCell<Memory> = const {
-        RefCell::new(Memory {
-            entries: [const { None }; SLOTS],
-            candidates: [0; SLOTS],
-        })
-    };
+    static MEMORY: Slots<Entry, SLOTS> = const { Slots::new() };
 }
 
 /// Header hashes; a fixed seed is enough, since colliding headers only evict each other.
@@ -106,26 +88,18 @@ pub(crate) fn recall(
     header: &[u8],
     clock: &mut Clock,
 ) -> Result<Verdict, Option<Miss>> {
-    let hash = hash(filter, header);
-    // The high bits are the best mixed.
-    let miss = Miss {
-        slot: (hash >> 32) as usize % SLOTS,
-        hash,
-    };
     MEMORY
         .try_with(|memory| {
-            let memory = memory.try_borrow().map_err(|_| None)?;
-            memory.entries[miss.slot]
-                .as_ref()
-                .filter(|entry| {
+            memory
+                .get(hash(filter, header), |entry| {
                     let basis = &entry.basis;
-                    basis.filter == filter
+                    (basis.filter == filter
                         && basis.generation == generation
                         && basis.valid_until.is_none_or(|until| clock.now() < until)
-                        && *entry.header == *header
+                        && *entry.header == *header)
+                        .then(|| entry.verdict.clone())
                 })
-                .map(|entry| entry.verdict.clone())
-                .ok_or(Some(miss))
+                .map_err(Some)
         })
         .unwrap_or(Err(None))
 }
@@ -136,20 +110,13 @@ pub(crate) fn remember(miss: Miss, basis: Basis, header: &[u8], verdict: &Verdic
     if matches!(verdict, Verdict::DeadLetter(_)) {
         return;
     }
-    let evicted = MEMORY.try_with(|memory| {
-        let mut memory = memory.try_borrow_mut().ok()?;
-        if memory.candidates[miss.slot] != miss.hash {
-            memory.candidates[miss.slot] = miss.hash;
-            return None;
-        }
-        memory.entries[miss.slot].replace(Entry {
+    let _ = MEMORY.try_with(|memory| {
+        memory.put(miss, Keep::OnSecondMiss, || Entry {
             basis,
             header: header.into(),
             verdict: verdict.clone(),
-        })
+        });
     });
-    // Dropped once the memory is free again.
-    drop(evicted);
 }
 
 #[cfg(test)]
