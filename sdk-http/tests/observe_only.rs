@@ -46,14 +46,7 @@ async fn server(observe: bool) -> SocketAddr {
 }
 
 async fn get_with(addr: SocketAddr, baggage: &str) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .get(format!("http://{addr}/"))
-        .header("baggage", baggage)
-        .send()
-        .await
-        .expect("the server answers");
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("a body"))
+    get_path(addr, "/", baggage).await
 }
 
 #[tokio::test]
