@@ -56,10 +56,42 @@ struct Part {
 
 impl Parts {
     fn find(&mut self, topic: &str, partition: i32) -> Option<&mut Part> {
-        let one_topic = self.one_topic;
-        self.list
-            .iter_mut()
-            .find(|part| part.partition == partition && (one_topic || *part.topic == *topic))
+        let at = self.at(topic, partition)?;
+        Some(&mut self.list[at])
+    }
+
+    fn at(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.list.iter().position(|part| {
+            part.partition == partition && (self.one_topic || *part.topic == *topic)
+        })
+    }
+
+    /// The part of `topic`/`partition`, new if this consumer had none.
+    fn held(&mut self, topic: &str, partition: i32) -> &mut Part {
+        let at = match self.at(topic, partition) {
+            Some(at) => at,
+            None => {
+                self.tenures += 1;
+                self.list.push(Part {
+                    topic: topic.into(),
+                    partition,
+                    tenure: self.tenures,
+                    pending: VecDeque::new(),
+                    finished: None,
+                    decided: None,
+                    given: None,
+                    abandoned: Vec::new(),
+                });
+                self.list.len() - 1
+            }
+        };
+        &mut self.list[at]
+    }
+
+    /// Counts a message finished; returns whether a batch of positions is due.
+    fn count_finished(&mut self) -> bool {
+        self.finished += 1;
+        self.finished.is_multiple_of(STORE_EVERY)
     }
 
     /// The positions decided since they were last given, marked given.
@@ -78,6 +110,27 @@ impl Parts {
             }
         }
         list
+    }
+}
+
+impl Part {
+    /// Notes the message at `offset` finished (no longer pending): the position moves up to
+    /// the earliest message still in flight.
+    fn finished_at(&mut self, offset: i64) {
+        let finished = self
+            .finished
+            .map_or(offset, |finished| finished.max(offset));
+        self.finished = Some(finished);
+        // (No broker gives the offset `i64::MAX`; should one, nothing past it is stored.)
+        let position = self
+            .pending
+            .front()
+            .copied()
+            .unwrap_or(finished.saturating_add(1));
+        // A position at or below the message: an earlier one is still in flight.
+        if position > offset && self.decided.is_none_or(|decided| decided < position) {
+            self.decided = Some(position);
+        }
     }
 }
 
@@ -107,25 +160,7 @@ impl InFlight {
     /// consumer pulls them (the consumer takes them under its pull lock).
     pub(crate) fn take(&self, topic: &str, partition: i32, offset: i64) -> Ticket {
         let mut parts = self.lock();
-        let part = match parts.find(topic, partition) {
-            Some(part) => part,
-            None => {
-                parts.tenures += 1;
-                let tenure = parts.tenures;
-                parts.list.push(Part {
-                    topic: topic.into(),
-                    partition,
-                    tenure,
-                    pending: VecDeque::new(),
-                    finished: None,
-                    decided: None,
-                    given: None,
-                    abandoned: Vec::new(),
-                });
-                let last = parts.list.len() - 1;
-                &mut parts.list[last]
-            }
-        };
+        let part = parts.held(topic, partition);
         // Offsets come in order but after a rewind: the usual case is a push at the back.
         match part.pending.back() {
             Some(&last) if last >= offset => {
@@ -139,6 +174,26 @@ impl InFlight {
             part.abandoned.retain(|&a| a != offset);
         }
         Ticket(part.tenure)
+    }
+
+    /// Takes and finishes the message at `offset` at once, under one lock: one done with as
+    /// it is pulled (a skip). Same order rule as [`take`](Self::take); returns what
+    /// [`finish`](Self::finish) returns.
+    pub(crate) fn pass(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        let mut parts = self.lock();
+        let due = parts.count_finished();
+        let part = parts.held(topic, partition);
+        if !part.abandoned.is_empty() {
+            part.abandoned.retain(|&a| a != offset);
+        }
+        // Taken before and left unhandled, it is still in flight: done with now.
+        if part.pending.back().is_some_and(|&last| last >= offset)
+            && let Ok(at) = part.pending.binary_search(&offset)
+        {
+            part.pending.remove(at);
+        }
+        part.finished_at(offset);
+        due
     }
 
     /// Leaves the message at `offset`, taken with `ticket`, unhandled: it stays in flight (so
@@ -167,8 +222,7 @@ impl InFlight {
     /// positions is due ([`store_due`](Self::store_due)).
     pub(crate) fn finish(&self, topic: &str, partition: i32, offset: i64, ticket: Ticket) -> bool {
         let mut parts = self.lock();
-        parts.finished += 1;
-        let due = parts.finished.is_multiple_of(STORE_EVERY);
+        let due = parts.count_finished();
         let Some(part) = parts
             .find(topic, partition)
             .filter(|part| part.tenure == ticket.0)
@@ -180,20 +234,7 @@ impl InFlight {
         } else if let Ok(at) = part.pending.binary_search(&offset) {
             part.pending.remove(at);
         }
-        let finished = part
-            .finished
-            .map_or(offset, |finished| finished.max(offset));
-        part.finished = Some(finished);
-        // (No broker gives the offset `i64::MAX`; should one, nothing past it is stored.)
-        let position = part
-            .pending
-            .front()
-            .copied()
-            .unwrap_or(finished.saturating_add(1));
-        // A position at or below the message: an earlier one is still in flight.
-        if position > offset && part.decided.is_none_or(|decided| decided < position) {
-            part.decided = Some(position);
-        }
+        part.finished_at(offset);
         due
     }
 
@@ -294,6 +335,26 @@ mod tests {
         let other = take(&in_flight, 1, 9);
         in_flight.finish("t", 1, 9, other);
         assert_eq!(due(&in_flight), [(0, 8), (1, 10)]);
+    }
+
+    /// A message passed (taken and finished at once) moves the position as a finish would,
+    /// never past a message still in flight, and one left unhandled before is done with.
+    #[test]
+    fn a_passed_message_is_taken_and_finished() {
+        let in_flight = InFlight::default();
+        in_flight.pass("t", 0, 0);
+        assert_eq!(due(&in_flight), [(0, 1)]);
+        let one = take(&in_flight, 0, 1);
+        in_flight.pass("t", 0, 2);
+        assert_eq!(due(&in_flight), [], "not past 1, still in flight");
+        in_flight.finish("t", 0, 1, one);
+        assert_eq!(due(&in_flight), [(0, 3)]);
+        // Left unhandled, then skipped when it comes again.
+        let three = take(&in_flight, 0, 3);
+        assert_eq!(in_flight.abandon("t", 0, 3, three), Some(3));
+        in_flight.pass("t", 0, 3);
+        assert!(!in_flight.any("t", 0));
+        assert_eq!(due(&in_flight), [(0, 4)]);
     }
 
     #[test]

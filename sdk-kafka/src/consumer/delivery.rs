@@ -19,6 +19,7 @@ use rdkafka::message::BorrowedMessage;
 use super::step::{Next, Ready};
 use super::{ConsumerError, Done, SandboxConsumer, Source, audit};
 use crate::in_flight::Ticket;
+use crate::shutdown::Shutdown;
 
 impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// The next message this consumer handles (see [Your own loop](super#your-own-loop)).
@@ -49,7 +50,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         messages: &mut MessageStream<'a, super::Rebalances<C>>,
     ) -> Result<Delivery<'a, C>, ConsumerError> {
         self.may_consume()?;
-        let mut never = std::pin::pin!(std::future::pending::<()>());
+        let mut never = Shutdown::never();
         loop {
             match self.next(messages, &mut never).await {
                 Next::Ready(ready) => return Ok(Delivery::new(self, ready)),

@@ -575,6 +575,11 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         let due = self
             .in_flight
             .finish(topic, partition, message.offset(), ticket);
+        self.finished(due);
+    }
+
+    /// After a message was finished: gives rdkafka the positions when a batch is `due`.
+    fn finished(&self, due: bool) {
         // While a loop waits for messages, nothing else would give this one to rdkafka.
         if due || self.waiting.load(Ordering::SeqCst) > 0 {
             self.store_due();

@@ -3,7 +3,6 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::pin::Pin;
 
 use prodbox_core::audit::Decision;
 use prodbox_core::plumbing::metrics::KafkaOutcome;
@@ -13,7 +12,7 @@ use rdkafka::message::BorrowedMessage;
 
 use super::step::{Next, Ready};
 use super::{ConsumerError, Done, SandboxConsumer, Source, audit};
-use crate::shutdown::pause;
+use crate::shutdown::{Shutdown, pause};
 
 impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// Handles messages with `handler` until `shutdown` completes, then commits what is done.
@@ -39,7 +38,8 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         E: Display,
     {
         self.may_consume()?;
-        let mut shutdown = std::pin::pin!(shutdown);
+        let shutdown = std::pin::pin!(shutdown);
+        let mut shutdown = Shutdown::new(shutdown);
         // One stream for the whole run: `recv` registers a waker slot, and removes it, per
         // message (a lock each time).
         let mut messages = self.consumer.stream();
@@ -71,7 +71,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         &self,
         ready: Ready<'_, C>,
         handler: &mut F,
-        shutdown: &mut Pin<&mut S>,
+        shutdown: &mut Shutdown<'_, S>,
     ) -> Done
     where
         F: FnMut(&BorrowedMessage<'_>) -> Fut,
@@ -85,18 +85,15 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             permit: _permit,
         } = ready;
         let message = held.message();
-        let cx = self.context_for(context.as_ref());
         let mut wait = self.retry.first;
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            // The closure itself runs in the message's context too: a handler that builds its
-            // follow-up records before its `async` block must tag them with the sandbox.
-            let future = {
-                let _attached = cx.clone().attach();
-                handler(message)
-            };
-            match future.in_context(cx.clone()).await {
+            // The closure itself is called in the message's context too (at the first poll): a
+            // handler that builds its follow-up records before its `async` block must tag them
+            // with the sandbox.
+            let attempt = async { handler(message).await };
+            match attempt.in_context(self.context_for(context.as_ref())).await {
                 Ok(()) => {
                     self.count(message, KafkaOutcome::Processed);
                     held.finish();
@@ -112,7 +109,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                     );
                     if self.retry.attempts.is_some_and(|max| attempts >= max) {
                         let reason = format!("handler failed {attempts} times: {error}");
-                        if Box::pin(self.dead_letter(message, &reason, shutdown)).await
+                        if Box::pin(self.dead_letter(message, &reason, shutdown.future())).await
                             == Done::Interrupted
                         {
                             return Done::Interrupted;
@@ -130,7 +127,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                     }
                     // Before the wait, what is done with goes to rdkafka (see `in_flight`).
                     self.store_due();
-                    if !pause(wait, shutdown).await {
+                    if !pause(wait, shutdown.future()).await {
                         return Done::Interrupted;
                     }
                     wait = self.retry.after(wait);

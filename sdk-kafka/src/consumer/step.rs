@@ -25,7 +25,7 @@ use super::{
 use crate::cut::Cut;
 use crate::filter::Role;
 use crate::in_flight::Ticket;
-use crate::shutdown::pause;
+use crate::shutdown::{Shutdown, pause};
 use crate::verdict::Verdict;
 use crate::verdict_memory::Clock;
 
@@ -41,6 +41,22 @@ pub(super) enum Next<'a, C: ConsumerContext + 'static> {
     Stopped,
     /// The stream ended.
     Ended,
+}
+
+/// What `decide_now` made of a message.
+enum Now {
+    /// Skipped, by the filter.
+    Skip {
+        reason: &'static str,
+        sandbox: Option<SandboxKey>,
+    },
+    /// Skipped, by the cuts: the other role handles it.
+    SkipCut(SandboxContext),
+    /// Handled here, in its context (`None`: production's).
+    Handle(Option<SandboxContext>),
+    /// Decided by the step, which may wait (the directory, the cuts, a dead letter, the
+    /// guardrails), from this verdict when one was made.
+    Later(Option<Verdict>),
 }
 
 /// A message to handle, in flight until it is finished.
@@ -109,12 +125,12 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     pub(super) async fn next<'a, S: Future<Output = ()>>(
         &'a self,
         messages: &mut MessageStream<'a, Rebalances<C>>,
-        shutdown: &mut Pin<&mut S>,
+        shutdown: &mut Shutdown<'_, S>,
     ) -> Next<'a, C> {
         loop {
             // A message ready is taken without a wait; before waiting, what is done with is
             // given to rdkafka (see `in_flight`).
-            if shutdown.as_mut().now_or_never().is_some() {
+            if shutdown.has_come() {
                 return Next::Stopped;
             }
             // Pulled and taken under the pull lock (see `SandboxConsumer::pulling`).
@@ -136,7 +152,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                     };
                     tokio::select! {
                         biased;
-                        () = shutdown.as_mut() => return Next::Stopped,
+                        () = shutdown.future().as_mut() => return Next::Stopped,
                         pulled = pulled => pulled,
                     }
                 }
@@ -146,16 +162,50 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                 Some(Err(error)) => return Next::Error(error),
                 None => return Next::Ended,
             };
-            let ticket =
-                self.in_flight
-                    .take(self.topic(&message), message.partition(), message.offset());
+            let at = (self.topic(&message), message.partition(), message.offset());
+            // Most messages are decided here, as they are pulled, without a future: a skip is
+            // taken and finished at once.
+            let verdict = match self.decide_now(&message) {
+                Now::Skip { reason, sandbox } => {
+                    let due = self.in_flight.pass(at.0, at.1, at.2);
+                    drop(pulling);
+                    self.skipped(&message, reason, sandbox.as_ref());
+                    self.finished(due);
+                    continue;
+                }
+                Now::SkipCut(context) => {
+                    let due = self.in_flight.pass(at.0, at.1, at.2);
+                    drop(pulling);
+                    let sandbox = context.sandbox().map(Sandbox::key);
+                    self.skipped(&message, self.cut_skip_reason(), sandbox);
+                    self.finished(due);
+                    continue;
+                }
+                Now::Handle(context) => Ok(context),
+                Now::Later(verdict) => Err(verdict),
+            };
+            let ticket = self.in_flight.take(at.0, at.1, at.2);
             drop(pulling);
             let held = Held {
                 consumer: self,
                 message: Some(message),
                 ticket,
             };
-            match self.step(held, shutdown).await {
+            let verdict = match verdict {
+                Ok(context) => match self.admit_now(context.as_ref()) {
+                    Ok(permit) => {
+                        return Next::Ready(Ready {
+                            held,
+                            context,
+                            permit,
+                        });
+                    }
+                    // Throttled: the step waits.
+                    Err(()) => Some(Verdict::Process(context)),
+                },
+                Err(verdict) => verdict,
+            };
+            match self.step(held, verdict, shutdown.future()).await {
                 Some(Ok(ready)) => return Next::Ready(ready),
                 Some(Err(Done::Interrupted)) => return Next::Stopped,
                 Some(Err(Done::Completed)) | None => {}
@@ -163,11 +213,63 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         }
     }
 
-    /// Decides one message: `None` when it is done with here, `Some(Ok)` when this consumer
-    /// handles it, `Some(Err(Interrupted))` when shutdown came first (`held` puts it back).
+    /// What can be decided of `message` at once, from the filter's memory and the cuts read
+    /// so far: nearly every message.
+    fn decide_now(&self, message: &BorrowedMessage<'_>) -> Now {
+        // Observing, or a stale directory (see `step`): decided by the step.
+        if self.observe
+            || (self.filter.directory().is_stale()
+                && self.filter.concerns_a_sandbox(message.headers()))
+        {
+            return Now::Later(None);
+        }
+        match self
+            .filter
+            .decide_by(message.headers(), &mut Clock::default())
+        {
+            Verdict::Skip { reason, sandbox } => Now::Skip { reason, sandbox },
+            Verdict::Process(context) => Now::Handle(context),
+            Verdict::Cut { context, forking } => {
+                let at = (self.topic(message), message.partition(), message.offset());
+                let cut = context
+                    .sandbox()
+                    .and_then(|sandbox| self.cuts.decided(sandbox.key(), forking, at));
+                match cut {
+                    Some(Cut::Handle) => Now::Handle(Some(context)),
+                    Some(Cut::Skip) => Now::SkipCut(context),
+                    _ => Now::Later(Some(Verdict::Cut { context, forking })),
+                }
+            }
+            verdict @ Verdict::DeadLetter(_) => Now::Later(Some(verdict)),
+        }
+    }
+
+    /// The slot of the guardrails for a message handled in `context`, when one is free now
+    /// (`Err`: throttled).
+    fn admit_now(&self, context: Option<&SandboxContext>) -> Result<Option<Permit>, ()> {
+        match (&self.guardrails, context.and_then(SandboxContext::sandbox)) {
+            (Some(guardrails), Some(sandbox)) => {
+                guardrails.admit(sandbox.key()).map(Some).map_err(drop)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Why this consumer skips a record the cuts give to the other role.
+    fn cut_skip_reason(&self) -> &'static str {
+        match self.filter.role() {
+            Role::Baseline { .. } => "forked",
+            Role::Sandbox { .. } => "baseline_handles",
+        }
+    }
+
+    /// Decides one message, by `verdict` when `decide_now` made one: `None` when it is done
+    /// with here, `Some(Ok)` when this consumer handles it, `Some(Err(Interrupted))` when
+    /// shutdown came first (`held` puts it back).
     async fn step<'a, S: Future<Output = ()>>(
         &'a self,
         held: Held<'a, C>,
+        verdict: Option<Verdict>,
         shutdown: &mut Pin<&mut S>,
     ) -> Option<Result<Ready<'a, C>, Done>> {
         let message = held.message();
@@ -179,20 +281,24 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                 permit: None,
             }));
         }
-        // A stale directory may not know a fork created meanwhile: hold a sandbox's message
-        // (its offset unstored) until the directory is fresh again. Untagged messages do
-        // not depend on the directory and go on.
-        // (The rare waits are boxed: the future of every message stays small.)
-        if self.filter.directory().is_stale()
-            && self.filter.concerns_a_sandbox(message.headers())
-            && !Box::pin(self.until_fresh(message, shutdown)).await
-        {
-            return Some(Err(Done::Interrupted));
-        }
-        let context = match self
-            .filter
-            .decide_by(message.headers(), &mut Clock::default())
-        {
+        let verdict = match verdict {
+            Some(verdict) => verdict,
+            None => {
+                // A stale directory may not know a fork created meanwhile: hold a sandbox's
+                // message (its offset unstored) until the directory is fresh again. Untagged
+                // messages do not depend on the directory and go on.
+                // (The rare waits are boxed: the future of every message stays small.)
+                if self.filter.directory().is_stale()
+                    && self.filter.concerns_a_sandbox(message.headers())
+                    && !Box::pin(self.until_fresh(message, shutdown)).await
+                {
+                    return Some(Err(Done::Interrupted));
+                }
+                self.filter
+                    .decide_by(message.headers(), &mut Clock::default())
+            }
+        };
+        let context = match verdict {
             // Skips, half of a baseline's messages or more, are decided and done with here.
             Verdict::Skip { reason, sandbox } => {
                 self.skipped(message, reason, sandbox.as_ref());
@@ -230,11 +336,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                 match cut {
                     Cut::Handle => Some(context),
                     Cut::Skip => {
-                        let reason = match self.filter.role() {
-                            Role::Baseline { .. } => "forked",
-                            Role::Sandbox { .. } => "baseline_handles",
-                        };
-                        self.skipped(message, reason, Some(sandbox));
+                        self.skipped(message, self.cut_skip_reason(), Some(sandbox));
                         held.finish();
                         return None;
                     }
