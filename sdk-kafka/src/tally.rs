@@ -50,18 +50,23 @@ struct Skips {
 impl Counts {
     fn flush(&self) {
         let Some(topic) = &self.topic else { return };
-        for (outcome, count) in OUTCOMES.into_iter().zip(&self.by_outcome) {
-            let n = count.swap(0, Ordering::Relaxed);
-            if n > 0 {
-                metrics::kafka_messages(topic, self.role, outcome, n);
-            }
-        }
         let skips = std::mem::take(&mut *self.skips());
         for skip in &skips {
             audit::count(
                 &event(skip.sandbox.as_ref(), Decision::Skipped, skip.reason, None),
                 skip.n,
             );
+        }
+        // The skips tallied are the skipped messages not counted one by one.
+        let tallied: u64 = skips.iter().map(|skip| skip.n).sum();
+        for (outcome, count) in OUTCOMES.into_iter().zip(&self.by_outcome) {
+            let mut n = count.swap(0, Ordering::Relaxed);
+            if outcome == KafkaOutcome::Skipped {
+                n += tallied;
+            }
+            if n > 0 {
+                metrics::kafka_messages(topic, self.role, outcome, n);
+            }
         }
     }
 
@@ -109,13 +114,14 @@ impl Tally {
 }
 
 impl Tally {
-    /// Audits a skip of a message (`detail` names it) for `reason`, of `sandbox`'s: logged
-    /// now, counted with the rest.
-    pub(crate) fn skip(
+    /// Audits and counts a skipped message (`detail` names it, `topic()` is its topic) for
+    /// `reason`, of `sandbox`'s: logged now, counted with the rest.
+    pub(crate) fn skip<'t>(
         &self,
         reason: &'static str,
         sandbox: Option<&SandboxKey>,
         detail: &dyn std::fmt::Display,
+        topic: impl FnOnce() -> &'t str,
     ) {
         let event = event(sandbox, Decision::Skipped, reason, Some(detail));
         audit::log(&event);
@@ -138,6 +144,7 @@ impl Tally {
             }
         }
         audit::count(&event, 1);
+        self.count(KafkaOutcome::Skipped, topic);
     }
 }
 

@@ -70,7 +70,8 @@ pub struct Delivery<'a, C: ConsumerContext + 'static = rdkafka::consumer::Defaul
     /// `None` once done with.
     message: Option<(BorrowedMessage<'a>, Ticket)>,
     context: Option<SandboxContext>,
-    cx: Context,
+    /// The OpenTelemetry context of a sandbox's message (`None`: production's, the consumer's).
+    cx: Option<Context>,
     /// Its sandbox's slot, while it is handled.
     _permit: Option<Permit>,
 }
@@ -94,7 +95,8 @@ impl<'a, C: ConsumerContext + 'static> Delivery<'a, C> {
             context,
             permit,
         } = ready;
-        let cx = consumer.context_for(context.as_ref());
+        // Production's is the consumer's, not copied per message.
+        let cx = context.as_ref().map(super::handled_in);
         Self {
             consumer,
             message: held.into_parts(),
@@ -120,7 +122,7 @@ impl<'a, C: ConsumerContext + 'static> Delivery<'a, C> {
 
     /// The OpenTelemetry context the message's work runs in: its sandbox's, or production's.
     pub fn context(&self) -> &Context {
-        &self.cx
+        self.cx.as_ref().unwrap_or(&self.consumer.production)
     }
 
     /// `work` run in the message's context: inside it, `prodbox_core::current()` is the
@@ -128,7 +130,7 @@ impl<'a, C: ConsumerContext + 'static> Delivery<'a, C> {
     /// runs when the returned future is polled is inside: build follow-up work in an `async`
     /// block, not before the call.
     pub fn in_context<F: IntoFuture>(&self, work: F) -> WithSandbox<F::IntoFuture> {
-        work.into_future().in_context(self.cx.clone())
+        work.into_future().in_context(self.context().clone())
     }
 
     /// Done with: the message may be committed past (once every earlier message of its

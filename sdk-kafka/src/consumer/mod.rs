@@ -549,17 +549,6 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         }
     }
 
-    /// The context a message is handled in: its sandbox's, or production's.
-    fn context_for(
-        &self,
-        context: Option<&prodbox_core::SandboxContext>,
-    ) -> opentelemetry::Context {
-        match context {
-            Some(context) => context.attach_to(&opentelemetry::Context::new()),
-            None => self.production.clone(),
-        }
-    }
-
     /// Fails when an earlier loop stopped holding a message it could not rewind to.
     fn may_consume(&self) -> Result<(), ConsumerError> {
         match self.stopped_holding.get() {
@@ -642,9 +631,15 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         reason: &'static str,
         sandbox: Option<&SandboxKey>,
     ) {
-        self.tally.skip(reason, sandbox, &Source(message));
-        self.count(message, KafkaOutcome::Skipped);
+        self.tally
+            .skip(reason, sandbox, &Source(message), || self.topic(message));
     }
+}
+
+/// The OpenTelemetry context a message with `context` is handled in (production's is the
+/// consumer's own, `SandboxConsumer::production`): a fresh one, not the consumer task's.
+fn handled_in(context: &prodbox_core::SandboxContext) -> opentelemetry::Context {
+    context.attach_to(&opentelemetry::Context::new())
 }
 
 /// The role's name in metrics.

@@ -29,7 +29,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// shutdown otherwise comes first in the next `run`.
     pub async fn run<F, Fut, E>(
         &self,
-        mut handler: F,
+        handler: F,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ConsumerError>
     where
@@ -38,6 +38,22 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         E: Display,
     {
         self.may_consume()?;
+        // The loop runs in production's context, attached once per poll however many messages
+        // the poll handles: production's messages need no attaching of their own, and a
+        // sandbox's context is attached on top of it.
+        self.handle_all(handler, shutdown)
+            .in_context(self.production.clone())
+            .await;
+        self.commit(CommitMode::Sync)
+    }
+
+    /// Handles messages until shutdown.
+    async fn handle_all<F, Fut, E>(&self, mut handler: F, shutdown: impl Future<Output = ()>)
+    where
+        F: FnMut(&BorrowedMessage<'_>) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: Display,
+    {
         let shutdown = std::pin::pin!(shutdown);
         let mut shutdown = Shutdown::new(shutdown);
         // One stream for the whole run: `recv` registers a waker slot, and removes it, per
@@ -61,7 +77,6 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                 Next::Stopped | Next::Ended => break,
             }
         }
-        self.commit(CommitMode::Sync)
     }
 
     /// Runs `handler` on a message to process, in its context, until it succeeds (or, with
@@ -93,7 +108,12 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             // handler that builds its follow-up records before its `async` block must tag them
             // with the sandbox.
             let attempt = async { handler(message).await };
-            match attempt.in_context(self.context_for(context.as_ref())).await {
+            // Production's context is the loop's own (see `run`).
+            let result = match &context {
+                Some(context) => attempt.in_context(super::handled_in(context)).await,
+                None => attempt.await,
+            };
+            match result {
                 Ok(()) => {
                     self.count(message, KafkaOutcome::Processed);
                     held.finish();

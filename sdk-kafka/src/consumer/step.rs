@@ -127,6 +127,8 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         messages: &mut MessageStream<'a, Rebalances<C>>,
         shutdown: &mut Shutdown<'_, S>,
     ) -> Next<'a, C> {
+        // Kept from one skip to the next message: skips in a row take it once.
+        let mut kept = None;
         loop {
             // A message ready is taken without a wait; before waiting, what is done with is
             // given to rdkafka (see `in_flight`).
@@ -134,7 +136,8 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                 return Next::Stopped;
             }
             // Pulled and taken under the pull lock (see `SandboxConsumer::pulling`).
-            let ready = self.pulling.try_lock().and_then(|pulling| {
+            let pulling = kept.take().or_else(|| self.pulling.try_lock());
+            let ready = pulling.and_then(|pulling| {
                 messages
                     .next()
                     .now_or_never()
@@ -168,17 +171,17 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             let verdict = match self.decide_now(&message) {
                 Now::Skip { reason, sandbox } => {
                     let due = self.in_flight.pass(at.0, at.1, at.2);
-                    drop(pulling);
                     self.skipped(&message, reason, sandbox.as_ref());
                     self.finished(due);
+                    kept = Some(pulling);
                     continue;
                 }
                 Now::SkipCut(context) => {
                     let due = self.in_flight.pass(at.0, at.1, at.2);
-                    drop(pulling);
                     let sandbox = context.sandbox().map(Sandbox::key);
                     self.skipped(&message, self.cut_skip_reason(), sandbox);
                     self.finished(due);
+                    kept = Some(pulling);
                     continue;
                 }
                 Now::Handle(context) => Ok(context),
