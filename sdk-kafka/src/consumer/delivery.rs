@@ -5,8 +5,13 @@
 use std::future::IntoFuture;
 use std::ops::Deref;
 
-use futures_util::stream::{self, BoxStream};
-use opentelemetry::Context;
+use std::pin::Pin;
+use std::task::Poll;
+
+use futures_util::Stream;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use opentelemetry::Context as OtelContext;
 use prodbox_core::audit::Decision;
 use prodbox_core::context::WithSandbox;
 use prodbox_core::guardrails::Permit;
@@ -16,7 +21,8 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::consumer::stream_consumer::MessageStream;
 use rdkafka::message::BorrowedMessage;
 
-use super::step::{Next, Ready};
+use super::Rebalances;
+use super::step::{Next, Pulled, Ready};
 use super::{ConsumerError, Done, SandboxConsumer, Source, audit};
 use crate::in_flight::Ticket;
 use crate::shutdown::Shutdown;
@@ -36,18 +42,16 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// The messages this consumer handles, as [`recv`](Self::recv) yields them, from one
     /// rdkafka stream.
     pub fn stream(&self) -> BoxStream<'_, Result<Delivery<'_, C>, ConsumerError>> {
-        Box::pin(stream::unfold(
-            self.consumer.stream(),
-            move |mut messages| async move {
-                let next = self.deliver(&mut messages).await;
-                Some((next, messages))
-            },
-        ))
+        Box::pin(Deliveries {
+            consumer: self,
+            messages: Some(self.consumer.stream()),
+            waiting: None,
+        })
     }
 
     async fn deliver<'a>(
         &'a self,
-        messages: &mut MessageStream<'a, super::Rebalances<C>>,
+        messages: &mut Messages<'a, C>,
     ) -> Result<Delivery<'a, C>, ConsumerError> {
         self.may_consume()?;
         let mut never = Shutdown::never();
@@ -62,6 +66,74 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     }
 }
 
+type Item<'a, C> = Result<Delivery<'a, C>, ConsumerError>;
+
+/// rdkafka's stream of a consumer's messages.
+type Messages<'a, C> = MessageStream<'a, Rebalances<C>>;
+
+/// A wait for the next delivery, holding the stream until it ends.
+type Waiting<'a, C> = BoxFuture<'a, (Item<'a, C>, Messages<'a, C>)>;
+
+/// [`SandboxConsumer::stream`]: a message ready is delivered within the stream's poll, with no
+/// future of its own; one is made (and boxed) only to wait, for a message, the directory, the
+/// cuts or the guardrails.
+struct Deliveries<'a, C: ConsumerContext + 'static> {
+    consumer: &'a SandboxConsumer<C>,
+    /// rdkafka's stream, unless `waiting` holds it.
+    messages: Option<Messages<'a, C>>,
+    waiting: Option<Waiting<'a, C>>,
+}
+
+impl<'a, C: ConsumerContext + 'static> Stream for Deliveries<'a, C> {
+    type Item = Item<'a, C>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let consumer = this.consumer;
+        if let Some(mut messages) = this.messages.take() {
+            let pulled = match consumer.may_consume() {
+                Ok(()) => consumer.pull_now(&mut messages, &mut Shutdown::never()),
+                Err(error) => {
+                    this.messages = Some(messages);
+                    return Poll::Ready(Some(Err(error)));
+                }
+            };
+            let step = match pulled {
+                Pulled::Ready(ready) => {
+                    this.messages = Some(messages);
+                    return Poll::Ready(Some(Ok(Delivery::new(consumer, ready))));
+                }
+                Pulled::Error(error) => {
+                    this.messages = Some(messages);
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+                Pulled::Step(held, verdict) => Some((held, verdict)),
+                Pulled::Wait | Pulled::Stopped | Pulled::Ended => None,
+            };
+            this.waiting = Some(Box::pin(async move {
+                if let Some((held, verdict)) = step {
+                    let mut never = Shutdown::never();
+                    if let Some(Ok(ready)) = consumer.step(held, verdict, never.future()).await {
+                        return (Ok(Delivery::new(consumer, ready)), messages);
+                    }
+                }
+                (consumer.deliver(&mut messages).await, messages)
+            }));
+        }
+        let Some(waiting) = this.waiting.as_mut() else {
+            // Every path above leaves the stream or a future waiting with it.
+            return Poll::Pending;
+        };
+        let (item, messages) = std::task::ready!(waiting.as_mut().poll(cx));
+        this.waiting = None;
+        this.messages = Some(messages);
+        Poll::Ready(Some(item))
+    }
+}
+
 /// A message this consumer handles: run its handling with [`in_context`](Self::in_context),
 /// then call [`done`](Self::done). It dereferences to rdkafka's message.
 #[must_use = "a delivery that is not done holds its partition's commits at its offset"]
@@ -71,7 +143,7 @@ pub struct Delivery<'a, C: ConsumerContext + 'static = rdkafka::consumer::Defaul
     message: Option<(BorrowedMessage<'a>, Ticket)>,
     context: Option<SandboxContext>,
     /// The OpenTelemetry context of a sandbox's message (`None`: production's, the consumer's).
-    cx: Option<Context>,
+    cx: Option<OtelContext>,
     /// Its sandbox's slot, while it is handled.
     _permit: Option<Permit>,
 }
@@ -121,7 +193,7 @@ impl<'a, C: ConsumerContext + 'static> Delivery<'a, C> {
     }
 
     /// The OpenTelemetry context the message's work runs in: its sandbox's, or production's.
-    pub fn context(&self) -> &Context {
+    pub fn context(&self) -> &OtelContext {
         self.cx.as_ref().unwrap_or(&self.consumer.production)
     }
 

@@ -15,10 +15,11 @@ use prodbox_core::plumbing::metrics::KafkaOutcome;
 use prodbox_core::{Guardrails, Sandbox, SandboxContext, SandboxKey};
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::consumer::stream_consumer::MessageStream;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
+use super::pull::Pulling;
 use super::{
     DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, Done, Rebalances, SandboxConsumer, Source, audit,
 };
@@ -38,6 +39,22 @@ pub(super) enum Next<'a, C: ConsumerContext + 'static> {
     /// rdkafka reported an error (it recovers from most by itself).
     Error(KafkaError),
     /// Shutdown came first; a message held is left unhandled, and comes again.
+    Stopped,
+    /// The stream ended.
+    Ended,
+}
+
+/// What `pull_now` found.
+pub(super) enum Pulled<'a, C: ConsumerContext + 'static> {
+    /// A message this consumer handles.
+    Ready(Ready<'a, C>),
+    /// A message the step decides, by this verdict when one was made: it may wait.
+    Step(Held<'a, C>, Option<Verdict>),
+    /// No message is ready, or another loop is pulling one.
+    Wait,
+    /// rdkafka reported an error.
+    Error(KafkaError),
+    /// Shutdown came first.
     Stopped,
     /// The stream ended.
     Ended,
@@ -127,93 +144,124 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         messages: &mut MessageStream<'a, Rebalances<C>>,
         shutdown: &mut Shutdown<'_, S>,
     ) -> Next<'a, C> {
-        // Kept from one skip to the next message: skips in a row take it once.
-        let mut kept = None;
         loop {
-            // A message ready is taken without a wait; before waiting, what is done with is
-            // given to rdkafka (see `in_flight`).
-            if shutdown.has_come() {
-                return Next::Stopped;
-            }
-            // Pulled and taken under the pull lock (see `SandboxConsumer::pulling`).
-            let pulling = kept.take().or_else(|| self.pulling.try_lock());
-            let ready = pulling.and_then(|pulling| {
-                messages
-                    .next()
-                    .now_or_never()
-                    .map(|message| (message, pulling))
-            });
-            let (message, pulling) = match ready {
-                Some(ready) => ready,
-                None => {
+            let pulled = match self.pull_now(messages, shutdown) {
+                Pulled::Wait => {
                     // Counted first: a message finished from now on is stored by `finish`.
                     let _waiting = Waiting::enter(&self.waiting);
+                    // Before waiting, what is done with is given to rdkafka (see `in_flight`).
                     self.store_due();
                     let pulled = async {
                         let pulling = self.pulling.lock().await;
                         (messages.next().await, pulling)
                     };
-                    tokio::select! {
+                    let (message, pulling) = tokio::select! {
                         biased;
                         () = shutdown.future().as_mut() => return Next::Stopped,
                         pulled = pulled => pulled,
+                    };
+                    match self.route(message, pulling) {
+                        Ok(pulled) => pulled,
+                        Err(_skipped) => continue,
                     }
                 }
+                pulled => pulled,
             };
-            let message = match message {
-                Some(Ok(message)) => message,
-                Some(Err(error)) => return Next::Error(error),
-                None => return Next::Ended,
-            };
-            let at = (self.topic(&message), message.partition(), message.offset());
-            // Most messages are decided here, as they are pulled, without a future: a skip is
-            // taken and finished at once.
-            let verdict = match self.decide_now(&message) {
-                Now::Skip { reason, sandbox } => {
-                    let due = self.in_flight.pass(at.0, at.1, at.2);
-                    self.skipped(&message, reason, sandbox.as_ref());
-                    self.finished(due);
-                    kept = Some(pulling);
-                    continue;
-                }
-                Now::SkipCut(context) => {
-                    let due = self.in_flight.pass(at.0, at.1, at.2);
-                    let sandbox = context.sandbox().map(Sandbox::key);
-                    self.skipped(&message, self.cut_skip_reason(), sandbox);
-                    self.finished(due);
-                    kept = Some(pulling);
-                    continue;
-                }
-                Now::Handle(context) => Ok(context),
-                Now::Later(verdict) => Err(verdict),
-            };
-            let ticket = self.in_flight.take(at.0, at.1, at.2);
-            drop(pulling);
-            let held = Held {
-                consumer: self,
-                message: Some(message),
-                ticket,
-            };
-            let verdict = match verdict {
-                Ok(context) => match self.admit_now(context.as_ref()) {
-                    Ok(permit) => {
-                        return Next::Ready(Ready {
-                            held,
-                            context,
-                            permit,
-                        });
+            match pulled {
+                Pulled::Ready(ready) => return Next::Ready(ready),
+                Pulled::Step(held, verdict) => {
+                    match self.step(held, verdict, shutdown.future()).await {
+                        Some(Ok(ready)) => return Next::Ready(ready),
+                        Some(Err(Done::Interrupted)) => return Next::Stopped,
+                        Some(Err(Done::Completed)) | None => {}
                     }
-                    // Throttled: the step waits.
-                    Err(()) => Some(Verdict::Process(context)),
-                },
-                Err(verdict) => verdict,
-            };
-            match self.step(held, verdict, shutdown.future()).await {
-                Some(Ok(ready)) => return Next::Ready(ready),
-                Some(Err(Done::Interrupted)) => return Next::Stopped,
-                Some(Err(Done::Completed)) | None => {}
+                }
+                Pulled::Error(error) => return Next::Error(error),
+                Pulled::Stopped => return Next::Stopped,
+                Pulled::Ended => return Next::Ended,
+                Pulled::Wait => {}
             }
         }
+    }
+
+    /// Takes the messages ready now, without waiting, doing with each what its verdict says,
+    /// until one this consumer handles, one the step decides, or none is ready.
+    pub(super) fn pull_now<'a, S: Future<Output = ()>>(
+        &'a self,
+        messages: &mut MessageStream<'a, Rebalances<C>>,
+        shutdown: &mut Shutdown<'_, S>,
+    ) -> Pulled<'a, C> {
+        // Kept from one skip to the next message: skips in a row take it once.
+        let mut kept = None;
+        loop {
+            if shutdown.has_come() {
+                return Pulled::Stopped;
+            }
+            // Pulled and taken under the pull lock (see `SandboxConsumer::pulling`).
+            let Some(pulling) = kept.take().or_else(|| self.pulling.try_lock()) else {
+                return Pulled::Wait;
+            };
+            let Some(message) = messages.next().now_or_never() else {
+                return Pulled::Wait;
+            };
+            match self.route(message, pulling) {
+                Ok(pulled) => return pulled,
+                Err(pulling) => kept = Some(pulling),
+            }
+        }
+    }
+
+    /// Takes `message`, pulled under `pulling`: `Err` when it was skipped (and done with),
+    /// giving the lock back for the next one.
+    fn route<'a>(
+        &'a self,
+        message: Option<KafkaResult<BorrowedMessage<'a>>>,
+        pulling: Pulling<'a>,
+    ) -> Result<Pulled<'a, C>, Pulling<'a>> {
+        let message = match message {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => return Ok(Pulled::Error(error)),
+            None => return Ok(Pulled::Ended),
+        };
+        let at = (self.topic(&message), message.partition(), message.offset());
+        // Most messages are decided here, as they are pulled, without a future: a skip is
+        // taken and finished at once.
+        let verdict = match self.decide_now(&message) {
+            Now::Skip { reason, sandbox } => {
+                let due = self.in_flight.pass(at.0, at.1, at.2);
+                self.skipped(&message, reason, sandbox.as_ref());
+                self.finished(due);
+                return Err(pulling);
+            }
+            Now::SkipCut(context) => {
+                let due = self.in_flight.pass(at.0, at.1, at.2);
+                let sandbox = context.sandbox().map(Sandbox::key);
+                self.skipped(&message, self.cut_skip_reason(), sandbox);
+                self.finished(due);
+                return Err(pulling);
+            }
+            Now::Handle(context) => Ok(context),
+            Now::Later(verdict) => Err(verdict),
+        };
+        let ticket = self.in_flight.take(at.0, at.1, at.2);
+        drop(pulling);
+        let held = Held {
+            consumer: self,
+            message: Some(message),
+            ticket,
+        };
+        Ok(match verdict {
+            Ok(context) => match self.admit_now(context.as_ref()) {
+                Ok(permit) => Pulled::Ready(Ready {
+                    held,
+                    context,
+                    permit,
+                }),
+                // Throttled: the step waits.
+                Err(()) => Pulled::Step(held, Some(Verdict::Process(context))),
+            },
+            Err(verdict) => Pulled::Step(held, verdict),
+        })
     }
 
     /// What can be decided of `message` at once, from the filter's memory and the cuts read
@@ -269,7 +317,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// Decides one message, by `verdict` when `decide_now` made one: `None` when it is done
     /// with here, `Some(Ok)` when this consumer handles it, `Some(Err(Interrupted))` when
     /// shutdown came first (`held` puts it back).
-    async fn step<'a, S: Future<Output = ()>>(
+    pub(super) async fn step<'a, S: Future<Output = ()>>(
         &'a self,
         held: Held<'a, C>,
         verdict: Option<Verdict>,
