@@ -57,7 +57,61 @@ pub(crate) struct Cuts {
 /// Looked up for every record of a forked sandbox: hashed with foldhash, not SipHash.
 type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-type Cache = Arc<Mutex<Fast<String, Fast<i32, Known>>>>;
+type Cache = Arc<Mutex<ByTopic>>;
+
+/// Cuts read, by topic, then partition. A consumer reads a few topics: a short list compared
+/// in order costs less than hashing a topic name for every record. Past [`FEW_TOPICS`], the
+/// others are hashed.
+#[derive(Default)]
+struct ByTopic {
+    few: Vec<(Box<str>, Fast<i32, Known>)>,
+    many: Fast<Box<str>, Fast<i32, Known>>,
+}
+
+const FEW_TOPICS: usize = 8;
+
+impl ByTopic {
+    fn get(&self, topic: &str) -> Option<&Fast<i32, Known>> {
+        match self.few.iter().find(|(name, _)| **name == *topic) {
+            Some((_, partitions)) => Some(partitions),
+            None => self.many.get(topic),
+        }
+    }
+
+    fn get_mut(&mut self, topic: &str) -> Option<&mut Fast<i32, Known>> {
+        match self.few.iter_mut().find(|(name, _)| **name == *topic) {
+            Some((_, partitions)) => Some(partitions),
+            None => self.many.get_mut(topic),
+        }
+    }
+
+    fn entry(&mut self, topic: &str) -> &mut Fast<i32, Known> {
+        if let Some(at) = self.few.iter().position(|(name, _)| **name == *topic) {
+            return &mut self.few[at].1;
+        }
+        if self.few.len() < FEW_TOPICS && !self.many.contains_key(topic) {
+            let at = self.few.len();
+            self.few.push((topic.into(), Fast::default()));
+            return &mut self.few[at].1;
+        }
+        self.many.entry(topic.into()).or_default()
+    }
+
+    /// Partitions known, of every topic.
+    fn len(&self) -> usize {
+        let few: usize = self
+            .few
+            .iter()
+            .map(|(_, partitions)| partitions.len())
+            .sum();
+        few + self.many.values().map(HashMap::len).sum::<usize>()
+    }
+
+    fn clear(&mut self) {
+        self.few.clear();
+        self.many.clear();
+    }
+}
 
 /// A partition's cuts as read at one moment.
 struct Known {
@@ -78,7 +132,7 @@ impl Forget {
     }
 }
 
-fn lock(cache: &Cache) -> std::sync::MutexGuard<'_, Fast<String, Fast<i32, Known>>> {
+fn lock(cache: &Cache) -> std::sync::MutexGuard<'_, ByTopic> {
     cache
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -162,10 +216,10 @@ impl Cuts {
     fn store(&self, (topic, partition): (&str, i32), cuts: PartitionCuts, behind: i64) {
         let mut cache = lock(&self.cache);
         // Bounded by the partitions in use; forgotten wholesale past that.
-        if cache.values().map(HashMap::len).sum::<usize>() >= 16_384 {
+        if cache.len() >= 16_384 {
             cache.clear();
         }
-        cache.entry(topic.to_owned()).or_default().insert(
+        cache.entry(topic).insert(
             partition,
             Known {
                 cuts: cuts.into_iter().collect(),
@@ -495,5 +549,41 @@ impl Cuts {
             consumer.commit(&start, rdkafka::consumer::CommitMode::Sync)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(behind: i64) -> Known {
+        Known {
+            cuts: Fast::default(),
+            behind,
+        }
+    }
+
+    /// Topics past the few listed are hashed, and every one is found again, by name alone.
+    #[test]
+    fn every_topic_is_found_few_or_many() {
+        let mut by_topic = ByTopic::default();
+        let topics: Vec<String> = (0..20).map(|n| format!("topic-{n}")).collect();
+        for (n, topic) in topics.iter().enumerate() {
+            by_topic.entry(topic).insert(0, known(n as i64));
+            by_topic.entry(topic).insert(1, known(-(n as i64)));
+        }
+        assert_eq!(by_topic.few.len(), FEW_TOPICS);
+        assert_eq!(by_topic.len(), 40);
+        for (n, topic) in topics.iter().enumerate() {
+            let partitions = by_topic.get(topic).expect("known");
+            assert_eq!(partitions[&0].behind, n as i64);
+            assert_eq!(partitions[&1].behind, -(n as i64));
+        }
+        by_topic.get_mut("topic-15").expect("known").remove(&0);
+        assert!(!by_topic.get("topic-15").expect("known").contains_key(&0));
+        assert!(by_topic.get("topic-").is_none());
+        by_topic.clear();
+        assert_eq!(by_topic.len(), 0);
+        assert!(by_topic.get("topic-0").is_none());
     }
 }

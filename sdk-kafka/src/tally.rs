@@ -11,6 +11,7 @@ use prodbox_core::SandboxKey;
 use prodbox_core::audit::Decision;
 use prodbox_core::plumbing::audit;
 use prodbox_core::plumbing::metrics::{self, KafkaOutcome};
+use smallvec::SmallVec;
 
 use crate::consumer::event;
 
@@ -125,26 +126,109 @@ impl Tally {
     ) {
         let event = event(sandbox, Decision::Skipped, reason, Some(detail));
         audit::log(&event);
-        if self.counts.topic.is_some() {
-            let mut skips = self.counts.skips();
-            let same = |skip: &&mut Skips| {
-                std::ptr::eq(skip.reason, reason) && skip.sandbox.as_ref() == sandbox
-            };
-            if let Some(skip) = skips.iter_mut().find(same) {
-                skip.n += 1;
-                return;
-            }
-            if skips.len() < SKIP_KINDS {
-                skips.push(Skips {
+        if self.counts.topic.is_none() {
+            audit::count(&event, 1);
+            self.count(KafkaOutcome::Skipped, topic);
+            return;
+        }
+        self.add_skips(reason, sandbox, 1);
+    }
+
+    /// Tallies `n` skips of one kind (the consumer reads one topic).
+    fn add_skips(&self, reason: &'static str, sandbox: Option<&SandboxKey>, n: u64) {
+        let mut skips = self.counts.skips();
+        if let Some(skip) = skips.iter_mut().find(|skip| skip.is(reason, sandbox)) {
+            skip.n += n;
+        } else if skips.len() < SKIP_KINDS {
+            skips.push(Skips {
+                reason,
+                sandbox: sandbox.cloned(),
+                n,
+            });
+        } else {
+            drop(skips);
+            audit::count(&event(sandbox, Decision::Skipped, reason, None), n);
+            self.counts.by_outcome[1].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// A tally of the skips of one loop.
+    pub(crate) fn local(&self) -> LocalSkips<'_> {
+        LocalSkips {
+            tally: self,
+            kinds: SmallVec::new(),
+            n: 0,
+        }
+    }
+}
+
+impl Skips {
+    fn is(&self, reason: &'static str, sandbox: Option<&SandboxKey>) -> bool {
+        std::ptr::eq(self.reason, reason) && self.sandbox.as_ref() == sandbox
+    }
+}
+
+/// Skips in a loop's hand, added to its consumer's [`Tally`] in batches (under its lock):
+/// every [`LOCAL_BATCH`] skips, when a kind more comes than it holds, before the loop waits
+/// ([`flush`](Self::flush)), and when it is dropped. A skip costs no atomic operation here.
+pub(crate) struct LocalSkips<'t> {
+    tally: &'t Tally,
+    kinds: SmallVec<[Skips; LOCAL_KINDS]>,
+    n: u32,
+}
+
+/// Kinds of skip a loop holds at once.
+const LOCAL_KINDS: usize = 4;
+
+/// Skips a loop holds at most.
+const LOCAL_BATCH: u32 = 64;
+
+impl LocalSkips<'_> {
+    /// As [`Tally::skip`].
+    pub(crate) fn skip<'m>(
+        &mut self,
+        reason: &'static str,
+        sandbox: Option<&SandboxKey>,
+        detail: &dyn std::fmt::Display,
+        topic: impl FnOnce() -> &'m str,
+    ) {
+        if self.tally.counts.topic.is_none() {
+            self.tally.skip(reason, sandbox, detail, topic);
+            return;
+        }
+        audit::log(&event(sandbox, Decision::Skipped, reason, Some(detail)));
+        match self.kinds.iter_mut().find(|skip| skip.is(reason, sandbox)) {
+            Some(skip) => skip.n += 1,
+            None => {
+                if self.kinds.len() == LOCAL_KINDS {
+                    self.flush();
+                }
+                self.kinds.push(Skips {
                     reason,
                     sandbox: sandbox.cloned(),
                     n: 1,
                 });
-                return;
             }
         }
-        audit::count(&event, 1);
-        self.count(KafkaOutcome::Skipped, topic);
+        self.n += 1;
+        if self.n >= LOCAL_BATCH {
+            self.flush();
+        }
+    }
+
+    /// Adds what this loop holds to the consumer's tally.
+    pub(crate) fn flush(&mut self) {
+        for skip in self.kinds.drain(..) {
+            self.tally
+                .add_skips(skip.reason, skip.sandbox.as_ref(), skip.n);
+        }
+        self.n = 0;
+    }
+}
+
+impl Drop for LocalSkips<'_> {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

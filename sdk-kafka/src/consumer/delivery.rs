@@ -26,6 +26,7 @@ use super::step::{Next, Pulled, Ready};
 use super::{ConsumerError, Done, SandboxConsumer, Source, audit};
 use crate::in_flight::Ticket;
 use crate::shutdown::Shutdown;
+use crate::tally::LocalSkips;
 
 impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// The next message this consumer handles (see [Your own loop](super#your-own-loop)).
@@ -45,6 +46,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         Box::pin(Deliveries {
             consumer: self,
             messages: Some(self.consumer.stream()),
+            skips: self.tally.local(),
             waiting: None,
         })
     }
@@ -55,8 +57,9 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     ) -> Result<Delivery<'a, C>, ConsumerError> {
         self.may_consume()?;
         let mut never = Shutdown::never();
+        let mut skips = self.tally.local();
         loop {
-            match self.next(messages, &mut never).await {
+            match self.next(messages, &mut never, &mut skips).await {
                 Next::Ready(ready) => return Ok(Delivery::new(self, ready)),
                 Next::Error(error) => return Err(error.into()),
                 // Never stopped; rdkafka's streams never end, and waiting is what `recv` does.
@@ -81,6 +84,8 @@ struct Deliveries<'a, C: ConsumerContext + 'static> {
     consumer: &'a SandboxConsumer<C>,
     /// rdkafka's stream, unless `waiting` holds it.
     messages: Option<Messages<'a, C>>,
+    /// Skips of messages pulled in `poll_next` (`waiting` tallies its own).
+    skips: LocalSkips<'a>,
     waiting: Option<Waiting<'a, C>>,
 }
 
@@ -95,7 +100,7 @@ impl<'a, C: ConsumerContext + 'static> Stream for Deliveries<'a, C> {
         let consumer = this.consumer;
         if let Some(mut messages) = this.messages.take() {
             let pulled = match consumer.may_consume() {
-                Ok(()) => consumer.pull_now(&mut messages, &mut Shutdown::never()),
+                Ok(()) => consumer.pull_now(&mut messages, &mut Shutdown::never(), &mut this.skips),
                 Err(error) => {
                     this.messages = Some(messages);
                     return Poll::Ready(Some(Err(error)));
@@ -113,6 +118,8 @@ impl<'a, C: ConsumerContext + 'static> Stream for Deliveries<'a, C> {
                 Pulled::Step(held, verdict) => Some((held, verdict)),
                 Pulled::Wait | Pulled::Stopped | Pulled::Ended => None,
             };
+            // Tallied to the consumer before any wait.
+            this.skips.flush();
             this.waiting = Some(Box::pin(async move {
                 if let Some((held, verdict)) = step {
                     let mut never = Shutdown::never();

@@ -178,7 +178,7 @@ use crate::cut::Cuts;
 pub use crate::error::ConsumerError;
 use crate::filter::{Filter, Role};
 use crate::in_flight::{InFlight, Ticket};
-use crate::tally::Tally;
+use crate::tally::{LocalSkips, Tally};
 pub use delivery::Delivery;
 
 mod delivery;
@@ -624,15 +624,15 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         self.tally.count(outcome, || self.topic(message));
     }
 
-    /// Audits and counts `message`, skipped for `reason`, of `sandbox`'s.
+    /// Audits and counts `message`, skipped for `reason`, of `sandbox`'s, in a loop's `skips`.
     fn skipped(
         &self,
         message: &BorrowedMessage<'_>,
         reason: &'static str,
         sandbox: Option<&SandboxKey>,
+        skips: &mut LocalSkips<'_>,
     ) {
-        self.tally
-            .skip(reason, sandbox, &Source(message), || self.topic(message));
+        skips.skip(reason, sandbox, &Source(message), || self.topic(message));
     }
 }
 

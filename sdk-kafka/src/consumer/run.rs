@@ -59,8 +59,9 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         // One stream for the whole run: `recv` registers a waker slot, and removes it, per
         // message (a lock each time).
         let mut messages = self.consumer.stream();
+        let mut skips = self.tally.local();
         loop {
-            match self.next(&mut messages, &mut shutdown).await {
+            match self.next(&mut messages, &mut shutdown, &mut skips).await {
                 Next::Ready(ready) => {
                     if self.handle(ready, &mut handler, &mut shutdown).await == Done::Interrupted {
                         break;

@@ -27,6 +27,7 @@ use crate::cut::Cut;
 use crate::filter::Role;
 use crate::in_flight::Ticket;
 use crate::shutdown::{Shutdown, pause};
+use crate::tally::LocalSkips;
 use crate::verdict::Verdict;
 use crate::verdict_memory::Clock;
 
@@ -143,14 +144,17 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         &'a self,
         messages: &mut MessageStream<'a, Rebalances<C>>,
         shutdown: &mut Shutdown<'_, S>,
+        skips: &mut LocalSkips<'a>,
     ) -> Next<'a, C> {
         loop {
-            let pulled = match self.pull_now(messages, shutdown) {
+            let pulled = match self.pull_now(messages, shutdown, skips) {
                 Pulled::Wait => {
                     // Counted first: a message finished from now on is stored by `finish`.
                     let _waiting = Waiting::enter(&self.waiting);
-                    // Before waiting, what is done with is given to rdkafka (see `in_flight`).
+                    // Before waiting, what is done with is given to rdkafka (see `in_flight`),
+                    // and the skips tallied to the consumer.
                     self.store_due();
+                    skips.flush();
                     let pulled = async {
                         let pulling = self.pulling.lock().await;
                         (messages.next().await, pulling)
@@ -160,7 +164,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                         () = shutdown.future().as_mut() => return Next::Stopped,
                         pulled = pulled => pulled,
                     };
-                    match self.route(message, pulling) {
+                    match self.route(message, pulling, skips) {
                         Ok(pulled) => pulled,
                         Err(_skipped) => continue,
                     }
@@ -190,6 +194,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         &'a self,
         messages: &mut MessageStream<'a, Rebalances<C>>,
         shutdown: &mut Shutdown<'_, S>,
+        skips: &mut LocalSkips<'a>,
     ) -> Pulled<'a, C> {
         // Kept from one skip to the next message: skips in a row take it once.
         let mut kept = None;
@@ -204,7 +209,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             let Some(message) = messages.next().now_or_never() else {
                 return Pulled::Wait;
             };
-            match self.route(message, pulling) {
+            match self.route(message, pulling, skips) {
                 Ok(pulled) => return pulled,
                 Err(pulling) => kept = Some(pulling),
             }
@@ -217,6 +222,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         &'a self,
         message: Option<KafkaResult<BorrowedMessage<'a>>>,
         pulling: Pulling<'a>,
+        skips: &mut LocalSkips<'a>,
     ) -> Result<Pulled<'a, C>, Pulling<'a>> {
         let message = match message {
             Some(Ok(message)) => message,
@@ -229,14 +235,14 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         let verdict = match self.decide_now(&message) {
             Now::Skip { reason, sandbox } => {
                 let due = self.in_flight.pass(at.0, at.1, at.2);
-                self.skipped(&message, reason, sandbox.as_ref());
+                self.skipped(&message, reason, sandbox.as_ref(), skips);
                 self.finished(due);
                 return Err(pulling);
             }
             Now::SkipCut(context) => {
                 let due = self.in_flight.pass(at.0, at.1, at.2);
                 let sandbox = context.sandbox().map(Sandbox::key);
-                self.skipped(&message, self.cut_skip_reason(), sandbox);
+                self.skipped(&message, self.cut_skip_reason(), sandbox, skips);
                 self.finished(due);
                 return Err(pulling);
             }
@@ -352,7 +358,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         let context = match verdict {
             // Skips, half of a baseline's messages or more, are decided and done with here.
             Verdict::Skip { reason, sandbox } => {
-                self.skipped(message, reason, sandbox.as_ref());
+                self.skipped(message, reason, sandbox.as_ref(), &mut self.tally.local());
                 held.finish();
                 return None;
             }
@@ -387,7 +393,8 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                 match cut {
                     Cut::Handle => Some(context),
                     Cut::Skip => {
-                        self.skipped(message, self.cut_skip_reason(), Some(sandbox));
+                        let skips = &mut self.tally.local();
+                        self.skipped(message, self.cut_skip_reason(), Some(sandbox), skips);
                         held.finish();
                         return None;
                     }
