@@ -510,41 +510,25 @@ pub trait FutureExt: Future + Sized {
     /// Runs this future (every poll of it) inside `sandbox`.
     fn in_sandbox(self, sandbox: Sandbox) -> WithSandbox<Self> {
         let cx = Context::map_current(|cx| cx.with_sandbox(sandbox));
-        WithSandbox {
-            inner: self,
-            cx,
-            scoped: false,
-        }
+        WithSandbox::new(self, cx, false)
     }
 
     /// Runs this future inside the current context (and [scope](in_scope)), wherever it is
     /// polled later.
     fn in_current_sandbox(self) -> WithSandbox<Self> {
-        WithSandbox {
-            inner: self,
-            cx: Context::current(),
-            scoped: crate::scope::entered(),
-        }
+        WithSandbox::new(self, Context::current(), crate::scope::entered())
     }
 
     /// Runs this future inside `cx`.
     fn in_context(self, cx: Context) -> WithSandbox<Self> {
-        WithSandbox {
-            inner: self,
-            cx,
-            scoped: false,
-        }
+        WithSandbox::new(self, cx, false)
     }
 
     /// Runs this future as production work on purpose: with no sandbox (removed if the current
     /// context has one), in a [scope](in_scope) prodbox recognises. Background jobs and start-up
     /// work of a service whose pools require a scope run this way.
     fn in_production(self) -> WithSandbox<Self> {
-        WithSandbox {
-            inner: self,
-            cx: production(),
-            scoped: true,
-        }
+        WithSandbox::new(self, production(), true)
     }
 }
 
@@ -585,16 +569,20 @@ impl<F: Future> FutureExt for F {}
 pub struct WithSandbox<F> {
     #[pin]
     inner: F,
-    cx: Context,
+    /// Taken while it is attached (see `poll`); `None` once the future completed.
+    cx: Option<Context>,
     /// Whether it runs in a production scope (see [`in_scope`]).
     scoped: bool,
 }
 
 impl<F> WithSandbox<F> {
     /// `inner`, polled inside `cx` and, if `scoped`, a production scope.
-    #[cfg(feature = "tower")]
     pub(crate) fn new(inner: F, cx: Context, scoped: bool) -> Self {
-        Self { inner, cx, scoped }
+        Self {
+            inner,
+            cx: Some(cx),
+            scoped,
+        }
     }
 }
 
@@ -603,9 +591,37 @@ impl<F: Future> Future for WithSandbox<F> {
 
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let _guard = this.cx.clone().attach();
+        // Attached by value, not copied: most futures complete in one poll. One that does not
+        // (or panics) takes its context back from the thread before it is detached: the
+        // context it was polled in, which is this one unless the inner future leaked a guard.
+        let Some(cx) = this.cx.take() else {
+            // Polled after it completed: never polled outside its context.
+            return Poll::Pending;
+        };
+        let _guard = cx.attach();
+        let mut back = TakeBack {
+            slot: this.cx,
+            armed: true,
+        };
         let _scope = this.scoped.then(crate::scope::enter);
-        this.inner.poll(task)
+        let poll = this.inner.poll(task);
+        back.armed = poll.is_pending();
+        poll
+    }
+}
+
+/// Puts the attached context back into its future's slot when dropped (after a pending poll,
+/// or a panic in one), while the context is still attached.
+struct TakeBack<'a> {
+    slot: &'a mut Option<Context>,
+    armed: bool,
+}
+
+impl Drop for TakeBack<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            *self.slot = Some(Context::current());
+        }
     }
 }
 
@@ -665,6 +681,83 @@ mod tests {
                 "{context:?}"
             );
         }
+    }
+
+    /// The sandbox each poll of `future` saw, polled until done (at most `polls` times), each
+    /// poll from a thread whose context is production's.
+    fn sandboxes_seen<F: Future<Output = ()>>(future: F, polls: usize) -> Vec<Option<String>> {
+        let seen = std::sync::Mutex::new(Vec::new());
+        let mut future = std::pin::pin!(future);
+        let mut task = TaskContext::from_waker(std::task::Waker::noop());
+        let _production = production().attach();
+        for _ in 0..polls {
+            let poll = future.as_mut().poll(&mut task);
+            seen.lock()
+                .unwrap()
+                .push(current().map(|s| s.key().to_string()));
+            if poll.is_ready() {
+                break;
+            }
+        }
+        seen.into_inner().unwrap()
+    }
+
+    /// A future sees its sandbox in every poll, its context attached by value and taken back
+    /// after each pending one; the thread is production's again between polls.
+    #[test]
+    fn every_poll_runs_in_the_sandbox() {
+        let inside = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&inside);
+        let mut left = 3;
+        let future = std::future::poll_fn(move |_| {
+            log.lock()
+                .unwrap()
+                .push(current().map(|s| s.key().to_string()));
+            left -= 1;
+            if left == 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .in_sandbox(Sandbox::new("pr-42".parse().unwrap()));
+        let between = sandboxes_seen(future, 10);
+        assert_eq!(between, [None, None, None], "production's between polls");
+        assert_eq!(*inside.lock().unwrap(), vec![Some("pr-42".to_owned()); 3]);
+    }
+
+    /// A poll that panics keeps the context for the next poll; a future polled after it
+    /// completed is never polled outside its context (it stays pending).
+    #[test]
+    fn a_panic_keeps_the_context_and_a_completed_future_stays_done() {
+        let inside = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&inside);
+        let mut polls = 0;
+        let future = std::future::poll_fn(move |_| {
+            polls += 1;
+            log.lock()
+                .unwrap()
+                .push(current().map(|s| s.key().to_string()));
+            match polls {
+                1 => panic!("first poll"),
+                _ => Poll::Ready(()),
+            }
+        })
+        .in_sandbox(Sandbox::new("pr-42".parse().unwrap()));
+        let mut future = std::pin::pin!(future);
+        let mut task = TaskContext::from_waker(std::task::Waker::noop());
+        let _production = production().attach();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = future.as_mut().poll(&mut task);
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(current().map(|s| s.key().to_string()), None);
+        assert!(future.as_mut().poll(&mut task).is_ready());
+        assert!(
+            future.as_mut().poll(&mut task).is_pending(),
+            "done: never polled again"
+        );
+        assert_eq!(*inside.lock().unwrap(), vec![Some("pr-42".to_owned()); 2]);
     }
 
     #[test]

@@ -215,7 +215,7 @@ impl<'a, C: ConsumerContext + 'static> Delivery<'a, C> {
     /// Done with: the message may be committed past (once every earlier message of its
     /// partition is done with too). Positions reach rdkafka, which commits them in the
     /// background, in batches: when the consumer waits for a message (at once, if a loop is
-    /// waiting now), every 64 messages, at least once a second, before a rebalance, on
+    /// waiting now), every 1,024 messages, at least once a second, before a rebalance, on
     /// [`commit`](SandboxConsumer::commit), and when the consumer is dropped.
     pub fn done(mut self) {
         if let Some((message, ticket)) = self.message.take() {
