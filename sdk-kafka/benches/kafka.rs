@@ -207,6 +207,13 @@ async fn produce_topic(topic: &str, shape: Shape) {
     }
 }
 
+/// Tells `perf` to start or stop sampling (see [`count`]).
+fn perf_ctl(what: &str) {
+    if let Ok(ctl) = std::env::var("PERF_CTL") {
+        std::fs::write(ctl, format!("{what}\n")).unwrap();
+    }
+}
+
 /// Shared by a handler and the bench: when the first message was seen, which last messages
 /// were, and a signal once they all were.
 struct Progress {
@@ -230,7 +237,10 @@ impl Progress {
 
     /// Records one message; returns whether it was the last one needed.
     fn saw(&self, payload: &[u8]) -> bool {
-        self.first.lock().unwrap().get_or_insert_with(Instant::now);
+        self.first.lock().unwrap().get_or_insert_with(|| {
+            perf_ctl("enable");
+            Instant::now()
+        });
         if !payload.starts_with(b"last-") {
             return false;
         }
@@ -241,6 +251,7 @@ impl Progress {
         }
         let done = lasts.len() == self.partitions;
         if done {
+            perf_ctl("disable");
             *self.last.lock().unwrap() = Some(Instant::now());
         }
         done
@@ -452,39 +463,73 @@ fn throughput_of(c: &mut Criterion, rt: &tokio::runtime::Runtime, shape: Shape) 
     group.finish();
 }
 
-/// `PRODBOX_KAFKA_COUNT=<name>` (a name of [`Kind::ALL`], or `none`): produces the prefetched
-/// topic and reads it once with that consumer, for instruction counts with callgrind:
-/// `PRODBOX_KAFKA_COUNT=<name> valgrind --tool=callgrind <bench binary>`.
+/// `PRODBOX_KAFKA_COUNT=<name>` (a name of [`Kind::ALL`], `interleaved`, or `none`): produces
+/// the prefetched topic and reads it once with that consumer, for instruction counts with
+/// callgrind: `PRODBOX_KAFKA_COUNT=<name> valgrind --tool=callgrind <bench binary>`.
 /// `PRODBOX_KAFKA_COUNT_MESSAGES=<n>` sets the topic's size (default 20,000). A count taken with
 /// `--toggle-collect='kafka::consume::*'` still holds each consumer's fixed costs (creating it,
 /// joining the group): its instructions per message are the difference between two sizes'
 /// counts, divided by the difference in messages.
+///
+/// `PRODBOX_KAFKA_COUNT_ROUNDS=<n>` reads the topic `n` times, a new group each time, printing
+/// each round's time (first message to last). `interleaved` reads it with the floor, `run` and
+/// the own loop in turn, `n` rounds (10 by default), and prints each one's median, mean and
+/// minimum: a same-run comparison in which the machine's noise falls on all three alike.
+/// `PERF_CTL=<fifo>` writes `enable` to the fifo at each round's first message and `disable`
+/// at its last, for `perf record --control=fifo:<fifo> -D -1`: samples of the timed part only.
 fn count(name: &str) {
     let shape = Shape {
-        messages: std::env::var("PRODBOX_KAFKA_COUNT_MESSAGES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(PREFETCHED.messages),
+        messages: env_number("PRODBOX_KAFKA_COUNT_MESSAGES").unwrap_or(PREFETCHED.messages),
         ..PREFETCHED
     };
+    let rounds = env_number("PRODBOX_KAFKA_COUNT_ROUNDS");
+    let kinds: Vec<(&str, Kind)> = match name {
+        "interleaved" => vec![Kind::ALL[2], Kind::ALL[4], Kind::ALL[5]],
+        "none" => Vec::new(),
+        _ => match Kind::ALL.iter().find(|(n, _)| *n == name) {
+            Some(kind) => vec![*kind],
+            None => {
+                panic!("PRODBOX_KAFKA_COUNT names a consumer of Kind::ALL, interleaved or none")
+            }
+        },
+    };
+    let rounds = rounds.unwrap_or(if kinds.len() > 1 { 10 } else { 1 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let topic = unique_topic("bench-count");
+    let mut times = vec![Vec::new(); kinds.len()];
     rt.block_on(async {
         create_topic(&topic, shape.partitions).await;
         produce_topic(&topic, shape).await;
-        if let Some((_, kind)) = Kind::ALL.iter().find(|(n, _)| *n == name) {
-            consume(*kind, &topic, &format!("{topic}-g"), &directory(), shape).await;
-        } else {
-            assert_eq!(
-                name, "none",
-                "PRODBOX_KAFKA_COUNT names a consumer of Kind::ALL, or none"
-            );
+        for round in 0..rounds {
+            for (i, (name, kind)) in kinds.iter().enumerate() {
+                let group = format!("{topic}-g{round}-{i}");
+                let took = consume(*kind, &topic, &group, &directory(), shape).await;
+                if rounds > 1 && kinds.len() == 1 {
+                    eprintln!("{name} round {round}: {:.2} ms", took.as_secs_f64() * 1e3);
+                }
+                times[i].push(took.as_secs_f64() * 1e3);
+            }
         }
     });
+    if kinds.len() > 1 {
+        for ((name, _), times) in kinds.iter().zip(&mut times) {
+            times.sort_by(f64::total_cmp);
+            let mean = times.iter().sum::<f64>() / times.len() as f64;
+            eprintln!(
+                "{name}: median {:.2} ms, mean {mean:.2} ms, min {:.2} ms",
+                times[times.len() / 2],
+                times[0]
+            );
+        }
+    }
+}
+
+fn env_number(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|n| n.parse().ok())
 }
 
 criterion_group!(benches, decision, throughput);
