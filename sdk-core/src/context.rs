@@ -569,8 +569,7 @@ impl<F: Future> FutureExt for F {}
 pub struct WithSandbox<F> {
     #[pin]
     inner: F,
-    /// Taken while it is attached (see `poll`); `None` once the future completed.
-    cx: Option<Context>,
+    cx: Context,
     /// Whether it runs in a production scope (see [`in_scope`]).
     scoped: bool,
 }
@@ -578,11 +577,7 @@ pub struct WithSandbox<F> {
 impl<F> WithSandbox<F> {
     /// `inner`, polled inside `cx` and, if `scoped`, a production scope.
     pub(crate) fn new(inner: F, cx: Context, scoped: bool) -> Self {
-        Self {
-            inner,
-            cx: Some(cx),
-            scoped,
-        }
+        Self { inner, cx, scoped }
     }
 }
 
@@ -591,37 +586,12 @@ impl<F: Future> Future for WithSandbox<F> {
 
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<F::Output> {
         let this = self.project();
-        // Attached by value, not copied: most futures complete in one poll. One that does not
-        // (or panics) takes its context back from the thread before it is detached: the
-        // context it was polled in, which is this one unless the inner future leaked a guard.
-        let Some(cx) = this.cx.take() else {
-            // Polled after it completed: never polled outside its context.
-            return Poll::Pending;
-        };
-        let _guard = cx.attach();
-        let mut back = TakeBack {
-            slot: this.cx,
-            armed: true,
-        };
+        // A copy attached each poll, never the context read back from the thread: a future
+        // holding a guard of its own across an await would otherwise pass its context on to
+        // every later poll.
+        let _guard = this.cx.clone().attach();
         let _scope = this.scoped.then(crate::scope::enter);
-        let poll = this.inner.poll(task);
-        back.armed = poll.is_pending();
-        poll
-    }
-}
-
-/// Puts the attached context back into its future's slot when dropped (after a pending poll,
-/// or a panic in one), while the context is still attached.
-struct TakeBack<'a> {
-    slot: &'a mut Option<Context>,
-    armed: bool,
-}
-
-impl Drop for TakeBack<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            *self.slot = Some(Context::current());
-        }
+        this.inner.poll(task)
     }
 }
 
@@ -726,38 +696,44 @@ mod tests {
         assert_eq!(*inside.lock().unwrap(), vec![Some("pr-42".to_owned()); 3]);
     }
 
-    /// A poll that panics keeps the context for the next poll; a future polled after it
-    /// completed is never polled outside its context (it stays pending).
+    /// A future that holds a guard of its own across an await does not pass its context on:
+    /// after it, the outer future is back in its own context, at once and in later polls.
     #[test]
-    fn a_panic_keeps_the_context_and_a_completed_future_stays_done() {
+    fn a_guard_held_across_an_await_stays_inside() {
         let inside = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = std::sync::Arc::clone(&inside);
-        let mut polls = 0;
-        let future = std::future::poll_fn(move |_| {
-            polls += 1;
+        let future = async move {
+            async {
+                let _held = Context::current().attach();
+                yield_once().await;
+            }
+            .in_sandbox(Sandbox::new("pr-42".parse().unwrap()))
+            .await;
             log.lock()
                 .unwrap()
                 .push(current().map(|s| s.key().to_string()));
-            match polls {
-                1 => panic!("first poll"),
-                _ => Poll::Ready(()),
+            yield_once().await;
+            log.lock()
+                .unwrap()
+                .push(current().map(|s| s.key().to_string()));
+        }
+        .in_context(production());
+        sandboxes_seen(future, 10);
+        assert_eq!(*inside.lock().unwrap(), [None, None]);
+    }
+
+    /// Pending once, then ready.
+    async fn yield_once() {
+        let mut yielded = false;
+        std::future::poll_fn(|task| {
+            if yielded {
+                return Poll::Ready(());
             }
+            yielded = true;
+            task.waker().wake_by_ref();
+            Poll::Pending
         })
-        .in_sandbox(Sandbox::new("pr-42".parse().unwrap()));
-        let mut future = std::pin::pin!(future);
-        let mut task = TaskContext::from_waker(std::task::Waker::noop());
-        let _production = production().attach();
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _ = future.as_mut().poll(&mut task);
-        }));
-        assert!(panicked.is_err());
-        assert_eq!(current().map(|s| s.key().to_string()), None);
-        assert!(future.as_mut().poll(&mut task).is_ready());
-        assert!(
-            future.as_mut().poll(&mut task).is_pending(),
-            "done: never polled again"
-        );
-        assert_eq!(*inside.lock().unwrap(), vec![Some("pr-42".to_owned()); 2]);
+        .await;
     }
 
     #[test]

@@ -39,6 +39,8 @@ struct Counts {
     role: &'static str,
     by_outcome: [AtomicU64; 3],
     skips: Mutex<Vec<Skips>>,
+    /// Flushes so far: a loop that sees it move hands its skips over (see [`LocalSkips`]).
+    flushes: AtomicU64,
 }
 
 /// Skips of one reason and sandbox since the last flush.
@@ -84,6 +86,7 @@ impl Tally {
             role,
             by_outcome: Default::default(),
             skips: Mutex::default(),
+            flushes: AtomicU64::new(0),
         });
         let flusher = counts.topic.is_some().then(|| {
             let counts = Arc::clone(&counts);
@@ -92,6 +95,7 @@ impl Tally {
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;
+                    counts.flushes.fetch_add(1, Ordering::Relaxed);
                     counts.flush();
                 }
             })
@@ -158,6 +162,7 @@ impl Tally {
             tally: self,
             kinds: SmallVec::new(),
             n: 0,
+            flushes: self.counts.flushes.load(Ordering::Relaxed),
         }
     }
 }
@@ -170,11 +175,14 @@ impl Skips {
 
 /// Skips in a loop's hand, added to its consumer's [`Tally`] in batches (under its lock):
 /// every [`LOCAL_BATCH`] skips, when a kind more comes than it holds, before the loop waits
-/// ([`flush`](Self::flush)), and when it is dropped. A skip costs no atomic operation here.
+/// ([`flush`](Self::flush)), at its next message once the tally was flushed since
+/// ([`tick`](Self::tick)), and when it is dropped. A skip costs no atomic operation here.
 pub(crate) struct LocalSkips<'t> {
     tally: &'t Tally,
     kinds: SmallVec<[Skips; LOCAL_KINDS]>,
     n: u32,
+    /// The tally's flushes when this last handed its skips over.
+    flushes: u64,
 }
 
 /// Kinds of skip a loop holds at once.
@@ -213,6 +221,16 @@ impl LocalSkips<'_> {
         self.n += 1;
         if self.n >= LOCAL_BATCH {
             self.flush();
+        } else {
+            self.tick();
+        }
+    }
+
+    /// Hands the skips over if the tally was flushed since they last were: skips reach the
+    /// counters within about a second however busy the loop is.
+    pub(crate) fn tick(&mut self) {
+        if self.n > 0 && self.tally.counts.flushes.load(Ordering::Relaxed) != self.flushes {
+            self.flush();
         }
     }
 
@@ -223,6 +241,7 @@ impl LocalSkips<'_> {
                 .add_skips(skip.reason, skip.sandbox.as_ref(), skip.n);
         }
         self.n = 0;
+        self.flushes = self.tally.counts.flushes.load(Ordering::Relaxed);
     }
 }
 
@@ -238,5 +257,59 @@ impl Drop for Tally {
             flusher.abort();
         }
         self.counts.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Skips the consumer's tally holds: tallied by kind, or counted one by one.
+    fn tallied(tally: &Tally) -> u64 {
+        let by_kind: u64 = tally.counts.skips().iter().map(|skip| skip.n).sum();
+        by_kind + tally.counts.by_outcome[1].load(Ordering::Relaxed)
+    }
+
+    fn key(n: usize) -> SandboxKey {
+        format!("pr-{n}").parse().expect("a key")
+    }
+
+    /// (A current-thread runtime the test never yields to: the flusher does not run.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_loops_skips_all_reach_the_tally() {
+        let tally = Tally::new(Some("t"), "baseline");
+        let mut local = tally.local();
+        let skip = |local: &mut LocalSkips<'_>, key: Option<&SandboxKey>| {
+            local.skip("forked", key, &"t/0@1", || "t");
+        };
+        for _ in 0..LOCAL_BATCH - 1 {
+            skip(&mut local, Some(&key(1)));
+        }
+        assert_eq!(tallied(&tally), 0, "held by the loop");
+        skip(&mut local, Some(&key(1)));
+        assert_eq!(tallied(&tally), 64, "handed over at {LOCAL_BATCH}");
+        skip(&mut local, None);
+        local.tick();
+        assert_eq!(tallied(&tally), 64, "not before the tally is flushed");
+        tally.counts.flushes.fetch_add(1, Ordering::Relaxed);
+        local.tick();
+        assert_eq!(
+            tallied(&tally),
+            65,
+            "handed over once the tally was flushed"
+        );
+        // More kinds than a loop holds, then the loop ends: none lost.
+        for n in 0..10 {
+            skip(&mut local, Some(&key(n)));
+        }
+        drop(local);
+        assert_eq!(tallied(&tally), 75);
+        // More kinds than the tally lists: counted one by one, none lost.
+        let mut local = tally.local();
+        for n in 0..2 * SKIP_KINDS {
+            skip(&mut local, Some(&key(100 + n)));
+        }
+        drop(local);
+        assert_eq!(tallied(&tally), 75 + 2 * SKIP_KINDS as u64);
     }
 }

@@ -282,3 +282,70 @@ async fn handler_closure_body_runs_in_the_message_context() {
         )
     );
 }
+
+/// A handler that leaves its context attached on the thread (a guard forgotten, or held across
+/// an await) does not hand it to the next message: a production message after a sandbox's,
+/// handled in the same poll of the loop, still runs as production, body and future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_left_attached_by_a_handler_does_not_reach_the_next_message() {
+    use rdkafka::Message as _;
+    let topic = unique_topic("routing-leak");
+    create_topic(&topic, 1).await;
+    let directory = MemoryDirectory::new();
+    let mut entry = SandboxEntry::new(key("rt-leak"));
+    entry.created_at = Some(SystemTime::now() - Duration::from_secs(60));
+    directory.upsert(entry);
+    produce(
+        &common::producer(),
+        &topic,
+        &[
+            Out::new("0").sandbox(Some(Sandbox::new(key("rt-leak")))),
+            Out::new("1"),
+            Out::new("2").sandbox(Some(Sandbox::new(key("rt-leak")))),
+            Out::new("3"),
+        ],
+    )
+    .await;
+    let consumer = SandboxConsumer::builder(
+        consumer_config(),
+        &format!("{topic}-g"),
+        Role::baseline("billing"),
+    )
+    .directory(directory)
+    .start(&[&topic])
+    .await
+    .unwrap();
+    // (payload, sandbox in the closure body, sandbox in the future)
+    type Seen = Vec<(String, Option<String>, Option<String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let run = Running::spawn(consumer, {
+        let seen = Arc::clone(&seen);
+        move |message| {
+            let payload =
+                String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+            let in_body = common::current_key();
+            // Careless: the sandbox's context stays attached on this thread for good.
+            std::mem::forget(opentelemetry::Context::current().attach());
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .push((payload, in_body, common::current_key()));
+                Ok::<_, Infallible>(())
+            }
+        }
+    });
+    assert!(eventually(Duration::from_secs(30), || seen.lock().unwrap().len() >= 4).await);
+    run.stop().await;
+    let seen = seen.lock().unwrap().clone();
+    let sandbox = || Some("rt-leak".to_owned());
+    assert_eq!(
+        seen,
+        [
+            ("0".to_owned(), sandbox(), sandbox()),
+            ("1".to_owned(), None, None),
+            ("2".to_owned(), sandbox(), sandbox()),
+            ("3".to_owned(), None, None),
+        ]
+    );
+}

@@ -5,6 +5,7 @@ use std::fmt::Display;
 use std::future::Future;
 
 use prodbox_core::audit::Decision;
+use prodbox_core::context::ContextExt as _;
 use prodbox_core::plumbing::metrics::KafkaOutcome;
 use prodbox_core::{FutureExt, SandboxContext};
 use rdkafka::consumer::{CommitMode, ConsumerContext};
@@ -16,6 +17,9 @@ use crate::shutdown::{Shutdown, pause};
 
 impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// Handles messages with `handler` until `shutdown` completes, then commits what is done.
+    /// `shutdown` is polled before each message only once it has woken its waker (as every
+    /// future does before it completes); one that completes without waking anybody is still
+    /// seen within 64 messages.
     ///
     /// The handler is lent each message for the call, and returns the future that handles
     /// it, which may not hold the loan: read what the work needs (the payload decoded, say)
@@ -45,6 +49,16 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             .in_context(self.production.clone())
             .await;
         self.commit(CommitMode::Sync)
+    }
+
+    /// Whether the thread's context is this consumer's production context itself, not merely
+    /// one without a sandbox (one a handler left behind may carry another message's baggage).
+    fn production_is_current(&self) -> bool {
+        let ours = self.production.sandbox_context().map(std::ptr::from_ref);
+        ours.is_some()
+            && opentelemetry::Context::map_current(|cx| {
+                cx.sandbox_context().map(std::ptr::from_ref) == ours
+            })
     }
 
     /// Handles messages until shutdown.
@@ -109,10 +123,13 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             // handler that builds its follow-up records before its `async` block must tag them
             // with the sandbox.
             let attempt = async { handler(message).await };
-            // Production's context is the loop's own (see `run`).
+            // Production's context is the loop's own (see `run`), unless a handler left another
+            // attached on the thread (a guard forgotten, or held across an await): then
+            // production's is attached for this message.
             let result = match &context {
                 Some(context) => attempt.in_context(super::handled_in(context)).await,
-                None => attempt.await,
+                None if self.production_is_current() => attempt.await,
+                None => attempt.in_context(self.production.clone()).await,
             };
             match result {
                 Ok(()) => {

@@ -251,6 +251,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         };
         let ticket = self.in_flight.take(at.0, at.1, at.2);
         drop(pulling);
+        skips.tick();
         let held = Held {
             consumer: self,
             message: Some(message),
