@@ -129,50 +129,48 @@ mod tests {
 
     use super::*;
 
-    /// Counts its polls; complete once `stop` is set, waking its last waker only if `wakes`.
-    struct Probe<'a> {
-        polls: &'a AtomicUsize,
-        stop: &'a AtomicBool,
-        waker: &'a std::sync::Mutex<Option<Waker>>,
+    /// Counts its polls; complete once `stop` is set; keeps the waker it was last polled with.
+    #[derive(Default)]
+    struct Probe {
+        polls: AtomicUsize,
+        stop: AtomicBool,
+        waker: std::sync::Mutex<Option<Waker>>,
     }
 
-    impl Future for Probe<'_> {
+    /// A future over a [`Probe`].
+    struct Polling<'a>(&'a Probe);
+
+    impl Future for Polling<'_> {
         type Output = ();
 
         fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-            self.polls.fetch_add(1, Ordering::SeqCst);
-            if self.stop.load(Ordering::SeqCst) {
+            let probe = self.0;
+            probe.polls.fetch_add(1, Ordering::SeqCst);
+            if probe.stop.load(Ordering::SeqCst) {
                 return Poll::Ready(());
             }
-            *self.waker.lock().expect("not poisoned") = Some(cx.waker().clone());
+            *probe.waker.lock().expect("not poisoned") = Some(cx.waker().clone());
             Poll::Pending
         }
     }
 
     #[test]
     fn polled_again_only_once_woken() {
-        let (polls, stop, waker) = (
-            AtomicUsize::new(0),
-            AtomicBool::new(false),
-            Default::default(),
-        );
-        let mut probe = Probe {
-            polls: &polls,
-            stop: &stop,
-            waker: &waker,
-        };
-        let mut shutdown = Shutdown::new(Pin::new(&mut probe));
+        let probe = Probe::default();
+        let mut polling = Polling(&probe);
+        let mut shutdown = Shutdown::new(Pin::new(&mut polling));
         assert!(!shutdown.has_come());
         for _ in 0..10 {
             assert!(!shutdown.has_come());
         }
         assert_eq!(
-            polls.load(Ordering::SeqCst),
+            probe.polls.load(Ordering::SeqCst),
             1,
             "not polled while not woken"
         );
-        stop.store(true, Ordering::SeqCst);
-        waker
+        probe.stop.store(true, Ordering::SeqCst);
+        probe
+            .waker
             .lock()
             .expect("not poisoned")
             .take()
@@ -183,25 +181,17 @@ mod tests {
             shutdown.has_come(),
             "still come, without polling a complete future"
         );
-        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        assert_eq!(probe.polls.load(Ordering::SeqCst), 2);
     }
 
     /// A future that completes without waking anybody is still seen, within 64 checks.
     #[test]
     fn a_future_that_never_wakes_is_polled_now_and_then() {
-        let (polls, stop, waker) = (
-            AtomicUsize::new(0),
-            AtomicBool::new(false),
-            Default::default(),
-        );
-        let mut probe = Probe {
-            polls: &polls,
-            stop: &stop,
-            waker: &waker,
-        };
-        let mut shutdown = Shutdown::new(Pin::new(&mut probe));
+        let probe = Probe::default();
+        let mut polling = Polling(&probe);
+        let mut shutdown = Shutdown::new(Pin::new(&mut polling));
         assert!(!shutdown.has_come());
-        stop.store(true, Ordering::SeqCst);
+        probe.stop.store(true, Ordering::SeqCst);
         let checks = (1..=POLL_AT_LEAST_EVERY).find(|_| shutdown.has_come());
         assert!(checks.is_some(), "seen within {POLL_AT_LEAST_EVERY} checks");
     }
@@ -209,17 +199,9 @@ mod tests {
     /// Polled elsewhere (with another waker), it is polled again at the next check.
     #[test]
     fn lent_out_it_is_polled_again() {
-        let (polls, stop, waker) = (
-            AtomicUsize::new(0),
-            AtomicBool::new(false),
-            Default::default(),
-        );
-        let mut probe = Probe {
-            polls: &polls,
-            stop: &stop,
-            waker: &waker,
-        };
-        let mut shutdown = Shutdown::new(Pin::new(&mut probe));
+        let probe = Probe::default();
+        let mut polling = Polling(&probe);
+        let mut shutdown = Shutdown::new(Pin::new(&mut polling));
         assert!(!shutdown.has_come());
         // Polled by someone else, it wakes them, not the watcher.
         let elsewhere = shutdown
@@ -227,7 +209,7 @@ mod tests {
             .as_mut()
             .poll(&mut std::task::Context::from_waker(Waker::noop()));
         assert!(elsewhere.is_pending());
-        stop.store(true, Ordering::SeqCst);
+        probe.stop.store(true, Ordering::SeqCst);
         assert!(shutdown.has_come(), "polled at the next check");
     }
 }

@@ -222,28 +222,12 @@ async fn routing(kind: Loop) {
 /// sandbox that forks nothing, in its context.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_closure_body_runs_in_the_message_context() {
-    let topic = unique_topic("routing-closure");
-    create_topic(&topic, 1).await;
-    let directory = MemoryDirectory::new();
-    let mut entry = SandboxEntry::new(key("rt-closure"));
-    entry.created_at = Some(SystemTime::now() - Duration::from_secs(60));
-    directory.upsert(entry);
-    produce(
-        &common::producer(),
-        &topic,
+    let consumer = baseline_of(
+        "routing-closure",
+        "rt-closure",
         &[Out::new("0").sandbox(Some(Sandbox::new(key("rt-closure"))))],
     )
     .await;
-
-    let consumer = SandboxConsumer::builder(
-        consumer_config(),
-        &format!("{topic}-g"),
-        Role::baseline("billing"),
-    )
-    .directory(directory)
-    .start(&[&topic])
-    .await
-    .unwrap();
     // (sandbox in the closure body, baggage of a record built there, sandbox in the future)
     type Seen = Vec<(Option<String>, Option<String>, Option<String>)>;
     let seen: Arc<Mutex<Seen>> = Arc::default();
@@ -289,32 +273,13 @@ async fn handler_closure_body_runs_in_the_message_context() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_context_left_attached_by_a_handler_does_not_reach_the_next_message() {
     use rdkafka::Message as _;
-    let topic = unique_topic("routing-leak");
-    create_topic(&topic, 1).await;
-    let directory = MemoryDirectory::new();
-    let mut entry = SandboxEntry::new(key("rt-leak"));
-    entry.created_at = Some(SystemTime::now() - Duration::from_secs(60));
-    directory.upsert(entry);
-    produce(
-        &common::producer(),
-        &topic,
-        &[
-            Out::new("0").sandbox(Some(Sandbox::new(key("rt-leak")))),
-            Out::new("1"),
-            Out::new("2").sandbox(Some(Sandbox::new(key("rt-leak")))),
-            Out::new("3"),
-        ],
+    let sandboxed = |payload: &str| Out::new(payload).sandbox(Some(Sandbox::new(key("rt-leak"))));
+    let consumer = baseline_of(
+        "routing-leak",
+        "rt-leak",
+        &[sandboxed("0"), Out::new("1"), sandboxed("2"), Out::new("3")],
     )
     .await;
-    let consumer = SandboxConsumer::builder(
-        consumer_config(),
-        &format!("{topic}-g"),
-        Role::baseline("billing"),
-    )
-    .directory(directory)
-    .start(&[&topic])
-    .await
-    .unwrap();
     // (payload, sandbox in the closure body, sandbox in the future)
     type Seen = Vec<(String, Option<String>, Option<String>)>;
     let seen: Arc<Mutex<Seen>> = Arc::default();
@@ -348,4 +313,26 @@ async fn a_context_left_attached_by_a_handler_does_not_reach_the_next_message() 
             ("3".to_owned(), None, None),
         ]
     );
+}
+
+/// A baseline billing consumer of a new topic holding `records`, with a directory that knows
+/// sandbox `sandbox` (made a minute ago, forking nothing: the baseline handles its records, in
+/// its context).
+async fn baseline_of(topic: &str, sandbox: &str, records: &[Out]) -> SandboxConsumer {
+    let topic = unique_topic(topic);
+    create_topic(&topic, 1).await;
+    let directory = MemoryDirectory::new();
+    let mut entry = SandboxEntry::new(key(sandbox));
+    entry.created_at = Some(SystemTime::now() - Duration::from_secs(60));
+    directory.upsert(entry);
+    produce(&common::producer(), &topic, records).await;
+    SandboxConsumer::builder(
+        consumer_config(),
+        &format!("{topic}-g"),
+        Role::baseline("billing"),
+    )
+    .directory(directory)
+    .start(&[&topic])
+    .await
+    .unwrap()
 }
