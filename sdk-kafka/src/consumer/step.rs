@@ -234,16 +234,12 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         // taken and finished at once.
         let verdict = match self.decide_now(&message) {
             Now::Skip { reason, sandbox } => {
-                let due = self.in_flight.pass(at.0, at.1, at.2);
-                self.skipped(&message, reason, sandbox.as_ref(), skips);
-                self.finished(due);
+                self.pass(&message, at, reason, sandbox.as_ref(), skips);
                 return Err(pulling);
             }
             Now::SkipCut(context) => {
-                let due = self.in_flight.pass(at.0, at.1, at.2);
                 let sandbox = context.sandbox().map(Sandbox::key);
-                self.skipped(&message, self.cut_skip_reason(), sandbox, skips);
-                self.finished(due);
+                self.pass(&message, at, self.cut_skip_reason(), sandbox, skips);
                 return Err(pulling);
             }
             Now::Handle(context) => Ok(context),
@@ -269,6 +265,20 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             },
             Err(verdict) => Pulled::Step(held, verdict),
         })
+    }
+
+    /// Done with `message`, at `at`, as it was pulled: skipped for `reason`, of `sandbox`'s.
+    fn pass(
+        &self,
+        message: &BorrowedMessage<'_>,
+        (topic, partition, offset): (&str, i32, i64),
+        reason: &'static str,
+        sandbox: Option<&SandboxKey>,
+        skips: &mut LocalSkips<'_>,
+    ) {
+        let due = self.in_flight.pass(topic, partition, offset);
+        self.skipped(message, reason, sandbox, skips);
+        self.finished(due);
     }
 
     /// What can be decided of `message` at once, from the filter's memory and the cuts read
