@@ -672,8 +672,8 @@ mod tests {
         seen.into_inner().unwrap()
     }
 
-    /// A future sees its sandbox in every poll, its context attached by value and taken back
-    /// after each pending one; the thread is production's again between polls.
+    /// A future sees its sandbox in every poll; the thread is production's again between
+    /// polls.
     #[test]
     fn every_poll_runs_in_the_sandbox() {
         let inside = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -119,25 +119,6 @@ impl Tally {
 }
 
 impl Tally {
-    /// Audits and counts a skipped message (`detail` names it, `topic()` is its topic) for
-    /// `reason`, of `sandbox`'s: logged now, counted with the rest.
-    pub(crate) fn skip<'t>(
-        &self,
-        reason: &'static str,
-        sandbox: Option<&SandboxKey>,
-        detail: &dyn std::fmt::Display,
-        topic: impl FnOnce() -> &'t str,
-    ) {
-        let event = event(sandbox, Decision::Skipped, reason, Some(detail));
-        audit::log(&event);
-        if self.counts.topic.is_none() {
-            audit::count(&event, 1);
-            self.count(KafkaOutcome::Skipped, topic);
-            return;
-        }
-        self.add_skips(reason, sandbox, 1);
-    }
-
     /// Tallies `n` skips of one kind (the consumer reads one topic).
     fn add_skips(&self, reason: &'static str, sandbox: Option<&SandboxKey>, n: u64) {
         let mut skips = self.counts.skips();
@@ -192,7 +173,9 @@ const LOCAL_KINDS: usize = 4;
 const LOCAL_BATCH: u32 = 64;
 
 impl LocalSkips<'_> {
-    /// As [`Tally::skip`].
+    /// Audits and counts a skipped message (`detail` names it, `topic()` is its topic) for
+    /// `reason`, of `sandbox`'s: logged now, counted with the rest (as it comes, when the
+    /// consumer reads more than one topic).
     pub(crate) fn skip<'m>(
         &mut self,
         reason: &'static str,
@@ -200,11 +183,13 @@ impl LocalSkips<'_> {
         detail: &dyn std::fmt::Display,
         topic: impl FnOnce() -> &'m str,
     ) {
+        let event = event(sandbox, Decision::Skipped, reason, Some(detail));
+        audit::log(&event);
         if self.tally.counts.topic.is_none() {
-            self.tally.skip(reason, sandbox, detail, topic);
+            audit::count(&event, 1);
+            self.tally.count(KafkaOutcome::Skipped, topic);
             return;
         }
-        audit::log(&event(sandbox, Decision::Skipped, reason, Some(detail)));
         match self.kinds.iter_mut().find(|skip| skip.is(reason, sandbox)) {
             Some(skip) => skip.n += 1,
             None => {
