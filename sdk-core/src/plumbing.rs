@@ -97,10 +97,10 @@ pub mod codec {
         codec.memo_key(carrier)
     }
 
-    /// What `codec` has to read in `carrier` (nothing, only a header it can remember, or
-    /// more), found in one pass.
-    pub fn reads<'c, C: Carrier + ?Sized>(codec: &Codec, carrier: &'c C) -> Reads<'c> {
-        codec.reads(carrier)
+    /// What `codec` has to read in headers read into a list of `(name, value)` (nothing, only
+    /// a header it can remember, or more), found in one pass over it.
+    pub fn reads_entries<'c>(codec: &Codec, entries: &[(&'c str, Option<&'c [u8]>)]) -> Reads<'c> {
+        codec.reads_entries(entries)
     }
 
     /// Whether any carrier mentions something of ours, parseable or not.

@@ -147,7 +147,7 @@ impl Filter {
                 Role::Sandbox { .. } => skip("malformed_left_to_baseline", None),
             };
         }
-        let header = match codec::reads(&self.codec, &snapshot) {
+        let header = match codec::reads_entries(&self.codec, snapshot.entries()) {
             // No context of anybody's: decided without the codec or the memory.
             Reads::Nothing => {
                 return match &self.role {

@@ -57,7 +57,7 @@ impl<'a> HeaderSnapshot<'a> {
         );
     }
 
-    fn entries(&self) -> &[Entry<'a>] {
+    pub(crate) fn entries(&self) -> &[Entry<'a>] {
         &self.entries
     }
 }

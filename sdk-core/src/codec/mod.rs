@@ -54,7 +54,7 @@ mod member;
 mod memo;
 mod names;
 /// What [`Codec::extract`] has to read in a carrier (plumbing for prodbox's Kafka filter:
-/// `prodbox_core::plumbing::codec::reads`).
+/// `prodbox_core::plumbing::codec::reads_entries`).
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reads<'c> {
@@ -218,17 +218,42 @@ impl Codec {
     /// What [`extract`](Self::extract) has to read in `carrier`, found in one pass over its
     /// `baggage` values and one over its names.
     pub(crate) fn reads<'c, C: Carrier + ?Sized>(&self, carrier: &'c C) -> Reads<'c> {
-        let cfg = &*self.config;
         let mut values = carrier.get_all(BAGGAGE);
         let first = values.next();
         let more = first.is_some() && values.next().is_some();
-        let legacy = cfg.legacy_carriers && carrier.names().any(|n| legacy_key(n).is_some());
+        let legacy =
+            self.config.legacy_carriers && carrier.names().any(|n| legacy_key(n).is_some());
+        self.reads_found(first, more, legacy)
+    }
+
+    /// The same for a carrier read into a list of `(name, value)`, in one pass over it: what
+    /// a Kafka consumer reads per message.
+    pub(crate) fn reads_entries<'c>(&self, entries: &[(&'c str, Option<&'c [u8]>)]) -> Reads<'c> {
+        let legacy_carriers = self.config.legacy_carriers;
+        let (mut first, mut more, mut legacy) = (None, false, false);
+        for &(name, value) in entries {
+            // As `get_all` compares names: the exact name first, as producers write it.
+            if name == BAGGAGE || name.eq_ignore_ascii_case(BAGGAGE) {
+                if let Some(value) = value {
+                    more |= first.is_some();
+                    first = first.or(Some(value));
+                }
+            } else if legacy_carriers && !legacy {
+                legacy = legacy_key(name).is_some();
+            }
+        }
+        self.reads_found(first, more, legacy)
+    }
+
+    /// What `extract` has to read, given the first `baggage` value, whether there are `more`,
+    /// and whether a `legacy` carrier is present.
+    fn reads_found<'c>(&self, first: Option<&'c [u8]>, more: bool, legacy: bool) -> Reads<'c> {
         match first {
             None if !legacy => Reads::Nothing,
             Some(header)
                 if !legacy
                     && !more
-                    && cfg.remember_headers
+                    && self.config.remember_headers
                     && header.len() <= memo::MAX_HEADER_BYTES =>
             {
                 Reads::Remembered(header)
@@ -481,4 +506,52 @@ pub fn is_single_member(raw: &str) -> bool {
 /// Percent-encodes a baggage value the way the codec writes it.
 pub fn encode_value(value: &str) -> impl std::fmt::Display + '_ {
     utf8_percent_encode(value, VALUE_ENCODE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass read of a list of headers says what the carrier's read says, for every
+    /// mix of `baggage` headers (any case, without value, long), legacy carriers and others,
+    /// whatever the codec's settings.
+    #[test]
+    fn reading_entries_in_one_pass_agrees_with_reading_the_carrier() {
+        let long = "k=".to_owned() + &"v".repeat(memo::MAX_HEADER_BYTES);
+        let headers: [(&str, Option<&str>); 9] = [
+            ("baggage", Some("prodbox.sandbox=pr-42")),
+            ("Baggage", Some("userId=7")),
+            ("BAGGAGE", None),
+            ("baggage", Some(&long)),
+            ("ot-baggage-prodbox.sandbox", Some("pr-42")),
+            ("uberctx-userId", Some("7")),
+            ("uberctx-", Some("empty key: not a carrier")),
+            ("content-type", Some("application/json")),
+            ("ot-baggage-x-bin", Some("binary metadata: not a carrier")),
+        ];
+        let codecs = [
+            Codec::default(),
+            Codec::default().legacy_carriers(false),
+            Codec::default().remember_headers(false),
+        ];
+        // Every subset of the headers, in order.
+        for mask in 0u32..1 << headers.len() {
+            let chosen: Vec<(&str, Option<&[u8]>)> = headers
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, (name, value))| (*name, value.map(str::as_bytes)))
+                .collect();
+            // This carrier has no header without a value: a valueless `baggage` header (a
+            // Kafka header may have none) must count for nothing, as if it were absent.
+            let carrier: Vec<(String, Vec<u8>)> = chosen
+                .iter()
+                .filter_map(|(name, value)| Some(((*name).to_owned(), (*value)?.to_vec())))
+                .collect();
+            for codec in &codecs {
+                let entries = codec.reads_entries(&chosen);
+                assert_eq!(entries, codec.reads(&carrier), "{chosen:?}");
+            }
+        }
+    }
 }
