@@ -325,10 +325,12 @@ async fn baseline(topic: &str, group: &str, directory: &MemoryDirectory) -> Sand
 /// A new consumer group of `kind` reads all of `topic`; returns the time from the first
 /// message it was given to the last (the group join is not timed).
 ///
-/// Every kind consumes in a task of its own, on one of the runtime's worker threads, as a
-/// service's consumers do: never in the `block_on` thread, whose allocations glibc serves from
-/// its main arena, where librdkafka's per-message `calloc` (the header parse's buffer) costs
-/// about 300 instructions more than in a worker's arena.
+/// Every kind consumes in a task of its own, on one of the runtime's worker threads: the same
+/// kind of thread for all. glibc serves each thread from an arena of its own, and what
+/// librdkafka's per-message allocations cost there (its header parse `calloc`s a buffer)
+/// depends on the arena and its history, by a few hundred instructions a message; when the
+/// floor and the own loop ran in `block_on`'s thread and `run` on a worker, that alone put
+/// `run` ahead of the own loop.
 async fn consume(
     kind: Kind,
     topic: &str,
