@@ -97,9 +97,12 @@ pub mod codec {
         codec.memo_key(carrier)
     }
 
-    /// What `codec` has to read in headers read into a list of `(name, value)` (nothing, only
-    /// a header it can remember, or more), found in one pass over it.
-    pub fn reads_entries<'c>(codec: &Codec, entries: &[(&'c str, Option<&'c [u8]>)]) -> Reads<'c> {
+    /// What `codec` has to read in headers listed as `(name, value)` (nothing, only a header
+    /// it can remember, or more), found in one pass over them.
+    pub fn reads_entries<'c>(
+        codec: &Codec,
+        entries: impl IntoIterator<Item = (&'c str, Option<&'c [u8]>)>,
+    ) -> Reads<'c> {
         codec.reads_entries(entries)
     }
 

@@ -136,18 +136,17 @@ impl Filter {
                 Role::Sandbox { .. } => skip("untagged", None),
             };
         };
-        let mut snapshot = HeaderSnapshot::new();
-        if readable(|| snapshot.read(headers)).is_none() {
-            // A header name that is not UTF-8: rdkafka cannot even list the headers.
-            let error = BaggageError::InvalidUtf8 {
-                carrier: "a header name".to_owned(),
-            };
-            return match &self.role {
-                Role::Baseline { .. } => Verdict::DeadLetter(error),
-                Role::Sandbox { .. } => skip("malformed_left_to_baseline", None),
-            };
-        }
-        let header = match codec::reads_entries(&self.codec, snapshot.entries()) {
+        // One pass over the headers as rdkafka lists them, copying nothing: nearly every
+        // message is decided from it (no baggage, or baggage remembered).
+        let Some(reads) = readable(|| {
+            let entries = (0..headers.count())
+                .filter_map(|i| headers.try_get(i))
+                .map(|h| (h.key, h.value));
+            codec::reads_entries(&self.codec, entries)
+        }) else {
+            return self.unreadable();
+        };
+        let header = match reads {
             // No context of anybody's: decided without the codec or the memory.
             Reads::Nothing => {
                 return match &self.role {
@@ -170,6 +169,11 @@ impl Filter {
             }
             None => None,
         };
+        // The codec reads the headers more than once: read into a snapshot first.
+        let mut snapshot = HeaderSnapshot::new();
+        if readable(|| snapshot.read(headers)).is_none() {
+            return self.unreadable();
+        }
         let mut validity = Validity::default();
         let verdict = self.decide_afresh(&snapshot, clock.now(), &mut validity);
         if let (Some(miss), Some((header, generation)), Some(valid_until)) =
@@ -183,6 +187,17 @@ impl Filter {
             verdict_memory::remember(miss, basis, header, &verdict);
         }
         verdict
+    }
+
+    /// A message with a header name that is not UTF-8: rdkafka cannot even list its headers.
+    fn unreadable(&self) -> Verdict {
+        let error = BaggageError::InvalidUtf8 {
+            carrier: "a header name".to_owned(),
+        };
+        match &self.role {
+            Role::Baseline { .. } => Verdict::DeadLetter(error),
+            Role::Sandbox { .. } => skip("malformed_left_to_baseline", None),
+        }
     }
 
     /// Decides from the codec and the directory, noting in `validity` the expiries the verdict

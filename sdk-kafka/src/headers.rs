@@ -57,7 +57,7 @@ impl<'a> HeaderSnapshot<'a> {
         );
     }
 
-    pub(crate) fn entries(&self) -> &[Entry<'a>] {
+    fn entries(&self) -> &[Entry<'a>] {
         &self.entries
     }
 }

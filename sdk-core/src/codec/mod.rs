@@ -226,12 +226,15 @@ impl Codec {
         self.reads_found(first, more, legacy)
     }
 
-    /// The same for a carrier read into a list of `(name, value)`, in one pass over it: what
-    /// a Kafka consumer reads per message.
-    pub(crate) fn reads_entries<'c>(&self, entries: &[(&'c str, Option<&'c [u8]>)]) -> Reads<'c> {
+    /// The same for headers listed as `(name, value)`, in one pass over them: what a Kafka
+    /// consumer reads per message.
+    pub(crate) fn reads_entries<'c>(
+        &self,
+        entries: impl IntoIterator<Item = (&'c str, Option<&'c [u8]>)>,
+    ) -> Reads<'c> {
         let legacy_carriers = self.config.legacy_carriers;
         let (mut first, mut more, mut legacy) = (None, false, false);
-        for &(name, value) in entries {
+        for (name, value) in entries {
             // As `get_all` compares names: the exact name first, as producers write it.
             if name == BAGGAGE || name.eq_ignore_ascii_case(BAGGAGE) {
                 if let Some(value) = value {
@@ -549,7 +552,7 @@ mod tests {
                 .filter_map(|(name, value)| Some(((*name).to_owned(), (*value)?.to_vec())))
                 .collect();
             for codec in &codecs {
-                let entries = codec.reads_entries(&chosen);
+                let entries = codec.reads_entries(chosen.iter().copied());
                 assert_eq!(entries, codec.reads(&carrier), "{chosen:?}");
             }
         }
