@@ -73,22 +73,28 @@ impl Parts {
     fn held(&mut self, topic: &str, partition: i32) -> &mut Part {
         let at = match self.at(topic, partition) {
             Some(at) => at,
-            None => {
-                self.tenures += 1;
-                self.list.push(Part {
-                    topic: topic.into(),
-                    partition,
-                    tenure: self.tenures,
-                    pending: VecDeque::new(),
-                    finished: None,
-                    decided: None,
-                    given: None,
-                    abandoned: Vec::new(),
-                });
-                self.list.len() - 1
-            }
+            None => self.hold(topic, partition),
         };
         &mut self.list[at]
+    }
+
+    /// A new part for `topic`/`partition`; where it is. Once per partition assigned: kept out
+    /// of line, so that the lookup of every message stays small.
+    #[cold]
+    #[inline(never)]
+    fn hold(&mut self, topic: &str, partition: i32) -> usize {
+        self.tenures += 1;
+        self.list.push(Part {
+            topic: topic.into(),
+            partition,
+            tenure: self.tenures,
+            pending: VecDeque::new(),
+            finished: None,
+            decided: None,
+            given: None,
+            abandoned: Vec::new(),
+        });
+        self.list.len() - 1
     }
 
     /// Counts a message finished; returns whether a batch of positions is due.
