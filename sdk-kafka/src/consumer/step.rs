@@ -232,7 +232,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         let at = (self.topic(&message), message.partition(), message.offset());
         // Most messages are decided here, as they are pulled, without a future: a skip is
         // taken and finished at once.
-        let verdict = match self.decide_now(&message) {
+        let verdict = match self.decide_now(&message, at) {
             Now::Skip { reason, sandbox } => {
                 self.pass(&message, at, reason, sandbox.as_ref(), skips);
                 return Err(pulling);
@@ -281,9 +281,9 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         self.finished(due);
     }
 
-    /// What can be decided of `message` at once, from the filter's memory and the cuts read
-    /// so far: nearly every message.
-    fn decide_now(&self, message: &BorrowedMessage<'_>) -> Now {
+    /// What can be decided of `message`, at `at`, at once, from the filter's memory and the
+    /// cuts read so far: nearly every message.
+    fn decide_now(&self, message: &BorrowedMessage<'_>, at: (&str, i32, i64)) -> Now {
         // Observing, or a stale directory (see `step`): decided by the step.
         if self.observe
             || (self.filter.directory().is_stale()
@@ -298,7 +298,6 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             Verdict::Skip { reason, sandbox } => Now::Skip { reason, sandbox },
             Verdict::Process(context) => Now::Handle(context),
             Verdict::Cut { context, forking } => {
-                let at = (self.topic(message), message.partition(), message.offset());
                 let cut = context
                     .sandbox()
                     .and_then(|sandbox| self.cuts.decided(sandbox.key(), forking, at));
