@@ -12,19 +12,32 @@
 //!   in its slot just before, so a stream of one-off keys (a request id among the members)
 //!   costs no copy and no allocation.
 
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
+use std::sync::{RwLock, TryLockError};
 
-/// `N` slots of `T`. Made in a `static` (or a `thread_local!`) with [`Slots::new`].
-pub struct Slots<T, const N: usize>([Slot<T>; N]);
+/// `N` slots of `T`, shared by threads. Made in a `static` with [`Slots::new`].
+pub struct Slots<T, const N: usize>([Slot<RwLock<Held<T>>>; N]);
+
+/// The same for one thread: made in a `thread_local!` with [`LocalSlots::new`], they take no
+/// atomic operation (two per lookup in [`Slots`], as much as the rest of a lookup).
+pub struct LocalSlots<T, const N: usize>([Slot<RefCell<Held<T>>>; N]);
 
 /// One slot per cache line, so that threads working on different keys do not contend.
 #[repr(align(64))]
-struct Slot<T>(RwLock<Held<T>>);
+struct Slot<L>(L);
 
 struct Held<T> {
     value: Option<T>,
     /// The hash of the last key that missed here (for [`Keep::OnSecondMiss`]).
     candidate: u64,
+}
+
+impl<T> Held<T> {
+    const EMPTY: Self = Self {
+        value: None,
+        candidate: 0,
+    };
 }
 
 /// Where a key that missed would be kept.
@@ -43,63 +56,112 @@ pub enum Keep {
     OnSecondMiss,
 }
 
+/// How a slot is read and written: never waiting (`None` when it is busy).
+trait Lock {
+    type Value;
+    fn read(&self) -> Option<impl Deref<Target = Held<Self::Value>>>;
+    fn write(&self) -> Option<impl DerefMut<Target = Held<Self::Value>>>;
+}
+
+impl<T> Lock for RwLock<Held<T>> {
+    type Value = T;
+
+    fn read(&self) -> Option<impl Deref<Target = Held<T>>> {
+        match self.try_read() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    fn write(&self) -> Option<impl DerefMut<Target = Held<T>>> {
+        match self.try_write() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+}
+
+/// Busy only while the same thread uses it further up its stack.
+impl<T> Lock for RefCell<Held<T>> {
+    type Value = T;
+
+    fn read(&self) -> Option<impl Deref<Target = Held<T>>> {
+        self.try_borrow().ok()
+    }
+
+    fn write(&self) -> Option<impl DerefMut<Target = Held<T>>> {
+        self.try_borrow_mut().ok()
+    }
+}
+
 impl<T, const N: usize> Slots<T, N> {
     /// Empty slots.
     #[allow(clippy::new_without_default)] // made in statics, where only a const fn will do
     pub const fn new() -> Self {
-        Self(
-            [const {
-                Slot(RwLock::new(Held {
-                    value: None,
-                    candidate: 0,
-                }))
-            }; N],
-        )
+        Self([const { Slot(RwLock::new(Held::EMPTY)) }; N])
     }
 
     /// What `read` makes of the value in `hash`'s slot (`None` when it is not the caller's
     /// key); otherwise where to keep the caller's value.
     pub fn get<R>(&self, hash: u64, read: impl FnOnce(&T) -> Option<R>) -> Result<R, Miss> {
-        // The high bits are the best mixed.
-        let miss = Miss {
-            slot: (hash >> 32) as usize % N.max(1),
-            hash,
-        };
-        self.read(miss.slot)
-            .and_then(|held| held.value.as_ref().and_then(read))
-            .ok_or(miss)
+        get(&self.0, hash, read)
     }
 
     /// Keeps `value` where the key missed, as `keep` says; `value` is made only when it is kept.
     pub fn put(&self, miss: Miss, keep: Keep, value: impl FnOnce() -> T) {
-        let Some(mut held) = self.write(miss.slot) else {
-            return;
-        };
-        if keep == Keep::OnSecondMiss && held.candidate != miss.hash {
-            held.candidate = miss.hash;
-            return;
-        }
-        let evicted = held.value.replace(value());
-        // The evicted value is dropped after the slot is free again.
-        drop(held);
-        drop(evicted);
+        put(&self.0, miss, keep, value);
+    }
+}
+
+impl<T, const N: usize> LocalSlots<T, N> {
+    /// Empty slots.
+    #[allow(clippy::new_without_default)] // made in thread locals, where only a const fn will do
+    pub const fn new() -> Self {
+        Self([const { Slot(RefCell::new(Held::EMPTY)) }; N])
     }
 
-    fn read(&self, slot: usize) -> Option<RwLockReadGuard<'_, Held<T>>> {
-        match self.0.get(slot)?.0.try_read() {
-            Ok(guard) => Some(guard),
-            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        }
+    /// As [`Slots::get`].
+    pub fn get<R>(&self, hash: u64, read: impl FnOnce(&T) -> Option<R>) -> Result<R, Miss> {
+        get(&self.0, hash, read)
     }
 
-    fn write(&self, slot: usize) -> Option<RwLockWriteGuard<'_, Held<T>>> {
-        match self.0.get(slot)?.0.try_write() {
-            Ok(guard) => Some(guard),
-            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        }
+    /// As [`Slots::put`].
+    pub fn put(&self, miss: Miss, keep: Keep, value: impl FnOnce() -> T) {
+        put(&self.0, miss, keep, value);
     }
+}
+
+fn get<L: Lock, R>(
+    slots: &[Slot<L>],
+    hash: u64,
+    read: impl FnOnce(&L::Value) -> Option<R>,
+) -> Result<R, Miss> {
+    // The high bits are the best mixed.
+    let miss = Miss {
+        slot: (hash >> 32) as usize % slots.len().max(1),
+        hash,
+    };
+    slots
+        .get(miss.slot)
+        .and_then(|slot| slot.0.read())
+        .and_then(|held| held.value.as_ref().and_then(read))
+        .ok_or(miss)
+}
+
+fn put<L: Lock>(slots: &[Slot<L>], miss: Miss, keep: Keep, value: impl FnOnce() -> L::Value) {
+    let Some(mut held) = slots.get(miss.slot).and_then(|slot| slot.0.write()) else {
+        return;
+    };
+    if keep == Keep::OnSecondMiss && held.candidate != miss.hash {
+        held.candidate = miss.hash;
+        return;
+    }
+    let evicted = held.value.replace(value());
+    // The evicted value is dropped after the slot is free again.
+    drop(held);
+    drop(evicted);
 }
 
 #[cfg(test)]
@@ -153,11 +215,34 @@ mod tests {
         let slots: Slots<(u64, String), 1> = Slots::new();
         let miss = slots.get(1, same(1)).unwrap_err();
         slots.put(miss, Keep::Now, || (1, "one".to_owned()));
-        let held = slots.write(0).unwrap();
+        let held = slots.0[0].0.write().unwrap();
         assert!(slots.get(1, same(1)).is_err());
         slots.put(miss, Keep::Now, || unreachable!("the slot is busy"));
         drop(held);
         assert_eq!(slots.get(1, same(1)).ok().as_deref(), Some("one"));
+    }
+
+    /// Local slots behave as shared ones, and a slot the thread is reading further up its
+    /// stack is read again but not written.
+    #[test]
+    fn local_slots_keep_find_and_never_write_a_slot_in_use() {
+        let slots: LocalSlots<(u64, String), 4> = LocalSlots::new();
+        let miss = slots.get(3 << 32, same(3)).unwrap_err();
+        slots.put(miss, Keep::OnSecondMiss, || {
+            unreachable!("kept on the first miss")
+        });
+        let miss = slots.get(3 << 32, same(3)).unwrap_err();
+        slots.put(miss, Keep::OnSecondMiss, || (3, "three".to_owned()));
+        let nested = slots.get(3 << 32, |(k, v)| {
+            assert_eq!(slots.get(3 << 32, same(3)).ok().as_deref(), Some("three"));
+            slots.put(miss, Keep::Now, || unreachable!("the slot is being read"));
+            (*k == 3).then(|| v.clone())
+        });
+        assert_eq!(nested.ok().as_deref(), Some("three"));
+        // 7 << 32 shares the slot: a miss, then it evicts.
+        let miss = slots.get(7 << 32, same(7)).unwrap_err();
+        slots.put(miss, Keep::Now, || (7, "seven".to_owned()));
+        assert!(slots.get(3 << 32, same(3)).is_err(), "evicted");
     }
 
     #[test]
@@ -167,7 +252,7 @@ mod tests {
         slots.put(miss, Keep::Now, || (1, "one".to_owned()));
         let poisoner = std::sync::Arc::clone(&slots);
         let _ = std::thread::spawn(move || {
-            let _held = poisoner.write(0);
+            let _held = poisoner.0[0].0.write();
             panic!("poison the slot");
         })
         .join();
