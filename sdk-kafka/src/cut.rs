@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,7 +57,16 @@ pub(crate) struct Cuts {
 /// Looked up for every record of a forked sandbox: hashed with foldhash, not SipHash.
 type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-type Cache = Arc<Mutex<ByTopic>>;
+type Cache = Arc<Shared>;
+
+/// A consumer's cuts read, shared with what forgets them.
+#[derive(Default)]
+struct Shared {
+    by_topic: Mutex<ByTopic>,
+    /// Moves at every change of `by_topic`, under its lock: a loop's copy of a partition's cuts
+    /// ([`Recent`]) holds while it has not moved.
+    version: AtomicU64,
+}
 
 /// Cuts read, by topic, then partition. A consumer reads a few topics: a short list compared
 /// in order costs less than hashing a topic name for every record. Past [`FEW_TOPICS`], the
@@ -128,14 +137,51 @@ pub(crate) struct Forget(Cache);
 
 impl Forget {
     pub(crate) fn all(&self) {
-        lock(&self.0).clear();
+        change(&self.0).clear();
     }
 }
 
 fn lock(cache: &Cache) -> std::sync::MutexGuard<'_, ByTopic> {
     cache
+        .by_topic
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The lock, to change what it guards: every copy made before is out of date.
+fn change(cache: &Cache) -> std::sync::MutexGuard<'_, ByTopic> {
+    let by_topic = lock(cache);
+    cache.version.fetch_add(1, Ordering::Release);
+    by_topic
+}
+
+/// Copies of the cuts a loop decided by last, a few partitions' and sandboxes' worth: the next
+/// record of the same sandbox and partition is decided from its copy, without the cache's lock,
+/// while the cache has not changed since. That is nearly every record of a busy partition.
+#[derive(Default)]
+pub(crate) struct Recent([Option<Copied>; RECENT]);
+
+const RECENT: usize = 4;
+
+/// One partition's ranges of one sandbox, as the cache held them at `version`.
+struct Copied {
+    version: u64,
+    topic: Box<str>,
+    partition: i32,
+    sandbox: SandboxKey,
+    ranges: Vec<Range>,
+    behind: i64,
+}
+
+impl Recent {
+    /// Where the copy for `partition` and `sandbox` is kept. Only how often copies evict each
+    /// other depends on it: a copy is used only for the very topic, partition and sandbox. A
+    /// sandbox's key, recalled from the filter's memory, is one allocation, so its address
+    /// tells sandboxes apart at no cost.
+    fn slot(&mut self, partition: i32, sandbox: &SandboxKey) -> &mut Option<Copied> {
+        let address = sandbox.as_str().as_ptr() as usize >> 4;
+        &mut self.0[(address ^ partition as u32 as usize) % RECENT]
+    }
 }
 
 impl Known {
@@ -214,7 +260,7 @@ impl Cuts {
     }
 
     fn store(&self, (topic, partition): (&str, i32), cuts: PartitionCuts, behind: i64) {
-        let mut cache = lock(&self.cache);
+        let mut cache = change(&self.cache);
         // Bounded by the partitions in use; forgotten wholesale past that.
         if cache.len() >= 16_384 {
             cache.clear();
@@ -230,7 +276,7 @@ impl Cuts {
 
     /// Notes a sandbox's ranges as just recorded, keeping the rest of the partition's cuts.
     fn note(&self, (topic, partition): (&str, i32), sandbox: &SandboxKey, ranges: Vec<Range>) {
-        if let Some(known) = lock(&self.cache)
+        if let Some(known) = change(&self.cache)
             .get_mut(topic)
             .and_then(|partitions| partitions.get_mut(&partition))
         {
@@ -247,32 +293,78 @@ impl Cuts {
         forking: Option<i64>,
         (topic, partition, offset): (&str, i32, i64),
     ) -> Option<Cut> {
-        match &self.role {
-            Side::Baseline { .. } => self.with_cached((topic, partition), |known| {
-                let ranges = known.of(sandbox);
-                (!changes(ranges, forking, offset)).then(|| Self::baseline_by(ranges, offset))
-            }),
-            Side::Fork { incarnation, .. } => {
-                self.fork_cached(sandbox, *incarnation, (topic, partition, offset))
-            }
-        }
+        self.with_cached((topic, partition), |known| {
+            self.by(known.of(sandbox), known.behind, forking, offset)
+        })
     }
 
-    fn fork_cached(
+    /// The same, from the copy in `recent` while the cache has not changed since it was made,
+    /// and otherwise under the lock, copying what it read into `recent` for the next record.
+    pub(crate) fn decided_recent(
         &self,
+        recent: &mut Recent,
         sandbox: &SandboxKey,
-        incarnation: i64,
+        forking: Option<i64>,
         (topic, partition, offset): (&str, i32, i64),
     ) -> Option<Cut> {
-        self.with_cached((topic, partition), |known| {
-            (offset < known.behind).then(|| {
-                if owner(known.of(sandbox), offset) == Some(incarnation) {
+        let version = self.cache.version.load(Ordering::Acquire);
+        let slot = recent.slot(partition, sandbox);
+        if let Some(copy) = slot.as_ref().filter(|copy| {
+            copy.version == version
+                && copy.partition == partition
+                && copy.sandbox == *sandbox
+                && *copy.topic == *topic
+        }) {
+            return self.by(&copy.ranges, copy.behind, forking, offset);
+        }
+        let by_topic = lock(&self.cache);
+        let known = by_topic.get(topic)?.get(&partition)?;
+        let ranges = known.of(sandbox);
+        // Read under the lock: the version of what is copied.
+        let version = self.cache.version.load(Ordering::Relaxed);
+        match slot {
+            Some(copy) => {
+                copy.version = version;
+                if *copy.topic != *topic {
+                    copy.topic = topic.into();
+                }
+                copy.partition = partition;
+                if copy.sandbox != *sandbox {
+                    copy.sandbox = sandbox.clone();
+                }
+                copy.ranges.clear();
+                copy.ranges.extend_from_slice(ranges);
+                copy.behind = known.behind;
+            }
+            None => {
+                *slot = Some(Copied {
+                    version,
+                    topic: topic.into(),
+                    partition,
+                    sandbox: sandbox.clone(),
+                    ranges: ranges.to_vec(),
+                    behind: known.behind,
+                });
+            }
+        }
+        self.by(ranges, known.behind, forking, offset)
+    }
+
+    /// What a partition's `ranges` of a sandbox, read when the baseline had committed up to
+    /// `behind`, say of its record at `offset`, when they say it with nothing to record.
+    fn by(&self, ranges: &[Range], behind: i64, forking: Option<i64>, offset: i64) -> Option<Cut> {
+        match &self.role {
+            Side::Baseline { .. } => {
+                (!changes(ranges, forking, offset)).then(|| Self::baseline_by(ranges, offset))
+            }
+            Side::Fork { incarnation, .. } => (offset < behind).then(|| {
+                if owner(ranges, offset) == Some(*incarnation) {
                     Cut::Handle
                 } else {
                     Cut::Skip
                 }
-            })
-        })
+            }),
+        }
     }
 
     /// Whether this consumer handles the record at `offset` of `sandbox`'s, whose incarnation
@@ -286,14 +378,7 @@ impl Cuts {
     ) -> Cut {
         match &self.role {
             Side::Baseline { away } => self.as_baseline(sandbox, forking, at, away, shutdown).await,
-            Side::Fork {
-                incarnation,
-                progress,
-                ..
-            } => {
-                self.as_fork(sandbox, *incarnation, progress, at, shutdown)
-                    .await
-            }
+            Side::Fork { progress, .. } => self.as_fork(sandbox, progress, at, shutdown).await,
         }
     }
 
@@ -405,13 +490,12 @@ impl Cuts {
     async fn as_fork<S: Future<Output = ()>>(
         &self,
         sandbox: &SandboxKey,
-        incarnation: i64,
         progress: &Arc<BaseConsumer>,
         (topic, partition, offset): (&str, i32, i64),
         shutdown: &mut Pin<&mut S>,
     ) -> Cut {
         loop {
-            if let Some(cut) = self.fork_cached(sandbox, incarnation, (topic, partition, offset)) {
+            if let Some(cut) = self.decided(sandbox, None, (topic, partition, offset)) {
                 return cut;
             }
             // The baseline's committed offset first, then the ranges: any cut at or before a
@@ -585,5 +669,145 @@ mod tests {
         by_topic.clear();
         assert_eq!(by_topic.len(), 0);
         assert!(by_topic.get("topic-0").is_none());
+    }
+
+    mod recent {
+        use prodbox_core::directory::MemoryDirectory;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Cuts read for a partition (as `store` keeps them).
+            Store(u8, i32, Vec<(u8, Vec<Range>)>, i64),
+            /// A sandbox's ranges just recorded (as `note` keeps them).
+            Note(u8, i32, u8, Vec<Range>),
+            /// A rebalance.
+            Forget,
+            /// One loop decides a record; `fresh`: with a key of its own, not the shared one.
+            Decide {
+                on: usize,
+                topic: u8,
+                partition: i32,
+                sandbox: u8,
+                fresh: bool,
+                forking: Option<i64>,
+                offset: i64,
+            },
+        }
+
+        fn range() -> impl Strategy<Value = Range> + Clone {
+            (0..3i64, 0..20i64, proptest::option::of(0..10i64)).prop_map(
+                |(incarnation, start, length)| Range {
+                    incarnation,
+                    start,
+                    end: length.map(|length| start + length),
+                },
+            )
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let ranges = proptest::collection::vec(range(), 0..3);
+            // Mostly decisions: a copy is used only until the cache changes.
+            prop_oneof![
+                2 => (
+                    0..2u8,
+                    0..3i32,
+                    proptest::collection::vec((0..SANDBOXES, ranges.clone()), 0..4),
+                    0..25i64
+                )
+                    .prop_map(|(t, p, cuts, behind)| Op::Store(t, p, cuts, behind)),
+                2 => (0..2u8, 0..3i32, 0..SANDBOXES, ranges).prop_map(|(t, p, s, r)| Op::Note(t, p, s, r)),
+                1 => Just(Op::Forget),
+                12 => (
+                    0..2usize,
+                    0..2u8,
+                    0..3i32,
+                    0..SANDBOXES,
+                    any::<bool>(),
+                    proptest::option::of(0..3i64),
+                    0..30i64
+                )
+                    .prop_map(|(on, topic, partition, sandbox, fresh, forking, offset)| {
+                        Op::Decide {
+                            on,
+                            topic,
+                            partition,
+                            sandbox,
+                            fresh,
+                            forking,
+                            offset,
+                        }
+                    }),
+            ]
+        }
+
+        /// More than a loop keeps copies of: some share a place.
+        const SANDBOXES: u8 = 2 * RECENT as u8;
+
+        fn key(n: u8) -> SandboxKey {
+            SandboxKey::new(&format!("pr-{n}")).expect("a key")
+        }
+
+        fn topic(n: u8) -> String {
+            format!("orders-{n}")
+        }
+
+        fn cuts_of(role: u8) -> Cuts {
+            let directory: Arc<dyn Directory> = Arc::new(MemoryDirectory::new());
+            if role == 0 {
+                return Cuts::baseline(directory, "billing");
+            }
+            // One for every case: it is never asked anything here.
+            static PROGRESS: std::sync::OnceLock<Arc<BaseConsumer>> = std::sync::OnceLock::new();
+            let progress = PROGRESS.get_or_init(|| {
+                let consumer = ClientConfig::new()
+                    .set("group.id", "billing")
+                    .create::<BaseConsumer>()
+                    .expect("a consumer that never connects");
+                Arc::new(consumer)
+            });
+            Cuts::fork(directory, "billing", (key(1), 1), Arc::clone(progress))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            /// Two loops deciding from their copies agree with the cache at every step,
+            /// whatever it stores, notes or forgets in between, for either role.
+            #[test]
+            fn a_loops_copies_always_agree_with_the_cache(
+                role in 0..2u8,
+                ops in proptest::collection::vec(op(), 1..120),
+            ) {
+                let cuts = cuts_of(role);
+                let forget = cuts.forget();
+                let keys: Vec<SandboxKey> = (0..SANDBOXES).map(key).collect();
+                let mut loops = [Recent::default(), Recent::default()];
+                for op in ops {
+                    match op {
+                        Op::Store(t, partition, by_sandbox, behind) => {
+                            let cuts_read = by_sandbox
+                                .into_iter()
+                                .map(|(s, ranges)| (key(s), ranges))
+                                .collect();
+                            cuts.store((&topic(t), partition), cuts_read, behind);
+                        }
+                        Op::Note(t, partition, s, ranges) => {
+                            cuts.note((&topic(t), partition), &keys[s as usize], ranges);
+                        }
+                        Op::Forget => forget.all(),
+                        Op::Decide { on, topic: t, partition, sandbox, fresh, forking, offset } => {
+                            let sandbox = if fresh { key(sandbox) } else { keys[sandbox as usize].clone() };
+                            let at = (topic(t), partition, offset);
+                            let at = (at.0.as_str(), at.1, at.2);
+                            let copied = cuts.decided_recent(&mut loops[on], &sandbox, forking, at);
+                            prop_assert_eq!(copied, cuts.decided(&sandbox, forking, at));
+                        }
+                    }
+                }
+            }
+        }
     }
 }

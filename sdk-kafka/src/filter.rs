@@ -1,6 +1,7 @@
 //! Which consumer handles which message: the pure decision, kept apart from the consumer loop
 //! so that it can be tested and measured on its own.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -130,11 +131,22 @@ impl Filter {
         headers: Option<&H>,
         clock: &mut Clock,
     ) -> Verdict {
+        self.decide_with(headers, clock, |verdict| verdict.into_owned())
+    }
+
+    /// What `decide` makes of the verdict, lent when it is remembered: a consumer takes what
+    /// it needs of it, and most of a verdict it skips by is never copied.
+    pub(crate) fn decide_with<H: Headers + ?Sized, R>(
+        &self,
+        headers: Option<&H>,
+        clock: &mut Clock,
+        decide: impl FnOnce(Cow<'_, Verdict>) -> R,
+    ) -> R {
         let Some(headers) = headers else {
-            return match &self.role {
+            return decide(Cow::Owned(match &self.role {
                 Role::Baseline { .. } => Verdict::Process(None),
                 Role::Sandbox { .. } => skip("untagged", None),
-            };
+            }));
         };
         // One pass over the headers as rdkafka lists them, copying nothing: nearly every
         // message is decided from it (no baggage, or baggage remembered).
@@ -144,15 +156,15 @@ impl Filter {
                 .map(|h| (h.key, h.value));
             codec::reads_entries(&self.codec, entries)
         }) else {
-            return self.unreadable();
+            return decide(Cow::Owned(self.unreadable()));
         };
         let header = match reads {
             // No context of anybody's: decided without the codec or the memory.
             Reads::Nothing => {
-                return match &self.role {
+                return decide(Cow::Owned(match &self.role {
                     Role::Baseline { .. } => Verdict::Process(None),
                     Role::Sandbox { .. } => skip("untagged", None),
-                };
+                }));
             }
             Reads::Remembered(header) => Some(header),
             Reads::Other { .. } => None,
@@ -160,19 +172,20 @@ impl Filter {
         // Read before the lookups it covers: a change in between only makes the remembered
         // decision unusable, never wrong.
         let remembering = header.zip(self.directory.generation());
-        let miss = match remembering {
+        let (miss, decide) = match remembering {
             Some((header, generation)) => {
-                match verdict_memory::recall(self.id, generation, header, clock) {
-                    Ok(verdict) => return verdict,
-                    Err(miss) => miss,
+                let lend = |verdict: &Verdict| decide(Cow::Borrowed(verdict));
+                match verdict_memory::recall(self.id, generation, header, clock, lend) {
+                    Ok(decided) => return decided,
+                    Err((miss, lend)) => (miss, Decide::Lent(lend)),
                 }
             }
-            None => None,
+            None => (None, Decide::Given(decide)),
         };
         // The codec reads the headers more than once: read into a snapshot first.
         let mut snapshot = HeaderSnapshot::new();
         if readable(|| snapshot.read(headers)).is_none() {
-            return self.unreadable();
+            return decide.verdict(self.unreadable());
         }
         let mut validity = Validity::default();
         let verdict = self.decide_afresh(&snapshot, clock.now(), &mut validity);
@@ -186,7 +199,7 @@ impl Filter {
             };
             verdict_memory::remember(miss, basis, header, &verdict);
         }
-        verdict
+        decide.verdict(verdict)
     }
 
     /// A message with a header name that is not UTF-8: rdkafka cannot even list its headers.
@@ -276,6 +289,22 @@ impl Filter {
             (Role::Sandbox { .. }, false) => skip("untagged", None),
             (Role::Baseline { .. }, true) => Verdict::DeadLetter(error),
             (Role::Sandbox { .. }, true) => skip("malformed_left_to_baseline", None),
+        }
+    }
+}
+
+/// What a caller of `decide_with` makes of a verdict, given once: as it was passed in, or as
+/// the memory gave it back after a miss.
+enum Decide<G, L> {
+    Given(G),
+    Lent(L),
+}
+
+impl<R, G: FnOnce(Cow<'_, Verdict>) -> R, L: FnOnce(&Verdict) -> R> Decide<G, L> {
+    fn verdict(self, verdict: Verdict) -> R {
+        match self {
+            Self::Given(decide) => decide(Cow::Owned(verdict)),
+            Self::Lent(lend) => lend(&verdict),
         }
     }
 }

@@ -20,7 +20,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use prodbox_core::plumbing::{Keep, Miss, Slots};
+use prodbox_core::plumbing::{Keep, LocalSlots, Miss};
 
 use crate::verdict::Verdict;
 
@@ -56,7 +56,7 @@ struct Entry {
 
 thread_local! {
     // Per thread: a consumer's thread never contends for it with another's.
-    static MEMORY: Slots<Entry, SLOTS> = const { Slots::new() };
+    static MEMORY: LocalSlots<Entry, SLOTS> = const { LocalSlots::new() };
 }
 
 /// Header hashes; a fixed seed is enough, since colliding headers only evict each other.
@@ -79,29 +79,37 @@ impl Clock {
     }
 }
 
-/// The decision remembered for `header` by `filter` at directory `generation`, still valid at
-/// the `clock`'s time (read only for a decision that expires); otherwise where to remember it
-/// (`None`: nowhere, the thread is being torn down).
-pub(crate) fn recall(
+/// What `read` makes of the decision remembered for `header` by `filter` at directory
+/// `generation`, still valid at the `clock`'s time (read only for a decision that expires). The
+/// decision is lent, not copied: a copy of its context and its drop cost two atomic operations.
+/// Otherwise `read` back, and where to remember the decision (`None`: nowhere, the thread is
+/// being torn down).
+pub(crate) fn recall<R, F: FnOnce(&Verdict) -> R>(
     filter: FilterId,
     generation: u64,
     header: &[u8],
     clock: &mut Clock,
-) -> Result<Verdict, Option<Miss>> {
-    MEMORY
-        .try_with(|memory| {
-            memory
-                .get(hash(filter, header), |entry| {
-                    let basis = &entry.basis;
-                    (basis.filter == filter
-                        && basis.generation == generation
-                        && basis.valid_until.is_none_or(|until| clock.now() < until)
-                        && *entry.header == *header)
-                        .then(|| entry.verdict.clone())
-                })
-                .map_err(Some)
+    read: F,
+) -> Result<R, (Option<Miss>, F)> {
+    let mut read = Some(read);
+    let found = MEMORY.try_with(|memory| {
+        memory.get(hash(filter, header), |entry| {
+            let basis = &entry.basis;
+            (basis.filter == filter
+                && basis.generation == generation
+                && basis.valid_until.is_none_or(|until| clock.now() < until)
+                && *entry.header == *header)
+                .then(|| read.take().map(|read| read(&entry.verdict)))
+                .flatten()
         })
-        .unwrap_or(Err(None))
+    });
+    match (found, read) {
+        (Ok(Ok(read)), _) => Ok(read),
+        (Ok(Err(miss)), Some(read)) => Err((Some(miss), read)),
+        (Err(_), Some(read)) => Err((None, read)),
+        // `read` is taken only to make what is found.
+        (Ok(Err(_)) | Err(_), None) => unreachable!("a miss that read the decision"),
+    }
 }
 
 /// Remembers `verdict` for `header` (which missed at `miss`) on `basis`, if it missed there
@@ -140,9 +148,15 @@ mod tests {
 
     /// Misses, then remembers the verdict where it missed; returns whether it missed.
     fn miss_and_remember(filter: FilterId, generation: u64, header: &[u8]) -> bool {
-        match recall(filter, generation, header, &mut Clock::default()) {
+        match recall(
+            filter,
+            generation,
+            header,
+            &mut Clock::default(),
+            Verdict::clone,
+        ) {
             Ok(_) => false,
-            Err(miss) => {
+            Err((miss, _)) => {
                 remember(
                     miss.expect("a slot"),
                     basis(filter, generation),
@@ -164,7 +178,7 @@ mod tests {
             "second miss: now kept"
         );
         assert!(!miss_and_remember(filter, 1, header), "then recalled");
-        let recalled = recall(filter, 1, header, &mut Clock::default());
+        let recalled = recall(filter, 1, header, &mut Clock::default(), Verdict::clone);
         assert!(matches!(
             recalled,
             Ok(Verdict::Skip {
@@ -173,8 +187,17 @@ mod tests {
             })
         ));
         // Another generation or filter never sees it.
-        assert!(recall(filter, 2, header, &mut Clock::default()).is_err());
-        assert!(recall(FilterId::next(), 1, header, &mut Clock::default()).is_err());
+        assert!(recall(filter, 2, header, &mut Clock::default(), Verdict::clone).is_err());
+        assert!(
+            recall(
+                FilterId::next(),
+                1,
+                header,
+                &mut Clock::default(),
+                Verdict::clone
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -183,7 +206,9 @@ mod tests {
         let header = b"prodbox.sandbox=pr-expiring";
         let past = SystemTime::now() - std::time::Duration::from_secs(1);
         for _ in 0..2 {
-            if let Err(Some(miss)) = recall(filter, 1, header, &mut Clock::default()) {
+            if let Err((Some(miss), _)) =
+                recall(filter, 1, header, &mut Clock::default(), Verdict::clone)
+            {
                 let basis = Basis {
                     valid_until: Some(past),
                     ..basis(filter, 1)
@@ -191,14 +216,16 @@ mod tests {
                 remember(miss, basis, header, &skip());
             }
         }
-        assert!(recall(filter, 1, header, &mut Clock::default()).is_err());
+        assert!(recall(filter, 1, header, &mut Clock::default(), Verdict::clone).is_err());
 
         let poison = b"prodbox.sandbox=NOT_A_KEY";
         let error = prodbox_core::codec::BaggageError::InvalidUtf8 {
             carrier: "baggage".to_owned(),
         };
         for _ in 0..3 {
-            if let Err(Some(miss)) = recall(filter, 1, poison, &mut Clock::default()) {
+            if let Err((Some(miss), _)) =
+                recall(filter, 1, poison, &mut Clock::default(), Verdict::clone)
+            {
                 remember(
                     miss,
                     basis(filter, 1),
@@ -207,6 +234,6 @@ mod tests {
                 );
             }
         }
-        assert!(recall(filter, 1, poison, &mut Clock::default()).is_err());
+        assert!(recall(filter, 1, poison, &mut Clock::default(), Verdict::clone).is_err());
     }
 }

@@ -22,11 +22,10 @@ use rdkafka::consumer::stream_consumer::MessageStream;
 use rdkafka::message::BorrowedMessage;
 
 use super::Rebalances;
-use super::step::{Next, Pulled, Ready};
+use super::step::{Local, Next, Pulled, Ready};
 use super::{ConsumerError, Done, SandboxConsumer, Source, audit};
 use crate::in_flight::Ticket;
 use crate::shutdown::Shutdown;
-use crate::tally::LocalSkips;
 
 impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// The next message this consumer handles (see [Your own loop](super#your-own-loop)).
@@ -46,7 +45,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         Box::pin(Deliveries {
             consumer: self,
             messages: Some(self.consumer.stream()),
-            skips: self.tally.local(),
+            local: self.local(),
             waiting: None,
         })
     }
@@ -57,9 +56,9 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     ) -> Result<Delivery<'a, C>, ConsumerError> {
         self.may_consume()?;
         let mut never = Shutdown::never();
-        let mut skips = self.tally.local();
+        let mut local = self.local();
         loop {
-            match self.next(messages, &mut never, &mut skips).await {
+            match self.next(messages, &mut never, &mut local).await {
                 Next::Ready(ready) => return Ok(Delivery::new(self, ready)),
                 Next::Error(error) => return Err(error.into()),
                 // Never stopped; rdkafka's streams never end, and waiting is what `recv` does.
@@ -84,8 +83,8 @@ struct Deliveries<'a, C: ConsumerContext + 'static> {
     consumer: &'a SandboxConsumer<C>,
     /// rdkafka's stream, unless `waiting` holds it.
     messages: Option<Messages<'a, C>>,
-    /// Skips of messages pulled in `poll_next` (`waiting` tallies its own).
-    skips: LocalSkips<'a>,
+    /// What `poll_next` keeps from one message to the next (`waiting` keeps its own).
+    local: Local<'a>,
     waiting: Option<Waiting<'a, C>>,
 }
 
@@ -100,7 +99,7 @@ impl<'a, C: ConsumerContext + 'static> Stream for Deliveries<'a, C> {
         let consumer = this.consumer;
         if let Some(mut messages) = this.messages.take() {
             let pulled = match consumer.may_consume() {
-                Ok(()) => consumer.pull_now(&mut messages, &mut Shutdown::never(), &mut this.skips),
+                Ok(()) => consumer.pull_now(&mut messages, &mut Shutdown::never(), &mut this.local),
                 Err(error) => {
                     this.messages = Some(messages);
                     return Poll::Ready(Some(Err(error)));
@@ -119,7 +118,7 @@ impl<'a, C: ConsumerContext + 'static> Stream for Deliveries<'a, C> {
                 Pulled::Wait | Pulled::Stopped | Pulled::Ended => None,
             };
             // Tallied to the consumer before any wait.
-            this.skips.flush();
+            this.local.skips.flush();
             this.waiting = Some(Box::pin(async move {
                 if let Some((held, verdict)) = step {
                     let mut never = Shutdown::never();

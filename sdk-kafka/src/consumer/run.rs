@@ -73,9 +73,9 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         // One stream for the whole run: `recv` registers a waker slot, and removes it, per
         // message (a lock each time).
         let mut messages = self.consumer.stream();
-        let mut skips = self.tally.local();
+        let mut local = self.local();
         loop {
-            match self.next(&mut messages, &mut shutdown, &mut skips).await {
+            match self.next(&mut messages, &mut shutdown, &mut local).await {
                 Next::Ready(ready) => {
                     if self.handle(ready, &mut handler, &mut shutdown).await == Done::Interrupted {
                         break;

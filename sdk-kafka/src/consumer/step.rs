@@ -23,7 +23,7 @@ use super::pull::Pulling;
 use super::{
     DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, Done, Rebalances, SandboxConsumer, Source, audit,
 };
-use crate::cut::Cut;
+use crate::cut::{Cut, Recent};
 use crate::filter::Role;
 use crate::in_flight::Ticket;
 use crate::shutdown::{Shutdown, pause};
@@ -63,13 +63,8 @@ pub(super) enum Pulled<'a, C: ConsumerContext + 'static> {
 
 /// What `decide_now` made of a message.
 enum Now {
-    /// Skipped, by the filter.
-    Skip {
-        reason: &'static str,
-        sandbox: Option<SandboxKey>,
-    },
-    /// Skipped, by the cuts: the other role handles it.
-    SkipCut(SandboxContext),
+    /// Skipped (by the filter, or by the cuts: the other role handles it), and tallied.
+    Skipped,
     /// Handled here, in its context (`None`: production's).
     Handle(Option<SandboxContext>),
     /// Decided by the step, which may wait (the directory, the cuts, a dead letter, the
@@ -121,6 +116,14 @@ impl<C: ConsumerContext + 'static> Drop for Held<'_, C> {
     }
 }
 
+/// What a loop keeps from one message to the next.
+pub(super) struct Local<'a> {
+    /// Its skips, not tallied to the consumer yet.
+    pub(super) skips: LocalSkips<'a>,
+    /// The cuts it decided by last.
+    cuts: Recent,
+}
+
 /// A loop waiting for messages, counted while it waits.
 struct Waiting<'a>(&'a AtomicUsize);
 
@@ -138,23 +141,31 @@ impl Drop for Waiting<'_> {
 }
 
 impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
+    /// What a new loop keeps.
+    pub(super) fn local(&self) -> Local<'_> {
+        Local {
+            skips: self.tally.local(),
+            cuts: Recent::default(),
+        }
+    }
+
     /// Takes messages from `messages` until one this consumer handles, doing with every other
     /// one what its verdict says.
     pub(super) async fn next<'a, S: Future<Output = ()>>(
         &'a self,
         messages: &mut MessageStream<'a, Rebalances<C>>,
         shutdown: &mut Shutdown<'_, S>,
-        skips: &mut LocalSkips<'a>,
+        local: &mut Local<'a>,
     ) -> Next<'a, C> {
         loop {
-            let pulled = match self.pull_now(messages, shutdown, skips) {
+            let pulled = match self.pull_now(messages, shutdown, local) {
                 Pulled::Wait => {
                     // Counted first: a message finished from now on is stored by `finish`.
                     let _waiting = Waiting::enter(&self.waiting);
                     // Before waiting, what is done with is given to rdkafka (see `in_flight`),
                     // and the skips tallied to the consumer.
                     self.store_due();
-                    skips.flush();
+                    local.skips.flush();
                     let pulled = async {
                         let pulling = self.pulling.lock().await;
                         (messages.next().await, pulling)
@@ -164,7 +175,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                         () = shutdown.future().as_mut() => return Next::Stopped,
                         pulled = pulled => pulled,
                     };
-                    match self.route(message, pulling, skips) {
+                    match self.route(message, pulling, local) {
                         Ok(pulled) => pulled,
                         Err(_skipped) => continue,
                     }
@@ -194,7 +205,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         &'a self,
         messages: &mut MessageStream<'a, Rebalances<C>>,
         shutdown: &mut Shutdown<'_, S>,
-        skips: &mut LocalSkips<'a>,
+        local: &mut Local<'a>,
     ) -> Pulled<'a, C> {
         // Kept from one skip to the next message: skips in a row take it once.
         let mut kept = None;
@@ -209,7 +220,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             let Some(message) = messages.next().now_or_never() else {
                 return Pulled::Wait;
             };
-            match self.route(message, pulling, skips) {
+            match self.route(message, pulling, local) {
                 Ok(pulled) => return pulled,
                 Err(pulling) => kept = Some(pulling),
             }
@@ -222,7 +233,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         &'a self,
         message: Option<KafkaResult<BorrowedMessage<'a>>>,
         pulling: Pulling<'a>,
-        skips: &mut LocalSkips<'a>,
+        local: &mut Local<'a>,
     ) -> Result<Pulled<'a, C>, Pulling<'a>> {
         let message = match message {
             Some(Ok(message)) => message,
@@ -232,14 +243,10 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         let at = (self.topic(&message), message.partition(), message.offset());
         // Most messages are decided here, as they are pulled, without a future: a skip is
         // taken and finished at once.
-        let verdict = match self.decide_now(&message, at) {
-            Now::Skip { reason, sandbox } => {
-                self.pass(&message, at, reason, sandbox.as_ref(), skips);
-                return Err(pulling);
-            }
-            Now::SkipCut(context) => {
-                let sandbox = context.sandbox().map(Sandbox::key);
-                self.pass(&message, at, self.cut_skip_reason(), sandbox, skips);
+        let verdict = match self.decide_now(&message, at, local) {
+            Now::Skipped => {
+                let due = self.in_flight.pass(at.0, at.1, at.2);
+                self.finished(due);
                 return Err(pulling);
             }
             Now::Handle(context) => Ok(context),
@@ -247,7 +254,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         };
         let ticket = self.in_flight.take(at.0, at.1, at.2);
         drop(pulling);
-        skips.tick();
+        local.skips.tick();
         let held = Held {
             consumer: self,
             message: Some(message),
@@ -267,23 +274,15 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         })
     }
 
-    /// Done with `message`, at `at`, as it was pulled: skipped for `reason`, of `sandbox`'s.
-    fn pass(
-        &self,
-        message: &BorrowedMessage<'_>,
-        (topic, partition, offset): (&str, i32, i64),
-        reason: &'static str,
-        sandbox: Option<&SandboxKey>,
-        skips: &mut LocalSkips<'_>,
-    ) {
-        let due = self.in_flight.pass(topic, partition, offset);
-        self.skipped(message, reason, sandbox, skips);
-        self.finished(due);
-    }
-
     /// What can be decided of `message`, at `at`, at once, from the filter's memory and the
-    /// cuts read so far: nearly every message.
-    fn decide_now(&self, message: &BorrowedMessage<'_>, at: (&str, i32, i64)) -> Now {
+    /// cuts read so far (the loop's `local` copies first): nearly every message. A skip is
+    /// tallied here, from the verdict the memory lends.
+    fn decide_now<'a>(
+        &'a self,
+        message: &BorrowedMessage<'_>,
+        at: (&str, i32, i64),
+        local: &mut Local<'a>,
+    ) -> Now {
         // Observing, or a stale directory (see `step`): decided by the step.
         if self.observe
             || (self.filter.directory().is_stale()
@@ -291,24 +290,35 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         {
             return Now::Later(None);
         }
-        match self
-            .filter
-            .decide_by(message.headers(), &mut Clock::default())
-        {
-            Verdict::Skip { reason, sandbox } => Now::Skip { reason, sandbox },
-            Verdict::Process(context) => Now::Handle(context),
-            Verdict::Cut { context, forking } => {
-                let cut = context
-                    .sandbox()
-                    .and_then(|sandbox| self.cuts.decided(sandbox.key(), forking, at));
-                match cut {
-                    Some(Cut::Handle) => Now::Handle(Some(context)),
-                    Some(Cut::Skip) => Now::SkipCut(context),
-                    _ => Now::Later(Some(Verdict::Cut { context, forking })),
+        let headers = message.headers();
+        self.filter
+            .decide_with(headers, &mut Clock::default(), |verdict| {
+                let cut = match &*verdict {
+                    Verdict::Skip { reason, sandbox } => {
+                        self.skipped(message, reason, sandbox.as_ref(), &mut local.skips);
+                        return Now::Skipped;
+                    }
+                    Verdict::Cut { context, forking } => {
+                        let sandbox = context.sandbox().map(Sandbox::key);
+                        let cut = sandbox.and_then(|sandbox| {
+                            self.cuts
+                                .decided_recent(&mut local.cuts, sandbox, *forking, at)
+                        });
+                        if cut == Some(Cut::Skip) {
+                            let reason = self.cut_skip_reason();
+                            self.skipped(message, reason, sandbox, &mut local.skips);
+                            return Now::Skipped;
+                        }
+                        cut
+                    }
+                    Verdict::Process(_) | Verdict::DeadLetter(_) => None,
+                };
+                match (verdict.into_owned(), cut) {
+                    (Verdict::Process(context), _) => Now::Handle(context),
+                    (Verdict::Cut { context, .. }, Some(Cut::Handle)) => Now::Handle(Some(context)),
+                    (verdict, _) => Now::Later(Some(verdict)),
                 }
-            }
-            verdict @ Verdict::DeadLetter(_) => Now::Later(Some(verdict)),
-        }
+            })
     }
 
     /// The slot of the guardrails for a message handled in `context`, when one is free now
