@@ -36,7 +36,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::borrow::Borrow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -520,9 +519,8 @@ pub trait FutureExt: Future + Sized {
         WithSandbox::new(self, Context::current(), crate::scope::entered())
     }
 
-    /// Runs this future inside `cx`: a `Context`, or a reference to (or a `Cow` of) one that
-    /// outlives the future, which then makes no copy of its own.
-    fn in_context<C: Borrow<Context>>(self, cx: C) -> WithSandbox<Self, C> {
+    /// Runs this future inside `cx`.
+    fn in_context(self, cx: Context) -> WithSandbox<Self> {
         WithSandbox::new(self, cx, false)
     }
 
@@ -568,22 +566,22 @@ impl<F: Future> FutureExt for F {}
 #[pin_project::pin_project]
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
-pub struct WithSandbox<F, C = Context> {
+pub struct WithSandbox<F> {
     #[pin]
     inner: F,
-    cx: C,
+    cx: Context,
     /// Whether it runs in a production scope (see [`in_scope`]).
     scoped: bool,
 }
 
-impl<F, C> WithSandbox<F, C> {
+impl<F> WithSandbox<F> {
     /// `inner`, polled inside `cx` and, if `scoped`, a production scope.
-    pub(crate) fn new(inner: F, cx: C, scoped: bool) -> Self {
+    pub(crate) fn new(inner: F, cx: Context, scoped: bool) -> Self {
         Self { inner, cx, scoped }
     }
 }
 
-impl<F: Future, C: Borrow<Context>> Future for WithSandbox<F, C> {
+impl<F: Future> Future for WithSandbox<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<F::Output> {
@@ -591,8 +589,7 @@ impl<F: Future, C: Borrow<Context>> Future for WithSandbox<F, C> {
         // A copy attached each poll, never the context read back from the thread: a future
         // holding a guard of its own across an await would otherwise pass its context on to
         // every later poll.
-        let cx: &Context = (*this.cx).borrow();
-        let _guard = cx.clone().attach();
+        let _guard = this.cx.clone().attach();
         let _scope = this.scoped.then(crate::scope::enter);
         this.inner.poll(task)
     }
@@ -697,37 +694,6 @@ mod tests {
         let between = sandboxes_seen(future, 10);
         assert_eq!(between, [None, None, None], "production's between polls");
         assert_eq!(*inside.lock().unwrap(), vec![Some("pr-42".to_owned()); 3]);
-    }
-
-    /// A context lent to the future (a reference, or a `Cow`) is attached at every poll as an
-    /// owned one is, and only while it is polled.
-    #[test]
-    fn a_lent_context_is_attached_at_every_poll() {
-        let cx =
-            SandboxContext::new(Sandbox::new("pr-7".parse().unwrap())).attach_to(&Context::new());
-        for lent in [
-            std::borrow::Cow::Borrowed(&cx),
-            std::borrow::Cow::Owned(cx.clone()),
-        ] {
-            let inside = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-            let log = std::sync::Arc::clone(&inside);
-            let mut left = 3;
-            let future = std::future::poll_fn(move |_| {
-                log.lock()
-                    .unwrap()
-                    .push(current().map(|s| s.key().to_string()));
-                left -= 1;
-                if left == 0 {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            })
-            .in_context(lent);
-            let between = sandboxes_seen(future, 10);
-            assert_eq!(between, [None, None, None], "production's between polls");
-            assert_eq!(*inside.lock().unwrap(), vec![Some("pr-7".to_owned()); 3]);
-        }
     }
 
     /// A future that holds a guard of its own across an await does not pass its context on:

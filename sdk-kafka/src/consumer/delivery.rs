@@ -2,7 +2,6 @@
 //! each message this consumer handles as a [`Delivery`], which runs work in the message's
 //! context and says when the message is done with.
 
-use std::borrow::Cow;
 use std::future::IntoFuture;
 use std::ops::Deref;
 
@@ -208,17 +207,8 @@ impl<'a, C: ConsumerContext + 'static> Delivery<'a, C> {
     /// message's sandbox, and prodbox's clients, pools and producers act for it. Only what
     /// runs when the returned future is polled is inside: build follow-up work in an `async`
     /// block, not before the call.
-    pub fn in_context<F: IntoFuture>(
-        &self,
-        work: F,
-    ) -> WithSandbox<F::IntoFuture, Cow<'a, OtelContext>> {
-        // Production's is the consumer's: lent, not copied (a copy and its drop are two
-        // atomic operations).
-        let cx = match &self.cx {
-            Some(cx) => Cow::Owned(cx.clone()),
-            None => Cow::Borrowed(&self.consumer.production),
-        };
-        work.into_future().in_context(cx)
+    pub fn in_context<F: IntoFuture>(&self, work: F) -> WithSandbox<F::IntoFuture> {
+        work.into_future().in_context(self.context().clone())
     }
 
     /// Done with: the message may be committed past (once every earlier message of its
