@@ -174,18 +174,17 @@ impl Filter {
         let remembering = header.zip(self.directory.generation());
         let (miss, decide) = match remembering {
             Some((header, generation)) => {
-                let lend = |verdict: &Verdict| decide(Cow::Borrowed(verdict));
-                match verdict_memory::recall(self.id, generation, header, clock, lend) {
+                match verdict_memory::recall(self.id, generation, header, clock, decide) {
                     Ok(decided) => return decided,
-                    Err((miss, lend)) => (miss, Decide::Lent(lend)),
+                    Err(missed) => missed,
                 }
             }
-            None => (None, Decide::Given(decide)),
+            None => (None, decide),
         };
         // The codec reads the headers more than once: read into a snapshot first.
         let mut snapshot = HeaderSnapshot::new();
         if readable(|| snapshot.read(headers)).is_none() {
-            return decide.verdict(self.unreadable());
+            return decide(Cow::Owned(self.unreadable()));
         }
         let mut validity = Validity::default();
         let verdict = self.decide_afresh(&snapshot, clock.now(), &mut validity);
@@ -199,7 +198,7 @@ impl Filter {
             };
             verdict_memory::remember(miss, basis, header, &verdict);
         }
-        decide.verdict(verdict)
+        decide(Cow::Owned(verdict))
     }
 
     /// A message with a header name that is not UTF-8: rdkafka cannot even list its headers.
@@ -289,22 +288,6 @@ impl Filter {
             (Role::Sandbox { .. }, false) => skip("untagged", None),
             (Role::Baseline { .. }, true) => Verdict::DeadLetter(error),
             (Role::Sandbox { .. }, true) => skip("malformed_left_to_baseline", None),
-        }
-    }
-}
-
-/// What a caller of `decide_with` makes of a verdict, given once: as it was passed in, or as
-/// the memory gave it back after a miss.
-enum Decide<G, L> {
-    Given(G),
-    Lent(L),
-}
-
-impl<R, G: FnOnce(Cow<'_, Verdict>) -> R, L: FnOnce(&Verdict) -> R> Decide<G, L> {
-    fn verdict(self, verdict: Verdict) -> R {
-        match self {
-            Self::Given(decide) => decide(Cow::Owned(verdict)),
-            Self::Lent(lend) => lend(&verdict),
         }
     }
 }

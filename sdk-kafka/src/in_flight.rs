@@ -28,6 +28,9 @@ pub(crate) const STORE_EVERY: u64 = 1024;
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
     parts: spin::mutex::SpinMutex<Parts, spin::relax::Yield>,
+    /// Held while positions are given to rdkafka, which takes librdkafka's own locks: stores
+    /// reach it in the order they were decided, and the spin lock is never held across them.
+    storing: std::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -159,6 +162,7 @@ impl InFlight {
                 one_topic: true,
                 ..Parts::default()
             }),
+            storing: std::sync::Mutex::default(),
         }
     }
 
@@ -249,11 +253,15 @@ impl InFlight {
         due
     }
 
-    /// Gives `consumer` the positions decided since they were last given, marked given, under
-    /// the lock, so that stores reach rdkafka in the order they were decided.
+    /// Gives `consumer` the positions decided since they were last given, marked given, in
+    /// the order they were decided.
     pub(crate) fn store_due<X: ConsumerContext>(&self, consumer: &impl Consumer<X>) {
-        let mut parts = self.lock();
-        if let Some(list) = parts.due()
+        let _storing = self
+            .storing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = self.lock().due();
+        if let Some(list) = due
             && let Err(error) = consumer.store_offsets(&list)
         {
             // A partition moved to another member meanwhile: it re-delivers its messages.

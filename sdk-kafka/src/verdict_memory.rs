@@ -16,6 +16,7 @@
 //! at most 512 bytes per thread), and a header is copied in only after it missed twice in a
 //! row in its slot, so a stream of one-off headers costs no allocation.
 
+use std::borrow::Cow;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -82,9 +83,9 @@ impl Clock {
 /// What `read` makes of the decision remembered for `header` by `filter` at directory
 /// `generation`, still valid at the `clock`'s time (read only for a decision that expires). The
 /// decision is lent, not copied: a copy of its context and its drop cost two atomic operations.
-/// Otherwise `read` back, and where to remember the decision (`None`: nowhere, the thread is
-/// being torn down).
-pub(crate) fn recall<R, F: FnOnce(&Verdict) -> R>(
+/// Otherwise `read` back, to be given the decision made afresh, and where to remember that
+/// (`None`: nowhere, the thread is being torn down).
+pub(crate) fn recall<R, F: FnOnce(Cow<'_, Verdict>) -> R>(
     filter: FilterId,
     generation: u64,
     header: &[u8],
@@ -99,7 +100,7 @@ pub(crate) fn recall<R, F: FnOnce(&Verdict) -> R>(
                 && basis.generation == generation
                 && basis.valid_until.is_none_or(|until| clock.now() < until)
                 && *entry.header == *header)
-                .then(|| read.take().map(|read| read(&entry.verdict)))
+                .then(|| read.take().map(|read| read(Cow::Borrowed(&entry.verdict))))
                 .flatten()
         })
     });
@@ -139,6 +140,10 @@ mod tests {
         }
     }
 
+    fn owned(verdict: Cow<'_, Verdict>) -> Verdict {
+        verdict.into_owned()
+    }
+
     fn skip() -> Verdict {
         Verdict::Skip {
             reason: "forked",
@@ -148,13 +153,7 @@ mod tests {
 
     /// Misses, then remembers the verdict where it missed; returns whether it missed.
     fn miss_and_remember(filter: FilterId, generation: u64, header: &[u8]) -> bool {
-        match recall(
-            filter,
-            generation,
-            header,
-            &mut Clock::default(),
-            Verdict::clone,
-        ) {
+        match recall(filter, generation, header, &mut Clock::default(), owned) {
             Ok(_) => false,
             Err((miss, _)) => {
                 remember(
@@ -178,7 +177,9 @@ mod tests {
             "second miss: now kept"
         );
         assert!(!miss_and_remember(filter, 1, header), "then recalled");
-        let recalled = recall(filter, 1, header, &mut Clock::default(), Verdict::clone);
+        let recalled = recall(filter, 1, header, &mut Clock::default(), |verdict| {
+            verdict.into_owned()
+        });
         assert!(matches!(
             recalled,
             Ok(Verdict::Skip {
@@ -187,17 +188,12 @@ mod tests {
             })
         ));
         // Another generation or filter never sees it.
-        assert!(recall(filter, 2, header, &mut Clock::default(), Verdict::clone).is_err());
         assert!(
-            recall(
-                FilterId::next(),
-                1,
-                header,
-                &mut Clock::default(),
-                Verdict::clone
-            )
+            recall(filter, 2, header, &mut Clock::default(), |verdict| verdict
+                .into_owned())
             .is_err()
         );
+        assert!(recall(FilterId::next(), 1, header, &mut Clock::default(), owned).is_err());
     }
 
     #[test]
@@ -207,7 +203,9 @@ mod tests {
         let past = SystemTime::now() - std::time::Duration::from_secs(1);
         for _ in 0..2 {
             if let Err((Some(miss), _)) =
-                recall(filter, 1, header, &mut Clock::default(), Verdict::clone)
+                recall(filter, 1, header, &mut Clock::default(), |verdict| {
+                    verdict.into_owned()
+                })
             {
                 let basis = Basis {
                     valid_until: Some(past),
@@ -216,7 +214,11 @@ mod tests {
                 remember(miss, basis, header, &skip());
             }
         }
-        assert!(recall(filter, 1, header, &mut Clock::default(), Verdict::clone).is_err());
+        assert!(
+            recall(filter, 1, header, &mut Clock::default(), |verdict| verdict
+                .into_owned())
+            .is_err()
+        );
 
         let poison = b"prodbox.sandbox=NOT_A_KEY";
         let error = prodbox_core::codec::BaggageError::InvalidUtf8 {
@@ -224,7 +226,9 @@ mod tests {
         };
         for _ in 0..3 {
             if let Err((Some(miss), _)) =
-                recall(filter, 1, poison, &mut Clock::default(), Verdict::clone)
+                recall(filter, 1, poison, &mut Clock::default(), |verdict| {
+                    verdict.into_owned()
+                })
             {
                 remember(
                     miss,
@@ -234,6 +238,10 @@ mod tests {
                 );
             }
         }
-        assert!(recall(filter, 1, poison, &mut Clock::default(), Verdict::clone).is_err());
+        assert!(
+            recall(filter, 1, poison, &mut Clock::default(), |verdict| verdict
+                .into_owned())
+            .is_err()
+        );
     }
 }
