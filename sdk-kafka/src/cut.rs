@@ -329,42 +329,41 @@ impl Cuts {
         }) {
             return self.by(&copy.ranges, copy.behind, forking, offset);
         }
-        let by_topic = lock(&self.cache);
-        let known = by_topic.get(topic)?.get(&partition)?;
-        let ranges = known.of(sandbox);
-        if !used {
-            return self.by(ranges, known.behind, forking, offset);
-        }
-        // Read under the lock: the version of what is copied.
-        let version = self.cache.version.load(Ordering::Relaxed);
-        match slot {
-            Some(copy) => {
-                copy.cache = cache;
-                copy.version = version;
-                if *copy.topic != *topic {
-                    copy.topic = topic.into();
+        self.with_cached((topic, partition), |known| {
+            let ranges = known.of(sandbox);
+            if used {
+                // Under the lock: the version of what is copied.
+                let version = self.cache.version.load(Ordering::Relaxed);
+                match slot {
+                    Some(copy) => {
+                        copy.cache = cache;
+                        copy.version = version;
+                        if *copy.topic != *topic {
+                            copy.topic = topic.into();
+                        }
+                        copy.partition = partition;
+                        if copy.sandbox != *sandbox {
+                            copy.sandbox = sandbox.clone();
+                        }
+                        copy.ranges.clear();
+                        copy.ranges.extend_from_slice(ranges);
+                        copy.behind = known.behind;
+                    }
+                    None => {
+                        *slot = Some(Copied {
+                            cache,
+                            version,
+                            topic: topic.into(),
+                            partition,
+                            sandbox: sandbox.clone(),
+                            ranges: ranges.to_vec(),
+                            behind: known.behind,
+                        });
+                    }
                 }
-                copy.partition = partition;
-                if copy.sandbox != *sandbox {
-                    copy.sandbox = sandbox.clone();
-                }
-                copy.ranges.clear();
-                copy.ranges.extend_from_slice(ranges);
-                copy.behind = known.behind;
             }
-            None => {
-                *slot = Some(Copied {
-                    cache,
-                    version,
-                    topic: topic.into(),
-                    partition,
-                    sandbox: sandbox.clone(),
-                    ranges: ranges.to_vec(),
-                    behind: known.behind,
-                });
-            }
-        }
-        self.by(ranges, known.behind, forking, offset)
+            self.by(ranges, known.behind, forking, offset)
+        })
     }
 
     /// What a partition's `ranges` of a sandbox, read when the baseline had committed up to

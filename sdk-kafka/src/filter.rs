@@ -143,10 +143,7 @@ impl Filter {
         decide: impl FnOnce(Cow<'_, Verdict>) -> R,
     ) -> R {
         let Some(headers) = headers else {
-            return decide(Cow::Owned(match &self.role {
-                Role::Baseline { .. } => Verdict::Process(None),
-                Role::Sandbox { .. } => skip("untagged", None),
-            }));
+            return decide(Cow::Owned(self.untagged()));
         };
         // One pass over the headers as rdkafka lists them, copying nothing: nearly every
         // message is decided from it (no baggage, or baggage remembered).
@@ -160,12 +157,7 @@ impl Filter {
         };
         let header = match reads {
             // No context of anybody's: decided without the codec or the memory.
-            Reads::Nothing => {
-                return decide(Cow::Owned(match &self.role {
-                    Role::Baseline { .. } => Verdict::Process(None),
-                    Role::Sandbox { .. } => skip("untagged", None),
-                }));
-            }
+            Reads::Nothing => return decide(Cow::Owned(self.untagged())),
             Reads::Remembered(header) => Some(header),
             Reads::Other { .. } => None,
         };
@@ -199,6 +191,14 @@ impl Filter {
             verdict_memory::remember(miss, basis, header, &verdict);
         }
         decide(Cow::Owned(verdict))
+    }
+
+    /// A message with no context of anybody's.
+    fn untagged(&self) -> Verdict {
+        match &self.role {
+            Role::Baseline { .. } => Verdict::Process(None),
+            Role::Sandbox { .. } => skip("untagged", None),
+        }
     }
 
     /// A message with a header name that is not UTF-8: rdkafka cannot even list its headers.
@@ -284,8 +284,7 @@ impl Filter {
     /// dead-lettered once, not once per consumer group.
     fn malformed(&self, headers: &HeaderSnapshot<'_>, error: BaggageError) -> Verdict {
         match (&self.role, codec::mentions_ours(&self.codec, headers)) {
-            (Role::Baseline { .. }, false) => Verdict::Process(None),
-            (Role::Sandbox { .. }, false) => skip("untagged", None),
+            (_, false) => self.untagged(),
             (Role::Baseline { .. }, true) => Verdict::DeadLetter(error),
             (Role::Sandbox { .. }, true) => skip("malformed_left_to_baseline", None),
         }
