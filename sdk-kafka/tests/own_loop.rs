@@ -2,7 +2,7 @@
 //! commit pass one not done, skips included; the service's `ConsumerContext` is called;
 //! a `recv` dropped part way loses nothing; giving up on a delivery dead-letters it; a topic
 //! created after the consumer started is read within seconds; a directory that never syncs
-//! fails `start` in time. (The routing and cut tables run in this loop too: `routing.rs`,
+//! fails `start` in time; work runs in its message's context, never the loop's. (The routing and cut tables run in this loop too: `routing.rs`,
 //! `cut.rs`.)
 
 // Test helpers outside #[test] functions: a failed unwrap is a failed test.
@@ -209,6 +209,86 @@ async fn a_recv_dropped_part_way_loses_nothing() {
     assert_eq!(payload_of(&*next), "m1");
     assert!(next.sandbox().is_none());
     next.done();
+}
+
+/// What work run by `in_context` sees: (sandbox, in a scope, the `baggage` a record sent from
+/// it would carry), in the work and in a task it spawns.
+type Seen = (Option<String>, bool, Option<String>);
+
+fn seen_here() -> Seen {
+    let headers = prodbox_kafka::inject_headers(None).unwrap();
+    let baggage = rdkafka::message::Headers::iter(&headers)
+        .find(|header| header.key == "baggage")
+        .and_then(|header| header.value)
+        .map(|value| String::from_utf8_lossy(value).into_owned());
+    (
+        prodbox_core::current().map(|s| s.key().to_string()),
+        prodbox_core::in_scope(),
+        baggage,
+    )
+}
+
+/// The loop itself runs in another sandbox's context (a careless service started it from a
+/// sandboxed request): each message's work still runs in the message's context, production's
+/// with no sandbox and in a scope, and so does a task the work spawns; nothing of the loop's
+/// context reaches a record the work sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_runs_in_its_messages_context_never_the_loops() {
+    use prodbox_core::FutureExt as _;
+
+    let topic = unique_topic("own-context");
+    create_topic(&topic, 1).await;
+    let sandbox = Some(Sandbox::new(key("ol-message")));
+    produce(
+        &producer(),
+        &topic,
+        &[Out::new("s0").sandbox(sandbox), Out::new("m1")],
+    )
+    .await;
+    let consumer = SandboxConsumer::builder(
+        consumer_config(),
+        &format!("{topic}-g"),
+        Role::baseline("billing"),
+    )
+    .directory(MemoryDirectory::new())
+    .start(&[&topic])
+    .await
+    .unwrap();
+    let seen = async {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let delivery = consumer.recv().await.unwrap();
+            // Built outside, run inside: only what runs when it is polled is in the context.
+            let work = async {
+                let spawned = prodbox_core::spawn(async { seen_here() });
+                (seen_here(), spawned.await.unwrap())
+            };
+            let (inside, spawned) = delivery.in_context(work).await;
+            seen.push((payload_of(&*delivery), inside, spawned));
+            delivery.done();
+        }
+        seen
+    }
+    .in_sandbox(Sandbox::new(key("ol-loop")));
+    let seen = tokio::time::timeout(Duration::from_secs(30), seen)
+        .await
+        .expect("both messages delivered");
+    let (payload, inside, spawned) = &seen[0];
+    assert_eq!(payload, "s0");
+    assert_eq!(inside.0.as_deref(), Some("ol-message"), "{seen:?}");
+    assert!(inside.1);
+    assert!(
+        inside
+            .2
+            .as_deref()
+            .is_some_and(|b| b.contains("ol-message")),
+        "{seen:?}"
+    );
+    assert_eq!(spawned, inside);
+    let (payload, inside, spawned) = &seen[1];
+    assert_eq!(payload, "m1");
+    assert_eq!(inside, &(None, true, None), "production's work: {seen:?}");
+    assert_eq!(spawned, inside);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
