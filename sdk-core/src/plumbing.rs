@@ -6,16 +6,6 @@ pub use crate::cache::{Keep, LocalSlots, Miss, Slots};
 /// The production scope prodbox's layers enter around admitted production work.
 pub mod scope {
     pub use crate::scope::{Entered, enter, entered};
-
-    use crate::context::WithSandbox;
-
-    /// `future` run as production work with nothing of anybody's, as a layer admits it: in a
-    /// fresh, empty context (not the caller's) and a production scope. For the consumer's own
-    /// loop, where `in_context` of a copied production context cost four atomic operations a
-    /// message (an empty context is copied and dropped without any).
-    pub fn in_fresh_production<F: std::future::Future>(future: F) -> WithSandbox<F> {
-        WithSandbox::new(future, opentelemetry::Context::new(), true)
-    }
 }
 
 /// The recorders of prodbox's own instruments (see [`crate::metrics`]).

@@ -211,30 +211,57 @@ async fn a_recv_dropped_part_way_loses_nothing() {
     next.done();
 }
 
-/// What work run by `in_context` sees: (sandbox, in a scope, the `baggage` a record sent from
-/// it would carry), in the work and in a task it spawns.
-type Seen = (Option<String>, bool, Option<String>);
+/// What work run by `in_context` sees.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    sandbox: Option<String>,
+    in_scope: bool,
+    /// The `baggage` a record sent from it would carry.
+    baggage: Option<String>,
+    /// Whether it runs under a span (the loop's, here).
+    in_span: bool,
+    /// Whether a thread of its own, given the work's OpenTelemetry context by hand (not by
+    /// prodbox's helpers), is still in a scope.
+    in_scope_given_the_context: bool,
+}
 
 fn seen_here() -> Seen {
+    use opentelemetry::trace::TraceContextExt as _;
+
     let headers = prodbox_kafka::inject_headers(None).unwrap();
     let baggage = rdkafka::message::Headers::iter(&headers)
         .find(|header| header.key == "baggage")
         .and_then(|header| header.value)
         .map(|value| String::from_utf8_lossy(value).into_owned());
-    (
-        prodbox_core::current().map(|s| s.key().to_string()),
-        prodbox_core::in_scope(),
+    let cx = opentelemetry::Context::current();
+    let in_span = cx.span().span_context().is_valid();
+    let in_scope_given_the_context = std::thread::spawn(move || {
+        let _cx = cx.attach();
+        prodbox_core::in_scope()
+    })
+    .join()
+    .unwrap();
+    Seen {
+        sandbox: prodbox_core::current().map(|s| s.key().to_string()),
+        in_scope: prodbox_core::in_scope(),
         baggage,
-    )
+        in_span,
+        in_scope_given_the_context,
+    }
 }
 
-/// The loop itself runs in another sandbox's context (a careless service started it from a
-/// sandboxed request): each message's work still runs in the message's context, production's
-/// with no sandbox and in a scope, and so does a task the work spawns; nothing of the loop's
-/// context reaches a record the work sends.
+/// The loop itself runs in another sandbox's context, with a member of someone else's and a
+/// span (a careless service started it from a sandboxed request): each message's work runs
+/// in the message's context alone, production's with no sandbox and in a scope, and so does
+/// what it starts, with prodbox's helpers or by handing the OpenTelemetry context on itself.
+/// Nothing of the loop's context reaches a record the work sends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_runs_in_its_messages_context_never_the_loops() {
-    use prodbox_core::FutureExt as _;
+    use opentelemetry::baggage::BaggageExt as _;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use prodbox_core::{ContextExt as _, FutureExt as _};
 
     let topic = unique_topic("own-context");
     create_topic(&topic, 1).await;
@@ -254,6 +281,17 @@ async fn work_runs_in_its_messages_context_never_the_loops() {
     .start(&[&topic])
     .await
     .unwrap();
+    let span = SpanContext::new(
+        TraceId::from(7_u128),
+        SpanId::from(7_u64),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::NONE,
+    );
+    let the_loops = opentelemetry::Context::new()
+        .with_baggage([opentelemetry::KeyValue::new("loopOnly", "1")])
+        .with_remote_span_context(span)
+        .with_sandbox(Sandbox::new(key("ol-loop")));
     let seen = async {
         let mut seen = Vec::new();
         for _ in 0..2 {
@@ -261,34 +299,41 @@ async fn work_runs_in_its_messages_context_never_the_loops() {
             // Built outside, run inside: only what runs when it is polled is in the context.
             let work = async {
                 let spawned = prodbox_core::spawn(async { seen_here() });
-                (seen_here(), spawned.await.unwrap())
+                let blocking = prodbox_core::spawn_blocking(seen_here);
+                [seen_here(), spawned.await.unwrap(), blocking.await.unwrap()]
             };
-            let (inside, spawned) = delivery.in_context(work).await;
-            seen.push((payload_of(&*delivery), inside, spawned));
+            let inside = delivery.in_context(work).await;
+            seen.push((payload_of(&*delivery), inside));
             delivery.done();
         }
         seen
     }
-    .in_sandbox(Sandbox::new(key("ol-loop")));
+    .in_context(the_loops);
     let seen = tokio::time::timeout(Duration::from_secs(30), seen)
         .await
         .expect("both messages delivered");
-    let (payload, inside, spawned) = &seen[0];
+    let (payload, sandboxed) = &seen[0];
     assert_eq!(payload, "s0");
-    assert_eq!(inside.0.as_deref(), Some("ol-message"), "{seen:?}");
-    assert!(inside.1);
-    assert!(
-        inside
-            .2
-            .as_deref()
-            .is_some_and(|b| b.contains("ol-message")),
-        "{seen:?}"
-    );
-    assert_eq!(spawned, inside);
-    let (payload, inside, spawned) = &seen[1];
+    for seen in sandboxed {
+        assert_eq!(seen.sandbox.as_deref(), Some("ol-message"), "{seen:?}");
+        assert!(seen.in_scope && seen.in_scope_given_the_context, "{seen:?}");
+        assert!(!seen.in_span, "{seen:?}");
+        let baggage = seen.baggage.as_deref().unwrap_or_default();
+        assert!(baggage.contains("ol-message"), "{seen:?}");
+        assert!(!baggage.contains("loopOnly"), "{seen:?}");
+    }
+    let (payload, production) = &seen[1];
     assert_eq!(payload, "m1");
-    assert_eq!(inside, &(None, true, None), "production's work: {seen:?}");
-    assert_eq!(spawned, inside);
+    for seen in production {
+        let expected = Seen {
+            sandbox: None,
+            in_scope: true,
+            baggage: None,
+            in_span: false,
+            in_scope_given_the_context: true,
+        };
+        assert_eq!(seen, &expected, "production's work");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

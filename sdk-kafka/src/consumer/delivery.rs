@@ -198,8 +198,7 @@ impl<'a, C: ConsumerContext + 'static> Delivery<'a, C> {
         self.context.as_ref().and_then(SandboxContext::sandbox)
     }
 
-    /// The OpenTelemetry context of the message: its sandbox's, or production's. For work
-    /// [`in_context`](Self::in_context) does not run (a thread of its own, say).
+    /// The OpenTelemetry context the message's work runs in: its sandbox's, or production's.
     pub fn context(&self) -> &OtelContext {
         self.cx.as_ref().unwrap_or(&self.consumer.production)
     }
@@ -209,14 +208,7 @@ impl<'a, C: ConsumerContext + 'static> Delivery<'a, C> {
     /// runs when the returned future is polled is inside: build follow-up work in an `async`
     /// block, not before the call.
     pub fn in_context<F: IntoFuture>(&self, work: F) -> WithSandbox<F::IntoFuture> {
-        match &self.cx {
-            Some(cx) => work.into_future().in_context(cx.clone()),
-            // Production's holds nothing of anybody's: a fresh context in a production scope
-            // is the same to prodbox's clients, pools and producers (no sandbox, no members,
-            // in a scope; a production request's handler runs so), and costs no copy of the
-            // consumer's, an atomic operation per copy and per drop.
-            None => prodbox_core::plumbing::scope::in_fresh_production(work.into_future()),
-        }
+        work.into_future().in_context(self.context().clone())
     }
 
     /// Done with: the message may be committed past (once every earlier message of its
