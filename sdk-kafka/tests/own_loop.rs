@@ -2,8 +2,8 @@
 //! commit pass one not done, skips included; the service's `ConsumerContext` is called;
 //! a `recv` dropped part way loses nothing; giving up on a delivery dead-letters it; a topic
 //! created after the consumer started is read within seconds; a directory that never syncs
-//! fails `start` in time; work runs in its message's context, never the loop's. (The routing and cut tables run in this loop too: `routing.rs`,
-//! `cut.rs`.)
+//! fails `start` in time; work runs in its message's context, never the loop's. (The routing
+//! and cut tables run in this loop too: `routing.rs`, `cut.rs`.)
 
 // Test helpers outside #[test] functions: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
