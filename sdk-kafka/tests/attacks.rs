@@ -422,3 +422,157 @@ async fn recv_dropped_after_its_partition_was_revoked_does_not_brick_the_consume
             .map(|r| r.as_ref().err().map(ToString::to_string))
     );
 }
+
+/// `run` keeps the pull lock from one message to the next while its handler does not wait.
+/// Two `run` loops share a consumer; the first loop's handler waits, on its first message,
+/// until the second loop has handled one: had the first kept the lock while waiting, the
+/// second could never pull one, and both would wait for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_loop_waiting_in_its_handler_holds_no_other_loop_back() {
+    let topic = unique_topic("atk-turn-wait");
+    create_topic(&topic, 1).await;
+    let records: Vec<Out> = (0..40).map(|i| Out::new(format!("{i}"))).collect();
+    produce(&common::producer(), &topic, &records).await;
+    let group = format!("{topic}-g");
+    let consumer = SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))
+        .start(&[&topic])
+        .await
+        .unwrap();
+    let consumer = Arc::new(consumer);
+    let handled = Arc::new(AtomicUsize::new(0));
+    let by_second = Arc::new(tokio::sync::Notify::new());
+    let first_waits = Arc::new(tokio::sync::Notify::new());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stopping = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+
+    let first = tokio::spawn({
+        let (consumer, handled) = (Arc::clone(&consumer), Arc::clone(&handled));
+        let (by_second, first_waits) = (Arc::clone(&by_second), Arc::clone(&first_waits));
+        let stopped = stopping(stopped.clone());
+        async move {
+            let mut waited = false;
+            consumer
+                .run(
+                    move |_| {
+                        let wait = !std::mem::replace(&mut waited, true);
+                        let (handled, by_second) = (Arc::clone(&handled), Arc::clone(&by_second));
+                        let first_waits = Arc::clone(&first_waits);
+                        async move {
+                            if wait {
+                                let second_handled = by_second.notified();
+                                first_waits.notify_one();
+                                second_handled.await;
+                            }
+                            handled.fetch_add(1, Ordering::SeqCst);
+                            Ok::<_, std::convert::Infallible>(())
+                        }
+                    },
+                    stopped,
+                )
+                .await
+                .unwrap();
+        }
+    });
+    // The second loop starts once the first waits in its handler.
+    tokio::time::timeout(Duration::from_secs(30), first_waits.notified())
+        .await
+        .expect("the first loop got a message");
+    let second = tokio::spawn({
+        let (consumer, handled) = (Arc::clone(&consumer), Arc::clone(&handled));
+        let stopped = stopping(stopped.clone());
+        async move {
+            consumer
+                .run(
+                    move |_| {
+                        handled.fetch_add(1, Ordering::SeqCst);
+                        by_second.notify_one();
+                        std::future::ready(Ok::<_, std::convert::Infallible>(()))
+                    },
+                    stopped,
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let all = async {
+        while handled.load(Ordering::SeqCst) < records.len() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let done = tokio::time::timeout(Duration::from_secs(30), all).await;
+    stop.send(true).unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), async {
+        first.await.unwrap();
+        second.await.unwrap();
+    })
+    .await;
+    assert!(
+        done.is_ok() && stopped.is_ok(),
+        "{} of {} handled (the waiting loop held the other back); stopped: {}",
+        handled.load(Ordering::SeqCst),
+        records.len(),
+        stopped.is_ok()
+    );
+}
+
+/// A handler that takes a message from its own consumer (`recv`, while `run` is taking one
+/// message at a time): the loop running the handler gives the pull lock back when the
+/// handler waits, and both messages are handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_handler_may_take_a_message_from_its_own_consumer() {
+    let topic = unique_topic("atk-turn-nested");
+    create_topic(&topic, 1).await;
+    let records: Vec<Out> = (0..10).map(|i| Out::new(format!("{i}"))).collect();
+    produce(&common::producer(), &topic, &records).await;
+    let group = format!("{topic}-g");
+    let consumer = SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))
+        .start(&[&topic])
+        .await
+        .unwrap();
+    let consumer = Arc::new(consumer);
+    let handled = Arc::new(AtomicUsize::new(0));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let (inner, handled) = (Arc::clone(&consumer), Arc::clone(&handled));
+        async move {
+            let mut nested = false;
+            consumer
+                .run(
+                    move |_| {
+                        let nest = !std::mem::replace(&mut nested, true);
+                        let (inner, handled) = (Arc::clone(&inner), Arc::clone(&handled));
+                        async move {
+                            if nest {
+                                inner.recv().await.unwrap().done();
+                                handled.fetch_add(1, Ordering::SeqCst);
+                            }
+                            handled.fetch_add(1, Ordering::SeqCst);
+                            Ok::<_, std::convert::Infallible>(())
+                        }
+                    },
+                    async move {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let all = async {
+        while handled.load(Ordering::SeqCst) < records.len() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let done = tokio::time::timeout(Duration::from_secs(30), all).await;
+    let _ = stop.send(());
+    let stopped = tokio::time::timeout(Duration::from_secs(10), running).await;
+    assert!(
+        done.is_ok() && stopped.is_ok(),
+        "{} of {} handled; stopped: {}",
+        handled.load(Ordering::SeqCst),
+        records.len(),
+        stopped.is_ok()
+    );
+}
