@@ -483,7 +483,8 @@ fn throughput_of(c: &mut Criterion, rt: &tokio::runtime::Runtime, shape: Shape) 
     group.finish();
 }
 
-/// `PRODBOX_KAFKA_COUNT=<name>` (a name of [`Kind::ALL`], `interleaved`, or `none`): produces
+/// `PRODBOX_KAFKA_COUNT=<name>` (a name of [`Kind::ALL`], `interleaved`, or `none`; `paired`
+/// is [`paired`]): produces
 /// the prefetched topic and reads it once with that consumer, for instruction counts with
 /// callgrind: `PRODBOX_KAFKA_COUNT=<name> valgrind --tool=callgrind <bench binary>`.
 /// `PRODBOX_KAFKA_COUNT_MESSAGES=<n>` sets the topic's size (default 20,000). A count taken with
@@ -561,6 +562,211 @@ fn count(name: &str) {
     }
 }
 
+/// `PRODBOX_KAFKA_COUNT=paired`: the floor, `run` and the own loop read one topic in turns of
+/// `PRODBOX_KAFKA_CHUNK` offsets (1,000 by default), `PRODBOX_KAFKA_CHUNKS` turns each (60 by
+/// default), all on one thread. Each turn is timed from the first message its consumer works
+/// on to the first past the turn (`run` and the own loop skip half the offsets themselves),
+/// and scored in offsets a second. Prints the median and quartiles of each turn's score against the
+/// floor's turn just before it. A turn takes about half a millisecond: the machine's noise,
+/// which on a shared VM changes from one round of 20,000 messages to the next, falls on a
+/// turn and the next alike.
+fn paired() {
+    let chunk = env_number("PRODBOX_KAFKA_CHUNK").unwrap_or(1_000);
+    let chunks = env_number("PRODBOX_KAFKA_CHUNKS").unwrap_or(60);
+    // A first turn untimed (the group joins, and librdkafka's first fetch), and one more at
+    // the end: a turn ends at the first message past it.
+    let shape = Shape {
+        messages: chunk * (chunks + 2),
+        ..PREFETCHED
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let topic = unique_topic("bench-paired");
+    let directory = directory();
+    let turns = rt.block_on(async {
+        create_topic(&topic, shape.partitions).await;
+        produce_topic(&topic, shape).await;
+        let mut config = client_config();
+        config
+            .set("group.id", format!("{topic}-floor"))
+            .set("auto.offset.reset", "earliest");
+        let floor: StreamConsumer = config.create().unwrap();
+        floor.subscribe(&[&topic]).unwrap();
+        let runner = baseline(&topic, &format!("{topic}-run"), &directory).await;
+        let own = baseline(&topic, &format!("{topic}-own"), &directory).await;
+        let mut own = own.stream();
+        // The same work in each: the payload read, and a lock taken (as `Progress::saw` does).
+        let work = Arc::new(Mutex::new(0u64));
+        let saw = |work: &Mutex<u64>, payload: &[u8]| {
+            black_box(payload);
+            *work.lock().unwrap() += 1;
+        };
+
+        // `run`'s handler times its turns and, at the first message past one, waits for its
+        // next turn (untimed).
+        let (turn_done, mut turns_done) = tokio::sync::mpsc::unbounded_channel::<Turn>();
+        let next_turn = Arc::new(Notify::new());
+        let handler = {
+            let (work, next_turn) = (Arc::clone(&work), Arc::clone(&next_turn));
+            let mut turn = Turn::new(chunk);
+            move |message: &BorrowedMessage<'_>| {
+                if turn.saw(message.offset()) {
+                    saw(&work, message.payload().unwrap_or_default());
+                    return futures_util::future::Either::Left(std::future::ready(Ok(())));
+                }
+                turn_done.send(turn.next()).unwrap();
+                saw(&work, message.payload().unwrap_or_default());
+                let next_turn = Arc::clone(&next_turn);
+                futures_util::future::Either::Right(async move {
+                    next_turn.notified().await;
+                    Ok::<_, std::convert::Infallible>(())
+                })
+            }
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(async move {
+            runner
+                .run(handler, async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+
+        let mut turns: [Vec<Turn>; 3] = Default::default();
+        let (mut floor_turn, mut own_turn) = (Turn::new(chunk), Turn::new(chunk));
+        // The own loop's first message past its turn, handled at the start of the next.
+        let mut held_over = None;
+        for at in 0..=chunks {
+            // The floor: a raw consumer reading each message's `baggage`.
+            let floor_done = loop {
+                let message = floor.recv().await.unwrap();
+                if !floor_turn.saw(message.offset()) {
+                    break floor_turn.next();
+                }
+                black_box(message.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|header| header.key == "baggage")
+                        .and_then(|header| header.value)
+                }));
+                saw(&work, message.payload().unwrap_or_default());
+            };
+            // `run`: given its turn (it starts its first on its own, at this task's first
+            // wait), and timed by its handler.
+            if at > 0 {
+                next_turn.notify_one();
+            }
+            let run_done = turns_done.recv().await.unwrap();
+            // The own loop.
+            let own_done = loop {
+                let delivery = match held_over.take() {
+                    Some(delivery) => delivery,
+                    None => own.next().await.unwrap().unwrap(),
+                };
+                if !own_turn.saw(delivery.offset()) {
+                    held_over = Some(delivery);
+                    break own_turn.next();
+                }
+                delivery
+                    .in_context(async { saw(&work, delivery.payload().unwrap_or_default()) })
+                    .await;
+                delivery.done();
+            };
+            if at > 0 {
+                for (turns, done) in turns.iter_mut().zip([floor_done, run_done, own_done]) {
+                    turns.push(done);
+                }
+            }
+        }
+        drop(held_over);
+        let _ = stop.send(());
+        next_turn.notify_one();
+        running.await.unwrap();
+        turns
+    });
+    for (name, at) in [("run", 1), ("own loop", 2)] {
+        let mut ratios: Vec<f64> = turns[at]
+            .iter()
+            .zip(&turns[0])
+            .map(|(turn, floor)| turn.rate() / floor.rate())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        eprintln!(
+            "{name}: median ratio to the floor {:.3} (turns' quartiles {:.3} to {:.3}, {n} turns of {chunk} offsets)",
+            ratios[n / 2],
+            ratios[n / 4],
+            ratios[n * 3 / 4]
+        );
+    }
+    for (name, turns) in ["floor", "run", "own loop"].iter().zip(&turns) {
+        let mut rates: Vec<f64> = turns.iter().map(Turn::rate).collect();
+        rates.sort_by(f64::total_cmp);
+        eprintln!(
+            "{name}: median {:.0} ns an offset, best {:.0} ns",
+            1e9 / rates[rates.len() / 2],
+            1e9 / rates[rates.len() - 1]
+        );
+    }
+}
+
+/// A consumer's turn in [`paired`]: the offsets it covers, the first message it worked on
+/// in it, and the first message past it (the clock is read at those two only).
+#[derive(Clone, Copy, Debug)]
+struct Turn {
+    end: i64,
+    chunk: i64,
+    first: Option<(i64, Instant)>,
+    past: Option<(i64, Instant)>,
+}
+
+impl Turn {
+    fn new(chunk: usize) -> Self {
+        let chunk = i64::try_from(chunk).unwrap();
+        Self {
+            end: chunk,
+            chunk,
+            first: None,
+            past: None,
+        }
+    }
+
+    /// Notes a message at `offset`, before it is worked on: `false` when it is past the turn.
+    fn saw(&mut self, offset: i64) -> bool {
+        if offset < self.end {
+            if self.first.is_none() {
+                self.first = Some((offset, Instant::now()));
+            }
+            return true;
+        }
+        self.past = Some((offset, Instant::now()));
+        false
+    }
+
+    /// This turn, as done; starts the next.
+    fn next(&mut self) -> Self {
+        let done = *self;
+        *self = Self {
+            end: self.end + self.chunk,
+            chunk: self.chunk,
+            first: None,
+            past: None,
+        };
+        done
+    }
+
+    /// Offsets a second, from the first message worked on to the first past the turn.
+    fn rate(&self) -> f64 {
+        let (Some((o0, t0)), Some((o1, t1))) = (self.first, self.past) else {
+            return f64::NAN;
+        };
+        (o1 - o0) as f64 / (t1 - t0).as_secs_f64()
+    }
+}
+
 fn env_number(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|n| n.parse().ok())
 }
@@ -569,6 +775,10 @@ criterion_group!(benches, decision, throughput);
 
 fn main() {
     if let Ok(name) = std::env::var("PRODBOX_KAFKA_COUNT") {
+        if name == "paired" {
+            paired();
+            return;
+        }
         count(&name);
         return;
     }
