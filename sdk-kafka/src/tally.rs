@@ -39,7 +39,7 @@ struct Counts {
     role: &'static str,
     by_outcome: [AtomicU64; 3],
     skips: Mutex<Vec<Skips>>,
-    /// Flushes so far: a loop that sees it move hands its skips over (see [`LocalTally`]).
+    /// Flushes so far: a loop that sees it move hands its skips over (see [`LocalSkips`]).
     flushes: AtomicU64,
 }
 
@@ -138,11 +138,10 @@ impl Tally {
     }
 
     /// A tally of the skips of one loop.
-    pub(crate) fn local(&self) -> LocalTally<'_> {
-        LocalTally {
+    pub(crate) fn local(&self) -> LocalSkips<'_> {
+        LocalSkips {
             tally: self,
             kinds: SmallVec::new(),
-            processed: 0,
             n: 0,
             flushes: self.counts.flushes.load(Ordering::Relaxed),
         }
@@ -155,17 +154,13 @@ impl Skips {
     }
 }
 
-/// Skips (and, in prodbox's own loop, messages processed) in a loop's hand, added to its
-/// consumer's [`Tally`] in batches (under its lock): every [`LOCAL_BATCH`] messages, when a
-/// kind of skip more comes than it holds, before the loop waits ([`flush`](Self::flush)), at
-/// its next message once the tally was flushed since ([`tick`](Self::tick)), and when it is
-/// dropped. Neither costs an atomic operation here.
-pub(crate) struct LocalTally<'t> {
+/// Skips in a loop's hand, added to its consumer's [`Tally`] in batches (under its lock):
+/// every [`LOCAL_BATCH`] skips, when a kind more comes than it holds, before the loop waits
+/// ([`flush`](Self::flush)), at its next message once the tally was flushed since
+/// ([`tick`](Self::tick)), and when it is dropped. A skip costs no atomic operation here.
+pub(crate) struct LocalSkips<'t> {
     tally: &'t Tally,
     kinds: SmallVec<[Skips; LOCAL_KINDS]>,
-    /// Messages processed.
-    processed: u64,
-    /// Messages held (skipped or processed).
     n: u32,
     /// The tally's flushes when this last handed its skips over.
     flushes: u64,
@@ -177,7 +172,7 @@ const LOCAL_KINDS: usize = 4;
 /// Skips a loop holds at most.
 const LOCAL_BATCH: u32 = 64;
 
-impl LocalTally<'_> {
+impl LocalSkips<'_> {
     /// Audits and counts a skipped message (`detail` names it, `topic()` is its topic) for
     /// `reason`, of `sandbox`'s: logged now, counted with the rest (as it comes, when the
     /// consumer reads more than one topic).
@@ -208,22 +203,6 @@ impl LocalTally<'_> {
                 });
             }
         }
-        self.held();
-    }
-
-    /// Counts a message processed, of `topic()`: with the rest (as it comes, when the
-    /// consumer reads more than one topic).
-    pub(crate) fn processed<'m>(&mut self, topic: impl FnOnce() -> &'m str) {
-        if self.tally.counts.topic.is_none() {
-            self.tally.count(KafkaOutcome::Processed, topic);
-            return;
-        }
-        self.processed += 1;
-        self.held();
-    }
-
-    /// After a message more was held.
-    fn held(&mut self) {
         self.n += 1;
         if self.n >= LOCAL_BATCH {
             self.flush();
@@ -246,16 +225,12 @@ impl LocalTally<'_> {
             self.tally
                 .add_skips(skip.reason, skip.sandbox.as_ref(), skip.n);
         }
-        if self.processed > 0 {
-            self.tally.counts.by_outcome[0].fetch_add(self.processed, Ordering::Relaxed);
-            self.processed = 0;
-        }
         self.n = 0;
         self.flushes = self.tally.counts.flushes.load(Ordering::Relaxed);
     }
 }
 
-impl Drop for LocalTally<'_> {
+impl Drop for LocalSkips<'_> {
     fn drop(&mut self) {
         self.flush();
     }
@@ -289,7 +264,7 @@ mod tests {
     async fn a_loops_skips_all_reach_the_tally() {
         let tally = Tally::new(Some("t"), "baseline");
         let mut local = tally.local();
-        let skip = |local: &mut LocalTally<'_>, key: Option<&SandboxKey>| {
+        let skip = |local: &mut LocalSkips<'_>, key: Option<&SandboxKey>| {
             local.skip("forked", key, &"t/0@1", || "t");
         };
         for _ in 0..LOCAL_BATCH - 1 {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::{Out, committed, consumer_config, produce, unbatched_producer};
+use common::{Out, committed, consumer_config, eventually, produce, unbatched_producer};
 use prodbox_core::directory::MemoryDirectory;
 use prodbox_core::{FutureExt, Sandbox, SandboxKey};
 use prodbox_kafka::{Filter, Role, SandboxConsumer, Verdict, inject_headers};
@@ -423,22 +423,38 @@ async fn recv_dropped_after_its_partition_was_revoked_does_not_brick_the_consume
     );
 }
 
-/// `run` keeps the pull lock from one message to the next while its handler does not wait.
-/// Two `run` loops share a consumer; the first loop's handler waits, on its first message,
-/// until the second loop has handled one: had the first kept the lock while waiting, the
-/// second could never pull one, and both would wait for ever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_loop_waiting_in_its_handler_holds_no_other_loop_back() {
-    let topic = unique_topic("atk-turn-wait");
+/// A consumer of a new one-partition topic holding `n` records `"0"`, `"1"`, ..., shared as
+/// an `Arc` by the loops of a test.
+async fn shared_consumer(
+    prefix: &str,
+    n: usize,
+    producer: &rdkafka::producer::FutureProducer,
+) -> Arc<SandboxConsumer> {
+    let topic = unique_topic(prefix);
     create_topic(&topic, 1).await;
-    let records: Vec<Out> = (0..40).map(|i| Out::new(format!("{i}"))).collect();
-    produce(&common::producer(), &topic, &records).await;
+    let records: Vec<Out> = (0..n).map(|i| Out::new(format!("{i}"))).collect();
+    produce(producer, &topic, &records).await;
     let group = format!("{topic}-g");
     let consumer = SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))
         .start(&[&topic])
         .await
         .unwrap();
-    let consumer = Arc::new(consumer);
+    Arc::new(consumer)
+}
+
+// The tests below come from a change taken back (68c5c28) and its review: `run` kept the
+// pull lock from one message to the next, giving it back when its handler's future was
+// pending. Its handler's synchronous part then ran under the lock: a handler that blocks its
+// thread, or takes a message from its own consumer synchronously, held every other loop back,
+// and two loops no longer shared the messages. The first two tests fail on a lock kept while
+// the handler waits.
+
+/// Two `run` loops share a consumer, and the first loop's handler waits, on its first message,
+/// until the second loop has handled one: the second must get messages meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_loop_waiting_in_its_handler_holds_no_other_loop_back() {
+    const N: usize = 40;
+    let consumer = shared_consumer("atk-turn-wait", N, &common::producer()).await;
     let handled = Arc::new(AtomicUsize::new(0));
     let by_second = Arc::new(tokio::sync::Notify::new());
     let first_waits = Arc::new(tokio::sync::Notify::new());
@@ -496,12 +512,10 @@ async fn a_run_loop_waiting_in_its_handler_holds_no_other_loop_back() {
                 .unwrap();
         }
     });
-    let all = async {
-        while handled.load(Ordering::SeqCst) < records.len() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let done = tokio::time::timeout(Duration::from_secs(30), all).await;
+    let done = eventually(Duration::from_secs(30), || {
+        handled.load(Ordering::SeqCst) >= N
+    })
+    .await;
     stop.send(true).unwrap();
     let stopped = tokio::time::timeout(Duration::from_secs(10), async {
         first.await.unwrap();
@@ -509,70 +523,222 @@ async fn a_run_loop_waiting_in_its_handler_holds_no_other_loop_back() {
     })
     .await;
     assert!(
-        done.is_ok() && stopped.is_ok(),
-        "{} of {} handled (the waiting loop held the other back); stopped: {}",
+        done && stopped.is_ok(),
+        "{} of {N} handled (the waiting loop held the other back); stopped: {}",
         handled.load(Ordering::SeqCst),
-        records.len(),
         stopped.is_ok()
     );
 }
 
-/// A handler that takes a message from its own consumer (`recv`, while `run` is taking one
-/// message at a time): the loop running the handler gives the pull lock back when the
-/// handler waits, and both messages are handled.
+/// A `run` handler that blocks its thread (a blocking client, CPU-bound work): the service's
+/// `recv` on another worker still gets messages meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_handler_may_take_a_message_from_its_own_consumer() {
-    let topic = unique_topic("atk-turn-nested");
-    create_topic(&topic, 1).await;
-    let records: Vec<Out> = (0..10).map(|i| Out::new(format!("{i}"))).collect();
-    produce(&common::producer(), &topic, &records).await;
-    let group = format!("{topic}-g");
-    let consumer = SandboxConsumer::builder(consumer_config(), &group, Role::baseline("billing"))
-        .start(&[&topic])
-        .await
-        .unwrap();
-    let consumer = Arc::new(consumer);
-    let handled = Arc::new(AtomicUsize::new(0));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+async fn a_run_handler_that_blocks_its_thread_holds_no_other_loop_back() {
+    let consumer = shared_consumer("atk-turn-block", 20, &common::producer()).await;
+    let blocking = Arc::new(AtomicBool::new(false));
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn({
-        let (inner, handled) = (Arc::clone(&consumer), Arc::clone(&handled));
+        let (consumer, blocking) = (Arc::clone(&consumer), Arc::clone(&blocking));
         async move {
-            let mut nested = false;
+            let mut first = true;
             consumer
                 .run(
                     move |_| {
-                        let nest = !std::mem::replace(&mut nested, true);
-                        let (inner, handled) = (Arc::clone(&inner), Arc::clone(&handled));
-                        async move {
-                            if nest {
-                                inner.recv().await.unwrap().done();
-                                handled.fetch_add(1, Ordering::SeqCst);
-                            }
-                            handled.fetch_add(1, Ordering::SeqCst);
-                            Ok::<_, std::convert::Infallible>(())
+                        if std::mem::replace(&mut first, false) {
+                            blocking.store(true, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_secs(4));
                         }
+                        std::future::ready(Ok::<_, std::convert::Infallible>(()))
                     },
                     async move {
-                        let _ = stopped.await;
+                        let _ = stopped.wait_for(|stop| *stop).await;
                     },
                 )
                 .await
                 .unwrap();
         }
     });
-    let all = async {
-        while handled.load(Ordering::SeqCst) < records.len() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(eventually(Duration::from_secs(30), || blocking.load(Ordering::SeqCst)).await);
+    // Well within the handler's 4 s.
+    let got = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await;
+    let got = match got {
+        Ok(Ok(delivery)) => {
+            delivery.done();
+            true
         }
+        _ => false,
     };
-    let done = tokio::time::timeout(Duration::from_secs(30), all).await;
-    let _ = stop.send(());
-    let stopped = tokio::time::timeout(Duration::from_secs(10), running).await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
     assert!(
-        done.is_ok() && stopped.is_ok(),
-        "{} of {} handled; stopped: {}",
-        handled.load(Ordering::SeqCst),
-        records.len(),
-        stopped.is_ok()
+        got,
+        "recv got nothing while run's handler blocked its thread"
     );
+}
+
+/// A `run` handler that takes a message from its own consumer, waiting for it: with `.await`,
+/// and synchronously (`block_in_place`). Neither may wait for the loop that runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_handler_may_take_a_message_from_its_own_consumer() {
+    for blocking in [false, true] {
+        const N: usize = 10;
+        let consumer = shared_consumer("atk-turn-nested", N, &common::producer()).await;
+        let handled = Arc::new(AtomicUsize::new(0));
+        let nested_got = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn({
+            let (inner, handled) = (Arc::clone(&consumer), Arc::clone(&handled));
+            let nested_got = Arc::clone(&nested_got);
+            async move {
+                let mut nested = false;
+                consumer
+                    .run(
+                        move |_| {
+                            let nest = !std::mem::replace(&mut nested, true);
+                            let recv = {
+                                let (inner, handled) = (Arc::clone(&inner), Arc::clone(&handled));
+                                let nested_got = Arc::clone(&nested_got);
+                                async move {
+                                    // Bounded: a handler stuck for ever would also keep
+                                    // the test's runtime from shutting down.
+                                    let recv =
+                                        tokio::time::timeout(Duration::from_secs(10), inner.recv());
+                                    if let Ok(Ok(delivery)) = recv.await {
+                                        delivery.done();
+                                        handled.fetch_add(1, Ordering::SeqCst);
+                                        nested_got.store(true, Ordering::SeqCst);
+                                    }
+                                }
+                            };
+                            let recv = match (nest, blocking) {
+                                (true, true) => {
+                                    tokio::task::block_in_place(|| {
+                                        tokio::runtime::Handle::current().block_on(recv);
+                                    });
+                                    None
+                                }
+                                (true, false) => Some(recv),
+                                (false, _) => None,
+                            };
+                            let handled = Arc::clone(&handled);
+                            async move {
+                                if let Some(recv) = recv {
+                                    recv.await;
+                                }
+                                handled.fetch_add(1, Ordering::SeqCst);
+                                Ok::<_, std::convert::Infallible>(())
+                            }
+                        },
+                        async move {
+                            let _ = stopped.await;
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+        });
+        let done = eventually(Duration::from_secs(30), || {
+            handled.load(Ordering::SeqCst) >= N
+        })
+        .await;
+        let _ = stop.send(());
+        let stopped = tokio::time::timeout(Duration::from_secs(10), running).await;
+        assert!(
+            done && stopped.is_ok() && nested_got.load(Ordering::SeqCst),
+            "blocking {blocking}: {} of {N} handled; the handler's own recv got one: {}; \
+             stopped: {}",
+            handled.load(Ordering::SeqCst),
+            nested_got.load(Ordering::SeqCst),
+            stopped.is_ok()
+        );
+    }
+}
+
+/// Two `run` loops share a consumer, with handlers that work synchronously (5 ms each, no
+/// await): both loops get a fair part of the messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_run_loops_with_synchronous_handlers_share_the_messages() {
+    const N: usize = 300;
+    let consumer = shared_consumer("atk-turn-share", N, &common::producer()).await;
+    let counts = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut loops = Vec::new();
+    for (i, count) in counts.iter().enumerate() {
+        if i == 1 {
+            // The second loop starts once the first is busy.
+            let first = Arc::clone(&counts[0]);
+            assert!(
+                eventually(Duration::from_secs(30), || first.load(Ordering::SeqCst)
+                    >= 5)
+                .await
+            );
+        }
+        let (consumer, count) = (Arc::clone(&consumer), Arc::clone(count));
+        let mut stopped = stopped.clone();
+        loops.push(tokio::spawn(async move {
+            consumer
+                .run(
+                    move |_| {
+                        std::thread::sleep(Duration::from_millis(5));
+                        count.fetch_add(1, Ordering::SeqCst);
+                        std::future::ready(Ok::<_, std::convert::Infallible>(()))
+                    },
+                    async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    },
+                )
+                .await
+                .unwrap();
+        }));
+    }
+    let total = || counts[0].load(Ordering::SeqCst) + counts[1].load(Ordering::SeqCst);
+    assert!(eventually(Duration::from_secs(60), || total() >= N).await);
+    stop.send(true).unwrap();
+    for running in loops {
+        running.await.unwrap();
+    }
+    let (a, b) = (
+        counts[0].load(Ordering::SeqCst),
+        counts[1].load(Ordering::SeqCst),
+    );
+    assert!(
+        a.min(b) >= N / 5,
+        "one loop handled nearly all: {a} and {b}"
+    );
+}
+
+/// A `run` handler that panics: the panic ends the loop's task, and the message it held comes
+/// again to the next loop of the consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_run_handler_leaves_its_message_to_come_again() {
+    // One record per batch: the rewind lands inside no batch (see `unbatched_producer`).
+    let consumer = shared_consumer("atk-turn-panic", 5, &unbatched_producer()).await;
+    let running = tokio::spawn({
+        let consumer = Arc::clone(&consumer);
+        async move {
+            let mut n = 0;
+            consumer
+                .run(
+                    move |_| {
+                        n += 1;
+                        assert!(n < 3, "the handler panics on its third message");
+                        std::future::ready(Ok::<_, std::convert::Infallible>(()))
+                    },
+                    std::future::pending::<()>(),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    assert!(running.await.is_err(), "the handler panicked");
+    let again = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("recv gets a message")
+        .unwrap();
+    assert_eq!(
+        again.payload(),
+        Some(b"2".as_slice()),
+        "the message it held comes again"
+    );
+    again.done();
 }

@@ -14,7 +14,7 @@ use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
 use prodbox_kafka::{Role, SandboxConsumer};
 use prodbox_testkit::kafka::{create_topic, unique_topic};
 use prodbox_testkit::metrics::Metrics;
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Message, OwnedHeaders};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_outcomes_are_counted_per_role() {
@@ -89,4 +89,50 @@ async fn consumer_outcomes_are_counted_per_role() {
     );
     running.stop().await;
     assert_eq!(log.lock().unwrap().len(), 6);
+}
+
+/// Messages processed reach the metric while a later message keeps failing: the counts are
+/// not held back by the retries (a loop that tallied them until its next message would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processed_messages_are_counted_while_a_later_one_retries() {
+    let metrics = Metrics::global();
+    let topic = unique_topic("metrics-retry");
+    create_topic(&topic, 1).await;
+    let records: Vec<Out> = (0..6).map(|i| Out::new(format!("{i}"))).collect();
+    produce(&producer(), &topic, &records).await;
+    let consumer = SandboxConsumer::builder(
+        consumer_config(),
+        &format!("{topic}-billing"),
+        Role::baseline("billing"),
+    )
+    .retry_backoff(Duration::from_millis(10), Duration::from_millis(100))
+    .start(&[&topic])
+    .await
+    .unwrap();
+    let running = Running::spawn(consumer, |message| async move {
+        // The last one fails for ever.
+        if message.payload() == Some(b"5".as_slice()) {
+            Err("failing")
+        } else {
+            Ok(())
+        }
+    });
+    let processed = || {
+        metrics.sum(
+            "prodbox.kafka.messages",
+            &[
+                ("messaging.system", "kafka"),
+                ("messaging.destination.name", &topic),
+                ("prodbox.kafka.role", "baseline"),
+                ("prodbox.kafka.outcome", "processed"),
+            ],
+        )
+    };
+    let counted = eventually(Duration::from_secs(20), || processed() == 5).await;
+    let seen = processed();
+    running.stop().await;
+    assert!(
+        counted,
+        "{seen} of 5 processed counted while the sixth retried"
+    );
 }

@@ -118,7 +118,7 @@ impl<'a, C: ConsumerContext + 'static> Stream for Deliveries<'a, C> {
                 Pulled::Wait | Pulled::Stopped | Pulled::Ended => None,
             };
             // Tallied to the consumer before any wait.
-            this.local.tally.flush();
+            this.local.skips.flush();
             this.waiting = Some(Box::pin(async move {
                 if let Some((held, verdict)) = step {
                     let mut never = Shutdown::never();

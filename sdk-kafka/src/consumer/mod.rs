@@ -178,7 +178,7 @@ use crate::cut::Cuts;
 pub use crate::error::ConsumerError;
 use crate::filter::{Filter, Role};
 use crate::in_flight::{InFlight, Ticket};
-use crate::tally::{LocalTally, Tally};
+use crate::tally::{LocalSkips, Tally};
 pub use delivery::Delivery;
 
 mod delivery;
@@ -630,7 +630,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         message: &BorrowedMessage<'_>,
         reason: &'static str,
         sandbox: Option<&SandboxKey>,
-        skips: &mut LocalTally<'_>,
+        skips: &mut LocalSkips<'_>,
     ) {
         skips.skip(reason, sandbox, &Source(message), || self.topic(message));
     }

@@ -11,8 +11,7 @@ use prodbox_core::{FutureExt, SandboxContext};
 use rdkafka::consumer::{CommitMode, ConsumerContext};
 use rdkafka::message::BorrowedMessage;
 
-use super::pull::Turn;
-use super::step::{Local, Next, Ready};
+use super::step::{Next, Ready};
 use super::{ConsumerError, Done, SandboxConsumer, Source, audit};
 use crate::shutdown::{Shutdown, pause};
 
@@ -75,17 +74,10 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         // message (a lock each time).
         let mut messages = self.consumer.stream();
         let mut local = self.local();
-        // This loop gives the pull lock back whenever it would wait (`handle`), so it may keep
-        // it from one message to the next.
-        local.turn = Turn::kept();
         loop {
             match self.next(&mut messages, &mut shutdown, &mut local).await {
                 Next::Ready(ready) => {
-                    if self
-                        .handle(ready, &mut handler, &mut shutdown, &mut local)
-                        .await
-                        == Done::Interrupted
-                    {
+                    if self.handle(ready, &mut handler, &mut shutdown).await == Done::Interrupted {
                         break;
                     }
                 }
@@ -104,14 +96,12 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
 
     /// Runs `handler` on a message to process, in its context, until it succeeds (or, with
     /// `max_attempts`, the message is dead-lettered). Shutdown ends the waits between
-    /// attempts (never an attempt under way): the message is then left unhandled. The pull
-    /// lock the loop keeps is given back before anything here waits.
-    async fn handle<'a, F, Fut, E, S>(
-        &'a self,
-        ready: Ready<'a, C>,
+    /// attempts (never an attempt under way): the message is then left unhandled.
+    async fn handle<F, Fut, E, S>(
+        &self,
+        ready: Ready<'_, C>,
         handler: &mut F,
         shutdown: &mut Shutdown<'_, S>,
-        local: &mut Local<'a>,
     ) -> Done
     where
         F: FnMut(&BorrowedMessage<'_>) -> Fut,
@@ -136,26 +126,18 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             // Production's context is the loop's own (see `run`), unless a handler left another
             // attached on the thread (a guard forgotten, or held across an await): then
             // production's is attached for this message.
-            let turn = &mut local.turn;
             let result = match &context {
-                Some(context) => {
-                    let attempt = attempt.in_context(super::handled_in(context));
-                    turn.until_pending(attempt).await
-                }
-                None if self.production_is_current() => turn.until_pending(attempt).await,
-                None => {
-                    let attempt = attempt.in_context(self.production.clone());
-                    turn.until_pending(attempt).await
-                }
+                Some(context) => attempt.in_context(super::handled_in(context)).await,
+                None if self.production_is_current() => attempt.await,
+                None => attempt.in_context(self.production.clone()).await,
             };
             match result {
                 Ok(()) => {
-                    local.tally.processed(|| self.topic(message));
+                    self.count(message, KafkaOutcome::Processed);
                     held.finish();
                     return Done::Completed;
                 }
                 Err(error) => {
-                    local.turn.give_back();
                     tracing::warn!(
                         target: "prodbox::kafka",
                         source = %Source(message),

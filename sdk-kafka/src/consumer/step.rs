@@ -19,7 +19,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
-use super::pull::{Pulling, Turn};
+use super::pull::Pulling;
 use super::{
     DEAD_LETTER_REASON, DEAD_LETTER_SOURCE, Done, Rebalances, SandboxConsumer, Source, audit,
 };
@@ -27,7 +27,7 @@ use crate::cut::{Cut, Recent};
 use crate::filter::Role;
 use crate::in_flight::Ticket;
 use crate::shutdown::{Shutdown, pause};
-use crate::tally::LocalTally;
+use crate::tally::LocalSkips;
 use crate::verdict::Verdict;
 use crate::verdict_memory::Clock;
 
@@ -118,12 +118,10 @@ impl<C: ConsumerContext + 'static> Drop for Held<'_, C> {
 
 /// What a loop keeps from one message to the next.
 pub(super) struct Local<'a> {
-    /// Its counts, not tallied to the consumer yet.
-    pub(super) tally: LocalTally<'a>,
+    /// Its skips, not tallied to the consumer yet.
+    pub(super) skips: LocalSkips<'a>,
     /// The cuts it decided by last.
     cuts: Recent,
-    /// The pull lock, when the loop keeps it.
-    pub(super) turn: Turn<'a>,
 }
 
 /// A loop waiting for messages, counted while it waits.
@@ -146,9 +144,8 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// What a new loop keeps.
     pub(super) fn local(&self) -> Local<'_> {
         Local {
-            tally: self.tally.local(),
+            skips: self.tally.local(),
             cuts: Recent::default(),
-            turn: Turn::default(),
         }
     }
 
@@ -168,7 +165,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                     // Before waiting, what is done with is given to rdkafka (see `in_flight`),
                     // and the skips tallied to the consumer.
                     self.store_due();
-                    local.tally.flush();
+                    local.skips.flush();
                     let pulled = async {
                         let pulling = self.pulling.lock().await;
                         (messages.next().await, pulling)
@@ -217,10 +214,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                 return Pulled::Stopped;
             }
             // Pulled and taken under the pull lock (see `SandboxConsumer::pulling`).
-            let Some(pulling) = (kept.take())
-                .or_else(|| local.turn.take())
-                .or_else(|| self.pulling.try_lock())
-            else {
+            let Some(pulling) = kept.take().or_else(|| self.pulling.try_lock()) else {
                 return Pulled::Wait;
             };
             let Some(message) = messages.next().now_or_never() else {
@@ -259,28 +253,25 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             Now::Later(verdict) => Err(verdict),
         };
         let ticket = self.in_flight.take(at.0, at.1, at.2);
+        drop(pulling);
+        local.skips.tick();
         let held = Held {
             consumer: self,
             message: Some(message),
             ticket,
         };
-        let pulled = match verdict {
+        Ok(match verdict {
             Ok(context) => match self.admit_now(context.as_ref()) {
-                Ok(permit) => {
-                    local.turn.keep(pulling);
-                    Pulled::Ready(Ready {
-                        held,
-                        context,
-                        permit,
-                    })
-                }
+                Ok(permit) => Pulled::Ready(Ready {
+                    held,
+                    context,
+                    permit,
+                }),
                 // Throttled: the step waits.
                 Err(()) => Pulled::Step(held, Some(Verdict::Process(context))),
             },
             Err(verdict) => Pulled::Step(held, verdict),
-        };
-        local.tally.tick();
-        Ok(pulled)
+        })
     }
 
     /// What can be decided of `message`, at `at`, at once, from the filter's memory and the
@@ -304,7 +295,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             .decide_with(headers, &mut Clock::default(), |verdict| {
                 let cut = match &*verdict {
                     Verdict::Skip { reason, sandbox } => {
-                        self.skipped(message, reason, sandbox.as_ref(), &mut local.tally);
+                        self.skipped(message, reason, sandbox.as_ref(), &mut local.skips);
                         return Now::Skipped;
                     }
                     Verdict::Cut { context, forking } => {
@@ -315,7 +306,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                         });
                         if cut == Some(Cut::Skip) {
                             let reason = self.cut_skip_reason();
-                            self.skipped(message, reason, sandbox, &mut local.tally);
+                            self.skipped(message, reason, sandbox, &mut local.skips);
                             return Now::Skipped;
                         }
                         cut
