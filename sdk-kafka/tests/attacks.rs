@@ -1,5 +1,5 @@
-//! Attacks from a hostile review of the own loop, in-flight tracking, rebalances and the
-//! producer, kept as tests: each was tried and refused.
+//! Attacks from hostile reviews of the own loop, in-flight tracking, rebalances, the producer
+//! and `run` loops sharing a consumer, kept as tests: each was tried and refused.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -446,8 +446,8 @@ async fn shared_consumer(
 // pull lock from one message to the next, giving it back when its handler's future was
 // pending. Its handler's synchronous part then ran under the lock: a handler that blocks its
 // thread, or takes a message from its own consumer synchronously, held every other loop back,
-// and two loops no longer shared the messages. The first two tests fail on a lock kept while
-// the handler waits.
+// and two loops no longer shared the messages. The first test, and the nested test's `.await`
+// form, fail on a lock kept even while the handler waits.
 
 /// Two `run` loops share a consumer, and the first loop's handler waits, on its first message,
 /// until the second loop has handled one: the second must get messages meanwhile.
