@@ -322,6 +322,18 @@ async fn baseline(topic: &str, group: &str, directory: &MemoryDirectory) -> Sand
         .unwrap()
 }
 
+/// What the floor does with each message beyond the payload: finds its `baggage` header (the
+/// floor any consumer that decides by a header pays: librdkafka parses a message's headers on
+/// first access).
+fn read_baggage(message: &BorrowedMessage<'_>) {
+    black_box(message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|header| header.key == "baggage")
+            .and_then(|header| header.value)
+    }));
+}
+
 /// A new consumer group of `kind` reads all of `topic`; returns the time from the first
 /// message it was given to the last (the group join is not timed).
 ///
@@ -368,12 +380,7 @@ async fn consume_in_task(
             loop {
                 let message = consumer.recv().await.unwrap();
                 if baggage {
-                    black_box(message.headers().and_then(|headers| {
-                        headers
-                            .iter()
-                            .find(|header| header.key == "baggage")
-                            .and_then(|header| header.value)
-                    }));
+                    read_baggage(&message);
                 }
                 let done = progress.saw(black_box(message.payload().unwrap_or_default()));
                 if store {
@@ -646,12 +653,7 @@ fn paired() {
                 if !floor_turn.saw(message.offset()) {
                     break floor_turn.next();
                 }
-                black_box(message.headers().and_then(|headers| {
-                    headers
-                        .iter()
-                        .find(|header| header.key == "baggage")
-                        .and_then(|header| header.value)
-                }));
+                read_baggage(&message);
                 saw(&work, message.payload().unwrap_or_default());
             };
             // `run`: given its turn (it starts its first on its own, at this task's first
