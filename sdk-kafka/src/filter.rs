@@ -13,7 +13,7 @@ use rdkafka::message::Headers;
 
 use crate::headers::HeaderSnapshot;
 use crate::verdict::Verdict;
-use crate::verdict_memory::{self, Basis, Clock, FilterId};
+use crate::verdict_memory::{self, Basis, Clock, FilterId, Latest};
 
 /// What a consumer is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +131,9 @@ impl Filter {
         headers: Option<&H>,
         clock: &mut Clock,
     ) -> Verdict {
-        self.decide_with(headers, clock, |verdict| verdict.into_owned())
+        self.decide_with(headers, clock, &mut Latest::default(), |verdict| {
+            verdict.into_owned()
+        })
     }
 
     /// What `decide` makes of the verdict, lent when it is remembered: a consumer takes what
@@ -140,6 +142,7 @@ impl Filter {
         &self,
         headers: Option<&H>,
         clock: &mut Clock,
+        latest: &mut Latest,
         decide: impl FnOnce(Cow<'_, Verdict>) -> R,
     ) -> R {
         let Some(headers) = headers else {
@@ -166,7 +169,7 @@ impl Filter {
         let remembering = header.zip(self.directory.generation());
         let (miss, decide) = match remembering {
             Some((header, generation)) => {
-                match verdict_memory::recall(self.id, generation, header, clock, decide) {
+                match verdict_memory::recall(self.id, generation, header, clock, latest, decide) {
                     Ok(decided) => return decided,
                     Err(missed) => missed,
                 }

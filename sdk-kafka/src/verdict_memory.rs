@@ -15,6 +15,10 @@
 //! has no generation. The memory is per thread, direct-mapped and bounded ([`SLOTS`] headers of
 //! at most 512 bytes per thread), and a header is copied in only after it missed twice in a
 //! row in its slot, so a stream of one-off headers costs no allocation.
+//!
+//! A consumer loop also keeps the decision it recalled last ([`Latest`]), on the same terms:
+//! a run of messages with one header is then decided by comparing it, without hashing it or
+//! reaching the thread's memory (about 250 instructions fewer for each such message).
 
 use std::borrow::Cow;
 use std::hash::BuildHasher;
@@ -48,11 +52,32 @@ pub(crate) struct Basis {
     pub(crate) valid_until: Option<SystemTime>,
 }
 
+#[derive(Clone)]
 struct Entry {
     basis: Basis,
     header: Box<[u8]>,
     /// Never a dead letter.
     verdict: Verdict,
+}
+
+impl Entry {
+    /// Whether this is the decision of `filter` at directory `generation` for `header`, still
+    /// valid at the `clock`'s time.
+    fn is_for(&self, filter: FilterId, generation: u64, header: &[u8], clock: &mut Clock) -> bool {
+        let basis = &self.basis;
+        basis.filter == filter
+            && basis.generation == generation
+            && basis.valid_until.is_none_or(|until| clock.now() < until)
+            && *self.header == *header
+    }
+}
+
+/// A consumer loop's copy of the decision it recalled last (see the [module docs](self)).
+#[derive(Default)]
+pub(crate) struct Latest {
+    entry: Option<Entry>,
+    /// The hash of the header recalled from the thread's memory last.
+    hit: Option<u64>,
 }
 
 thread_local! {
@@ -85,22 +110,36 @@ impl Clock {
 /// decision is lent, not copied: a copy of its context and its drop cost two atomic operations.
 /// Otherwise `read` back, to be given the decision made afresh, and where to remember that
 /// (`None`: nowhere, the thread is being torn down).
+///
+/// `latest` is tried first; a decision recalled from the thread's memory for the same header
+/// twice in a row is copied into it (alternating headers never are, so they cost no copies).
 pub(crate) fn recall<R, F: FnOnce(Cow<'_, Verdict>) -> R>(
     filter: FilterId,
     generation: u64,
     header: &[u8],
     clock: &mut Clock,
+    latest: &mut Latest,
     read: F,
 ) -> Result<R, (Option<Miss>, F)> {
+    if let Some(entry) = &latest.entry
+        && entry.is_for(filter, generation, header, clock)
+    {
+        return Ok(read(Cow::Borrowed(&entry.verdict)));
+    }
+    let hash = hash(filter, header);
     let mut read = Some(read);
     let found = MEMORY.try_with(|memory| {
-        memory.get(hash(filter, header), |entry| {
-            let basis = &entry.basis;
-            (basis.filter == filter
-                && basis.generation == generation
-                && basis.valid_until.is_none_or(|until| clock.now() < until)
-                && *entry.header == *header)
-                .then(|| read.take().map(|read| read(Cow::Borrowed(&entry.verdict))))
+        memory.get(hash, |entry| {
+            entry
+                .is_for(filter, generation, header, clock)
+                .then(|| {
+                    let read = read.take()?;
+                    if latest.hit == Some(hash) {
+                        latest.entry = Some(entry.clone());
+                    }
+                    latest.hit = Some(hash);
+                    Some(read(Cow::Borrowed(&entry.verdict)))
+                })
                 .flatten()
         })
     });
@@ -153,7 +192,14 @@ mod tests {
 
     /// Misses, then remembers the verdict where it missed; returns whether it missed.
     fn miss_and_remember(filter: FilterId, generation: u64, header: &[u8]) -> bool {
-        match recall(filter, generation, header, &mut Clock::default(), owned) {
+        match recall(
+            filter,
+            generation,
+            header,
+            &mut Clock::default(),
+            &mut Latest::default(),
+            owned,
+        ) {
             Ok(_) => false,
             Err((miss, _)) => {
                 remember(
@@ -177,9 +223,14 @@ mod tests {
             "second miss: now kept"
         );
         assert!(!miss_and_remember(filter, 1, header), "then recalled");
-        let recalled = recall(filter, 1, header, &mut Clock::default(), |verdict| {
-            verdict.into_owned()
-        });
+        let recalled = recall(
+            filter,
+            1,
+            header,
+            &mut Clock::default(),
+            &mut Latest::default(),
+            |verdict| verdict.into_owned(),
+        );
         assert!(matches!(
             recalled,
             Ok(Verdict::Skip {
@@ -189,11 +240,69 @@ mod tests {
         ));
         // Another generation or filter never sees it.
         assert!(
-            recall(filter, 2, header, &mut Clock::default(), |verdict| verdict
-                .into_owned())
+            recall(
+                filter,
+                2,
+                header,
+                &mut Clock::default(),
+                &mut Latest::default(),
+                |verdict| verdict.into_owned()
+            )
             .is_err()
         );
-        assert!(recall(FilterId::next(), 1, header, &mut Clock::default(), owned).is_err());
+        assert!(
+            recall(
+                FilterId::next(),
+                1,
+                header,
+                &mut Clock::default(),
+                &mut Latest::default(),
+                owned
+            )
+            .is_err()
+        );
+    }
+
+    /// Recalls `header` into `latest`; returns whether it was decided.
+    fn recall_into(latest: &mut Latest, filter: FilterId, generation: u64, header: &[u8]) -> bool {
+        recall(
+            filter,
+            generation,
+            header,
+            &mut Clock::default(),
+            latest,
+            owned,
+        )
+        .is_ok()
+    }
+
+    #[test]
+    fn a_loop_copies_a_header_recalled_twice_in_a_row_and_never_one_that_alternates() {
+        let filter = FilterId::next();
+        let (a, b) = (
+            b"prodbox.sandbox=pr-latest-a",
+            b"prodbox.sandbox=pr-latest-b",
+        );
+        for header in [a, b] {
+            while miss_and_remember(filter, 1, header) {}
+        }
+        let mut latest = Latest::default();
+        for header in [a, b, a, b, a] {
+            assert!(recall_into(&mut latest, filter, 1, header));
+        }
+        assert!(
+            latest.entry.is_none(),
+            "alternating headers are never copied"
+        );
+        assert!(recall_into(&mut latest, filter, 1, a));
+        assert_eq!(latest.entry.as_ref().map(|e| &*e.header), Some(&a[..]));
+
+        // The copy serves its own header, filter and generation only: anything else goes to
+        // the thread's memory, which has no decision of another filter or generation.
+        assert!(recall_into(&mut latest, filter, 1, b));
+        assert!(!recall_into(&mut latest, filter, 2, a));
+        assert!(!recall_into(&mut latest, FilterId::next(), 1, a));
+        assert_eq!(latest.entry.as_ref().map(|e| &*e.header), Some(&a[..]));
     }
 
     #[test]
@@ -202,11 +311,14 @@ mod tests {
         let header = b"prodbox.sandbox=pr-expiring";
         let past = SystemTime::now() - std::time::Duration::from_secs(1);
         for _ in 0..2 {
-            if let Err((Some(miss), _)) =
-                recall(filter, 1, header, &mut Clock::default(), |verdict| {
-                    verdict.into_owned()
-                })
-            {
+            if let Err((Some(miss), _)) = recall(
+                filter,
+                1,
+                header,
+                &mut Clock::default(),
+                &mut Latest::default(),
+                |verdict| verdict.into_owned(),
+            ) {
                 let basis = Basis {
                     valid_until: Some(past),
                     ..basis(filter, 1)
@@ -215,8 +327,14 @@ mod tests {
             }
         }
         assert!(
-            recall(filter, 1, header, &mut Clock::default(), |verdict| verdict
-                .into_owned())
+            recall(
+                filter,
+                1,
+                header,
+                &mut Clock::default(),
+                &mut Latest::default(),
+                |verdict| verdict.into_owned()
+            )
             .is_err()
         );
 
@@ -225,11 +343,14 @@ mod tests {
             carrier: "baggage".to_owned(),
         };
         for _ in 0..3 {
-            if let Err((Some(miss), _)) =
-                recall(filter, 1, poison, &mut Clock::default(), |verdict| {
-                    verdict.into_owned()
-                })
-            {
+            if let Err((Some(miss), _)) = recall(
+                filter,
+                1,
+                poison,
+                &mut Clock::default(),
+                &mut Latest::default(),
+                |verdict| verdict.into_owned(),
+            ) {
                 remember(
                     miss,
                     basis(filter, 1),
@@ -239,8 +360,14 @@ mod tests {
             }
         }
         assert!(
-            recall(filter, 1, poison, &mut Clock::default(), |verdict| verdict
-                .into_owned())
+            recall(
+                filter,
+                1,
+                poison,
+                &mut Clock::default(),
+                &mut Latest::default(),
+                |verdict| verdict.into_owned()
+            )
             .is_err()
         );
     }

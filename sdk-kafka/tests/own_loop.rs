@@ -461,3 +461,64 @@ async fn start_gives_up_on_a_directory_that_never_syncs() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A loop keeps the decision it made last for a header it keeps seeing (every message of a
+/// test run carries the same one): a sandbox disabled meanwhile is still skipped from its
+/// very next message, in either loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_disabled_mid_stream_is_skipped_from_its_next_message_by_a_loop_that_remembers_its_header()
+ {
+    for kind in [common::Loop::Run, common::Loop::Own] {
+        let topic = unique_topic("own-memo");
+        create_topic(&topic, 1).await;
+        let sandbox = key("ol-memo");
+        let directory = MemoryDirectory::new();
+        // Forks nothing: the baseline handles its messages, in its context.
+        directory.upsert(SandboxEntry::new(sandbox.clone()));
+        let consumer = SandboxConsumer::builder(
+            consumer_config(),
+            &format!("{topic}-g"),
+            Role::baseline("billing"),
+        )
+        .directory(directory.clone())
+        .start(&[&topic])
+        .await
+        .unwrap();
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let running = common::Running::spawn_in(kind, consumer, {
+            let handled = Arc::clone(&handled);
+            move |message: rdkafka::message::OwnedMessage| {
+                handled.lock().unwrap().push(payload_of(&message));
+                std::future::ready(Ok::<_, std::convert::Infallible>(()))
+            }
+        });
+        let tagged = |payload: &str| Out::new(payload).sandbox(Some(Sandbox::new(sandbox.clone())));
+        let before: Vec<Out> = (0..6).map(|i| tagged(&format!("a{i}"))).collect();
+        produce(&producer(), &topic, &before).await;
+        assert!(
+            eventually(Duration::from_secs(30), || handled.lock().unwrap().len()
+                == 6)
+            .await,
+            "{kind:?}: the sandbox's first messages handled: {:?}",
+            handled.lock().unwrap()
+        );
+
+        assert!(directory.set_disabled(&sandbox, true));
+        let mut after: Vec<Out> = (0..4).map(|i| tagged(&format!("b{i}"))).collect();
+        after.push(Out::new("end"));
+        produce(&producer(), &topic, &after).await;
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                handled.lock().unwrap().iter().any(|p| p == "end")
+            })
+            .await,
+            "{kind:?}: production's message after them handled"
+        );
+        running.stop().await;
+        let handled = handled.lock().unwrap().clone();
+        assert!(
+            !handled.iter().any(|p| p.starts_with('b')),
+            "{kind:?}: a disabled sandbox's messages were handled: {handled:?}"
+        );
+    }
+}

@@ -6,9 +6,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::{FutureExt as _, StreamExt};
+use futures_util::StreamExt;
 use prodbox_core::audit::Decision;
 use prodbox_core::guardrails::Permit;
 use prodbox_core::plumbing::metrics::KafkaOutcome;
@@ -29,7 +30,7 @@ use crate::in_flight::Ticket;
 use crate::shutdown::{Shutdown, pause};
 use crate::tally::LocalSkips;
 use crate::verdict::Verdict;
-use crate::verdict_memory::Clock;
+use crate::verdict_memory::{Clock, Latest};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -122,6 +123,8 @@ pub(super) struct Local<'a> {
     pub(super) skips: LocalSkips<'a>,
     /// The cuts it decided by last.
     cuts: Recent,
+    /// The decision it recalled last.
+    verdicts: Latest,
 }
 
 /// A loop waiting for messages, counted while it waits.
@@ -146,6 +149,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
         Local {
             skips: self.tally.local(),
             cuts: Recent::default(),
+            verdicts: Latest::default(),
         }
     }
 
@@ -217,7 +221,8 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             let Some(pulling) = kept.take().or_else(|| self.pulling.try_lock()) else {
                 return Pulled::Wait;
             };
-            let Some(message) = messages.next().now_or_never() else {
+            let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
+            let Poll::Ready(message) = messages.poll_next_unpin(&mut noop) else {
                 return Pulled::Wait;
             };
             match self.route(message, pulling, local) {
@@ -291,8 +296,11 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
             return Now::Later(None);
         }
         let headers = message.headers();
-        self.filter
-            .decide_with(headers, &mut Clock::default(), |verdict| {
+        self.filter.decide_with(
+            headers,
+            &mut Clock::default(),
+            &mut local.verdicts,
+            |verdict| {
                 let cut = match &*verdict {
                     Verdict::Skip { reason, sandbox } => {
                         self.skipped(message, reason, sandbox.as_ref(), &mut local.skips);
@@ -318,7 +326,8 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
                     (Verdict::Cut { context, .. }, Some(Cut::Handle)) => Now::Handle(Some(context)),
                     (verdict, _) => Now::Later(Some(verdict)),
                 }
-            })
+            },
+        )
     }
 
     /// The slot of the guardrails for a message handled in `context`, when one is free now
