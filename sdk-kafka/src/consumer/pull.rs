@@ -23,6 +23,7 @@ pub(super) struct Pulling<'a>(&'a PullLock);
 
 impl PullLock {
     /// The lock, if nobody holds it.
+    #[inline]
     pub(super) fn try_lock(&self) -> Option<Pulling<'_>> {
         self.held
             .compare_exchange(false, true, SeqCst, SeqCst)
@@ -52,6 +53,7 @@ impl PullLock {
 }
 
 impl Drop for Pulling<'_> {
+    #[inline]
     fn drop(&mut self) {
         let lock = self.0;
         lock.held.store(false, SeqCst);

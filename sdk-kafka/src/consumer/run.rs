@@ -54,10 +54,12 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     /// Whether the thread's context is this consumer's production context itself, not merely
     /// one without a sandbox (one a handler left behind may carry another message's baggage).
     fn production_is_current(&self) -> bool {
-        let ours = self.production.sandbox_context().map(std::ptr::from_ref);
+        let ours = self.production_marker;
         ours.is_some()
             && opentelemetry::Context::map_current(|cx| {
-                cx.sandbox_context().map(std::ptr::from_ref) == ours
+                cx.sandbox_context()
+                    .map(|context| std::ptr::from_ref(context).addr())
+                    == ours
             })
     }
 
