@@ -230,30 +230,12 @@ impl<'a> AuditEvent<'a> {
     }
 
     /// Writes the event, uncounted.
-    ///
-    /// Inline, the check `tracing::event!` makes first: whether anything listens at the
-    /// event's level at all. A busy Kafka consumer writes an event per record it skips, and
-    /// with nothing listening the call cost as much as the rest of the skip.
-    #[inline]
     pub(crate) fn log(&self) {
-        let level = match self.decision {
+        match self.decision {
             Decision::Accepted | Decision::Routed | Decision::Skipped | Decision::Shadowed => {
-                tracing::Level::INFO
+                audit_event!(self, tracing::Level::INFO, "prodbox {} {}")
             }
-            _ => tracing::Level::WARN,
-        };
-        if level <= tracing::level_filters::STATIC_MAX_LEVEL
-            && level <= tracing::level_filters::LevelFilter::current()
-        {
-            self.write(level);
-        }
-    }
-
-    fn write(&self, level: tracing::Level) {
-        if level == tracing::Level::INFO {
-            audit_event!(self, tracing::Level::INFO, "prodbox {} {}");
-        } else {
-            audit_event!(self, tracing::Level::WARN, "prodbox {} {}");
+            _ => audit_event!(self, tracing::Level::WARN, "prodbox {} {}"),
         }
     }
 }
