@@ -413,6 +413,38 @@ impl SandboxBuilder {
 mod tests {
     use super::*;
 
+    /// Equality (by address first, then text), hashing, order and `Borrow<str>` agree.
+    #[test]
+    fn keys_compare_hash_and_order_by_their_text() {
+        use std::collections::{BTreeSet, HashMap, HashSet};
+        use std::hash::BuildHasher;
+
+        let key = |s: &str| s.parse::<SandboxKey>().expect("a key");
+        let (a, a2, b) = (key("pr-1"), key("pr-1"), key("pr-2"));
+        let copy = a.clone();
+        assert_eq!(a, a2, "another allocation, the same text");
+        assert_eq!(a, copy);
+        assert_ne!(a, b);
+        assert_eq!(a.cmp(&a2), std::cmp::Ordering::Equal);
+        assert_eq!(a.partial_cmp(&b), Some(std::cmp::Ordering::Less));
+        let state = std::collections::hash_map::RandomState::new();
+        assert_eq!(state.hash_one(&a), state.hash_one(&a2));
+        assert_eq!(
+            state.hash_one(&a),
+            state.hash_one("pr-1"),
+            "as `str` hashes"
+        );
+        let map = HashMap::from([(a.clone(), 1)]);
+        assert_eq!(map.get("pr-1"), Some(&1));
+        assert_eq!(map.get(&a2), Some(&1));
+        assert_eq!(map.get("pr-2"), None);
+        let set: HashSet<SandboxKey> = [a.clone(), a2.clone(), copy].into();
+        assert_eq!(set.len(), 1);
+        let ordered: BTreeSet<SandboxKey> = [b, a, a2].into();
+        assert_eq!(ordered.len(), 2);
+        assert!(ordered.contains("pr-1"));
+    }
+
     #[test]
     fn keys_follow_dns_label_rules() {
         for ok in ["a", "0", "pr-42", "a-b-c", &"a".repeat(63)] {

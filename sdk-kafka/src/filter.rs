@@ -334,3 +334,150 @@ fn skip(reason: &'static str, sandbox: Option<&SandboxKey>) -> Verdict {
         sandbox: sandbox.cloned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prodbox_core::directory::{MemoryDirectory, SandboxEntry};
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    use super::*;
+
+    fn headers(entries: &[(&str, &str)]) -> OwnedHeaders {
+        entries
+            .iter()
+            .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                })
+            })
+    }
+
+    fn key(s: &str) -> SandboxKey {
+        s.parse().expect("a key")
+    }
+
+    fn decide(
+        filter: &Filter,
+        headers: &OwnedHeaders,
+        at: SystemTime,
+        latest: &mut Latest,
+    ) -> Verdict {
+        filter.decide_with(Some(headers), &mut Clock(Some(at)), latest, |verdict| {
+            verdict.into_owned()
+        })
+    }
+
+    fn sandbox_of(verdict: &Verdict) -> Option<String> {
+        match verdict {
+            Verdict::Cut { context, .. } | Verdict::Process(Some(context)) => {
+                context.sandbox().map(|s| s.key().as_str().to_owned())
+            }
+            _ => None,
+        }
+    }
+
+    /// One loop's copy of a decision against a kill switch, a re-enable, an expiry, another
+    /// filter given the same copy, and a legacy carrier beside the remembered header.
+    #[test]
+    fn a_loops_copy_never_outlives_what_it_was_decided_on() {
+        let now = SystemTime::now();
+        let directory = MemoryDirectory::new();
+        let mut entry = SandboxEntry::new(key("pr-copy-a"));
+        entry.expires_at = Some(now + Duration::from_secs(60));
+        directory.upsert(entry);
+        let baseline = Filter::new(Role::baseline("billing"), directory.clone());
+        let tagged = headers(&[("baggage", "prodbox.sandbox=pr-copy-a")]);
+        let mut latest = Latest::default();
+        for _ in 0..6 {
+            let verdict = decide(&baseline, &tagged, now, &mut latest);
+            assert_eq!(
+                sandbox_of(&verdict).as_deref(),
+                Some("pr-copy-a"),
+                "{verdict:?}"
+            );
+        }
+        // Disabled: skipped from the next message on.
+        assert!(directory.set_disabled(&key("pr-copy-a"), true));
+        for _ in 0..4 {
+            let verdict = decide(&baseline, &tagged, now, &mut latest);
+            assert!(
+                matches!(
+                    verdict,
+                    Verdict::Skip {
+                        reason: "sandbox_disabled",
+                        ..
+                    }
+                ),
+                "{verdict:?}"
+            );
+        }
+        assert!(directory.set_disabled(&key("pr-copy-a"), false));
+        for _ in 0..4 {
+            let verdict = decide(&baseline, &tagged, now, &mut latest);
+            assert_eq!(
+                sandbox_of(&verdict).as_deref(),
+                Some("pr-copy-a"),
+                "{verdict:?}"
+            );
+        }
+        // Expired: skipped.
+        let later = now + Duration::from_secs(61);
+        let verdict = decide(&baseline, &tagged, later, &mut latest);
+        assert!(
+            matches!(
+                verdict,
+                Verdict::Skip {
+                    reason: "sandbox_expired",
+                    ..
+                }
+            ),
+            "{verdict:?}"
+        );
+        // Another filter (another role) with the same loop's copy decides by its own role.
+        let other = Filter::new(Role::sandbox(key("pr-copy-b")), directory.clone());
+        let verdict = decide(&other, &tagged, now, &mut latest);
+        assert!(
+            matches!(
+                verdict,
+                Verdict::Skip {
+                    reason: "other_sandbox",
+                    ..
+                }
+            ),
+            "{verdict:?}"
+        );
+
+        // Untagged baggage, remembered and copied; then the same header with a legacy carrier
+        // naming a sandbox beside it: never production.
+        let plain = headers(&[("baggage", "tenant=acme")]);
+        let mut latest = Latest::default();
+        for _ in 0..6 {
+            let verdict = decide(&baseline, &plain, now, &mut latest);
+            assert!(matches!(verdict, Verdict::Process(_)), "{verdict:?}");
+            assert_eq!(sandbox_of(&verdict), None);
+        }
+        let with_legacy = headers(&[
+            ("baggage", "tenant=acme"),
+            ("ot-baggage-prodbox.sandbox", "pr-copy-a"),
+        ]);
+        let verdict = decide(&baseline, &with_legacy, now, &mut latest);
+        assert_eq!(
+            sandbox_of(&verdict).as_deref(),
+            Some("pr-copy-a"),
+            "{verdict:?}"
+        );
+        let with_legacy_upper = headers(&[
+            ("baggage", "tenant=acme"),
+            ("Uberctx-prodbox.sandbox", "pr-copy-a"),
+        ]);
+        let verdict = decide(&baseline, &with_legacy_upper, now, &mut latest);
+        assert_eq!(
+            sandbox_of(&verdict).as_deref(),
+            Some("pr-copy-a"),
+            "{verdict:?}"
+        );
+    }
+}

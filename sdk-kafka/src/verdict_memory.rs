@@ -183,6 +183,12 @@ mod tests {
         verdict.into_owned()
     }
 
+    /// The decision remembered for `header` by `filter` at `generation`, now.
+    fn recalled(filter: FilterId, generation: u64, header: &[u8]) -> Option<Verdict> {
+        let (clock, latest) = (&mut Clock::default(), &mut Latest::default());
+        recall(filter, generation, header, clock, latest, owned).ok()
+    }
+
     fn skip() -> Verdict {
         Verdict::Skip {
             reason: "forked",
@@ -223,44 +229,17 @@ mod tests {
             "second miss: now kept"
         );
         assert!(!miss_and_remember(filter, 1, header), "then recalled");
-        let recalled = recall(
-            filter,
-            1,
-            header,
-            &mut Clock::default(),
-            &mut Latest::default(),
-            |verdict| verdict.into_owned(),
-        );
+        let found = recalled(filter, 1, header);
         assert!(matches!(
-            recalled,
-            Ok(Verdict::Skip {
+            found,
+            Some(Verdict::Skip {
                 reason: "forked",
                 ..
             })
         ));
         // Another generation or filter never sees it.
-        assert!(
-            recall(
-                filter,
-                2,
-                header,
-                &mut Clock::default(),
-                &mut Latest::default(),
-                |verdict| verdict.into_owned()
-            )
-            .is_err()
-        );
-        assert!(
-            recall(
-                FilterId::next(),
-                1,
-                header,
-                &mut Clock::default(),
-                &mut Latest::default(),
-                owned
-            )
-            .is_err()
-        );
+        assert!(recalled(filter, 2, header).is_none());
+        assert!(recalled(FilterId::next(), 1, header).is_none());
     }
 
     /// Recalls `header` into `latest`; returns whether it was decided.
@@ -274,6 +253,55 @@ mod tests {
             owned,
         )
         .is_ok()
+    }
+
+    /// A loop's copy is used only before the expiry its decision depended on, and only for
+    /// the exact header (one differing in its last byte, longer or shorter, is not served).
+    #[test]
+    fn a_loops_copy_expires_and_serves_only_its_exact_header() {
+        let filter = FilterId::next();
+        let header = b"prodbox.sandbox=pr-latest-expiring-copy";
+        let now = SystemTime::now();
+        let until = now + std::time::Duration::from_secs(60);
+        let expiring = Basis {
+            valid_until: Some(until),
+            ..basis(filter, 1)
+        };
+        let at = |time| Clock(Some(time));
+        for _ in 0..3 {
+            if let Err((Some(miss), _)) = recall(
+                filter,
+                1,
+                header,
+                &mut at(now),
+                &mut Latest::default(),
+                owned,
+            ) {
+                remember(miss, expiring, header, &skip());
+            }
+        }
+        let mut latest = Latest::default();
+        for _ in 0..2 {
+            assert!(recall(filter, 1, header, &mut at(now), &mut latest, owned).is_ok());
+        }
+        assert!(latest.entry.is_some(), "copied");
+        assert!(recall(filter, 1, header, &mut at(now), &mut latest, owned).is_ok());
+        // At and past the expiry: neither the copy nor the memory.
+        let past = until + std::time::Duration::from_secs(1);
+        for time in [until, past] {
+            assert!(recall(filter, 1, header, &mut at(time), &mut latest, owned).is_err());
+        }
+        // Only the exact header.
+        let mut other = header.to_vec();
+        if let Some(last) = other.last_mut() {
+            *last ^= 1;
+        }
+        let mut longer = header.to_vec();
+        longer.push(b'x');
+        let shorter = &header[..header.len() - 1];
+        for header in [&other[..], &longer[..], shorter] {
+            assert!(recall(filter, 1, header, &mut at(now), &mut latest, owned).is_err());
+        }
     }
 
     #[test]
@@ -317,7 +345,7 @@ mod tests {
                 header,
                 &mut Clock::default(),
                 &mut Latest::default(),
-                |verdict| verdict.into_owned(),
+                owned,
             ) {
                 let basis = Basis {
                     valid_until: Some(past),
@@ -326,17 +354,7 @@ mod tests {
                 remember(miss, basis, header, &skip());
             }
         }
-        assert!(
-            recall(
-                filter,
-                1,
-                header,
-                &mut Clock::default(),
-                &mut Latest::default(),
-                |verdict| verdict.into_owned()
-            )
-            .is_err()
-        );
+        assert!(recalled(filter, 1, header).is_none());
 
         let poison = b"prodbox.sandbox=NOT_A_KEY";
         let error = prodbox_core::codec::BaggageError::InvalidUtf8 {
@@ -349,7 +367,7 @@ mod tests {
                 poison,
                 &mut Clock::default(),
                 &mut Latest::default(),
-                |verdict| verdict.into_owned(),
+                owned,
             ) {
                 remember(
                     miss,
@@ -359,16 +377,6 @@ mod tests {
                 );
             }
         }
-        assert!(
-            recall(
-                filter,
-                1,
-                poison,
-                &mut Clock::default(),
-                &mut Latest::default(),
-                |verdict| verdict.into_owned()
-            )
-            .is_err()
-        );
+        assert!(recalled(filter, 1, poison).is_none());
     }
 }

@@ -36,6 +36,19 @@ fn payload_of(message: &impl Message) -> String {
     String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned()
 }
 
+/// Billing's baseline consumer of `topic` (group `<topic>-g`), deciding by `directory`.
+async fn billing_baseline(topic: &str, directory: impl Directory) -> SandboxConsumer {
+    SandboxConsumer::builder(
+        consumer_config(),
+        &format!("{topic}-g"),
+        Role::baseline("billing"),
+    )
+    .directory(directory)
+    .start(&[topic])
+    .await
+    .unwrap()
+}
+
 /// The committed offset of partition 0 (`None`: nothing committed yet).
 async fn committed_at(group: &str, topic: &str) -> Option<i64> {
     committed(group, topic, 1).await.get(&0).copied()
@@ -185,15 +198,7 @@ async fn a_recv_dropped_part_way_loses_nothing() {
         &[Out::new("s0").sandbox(sandbox.clone()), Out::new("m1")],
     )
     .await;
-    let consumer = SandboxConsumer::builder(
-        consumer_config(),
-        &format!("{topic}-g"),
-        Role::baseline("billing"),
-    )
-    .directory(directory.clone())
-    .start(&[&topic])
-    .await
-    .unwrap();
+    let consumer = billing_baseline(&topic, directory.clone()).await;
     // The sandbox's message waits for a fresh directory; the caller gives up meanwhile.
     let waited = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await;
     assert!(waited.is_err(), "held while the directory is stale");
@@ -469,56 +474,88 @@ async fn start_gives_up_on_a_directory_that_never_syncs() {
 async fn a_sandbox_disabled_mid_stream_is_skipped_from_its_next_message_by_a_loop_that_remembers_its_header()
  {
     for kind in [common::Loop::Run, common::Loop::Own] {
-        let topic = unique_topic("own-memo");
-        create_topic(&topic, 1).await;
-        let sandbox = key("ol-memo");
-        let directory = MemoryDirectory::new();
-        // Forks nothing: the baseline handles its messages, in its context.
-        directory.upsert(SandboxEntry::new(sandbox.clone()));
-        let consumer = SandboxConsumer::builder(
-            consumer_config(),
-            &format!("{topic}-g"),
-            Role::baseline("billing"),
-        )
-        .directory(directory.clone())
-        .start(&[&topic])
-        .await
-        .unwrap();
-        let handled = Arc::new(Mutex::new(Vec::new()));
-        let running = common::Running::spawn_in(kind, consumer, {
-            let handled = Arc::clone(&handled);
-            move |message: rdkafka::message::OwnedMessage| {
-                handled.lock().unwrap().push(payload_of(&message));
-                std::future::ready(Ok::<_, std::convert::Infallible>(()))
-            }
-        });
-        let tagged = |payload: &str| Out::new(payload).sandbox(Some(Sandbox::new(sandbox.clone())));
-        let before: Vec<Out> = (0..6).map(|i| tagged(&format!("a{i}"))).collect();
-        produce(&producer(), &topic, &before).await;
-        assert!(
-            eventually(Duration::from_secs(30), || handled.lock().unwrap().len()
-                == 6)
-            .await,
-            "{kind:?}: the sandbox's first messages handled: {:?}",
-            handled.lock().unwrap()
-        );
-
-        assert!(directory.set_disabled(&sandbox, true));
-        let mut after: Vec<Out> = (0..4).map(|i| tagged(&format!("b{i}"))).collect();
-        after.push(Out::new("end"));
-        produce(&producer(), &topic, &after).await;
-        assert!(
-            eventually(Duration::from_secs(30), || {
-                handled.lock().unwrap().iter().any(|p| p == "end")
-            })
-            .await,
-            "{kind:?}: production's message after them handled"
-        );
-        running.stop().await;
-        let handled = handled.lock().unwrap().clone();
-        assert!(
-            !handled.iter().any(|p| p.starts_with('b')),
-            "{kind:?}: a disabled sandbox's messages were handled: {handled:?}"
-        );
+        let entry = SandboxEntry::new(key("ol-memo"));
+        nothing_of_a_sandbox_is_handled_once_it_ends(kind, entry, |directory| async move {
+            assert!(directory.set_disabled(&key("ol-memo"), true));
+        })
+        .await;
     }
+}
+
+/// As above, for a sandbox that expires mid-stream: the clock changes, not the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_expiring_mid_stream_is_skipped_from_its_next_message_by_a_loop_that_remembers_its_header()
+ {
+    for kind in [common::Loop::Run, common::Loop::Own] {
+        let expires = SystemTime::now() + Duration::from_secs(8);
+        let mut entry = SandboxEntry::new(key("ol-memo-exp"));
+        entry.expires_at = Some(expires);
+        nothing_of_a_sandbox_is_handled_once_it_ends(kind, entry, |directory| async move {
+            let generation = directory.generation();
+            while SystemTime::now() < expires + Duration::from_millis(500) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(
+                directory.generation(),
+                generation,
+                "the directory did not change"
+            );
+        })
+        .await;
+    }
+}
+
+/// A baseline loop of `kind` handles six messages of `entry`'s sandbox (which forks nothing,
+/// so the baseline handles them in its context; within 7 s), then `end` ends the sandbox:
+/// none of its four messages after that is handled, and production's next one is.
+async fn nothing_of_a_sandbox_is_handled_once_it_ends<F, Fut>(
+    kind: common::Loop,
+    entry: SandboxEntry,
+    end: F,
+) where
+    F: FnOnce(MemoryDirectory) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let topic = unique_topic("own-memo");
+    create_topic(&topic, 1).await;
+    let sandbox = entry.key.clone();
+    let directory = MemoryDirectory::new();
+    directory.upsert(entry);
+    let consumer = billing_baseline(&topic, directory.clone()).await;
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let running = common::Running::spawn_in(kind, consumer, {
+        let handled = Arc::clone(&handled);
+        move |message: rdkafka::message::OwnedMessage| {
+            handled.lock().unwrap().push(payload_of(&message));
+            std::future::ready(Ok::<_, std::convert::Infallible>(()))
+        }
+    });
+    let tagged = |payload: &str| Out::new(payload).sandbox(Some(Sandbox::new(sandbox.clone())));
+    let before: Vec<Out> = (0..6).map(|i| tagged(&format!("a{i}"))).collect();
+    produce(&producer(), &topic, &before).await;
+    assert!(
+        eventually(Duration::from_secs(7), || handled.lock().unwrap().len()
+            == 6)
+        .await,
+        "{kind:?}: the sandbox's first messages handled: {:?}",
+        handled.lock().unwrap()
+    );
+
+    end(directory).await;
+    let mut after: Vec<Out> = (0..4).map(|i| tagged(&format!("b{i}"))).collect();
+    after.push(Out::new("end"));
+    produce(&producer(), &topic, &after).await;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            handled.lock().unwrap().iter().any(|p| p == "end")
+        })
+        .await,
+        "{kind:?}: production's message after them handled"
+    );
+    running.stop().await;
+    let handled = handled.lock().unwrap().clone();
+    assert!(
+        !handled.iter().any(|p| p.starts_with('b')),
+        "{kind:?}: the ended sandbox's messages were handled: {handled:?}"
+    );
 }
