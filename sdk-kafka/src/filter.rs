@@ -459,25 +459,14 @@ mod tests {
             assert!(matches!(verdict, Verdict::Process(_)), "{verdict:?}");
             assert_eq!(sandbox_of(&verdict), None);
         }
-        let with_legacy = headers(&[
-            ("baggage", "tenant=acme"),
-            ("ot-baggage-prodbox.sandbox", "pr-copy-a"),
-        ]);
-        let verdict = decide(&baseline, &with_legacy, now, &mut latest);
-        assert_eq!(
-            sandbox_of(&verdict).as_deref(),
-            Some("pr-copy-a"),
-            "{verdict:?}"
-        );
-        let with_legacy_upper = headers(&[
-            ("baggage", "tenant=acme"),
-            ("Uberctx-prodbox.sandbox", "pr-copy-a"),
-        ]);
-        let verdict = decide(&baseline, &with_legacy_upper, now, &mut latest);
-        assert_eq!(
-            sandbox_of(&verdict).as_deref(),
-            Some("pr-copy-a"),
-            "{verdict:?}"
-        );
+        for legacy in ["ot-baggage-prodbox.sandbox", "Uberctx-prodbox.sandbox"] {
+            let with_legacy = headers(&[("baggage", "tenant=acme"), (legacy, "pr-copy-a")]);
+            let verdict = decide(&baseline, &with_legacy, now, &mut latest);
+            assert_eq!(
+                sandbox_of(&verdict).as_deref(),
+                Some("pr-copy-a"),
+                "{legacy}: {verdict:?}"
+            );
+        }
     }
 }

@@ -196,27 +196,32 @@ mod tests {
         }
     }
 
-    /// Misses, then remembers the verdict where it missed; returns whether it missed.
-    fn miss_and_remember(filter: FilterId, generation: u64, header: &[u8]) -> bool {
-        match recall(
-            filter,
-            generation,
-            header,
-            &mut Clock::default(),
-            &mut Latest::default(),
-            owned,
-        ) {
+    /// Looks `header` up on `basis` at the `clock`'s time and, where it misses, remembers
+    /// `verdict` there; returns whether it missed.
+    fn remember_if_missed(
+        basis: Basis,
+        header: &[u8],
+        clock: &mut Clock,
+        verdict: &Verdict,
+    ) -> bool {
+        let latest = &mut Latest::default();
+        match recall(basis.filter, basis.generation, header, clock, latest, owned) {
             Ok(_) => false,
             Err((miss, _)) => {
-                remember(
-                    miss.expect("a slot"),
-                    basis(filter, generation),
-                    header,
-                    &skip(),
-                );
+                remember(miss.expect("a slot"), basis, header, verdict);
                 true
             }
         }
+    }
+
+    /// Misses, then remembers a skip where it missed; returns whether it missed.
+    fn miss_and_remember(filter: FilterId, generation: u64, header: &[u8]) -> bool {
+        remember_if_missed(
+            basis(filter, generation),
+            header,
+            &mut Clock::default(),
+            &skip(),
+        )
     }
 
     #[test]
@@ -269,16 +274,7 @@ mod tests {
         };
         let at = |time| Clock(Some(time));
         for _ in 0..3 {
-            if let Err((Some(miss), _)) = recall(
-                filter,
-                1,
-                header,
-                &mut at(now),
-                &mut Latest::default(),
-                owned,
-            ) {
-                remember(miss, expiring, header, &skip());
-            }
+            remember_if_missed(expiring, header, &mut at(now), &skip());
         }
         let mut latest = Latest::default();
         for _ in 0..2 {
@@ -338,21 +334,12 @@ mod tests {
         let filter = FilterId::next();
         let header = b"prodbox.sandbox=pr-expiring";
         let past = SystemTime::now() - std::time::Duration::from_secs(1);
+        let expired = Basis {
+            valid_until: Some(past),
+            ..basis(filter, 1)
+        };
         for _ in 0..2 {
-            if let Err((Some(miss), _)) = recall(
-                filter,
-                1,
-                header,
-                &mut Clock::default(),
-                &mut Latest::default(),
-                owned,
-            ) {
-                let basis = Basis {
-                    valid_until: Some(past),
-                    ..basis(filter, 1)
-                };
-                remember(miss, basis, header, &skip());
-            }
+            remember_if_missed(expired, header, &mut Clock::default(), &skip());
         }
         assert!(recalled(filter, 1, header).is_none());
 
@@ -360,22 +347,14 @@ mod tests {
         let error = prodbox_core::codec::BaggageError::InvalidUtf8 {
             carrier: "baggage".to_owned(),
         };
+        let dead_letter = Verdict::DeadLetter(error);
         for _ in 0..3 {
-            if let Err((Some(miss), _)) = recall(
-                filter,
-                1,
+            remember_if_missed(
+                basis(filter, 1),
                 poison,
                 &mut Clock::default(),
-                &mut Latest::default(),
-                owned,
-            ) {
-                remember(
-                    miss,
-                    basis(filter, 1),
-                    poison,
-                    &Verdict::DeadLetter(error.clone()),
-                );
-            }
+                &dead_letter,
+            );
         }
         assert!(recalled(filter, 1, poison).is_none());
     }

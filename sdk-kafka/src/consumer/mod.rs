@@ -425,7 +425,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumerBuilder<C> {
             tally: Tally::new(only_topic, role_name(&role)),
             only_topic: only_topic.map(Into::into),
             waiting: AtomicUsize::new(0),
-            production_marker: production_marker(&production),
+            production_marker: sandbox_context_address(&production),
             production,
         })
     }
@@ -463,7 +463,7 @@ pub struct SandboxConsumer<C: ConsumerContext + 'static = DefaultConsumerContext
     only_topic: Option<Box<str>>,
     /// The context production's messages are handled in.
     production: opentelemetry::Context,
-    /// Where its sandbox context is (see `production_marker`).
+    /// Where its sandbox context is (see `sandbox_context_address`).
     production_marker: Option<usize>,
     tally: Tally,
     /// Loops waiting for a message now (see `finish`).
@@ -641,12 +641,12 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     }
 }
 
-/// The address of `production`'s sandbox context: the thread's current context is
-/// production's itself when its sandbox context is at this address. Read once, as the lookup
-/// costs about 40 instructions, and `run` asks before every production message.
-fn production_marker(production: &opentelemetry::Context) -> Option<usize> {
-    production
-        .sandbox_context()
+/// The address of `cx`'s sandbox context: the thread's current context is production's
+/// itself when its sandbox context is at the address of production's. Production's is read
+/// once, as the lookup costs about 40 instructions, and `run` asks before every production
+/// message.
+fn sandbox_context_address(cx: &opentelemetry::Context) -> Option<usize> {
+    cx.sandbox_context()
         .map(|context| std::ptr::from_ref(context).addr())
 }
 

@@ -5,7 +5,6 @@ use std::fmt::Display;
 use std::future::Future;
 
 use prodbox_core::audit::Decision;
-use prodbox_core::context::ContextExt as _;
 use prodbox_core::plumbing::metrics::KafkaOutcome;
 use prodbox_core::{FutureExt, SandboxContext};
 use rdkafka::consumer::{CommitMode, ConsumerContext};
@@ -56,11 +55,7 @@ impl<C: ConsumerContext + 'static> SandboxConsumer<C> {
     fn production_is_current(&self) -> bool {
         let ours = self.production_marker;
         ours.is_some()
-            && opentelemetry::Context::map_current(|cx| {
-                cx.sandbox_context()
-                    .map(|context| std::ptr::from_ref(context).addr())
-                    == ours
-            })
+            && opentelemetry::Context::map_current(|cx| super::sandbox_context_address(cx) == ours)
     }
 
     /// Handles messages until shutdown.
